@@ -1,0 +1,32 @@
+//! `circuits`: what a device update proves, natively and in R1CS over BN254.
+//!
+//! - [`fixed`]: the fixed-point codec of DESIGN §2 (watts, W·slot, scale 2^20, round half to
+//!   even, checked conversions).
+//! - [`limits`]: the ranges circuits represent and the slot count [`limits::Slots`].
+//! - [`model`]: the four device models of DESIGN §3, each a validated parameter struct, a
+//!   native checker naming the first violated constraint, and the R1CS gadget that mirrors it.
+//! - [`spec`]: the same parameters in physical units (kW, kWh, °C) as configuration files
+//!   carry them, with checked conversion.
+//! - [`statement`]: the update statement of DESIGN §5.1 (commitment, context, packed schedule)
+//!   and the [`statement::UpdateCircuit`] Groth16 proves.
+//! - [`poseidon`]: circomlib-compatible Poseidon, native and gadget.
+//! - [`field`], [`gadgets`]: field packings and integer range-check gadgets.
+//!
+//! Invariants: a parameter value that exists fits its circuit; the native checker and the
+//! circuit accept exactly the same (θ, x) (property-tested); nothing here does IO or reads a
+//! clock.
+#![warn(missing_docs)]
+
+pub mod field;
+pub mod fixed;
+pub mod gadgets;
+pub mod limits;
+pub mod model;
+pub mod poseidon;
+pub mod spec;
+pub mod statement;
+
+pub use ark_bn254::Fr;
+pub use limits::Slots;
+pub use model::{ModelKind, ModelParams};
+pub use statement::{commitment, public_inputs, Context, Opening, Shape, UpdateCircuit, Witness};
