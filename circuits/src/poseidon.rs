@@ -94,8 +94,10 @@ pub fn poseidon_var(
 /// Splits a long input into the chained calls of [`hash_many`]: the first call takes up to 12
 /// elements, each later one the previous digest and up to 11 more.
 fn chunks(n: usize) -> Vec<std::ops::Range<usize>> {
-    let mut out = vec![0..n.min(MAX_ARITY)];
-    let mut start = out[0].end;
+    let first = 0..n.min(MAX_ARITY);
+    let mut start = first.end;
+    let mut out = Vec::with_capacity(1 + n / (MAX_ARITY - 1));
+    out.push(first);
     while start < n {
         let end = (start + MAX_ARITY - 1).min(n);
         out.push(start..end);
@@ -184,7 +186,7 @@ mod tests {
             assert_eq!(c.last().unwrap().end, n);
             for w in c.windows(2) {
                 assert_eq!(w[0].end, w[1].start);
-                assert!(w[1].len() <= MAX_ARITY - 1);
+                assert!(w[1].len() < MAX_ARITY);
             }
         }
     }
