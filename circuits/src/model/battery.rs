@@ -34,18 +34,7 @@ pub struct Battery {
 #[serde(try_from = "Battery", into = "Battery")]
 pub struct BatteryParams(Battery);
 
-impl TryFrom<Battery> for BatteryParams {
-    type Error = ParamError;
-    fn try_from(b: Battery) -> Result<Self, ParamError> {
-        BatteryParams::new(b)
-    }
-}
-
-impl From<BatteryParams> for Battery {
-    fn from(p: BatteryParams) -> Battery {
-        p.0
-    }
-}
+super::validated!(BatteryParams, Battery);
 
 impl BatteryParams {
     /// Validates: T in range, powers in 0..2^17, 0 ≤ s_0, s_final ≤ cap < 2^26, and s_final

@@ -6,7 +6,7 @@ use ark_r1cs_std::fields::fp::FpVar;
 use ark_relations::r1cs::{ConstraintSystemRef, SynthesisError};
 use serde::{Deserialize, Serialize};
 
-use super::{has_len, in_range, Family, ModelKind, ModelVars, ParamError, Violation};
+use super::{in_range, Family, ModelKind, ModelVars, ParamError, Violation};
 use crate::fixed::{WattSlots, Watts};
 use crate::field::pack_bits;
 use crate::gadgets::IntVar;
@@ -35,18 +35,7 @@ pub struct Deferrable {
 #[serde(try_from = "Deferrable", into = "Deferrable")]
 pub struct DeferrableParams(Deferrable);
 
-impl TryFrom<Deferrable> for DeferrableParams {
-    type Error = ParamError;
-    fn try_from(d: Deferrable) -> Result<Self, ParamError> {
-        DeferrableParams::new(d)
-    }
-}
-
-impl From<DeferrableParams> for Deferrable {
-    fn from(p: DeferrableParams) -> Deferrable {
-        p.0
-    }
-}
+super::validated!(DeferrableParams, Deferrable);
 
 impl DeferrableParams {
     /// Validates: T in range, 0 ≤ p_max < 2^17, 0 ≤ r ≤ p_max, 0 ≤ E_min ≤ E_max < 2^26, and
@@ -72,7 +61,6 @@ impl DeferrableParams {
                 ),
             });
         }
-        has_len(KIND, "available", d.available.len(), slots)?;
         Ok(DeferrableParams(d))
     }
 

@@ -184,6 +184,26 @@ pub enum ParamError {
     },
 }
 
+/// `TryFrom<Raw>` (validating, for serde) and `From<Params>` (unwrapping) for a validated
+/// parameter newtype `Params(Raw)` with a `Params::new(Raw) -> Result<Params, ParamError>`.
+macro_rules! validated {
+    ($params:ident, $raw:ident) => {
+        impl TryFrom<$raw> for $params {
+            type Error = ParamError;
+            fn try_from(raw: $raw) -> Result<Self, ParamError> {
+                $params::new(raw)
+            }
+        }
+
+        impl From<$params> for $raw {
+            fn from(p: $params) -> $raw {
+                p.0
+            }
+        }
+    };
+}
+pub(crate) use validated;
+
 /// Checks `lo <= v <= hi` for a parameter, naming it on failure.
 pub(crate) fn in_range<T: PartialOrd + std::fmt::Display>(
     model: ModelKind,
@@ -199,19 +219,6 @@ pub(crate) fn in_range<T: PartialOrd + std::fmt::Display>(
             value: v.to_string(),
             expected: format!("{lo} ..= {hi}"),
         });
-    }
-    Ok(())
-}
-
-/// Checks that a per-slot vector has T entries.
-pub(crate) fn has_len(
-    model: ModelKind,
-    field: &'static str,
-    len: usize,
-    slots: Slots,
-) -> Result<(), ParamError> {
-    if len != slots.get() {
-        return Err(ParamError::Length { model, field, expected: slots.get(), got: len });
     }
     Ok(())
 }
@@ -307,35 +314,24 @@ pub(crate) fn enforce(
             _ => vec![None; len],
         }
     };
-    let t = slots.get();
+    let x = x(slots.get());
+    let params = witness.map(|(p, _)| p);
     match kind {
         ModelKind::Deferrable => {
-            let p = match witness {
-                Some((ModelParams::Deferrable(p), _)) => Some(p),
-                _ => None,
-            };
-            deferrable::enforce(cs, slots, p, &x(t))
+            let p = params.and_then(|p| if let ModelParams::Deferrable(p) = p { Some(p) } else { None });
+            deferrable::enforce(cs, slots, p, &x)
         }
         ModelKind::Battery => {
-            let p = match witness {
-                Some((ModelParams::Battery(p), _)) => Some(p),
-                _ => None,
-            };
-            battery::enforce(cs, slots, p, &x(t))
+            let p = params.and_then(|p| if let ModelParams::Battery(p) = p { Some(p) } else { None });
+            battery::enforce(cs, slots, p, &x)
         }
         ModelKind::Producer => {
-            let p = match witness {
-                Some((ModelParams::Producer(p), _)) => Some(p),
-                _ => None,
-            };
-            producer::enforce(cs, slots, p, &x(t))
+            let p = params.and_then(|p| if let ModelParams::Producer(p) = p { Some(p) } else { None });
+            producer::enforce(cs, slots, p, &x)
         }
         ModelKind::Thermal => {
-            let p = match witness {
-                Some((ModelParams::Thermal(p), _)) => Some(p),
-                _ => None,
-            };
-            thermal::enforce(cs, slots, p, &x(t))
+            let p = params.and_then(|p| if let ModelParams::Thermal(p) = p { Some(p) } else { None });
+            thermal::enforce(cs, slots, p, &x)
         }
     }
 }

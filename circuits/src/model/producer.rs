@@ -26,18 +26,7 @@ pub struct Producer {
 #[serde(try_from = "Producer", into = "Producer")]
 pub struct ProducerParams(Producer);
 
-impl TryFrom<Producer> for ProducerParams {
-    type Error = ParamError;
-    fn try_from(p: Producer) -> Result<Self, ParamError> {
-        ProducerParams::new(p)
-    }
-}
-
-impl From<ProducerParams> for Producer {
-    fn from(p: ProducerParams) -> Producer {
-        p.0
-    }
-}
+super::validated!(ProducerParams, Producer);
 
 impl ProducerParams {
     /// Validates: T in range and every 0 ≤ pv_t < 2^17.

@@ -12,7 +12,7 @@ use ark_bn254::Fr;
 use ark_relations::r1cs::{ConstraintSystemRef, SynthesisError};
 use serde::{Deserialize, Serialize};
 
-use super::{has_len, in_range, Family, ModelKind, ModelVars, ParamError, Violation};
+use super::{in_range, Family, ModelKind, ModelVars, ParamError, Violation};
 use crate::field::{fr_from_i128, pack_limbs};
 use crate::fixed::{Fixed, Watts, SCALE, SCALE_BITS};
 use crate::gadgets::IntVar;
@@ -47,18 +47,7 @@ pub struct Thermal {
 #[serde(try_from = "Thermal", into = "Thermal")]
 pub struct ThermalParams(Thermal);
 
-impl TryFrom<Thermal> for ThermalParams {
-    type Error = ParamError;
-    fn try_from(t: Thermal) -> Result<Self, ParamError> {
-        ThermalParams::new(t)
-    }
-}
-
-impl From<ThermalParams> for Thermal {
-    fn from(p: ThermalParams) -> Thermal {
-        p.0
-    }
-}
+super::validated!(ThermalParams, Thermal);
 
 fn temp_range(field: &'static str, v: Fixed) -> Result<(), ParamError> {
     in_range(KIND, field, v, Fixed(MIN_TEMP_RAW), Fixed(MAX_TEMP_RAW))
@@ -85,7 +74,6 @@ impl ThermalParams {
                 reason: format!("temp_min = {} °C is above temp_max = {} °C", p.temp_min, p.temp_max),
             });
         }
-        has_len(KIND, "drift", p.drift.len(), slots)?;
         Ok(ThermalParams(p))
     }
 
