@@ -57,7 +57,7 @@ impl ThermalParams {
     /// Validates: T in range, 0 ≤ p_max < 2^17, 0 ≤ a ≤ 1, |b| < 2^4 °C/W, temperatures and
     /// drifts within ±64 °C, τ_min ≤ τ_max.
     pub fn new(p: Thermal) -> Result<ThermalParams, ParamError> {
-        let slots = Slots::new(p.drift.len())?;
+        Slots::new(p.drift.len())?;
         in_range(KIND, "p_max", p.p_max, 0, MAX_POWER_W)?;
         in_range(KIND, "decay", p.decay, Fixed::ZERO, Fixed::ONE)?;
         let g = (1i64 << GAIN_BITS) - 1;
