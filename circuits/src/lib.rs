@@ -23,6 +23,7 @@ pub mod gadgets;
 pub mod limits;
 pub mod model;
 pub mod poseidon;
+pub mod sample;
 pub mod spec;
 pub mod statement;
 
