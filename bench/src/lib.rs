@@ -1,0 +1,29 @@
+//! `bench`: the benchmarks behind BENCHMARKS.md. Criterion benches live in `benches/`; this
+//! library holds the fixtures they share.
+#![warn(missing_docs)]
+
+use circuits::{sample, Fr, ModelKind, Shape, Slots};
+use prover::{prove, setup, UpdateProof, UpdateProvingKey, UpdateVerifyingKey};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+/// A deterministic RNG for fixtures (benchmarks only; never for keys in production).
+pub fn rng(seed: u64) -> ChaCha20Rng {
+    ChaCha20Rng::seed_from_u64(seed)
+}
+
+/// Development keys for `kind` at `t` slots.
+pub fn keys(kind: ModelKind, t: usize) -> (UpdateProvingKey, UpdateVerifyingKey) {
+    setup(Shape { kind, slots: Slots::new(t).expect("valid T") }, &mut rng(t as u64)).expect("setup")
+}
+
+/// `n` valid proofs under `pk`, from distinct sample schedules and iterations.
+pub fn proofs(pk: &UpdateProvingKey, n: usize) -> Vec<(UpdateProof, Vec<Fr>)> {
+    let shape = pk.shape();
+    let mut r = rng(99);
+    // Proving dominates fixture time: make at most 16 distinct proofs and repeat them.
+    let distinct: Vec<_> = (0..n.min(16))
+        .map(|i| prove(pk, sample::witness(shape.kind, shape.slots, 1, i as u32, i as u16), &mut r).expect("prove"))
+        .collect();
+    (0..n).map(|i| distinct[i % distinct.len()].clone()).collect()
+}
