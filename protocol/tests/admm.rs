@@ -1,0 +1,109 @@
+//! ADMM against the centralised optimum (DESIGN §4): convergence, optimality gap, market
+//! clearing, partial participation and determinism.
+
+use circuits::fixed::Fixed;
+use circuits::Slots;
+use protocol::admm::{AdmmParams, GridCost};
+use protocol::central::{objective, solve_central, total_load};
+use protocol::scenario::{Mix, Scenario};
+use protocol::simulate::run;
+use rand::{Rng, SeedableRng};
+use sha2::{Digest, Sha256};
+
+fn params(sc: &Scenario, grid: GridCost, rho: f64, max_iterations: u32) -> AdmmParams {
+    AdmmParams {
+        slots: sc.slots,
+        rho: Fixed::from_f64("rho", rho).unwrap(),
+        eps_abs: Fixed::from_f64("eps_abs", 1.0).unwrap(),
+        eps_rel: Fixed::from_f64("eps_rel", 1e-3).unwrap(),
+        max_iterations,
+        grid,
+    }
+}
+
+#[test]
+fn valley_filling_100_devices_converges_near_the_central_optimum() {
+    let sc = Scenario::generate(1, 100, Slots::DAY_15_MIN, 900, Mix::Household);
+    let grid = sc.valley_filling();
+    let central = solve_central(&sc.devices, &grid).unwrap();
+    let r = run(&sc.devices, params(&sc, grid.clone(), 0.02, 60), |_, _| true).unwrap();
+    assert!(r.converged, "not converged in 60 iterations: last residuals {:?}", r.residuals.last());
+    assert_eq!(r.failed_steps, 0, "{:?}", r.failures);
+    let x = r.schedules(&sc.devices);
+    for (d, xi) in sc.devices.iter().zip(&x) {
+        d.params.check(xi).unwrap();
+    }
+    let gap = (objective(&sc.devices, &grid, &x) - central.objective) / central.objective.abs();
+    eprintln!("valley filling: {} iterations, gap {:.4}%", r.iterations, 100.0 * gap);
+    assert!(gap.abs() < 0.005, "objective gap {:.4}% ≥ 0.5%", 100.0 * gap);
+
+    // Valley filling flattens the total load: peak-to-average drops against the base load.
+    let load: Vec<f64> = total_load(&x).iter().zip(&sc.base_load).map(|(&z, &b)| (z + b as i64) as f64).collect();
+    let par = |v: &[f64]| v.iter().cloned().fold(f64::MIN, f64::max) / (v.iter().sum::<f64>() / v.len() as f64);
+    let base: Vec<f64> = sc.base_load.iter().map(|&b| b as f64).collect();
+    assert!(par(&load) < par(&base), "peak-to-average {} not below the base load's {}", par(&load), par(&base));
+}
+
+#[test]
+fn exchange_market_clears_at_prices_the_central_dual_confirms() {
+    let sc = Scenario::generate(2, 100, Slots::DAY_15_MIN, 900, Mix::Exchange);
+    let central = solve_central(&sc.devices, &GridCost::Exchange).unwrap();
+    let r = run(&sc.devices, params(&sc, GridCost::Exchange, 0.02, 150), |_, _| true).unwrap();
+    assert!(r.converged, "{:?}", r.residuals.last());
+    let x = r.schedules(&sc.devices);
+    let load = total_load(&x);
+    // Cleared: the imbalance per slot is a small fraction of what is traded.
+    let traded: Vec<i64> = (0..96).map(|t| x.iter().map(|xi| xi[t].max(0) as i64).sum()).collect();
+    for t in 0..96 {
+        assert!(load[t].abs() <= 500 + traded[t] / 100, "slot {t}: imbalance {} W of {} W traded", load[t], traded[t]);
+    }
+    // Prices: where energy actually changes hands, ADMM's λ = ρu matches the central multiplier.
+    let central_prices = central.prices.unwrap();
+    let admm_prices: Vec<f64> = r.state.prices().iter().map(|p| p.to_f64()).collect();
+    let mut compared = 0;
+    for t in (0..96).filter(|&t| traded[t] > 5_000) {
+        let (a, c) = (admm_prices[t], central_prices[t]);
+        assert!((a - c).abs() <= 0.25 + 0.05 * c.abs(), "slot {t}: ADMM price {a:.3} vs central {c:.3} €/MWh");
+        compared += 1;
+    }
+    assert!(compared >= 24, "only {compared} trading slots");
+}
+
+#[test]
+fn converges_with_a_fifth_of_devices_missing_each_iteration() {
+    let sc = Scenario::generate(3, 100, Slots::DAY_15_MIN, 900, Mix::Household);
+    let grid = sc.valley_filling();
+    let central = solve_central(&sc.devices, &grid).unwrap();
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
+    let r = run(&sc.devices, params(&sc, grid.clone(), 0.02, 200), |_, _| rng.gen_bool(0.8)).unwrap();
+    assert!(r.converged, "{:?}", r.residuals.last());
+    let gap = (objective(&sc.devices, &grid, &r.schedules(&sc.devices)) - central.objective) / central.objective.abs();
+    eprintln!("20% missing: {} iterations, gap {:.4}%", r.iterations, 100.0 * gap);
+    assert!(gap.abs() < 0.01, "gap {:.4}%", 100.0 * gap);
+}
+
+/// SHA-256 over the final variables and schedules, each integer little-endian.
+fn fingerprint(r: &protocol::simulate::Run) -> String {
+    let mut h = Sha256::new();
+    let v = r.state.variables();
+    for x in v.x_bar.iter().chain(&v.z_bar).chain(&v.u) {
+        h.update(x.to_le_bytes());
+    }
+    for (id, x) in r.state.schedules() {
+        h.update(id.0);
+        for w in x {
+            h.update(w.to_le_bytes());
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn same_inputs_give_identical_results() {
+    let sc = Scenario::generate(4, 20, Slots::new(24).unwrap(), 3600, Mix::Household);
+    let p = params(&sc, sc.valley_filling(), 0.02, 40);
+    let a = run(&sc.devices, p.clone(), |_, _| true).unwrap();
+    let b = run(&sc.devices, p, |_, _| true).unwrap();
+    assert_eq!(a.residuals, b.residuals);
+    assert_eq!(fingerprint(&a), fingerprint(&b));
+}
