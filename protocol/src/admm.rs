@@ -166,13 +166,11 @@ impl AdmmState {
             return Err(AdmmError::Params(format!("rho must be positive, got {}", params.rho)));
         }
         match &params.grid {
-            GridCost::ValleyFilling { gamma, base_load } => {
-                if gamma.raw() < 0 || base_load.len() != t {
-                    return Err(AdmmError::Params(format!(
-                        "valley filling needs gamma ≥ 0 and T = {t} base-load values (got {})",
-                        base_load.len()
-                    )));
-                }
+            GridCost::ValleyFilling { gamma, base_load } if gamma.raw() < 0 || base_load.len() != t => {
+                return Err(AdmmError::Params(format!(
+                    "valley filling needs gamma ≥ 0 and T = {t} base-load values (got {})",
+                    base_load.len()
+                )));
             }
             GridCost::Tariff { price, .. } if price.len() != t => {
                 return Err(AdmmError::Params(format!("tariff needs T = {t} prices, got {}", price.len())));

@@ -43,10 +43,10 @@ pub fn solve_central(devices: &[Device], grid: &GridCost) -> Result<CentralSolut
         GridCost::ValleyFilling { gamma, base_load } => {
             let g = gamma.to_f64();
             let z = qp.vars(t);
-            for s in 0..t {
+            for (s, &b) in base_load.iter().enumerate() {
                 qp.eq(std::iter::once((z + s, 1.0)).chain(column(s)).collect(), 0.0);
                 // γ/2 (1000 ζ + b)² = γ/2·10⁶ ζ² + 1000 γ b ζ + γ/2 b².
-                let b = base_load[s] as f64;
+                let b = b as f64;
                 qp.square(z + s, g * KW * KW);
                 qp.linear(z + s, g * KW * b);
                 constant += g / 2.0 * b * b;
@@ -54,9 +54,9 @@ pub fn solve_central(devices: &[Device], grid: &GridCost) -> Result<CentralSolut
         }
         GridCost::Tariff { price, feeder_cap } => {
             let z = qp.vars(t);
-            for s in 0..t {
+            for (s, p) in price.iter().enumerate() {
                 qp.eq(std::iter::once((z + s, 1.0)).chain(column(s)).collect(), 0.0);
-                qp.linear(z + s, price[s].to_f64() * KW);
+                qp.linear(z + s, p.to_f64() * KW);
                 qp.le(vec![(z + s, 1.0)], *feeder_cap as f64 / KW);
             }
         }

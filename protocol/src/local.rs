@@ -242,8 +242,8 @@ pub fn local_step(
     let x = qp.vars(t);
     add_model(&mut qp, params, x);
     add_costs(&mut qp, costs, x, t);
-    for i in 0..t {
-        let v = previous[i] as f64 - vars.x_bar[i] as f64 / s + vars.z_bar[i] as f64 / s - vars.u[i] as f64 / s;
+    for (i, &prev) in previous.iter().enumerate() {
+        let v = prev as f64 - vars.x_bar[i] as f64 / s + vars.z_bar[i] as f64 / s - vars.u[i] as f64 / s;
         // ρ/2 (1000 y − v)² = ρ/2·10⁶ y² − 1000 ρ v y + const.
         qp.square(x + i, rho * KW * KW);
         qp.linear(x + i, -rho * KW * v);
