@@ -45,6 +45,23 @@ pub fn fr_to_u128(f: &Fr) -> Option<u128> {
     Some(u128::from_le_bytes(lo))
 }
 
+/// A field element as 32 little-endian bytes (the canonical representative).
+pub fn fr_to_bytes(f: &Fr) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&f.into_bigint().to_bytes_le());
+    out
+}
+
+/// 32 little-endian bytes as a field element; `None` if the value is at or above the modulus
+/// (so every element has exactly one encoding).
+pub fn fr_from_bytes(bytes: &[u8; 32]) -> Option<Fr> {
+    let mut limbs = [0u64; 4];
+    for (i, l) in limbs.iter_mut().enumerate() {
+        *l = u64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+    }
+    Fr::from_bigint(ark_ff::BigInt::new(limbs))
+}
+
 /// Packs signed values as limbs `v + 2^31`, seven per element (⌈n / 7⌉ elements).
 pub fn pack_limbs(values: &[i64]) -> Result<Vec<Fr>, LimbRangeError> {
     let mut out = Vec::with_capacity(values.len().div_ceil(LIMBS_PER_ELEMENT));

@@ -5,7 +5,10 @@
 //! - [`central`]: the centralised reference optimum (tests and benchmarks only).
 //! - [`scenario`]: seeded device workloads and base-load profiles.
 //! - [`simulate`]: an in-process ADMM run over a scenario.
-//! - [`ids`]: device and validator identities.
+//! - [`ids`]: device and validator identities; [`sign`]: domain-separated ed25519.
+//! - [`codec`]: the canonical encoding (Borsh with size caps, no trailing bytes, re-encode check).
+//! - [`messages`]: signed enrollments and updates; [`entry`]: log entries, commit certificates,
+//!   the light client; [`merkle`]: schedule roots.
 //!
 //! Invariants: nothing here does IO or reads a clock; everything validators must agree on is
 //! integer arithmetic with half-even rounding; floats appear only on the device side
@@ -14,10 +17,15 @@
 
 pub mod admm;
 pub mod central;
+pub mod codec;
+pub mod entry;
 pub mod ids;
 pub mod local;
+pub mod merkle;
+pub mod messages;
 mod qp;
 pub mod scenario;
+pub mod sign;
 pub mod simulate;
 
 pub use qp::QpError;

@@ -19,7 +19,6 @@
 //! | 59 | … | body: the arkworks key, compressed canonical points |
 
 use ark_bn254::{Bn254, Fr, G1Affine, G2Affine};
-use ark_ff::{BigInteger, PrimeField};
 use ark_groth16::{Proof, ProvingKey, VerifyingKey};
 use ark_serialize::{CanonicalDeserialize, CanonicalSerialize, Compress, Validate};
 use circuits::{ModelKind, Shape, Slots};
@@ -88,21 +87,15 @@ fn exact_len(what: &'static str, bytes: &[u8], n: usize) -> Result<(), FormatErr
 
 /// A field element as 32 little-endian bytes.
 pub fn encode_fr(f: &Fr) -> [u8; FR_BYTES] {
-    let mut out = [0u8; FR_BYTES];
-    out.copy_from_slice(&f.into_bigint().to_bytes_le());
-    out
+    circuits::field::fr_to_bytes(f)
 }
 
 /// Decodes 32 little-endian bytes, rejecting values at or above the modulus.
 pub fn decode_fr(bytes: &[u8], what: &str) -> Result<Fr, FormatError> {
-    if bytes.len() != FR_BYTES {
-        return Err(FormatError::NonCanonicalField { what: format!("{what} ({} bytes, expected 32)", bytes.len()) });
-    }
-    let mut limbs = [0u64; 4];
-    for (i, l) in limbs.iter_mut().enumerate() {
-        *l = u64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().expect("8 bytes"));
-    }
-    Fr::from_bigint(ark_ff::BigInt::new(limbs)).ok_or_else(|| FormatError::NonCanonicalField { what: what.to_string() })
+    let array: &[u8; FR_BYTES] = bytes.try_into().map_err(|_| FormatError::NonCanonicalField {
+        what: format!("{what} ({} bytes, expected 32)", bytes.len()),
+    })?;
+    circuits::field::fr_from_bytes(array).ok_or_else(|| FormatError::NonCanonicalField { what: what.to_string() })
 }
 
 /// Public inputs as concatenated 32-byte elements.

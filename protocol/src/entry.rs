@@ -1,0 +1,398 @@
+//! The log (DESIGN §6): hash-linked entries, commit certificates, and the light client that
+//! devices and auditors run from the genesis validator set.
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use ed25519_dalek::SigningKey;
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use circuits::fixed::Fixed;
+use circuits::Slots;
+
+use crate::admm::{AdmmParams, GridCost, Residuals, Variables};
+use crate::codec::encode;
+use crate::ids::{DeviceId, ValidatorId};
+use crate::merkle::Hash;
+use crate::messages::SignedEnrollment;
+use crate::sign::{sign, verify, ChainId, Domain, SignatureBytes, SignatureError};
+
+/// The grid cost as the log stores it (raw fixed point).
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub enum GridSpec {
+    /// See [`GridCost::ValleyFilling`].
+    ValleyFilling {
+        /// γ raw.
+        gamma: i64,
+        /// b_t in W.
+        base_load: Vec<i32>,
+    },
+    /// See [`GridCost::Tariff`].
+    Tariff {
+        /// p_t raw.
+        price: Vec<i64>,
+        /// Feeder limit in W.
+        feeder_cap: i64,
+    },
+    /// See [`GridCost::Exchange`].
+    Exchange,
+}
+
+/// Market parameters as committed in genesis: ADMM constants and the clock.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct MarketSpec {
+    /// The market id.
+    pub market_id: u64,
+    /// T.
+    pub slots: u16,
+    /// Δ in seconds.
+    pub slot_seconds: u32,
+    /// ρ raw.
+    pub rho: i64,
+    /// ε_abs raw (W).
+    pub eps_abs: i64,
+    /// ε_rel raw.
+    pub eps_rel: i64,
+    /// K_max.
+    pub max_iterations: u32,
+    /// The grid cost.
+    pub grid: GridSpec,
+    /// When registration closes (ms since the Unix epoch).
+    pub registration_close_ms: u64,
+    /// Length of each iteration's submission window.
+    pub iteration_ms: u64,
+    /// When slot 0 starts.
+    pub execution_start_ms: u64,
+}
+
+impl MarketSpec {
+    /// The ADMM parameters (fails on an invalid T).
+    pub fn admm(&self) -> Result<AdmmParams, circuits::limits::SlotsError> {
+        Ok(AdmmParams {
+            slots: Slots::new(self.slots as usize)?,
+            rho: Fixed(self.rho),
+            eps_abs: Fixed(self.eps_abs),
+            eps_rel: Fixed(self.eps_rel),
+            max_iterations: self.max_iterations,
+            grid: match &self.grid {
+                GridSpec::ValleyFilling { gamma, base_load } => {
+                    GridCost::ValleyFilling { gamma: Fixed(*gamma), base_load: base_load.clone() }
+                }
+                GridSpec::Tariff { price, feeder_cap } => {
+                    GridCost::Tariff { price: price.iter().map(|&p| Fixed(p)).collect(), feeder_cap: *feeder_cap }
+                }
+                GridSpec::Exchange => GridCost::Exchange,
+            },
+        })
+    }
+}
+
+/// The hash of a verifying key the market accepts, per circuit shape.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct KeyHash {
+    /// `circuits::ModelKind` id.
+    pub kind: u8,
+    /// T.
+    pub slots: u16,
+    /// SHA-256 of the verifying key file.
+    pub sha256: Hash,
+}
+
+/// Height 0: who validates, what market, which keys.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct Genesis {
+    /// The validator set, in index order (votes name validators by index).
+    pub validators: Vec<ValidatorId>,
+    /// Largest accepted drift between a proposer's timestamp and a node's clock.
+    pub max_clock_drift_ms: u64,
+    /// The market.
+    pub market: MarketSpec,
+    /// Accepted verifying keys.
+    pub verifying_keys: Vec<KeyHash>,
+}
+
+/// One ADMM iteration as decided.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct IterationBody {
+    /// The market.
+    pub market_id: u64,
+    /// k.
+    pub iteration: u32,
+    /// Digests of the included updates, ascending.
+    pub updates: Vec<Hash>,
+    /// x̄ raw.
+    pub x_bar: Vec<i64>,
+    /// z̄ raw.
+    pub z_bar: Vec<i64>,
+    /// u raw.
+    pub u: Vec<i64>,
+    /// r, s, ε_pri, ε_dual raw.
+    pub residuals: [i64; 4],
+}
+
+impl IterationBody {
+    /// The body for iteration `k` from the engine's state after applying it.
+    pub fn new(market_id: u64, iteration: u32, mut updates: Vec<Hash>, vars: &Variables, r: &Residuals) -> IterationBody {
+        updates.sort_unstable();
+        IterationBody {
+            market_id,
+            iteration,
+            updates,
+            x_bar: vars.x_bar.clone(),
+            z_bar: vars.z_bar.clone(),
+            u: vars.u.clone(),
+            residuals: [r.primal, r.dual, r.eps_primal, r.eps_dual],
+        }
+    }
+}
+
+/// The converged (or last) schedule and the per-slot prices.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct FinalBody {
+    /// The market.
+    pub market_id: u64,
+    /// Iterations run.
+    pub iterations: u32,
+    /// Whether the stopping rule held (else K_max was reached).
+    pub converged: bool,
+    /// `merkle::final_root` of the devices' schedules.
+    pub schedule_root: Hash,
+    /// λ_t raw (€/MWh).
+    pub prices: Vec<i64>,
+}
+
+/// A signed meter reading of one device for one slot.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct MeterReading {
+    /// The market.
+    pub market_id: u64,
+    /// The device.
+    pub device: DeviceId,
+    /// The slot.
+    pub slot: u32,
+    /// Metered energy in W·slot.
+    pub energy: i64,
+    /// Signature by the device key in the meter domain over the fields above.
+    pub signature: SignatureBytes,
+}
+
+/// Balances after settlement (DESIGN §9), in milli-euro; positive = owes.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct SettlementBody {
+    /// The market.
+    pub market_id: u64,
+    /// (device, balance), ascending by device.
+    pub balances: Vec<(DeviceId, i64)>,
+}
+
+/// What an entry records.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub enum Body {
+    /// Height 0.
+    Genesis(Genesis),
+    /// Enrollments accepted in this entry.
+    Enrollment(Vec<SignedEnrollment>),
+    /// An ADMM iteration.
+    Iteration(IterationBody),
+    /// The final schedule.
+    Final(FinalBody),
+    /// Meter readings.
+    Meter(Vec<MeterReading>),
+    /// Settlement.
+    Settlement(SettlementBody),
+}
+
+/// One log entry.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct Entry {
+    /// The chain.
+    pub chain_id: ChainId,
+    /// Height (genesis = 0).
+    pub height: u64,
+    /// Hash of the entry at height − 1 (zero for genesis).
+    pub prev_hash: Hash,
+    /// The proposer's timestamp, ms since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// The body.
+    pub body: Body,
+}
+
+impl Entry {
+    /// SHA-256 of the canonical encoding.
+    pub fn hash(&self) -> Hash {
+        Sha256::digest(encode(self)).into()
+    }
+}
+
+/// The chain id of a genesis: SHA-256 of its canonical encoding.
+pub fn chain_id(genesis: &Genesis) -> ChainId {
+    ChainId(Sha256::digest(encode(genesis)).into())
+}
+
+/// One validator's vote: its index in the genesis set and its signature.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct Vote {
+    /// Index in `Genesis::validators`.
+    pub validator: u16,
+    /// Signature in the commit-vote domain over (height, hash).
+    pub signature: SignatureBytes,
+}
+
+/// ≥ 2f+1 validator signatures over (chain id, height, entry hash).
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct CommitCertificate {
+    /// The height.
+    pub height: u64,
+    /// The entry hash.
+    pub hash: Hash,
+    /// Votes, ascending by validator index, no duplicates.
+    pub votes: Vec<Vote>,
+}
+
+fn vote_payload(height: u64, hash: &Hash) -> Vec<u8> {
+    let mut p = height.to_le_bytes().to_vec();
+    p.extend_from_slice(hash);
+    p
+}
+
+/// A validator's vote for (height, hash).
+pub fn sign_vote(key: &SigningKey, chain: &ChainId, validator: u16, height: u64, hash: &Hash) -> Vote {
+    Vote { validator, signature: sign(key, chain, Domain::CommitVote, &vote_payload(height, hash)) }
+}
+
+/// Why a certificate or entry was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum LogError {
+    /// Fewer valid votes than the quorum.
+    #[error("certificate for height {height} has {got} votes, the quorum is {quorum}")]
+    NoQuorum {
+        /// Height.
+        height: u64,
+        /// Votes.
+        got: usize,
+        /// 2f + 1.
+        quorum: usize,
+    },
+    /// A vote names no validator of the set.
+    #[error("vote from validator index {0}, the set has {1}")]
+    UnknownValidator(u16, usize),
+    /// Votes out of order or repeated.
+    #[error("votes must be ascending by validator without repeats (index {0})")]
+    VoteOrder(u16),
+    /// A vote's signature does not verify.
+    #[error("vote of validator {index}: {source}")]
+    BadVote {
+        /// Index.
+        index: u16,
+        /// Why.
+        #[source]
+        source: SignatureError,
+    },
+    /// The certificate is for another height or entry.
+    #[error("certificate is for height {cert_height} hash {cert_hash}, the entry is height {height} hash {hash}")]
+    Mismatch {
+        /// Certificate height.
+        cert_height: u64,
+        /// Certificate hash (hex prefix).
+        cert_hash: String,
+        /// Entry height.
+        height: u64,
+        /// Entry hash (hex prefix).
+        hash: String,
+    },
+    /// The entry does not extend the accepted chain.
+    #[error("entry at height {height} does not extend the log at height {expected_height}: {reason}")]
+    Link {
+        /// Entry height.
+        height: u64,
+        /// The next height the client expects.
+        expected_height: u64,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+fn hex8(h: &Hash) -> String {
+    h[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The quorum 2f + 1 for n = 3f + 1 (rounding f down for other n).
+pub fn quorum(n: usize) -> usize {
+    2 * (n.saturating_sub(1) / 3) + 1
+}
+
+impl CommitCertificate {
+    /// Verifies ≥ 2f+1 distinct, valid votes of `validators` for this height and hash.
+    pub fn verify(&self, chain: &ChainId, validators: &[ValidatorId]) -> Result<(), LogError> {
+        let payload = vote_payload(self.height, &self.hash);
+        let mut last: Option<u16> = None;
+        for v in &self.votes {
+            if last.is_some_and(|l| v.validator <= l) {
+                return Err(LogError::VoteOrder(v.validator));
+            }
+            last = Some(v.validator);
+            let key = validators.get(v.validator as usize).ok_or(LogError::UnknownValidator(v.validator, validators.len()))?;
+            verify(&key.0, chain, Domain::CommitVote, &payload, &v.signature)
+                .map_err(|source| LogError::BadVote { index: v.validator, source })?;
+        }
+        let q = quorum(validators.len());
+        if self.votes.len() < q {
+            return Err(LogError::NoQuorum { height: self.height, got: self.votes.len(), quorum: q });
+        }
+        Ok(())
+    }
+}
+
+/// A light client (DESIGN §6): follows the log from genesis, accepting an entry only if it
+/// extends the last accepted one and carries a valid certificate.
+#[derive(Debug, Clone)]
+pub struct LightClient {
+    chain: ChainId,
+    validators: Vec<ValidatorId>,
+    next_height: u64,
+    last_hash: Hash,
+}
+
+impl LightClient {
+    /// Starts from a genesis entry (height 0), trusted out of band.
+    pub fn new(genesis: &Entry) -> Result<LightClient, LogError> {
+        let Body::Genesis(g) = &genesis.body else {
+            return Err(LogError::Link { height: genesis.height, expected_height: 0, reason: "not a genesis entry" });
+        };
+        if genesis.height != 0 || genesis.chain_id != chain_id(g) {
+            return Err(LogError::Link { height: genesis.height, expected_height: 0, reason: "genesis height or chain id is wrong" });
+        }
+        Ok(LightClient { chain: genesis.chain_id, validators: g.validators.clone(), next_height: 1, last_hash: genesis.hash() })
+    }
+
+    /// The chain id.
+    pub fn chain(&self) -> ChainId {
+        self.chain
+    }
+
+    /// The next height it expects.
+    pub fn next_height(&self) -> u64 {
+        self.next_height
+    }
+
+    /// Accepts `entry` if it links to the last accepted entry and `cert` certifies it.
+    pub fn accept(&mut self, entry: &Entry, cert: &CommitCertificate) -> Result<(), LogError> {
+        let link = |reason| LogError::Link { height: entry.height, expected_height: self.next_height, reason };
+        if entry.chain_id != self.chain {
+            return Err(link("another chain"));
+        }
+        if entry.height != self.next_height {
+            return Err(link("wrong height"));
+        }
+        if entry.prev_hash != self.last_hash {
+            return Err(link("previous hash does not match"));
+        }
+        let hash = entry.hash();
+        if cert.height != entry.height || cert.hash != hash {
+            return Err(LogError::Mismatch { cert_height: cert.height, cert_hash: hex8(&cert.hash), height: entry.height, hash: hex8(&hash) });
+        }
+        cert.verify(&self.chain, &self.validators)?;
+        self.next_height += 1;
+        self.last_hash = hash;
+        Ok(())
+    }
+}
