@@ -3,6 +3,7 @@
 //! - [`admm`]: the validators' fixed-point ADMM engine (x̄, z̄, u, residuals, prices).
 //! - [`local`]: the device's local step (clarabel), rounding and repair to circuit-exact watts.
 //! - [`central`]: the centralised reference optimum (tests and benchmarks only).
+//! - [`clock`]: the market clock, a sans-IO state machine fed `now`.
 //! - [`scenario`]: seeded device workloads and base-load profiles.
 //! - [`simulate`]: an in-process ADMM run over a scenario.
 //! - [`ids`]: device and validator identities; [`sign`]: domain-separated ed25519.
@@ -17,6 +18,7 @@
 
 pub mod admm;
 pub mod central;
+pub mod clock;
 pub mod codec;
 pub mod entry;
 pub mod ids;
