@@ -84,7 +84,7 @@ pub enum FormatError {
         found: String,
     },
     /// The body does not hash to the header's SHA-256.
-    #[error("key body SHA-256 mismatch: header says {expected}, body hashes to {found}")]
+    #[error("key file SHA-256 mismatch: header says {expected}, header fields and body hash to {found}")]
     HashMismatch {
         /// Hex digest in the header.
         expected: String,

@@ -15,7 +15,7 @@
 //! | 16 | 2 | T |
 //! | 18 | 1 | setup: 0 ceremony, 1 development (NOT FOR PRODUCTION) |
 //! | 19 | 8 | body length |
-//! | 27 | 32 | SHA-256 of the body |
+//! | 27 | 32 | SHA-256 of bytes 0..27 and the body (so no header field can change unnoticed) |
 //! | 59 | … | body: the arkworks key, compressed canonical points |
 
 use ark_bn254::{Bn254, Fr, G1Affine, G2Affine};
@@ -138,7 +138,7 @@ pub struct KeyHeader {
     pub shape: Shape,
     /// Ceremony or development.
     pub setup: SetupKind,
-    /// SHA-256 of the body.
+    /// SHA-256 of the header fields and the body.
     pub body_sha256: [u8; 32],
 }
 
@@ -150,9 +150,13 @@ fn shape_name(s: &Shape) -> String {
     format!("{} with T = {}", s.kind, s.slots)
 }
 
+/// SHA-256 over the header fields before the digest (bytes 0..27) and the body.
+fn key_digest(header_prefix: &[u8], body: &[u8]) -> [u8; 32] {
+    Sha256::new().chain_update(&header_prefix[..27]).chain_update(body).finalize().into()
+}
+
 /// Writes a key file: header then body.
 fn encode_key_file(key_type: KeyType, shape: Shape, setup: SetupKind, body: Vec<u8>) -> Vec<u8> {
-    let digest: [u8; 32] = Sha256::digest(&body).into();
     let mut out = Vec::with_capacity(KEY_HEADER_BYTES + body.len());
     out.extend_from_slice(&KEY_MAGIC);
     out.extend_from_slice(&KEY_FORMAT_VERSION.to_le_bytes());
@@ -162,6 +166,7 @@ fn encode_key_file(key_type: KeyType, shape: Shape, setup: SetupKind, body: Vec<
     out.extend_from_slice(&(shape.slots.get() as u16).to_le_bytes());
     out.push(setup as u8);
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    let digest = key_digest(&out, &body);
     out.extend_from_slice(&digest);
     debug_assert_eq!(out.len(), KEY_HEADER_BYTES);
     out.extend_from_slice(&body);
@@ -216,7 +221,7 @@ pub fn decode_key_header(bytes: &[u8]) -> Result<(KeyHeader, &[u8]), FormatError
         return Err(FormatError::TrailingBytes { what: "key file", extra: body.len() - body_len as usize });
     }
     let body_sha256: [u8; 32] = bytes[27..59].try_into().expect("32 bytes");
-    let found: [u8; 32] = Sha256::digest(body).into();
+    let found = key_digest(bytes, body);
     if found != body_sha256 {
         return Err(FormatError::HashMismatch { expected: hex(&body_sha256), found: hex(&found) });
     }

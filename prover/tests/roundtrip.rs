@@ -97,6 +97,13 @@ fn key_files_are_checked() {
     let mut magic = bytes.clone();
     magic[0] = b'X';
     assert!(matches!(UpdateVerifyingKey::from_bytes(&magic, None), Err(prover::FormatError::BadMagic { .. })));
+    // Header fields are covered by the digest: a development key cannot be relabelled as a
+    // ceremony key, nor a thermal key as a battery key with the same input count.
+    for (at, value) in [(18usize, 0u8), (15, 2)] {
+        let mut relabelled = bytes.clone();
+        relabelled[at] = value;
+        assert!(matches!(UpdateVerifyingKey::from_bytes(&relabelled, None), Err(prover::FormatError::HashMismatch { .. })), "byte {at}");
+    }
     let mut version = bytes;
     version[8] = 9;
     assert!(matches!(UpdateVerifyingKey::from_bytes(&version, None), Err(prover::FormatError::UnsupportedVersion { found: 9, .. })));
