@@ -1,0 +1,19 @@
+//! `keys`: the trusted setup of gridproof's Groth16 circuits.
+//!
+//! - [`phase1`]: powers of tau over BN254 — new, contribute, beacon, verify.
+//! - [`phase2`]: per circuit shape (model, T) — keys from a phase-1 accumulator, δ
+//!   contributions, beacon finalisation, verification of the whole chain, export as `prover`
+//!   key files.
+//! - [`pok`]: proofs of knowledge of contribution secrets, hash to G2, ratio checks.
+//! - [`files`]: the transcript file formats, written atomically.
+//! - [`snarkjs`]: import of a snarkjs `.ptau` file as a phase-1 accumulator.
+//!
+//! One honest contributor suffices: every key is the product of all contributors' secrets,
+//! and every contribution proves it knew its secret and built on its predecessor.
+#![warn(missing_docs)]
+
+pub mod files;
+pub mod phase1;
+pub mod phase2;
+pub mod pok;
+pub mod snarkjs;

@@ -1,0 +1,119 @@
+//! Import of a snarkjs `.ptau` file (powers of tau) as a phase-1 accumulator, so that a
+//! deployment can reuse a large public transcript.
+//!
+//! The file is a snarkjs "binfile": magic `ptau`, u32 version, u32 section count, then sections
+//! `(u32 type, u64 size, data)`. Section 1 holds the field size (32), the prime and the power;
+//! sections 2–6 hold [τ^i]₁ (2n − 1 points), [τ^i]₂ (n), [ατ^i]₁ (n), [βτ^i]₁ (n) and [β]₂, as
+//! affine coordinates in little-endian Montgomery form (the same Montgomery form arkworks
+//! uses, R = 2^256). Every point is checked to be on the curve and in the subgroup. The
+//! snarkjs contribution records are not imported: verify the `.ptau` with
+//! `snarkjs powersoftau verify`; the import is then checked for well-formedness by
+//! [`crate::phase1::Phase1::verify`] like any accumulator (with no contributions of ours).
+
+use ark_bn254::{Fq, Fq2, G1Affine, G2Affine};
+use ark_ff::{BigInt, PrimeField};
+use thiserror::Error;
+
+use crate::phase1::{Accumulator, Phase1, MAX_POWER};
+
+/// Why a `.ptau` file was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PtauError {
+    /// Not a ptau binfile.
+    #[error("not a snarkjs .ptau file (bad magic or version)")]
+    Magic,
+    /// A section is missing.
+    #[error("section {0} is missing")]
+    MissingSection(u32),
+    /// A section or the file is shorter than declared.
+    #[error("truncated: {0}")]
+    Truncated(String),
+    /// Not BN254, or a power we do not support.
+    #[error("unsupported parameters: {0}")]
+    Unsupported(String),
+    /// A coordinate not below the modulus, or a point off the curve or subgroup.
+    #[error("invalid point {index} in section {section}")]
+    InvalidPoint {
+        /// Section.
+        section: u32,
+        /// Index of the point.
+        index: usize,
+    },
+}
+
+fn u32_at(b: &[u8], o: usize) -> Result<u32, PtauError> {
+    b.get(o..o + 4).map(|s| u32::from_le_bytes(s.try_into().expect("4"))).ok_or(PtauError::Truncated(format!("u32 at {o}")))
+}
+
+fn fq(bytes: &[u8]) -> Option<Fq> {
+    let mut limbs = [0u64; 4];
+    for (i, l) in limbs.iter_mut().enumerate() {
+        *l = u64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().expect("8"));
+    }
+    let big = BigInt::new(limbs);
+    (big < Fq::MODULUS).then(|| Fq::new_unchecked(big))
+}
+
+fn g1(b: &[u8]) -> Option<G1Affine> {
+    let p = G1Affine::new_unchecked(fq(&b[..32])?, fq(&b[32..64])?);
+    (p.is_on_curve() && p.is_in_correct_subgroup_assuming_on_curve()).then_some(p)
+}
+
+fn g2(b: &[u8]) -> Option<G2Affine> {
+    let x = Fq2::new(fq(&b[..32])?, fq(&b[32..64])?);
+    let y = Fq2::new(fq(&b[64..96])?, fq(&b[96..128])?);
+    let p = G2Affine::new_unchecked(x, y);
+    (p.is_on_curve() && p.is_in_correct_subgroup_assuming_on_curve()).then_some(p)
+}
+
+fn points<T>(section: &[u8], id: u32, size: usize, count: usize, parse: fn(&[u8]) -> Option<T>) -> Result<Vec<T>, PtauError> {
+    if section.len() < size * count {
+        return Err(PtauError::Truncated(format!("section {id} holds {} bytes, needs {}", section.len(), size * count)));
+    }
+    (0..count).map(|i| parse(&section[i * size..(i + 1) * size]).ok_or(PtauError::InvalidPoint { section: id, index: i })).collect()
+}
+
+/// Parses a `.ptau` file into a phase-1 transcript with no contributions of ours.
+pub fn import_ptau(bytes: &[u8]) -> Result<Phase1, PtauError> {
+    if bytes.len() < 12 || &bytes[..4] != b"ptau" || u32_at(bytes, 4)? != 1 {
+        return Err(PtauError::Magic);
+    }
+    let count = u32_at(bytes, 8)?;
+    let mut sections: Vec<(u32, &[u8])> = Vec::new();
+    let mut o = 12usize;
+    for _ in 0..count.min(64) {
+        let id = u32_at(bytes, o)?;
+        let size = bytes.get(o + 4..o + 12).map(|s| u64::from_le_bytes(s.try_into().expect("8"))).ok_or(PtauError::Truncated("section header".into()))?;
+        let start = o + 12;
+        let end = usize::try_from(size).ok().and_then(|s| start.checked_add(s)).filter(|&e| e <= bytes.len());
+        let end = end.ok_or(PtauError::Truncated(format!("section {id} declares {size} bytes")))?;
+        sections.push((id, &bytes[start..end]));
+        o = end;
+    }
+    let section = |id: u32| sections.iter().find(|(i, _)| *i == id).map(|(_, s)| *s).ok_or(PtauError::MissingSection(id));
+    let header = section(1)?;
+    let n8 = u32_at(header, 0)? as usize;
+    if n8 != 32 || header.len() < 4 + 32 + 8 {
+        return Err(PtauError::Unsupported(format!("field size {n8} bytes")));
+    }
+    let q = BigInt::<4>::new(std::array::from_fn(|i| u64::from_le_bytes(header[4 + 8 * i..12 + 8 * i].try_into().expect("8"))));
+    if q != Fq::MODULUS {
+        return Err(PtauError::Unsupported("the prime is not BN254's".into()));
+    }
+    let power = u32_at(header, 36)?;
+    if !(1..=MAX_POWER).contains(&power) {
+        return Err(PtauError::Unsupported(format!("power {power}")));
+    }
+    let n = 1usize << power;
+    Ok(Phase1 {
+        accumulator: Accumulator {
+            power,
+            tau_g1: points(section(2)?, 2, 64, 2 * n - 1, g1)?,
+            tau_g2: points(section(3)?, 3, 128, n, g2)?,
+            alpha_tau_g1: points(section(4)?, 4, 64, n, g1)?,
+            beta_tau_g1: points(section(5)?, 5, 64, n, g1)?,
+            beta_g2: points(section(6)?, 6, 128, 1, g2)?.remove(0),
+        },
+        contributions: vec![],
+    })
+}
