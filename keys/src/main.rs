@@ -1,1 +1,354 @@
-fn main() {}
+//! `keys`: gridproof's trusted-setup command line. Run `keys --help`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use circuits::{ModelKind, Shape, Slots};
+use indicatif::{ProgressBar, ProgressStyle};
+use keys::files::{self, write_atomic};
+use keys::phase1::Phase1;
+use keys::phase2::Phase2;
+use keys::pok::hex;
+use prover::{SetupKind, UpdateProvingKey, UpdateVerifyingKey};
+
+/// Trusted setup for gridproof's Groth16 circuits.
+///
+/// Production keys come from a ceremony: phase 1 (powers of tau, reusable by every circuit)
+/// and phase 2 (one per circuit shape: model and slot count T). One honest participant
+/// suffices; every contribution prints a hash to publish, and `verify` re-checks everything.
+/// `dev-setup` makes single-party keys for development only.
+#[derive(Parser)]
+#[command(name = "keys", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Model {
+    Deferrable,
+    Battery,
+    Producer,
+    Thermal,
+}
+
+impl From<Model> for ModelKind {
+    fn from(m: Model) -> ModelKind {
+        match m {
+            Model::Deferrable => ModelKind::Deferrable,
+            Model::Battery => ModelKind::Battery,
+            Model::Producer => ModelKind::Producer,
+            Model::Thermal => ModelKind::Thermal,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Single-party keys for development. Whoever runs this can forge proofs: NOT FOR PRODUCTION.
+    DevSetup {
+        /// Device model.
+        #[arg(long, value_enum)]
+        model: Model,
+        /// Slot count T (1..=288).
+        #[arg(long)]
+        slots: usize,
+        /// Output directory for `<model>-<T>.pk`, `<model>-<T>.vk` and `<model>-<T>.vk.json`.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Phase 1: powers of tau.
+    #[command(subcommand)]
+    Ptau(PtauCommand),
+    /// Phase 2: per-circuit keys.
+    #[command(subcommand)]
+    Phase2(Phase2Command),
+}
+
+#[derive(Subcommand)]
+enum PtauCommand {
+    /// Starts a transcript with 2^power powers (the circuit's domain must fit).
+    New {
+        /// log2 of the number of powers (1..=24); 2^14 fits every model at T = 96.
+        #[arg(long)]
+        power: u32,
+        /// The new transcript.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Adds your contribution (secrets from the OS RNG, mixed with optional text).
+    Contribute {
+        /// The transcript to build on.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// The new transcript.
+        #[arg(long)]
+        out: PathBuf,
+        /// Your name, recorded in the transcript.
+        #[arg(long, default_value = "anonymous")]
+        name: String,
+        /// Extra entropy text.
+        #[arg(long, default_value = "")]
+        entropy: String,
+    },
+    /// Adds a final contribution from a public beacon value.
+    Beacon {
+        /// The transcript to build on.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// The new transcript.
+        #[arg(long)]
+        out: PathBuf,
+        /// The beacon value, 64 hex digits.
+        #[arg(long)]
+        beacon: String,
+        /// SHA-256 is iterated 2^this times over the beacon.
+        #[arg(long, default_value_t = 10)]
+        iterations_exp: u8,
+    },
+    /// Verifies the whole transcript and lists its contributions.
+    Verify {
+        /// The transcript.
+        #[arg(long = "in")]
+        input: PathBuf,
+    },
+    /// Imports a snarkjs `.ptau` file (verify it with `snarkjs powersoftau verify` first).
+    Import {
+        /// The snarkjs file.
+        #[arg(long)]
+        snarkjs: PathBuf,
+        /// The gridproof transcript to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum Phase2Command {
+    /// Starts phase 2 for one circuit from a phase-1 transcript.
+    New {
+        /// The phase-1 transcript.
+        #[arg(long)]
+        ptau: PathBuf,
+        /// Device model.
+        #[arg(long, value_enum)]
+        model: Model,
+        /// Slot count T.
+        #[arg(long)]
+        slots: usize,
+        /// The new phase-2 transcript.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Adds your contribution.
+    Contribute {
+        /// The transcript to build on.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// The new transcript.
+        #[arg(long)]
+        out: PathBuf,
+        /// Your name.
+        #[arg(long, default_value = "anonymous")]
+        name: String,
+        /// Extra entropy text.
+        #[arg(long, default_value = "")]
+        entropy: String,
+    },
+    /// Verifies phase 1, the circuit and every contribution.
+    Verify {
+        /// The phase-2 transcript.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// The phase-1 transcript it started from.
+        #[arg(long)]
+        ptau: PathBuf,
+    },
+    /// Adds the final beacon contribution.
+    Finalize {
+        /// The transcript to build on.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// The new transcript.
+        #[arg(long)]
+        out: PathBuf,
+        /// The beacon value, 64 hex digits.
+        #[arg(long)]
+        beacon: String,
+        /// SHA-256 is iterated 2^this times over the beacon.
+        #[arg(long, default_value_t = 10)]
+        iterations_exp: u8,
+    },
+    /// Verifies, then writes the proving and verifying key files and the snarkjs verifying key.
+    Export {
+        /// The phase-2 transcript.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// The phase-1 transcript.
+        #[arg(long)]
+        ptau: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn spinner(msg: &str) -> ProgressBar {
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("valid template"));
+    pb.set_message(msg.to_string());
+    pb.enable_steady_tick(Duration::from_millis(120));
+    pb
+}
+
+/// Runs `f` under a spinner on stderr.
+fn step<T>(msg: &str, f: impl FnOnce() -> T) -> T {
+    let pb = spinner(msg);
+    let out = f();
+    pb.finish_and_clear();
+    eprintln!("{msg}: done");
+    out
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+fn shape(model: Model, slots: usize) -> Result<Shape> {
+    Ok(Shape { kind: model.into(), slots: Slots::new(slots).map_err(|e| e.to_string())? })
+}
+
+fn beacon_value(hex_str: &str) -> Result<[u8; 32]> {
+    let bytes: Vec<u8> = (0..hex_str.len())
+        .step_by(2)
+        .map(|i| hex_str.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect::<Option<_>>()
+        .ok_or_else(|| format!("--beacon: `{hex_str}` is not hex"))?;
+    bytes.try_into().map_err(|_| "--beacon: expected 64 hex digits (32 bytes)".to_string())
+}
+
+fn key_files(out: &Path, shape: Shape, pk: &UpdateProvingKey, vk: &UpdateVerifyingKey) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let stem = format!("{}-{}", shape.kind, shape.slots);
+    let json = serde_json::to_vec_pretty(&prover::snarkjs::export_verifying_key(vk.inner())).expect("json");
+    for (name, bytes) in [(format!("{stem}.pk"), pk.to_bytes()), (format!("{stem}.vk"), vk.to_bytes()), (format!("{stem}.vk.json"), json)] {
+        let path = out.join(&name);
+        write_atomic(&path, &bytes).map_err(|e| e.to_string())?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn load1(path: &Path) -> Result<Phase1> {
+    step(&format!("reading {}", path.display()), || files::load_phase1(path)).map_err(|e| e.to_string())
+}
+
+fn load2(path: &Path) -> Result<Phase2> {
+    step(&format!("reading {}", path.display()), || files::load_phase2(path)).map_err(|e| e.to_string())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let mut rng = rand::rngs::OsRng;
+    match cli.command {
+        Command::DevSetup { model, slots, out } => {
+            let shape = shape(model, slots)?;
+            eprintln!("WARNING: single-party development setup for {} with T = {}. Whoever ran it knows the trapdoor", shape.kind, shape.slots);
+            eprintln!("WARNING: and can forge any proof. The key header says so. NOT FOR PRODUCTION.");
+            let (pk, vk) = step("generating keys", || prover::setup(shape, &mut rng)).map_err(|e| e.to_string())?;
+            key_files(&out, shape, &pk, &vk)
+        }
+        Command::Ptau(PtauCommand::New { power, out }) => {
+            let p = Phase1::new(power).map_err(|e| e.to_string())?;
+            step("writing", || files::save_phase1(&out, &p)).map_err(|e| e.to_string())?;
+            println!("new powers-of-tau transcript with 2^{power} powers: {}", out.display());
+            Ok(())
+        }
+        Command::Ptau(PtauCommand::Contribute { input, out, name, entropy }) => {
+            let mut p = load1(&input)?;
+            let h = step("contributing (tau, alpha, beta)", || p.contribute(&name, entropy.as_bytes(), &mut rng));
+            step("writing", || files::save_phase1(&out, &p)).map_err(|e| e.to_string())?;
+            println!("contribution {} by {name:?}: {}", p.contributions.len(), hex(&h));
+            Ok(())
+        }
+        Command::Ptau(PtauCommand::Beacon { input, out, beacon, iterations_exp }) => {
+            let value = beacon_value(&beacon)?;
+            let mut p = load1(&input)?;
+            let h = step("applying the beacon", || p.beacon(value, iterations_exp));
+            step("writing", || files::save_phase1(&out, &p)).map_err(|e| e.to_string())?;
+            println!("beacon contribution {}: {}", p.contributions.len(), hex(&h));
+            Ok(())
+        }
+        Command::Ptau(PtauCommand::Verify { input }) => {
+            let p = load1(&input)?;
+            step("verifying", || p.verify()).map_err(|e| format!("REJECTED: {e}"))?;
+            for (i, c) in p.contributions.iter().enumerate() {
+                println!("contribution {i} {:?}{}: {}", c.name, if c.beacon.is_some() { " (beacon)" } else { "" }, hex(&c.hash));
+            }
+            println!("OK: powers-of-tau transcript with 2^{} powers and {} contributions verifies", p.accumulator.power, p.contributions.len());
+            Ok(())
+        }
+        Command::Ptau(PtauCommand::Import { snarkjs, out }) => {
+            let bytes = std::fs::read(&snarkjs).map_err(|e| format!("{}: {e}", snarkjs.display()))?;
+            let p = step("importing", || keys::snarkjs::import_ptau(&bytes)).map_err(|e| format!("{}: {e}", snarkjs.display()))?;
+            step("checking the powers", || p.verify()).map_err(|e| format!("REJECTED: {e}"))?;
+            step("writing", || files::save_phase1(&out, &p)).map_err(|e| e.to_string())?;
+            println!("imported 2^{} powers from {} into {}", p.accumulator.power, snarkjs.display(), out.display());
+            Ok(())
+        }
+        Command::Phase2(Phase2Command::New { ptau, model, slots, out }) => {
+            let shape = shape(model, slots)?;
+            let p1 = load1(&ptau)?;
+            let p = step("computing the circuit's initial key", || Phase2::new(&p1.accumulator, shape)).map_err(|e| e.to_string())?;
+            step("writing", || files::save_phase2(&out, &p)).map_err(|e| e.to_string())?;
+            println!("phase 2 for {} with T = {}: {}", shape.kind, shape.slots, out.display());
+            Ok(())
+        }
+        Command::Phase2(Phase2Command::Contribute { input, out, name, entropy }) => {
+            let mut p = load2(&input)?;
+            let h = step("contributing (delta)", || p.contribute(&name, entropy.as_bytes(), &mut rng));
+            step("writing", || files::save_phase2(&out, &p)).map_err(|e| e.to_string())?;
+            println!("contribution {} by {name:?}: {}", p.contributions.len(), hex(&h));
+            Ok(())
+        }
+        Command::Phase2(Phase2Command::Verify { input, ptau }) => {
+            let (p1, p2) = (load1(&ptau)?, load2(&input)?);
+            step("verifying phase 1", || p1.verify()).map_err(|e| format!("REJECTED: phase 1: {e}"))?;
+            step("verifying phase 2", || p2.verify(&p1.accumulator)).map_err(|e| format!("REJECTED: {e}"))?;
+            for (i, c) in p2.contributions.iter().enumerate() {
+                println!("contribution {i} {:?}{}: {}", c.name, if c.beacon.is_some() { " (beacon)" } else { "" }, hex(&c.hash));
+            }
+            println!("OK: phase 2 transcript with {} contributions verifies", p2.contributions.len());
+            Ok(())
+        }
+        Command::Phase2(Phase2Command::Finalize { input, out, beacon, iterations_exp }) => {
+            let value = beacon_value(&beacon)?;
+            let mut p = load2(&input)?;
+            let h = step("applying the beacon", || p.beacon(value, iterations_exp));
+            step("writing", || files::save_phase2(&out, &p)).map_err(|e| e.to_string())?;
+            println!("beacon contribution {}: {}", p.contributions.len(), hex(&h));
+            Ok(())
+        }
+        Command::Phase2(Phase2Command::Export { input, ptau, out }) => {
+            let (p1, p2) = (load1(&ptau)?, load2(&input)?);
+            step("verifying phase 1", || p1.verify()).map_err(|e| format!("REJECTED: phase 1: {e}"))?;
+            let (pk, vk) = step("verifying phase 2", || p2.export(&p1.accumulator)).map_err(|e| format!("REJECTED: {e}"))?;
+            let shape = p2.shape().map_err(|e| e.to_string())?;
+            if p2.contributions.is_empty() {
+                eprintln!("WARNING: no contributions: these keys are as weak as a development setup");
+            }
+            key_files(&out, shape, &pk, &vk)?;
+            debug_assert_eq!(pk.setup(), SetupKind::Ceremony);
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

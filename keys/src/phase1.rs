@@ -70,11 +70,22 @@ pub struct Contribution {
     pub hash: Hash,
 }
 
+/// Where an imported transcript started: a snarkjs `.ptau` file, verified by its own tools.
+#[derive(Debug, Clone, PartialEq, Eq, CanonicalSerialize, CanonicalDeserialize)]
+pub struct Imported {
+    /// SHA-256 of the imported file.
+    pub source_sha256: Hash,
+    /// [τ]₁, [α]₁, [β]₁ of the imported accumulator: where our chain starts.
+    pub start: [G1Affine; 3],
+}
+
 /// A phase-1 transcript: the current accumulator and every contribution.
 #[derive(Debug, Clone, PartialEq, Eq, CanonicalSerialize, CanonicalDeserialize)]
 pub struct Phase1 {
     /// The current powers.
     pub accumulator: Accumulator,
+    /// Set when the chain starts from an imported accumulator instead of the generators.
+    pub imported: Option<Imported>,
     /// The contributions, oldest first.
     pub contributions: Vec<Contribution>,
 }
@@ -114,8 +125,12 @@ fn g2() -> G2Affine {
 }
 
 /// The transcript hash a chain starts from.
-fn start_hash(power: u32) -> Hash {
-    Sha256::new().chain_update(b"gridproof/ptau/v1").chain_update(power.to_le_bytes()).finalize().into()
+fn start_hash(power: u32, imported: &Option<Imported>) -> Hash {
+    let mut h = Sha256::new().chain_update(b"gridproof/ptau/v1").chain_update(power.to_le_bytes());
+    if let Some(i) = imported {
+        h.update(i.source_sha256);
+    }
+    h.finalize().into()
 }
 
 fn record_hash(prev: &Hash, c: &Contribution) -> Hash {
@@ -165,13 +180,20 @@ impl Phase1 {
                 beta_tau_g1: vec![g1(); n],
                 beta_g2: g2(),
             },
+            imported: None,
             contributions: vec![],
         })
     }
 
+    /// A transcript continuing from an imported accumulator (see [`Imported`]).
+    pub fn from_imported(accumulator: Accumulator, source_sha256: Hash) -> Phase1 {
+        let start = [accumulator.tau_g1[1], accumulator.alpha_tau_g1[0], accumulator.beta_tau_g1[0]];
+        Phase1 { accumulator, imported: Some(Imported { source_sha256, start }), contributions: vec![] }
+    }
+
     /// The hash of the last contribution (the start hash when there is none).
     pub fn last_hash(&self) -> Hash {
-        self.contributions.last().map_or(start_hash(self.accumulator.power), |c| c.hash)
+        self.contributions.last().map_or(start_hash(self.accumulator.power, &self.imported), |c| c.hash)
     }
 
     /// Adds a contribution with secrets from `rng` and `entropy`; returns its hash.
@@ -223,7 +245,8 @@ impl Phase1 {
             return Err(Phase1Error::Shape(acc.power));
         }
         // The chain of contributions.
-        let (mut prev_hash, mut prev) = (start_hash(acc.power), [g1(); 3]);
+        let start = self.imported.as_ref().map_or([g1(); 3], |i| i.start);
+        let (mut prev_hash, mut prev) = (start_hash(acc.power, &self.imported), start);
         for (index, c) in self.contributions.iter().enumerate() {
             let fail = |what| Phase1Error::Contribution { index, name: c.name.clone(), hash: hex(&c.hash[..8]), what };
             if record_hash(&prev_hash, c) != c.hash {

@@ -14,6 +14,8 @@ use ark_bn254::{Fq, Fq2, G1Affine, G2Affine};
 use ark_ff::{BigInt, PrimeField};
 use thiserror::Error;
 
+use sha2::{Digest, Sha256};
+
 use crate::phase1::{Accumulator, Phase1, MAX_POWER};
 
 /// Why a `.ptau` file was refused.
@@ -73,7 +75,8 @@ fn points<T>(section: &[u8], id: u32, size: usize, count: usize, parse: fn(&[u8]
     (0..count).map(|i| parse(&section[i * size..(i + 1) * size]).ok_or(PtauError::InvalidPoint { section: id, index: i })).collect()
 }
 
-/// Parses a `.ptau` file into a phase-1 transcript with no contributions of ours.
+/// Parses a `.ptau` file into a phase-1 transcript whose chain starts at the imported
+/// accumulator (contributions of ours can follow).
 pub fn import_ptau(bytes: &[u8]) -> Result<Phase1, PtauError> {
     if bytes.len() < 12 || &bytes[..4] != b"ptau" || u32_at(bytes, 4)? != 1 {
         return Err(PtauError::Magic);
@@ -105,15 +108,13 @@ pub fn import_ptau(bytes: &[u8]) -> Result<Phase1, PtauError> {
         return Err(PtauError::Unsupported(format!("power {power}")));
     }
     let n = 1usize << power;
-    Ok(Phase1 {
-        accumulator: Accumulator {
+    let accumulator = Accumulator {
             power,
             tau_g1: points(section(2)?, 2, 64, 2 * n - 1, g1)?,
             tau_g2: points(section(3)?, 3, 128, n, g2)?,
             alpha_tau_g1: points(section(4)?, 4, 64, n, g1)?,
             beta_tau_g1: points(section(5)?, 5, 64, n, g1)?,
             beta_g2: points(section(6)?, 6, 128, 1, g2)?.remove(0),
-        },
-        contributions: vec![],
-    })
+    };
+    Ok(Phase1::from_imported(accumulator, Sha256::digest(bytes).into()))
 }

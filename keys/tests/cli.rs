@@ -1,0 +1,113 @@
+//! The `keys` binary end to end: a three-party ceremony through files, the development setup,
+//! and the import of a snarkjs `.ptau` (`.ci/run` installs snarkjs from npm).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use circuits::{sample, ModelKind, Shape, Slots};
+use prover::{UpdateProvingKey, UpdateVerifyingKey};
+
+fn keys(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_keys")).args(args).current_dir(dir).output().expect("run keys");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "keys {args:?} failed:\n{text}");
+    text
+}
+
+fn keys_fails(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_keys")).args(args).current_dir(dir).output().expect("run keys");
+    assert!(!out.status.success(), "keys {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("gridproof-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Loads exported key files and proves a sample witness with them.
+fn prove_with(dir: &Path, shape: Shape) {
+    let stem = format!("{}-{}", shape.kind, shape.slots);
+    let pk = UpdateProvingKey::from_bytes(&std::fs::read(dir.join(format!("{stem}.pk"))).unwrap(), Some(shape)).unwrap();
+    let vk = UpdateVerifyingKey::from_bytes(&std::fs::read(dir.join(format!("{stem}.vk"))).unwrap(), Some(shape)).unwrap();
+    let (proof, inputs) = prover::prove(&pk, sample::witness(shape.kind, shape.slots, 3, 4, 0), &mut rand::rngs::OsRng).unwrap();
+    prover::verify(&vk, &inputs, &proof).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(format!("{stem}.vk.json"))).unwrap()).unwrap();
+    assert_eq!(&prover::snarkjs::import_verifying_key(&json).unwrap(), vk.inner());
+}
+
+#[test]
+fn three_party_ceremony_through_the_cli() {
+    let d = scratch("ceremony");
+    let shape = Shape { kind: ModelKind::Producer, slots: Slots::new(8).unwrap() };
+    keys(&d, &["ptau", "new", "--power", "10", "--out", "p0.ptau"]);
+    let mut hashes = vec![];
+    for (i, name) in ["alice", "bob", "carol"].iter().enumerate() {
+        let out = keys(&d, &["ptau", "contribute", "--in", &format!("p{i}.ptau"), "--out", &format!("p{}.ptau", i + 1), "--name", name]);
+        hashes.push(out.split_whitespace().find(|w| w.len() == 64).unwrap().to_string());
+    }
+    keys(&d, &["ptau", "beacon", "--in", "p3.ptau", "--out", "final.ptau", "--beacon", &"ab".repeat(32), "--iterations-exp", "3"]);
+    let verified = keys(&d, &["ptau", "verify", "--in", "final.ptau"]);
+    for h in &hashes {
+        assert!(verified.contains(h), "contribution hash {h} not listed:\n{verified}");
+    }
+    keys(&d, &["phase2", "new", "--ptau", "final.ptau", "--model", "producer", "--slots", "8", "--out", "k0.ph2"]);
+    for (i, name) in ["dave", "erin", "frank"].iter().enumerate() {
+        keys(&d, &["phase2", "contribute", "--in", &format!("k{i}.ph2"), "--out", &format!("k{}.ph2", i + 1), "--name", name]);
+    }
+    keys(&d, &["phase2", "finalize", "--in", "k3.ph2", "--out", "final.ph2", "--beacon", &"cd".repeat(32), "--iterations-exp", "3"]);
+    assert!(keys(&d, &["phase2", "verify", "--in", "final.ph2", "--ptau", "final.ptau"]).contains("OK"));
+    keys(&d, &["phase2", "export", "--in", "final.ph2", "--ptau", "final.ptau", "--out", "out"]);
+    prove_with(&d.join("out"), shape);
+
+    // A phase-2 transcript checked against another phase 1 is refused.
+    assert!(keys_fails(&d, &["phase2", "verify", "--in", "final.ph2", "--ptau", "p2.ptau"]).contains("REJECTED"));
+    // A truncated transcript names the file.
+    let bytes = std::fs::read(d.join("final.ph2")).unwrap();
+    std::fs::write(d.join("cut.ph2"), &bytes[..bytes.len() - 100]).unwrap();
+    assert!(keys_fails(&d, &["phase2", "verify", "--in", "cut.ph2", "--ptau", "final.ptau"]).contains("cut.ph2"));
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn dev_setup_warns_and_writes_working_keys() {
+    let d = scratch("dev");
+    let out = keys(&d, &["dev-setup", "--model", "battery", "--slots", "4", "--out", "dev"]);
+    assert!(out.contains("NOT FOR PRODUCTION"), "{out}");
+    let shape = Shape { kind: ModelKind::Battery, slots: Slots::new(4).unwrap() };
+    prove_with(&d.join("dev"), shape);
+    let vk = UpdateVerifyingKey::from_bytes(&std::fs::read(d.join("dev/battery-4.vk")).unwrap(), None).unwrap();
+    assert_eq!(vk.setup(), prover::SetupKind::Development);
+    assert!(keys_fails(&d, &["dev-setup", "--model", "battery", "--slots", "0", "--out", "dev"]).contains("T = 0"));
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn snarkjs_ptau_imports_and_yields_working_keys() {
+    if Command::new("snarkjs").arg("--help").output().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "snarkjs is not installed; .ci/run installs it with npm");
+        eprintln!("snarkjs not on PATH: import test skipped");
+        return;
+    }
+    let d = scratch("snarkjs");
+    let sj = |args: &[&str]| {
+        let out = Command::new("snarkjs").args(args).current_dir(&d).output().expect("run snarkjs");
+        assert!(out.status.success(), "snarkjs {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    sj(&["powersoftau", "new", "bn128", "10", "pot0.ptau"]);
+    sj(&["powersoftau", "contribute", "pot0.ptau", "pot1.ptau", "--name=first", "-e=some entropy"]);
+    sj(&["powersoftau", "prepare", "phase2", "pot1.ptau", "pot.ptau"]);
+    keys(&d, &["ptau", "import", "--snarkjs", "pot.ptau", "--out", "imported.ptau"]);
+    keys(&d, &["ptau", "contribute", "--in", "imported.ptau", "--out", "ours.ptau", "--name", "local"]);
+    keys(&d, &["phase2", "new", "--ptau", "ours.ptau", "--model", "producer", "--slots", "8", "--out", "k0.ph2"]);
+    keys(&d, &["phase2", "contribute", "--in", "k0.ph2", "--out", "k1.ph2"]);
+    keys(&d, &["phase2", "export", "--in", "k1.ph2", "--ptau", "ours.ptau", "--out", "out"]);
+    prove_with(&d.join("out"), Shape { kind: ModelKind::Producer, slots: Slots::new(8).unwrap() });
+    // A corrupted [tau^i]1 point (section 2 starts after an 80-byte prefix) is refused.
+    let mut bytes = std::fs::read(d.join("pot.ptau")).unwrap();
+    bytes[200] ^= 0x55;
+    std::fs::write(d.join("bad.ptau"), bytes).unwrap();
+    keys_fails(&d, &["ptau", "import", "--snarkjs", "bad.ptau", "--out", "x.ptau"]);
+    std::fs::remove_dir_all(&d).ok();
+}
