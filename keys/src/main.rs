@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use circuits::{ModelKind, Shape, Slots};
 use indicatif::{ProgressBar, ProgressStyle};
 use keys::files::{self, write_atomic};
@@ -67,6 +67,40 @@ enum Command {
     Phase2(Phase2Command),
 }
 
+/// Arguments of a contribution, in either phase.
+#[derive(Args)]
+struct ContributeArgs {
+    /// The transcript to build on.
+    #[arg(long = "in")]
+    input: PathBuf,
+    /// The new transcript.
+    #[arg(long)]
+    out: PathBuf,
+    /// Your name, recorded in the transcript.
+    #[arg(long, default_value = "anonymous")]
+    name: String,
+    /// Extra entropy text.
+    #[arg(long, default_value = "")]
+    entropy: String,
+}
+
+/// Arguments of a beacon contribution, in either phase.
+#[derive(Args)]
+struct BeaconArgs {
+    /// The transcript to build on.
+    #[arg(long = "in")]
+    input: PathBuf,
+    /// The new transcript.
+    #[arg(long)]
+    out: PathBuf,
+    /// The beacon value, 64 hex digits.
+    #[arg(long)]
+    beacon: String,
+    /// SHA-256 is iterated 2^this times over the beacon.
+    #[arg(long, default_value_t = 10)]
+    iterations_exp: u8,
+}
+
 #[derive(Subcommand)]
 enum PtauCommand {
     /// Starts a transcript with 2^power powers (the circuit's domain must fit).
@@ -79,35 +113,9 @@ enum PtauCommand {
         out: PathBuf,
     },
     /// Adds your contribution (secrets from the OS RNG, mixed with optional text).
-    Contribute {
-        /// The transcript to build on.
-        #[arg(long = "in")]
-        input: PathBuf,
-        /// The new transcript.
-        #[arg(long)]
-        out: PathBuf,
-        /// Your name, recorded in the transcript.
-        #[arg(long, default_value = "anonymous")]
-        name: String,
-        /// Extra entropy text.
-        #[arg(long, default_value = "")]
-        entropy: String,
-    },
+    Contribute(ContributeArgs),
     /// Adds a final contribution from a public beacon value.
-    Beacon {
-        /// The transcript to build on.
-        #[arg(long = "in")]
-        input: PathBuf,
-        /// The new transcript.
-        #[arg(long)]
-        out: PathBuf,
-        /// The beacon value, 64 hex digits.
-        #[arg(long)]
-        beacon: String,
-        /// SHA-256 is iterated 2^this times over the beacon.
-        #[arg(long, default_value_t = 10)]
-        iterations_exp: u8,
-    },
+    Beacon(BeaconArgs),
     /// Verifies the whole transcript and lists its contributions.
     Verify {
         /// The transcript.
@@ -142,21 +150,8 @@ enum Phase2Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Adds your contribution.
-    Contribute {
-        /// The transcript to build on.
-        #[arg(long = "in")]
-        input: PathBuf,
-        /// The new transcript.
-        #[arg(long)]
-        out: PathBuf,
-        /// Your name.
-        #[arg(long, default_value = "anonymous")]
-        name: String,
-        /// Extra entropy text.
-        #[arg(long, default_value = "")]
-        entropy: String,
-    },
+    /// Adds your contribution (secrets from the OS RNG, mixed with optional text).
+    Contribute(ContributeArgs),
     /// Verifies phase 1, the circuit and every contribution.
     Verify {
         /// The phase-2 transcript.
@@ -167,20 +162,7 @@ enum Phase2Command {
         ptau: PathBuf,
     },
     /// Adds the final beacon contribution.
-    Finalize {
-        /// The transcript to build on.
-        #[arg(long = "in")]
-        input: PathBuf,
-        /// The new transcript.
-        #[arg(long)]
-        out: PathBuf,
-        /// The beacon value, 64 hex digits.
-        #[arg(long)]
-        beacon: String,
-        /// SHA-256 is iterated 2^this times over the beacon.
-        #[arg(long, default_value_t = 10)]
-        iterations_exp: u8,
-    },
+    Finalize(BeaconArgs),
     /// Verifies, then writes the proving and verifying key files and the snarkjs verifying key.
     Export {
         /// The phase-2 transcript.
@@ -263,14 +245,14 @@ fn run(cli: Cli) -> Result<()> {
             println!("new powers-of-tau transcript with 2^{power} powers: {}", out.display());
             Ok(())
         }
-        Command::Ptau(PtauCommand::Contribute { input, out, name, entropy }) => {
+        Command::Ptau(PtauCommand::Contribute(ContributeArgs { input, out, name, entropy })) => {
             let mut p = load1(&input)?;
             let h = step("contributing (tau, alpha, beta)", || p.contribute(&name, entropy.as_bytes(), &mut rng));
             step("writing", || files::save_phase1(&out, &p)).map_err(|e| e.to_string())?;
             println!("contribution {} by {name:?}: {}", p.contributions.len(), hex(&h));
             Ok(())
         }
-        Command::Ptau(PtauCommand::Beacon { input, out, beacon, iterations_exp }) => {
+        Command::Ptau(PtauCommand::Beacon(BeaconArgs { input, out, beacon, iterations_exp })) => {
             let value = beacon_value(&beacon)?;
             let mut p = load1(&input)?;
             let h = step("applying the beacon", || p.beacon(value, iterations_exp));
@@ -303,7 +285,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("phase 2 for {} with T = {}: {}", shape.kind, shape.slots, out.display());
             Ok(())
         }
-        Command::Phase2(Phase2Command::Contribute { input, out, name, entropy }) => {
+        Command::Phase2(Phase2Command::Contribute(ContributeArgs { input, out, name, entropy })) => {
             let mut p = load2(&input)?;
             let h = step("contributing (delta)", || p.contribute(&name, entropy.as_bytes(), &mut rng));
             step("writing", || files::save_phase2(&out, &p)).map_err(|e| e.to_string())?;
@@ -320,7 +302,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("OK: phase 2 transcript with {} contributions verifies", p2.contributions.len());
             Ok(())
         }
-        Command::Phase2(Phase2Command::Finalize { input, out, beacon, iterations_exp }) => {
+        Command::Phase2(Phase2Command::Finalize(BeaconArgs { input, out, beacon, iterations_exp })) => {
             let value = beacon_value(&beacon)?;
             let mut p = load2(&input)?;
             let h = step("applying the beacon", || p.beacon(value, iterations_exp));

@@ -65,10 +65,12 @@ fn ceremony_keys_prove_and_verify_for_every_model() {
     bad[1] += circuits::Fr::from(1u64);
     assert!(prover::verify(&vk, &bad, &proof).is_err());
 
-    // The other models, one contribution each.
+    // The other models, three contributors each.
     for kind in [ModelKind::Battery, ModelKind::Producer, ModelKind::Thermal] {
         let mut p = Phase2::new(&p1.accumulator, shape(kind)).unwrap();
-        p.contribute("solo", b"", &mut rng);
+        for name in ["dave", "erin", "frank"] {
+            p.contribute(name, b"", &mut rng);
+        }
         let (pk, vk) = p.export(&p1.accumulator).unwrap();
         let w = sample::witness(kind, shape(kind).slots, 1, 1, 0);
         let (proof, inputs) = prover::prove(&pk, w, &mut rng).unwrap();

@@ -1,0 +1,11 @@
+//! `verifier-node`: a gridproof validator.
+//!
+//! Today this crate holds the deterministic core every validator runs, [`app`]: the market's
+//! replicated state machine that admits enrollments and updates, builds an iteration proposal
+//! from the updates it holds, and validates a proposal from another validator by re-verifying
+//! every included update (signature, enrollment, market and iteration, duplicates, proofs in a
+//! batch) and recomputing the aggregates. Consensus (Malachite), QUIC, RocksDB and HTTP will
+//! drive this core from the edges (issue 7).
+#![warn(missing_docs)]
+
+pub mod app;
