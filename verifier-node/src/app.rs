@@ -246,10 +246,10 @@ impl MarketApp {
     /// ones whose proofs fail are dropped (and returned with their reason).
     pub fn propose<R: RngCore + CryptoRng>(&mut self, rng: &mut R) -> Result<(Proposal, Vec<(DeviceId, Reject)>), Reject> {
         let k = self.due_iteration()?;
-        // Updates for later iterations (arrived after the deadline) stay held.
+        // Updates for later iterations (arrived after the deadline) stay held; stale ones go.
         let (held, later): (Vec<SignedUpdate>, Vec<SignedUpdate>) =
             std::mem::take(&mut self.pending).into_values().partition(|u| u.body.iteration == k);
-        self.pending = later.into_iter().map(|u| ((u.body.iteration, u.body.device), u)).collect();
+        self.pending = later.into_iter().filter(|u| u.body.iteration > k).map(|u| ((u.body.iteration, u.body.device), u)).collect();
         let invalid = self.invalid_proofs(&held, rng)?;
         let mut dropped = Vec::new();
         let mut included = Vec::new();

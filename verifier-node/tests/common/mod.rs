@@ -1,0 +1,118 @@
+//! Shared fixtures: a market with dev keys, three devices, and proven, signed updates.
+#![allow(dead_code)]
+
+use circuits::{commitment, sample, Context, Fr, ModelKind, Opening, Shape, Slots};
+use ed25519_dalek::SigningKey;
+use protocol::codec::FieldElement;
+use protocol::entry::{chain_id, Genesis, GridSpec, KeyHash, MarketSpec};
+use protocol::ids::{DeviceId, ValidatorId};
+use protocol::messages::{Enrollment, SignedEnrollment, SignedUpdate, Update};
+use protocol::sign::ChainId;
+use prover::{UpdateProvingKey, VerifierKeys};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use verifier_node::app::MarketApp;
+
+pub const T: usize = 4;
+
+pub struct Device {
+    pub key: SigningKey,
+    pub opening: Opening,
+}
+
+impl Device {
+    pub fn id(&self) -> DeviceId {
+        DeviceId(self.key.verifying_key().to_bytes())
+    }
+}
+
+pub struct World {
+    pub chain: ChainId,
+    pub genesis: Genesis,
+    pub keys: VerifierKeys,
+    pub pks: Vec<UpdateProvingKey>,
+    pub devices: Vec<Device>,
+    pub validators: Vec<SigningKey>,
+    pub rng: ChaCha20Rng,
+}
+
+pub fn slots() -> Slots {
+    Slots::new(T).unwrap()
+}
+
+pub fn world() -> World {
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let mut keys = VerifierKeys::new();
+    let mut pks = vec![];
+    for kind in [ModelKind::Deferrable, ModelKind::Battery] {
+        let (pk, vk) = prover::setup(Shape { kind, slots: slots() }, &mut rng).unwrap();
+        keys.insert(vk);
+        pks.push(pk);
+    }
+    let validators: Vec<SigningKey> = (0..4u8).map(|i| SigningKey::from_bytes(&[100 + i; 32])).collect();
+    let genesis = Genesis {
+        validators: validators.iter().map(|k| ValidatorId(k.verifying_key().to_bytes())).collect(),
+        max_clock_drift_ms: 1000,
+        market: MarketSpec {
+            market_id: 7,
+            slots: T as u16,
+            slot_seconds: 900,
+            rho: circuits::fixed::Fixed::from_f64("rho", 0.02).unwrap().raw(),
+            eps_abs: circuits::fixed::Fixed::ONE.raw(),
+            eps_rel: circuits::fixed::Fixed::from_f64("eps", 1e-3).unwrap().raw(),
+            max_iterations: 5,
+            grid: GridSpec::ValleyFilling { gamma: 1000, base_load: vec![3000; T] },
+            registration_close_ms: 1000,
+            iteration_ms: 100,
+            execution_start_ms: 10_000,
+        },
+        verifying_keys: vec![KeyHash { kind: 1, slots: T as u16, sha256: [0; 32] }],
+    };
+    let devices = [ModelKind::Deferrable, ModelKind::Battery, ModelKind::Deferrable]
+        .iter()
+        .enumerate()
+        .map(|(i, &kind)| Device {
+            key: SigningKey::from_bytes(&[i as u8 + 1; 32]),
+            opening: Opening { params: sample::params(kind, slots()), cost_digest: Fr::from(9u64), salt: Fr::from(100u64 + i as u64) },
+        })
+        .collect();
+    World { chain: chain_id(&genesis), genesis, keys, pks, devices, validators, rng }
+}
+
+pub fn enrollment(w: &World, d: &Device) -> SignedEnrollment {
+    let body = Enrollment {
+        market_id: 7,
+        device: d.id(),
+        kind: d.opening.params.kind().id(),
+        slots: T as u16,
+        commitment: FieldElement::new(&commitment(&d.opening)),
+    };
+    SignedEnrollment::new(&d.key, &w.chain, body)
+}
+
+/// A proven, signed update of device `i` for iteration `k` (the proof made for `proof_k`).
+pub fn update(w: &mut World, i: usize, k: u32, proof_k: u32) -> SignedUpdate {
+    let d = &w.devices[i];
+    let kind = d.opening.params.kind();
+    let shape = Shape { kind, slots: slots() };
+    let witness = circuits::Witness {
+        opening: d.opening.clone(),
+        context: Context { market_id: 7, iteration: proof_k, shape },
+        schedule: sample::schedule(kind, slots(), i as u16),
+    };
+    let pk = w.pks.iter().find(|pk| pk.shape() == shape).unwrap();
+    let (proof, _) = prover::prove(pk, witness.clone(), &mut w.rng).unwrap();
+    let body = Update { market_id: 7, iteration: k, device: d.id(), schedule: witness.schedule, proof: prover::format::encode_proof(&proof) };
+    SignedUpdate::new(&d.key, &w.chain, body)
+}
+
+pub fn validator(w: &World) -> MarketApp {
+    let mut app = MarketApp::new(w.chain, w.genesis.clone(), w.keys.clone()).unwrap();
+    for d in &w.devices {
+        app.on_enrollment(10, &enrollment(w, d)).unwrap();
+    }
+    assert_eq!(app.tick(1000), vec![protocol::clock::Action::CloseRegistration]);
+    app.close_registration().unwrap();
+    app
+}
+
