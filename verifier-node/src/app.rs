@@ -21,7 +21,7 @@ use protocol::ids::DeviceId;
 use protocol::merkle::Hash;
 use protocol::messages::{SignedEnrollment, SignedUpdate};
 use protocol::sign::ChainId;
-use prover::{batch_verify, BatchItem, VerifierKeys};
+use prover::{batch_verify, BatchItem, UpdateProof, VerifierKeys};
 use rand::{CryptoRng, RngCore};
 use thiserror::Error;
 
@@ -180,8 +180,10 @@ impl MarketApp {
         Ok(())
     }
 
-    /// Cheap checks shared by admission and proposal validation (no proof verification).
-    fn check_update(&self, u: &SignedUpdate) -> Result<Enrolled, Reject> {
+    /// The checks shared by admission and proposal validation, short of proof verification:
+    /// signature, market, enrollment, length, and a proof that decodes (returned, so it is
+    /// decoded once).
+    fn check_update(&self, u: &SignedUpdate) -> Result<(Enrolled, UpdateProof), Reject> {
         u.verify(&self.chain).map_err(|err| Reject::BadSignature(err.to_string()))?;
         if u.body.market_id != self.market_id() {
             return Err(Reject::WrongMarket { got: u.body.market_id, expected: self.market_id() });
@@ -193,8 +195,8 @@ impl MarketApp {
         if u.body.schedule.len() != enrolled.shape.slots.get() {
             return Err(Reject::WrongLength { expected: enrolled.shape.slots.get(), got: u.body.schedule.len() });
         }
-        prover::format::decode_proof(&u.body.proof).map_err(|e| Reject::MalformedProof(e.to_string()))?;
-        Ok(enrolled)
+        let proof = prover::format::decode_proof(&u.body.proof).map_err(|e| Reject::MalformedProof(e.to_string()))?;
+        Ok((enrolled, proof))
     }
 
     /// Admits an update for the open iteration (proofs are verified in a batch at the deadline).
@@ -213,20 +215,23 @@ impl MarketApp {
         circuits::public_inputs(e.commitment, &context, &u.body.schedule).map_err(|err| Reject::MalformedProof(err.to_string()))
     }
 
-    /// Batch-verifies `updates` and returns the indices of the invalid ones.
-    fn invalid_proofs<R: RngCore + CryptoRng>(&self, updates: &[SignedUpdate], rng: &mut R) -> Result<Vec<usize>, Reject> {
+    /// Batch-verifies `updates` (already through [`Self::check_update`], whose results are
+    /// `checked`, in the same order) and returns the indices of the invalid ones.
+    fn invalid_proofs<R: RngCore + CryptoRng>(
+        &self,
+        updates: &[SignedUpdate],
+        checked: Vec<(Enrolled, UpdateProof)>,
+        rng: &mut R,
+    ) -> Result<Vec<usize>, Reject> {
         // Group by shape: one verifying key per batch.
-        let mut by_shape: BTreeMap<(u8, usize), Vec<usize>> = BTreeMap::new();
+        let mut by_shape: BTreeMap<(u8, usize), (Shape, Vec<usize>)> = BTreeMap::new();
         let mut decoded = Vec::with_capacity(updates.len());
-        for (i, u) in updates.iter().enumerate() {
-            let e = self.check_update(u)?;
-            let proof = prover::format::decode_proof(&u.body.proof).map_err(|err| Reject::MalformedProof(err.to_string()))?;
+        for (i, (u, (e, proof))) in updates.iter().zip(checked).enumerate() {
             decoded.push((proof, self.public_inputs(u, &e)?));
-            by_shape.entry((e.shape.kind.id(), e.shape.slots.get())).or_default().push(i);
+            by_shape.entry((e.shape.kind.id(), e.shape.slots.get())).or_insert((e.shape, vec![])).1.push(i);
         }
         let mut invalid = Vec::new();
-        for ((kind, slots), idx) in by_shape {
-            let shape = self.shape(kind, slots as u16)?;
+        for ((kind, slots), (shape, idx)) in by_shape {
             let vk = self.keys.get(&shape).ok_or(Reject::UnknownShape { kind, slots: slots as u16 })?;
             let items: Vec<BatchItem> =
                 idx.iter().map(|&i| BatchItem { public_inputs: &decoded[i].1, proof: &decoded[i].0 }).collect();
@@ -250,7 +255,16 @@ impl MarketApp {
         let (held, later): (Vec<SignedUpdate>, Vec<SignedUpdate>) =
             std::mem::take(&mut self.pending).into_values().partition(|u| u.body.iteration == k);
         self.pending = later.into_iter().filter(|u| u.body.iteration > k).map(|u| ((u.body.iteration, u.body.device), u)).collect();
-        let invalid = self.invalid_proofs(&held, rng)?;
+        // Admission verified signatures, enrollment and lengths; only the proofs remain.
+        let checked = held
+            .iter()
+            .map(|u| {
+                let e = *self.enrolled.get(&u.body.device).ok_or(Reject::Clock(ClockError::UnknownDevice(u.body.device)))?;
+                let proof = prover::format::decode_proof(&u.body.proof).map_err(|err| Reject::MalformedProof(err.to_string()))?;
+                Ok((e, proof))
+            })
+            .collect::<Result<Vec<_>, Reject>>()?;
+        let invalid = self.invalid_proofs(&held, checked, rng)?;
         let mut dropped = Vec::new();
         let mut included = Vec::new();
         for (i, u) in held.into_iter().enumerate() {
@@ -288,7 +302,8 @@ impl MarketApp {
                 return Err(Reject::DuplicateInProposal(u.body.device));
             }
         }
-        if let Some(&i) = self.invalid_proofs(&p.updates, rng)?.first() {
+        let checked = p.updates.iter().map(|u| self.check_update(u)).collect::<Result<Vec<_>, _>>()?;
+        if let Some(&i) = self.invalid_proofs(&p.updates, checked, rng)?.first() {
             return Err(Reject::BadProof(p.updates[i].body.device));
         }
         if self.aggregate(k, &p.updates)? != p.body {
