@@ -242,21 +242,27 @@ pub struct Vote {
 pub struct CommitCertificate {
     /// The height.
     pub height: u64,
+    /// The consensus round in which the entry was decided (votes sign it).
+    pub round: u32,
     /// The entry hash.
     pub hash: Hash,
     /// Votes, ascending by validator index, no duplicates.
     pub votes: Vec<Vote>,
 }
 
-fn vote_payload(height: u64, hash: &Hash) -> Vec<u8> {
+/// The bytes a commit vote signs: height ‖ round ‖ entry hash (little-endian integers). The
+/// consensus precommit for a value signs exactly these bytes, so a consensus commit
+/// certificate is a log certificate without re-signing.
+pub fn vote_payload(height: u64, round: u32, hash: &Hash) -> Vec<u8> {
     let mut p = height.to_le_bytes().to_vec();
+    p.extend_from_slice(&round.to_le_bytes());
     p.extend_from_slice(hash);
     p
 }
 
-/// A validator's vote for (height, hash).
-pub fn sign_vote(key: &SigningKey, chain: &ChainId, validator: u16, height: u64, hash: &Hash) -> Vote {
-    Vote { validator, signature: sign(key, chain, Domain::CommitVote, &vote_payload(height, hash)) }
+/// A validator's vote for (height, round, hash).
+pub fn sign_vote(key: &SigningKey, chain: &ChainId, validator: u16, height: u64, round: u32, hash: &Hash) -> Vote {
+    Vote { validator, signature: sign(key, chain, Domain::CommitVote, &vote_payload(height, round, hash)) }
 }
 
 /// Why a certificate or entry was not accepted.
@@ -323,7 +329,7 @@ pub fn quorum(n: usize) -> usize {
 impl CommitCertificate {
     /// Verifies ≥ 2f+1 distinct, valid votes of `validators` for this height and hash.
     pub fn verify(&self, chain: &ChainId, validators: &[ValidatorId]) -> Result<(), LogError> {
-        let payload = vote_payload(self.height, &self.hash);
+        let payload = vote_payload(self.height, self.round, &self.hash);
         let mut last: Option<u16> = None;
         for v in &self.votes {
             if last.is_some_and(|l| v.validator <= l) {

@@ -28,6 +28,8 @@ pub enum Domain {
     CommitVote = 3,
     /// A gateway's meter reading.
     Meter = 4,
+    /// Consensus traffic other than commit votes: proposals, prevotes, nil precommits.
+    Consensus = 5,
 }
 
 /// An ed25519 signature's bytes.

@@ -43,8 +43,8 @@ fn genesis(validators: &[SigningKey]) -> Entry {
 
 fn certify(entry: &Entry, validators: &[SigningKey], which: &[u16]) -> CommitCertificate {
     let hash = entry.hash();
-    let votes = which.iter().map(|&i| sign_vote(&validators[i as usize], &entry.chain_id, i, entry.height, &hash)).collect();
-    CommitCertificate { height: entry.height, hash, votes }
+    let votes = which.iter().map(|&i| sign_vote(&validators[i as usize], &entry.chain_id, i, entry.height, 0, &hash)).collect();
+    CommitCertificate { height: entry.height, round: 0, hash, votes }
 }
 
 fn update(device: &SigningKey, chain: &ChainId, k: u32) -> SignedUpdate {
@@ -159,7 +159,7 @@ fn certificates_need_a_quorum_of_distinct_valid_votes() {
     assert!(matches!(dup.verify(&e.chain_id, &set), Err(LogError::VoteOrder(1))));
     // A vote signed by a non-validator, under index 3.
     let mut forged = certify(&e, &vals, &[0, 1]);
-    forged.votes.push(sign_vote(&key(99), &e.chain_id, 3, e.height, &e.hash()));
+    forged.votes.push(sign_vote(&key(99), &e.chain_id, 3, e.height, 0, &e.hash()));
     assert!(matches!(forged.verify(&e.chain_id, &set), Err(LogError::BadVote { index: 3, .. })));
     let mut unknown = certify(&e, &vals, &[0, 1, 2]);
     unknown.votes[2].validator = 7;
@@ -176,7 +176,7 @@ fn light_client_rejects_broken_links_and_forks() {
     // Too few signatures, then a signature from a non-validator.
     assert!(client.accept(&e1, &certify(&e1, &vals, &[0, 1])).is_err());
     let mut forged = certify(&e1, &vals, &[0, 1]);
-    forged.votes.push(sign_vote(&key(50), &e1.chain_id, 2, 1, &e1.hash()));
+    forged.votes.push(sign_vote(&key(50), &e1.chain_id, 2, 1, 0, &e1.hash()));
     assert!(client.accept(&e1, &forged).is_err());
     // Broken hash link.
     let mut unlinked = e1.clone();

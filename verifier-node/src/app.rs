@@ -1,34 +1,42 @@
 //! The market's replicated state machine (DESIGN §6, §7): sans-IO and deterministic.
 //!
-//! A validator feeds it enrollments and updates as they arrive (with the log's notion of
-//! `now`), asks it for an iteration proposal at a deadline, validates other validators'
-//! proposals, and applies decided entries. Every rejection carries a [`Reject`] reason, which
-//! the node counts for its metrics.
+//! [`MarketApp`] is the state every validator derives from the log alone: the enrolled devices,
+//! the fixed-point ADMM engine and the tip. It says which entry is due next and from when
+//! ([`MarketApp::next_due`]), builds that entry from a pool of admitted messages
+//! ([`MarketApp::build`]), checks another validator's proposal ([`MarketApp::validate`]) and
+//! applies decided entries ([`MarketApp::apply`]). Nothing here reads a clock: times come from
+//! entry timestamps, and the host passes its `now` only for admission.
 //!
-//! Validity of an iteration proposal = every included update is signed by an enrolled device,
-//! is for this market and the open iteration, appears once, has a schedule of the enrolled T,
-//! and its proof verifies (batch verification) against the public inputs computed from the
-//! device's enrolled commitment; and the proposed x̄, z̄, u and residuals are exactly what the
-//! fixed-point engine computes from those updates.
+//! The log of one market is: genesis, enrollment batches every `iteration_ms` while
+//! registration is open (each timestamped before the close), iteration k at or after its
+//! deadline `close + k·iteration_ms`, and a final entry right after the iteration that met the
+//! stopping rule (or K_max).
+//!
+//! Validity of an iteration entry = every included update is signed by an enrolled device, is
+//! for this market and iteration k, appears once, has a schedule of the enrolled T, and its
+//! proof verifies (batch verification) against the public inputs computed from the device's
+//! enrolled commitment; and x̄, z̄, u and the residuals are exactly what the fixed-point engine
+//! computes from those updates.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use circuits::{Context, Fr, ModelKind, Shape, Slots};
 use protocol::admm::{AdmmError, AdmmState};
-use protocol::clock::{ClockConfig, ClockError, MarketClock};
-use protocol::entry::{Genesis, IterationBody};
+use protocol::clock::ClockError;
+use protocol::entry::{Body, Entry, FinalBody, Genesis, IterationBody};
 use protocol::ids::DeviceId;
-use protocol::merkle::Hash;
+use protocol::merkle::{final_root, Hash};
 use protocol::messages::{SignedEnrollment, SignedUpdate};
 use protocol::sign::ChainId;
 use prover::{batch_verify, BatchItem, UpdateProof, VerifierKeys};
 use rand::{CryptoRng, RngCore};
 use thiserror::Error;
 
-/// Most updates held for the open iteration (one per enrolled device at most).
-pub const MAX_PENDING: usize = protocol::admm::MAX_DEVICES;
+/// Most enrollments in one entry (≈ 150 bytes each).
+pub const MAX_ENROLLMENTS_PER_ENTRY: usize = 4096;
 
-/// Why an enrollment, update or proposal was refused. Each variant is a metrics label.
+/// Why an enrollment, update or entry was refused. Each variant has a metrics label
+/// ([`Reject::label`]).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum Reject {
     /// The signature does not verify for the claimed device on this chain.
@@ -50,7 +58,8 @@ pub enum Reject {
         /// T.
         slots: u16,
     },
-    /// The market clock refused it (closed registration, stale or future iteration, ...).
+    /// Timing or membership: closed registration, stale or future iteration, unknown device,
+    /// duplicates.
     #[error(transparent)]
     Clock(#[from] ClockError),
     /// A schedule whose length is not the enrolled T.
@@ -67,29 +76,67 @@ pub enum Reject {
     /// The proof does not verify for the device's commitment, the context and the schedule.
     #[error("proof of device {0} does not verify")]
     BadProof(DeviceId),
-    /// A proposal includes an update twice, or one already rejected.
-    #[error("proposal includes the update of device {0} more than once")]
-    DuplicateInProposal(DeviceId),
-    /// A proposal's aggregates differ from the recomputed ones.
-    #[error("proposal's aggregates differ from the recomputed ones")]
+    /// An entry includes a device's enrollment or update twice.
+    #[error("entry includes device {0} more than once")]
+    DuplicateInEntry(DeviceId),
+    /// An entry's aggregates (or final root and prices) differ from the recomputed ones.
+    #[error("entry's aggregates differ from the recomputed ones")]
     WrongAggregates,
-    /// A proposal for another iteration than the one due.
-    #[error("proposal for iteration {got}, iteration {expected} is due")]
+    /// An entry for another iteration than the one due.
+    #[error("entry for iteration {got}, iteration {expected} is due")]
     WrongIteration {
         /// Proposed k.
         got: u32,
         /// Due k.
         expected: u32,
     },
+    /// An entry that does not extend the tip (height, chain, previous hash, timestamp).
+    #[error("entry does not extend the log: {0}")]
+    Link(String),
+    /// An entry of another kind than the one due, or before it is due.
+    #[error("entry not due: {0}")]
+    NotDue(String),
+    /// The update bodies given with an iteration entry do not match its digests.
+    #[error("update bodies do not match the entry's digests")]
+    MissingUpdates,
     /// The engine refused the updates (unknown device, wrong length).
     #[error(transparent)]
     Admm(#[from] AdmmError),
-    /// Too many updates held.
-    #[error("update queue full ({MAX_PENDING})")]
-    Overloaded,
-    /// The market has not started scheduling.
-    #[error("the market is not scheduling")]
-    NotScheduling,
+    /// A bounded queue is full, or a device exceeded its rate.
+    #[error("overloaded: {0}")]
+    Overloaded(&'static str),
+    /// The market takes no more messages.
+    #[error("the market is over")]
+    MarketOver,
+}
+
+impl Reject {
+    /// A short stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Reject::BadSignature(_) => "bad_signature",
+            Reject::WrongMarket { .. } => "wrong_market",
+            Reject::UnknownShape { .. } => "unknown_shape",
+            Reject::Clock(ClockError::StaleIteration { .. }) => "stale_iteration",
+            Reject::Clock(ClockError::FutureIteration { .. }) => "future_iteration",
+            Reject::Clock(ClockError::DeadlinePassed { .. }) | Reject::Clock(ClockError::RegistrationClosed { .. }) => "late",
+            Reject::Clock(ClockError::UnknownDevice(_)) => "unknown_device",
+            Reject::Clock(ClockError::DuplicateUpdate { .. }) | Reject::Clock(ClockError::DuplicateEnrollment(_)) => "duplicate",
+            Reject::Clock(_) => "clock",
+            Reject::WrongLength { .. } => "wrong_length",
+            Reject::MalformedProof(_) => "malformed_proof",
+            Reject::BadProof(_) => "bad_proof",
+            Reject::DuplicateInEntry(_) => "duplicate_in_entry",
+            Reject::WrongAggregates => "wrong_aggregates",
+            Reject::WrongIteration { .. } => "wrong_iteration",
+            Reject::Link(_) => "link",
+            Reject::NotDue(_) => "not_due",
+            Reject::MissingUpdates => "missing_updates",
+            Reject::Admm(_) => "admm",
+            Reject::Overloaded(_) => "overloaded",
+            Reject::MarketOver => "market_over",
+        }
+    }
 }
 
 /// An enrolled device: its circuit shape and commitment.
@@ -101,37 +148,77 @@ pub struct Enrolled {
     pub commitment: Fr,
 }
 
-/// An iteration proposal: the included updates and the body they lead to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Proposal {
-    /// The updates, as received.
-    pub updates: Vec<SignedUpdate>,
-    /// The iteration body (digests of the updates, aggregates, residuals).
-    pub body: IterationBody,
+/// The last applied entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tip {
+    /// Its height.
+    pub height: u64,
+    /// Its hash.
+    pub hash: Hash,
+    /// Its timestamp (ms).
+    pub timestamp_ms: u64,
+}
+
+/// The kind of entry due next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// A batch of enrollments (possibly empty), timestamped before registration closes.
+    Enrollment,
+    /// ADMM iteration k.
+    Iteration(u32),
+    /// The final schedule and prices.
+    Final,
 }
 
 /// The market state machine of one validator.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct MarketApp {
     chain: ChainId,
     genesis: Genesis,
     keys: VerifierKeys,
-    clock: MarketClock,
     enrolled: BTreeMap<DeviceId, Enrolled>,
     admm: Option<AdmmState>,
-    pending: BTreeMap<(u32, DeviceId), SignedUpdate>,
+    converged: bool,
+    finalized: bool,
+    tip: Tip,
 }
 
 impl MarketApp {
-    /// A validator's state at genesis, with the verifying keys the genesis names.
-    pub fn new(chain: ChainId, genesis: Genesis, keys: VerifierKeys) -> Result<MarketApp, Reject> {
-        let clock = MarketClock::new(ClockConfig::from_spec(&genesis.market))?;
-        Ok(MarketApp { chain, genesis, keys, clock, enrolled: BTreeMap::new(), admm: None, pending: BTreeMap::new() })
+    /// A validator's state at a genesis entry, with the verifying keys the genesis names.
+    pub fn new(genesis_entry: &Entry, keys: VerifierKeys) -> Result<MarketApp, Reject> {
+        let Body::Genesis(genesis) = &genesis_entry.body else { return Err(Reject::Link("height 0 is not a genesis entry".into())) };
+        let chain = protocol::entry::chain_id(genesis);
+        if genesis_entry.height != 0 || genesis_entry.chain_id != chain {
+            return Err(Reject::Link("genesis height or chain id is wrong".into()));
+        }
+        protocol::clock::MarketClock::new(protocol::clock::ClockConfig::from_spec(&genesis.market))?;
+        genesis.market.admm().map_err(|e| AdmmError::Params(e.to_string()))?;
+        let tip = Tip { height: 0, hash: genesis_entry.hash(), timestamp_ms: genesis_entry.timestamp_ms };
+        Ok(MarketApp {
+            chain,
+            genesis: genesis.clone(),
+            keys,
+            enrolled: BTreeMap::new(),
+            admm: None,
+            converged: false,
+            finalized: false,
+            tip,
+        })
     }
 
-    /// The market clock.
-    pub fn clock(&self) -> &MarketClock {
-        &self.clock
+    /// The chain id.
+    pub fn chain(&self) -> ChainId {
+        self.chain
+    }
+
+    /// The genesis.
+    pub fn genesis(&self) -> &Genesis {
+        &self.genesis
+    }
+
+    /// The last applied entry.
+    pub fn tip(&self) -> Tip {
+        self.tip
     }
 
     /// The ADMM state, once scheduling started.
@@ -144,8 +231,50 @@ impl MarketApp {
         &self.enrolled
     }
 
+    /// Whether the final entry is applied.
+    pub fn is_final(&self) -> bool {
+        self.finalized
+    }
+
     fn market_id(&self) -> u64 {
         self.genesis.market.market_id
+    }
+
+    fn close_ms(&self) -> u64 {
+        self.genesis.market.registration_close_ms
+    }
+
+    /// The deadline of iteration k: close + k · iteration length.
+    pub fn deadline(&self, k: u32) -> u64 {
+        self.close_ms().saturating_add(self.genesis.market.iteration_ms.saturating_mul(k as u64))
+    }
+
+    /// The entry due next and the earliest timestamp it may carry; `None` once final.
+    pub fn next_due(&self) -> Option<(u64, Due)> {
+        if self.finalized {
+            return None;
+        }
+        match &self.admm {
+            None => {
+                let batch = self.tip.timestamp_ms.saturating_add(self.genesis.market.iteration_ms);
+                if batch < self.close_ms() {
+                    Some((batch, Due::Enrollment))
+                } else {
+                    Some((self.deadline(1), Due::Iteration(1)))
+                }
+            }
+            Some(a) if self.converged || a.iteration() >= self.genesis.market.max_iterations => Some((self.tip.timestamp_ms + 1, Due::Final)),
+            Some(a) => Some((self.deadline(a.iteration() + 1), Due::Iteration(a.iteration() + 1))),
+        }
+    }
+
+    /// The iteration devices submit for now: the next one to be decided.
+    pub fn open_iteration(&self) -> Option<u32> {
+        match self.next_due()? {
+            (_, Due::Enrollment) | (_, Due::Iteration(1)) if self.admm.is_none() => Some(1),
+            (_, Due::Iteration(k)) => Some(k),
+            _ => None,
+        }
     }
 
     fn shape(&self, kind: u8, slots: u16) -> Result<Shape, Reject> {
@@ -160,38 +289,38 @@ impl MarketApp {
         Ok(shape)
     }
 
-    /// Admits an enrollment arriving at `now_ms`.
-    pub fn on_enrollment(&mut self, now_ms: u64, e: &SignedEnrollment) -> Result<(), Reject> {
+    /// The stateless checks of an enrollment plus "not enrolled yet".
+    pub fn check_enrollment(&self, e: &SignedEnrollment) -> Result<Enrolled, Reject> {
         e.verify(&self.chain).map_err(|err| Reject::BadSignature(err.to_string()))?;
         if e.body.market_id != self.market_id() {
             return Err(Reject::WrongMarket { got: e.body.market_id, expected: self.market_id() });
         }
         let shape = self.shape(e.body.kind, e.body.slots)?;
-        self.clock.on_enrollment(now_ms, e.body.device)?;
-        self.enrolled.insert(e.body.device, Enrolled { shape, commitment: e.body.commitment.get() });
-        Ok(())
+        if self.enrolled.contains_key(&e.body.device) {
+            return Err(ClockError::DuplicateEnrollment(e.body.device).into());
+        }
+        if self.enrolled.len() >= protocol::clock::MAX_ENROLLED {
+            return Err(ClockError::Full.into());
+        }
+        Ok(Enrolled { shape, commitment: e.body.commitment.get() })
     }
 
-    /// Starts the ADMM engine over the enrolled devices; the host calls this on the clock's
-    /// `CloseRegistration` action.
-    pub fn close_registration(&mut self) -> Result<(), Reject> {
-        let params = self.genesis.market.admm().map_err(|e| AdmmError::Params(e.to_string()))?;
-        self.admm = Some(AdmmState::new(params, self.enrolled.keys().copied())?);
-        Ok(())
+    /// Admission of an enrollment arriving at `now_ms` (host clock) into a validator's pool.
+    pub fn admit_enrollment(&self, now_ms: u64, e: &SignedEnrollment) -> Result<(), Reject> {
+        if self.admm.is_some() || now_ms >= self.close_ms() {
+            return Err(ClockError::RegistrationClosed { now_ms, close_ms: self.close_ms() }.into());
+        }
+        self.check_enrollment(e).map(|_| ())
     }
 
-    /// The checks shared by admission and proposal validation, short of proof verification:
-    /// signature, market, enrollment, length, and a proof that decodes (returned, so it is
-    /// decoded once).
-    fn check_update(&self, u: &SignedUpdate) -> Result<(Enrolled, UpdateProof), Reject> {
+    /// The checks shared by admission and validation, short of proof verification: signature,
+    /// market, enrollment, length, and a proof that decodes (returned, so it is decoded once).
+    pub fn check_update(&self, u: &SignedUpdate) -> Result<(Enrolled, UpdateProof), Reject> {
         u.verify(&self.chain).map_err(|err| Reject::BadSignature(err.to_string()))?;
         if u.body.market_id != self.market_id() {
             return Err(Reject::WrongMarket { got: u.body.market_id, expected: self.market_id() });
         }
-        let enrolled = *self
-            .enrolled
-            .get(&u.body.device)
-            .ok_or(Reject::Clock(ClockError::UnknownDevice(u.body.device)))?;
+        let enrolled = *self.enrolled.get(&u.body.device).ok_or(Reject::Clock(ClockError::UnknownDevice(u.body.device)))?;
         if u.body.schedule.len() != enrolled.shape.slots.get() {
             return Err(Reject::WrongLength { expected: enrolled.shape.slots.get(), got: u.body.schedule.len() });
         }
@@ -199,15 +328,22 @@ impl MarketApp {
         Ok((enrolled, proof))
     }
 
-    /// Admits an update for the open iteration (proofs are verified in a batch at the deadline).
-    pub fn on_update(&mut self, now_ms: u64, u: SignedUpdate) -> Result<(), Reject> {
-        self.check_update(&u)?;
-        if self.pending.len() >= MAX_PENDING {
-            return Err(Reject::Overloaded);
+    /// Admission of an update arriving at `now_ms` (host clock): the checks of
+    /// [`Self::check_update`], for the open iteration, before its deadline. Proofs are verified
+    /// in a batch when the entry is built.
+    pub fn admit_update(&self, now_ms: u64, u: &SignedUpdate) -> Result<(), Reject> {
+        let current = self.open_iteration().ok_or(Reject::MarketOver)?;
+        let k = u.body.iteration;
+        if k < current {
+            return Err(ClockError::StaleIteration { got: k, current }.into());
         }
-        self.clock.on_update(now_ms, u.body.device, u.body.iteration)?;
-        self.pending.insert((u.body.iteration, u.body.device), u);
-        Ok(())
+        if k > current {
+            return Err(ClockError::FutureIteration { got: k, current }.into());
+        }
+        if now_ms >= self.deadline(k) {
+            return Err(ClockError::DeadlinePassed { iteration: k, now_ms, deadline_ms: self.deadline(k) }.into());
+        }
+        self.check_update(u).map(|_| ())
     }
 
     fn public_inputs(&self, u: &SignedUpdate, e: &Enrolled) -> Result<Vec<Fr>, Reject> {
@@ -215,8 +351,8 @@ impl MarketApp {
         circuits::public_inputs(e.commitment, &context, &u.body.schedule).map_err(|err| Reject::MalformedProof(err.to_string()))
     }
 
-    /// Batch-verifies `updates` (already through [`Self::check_update`], whose results are
-    /// `checked`, in the same order) and returns the indices of the invalid ones.
+    /// Batch-verifies `updates` (whose [`Self::check_update`] results are `checked`, in the
+    /// same order) and returns the indices of the invalid ones, ascending.
     fn invalid_proofs<R: RngCore + CryptoRng>(
         &self,
         updates: &[SignedUpdate],
@@ -242,87 +378,214 @@ impl MarketApp {
         Ok(invalid)
     }
 
-    /// The iteration due for aggregation (the one whose deadline just passed).
-    fn due_iteration(&self) -> Result<u32, Reject> {
-        self.admm.as_ref().map(|a| a.iteration() + 1).ok_or(Reject::NotScheduling)
-    }
-
-    /// Builds this validator's proposal for the due iteration from the updates it holds: the
-    /// ones whose proofs fail are dropped (and returned with their reason).
-    pub fn propose<R: RngCore + CryptoRng>(&mut self, rng: &mut R) -> Result<(Proposal, Vec<(DeviceId, Reject)>), Reject> {
-        let k = self.due_iteration()?;
-        // Updates for later iterations (arrived after the deadline) stay held; stale ones go.
-        let (held, later): (Vec<SignedUpdate>, Vec<SignedUpdate>) =
-            std::mem::take(&mut self.pending).into_values().partition(|u| u.body.iteration == k);
-        self.pending = later.into_iter().filter(|u| u.body.iteration > k).map(|u| ((u.body.iteration, u.body.device), u)).collect();
-        // Admission verified signatures, enrollment and lengths; only the proofs remain.
-        let checked = held
-            .iter()
-            .map(|u| {
-                let e = *self.enrolled.get(&u.body.device).ok_or(Reject::Clock(ClockError::UnknownDevice(u.body.device)))?;
-                let proof = prover::format::decode_proof(&u.body.proof).map_err(|err| Reject::MalformedProof(err.to_string()))?;
-                Ok((e, proof))
-            })
-            .collect::<Result<Vec<_>, Reject>>()?;
-        let invalid = self.invalid_proofs(&held, checked, rng)?;
-        let mut dropped = Vec::new();
-        let mut included = Vec::new();
-        for (i, u) in held.into_iter().enumerate() {
-            if invalid.binary_search(&i).is_ok() {
-                dropped.push((u.body.device, Reject::BadProof(u.body.device)));
-            } else {
-                included.push(u);
-            }
-        }
-        let body = self.aggregate(k, &included)?;
-        Ok((Proposal { updates: included, body }, dropped))
-    }
-
     /// The body the engine computes for `updates` at iteration k (state unchanged).
     fn aggregate(&self, k: u32, updates: &[SignedUpdate]) -> Result<IterationBody, Reject> {
-        let mut engine = self.admm.clone().ok_or(Reject::NotScheduling)?;
+        let mut engine = match &self.admm {
+            Some(a) => a.clone(),
+            None => self.start_engine()?,
+        };
         let xs: Vec<(DeviceId, Vec<i32>)> = updates.iter().map(|u| (u.body.device, u.body.schedule.clone())).collect();
         let r = engine.apply_iteration(&xs)?;
         let digests: Vec<Hash> = updates.iter().map(SignedUpdate::digest).collect();
         Ok(IterationBody::new(self.market_id(), k, digests, engine.variables(), &r))
     }
 
-    /// Validates another validator's proposal: every update re-verified, aggregates recomputed.
-    pub fn validate<R: RngCore + CryptoRng>(&self, p: &Proposal, rng: &mut R) -> Result<(), Reject> {
-        let k = self.due_iteration()?;
-        if p.body.iteration != k {
-            return Err(Reject::WrongIteration { got: p.body.iteration, expected: k });
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for u in &p.updates {
-            if u.body.iteration != k {
-                return Err(Reject::WrongIteration { got: u.body.iteration, expected: k });
+    fn start_engine(&self) -> Result<AdmmState, Reject> {
+        let params = self.genesis.market.admm().map_err(|e| AdmmError::Params(e.to_string()))?;
+        Ok(AdmmState::new(params, self.enrolled.keys().copied())?)
+    }
+
+    fn final_body(&self) -> Result<FinalBody, Reject> {
+        let engine = self.admm.as_ref().ok_or(Reject::NotDue("final entry before any iteration".into()))?;
+        Ok(FinalBody {
+            market_id: self.market_id(),
+            iterations: engine.iteration(),
+            converged: self.converged,
+            schedule_root: final_root(engine.schedules()),
+            prices: engine.prices().iter().map(|p| p.raw()).collect(),
+        })
+    }
+
+    /// Builds the entry due, timestamped `now_ms` (raised to the earliest allowed time), from
+    /// pooled enrollments and updates. Messages that no longer pass (already enrolled, bad
+    /// proof, ...) are left out and returned with their reason; the rest of the entry is valid
+    /// by construction. Returns the entry, the included update bodies, and the dropped ones.
+    #[allow(clippy::type_complexity)]
+    pub fn build<R: RngCore + CryptoRng>(
+        &self,
+        now_ms: u64,
+        enrollments: &[SignedEnrollment],
+        updates: &[SignedUpdate],
+        rng: &mut R,
+    ) -> Result<(Entry, Vec<SignedUpdate>, Vec<(DeviceId, Reject)>), Reject> {
+        let (due_ms, due) = self.next_due().ok_or(Reject::MarketOver)?;
+        let timestamp_ms = now_ms.max(due_ms).max(self.tip.timestamp_ms + 1);
+        let mut dropped = Vec::new();
+        let mut included = Vec::new();
+        let body = match due {
+            Due::Enrollment => {
+                let mut seen = BTreeSet::new();
+                let mut list = Vec::new();
+                for e in enrollments {
+                    if list.len() == MAX_ENROLLMENTS_PER_ENTRY {
+                        break;
+                    }
+                    match self.check_enrollment(e) {
+                        Ok(_) if seen.insert(e.body.device) => list.push(e.clone()),
+                        Ok(_) => dropped.push((e.body.device, Reject::DuplicateInEntry(e.body.device))),
+                        Err(r) => dropped.push((e.body.device, r)),
+                    }
+                }
+                list.sort_by_key(|e| e.body.device);
+                Body::Enrollment(list)
             }
-            if !seen.insert(u.body.device) {
-                return Err(Reject::DuplicateInProposal(u.body.device));
+            Due::Iteration(k) => {
+                let mut seen = BTreeSet::new();
+                let mut candidates = Vec::new();
+                let mut checked = Vec::new();
+                for u in updates.iter().filter(|u| u.body.iteration == k) {
+                    if !seen.insert(u.body.device) {
+                        continue;
+                    }
+                    match self.check_update(u) {
+                        Ok(c) => {
+                            candidates.push(u.clone());
+                            checked.push(c);
+                        }
+                        Err(r) => dropped.push((u.body.device, r)),
+                    }
+                }
+                let invalid = self.invalid_proofs(&candidates, checked, rng)?;
+                for (i, u) in candidates.into_iter().enumerate() {
+                    if invalid.binary_search(&i).is_ok() {
+                        dropped.push((u.body.device, Reject::BadProof(u.body.device)));
+                    } else {
+                        included.push(u);
+                    }
+                }
+                included.sort_by_key(SignedUpdate::digest);
+                Body::Iteration(self.aggregate(k, &included)?)
+            }
+            Due::Final => Body::Final(self.final_body()?),
+        };
+        let entry = Entry { chain_id: self.chain, height: self.tip.height + 1, prev_hash: self.tip.hash, timestamp_ms, body };
+        Ok((entry, included, dropped))
+    }
+
+    /// Validates an entry proposed to extend the tip, with the update bodies its digests name:
+    /// link, timing, and content (every signature and proof re-verified, aggregates
+    /// recomputed). Deterministic: the same on every validator and in an audit.
+    pub fn validate<R: RngCore + CryptoRng>(&self, entry: &Entry, updates: &[SignedUpdate], rng: &mut R) -> Result<(), Reject> {
+        if entry.chain_id != self.chain {
+            return Err(Reject::Link("another chain".into()));
+        }
+        if entry.height != self.tip.height + 1 {
+            return Err(Reject::Link(format!("height {} after tip {}", entry.height, self.tip.height)));
+        }
+        if entry.prev_hash != self.tip.hash {
+            return Err(Reject::Link("previous hash does not match the tip".into()));
+        }
+        if entry.timestamp_ms <= self.tip.timestamp_ms {
+            return Err(Reject::Link(format!("timestamp {} not after the tip's {}", entry.timestamp_ms, self.tip.timestamp_ms)));
+        }
+        let (due_ms, due) = self.next_due().ok_or(Reject::MarketOver)?;
+        if entry.timestamp_ms < due_ms {
+            return Err(Reject::NotDue(format!("timestamp {} before {due_ms}", entry.timestamp_ms)));
+        }
+        match (&entry.body, due) {
+            (Body::Enrollment(list), Due::Enrollment) => {
+                if entry.timestamp_ms >= self.close_ms() {
+                    return Err(ClockError::RegistrationClosed { now_ms: entry.timestamp_ms, close_ms: self.close_ms() }.into());
+                }
+                if list.len() > MAX_ENROLLMENTS_PER_ENTRY {
+                    return Err(Reject::Overloaded("too many enrollments in one entry"));
+                }
+                let mut seen = BTreeSet::new();
+                for e in list {
+                    self.check_enrollment(e)?;
+                    if !seen.insert(e.body.device) {
+                        return Err(Reject::DuplicateInEntry(e.body.device));
+                    }
+                }
+                Ok(())
+            }
+            (Body::Iteration(body), Due::Iteration(k)) => {
+                if body.iteration != k {
+                    return Err(Reject::WrongIteration { got: body.iteration, expected: k });
+                }
+                let mut digests: Vec<Hash> = updates.iter().map(SignedUpdate::digest).collect();
+                digests.sort_unstable();
+                if digests != body.updates {
+                    return Err(Reject::MissingUpdates);
+                }
+                let mut seen = BTreeSet::new();
+                for u in updates {
+                    if u.body.iteration != k {
+                        return Err(Reject::WrongIteration { got: u.body.iteration, expected: k });
+                    }
+                    if !seen.insert(u.body.device) {
+                        return Err(Reject::DuplicateInEntry(u.body.device));
+                    }
+                }
+                let checked = updates.iter().map(|u| self.check_update(u)).collect::<Result<Vec<_>, _>>()?;
+                if let Some(&i) = self.invalid_proofs(updates, checked, rng)?.first() {
+                    return Err(Reject::BadProof(updates[i].body.device));
+                }
+                if &self.aggregate(k, updates)? != body {
+                    return Err(Reject::WrongAggregates);
+                }
+                Ok(())
+            }
+            (Body::Final(body), Due::Final) => {
+                if body != &self.final_body()? {
+                    return Err(Reject::WrongAggregates);
+                }
+                Ok(())
+            }
+            (got, due) => Err(Reject::NotDue(format!("{:?} is due, got a {} entry", due, body_kind(got)))),
+        }
+    }
+
+    /// Applies a decided entry (already validated, or certified by a quorum that validated
+    /// it). Errors leave the state unchanged only for the link checks; callers treat any error
+    /// on a certified entry as fatal for this market (it means a Byzantine quorum).
+    pub fn apply(&mut self, entry: &Entry, updates: &[SignedUpdate]) -> Result<(), Reject> {
+        if entry.height != self.tip.height + 1 || entry.prev_hash != self.tip.hash {
+            return Err(Reject::Link(format!("entry {} does not extend tip {}", entry.height, self.tip.height)));
+        }
+        match &entry.body {
+            Body::Enrollment(list) => {
+                for e in list {
+                    let enrolled = self.check_enrollment(e)?;
+                    self.enrolled.insert(e.body.device, enrolled);
+                }
+            }
+            Body::Iteration(_) => {
+                if self.admm.is_none() {
+                    self.admm = Some(self.start_engine()?);
+                }
+                let engine = self.admm.as_mut().expect("started above");
+                let xs: Vec<(DeviceId, Vec<i32>)> = updates.iter().map(|u| (u.body.device, u.body.schedule.clone())).collect();
+                self.converged = engine.apply_iteration(&xs)?.converged();
+            }
+            Body::Final(_) => self.finalized = true,
+            Body::Genesis(_) | Body::Meter(_) | Body::Settlement(_) => {
+                return Err(Reject::NotDue(format!("a {} entry", body_kind(&entry.body))));
             }
         }
-        let checked = p.updates.iter().map(|u| self.check_update(u)).collect::<Result<Vec<_>, _>>()?;
-        if let Some(&i) = self.invalid_proofs(&p.updates, checked, rng)?.first() {
-            return Err(Reject::BadProof(p.updates[i].body.device));
-        }
-        if self.aggregate(k, &p.updates)? != p.body {
-            return Err(Reject::WrongAggregates);
-        }
+        self.tip = Tip { height: entry.height, hash: entry.hash(), timestamp_ms: entry.timestamp_ms };
         Ok(())
     }
+}
 
-    /// Applies a decided iteration (after consensus): the engine advances; returns whether the
-    /// stopping rule now holds.
-    pub fn apply(&mut self, p: &Proposal) -> Result<bool, Reject> {
-        let engine = self.admm.as_mut().ok_or(Reject::NotScheduling)?;
-        let xs: Vec<(DeviceId, Vec<i32>)> = p.updates.iter().map(|u| (u.body.device, u.body.schedule.clone())).collect();
-        let r = engine.apply_iteration(&xs)?;
-        Ok(r.converged())
-    }
-
-    /// Advances the market clock (the host calls this at each deadline).
-    pub fn tick(&mut self, now_ms: u64) -> Vec<protocol::clock::Action> {
-        self.clock.tick(now_ms)
+/// A short name of an entry's kind, for messages and logs.
+pub fn body_kind(b: &Body) -> &'static str {
+    match b {
+        Body::Genesis(_) => "genesis",
+        Body::Enrollment(_) => "enrollment",
+        Body::Iteration(_) => "iteration",
+        Body::Final(_) => "final",
+        Body::Meter(_) => "meter",
+        Body::Settlement(_) => "settlement",
     }
 }

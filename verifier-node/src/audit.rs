@@ -1,14 +1,14 @@
 //! `verifier-node audit`: replays a stored log from genesis and checks everything a validator
 //! checked — hash links and certificates (as a light client), every enrollment signature,
 //! every update's signature and proof, every aggregate (recomputed by the fixed-point engine),
-//! and the final schedule root and prices. The verdict names the first bad height.
+//! and the final schedule root and prices — with the same [`MarketApp::validate`] the
+//! validators ran. The verdict names the first bad height.
 
 use protocol::entry::{Body, LightClient};
-use protocol::merkle::final_root;
 use prover::VerifierKeys;
 use rand::{CryptoRng, RngCore};
 
-use crate::app::{MarketApp, Proposal};
+use crate::app::MarketApp;
 use crate::store::{Store, StoreError};
 
 /// The outcome of an audit.
@@ -45,8 +45,7 @@ pub fn audit<R: RngCore + CryptoRng>(store: &Store, keys: VerifierKeys, rng: &mu
         Ok(c) => c,
         Err(e) => return bad(report, 0, e.to_string()),
     };
-    let Body::Genesis(genesis) = &genesis_entry.body else { return bad(report, 0, "height 0 is not genesis".into()) };
-    let mut app = match MarketApp::new(client.chain(), genesis.clone(), keys) {
+    let mut app = match MarketApp::new(&genesis_entry, keys) {
         Ok(a) => a,
         Err(e) => return bad(report, 0, e.to_string()),
     };
@@ -58,47 +57,19 @@ pub fn audit<R: RngCore + CryptoRng>(store: &Store, keys: VerifierKeys, rng: &mu
         if let Err(e) = client.accept(&entry, &cert) {
             return bad(report, h, e.to_string());
         }
-        let outcome: Result<(), String> = match &entry.body {
-            Body::Genesis(_) => Err("a second genesis".into()),
-            Body::Enrollment(list) => list.iter().try_for_each(|e| app.on_enrollment(entry.timestamp_ms, e).map_err(|r| r.to_string())),
-            Body::Iteration(body) => (|| {
-                if app.admm().is_none() {
-                    app.tick(entry.timestamp_ms);
-                    app.close_registration().map_err(|r| r.to_string())?;
+        let mut updates = Vec::new();
+        if let Body::Iteration(body) = &entry.body {
+            for d in &body.updates {
+                match store.update(d)? {
+                    Some(u) => updates.push(u),
+                    None => return bad(report, h, "an included update body is missing".into()),
                 }
-                let updates = body
-                    .updates
-                    .iter()
-                    .map(|d| store.update(d).map_err(|e| e.to_string())?.ok_or_else(|| "an included update body is missing".to_string()))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let p = Proposal { updates, body: body.clone() };
-                app.validate(&p, rng).map_err(|r| r.to_string())?;
-                app.apply(&p).map_err(|r| r.to_string())?;
-                report.proofs_verified += p.updates.len();
-                Ok(())
-            })(),
-            Body::Final(body) => match app.admm() {
-                None => Err("final entry before any iteration".into()),
-                Some(engine) => {
-                    let prices: Vec<i64> = engine.prices().iter().map(|p| p.raw()).collect();
-                    if body.schedule_root != final_root(engine.schedules()) {
-                        Err("schedule root differs from the replayed schedules".into())
-                    } else if body.prices != prices {
-                        Err("prices differ from the replayed prices".into())
-                    } else if body.iterations != engine.iteration() {
-                        Err("iteration count differs".into())
-                    } else {
-                        Ok(())
-                    }
-                }
-            },
-            // Meter readings and settlement are checked for links and certificates only until
-            // settlement rules land (DESIGN §9).
-            Body::Meter(_) | Body::Settlement(_) => Ok(()),
-        };
-        if let Err(why) = outcome {
-            return bad(report, h, why);
+            }
         }
+        if let Err(r) = app.validate(&entry, &updates, rng).and_then(|()| app.apply(&entry, &updates)) {
+            return bad(report, h, r.to_string());
+        }
+        report.proofs_verified += updates.len();
         report.entries_ok += 1;
     }
     Ok(report)

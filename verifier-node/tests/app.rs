@@ -1,41 +1,49 @@
-//! The validator core end to end with real signatures and proofs: admission, proposal,
-//! validation by another validator, and every rejection reason.
+//! The validator core end to end with real signatures and proofs: admission, building an
+//! entry, validation by another validator, and every rejection reason.
 
 mod common;
 
 use circuits::ModelKind;
 use common::*;
 use ed25519_dalek::SigningKey;
+use protocol::entry::Body;
 use protocol::ids::DeviceId;
 use protocol::messages::{SignedEnrollment, SignedUpdate};
 use protocol::sign::ChainId;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use verifier_node::app::{MarketApp, Reject};
+use verifier_node::app::{Due, MarketApp, Reject};
 
 #[test]
 fn enrollments_are_checked() {
     let w = world();
-    let mut app = MarketApp::new(w.chain, w.genesis.clone(), w.keys.clone()).unwrap();
+    let app = MarketApp::new(&genesis_entry(&w), w.keys.clone()).unwrap();
+    assert_eq!(app.next_due(), Some((100, Due::Enrollment)));
     let good = enrollment(&w, &w.devices[0]);
     let mut forged = good.clone();
     forged.body.slots = 5;
-    assert!(matches!(app.on_enrollment(10, &forged), Err(Reject::BadSignature(_))));
+    assert!(matches!(app.admit_enrollment(10, &forged), Err(Reject::BadSignature(_))));
     let other_chain = SignedEnrollment::new(&w.devices[0].key, &ChainId([9; 32]), good.body.clone());
-    assert!(matches!(app.on_enrollment(10, &other_chain), Err(Reject::BadSignature(_))));
+    assert!(matches!(app.admit_enrollment(10, &other_chain), Err(Reject::BadSignature(_))));
     let mut wrong_market = good.body.clone();
     wrong_market.market_id = 8;
-    assert!(matches!(app.on_enrollment(10, &SignedEnrollment::new(&w.devices[0].key, &w.chain, wrong_market)), Err(Reject::WrongMarket { .. })));
+    assert!(matches!(app.admit_enrollment(10, &SignedEnrollment::new(&w.devices[0].key, &w.chain, wrong_market)), Err(Reject::WrongMarket { .. })));
     let mut producer = good.body.clone();
     producer.kind = ModelKind::Producer.id();
-    assert!(matches!(app.on_enrollment(10, &SignedEnrollment::new(&w.devices[0].key, &w.chain, producer)), Err(Reject::UnknownShape { .. })));
-    app.on_enrollment(10, &good).unwrap();
-    assert!(matches!(app.on_enrollment(11, &good), Err(Reject::Clock(_))));
-    assert!(matches!(app.on_enrollment(1000, &enrollment(&w, &w.devices[1])), Err(Reject::Clock(_))));
+    assert!(matches!(app.admit_enrollment(10, &SignedEnrollment::new(&w.devices[0].key, &w.chain, producer)), Err(Reject::UnknownShape { .. })));
+    app.admit_enrollment(10, &good).unwrap();
+    assert_eq!(app.admit_enrollment(150, &good).unwrap_err().label(), "late");
+
+    // Once enrolled (decided), the same enrollment is a duplicate; after the batch that
+    // reaches the close, iteration 1 is due at its deadline.
+    let a = validator(&w);
+    assert_eq!(a.admit_enrollment(120, &good).unwrap_err().label(), "duplicate");
+    assert_eq!(a.next_due(), Some((250, Due::Iteration(1))));
+    assert_eq!(a.open_iteration(), Some(1));
 }
 
 #[test]
-fn proposals_are_built_validated_and_applied() {
+fn entries_are_built_validated_and_applied() {
     let mut w = world();
     let mut a = validator(&w);
     let b = validator(&w);
@@ -43,55 +51,75 @@ fn proposals_are_built_validated_and_applied() {
     // Device 2's proof was made for iteration 2: it decodes, is admitted, and is dropped.
     let bad_proof = update(&mut w, 2, 1, 2);
     for u in good.iter().chain([&bad_proof]) {
-        a.on_update(1050, u.clone()).unwrap();
+        a.admit_update(200, u).unwrap();
     }
     // Admission rejections.
-    assert!(matches!(a.on_update(1051, good[0].clone()), Err(Reject::Clock(_))), "duplicate");
-    assert!(matches!(a.on_update(1052, update(&mut w, 0, 2, 2)), Err(Reject::Clock(_))), "future iteration");
+    assert_eq!(a.admit_update(201, &update(&mut w, 0, 2, 2)).unwrap_err().label(), "future_iteration");
+    assert_eq!(a.admit_update(250, &good[0]).unwrap_err().label(), "late");
     let mut short = good[1].body.clone();
     short.schedule.pop();
-    assert!(matches!(a.on_update(1053, SignedUpdate::new(&w.devices[1].key, &w.chain, short)), Err(Reject::WrongLength { .. })));
+    assert!(matches!(a.admit_update(203, &SignedUpdate::new(&w.devices[1].key, &w.chain, short)), Err(Reject::WrongLength { .. })));
     let mut garbage = good[1].body.clone();
     garbage.proof = [0xff; 128];
-    assert!(matches!(a.on_update(1054, SignedUpdate::new(&w.devices[1].key, &w.chain, garbage)), Err(Reject::MalformedProof(_))));
+    assert!(matches!(a.admit_update(204, &SignedUpdate::new(&w.devices[1].key, &w.chain, garbage)), Err(Reject::MalformedProof(_))));
     let stranger = SigningKey::from_bytes(&[77; 32]);
     let mut unknown = good[0].body.clone();
     unknown.device = DeviceId(stranger.verifying_key().to_bytes());
-    assert!(matches!(a.on_update(1055, SignedUpdate::new(&stranger, &w.chain, unknown)), Err(Reject::Clock(_))));
+    assert_eq!(a.admit_update(205, &SignedUpdate::new(&stranger, &w.chain, unknown)).unwrap_err().label(), "unknown_device");
     let mut tampered = good[0].clone();
     tampered.body.schedule[0] += 1;
-    assert!(matches!(a.on_update(1056, tampered), Err(Reject::BadSignature(_))));
+    assert!(matches!(a.admit_update(206, &tampered), Err(Reject::BadSignature(_))));
 
-    // The deadline passes: A proposes, dropping the bad proof; B validates.
-    a.tick(1100);
+    // The deadline passes: A builds the entry, dropping the bad proof; B validates it.
     let mut rng = ChaCha20Rng::seed_from_u64(5);
-    let (proposal, dropped) = a.propose(&mut rng).unwrap();
-    assert_eq!(proposal.updates.len(), 2);
+    let pool: Vec<SignedUpdate> = good.iter().cloned().chain([bad_proof.clone(), good[0].clone()]).collect();
+    let (entry, included, dropped) = a.build(260, &[], &pool, &mut rng).unwrap();
+    assert_eq!(included.len(), 2);
+    assert_eq!(entry.timestamp_ms, 260);
     assert_eq!(dropped, vec![(w.devices[2].id(), Reject::BadProof(w.devices[2].id()))]);
-    b.validate(&proposal, &mut rng).unwrap();
+    b.validate(&entry, &included, &mut rng).unwrap();
+    // Too early: the same body timestamped before the deadline.
+    let mut early = entry.clone();
+    early.timestamp_ms = 249;
+    assert!(matches!(b.validate(&early, &included, &mut rng), Err(Reject::NotDue(_))));
 
-    // Byzantine variants of the proposal are refused by B.
-    let mut wrong = proposal.clone();
-    wrong.body.x_bar[0] += 1;
-    assert_eq!(b.validate(&wrong, &mut rng), Err(Reject::WrongAggregates));
-    let mut with_bad = proposal.clone();
-    with_bad.updates.push(bad_proof.clone());
-    assert_eq!(b.validate(&with_bad, &mut rng), Err(Reject::BadProof(w.devices[2].id())));
-    let mut dup = proposal.clone();
-    dup.updates.push(proposal.updates[0].clone());
-    assert!(matches!(b.validate(&dup, &mut rng), Err(Reject::DuplicateInProposal(_))));
-    let mut later = proposal.clone();
-    later.body.iteration = 2;
-    assert!(matches!(b.validate(&later, &mut rng), Err(Reject::WrongIteration { .. })));
+    // Byzantine variants of the entry are refused by B.
+    let with_body = |f: &dyn Fn(&mut protocol::entry::IterationBody)| {
+        let mut e = entry.clone();
+        if let Body::Iteration(body) = &mut e.body {
+            f(body);
+        }
+        e
+    };
+    assert_eq!(b.validate(&with_body(&|b| b.x_bar[0] += 1), &included, &mut rng), Err(Reject::WrongAggregates));
+    let mut with_bad = included.clone();
+    with_bad.push(bad_proof.clone());
+    let digests = |us: &[SignedUpdate]| {
+        let mut d: Vec<_> = us.iter().map(SignedUpdate::digest).collect();
+        d.sort_unstable();
+        d
+    };
+    let e = with_body(&|b| b.updates = digests(&with_bad));
+    assert_eq!(b.validate(&e, &with_bad, &mut rng), Err(Reject::BadProof(w.devices[2].id())));
+    let mut dup = included.clone();
+    dup.push(included[0].clone());
+    let e = with_body(&|b| b.updates = digests(&dup));
+    assert!(matches!(b.validate(&e, &dup, &mut rng), Err(Reject::DuplicateInEntry(_))));
+    assert!(matches!(b.validate(&with_body(&|b| b.iteration = 2), &included, &mut rng), Err(Reject::WrongIteration { .. })));
+    assert_eq!(b.validate(&entry, &included[..1], &mut rng), Err(Reject::MissingUpdates));
     // Dropping an update changes the aggregates, which B recomputes.
-    let mut fewer = proposal.clone();
-    fewer.updates.pop();
-    assert_eq!(b.validate(&fewer, &mut rng), Err(Reject::WrongAggregates));
+    let e = with_body(&|b| b.updates = digests(&included[..1]));
+    assert_eq!(b.validate(&e, &included[..1], &mut rng), Err(Reject::WrongAggregates));
+    let mut wrong_link = entry.clone();
+    wrong_link.prev_hash[0] ^= 1;
+    assert!(matches!(b.validate(&wrong_link, &included, &mut rng), Err(Reject::Link(_))));
 
-    // Both apply the decided proposal and agree.
+    // Both apply the decided entry and agree.
     let mut b = b;
-    a.apply(&proposal).unwrap();
-    b.apply(&proposal).unwrap();
+    a.apply(&entry, &included).unwrap();
+    b.apply(&entry, &included).unwrap();
     assert_eq!(a.admm().unwrap().variables(), b.admm().unwrap().variables());
+    assert_eq!(a.tip(), b.tip());
     assert_eq!(a.admm().unwrap().iteration(), 1);
+    assert_eq!(a.admit_update(300, &good[0]).unwrap_err().label(), "stale_iteration");
 }

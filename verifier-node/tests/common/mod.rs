@@ -4,7 +4,7 @@
 use circuits::{commitment, sample, Context, Fr, ModelKind, Opening, Shape, Slots};
 use ed25519_dalek::SigningKey;
 use protocol::codec::FieldElement;
-use protocol::entry::{chain_id, Genesis, GridSpec, KeyHash, MarketSpec};
+use protocol::entry::{chain_id, Body, Entry, Genesis, GridSpec, KeyHash, MarketSpec};
 use protocol::ids::{DeviceId, ValidatorId};
 use protocol::messages::{Enrollment, SignedEnrollment, SignedUpdate, Update};
 use protocol::sign::ChainId;
@@ -62,7 +62,7 @@ pub fn world() -> World {
             eps_rel: circuits::fixed::Fixed::from_f64("eps", 1e-3).unwrap().raw(),
             max_iterations: 5,
             grid: GridSpec::ValleyFilling { gamma: 1000, base_load: vec![3000; T] },
-            registration_close_ms: 1000,
+            registration_close_ms: 150,
             iteration_ms: 100,
             execution_start_ms: 10_000,
         },
@@ -106,13 +106,20 @@ pub fn update(w: &mut World, i: usize, k: u32, proof_k: u32) -> SignedUpdate {
     SignedUpdate::new(&d.key, &w.chain, body)
 }
 
-pub fn validator(w: &World) -> MarketApp {
-    let mut app = MarketApp::new(w.chain, w.genesis.clone(), w.keys.clone()).unwrap();
-    for d in &w.devices {
-        app.on_enrollment(10, &enrollment(w, d)).unwrap();
-    }
-    assert_eq!(app.tick(1000), vec![protocol::clock::Action::CloseRegistration]);
-    app.close_registration().unwrap();
-    app
+/// Height 0 of the test market (timestamp 0).
+pub fn genesis_entry(w: &World) -> Entry {
+    Entry { chain_id: w.chain, height: 0, prev_hash: [0; 32], timestamp_ms: 0, body: Body::Genesis(w.genesis.clone()) }
 }
 
+/// A validator after genesis and the one enrollment batch (at t = 100; registration closes
+/// at 150, iteration k's deadline is 150 + 100·k).
+pub fn validator(w: &World) -> MarketApp {
+    let mut app = MarketApp::new(&genesis_entry(w), w.keys.clone()).unwrap();
+    let enrollments: Vec<SignedEnrollment> = w.devices.iter().map(|d| enrollment(w, d)).collect();
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let (entry, _, dropped) = app.build(100, &enrollments, &[], &mut rng).unwrap();
+    assert!(dropped.is_empty());
+    app.validate(&entry, &[], &mut rng).unwrap();
+    app.apply(&entry, &[]).unwrap();
+    app
+}
