@@ -13,7 +13,7 @@ use crate::admm::{AdmmParams, GridCost, Residuals, Variables};
 use crate::codec::encode;
 use crate::ids::{DeviceId, ValidatorId};
 use crate::merkle::Hash;
-use crate::messages::SignedEnrollment;
+use crate::messages::{SignedEnrollment, SignedUpdate};
 use crate::sign::{sign, verify, ChainId, Domain, SignatureBytes, SignatureError};
 
 /// The grid cost as the log stores it (raw fixed point).
@@ -319,6 +319,18 @@ pub enum LogError {
 
 fn hex8(h: &Hash) -> String {
     h[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A decided entry as stored and served: the entry, its certificate, and the update bodies
+/// (with proofs) that an iteration entry names by digest, ascending by digest.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct Certified {
+    /// The entry.
+    pub entry: Entry,
+    /// ≥ 2f+1 commit votes for it.
+    pub certificate: CommitCertificate,
+    /// The update bodies an iteration entry names (empty for other kinds).
+    pub updates: Vec<SignedUpdate>,
 }
 
 /// The quorum 2f + 1 for n = 3f + 1 (rounding f down for other n).

@@ -181,6 +181,7 @@ pub struct MarketApp {
     converged: bool,
     finalized: bool,
     tip: Tip,
+    genesis_ms: u64,
 }
 
 impl MarketApp {
@@ -203,6 +204,7 @@ impl MarketApp {
             converged: false,
             finalized: false,
             tip,
+            genesis_ms: genesis_entry.timestamp_ms,
         })
     }
 
@@ -249,6 +251,13 @@ impl MarketApp {
         self.close_ms().saturating_add(self.genesis.market.iteration_ms.saturating_mul(k as u64))
     }
 
+    /// How often enrollment batches are due while registration is open: the iteration length,
+    /// or half the registration window if that is shorter.
+    pub fn enrollment_interval(&self) -> u64 {
+        let window = self.close_ms().saturating_sub(self.genesis_ms);
+        self.genesis.market.iteration_ms.min(window / 2).max(1)
+    }
+
     /// The entry due next and the earliest timestamp it may carry; `None` once final.
     pub fn next_due(&self) -> Option<(u64, Due)> {
         if self.finalized {
@@ -256,16 +265,55 @@ impl MarketApp {
         }
         match &self.admm {
             None => {
-                let batch = self.tip.timestamp_ms.saturating_add(self.genesis.market.iteration_ms);
+                let batch = self.tip.timestamp_ms.saturating_add(self.enrollment_interval());
                 if batch < self.close_ms() {
                     Some((batch, Due::Enrollment))
                 } else {
-                    Some((self.deadline(1), Due::Iteration(1)))
+                    Some((self.deadline(1), self.first_after_registration()))
                 }
             }
             Some(a) if self.converged || a.iteration() >= self.genesis.market.max_iterations => Some((self.tip.timestamp_ms + 1, Due::Final)),
             Some(a) => Some((self.deadline(a.iteration() + 1), Due::Iteration(a.iteration() + 1))),
         }
+    }
+
+    /// After registration: iteration 1, or straight to the (empty) final entry if nobody
+    /// enrolled.
+    fn first_after_registration(&self) -> Due {
+        if self.enrolled.is_empty() {
+            Due::Final
+        } else {
+            Due::Iteration(1)
+        }
+    }
+
+    /// When the host should next try to build an entry, given that nothing could be built at
+    /// `now`: the next time [`Self::due_at`] changes its answer.
+    pub fn next_buildable(&self, now: u64) -> Option<u64> {
+        let (from, _) = self.next_due()?;
+        if from > now {
+            return Some(from);
+        }
+        // Registration closed with no entry since: nothing until the first deadline.
+        (self.admm.is_none() && now < self.deadline(1)).then(|| self.deadline(1))
+    }
+
+    /// The entry that may extend the tip with timestamp `t`, if any: while registration is
+    /// open an enrollment batch (from one interval after the tip until the close), then
+    /// iteration 1 (from its deadline); later, what [`Self::next_due`] says from its time on.
+    pub fn due_at(&self, t: u64) -> Option<Due> {
+        if t <= self.tip.timestamp_ms {
+            return None;
+        }
+        if self.admm.is_none() && !self.finalized {
+            let batch = self.tip.timestamp_ms.saturating_add(self.enrollment_interval());
+            return if t < self.close_ms() {
+                (t >= batch).then_some(Due::Enrollment)
+            } else {
+                (t >= self.deadline(1)).then_some(self.first_after_registration())
+            };
+        }
+        self.next_due().and_then(|(from, due)| (t >= from).then_some(due))
     }
 
     /// The iteration devices submit for now: the next one to be decided.
@@ -379,7 +427,7 @@ impl MarketApp {
     }
 
     /// The body the engine computes for `updates` at iteration k (state unchanged).
-    fn aggregate(&self, k: u32, updates: &[SignedUpdate]) -> Result<IterationBody, Reject> {
+    pub fn iteration_body(&self, k: u32, updates: &[SignedUpdate]) -> Result<IterationBody, Reject> {
         let mut engine = match &self.admm {
             Some(a) => a.clone(),
             None => self.start_engine()?,
@@ -396,7 +444,16 @@ impl MarketApp {
     }
 
     fn final_body(&self) -> Result<FinalBody, Reject> {
-        let engine = self.admm.as_ref().ok_or(Reject::NotDue("final entry before any iteration".into()))?;
+        let Some(engine) = self.admm.as_ref() else {
+            // Nobody enrolled: an empty schedule at zero prices.
+            return Ok(FinalBody {
+                market_id: self.market_id(),
+                iterations: 0,
+                converged: false,
+                schedule_root: final_root(std::iter::empty()),
+                prices: vec![0; self.genesis.market.slots as usize],
+            });
+        };
         Ok(FinalBody {
             market_id: self.market_id(),
             iterations: engine.iteration(),
@@ -418,8 +475,11 @@ impl MarketApp {
         updates: &[SignedUpdate],
         rng: &mut R,
     ) -> Result<(Entry, Vec<SignedUpdate>, Vec<(DeviceId, Reject)>), Reject> {
-        let (due_ms, due) = self.next_due().ok_or(Reject::MarketOver)?;
-        let timestamp_ms = now_ms.max(due_ms).max(self.tip.timestamp_ms + 1);
+        let timestamp_ms = now_ms.max(self.tip.timestamp_ms + 1);
+        let due = self.due_at(timestamp_ms).ok_or_else(|| match self.next_due() {
+            None => Reject::MarketOver,
+            Some((from, due)) => Reject::NotDue(format!("nothing is due at {timestamp_ms} ({due:?} from {from})")),
+        })?;
         let mut dropped = Vec::new();
         let mut included = Vec::new();
         let body = match due {
@@ -464,7 +524,7 @@ impl MarketApp {
                     }
                 }
                 included.sort_by_key(SignedUpdate::digest);
-                Body::Iteration(self.aggregate(k, &included)?)
+                Body::Iteration(self.iteration_body(k, &included)?)
             }
             Due::Final => Body::Final(self.final_body()?),
         };
@@ -488,15 +548,12 @@ impl MarketApp {
         if entry.timestamp_ms <= self.tip.timestamp_ms {
             return Err(Reject::Link(format!("timestamp {} not after the tip's {}", entry.timestamp_ms, self.tip.timestamp_ms)));
         }
-        let (due_ms, due) = self.next_due().ok_or(Reject::MarketOver)?;
-        if entry.timestamp_ms < due_ms {
-            return Err(Reject::NotDue(format!("timestamp {} before {due_ms}", entry.timestamp_ms)));
-        }
+        let due = self.due_at(entry.timestamp_ms).ok_or_else(|| match self.next_due() {
+            None => Reject::MarketOver,
+            Some((from, due)) => Reject::NotDue(format!("timestamp {}: {due:?} is due from {from}", entry.timestamp_ms)),
+        })?;
         match (&entry.body, due) {
             (Body::Enrollment(list), Due::Enrollment) => {
-                if entry.timestamp_ms >= self.close_ms() {
-                    return Err(ClockError::RegistrationClosed { now_ms: entry.timestamp_ms, close_ms: self.close_ms() }.into());
-                }
                 if list.len() > MAX_ENROLLMENTS_PER_ENTRY {
                     return Err(Reject::Overloaded("too many enrollments in one entry"));
                 }
@@ -531,7 +588,7 @@ impl MarketApp {
                 if let Some(&i) = self.invalid_proofs(updates, checked, rng)?.first() {
                     return Err(Reject::BadProof(updates[i].body.device));
                 }
-                if &self.aggregate(k, updates)? != body {
+                if &self.iteration_body(k, updates)? != body {
                     return Err(Reject::WrongAggregates);
                 }
                 Ok(())

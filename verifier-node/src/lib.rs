@@ -12,4 +12,6 @@
 
 pub mod app;
 pub mod audit;
+pub mod consensus;
+pub mod sim;
 pub mod store;

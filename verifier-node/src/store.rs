@@ -6,7 +6,8 @@
 //! - `updates`: update digest → canonical `SignedUpdate` (the bodies with proofs that iteration
 //!   entries name by digest);
 //! - `devices`: device id → canonical `SignedEnrollment`;
-//! - `consensus`: the consensus write-ahead log and the tip (`b"tip"` → height ‖ hash).
+//! - `consensus`: the tip (`b"tip"` → height ‖ hash) and the consensus write-ahead log
+//!   (`wal/` ‖ height ‖ sequence → record), dropped for a height once it is decided.
 //!
 //! A decision is one synced `WriteBatch` (entry + certificate + updates + tip), so a crash
 //! leaves either all of it or none. The store refuses an entry that does not extend its tip:
@@ -16,7 +17,7 @@ use std::path::Path;
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use protocol::codec::{decode, encode};
-use protocol::entry::{CommitCertificate, Entry};
+use protocol::entry::{Body, Certified, CommitCertificate, Entry};
 use protocol::merkle::Hash;
 use protocol::messages::{SignedEnrollment, SignedUpdate};
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
@@ -127,18 +128,8 @@ impl Store {
     /// Stores a decided entry with its certificate and the update bodies it names, atomically
     /// and synced. Refuses an entry that does not extend the tip.
     pub fn decide(&self, entry: &Entry, cert: &CommitCertificate, updates: &[SignedUpdate]) -> Result<(), StoreError> {
+        check_extends(self.tip()?, entry, cert)?;
         let hash = entry.hash();
-        if cert.height != entry.height || cert.hash != hash {
-            return Err(StoreError::CertificateMismatch { height: entry.height, cert_height: cert.height });
-        }
-        let tip = self.tip()?;
-        let not_next = |reason| StoreError::NotNext { height: entry.height, tip: tip.map(|t| t.0), reason };
-        match tip {
-            None if entry.height != 0 => return Err(not_next("the first entry must be genesis (height 0)")),
-            Some((h, _)) if entry.height != h + 1 => return Err(not_next("height is not tip + 1")),
-            Some((_, prev)) if entry.prev_hash != prev => return Err(not_next("previous hash is not the tip's hash")),
-            _ => {}
-        }
         let key = entry.height.to_be_bytes();
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_ENTRIES), key, encode(entry));
@@ -154,6 +145,7 @@ impl Store {
         let mut tip_value = key.to_vec();
         tip_value.extend_from_slice(&hash);
         batch.put_cf(self.cf(CF_CONSENSUS), TIP, tip_value);
+        batch.delete_range_cf(self.cf(CF_CONSENSUS), wal_key(0, 0), wal_key(entry.height + 1, 0));
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         self.db.write_opt(batch, &opts)?;
@@ -180,21 +172,150 @@ impl Store {
         self.get(CF_DEVICES, device)
     }
 
-    /// Appends a consensus WAL record under `key`, synced before returning (a node persists
+    /// Stores a certified entry (see [`Store::decide`]) and drops the WAL of its height and
+    /// below in the same batch.
+    pub fn decide_certified(&self, c: &Certified) -> Result<(), StoreError> {
+        self.decide(&c.entry, &c.certificate, &c.updates)
+    }
+
+    /// A certified entry with its update bodies.
+    pub fn certified(&self, height: u64) -> Result<Option<Certified>, StoreError> {
+        let (Some(entry), Some(certificate)) = (self.entry(height)?, self.certificate(height)?) else { return Ok(None) };
+        let mut updates = Vec::new();
+        if let Body::Iteration(b) = &entry.body {
+            for d in &b.updates {
+                let u = self.update(d)?.ok_or_else(|| StoreError::Corrupt {
+                    cf: CF_UPDATES,
+                    key: hex(d),
+                    reason: format!("update named by the entry at height {height} is missing"),
+                })?;
+                updates.push(u);
+            }
+        }
+        Ok(Some(Certified { entry, certificate, updates }))
+    }
+
+    /// Appends a consensus WAL record for `height`, synced before returning (a node persists
     /// its vote before sending it).
-    pub fn wal_put(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+    pub fn wal_append(&self, height: u64, record: &[u8]) -> Result<(), StoreError> {
+        let seq = self.wal(height)?.len() as u32;
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
-        let mut k = b"wal/".to_vec();
-        k.extend_from_slice(key);
-        self.db.put_cf_opt(self.cf(CF_CONSENSUS), k, value, &opts)?;
+        self.db.put_cf_opt(self.cf(CF_CONSENSUS), wal_key(height, seq), record, &opts)?;
         Ok(())
     }
 
-    /// A WAL record.
-    pub fn wal_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut k = b"wal/".to_vec();
-        k.extend_from_slice(key);
-        Ok(self.db.get_cf(self.cf(CF_CONSENSUS), k)?)
+    /// The WAL records of `height`, in append order.
+    pub fn wal(&self, height: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let prefix = wal_key(height, 0)[..12].to_vec();
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator_cf(self.cf(CF_CONSENSUS), &prefix) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            out.push(v.to_vec());
+        }
+        Ok(out)
+    }
+}
+
+fn wal_key(height: u64, seq: u32) -> Vec<u8> {
+    let mut k = b"wal/".to_vec();
+    k.extend_from_slice(&height.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// What the consensus node needs from its log: certified entries that must extend the tip,
+/// and a per-height write-ahead log. [`Store`] is the RocksDB one; [`MemLog`] lives in memory
+/// for simulations.
+pub trait Log {
+    /// The highest stored height and its hash.
+    fn tip(&self) -> Result<Option<(u64, Hash)>, StoreError>;
+    /// Stores a certified entry atomically; refuses one that does not extend the tip.
+    fn decide(&mut self, c: &Certified) -> Result<(), StoreError>;
+    /// The certified entry at `height`.
+    fn certified(&self, height: u64) -> Result<Option<Certified>, StoreError>;
+    /// Appends a WAL record for `height` (durable before returning).
+    fn wal_append(&mut self, height: u64, record: &[u8]) -> Result<(), StoreError>;
+    /// The WAL records of `height`.
+    fn wal(&self, height: u64) -> Result<Vec<Vec<u8>>, StoreError>;
+}
+
+impl Log for Store {
+    fn tip(&self) -> Result<Option<(u64, Hash)>, StoreError> {
+        Store::tip(self)
+    }
+
+    fn decide(&mut self, c: &Certified) -> Result<(), StoreError> {
+        self.decide_certified(c)
+    }
+
+    fn certified(&self, height: u64) -> Result<Option<Certified>, StoreError> {
+        Store::certified(self, height)
+    }
+
+    fn wal_append(&mut self, height: u64, record: &[u8]) -> Result<(), StoreError> {
+        Store::wal_append(self, height, record)
+    }
+
+    fn wal(&self, height: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        Store::wal(self, height)
+    }
+}
+
+/// An in-memory [`Log`] with the same extension checks as [`Store`].
+#[derive(Debug, Default, Clone)]
+pub struct MemLog {
+    entries: Vec<Certified>,
+    wal: std::collections::BTreeMap<u64, Vec<Vec<u8>>>,
+}
+
+impl MemLog {
+    /// All stored entries, from genesis.
+    pub fn entries(&self) -> &[Certified] {
+        &self.entries
+    }
+}
+
+impl Log for MemLog {
+    fn tip(&self) -> Result<Option<(u64, Hash)>, StoreError> {
+        Ok(self.entries.last().map(|c| (c.entry.height, c.entry.hash())))
+    }
+
+    fn decide(&mut self, c: &Certified) -> Result<(), StoreError> {
+        check_extends(Log::tip(self)?, &c.entry, &c.certificate)?;
+        self.wal.retain(|h, _| *h > c.entry.height);
+        self.entries.push(c.clone());
+        Ok(())
+    }
+
+    fn certified(&self, height: u64) -> Result<Option<Certified>, StoreError> {
+        Ok(self.entries.get(height as usize).cloned())
+    }
+
+    fn wal_append(&mut self, height: u64, record: &[u8]) -> Result<(), StoreError> {
+        self.wal.entry(height).or_default().push(record.to_vec());
+        Ok(())
+    }
+
+    fn wal(&self, height: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self.wal.get(&height).cloned().unwrap_or_default())
+    }
+}
+
+/// Whether `entry` with `cert` may be stored after `tip`.
+fn check_extends(tip: Option<(u64, Hash)>, entry: &Entry, cert: &CommitCertificate) -> Result<(), StoreError> {
+    let hash = entry.hash();
+    if cert.height != entry.height || cert.hash != hash {
+        return Err(StoreError::CertificateMismatch { height: entry.height, cert_height: cert.height });
+    }
+    let not_next = |reason| StoreError::NotNext { height: entry.height, tip: tip.map(|t| t.0), reason };
+    match tip {
+        None if entry.height != 0 => Err(not_next("the first entry must be genesis (height 0)")),
+        Some((h, _)) if entry.height != h + 1 => Err(not_next("height is not tip + 1")),
+        Some((_, prev)) if entry.prev_hash != prev => Err(not_next("previous hash is not the tip's hash")),
+        _ => Ok(()),
     }
 }

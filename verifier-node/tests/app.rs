@@ -18,7 +18,7 @@ use verifier_node::app::{Due, MarketApp, Reject};
 fn enrollments_are_checked() {
     let w = world();
     let app = MarketApp::new(&genesis_entry(&w), w.keys.clone()).unwrap();
-    assert_eq!(app.next_due(), Some((100, Due::Enrollment)));
+    assert_eq!(app.next_due(), Some((75, Due::Enrollment)), "every min(iteration, half the window) ms");
     let good = enrollment(&w, &w.devices[0]);
     let mut forged = good.clone();
     forged.body.slots = 5;

@@ -1,0 +1,1052 @@
+//! A validator as a deterministic state machine: Malachite's Tendermint core, our market app
+//! and a log, fed events (`tick`, peer messages, device messages) with the host's `now`, and
+//! returning [`Output`]s for the host to send. No sockets, no clocks, no threads: the QUIC
+//! host and the in-memory simulation drive the same code.
+//!
+//! Per height: when the market app says an entry is due (`MarketApp::next_due`) and the host's
+//! clock has reached it, the node starts the height. The round's proposer builds the due entry
+//! from its pool, sends the full entry as a [`PeerMsg::Payload`] and lets the core sign and
+//! send the proposal of its hash. Every validator validates a payload it receives (link,
+//! timing, every signature and proof, recomputed aggregates) before the core may prevote for
+//! it. On decision the entry, the certificate built from the precommits, and the update bodies
+//! go to the log in one synced write; then the app applies the entry and the node waits for
+//! the next due time.
+//!
+//! A node that falls behind (it hears a higher tip in a [`PeerMsg::Status`], or votes for a
+//! later height) asks a peer for certified entries, checks each certificate against the
+//! genesis validators and re-validates each entry, stores them, and rejoins at the new height.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use malachitebft_core_consensus::{
+    process, Effect, Input, LivenessMsg, LocallyProposedValue, Params, ProposedValue, Resumable, Resume, SignedConsensusMsg, State,
+};
+use malachitebft_core_types::{
+    CertificateError, CommitCertificate as McCert, LinearTimeouts, Round, SignedMessage, Timeout, TimeoutKind, Validity,
+    ValueOrigin, ValuePayload, VoteExtensionPolicy,
+};
+use protocol::entry::{Body, Certified, CommitCertificate, Entry, Vote as LogVote};
+use protocol::ids::DeviceId;
+use protocol::messages::{SignedEnrollment, SignedUpdate};
+use protocol::sign::SignatureBytes;
+use prover::VerifierKeys;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use tracing::{debug, info, warn};
+
+use super::context::{Address, Decoded, EntryHash, GridContext, Height, PublicKey, Signature, ValidatorSet, WireMsg};
+use super::wire::{PeerMsg, WalRecord, MAX_SYNC_BATCH};
+use crate::app::{body_kind, MarketApp, Reject};
+use crate::store::{Log, StoreError};
+
+/// Most pooled enrollments (registration).
+pub const MAX_POOLED_ENROLLMENTS: usize = protocol::clock::MAX_ENROLLED;
+/// Most payloads held (current and next heights, all rounds).
+pub const MAX_PAYLOADS: usize = 32;
+/// How often a node announces its tip.
+pub const STATUS_INTERVAL_MS: u64 = 500;
+/// How long a sync request is outstanding before another is sent.
+pub const SYNC_RETRY_MS: u64 = 1000;
+
+/// Misbehaviour for fault tests: a Byzantine validator (f of them at most) does one of these
+/// whenever it proposes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Byzantine {
+    /// Sends two different entries (and signed proposals) to two halves of its peers.
+    Equivocate,
+    /// Includes updates whose proofs fail (and that honest validators dropped), with
+    /// aggregates recomputed over them.
+    IncludeInvalidProofs,
+    /// Proposes aggregates that differ from the recomputed ones.
+    WrongAggregates,
+}
+
+/// A node's configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This validator's index in the genesis set.
+    pub index: u16,
+    /// Consensus timeouts.
+    pub timeouts: LinearTimeouts,
+    /// Misbehaviour, for tests only.
+    pub byzantine: Option<Byzantine>,
+    /// Seed of the batch-verification randomness (a real node seeds from the OS).
+    pub rng_seed: u64,
+}
+
+impl NodeConfig {
+    /// Defaults for validator `index`: timeouts suited to loopback and LAN clusters.
+    pub fn new(index: u16) -> NodeConfig {
+        NodeConfig {
+            index,
+            timeouts: LinearTimeouts {
+                propose: Duration::from_millis(1500),
+                propose_delta: Duration::from_millis(500),
+                prevote: Duration::from_millis(500),
+                prevote_delta: Duration::from_millis(250),
+                precommit: Duration::from_millis(500),
+                precommit_delta: Duration::from_millis(250),
+                rebroadcast: Duration::from_millis(2500),
+                max_timeout: Duration::from_secs(20),
+            },
+            byzantine: None,
+            rng_seed: rand::random(),
+        }
+    }
+}
+
+/// What the host must do.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// Send to every other validator.
+    Broadcast(PeerMsg),
+    /// Send to one validator.
+    Send {
+        /// Its index.
+        to: u16,
+        /// The message.
+        msg: PeerMsg,
+    },
+    /// An entry was committed (stored): tell subscribers.
+    Committed(Arc<Certified>),
+}
+
+/// A failure that stops the node (the log is unusable or a certified entry does not apply).
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The log failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The genesis or a stored entry is unusable.
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+/// Counters the host exports as metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// Rejections by reason label.
+    pub rejects: BTreeMap<&'static str, u64>,
+    /// Update proofs verified in committed iteration entries.
+    pub proofs_verified: u64,
+    /// Entries committed by consensus here.
+    pub commits: u64,
+    /// Entries taken from peers by sync.
+    pub synced: u64,
+    /// Due time → commit, of the last committed entry (ms).
+    pub last_commit_latency_ms: Option<u64>,
+    /// Sum and count of due → commit latencies (ms).
+    pub commit_latency_sum_ms: u64,
+    /// Rounds beyond round 0 entered.
+    pub extra_rounds: u64,
+    /// Payloads found invalid.
+    pub invalid_payloads: u64,
+}
+
+/// One validator.
+pub struct Node<L: Log> {
+    ctx: GridContext,
+    cfg: NodeConfig,
+    key: SigningKey,
+    validators: ValidatorSet,
+    app: MarketApp,
+    log: L,
+    state: Option<State<GridContext>>,
+    /// The height consensus runs, and when its entry was due.
+    running: Option<(u64, u64)>,
+    timers: BTreeMap<TimeoutKey, (Timeout, u64)>,
+    /// Payloads by hash: (entry, updates, validity once checked).
+    payloads: BTreeMap<EntryHash, (Entry, Vec<SignedUpdate>, Option<bool>)>,
+    /// (height, round, hash, valid_round, proposer) announced by payloads, fed once started.
+    announced: BTreeSet<(u64, i64, EntryHash, i64, u16)>,
+    get_value: Option<Round>,
+    /// What this node proposed at (height, round), from memory or the WAL.
+    own_proposals: BTreeMap<(u64, i64), EntryHash>,
+    pool_enrollments: BTreeMap<DeviceId, SignedEnrollment>,
+    pool_updates: BTreeMap<DeviceId, SignedUpdate>,
+    out: Vec<Output>,
+    now: u64,
+    rng: ChaCha20Rng,
+    stats: Stats,
+    replaying: bool,
+    last_status: u64,
+    sync_sent: Option<u64>,
+    fatal: Option<String>,
+    /// The alternative entry of an equivocating proposer, by round.
+    twin: Option<(i64, Entry, Vec<SignedUpdate>)>,
+}
+
+/// `Timeout` has no `Ord`; this orders it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct TimeoutKey(u8, i64);
+
+fn timeout_key(t: &Timeout) -> TimeoutKey {
+    let kind = match t.kind {
+        TimeoutKind::Propose => 0,
+        TimeoutKind::Prevote => 1,
+        TimeoutKind::Precommit => 2,
+        TimeoutKind::Rebroadcast => 3,
+        TimeoutKind::FinalizeHeight(_) => 4,
+    };
+    TimeoutKey(kind, t.round.as_i64())
+}
+
+fn timeout_from(kind: u8, round: i64) -> Option<Timeout> {
+    let kind = match kind {
+        0 => TimeoutKind::Propose,
+        1 => TimeoutKind::Prevote,
+        2 => TimeoutKind::Precommit,
+        3 => TimeoutKind::Rebroadcast,
+        _ => return None,
+    };
+    Some(Timeout::new(Round::from(round), kind))
+}
+
+fn signed_to_wire(msg: &SignedConsensusMsg<GridContext>) -> (WireMsg, [u8; 64]) {
+    match msg {
+        SignedConsensusMsg::Vote(v) => (v.message.to_wire(), v.signature.0),
+        SignedConsensusMsg::Proposal(p) => (p.message.to_wire(), p.signature.0),
+    }
+}
+
+impl<L: Log> Node<L> {
+    /// Opens validator `cfg.index` on `log`: stores `genesis` if the log is empty, checks that
+    /// the stored genesis is the same, and replays the stored entries into the market app.
+    pub fn open(cfg: NodeConfig, key: SigningKey, genesis: &Entry, keys: VerifierKeys, mut log: L) -> Result<Node<L>, NodeError> {
+        let app = MarketApp::new(genesis, keys).map_err(|e| NodeError::Corrupt(format!("genesis: {e}")))?;
+        let Body::Genesis(g) = &genesis.body else { unreachable!("MarketApp::new checked the genesis") };
+        let validators = ValidatorSet::from_genesis(&g.validators).ok_or(NodeError::Corrupt("a genesis validator key is invalid".into()))?;
+        let mine = g.validators.get(cfg.index as usize).ok_or(NodeError::Corrupt(format!("no validator {} in genesis", cfg.index)))?;
+        if mine.0 != key.verifying_key().to_bytes() {
+            return Err(NodeError::Corrupt(format!("this key is not validator {}'s key in the genesis", cfg.index)));
+        }
+        match log.certified(0)? {
+            None => log.decide(&Certified {
+                entry: genesis.clone(),
+                certificate: CommitCertificate { height: 0, round: 0, hash: genesis.hash(), votes: vec![] },
+                updates: vec![],
+            })?,
+            Some(stored) if stored.entry != *genesis => {
+                return Err(NodeError::Corrupt("the database holds another chain's genesis".into()));
+            }
+            Some(_) => {}
+        }
+        let ctx = GridContext { chain: app.chain() };
+        let mut node = Node {
+            ctx,
+            key,
+            validators,
+            app,
+            log,
+            state: None,
+            running: None,
+            timers: BTreeMap::new(),
+            payloads: BTreeMap::new(),
+            announced: BTreeSet::new(),
+            get_value: None,
+            own_proposals: BTreeMap::new(),
+            pool_enrollments: BTreeMap::new(),
+            pool_updates: BTreeMap::new(),
+            out: Vec::new(),
+            now: 0,
+            rng: ChaCha20Rng::seed_from_u64(cfg.rng_seed),
+            stats: Stats::default(),
+            replaying: false,
+            last_status: 0,
+            sync_sent: None,
+            fatal: None,
+            twin: None,
+            cfg,
+        };
+        let tip = node.log.tip()?.map(|t| t.0).unwrap_or(0);
+        for h in 1..=tip {
+            let c = node.log.certified(h)?.ok_or(NodeError::Corrupt(format!("stored entry {h} missing")))?;
+            node.app.apply(&c.entry, &c.updates).map_err(|e| NodeError::Corrupt(format!("stored entry {h}: {e}")))?;
+        }
+        node.state = Some(node.new_state());
+        Ok(node)
+    }
+
+    fn new_state(&self) -> State<GridContext> {
+        let params = Params {
+            address: Address(self.cfg.index),
+            threshold_params: Default::default(),
+            value_payload: ValuePayload::ProposalAndParts,
+            enabled: true,
+        };
+        State::new(self.ctx.clone(), Height(self.app.tip().height + 1), self.validators.clone(), params, 4096, 1024)
+    }
+
+    /// The market app (the state derived from the log).
+    pub fn app(&self) -> &MarketApp {
+        &self.app
+    }
+
+    /// The log.
+    pub fn log(&self) -> &L {
+        &self.log
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// This validator's index.
+    pub fn index(&self) -> u16 {
+        self.cfg.index
+    }
+
+    /// A fatal error, once one happened: the host must stop the node.
+    pub fn fatal(&self) -> Option<&str> {
+        self.fatal.as_deref()
+    }
+
+    /// The height consensus is running, if any.
+    pub fn running_height(&self) -> Option<u64> {
+        self.running.map(|r| r.0)
+    }
+
+    /// When the host should call [`Self::tick`] next.
+    pub fn next_wakeup(&self) -> u64 {
+        let timer = self.timers.values().map(|t| t.1).min().unwrap_or(u64::MAX);
+        let due = match (self.running, self.app.next_due()) {
+            (None, Some((t, _))) => t,
+            (Some(_), Some(_)) if self.get_value.is_some() => self.app.next_buildable(self.now).unwrap_or(u64::MAX).max(self.now + 1),
+            _ => u64::MAX,
+        };
+        timer.min(due).min(self.last_status + STATUS_INTERVAL_MS)
+    }
+
+    fn count(&mut self, r: &Reject) {
+        *self.stats.rejects.entry(r.label()).or_default() += 1;
+    }
+
+    fn drain(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Advances the node's clock to `now`: starts a due height, fires expired timers,
+    /// announces the tip.
+    pub fn tick(&mut self, now: u64) -> Vec<Output> {
+        self.now = self.now.max(now);
+        if self.fatal.is_some() {
+            return vec![];
+        }
+        if self.running.is_none() {
+            if let Some((due, _)) = self.app.next_due() {
+                if self.now >= due {
+                    self.start_height(due);
+                }
+            }
+        }
+        let expired: Vec<Timeout> = self.timers.values().filter(|(_, at)| *at <= self.now).map(|(t, _)| *t).collect();
+        for t in expired {
+            self.timers.remove(&timeout_key(&t));
+            self.process(Input::TimeoutElapsed(t));
+        }
+        if self.get_value.is_some() {
+            self.propose();
+        }
+        if self.now >= self.last_status + STATUS_INTERVAL_MS {
+            self.last_status = self.now;
+            self.out.push(Output::Broadcast(PeerMsg::Status { tip: self.app.tip().height }));
+        }
+        self.drain()
+    }
+
+    fn start_height(&mut self, due: u64) {
+        let h = self.app.tip().height + 1;
+        self.running = Some((h, due));
+        self.get_value = None;
+        self.twin = None;
+        self.payloads.retain(|_, (e, _, _)| e.height >= h);
+        self.announced.retain(|a| a.0 >= h);
+        let wal = match self.log.wal(h) {
+            Ok(w) => w,
+            Err(e) => return self.fail(format!("reading the WAL: {e}")),
+        };
+        let records: Vec<WalRecord> = wal.iter().filter_map(|b| protocol::codec::decode("wal record", b, usize::MAX).ok()).collect();
+        info!(validator = self.cfg.index, height = h, wal = records.len(), "starting height");
+        let restart = !records.is_empty();
+        self.own_proposals.retain(|k, _| k.0 >= h);
+        for r in &records {
+            match r {
+                WalRecord::Payload { entry, updates } => {
+                    self.payloads.insert(EntryHash(entry.hash()), (entry.clone(), updates.clone(), None));
+                }
+                WalRecord::Proposed { round, value } => {
+                    self.own_proposals.insert((h, *round), EntryHash(*value));
+                }
+                _ => {}
+            }
+        }
+        // While replaying, a round's proposer proposes only what the WAL says it proposed.
+        self.replaying = restart;
+        self.process(Input::StartHeight(Height(h), self.validators.clone(), restart, None, VoteExtensionPolicy::Disabled));
+        if restart {
+            let inputs: Vec<Input<GridContext>> = records.iter().filter_map(|r| self.wal_input(r)).collect();
+            if let Some(state) = self.state.as_mut() {
+                state.index_wal_entries(inputs.iter());
+            }
+            for i in inputs {
+                self.process(i);
+            }
+            self.replaying = false;
+            if let Some(state) = self.state.as_mut() {
+                state.reset_entries_index();
+            }
+            if self.get_value.is_some() {
+                self.propose();
+            }
+        }
+        // Payloads that arrived before the height started.
+        let pending: Vec<_> = self.announced.iter().filter(|a| a.0 == h).copied().collect();
+        for (_, round, hash, valid_round, proposer) in pending {
+            self.feed_payload(round, hash, valid_round, proposer);
+        }
+    }
+
+    fn wal_input(&self, r: &WalRecord) -> Option<Input<GridContext>> {
+        match r {
+            WalRecord::Consensus { msg, signature } => match msg.decode().ok()? {
+                Decoded::Vote(v) => Some(Input::Vote(SignedMessage::new(v, Signature(*signature)))),
+                Decoded::Proposal(p) => Some(Input::Proposal(SignedMessage::new(p, Signature(*signature)))),
+            },
+            WalRecord::ProposedValue { round, valid_round, proposer, value, valid } => Some(Input::ProposedValue(
+                ProposedValue {
+                    height: Height(self.app.tip().height + 1),
+                    round: Round::from(*round),
+                    valid_round: Round::from(*valid_round),
+                    proposer: Address(*proposer),
+                    value: EntryHash(*value),
+                    validity: if *valid { Validity::Valid } else { Validity::Invalid },
+                },
+                ValueOrigin::Consensus,
+            )),
+            WalRecord::Timeout { kind, round } => timeout_from(*kind, *round).map(Input::TimeoutElapsed),
+            WalRecord::Payload { .. } | WalRecord::Proposed { .. } => None,
+        }
+    }
+
+    fn wal_record(input: &Input<GridContext>) -> Option<WalRecord> {
+        match input {
+            Input::Vote(v) => Some(WalRecord::Consensus { msg: v.message.to_wire(), signature: v.signature.0 }),
+            Input::Proposal(p) => Some(WalRecord::Consensus { msg: p.message.to_wire(), signature: p.signature.0 }),
+            Input::ProposedValue(pv, _) => Some(WalRecord::ProposedValue {
+                round: pv.round.as_i64(),
+                valid_round: pv.valid_round.as_i64(),
+                proposer: pv.proposer.0,
+                value: pv.value.0,
+                valid: pv.validity.is_valid(),
+            }),
+            Input::TimeoutElapsed(t) => match timeout_key(t) {
+                TimeoutKey(k, r) if k < 4 => Some(WalRecord::Timeout { kind: k, round: r }),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn wal_append(&mut self, height: u64, record: &WalRecord) {
+        if self.replaying {
+            return;
+        }
+        if let Err(e) = self.log.wal_append(height, &protocol::codec::encode(record)) {
+            self.fail(format!("writing the WAL: {e}"));
+        }
+    }
+
+    fn fail(&mut self, why: String) {
+        warn!(validator = self.cfg.index, "fatal: {why}");
+        self.fatal.get_or_insert(why);
+        self.running = None;
+    }
+
+    /// Runs one input through the core, handling its effects.
+    fn process(&mut self, input: Input<GridContext>) {
+        if self.fatal.is_some() {
+            return;
+        }
+        let Some(mut state) = self.state.take() else { return };
+        let metrics = ();
+        let result: Result<(), malachitebft_core_consensus::Error<GridContext>> =
+            process!(input: input, state: &mut state, metrics: &metrics, with: effect => self.on_effect(effect));
+        if let Err(e) = result {
+            debug!(validator = self.cfg.index, "consensus input refused: {e:?}");
+        }
+        self.state = Some(state);
+        if self.app.tip().height + 1 > self.state.as_ref().map(|s| s.height().0).unwrap_or(0) {
+            // Decided (or synced) past the state's height: the next height starts when due.
+            self.running = None;
+            self.timers.clear();
+        }
+        if self.get_value.is_some() && !self.replaying {
+            self.propose();
+        }
+    }
+
+    fn on_effect(&mut self, effect: Effect<GridContext>) -> Result<Resume<GridContext>, std::convert::Infallible> {
+        Ok(match effect {
+            Effect::CancelAllTimeouts(r) => {
+                self.timers.clear();
+                r.resume_with(())
+            }
+            Effect::CancelTimeout(t, r) => {
+                self.timers.remove(&timeout_key(&t));
+                r.resume_with(())
+            }
+            Effect::ScheduleTimeout(t, r) => {
+                let d = self.cfg.timeouts.duration_for(t).as_millis() as u64;
+                self.timers.insert(timeout_key(&t), (t, self.now + d));
+                r.resume_with(())
+            }
+            Effect::StartRound(h, round, proposer, _role, r) => {
+                debug!(validator = self.cfg.index, height = h.0, %round, %proposer, "round");
+                if round.as_i64() > 0 && !self.replaying {
+                    self.stats.extra_rounds += 1;
+                }
+                self.get_value = None;
+                r.resume_with(())
+            }
+            Effect::PublishConsensusMsg(msg, r) => {
+                if !self.replaying {
+                    self.publish(&msg);
+                }
+                r.resume_with(())
+            }
+            Effect::PublishLivenessMsg(LivenessMsg::Vote(v), r) | Effect::RepublishVote(v, r) => {
+                if !self.replaying {
+                    self.out.push(Output::Broadcast(PeerMsg::Consensus { msg: v.message.to_wire(), signature: v.signature.0 }));
+                }
+                r.resume_with(())
+            }
+            // Polka and round certificates travel as the signed votes they are made of; the
+            // receiver's core rebuilds them (and checks every signature) vote by vote.
+            Effect::PublishLivenessMsg(LivenessMsg::PolkaCertificate(c), r) => {
+                let votes = c
+                    .polka_signatures
+                    .iter()
+                    .map(|s| {
+                        let v = WireMsg::Vote { typ: 0, height: c.height.0, round: c.round.as_i64(), value: Some(c.value_id.0), validator: s.address.0 };
+                        (v, s.signature.0)
+                    })
+                    .collect();
+                if !self.replaying {
+                    self.out.push(Output::Broadcast(PeerMsg::Votes { votes }));
+                }
+                r.resume_with(())
+            }
+            Effect::PublishLivenessMsg(LivenessMsg::SkipRoundCertificate(c), r) | Effect::RepublishRoundCertificate(c, r) => {
+                let votes = c
+                    .round_signatures
+                    .iter()
+                    .map(|s| {
+                        let typ = match s.vote_type {
+                            malachitebft_core_types::VoteType::Prevote => 0,
+                            malachitebft_core_types::VoteType::Precommit => 1,
+                        };
+                        let value = match s.value_id {
+                            malachitebft_core_types::NilOrVal::Nil => None,
+                            malachitebft_core_types::NilOrVal::Val(v) => Some(v.0),
+                        };
+                        (WireMsg::Vote { typ, height: c.height.0, round: c.round.as_i64(), value, validator: s.address.0 }, s.signature.0)
+                    })
+                    .collect();
+                if !self.replaying {
+                    self.out.push(Output::Broadcast(PeerMsg::Votes { votes }));
+                }
+                r.resume_with(())
+            }
+            Effect::GetValue(_h, round, _timeout, r) => {
+                // Built after this input is processed (the core is busy now).
+                self.get_value = Some(round);
+                r.resume_with(())
+            }
+            Effect::RestreamProposal(_h, round, valid_round, _addr, value, r) => {
+                debug!(validator = self.cfg.index, %round, %valid_round, held = self.payloads.contains_key(&value), "restreaming {value}");
+                if let Some((entry, updates, _)) = self.payloads.get(&value) {
+                    self.out.push(Output::Broadcast(PeerMsg::Payload {
+                        round: round.as_i64(),
+                        valid_round: valid_round.as_i64(),
+                        proposer: self.cfg.index,
+                        entry: entry.clone(),
+                        updates: updates.clone(),
+                    }));
+                }
+                r.resume_with(())
+            }
+            Effect::CertVerifiedSyncValue(_, _, r) => r.resume_with(()),
+            Effect::CertRejectedSyncValue(_, _, _, r) => r.resume_with(()),
+            Effect::Decide(cert, _ext, r) => {
+                self.on_decide(&cert);
+                r.resume_with(())
+            }
+            Effect::Finalize(_, _, _, r) => r.resume_with(()),
+            Effect::SignVote(vote, r) => {
+                let sig = self.ctx.sign(&self.key, &vote.to_wire());
+                r.resume_with(SignedMessage::new(vote, sig))
+            }
+            Effect::SignProposal(p, r) => {
+                let sig = self.ctx.sign(&self.key, &p.to_wire());
+                r.resume_with(SignedMessage::new(p, sig))
+            }
+            Effect::VerifySignature(msg, pk, r) => {
+                let wire = match &msg.message {
+                    malachitebft_core_consensus::ConsensusMsg::Vote(v) => v.to_wire(),
+                    malachitebft_core_consensus::ConsensusMsg::Proposal(p) => p.to_wire(),
+                };
+                r.resume_with(self.ctx.verify(&pk, &wire, &msg.signature))
+            }
+            Effect::VerifyCommitCertificate(cert, set, _th, r) => r.resume_with(self.verify_mc_cert(&cert, &set)),
+            // We never feed synced values, polka or round certificates to the core (catch-up is
+            // ours, see `on_sync_response`), so these are refused.
+            Effect::VerifyExtendedCommitCertificate(_, _, _, _, r) => r.resume_with(Err(self.not_accepted())),
+            Effect::VerifyPolkaCertificate(_, _, _, r) => r.resume_with(Err(self.not_accepted())),
+            Effect::VerifyRoundCertificate(_, _, _, r) => r.resume_with(Err(self.not_accepted())),
+            Effect::WalAppend(h, input, r) => {
+                if let Some(rec) = Self::wal_record(&input) {
+                    self.wal_append(h.0, &rec);
+                }
+                r.resume_with(())
+            }
+            Effect::ExtendVote(_, _, _, _, r) => r.resume_with(None),
+            Effect::VerifyVoteExtension(_, _, _, _, _, _, r) => r.resume_with(Ok(())),
+        })
+    }
+
+    fn not_accepted(&self) -> CertificateError<GridContext> {
+        CertificateError::NotEnoughVotingPower { signed: 0, total: self.validators.0.len() as u64, expected: 1 }
+    }
+
+    fn verify_mc_cert(&self, cert: &McCert<GridContext>, set: &ValidatorSet) -> Result<(), CertificateError<GridContext>> {
+        let mut signers = BTreeSet::new();
+        for s in &cert.commit_signatures {
+            let Some(v) = set.0.get(s.address.0 as usize) else { return Err(CertificateError::UnknownValidator(s.address)) };
+            let wire = WireMsg::Vote { typ: 1, height: cert.height.0, round: cert.round.as_i64(), value: Some(cert.value_id.0), validator: s.address.0 };
+            if !self.ctx.verify(&v.key, &wire, &s.signature) {
+                return Err(CertificateError::InvalidCommitSignature(s.clone()));
+            }
+            signers.insert(s.address);
+        }
+        let n = set.0.len() as u64;
+        let signed = signers.len() as u64;
+        if signed * 3 <= n * 2 {
+            return Err(CertificateError::NotEnoughVotingPower { signed, total: n, expected: n * 2 / 3 + 1 });
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, msg: &SignedConsensusMsg<GridContext>) {
+        let (wire, signature) = signed_to_wire(msg);
+        if let (Some(Byzantine::Equivocate), SignedConsensusMsg::Proposal(p), Some((round, twin, twin_updates))) =
+            (self.cfg.byzantine, msg, self.twin.clone())
+        {
+            if p.message.round.as_i64() == round {
+                // Half the peers get the twin entry and a signed proposal for it.
+                let mut alt = p.message.clone();
+                alt.value = EntryHash(twin.hash());
+                let alt_sig = self.ctx.sign(&self.key, &alt.to_wire());
+                for to in 0..self.validators.0.len() as u16 {
+                    if to == self.cfg.index {
+                        continue;
+                    }
+                    if to % 2 == 0 {
+                        self.out.push(Output::Send {
+                            to,
+                            msg: PeerMsg::Payload { round, valid_round: -1, proposer: self.cfg.index, entry: twin.clone(), updates: twin_updates.clone() },
+                        });
+                        self.out.push(Output::Send { to, msg: PeerMsg::Consensus { msg: alt.to_wire(), signature: alt_sig.0 } });
+                    } else {
+                        self.out.push(Output::Send { to, msg: PeerMsg::Consensus { msg: wire.clone(), signature } });
+                    }
+                }
+                return;
+            }
+        }
+        self.out.push(Output::Broadcast(PeerMsg::Consensus { msg: wire, signature }));
+    }
+
+    /// As the round's proposer: builds the due entry and proposes its hash.
+    fn propose(&mut self) {
+        let Some(round) = self.get_value else { return };
+        let Some((h, _)) = self.running else { return };
+        if let Some(hash) = self.own_proposals.get(&(h, round.as_i64())).copied() {
+            // Proposed before a restart: the same entry again, never a second one.
+            if let Some((entry, updates, _)) = self.payloads.get(&hash).cloned() {
+                info!(validator = self.cfg.index, height = h, %round, "re-proposing {hash} after a restart");
+                self.out.push(Output::Broadcast(PeerMsg::Payload { round: round.as_i64(), valid_round: -1, proposer: self.cfg.index, entry, updates }));
+                self.get_value = None;
+                self.process(Input::Propose(LocallyProposedValue::new(Height(h), round, hash)));
+            }
+            return;
+        }
+        let enrollments: Vec<SignedEnrollment> = self.pool_enrollments.values().cloned().collect();
+        let updates: Vec<SignedUpdate> = self.pool_updates.values().cloned().collect();
+        let built = self.app.build(self.now, &enrollments, &updates, &mut self.rng);
+        let (mut entry, mut included, dropped) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                // Retried at every tick while this round lasts (e.g. between the close of
+                // registration and the first deadline nothing is due).
+                debug!(validator = self.cfg.index, height = h, "cannot build an entry yet: {e}");
+                return;
+            }
+        };
+        for (device, why) in &dropped {
+            self.count(why);
+            debug!(validator = self.cfg.index, device = %device, "dropped from the proposal: {why}");
+            if matches!(why, Reject::BadProof(_)) {
+                if self.cfg.byzantine == Some(Byzantine::IncludeInvalidProofs) {
+                    if let Some(u) = self.pool_updates.get(device) {
+                        included.push(u.clone());
+                    }
+                } else {
+                    self.pool_updates.remove(device);
+                }
+            }
+        }
+        match (self.cfg.byzantine, &mut entry.body) {
+            (Some(Byzantine::IncludeInvalidProofs), Body::Iteration(b)) => {
+                included.sort_by_key(SignedUpdate::digest);
+                if let Ok(body) = self.app.iteration_body(b.iteration, &included) {
+                    *b = body;
+                }
+            }
+            (Some(Byzantine::WrongAggregates), Body::Iteration(b)) => b.u[0] = b.u[0].wrapping_add(1000),
+            (Some(Byzantine::WrongAggregates), Body::Final(f)) => f.prices[0] = f.prices[0].wrapping_add(1000),
+            (Some(Byzantine::Equivocate), _) => {
+                let mut twin = entry.clone();
+                twin.timestamp_ms += 1;
+                self.payloads.insert(EntryHash(twin.hash()), (twin.clone(), included.clone(), Some(true)));
+                self.twin = Some((round.as_i64(), twin, included.clone()));
+            }
+            _ => {}
+        }
+        let hash = EntryHash(entry.hash());
+        info!(validator = self.cfg.index, height = h, %round, kind = body_kind(&entry.body), updates = included.len(), "proposing {hash}");
+        self.wal_append(h, &WalRecord::Payload { entry: entry.clone(), updates: included.clone() });
+        self.wal_append(h, &WalRecord::Proposed { round: round.as_i64(), value: hash.0 });
+        self.own_proposals.insert((h, round.as_i64()), hash);
+        self.payloads.insert(hash, (entry.clone(), included.clone(), Some(true)));
+        if self.twin.is_none() {
+            self.out.push(Output::Broadcast(PeerMsg::Payload {
+                round: round.as_i64(),
+                valid_round: -1,
+                proposer: self.cfg.index,
+                entry,
+                updates: included,
+            }));
+        } else {
+            // The equivocating proposer sends each half its own payload.
+            for to in (0..self.validators.0.len() as u16).filter(|t| *t != self.cfg.index && t % 2 == 1) {
+                self.out.push(Output::Send {
+                    to,
+                    msg: PeerMsg::Payload { round: round.as_i64(), valid_round: -1, proposer: self.cfg.index, entry: entry.clone(), updates: included.clone() },
+                });
+            }
+        }
+        self.get_value = None;
+        self.process(Input::Propose(LocallyProposedValue::new(Height(h), round, hash)));
+    }
+
+    fn on_decide(&mut self, cert: &McCert<GridContext>) {
+        let h = cert.height.0;
+        let Some((entry, updates, _)) = self.payloads.get(&cert.value_id).cloned() else {
+            warn!(validator = self.cfg.index, height = h, "decided {} without its payload; syncing", cert.value_id);
+            self.request_sync(None);
+            return;
+        };
+        let mut votes: Vec<LogVote> = cert
+            .commit_signatures
+            .iter()
+            .map(|s| LogVote { validator: s.address.0, signature: SignatureBytes(s.signature.0) })
+            .collect();
+        votes.sort_by_key(|v| v.validator);
+        votes.dedup_by_key(|v| v.validator);
+        let round = cert.round.as_u32().unwrap_or(0);
+        let certificate = CommitCertificate { height: h, round, hash: cert.value_id.0, votes };
+        let certified = Certified { entry, certificate, updates };
+        if let Err(e) = self.commit(&certified) {
+            return self.fail(format!("committing height {h}: {e}"));
+        }
+        let due = self.running.map(|r| r.1).unwrap_or(self.now);
+        let latency = self.now.saturating_sub(due);
+        self.stats.commits += 1;
+        self.stats.last_commit_latency_ms = Some(latency);
+        self.stats.commit_latency_sum_ms += latency;
+        info!(validator = self.cfg.index, height = h, round, kind = body_kind(&certified.entry.body), latency_ms = latency, "committed {}", cert.value_id);
+    }
+
+    /// Stores a certified entry, applies it, prunes the pools, and announces it.
+    fn commit(&mut self, c: &Certified) -> Result<(), String> {
+        self.log.decide(c).map_err(|e| e.to_string())?;
+        self.app.apply(&c.entry, &c.updates).map_err(|e| format!("a certified entry does not apply: {e}"))?;
+        if let Body::Iteration(_) = &c.entry.body {
+            self.stats.proofs_verified += c.updates.len() as u64;
+        }
+        match &c.entry.body {
+            Body::Enrollment(list) => {
+                for e in list {
+                    self.pool_enrollments.remove(&e.body.device);
+                }
+            }
+            Body::Iteration(b) => {
+                let k = b.iteration;
+                self.pool_updates.retain(|_, u| u.body.iteration > k);
+            }
+            _ => {}
+        }
+        if self.app.admm().is_some() {
+            self.pool_enrollments.clear();
+        }
+        self.running = None;
+        self.timers.clear();
+        self.get_value = None;
+        self.payloads.retain(|_, (e, _, _)| e.height > c.entry.height);
+        self.out.push(Output::Committed(Arc::new(c.clone())));
+        Ok(())
+    }
+
+    /// A device's enrollment, arriving at `now`.
+    pub fn on_enrollment(&mut self, now: u64, e: SignedEnrollment) -> Result<(), Reject> {
+        self.now = self.now.max(now);
+        let r = self.admit_enrollment(e);
+        if let Err(why) = &r {
+            self.count(why);
+        }
+        r
+    }
+
+    fn admit_enrollment(&mut self, e: SignedEnrollment) -> Result<(), Reject> {
+        if self.pool_enrollments.contains_key(&e.body.device) {
+            return Err(protocol::clock::ClockError::DuplicateEnrollment(e.body.device).into());
+        }
+        if self.pool_enrollments.len() >= MAX_POOLED_ENROLLMENTS {
+            return Err(Reject::Overloaded("enrollment pool full"));
+        }
+        self.app.admit_enrollment(self.now, &e)?;
+        self.pool_enrollments.insert(e.body.device, e);
+        Ok(())
+    }
+
+    /// A device's update, arriving at `now`.
+    pub fn on_update(&mut self, now: u64, u: SignedUpdate) -> Result<(), Reject> {
+        self.now = self.now.max(now);
+        let r = self.admit_update(u);
+        if let Err(why) = &r {
+            self.count(why);
+        }
+        r
+    }
+
+    fn admit_update(&mut self, u: SignedUpdate) -> Result<(), Reject> {
+        if let Some(held) = self.pool_updates.get(&u.body.device) {
+            if held.body.iteration == u.body.iteration {
+                return Err(protocol::clock::ClockError::DuplicateUpdate { device: u.body.device, iteration: u.body.iteration }.into());
+            }
+        }
+        self.app.admit_update(self.now, &u)?;
+        // One update per device is held (the open iteration's): the pool is bounded by the
+        // enrolled set.
+        self.pool_updates.insert(u.body.device, u);
+        Ok(())
+    }
+
+    /// A message from validator `from`, arriving at `now`.
+    pub fn on_peer(&mut self, now: u64, from: u16, msg: PeerMsg) -> Vec<Output> {
+        self.now = self.now.max(now);
+        if self.fatal.is_some() || from as usize >= self.validators.0.len() || from == self.cfg.index {
+            return vec![];
+        }
+        match msg {
+            PeerMsg::Consensus { msg, signature } => self.on_consensus(from, msg, signature),
+            PeerMsg::Votes { votes } => {
+                for (msg, signature) in votes.into_iter().take(2 * self.validators.0.len()) {
+                    self.on_consensus(from, msg, signature);
+                }
+            }
+            PeerMsg::Payload { round, valid_round, proposer, entry, updates } => self.on_payload(round, valid_round, proposer, entry, updates),
+            PeerMsg::Status { tip } => {
+                // The peer decided the height this node is still working on (or more).
+                if tip > self.app.tip().height {
+                    self.request_sync(Some(from));
+                }
+            }
+            PeerMsg::SyncRequest { from: first } => self.on_sync_request(from, first),
+            PeerMsg::SyncResponse { entries } => self.on_sync_response(entries),
+        }
+        self.drain()
+    }
+
+    fn on_consensus(&mut self, from: u16, msg: WireMsg, signature: [u8; 64]) {
+        let decoded = match msg.decode() {
+            Ok(d) => d,
+            Err(e) => {
+                debug!(validator = self.cfg.index, from, "bad consensus message: {e}");
+                *self.stats.rejects.entry("bad_peer_message").or_default() += 1;
+                return;
+            }
+        };
+        let height = match &decoded {
+            Decoded::Vote(v) => v.height.0,
+            Decoded::Proposal(p) => p.height.0,
+        };
+        let next = self.app.tip().height + 1;
+        if height < next {
+            return;
+        }
+        if height > next + 1 {
+            self.request_sync(Some(from));
+            return;
+        }
+        let input = match decoded {
+            Decoded::Vote(v) => Input::Vote(SignedMessage::new(v, Signature(signature))),
+            Decoded::Proposal(p) => Input::Proposal(SignedMessage::new(p, Signature(signature))),
+        };
+        self.process(input);
+    }
+
+    fn on_payload(&mut self, round: i64, valid_round: i64, proposer: u16, entry: Entry, updates: Vec<SignedUpdate>) {
+        let next = self.app.tip().height + 1;
+        if entry.height < next || entry.height > next + 1 || round < 0 || proposer as usize >= self.validators.0.len() {
+            return;
+        }
+        let hash = EntryHash(entry.hash());
+        if !self.payloads.contains_key(&hash) {
+            if self.payloads.len() >= MAX_PAYLOADS {
+                *self.stats.rejects.entry("payload_overflow").or_default() += 1;
+                return;
+            }
+            self.payloads.insert(hash, (entry.clone(), updates, None));
+        }
+        let key = (entry.height, round, hash, valid_round, proposer);
+        if !self.announced.insert(key) {
+            return;
+        }
+        if self.running.map(|r| r.0) == Some(entry.height) {
+            self.feed_payload(round, hash, valid_round, proposer);
+        }
+    }
+
+    /// Validates a held payload (once) and hands the core its verdict for `round`.
+    fn feed_payload(&mut self, round: i64, hash: EntryHash, valid_round: i64, proposer: u16) {
+        let Some((entry, updates, validity)) = self.payloads.get(&hash).cloned() else { return };
+        let valid = match validity {
+            Some(v) => v,
+            None => {
+                let drift = self.app.genesis().max_clock_drift_ms;
+                let verdict = if entry.timestamp_ms > self.now.saturating_add(drift) {
+                    Err(Reject::NotDue(format!("timestamp {} is ahead of this node's clock {}", entry.timestamp_ms, self.now)))
+                } else {
+                    self.app.validate(&entry, &updates, &mut self.rng)
+                };
+                if let Err(why) = &verdict {
+                    warn!(validator = self.cfg.index, height = entry.height, proposer, "invalid proposal {hash}: {why}");
+                    self.stats.invalid_payloads += 1;
+                    self.count(why);
+                }
+                let ok = verdict.is_ok();
+                if let Some(p) = self.payloads.get_mut(&hash) {
+                    p.2 = Some(ok);
+                }
+                self.wal_append(entry.height, &WalRecord::Payload { entry: entry.clone(), updates: updates.clone() });
+                ok
+            }
+        };
+        let pv = ProposedValue {
+            height: Height(entry.height),
+            round: Round::from(round),
+            valid_round: Round::from(valid_round),
+            proposer: Address(proposer),
+            value: hash,
+            validity: if valid { Validity::Valid } else { Validity::Invalid },
+        };
+        self.process(Input::ProposedValue(pv, ValueOrigin::Consensus));
+    }
+
+    fn request_sync(&mut self, peer: Option<u16>) {
+        if self.sync_sent.is_some_and(|t| self.now < t + SYNC_RETRY_MS) {
+            return;
+        }
+        self.sync_sent = Some(self.now);
+        let msg = PeerMsg::SyncRequest { from: self.app.tip().height + 1 };
+        match peer {
+            Some(to) => self.out.push(Output::Send { to, msg }),
+            None => self.out.push(Output::Broadcast(msg)),
+        }
+    }
+
+    fn on_sync_request(&mut self, from: u16, first: u64) {
+        let tip = self.app.tip().height;
+        if first == 0 || first > tip {
+            return;
+        }
+        let mut entries = Vec::new();
+        let mut bytes = 0usize;
+        for h in first..=tip.min(first + MAX_SYNC_BATCH as u64 - 1) {
+            match self.log.certified(h) {
+                Ok(Some(c)) => {
+                    bytes += protocol::codec::encode(&c).len();
+                    entries.push(c);
+                    if bytes > super::wire::MAX_PEER_FRAME / 2 {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        if !entries.is_empty() {
+            self.out.push(Output::Send { to: from, msg: PeerMsg::SyncResponse { entries } });
+        }
+    }
+
+    fn on_sync_response(&mut self, entries: Vec<Certified>) {
+        self.sync_sent = None;
+        let mut advanced = false;
+        for c in entries.into_iter().take(MAX_SYNC_BATCH) {
+            let next = self.app.tip().height + 1;
+            if c.entry.height < next {
+                continue;
+            }
+            if c.entry.height > next {
+                break;
+            }
+            if c.certificate.height != c.entry.height || c.certificate.hash != c.entry.hash() {
+                *self.stats.rejects.entry("sync_bad_certificate").or_default() += 1;
+                break;
+            }
+            if let Err(e) = c.certificate.verify(&self.app.chain(), &self.app.genesis().validators) {
+                warn!(validator = self.cfg.index, height = c.entry.height, "synced certificate refused: {e}");
+                *self.stats.rejects.entry("sync_bad_certificate").or_default() += 1;
+                break;
+            }
+            if let Err(e) = self.app.validate(&c.entry, &c.updates, &mut self.rng) {
+                warn!(validator = self.cfg.index, height = c.entry.height, "synced entry refused: {e}");
+                self.count(&e);
+                break;
+            }
+            if let Err(e) = self.commit(&c) {
+                return self.fail(format!("storing synced height {}: {e}", c.entry.height));
+            }
+            self.stats.synced += 1;
+            advanced = true;
+            info!(validator = self.cfg.index, height = c.entry.height, "synced");
+        }
+        if advanced {
+            // Rejoin at the new height: a fresh core state (the old height is over).
+            self.state = Some(self.new_state());
+            self.running = None;
+            self.timers.clear();
+            self.announced.retain(|a| a.0 > self.app.tip().height);
+        }
+    }
+
+    /// The public key of validator `i`, if any.
+    pub fn validator_key(&self, i: u16) -> Option<PublicKey> {
+        self.validators.0.get(i as usize).map(|v| v.key)
+    }
+}

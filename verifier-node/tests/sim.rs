@@ -1,0 +1,124 @@
+//! Seeded simulations of a 4-validator cluster over a lossy, reordering, partitioning network
+//! with crashes: at most one decision per height, valid hash chains, agreement, and progress
+//! to the final entry. A failing seed is printed; replay it with
+//! `SIM_SEED=<seed> cargo nextest run -p verifier-node --test sim one_seed`.
+
+mod common;
+
+use common::*;
+use protocol::entry::{chain_id, Entry};
+use verifier_node::consensus::node::Byzantine;
+use verifier_node::sim::{Devices, NetConfig, Sim};
+
+/// The market of the simulations: registration closes at 6 s, iterations every 2 s, K_max 3.
+fn sim_world() -> (World, Entry, Devices) {
+    let mut w = world();
+    w.genesis.market.registration_close_ms = 6000;
+    w.genesis.market.iteration_ms = 2000;
+    w.genesis.market.max_iterations = 3;
+    w.genesis.market.execution_start_ms = 1_000_000;
+    w.chain = chain_id(&w.genesis);
+    let genesis = genesis_entry(&w);
+    let mut devices = Devices { enrollments: w.devices.iter().map(|d| enrollment(&w, d)).collect(), ..Default::default() };
+    for k in 1..=3u32 {
+        let us = (0..w.devices.len()).map(|i| update(&mut w, i, k, k)).collect();
+        devices.updates.insert(k, us);
+    }
+    (w, genesis, devices)
+}
+
+const HORIZON_MS: u64 = 60_000;
+
+fn run_seed(w: &World, genesis: &Entry, devices: &Devices, seed: u64, byzantine: Vec<Option<Byzantine>>) -> Result<Sim, String> {
+    run_net(w, genesis, devices, seed, byzantine, NetConfig::random(seed, 4, 12_000))
+}
+
+fn run_net(w: &World, genesis: &Entry, devices: &Devices, seed: u64, byzantine: Vec<Option<Byzantine>>, net: NetConfig) -> Result<Sim, String> {
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    let mut sim = Sim::new(seed, genesis.clone(), w.keys.clone(), w.validators.clone(), byzantine, net.clone(), devices.clone());
+    sim.run(HORIZON_MS);
+    sim.check().map_err(|e| format!("seed {seed} ({net:?}): {e}"))?;
+    if !sim.all_final() {
+        return Err(format!("seed {seed} ({net:?}): not final by {HORIZON_MS} ms; tips {:?}", sim.tips()));
+    }
+    Ok(sim)
+}
+
+#[test]
+fn a_clean_network_reaches_final_with_every_update() {
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    let (w, genesis, devices) = sim_world();
+    let net = NetConfig { drop: 0.0, gst_ms: 0, duplicate: 0.0, delay_ms: (1, 5), partitions: vec![], crashes: vec![] };
+    let mut sim = Sim::new(1, genesis, w.keys.clone(), w.validators.clone(), vec![], net, devices);
+    sim.run(HORIZON_MS);
+    sim.check().unwrap();
+    assert!(sim.all_final(), "tips {:?}", sim.tips());
+    for n in sim.nodes() {
+        assert_eq!(n.app().enrolled().len(), 3);
+        assert_eq!(n.stats().proofs_verified, 9, "every update of 3 devices × 3 iterations is in the log");
+    }
+}
+
+fn seeds(range: std::ops::Range<u64>) {
+    let (w, genesis, devices) = sim_world();
+    for seed in range {
+        if let Err(e) = run_seed(&w, &genesis, &devices, seed, vec![]) {
+            panic!("{e}\nreplay: SIM_SEED={seed} cargo nextest run -p verifier-node --test sim one_seed");
+        }
+    }
+}
+
+#[test]
+fn seeds_0000_0250() {
+    seeds(0..250);
+}
+
+#[test]
+fn seeds_0250_0500() {
+    seeds(250..500);
+}
+
+#[test]
+fn seeds_0500_0750() {
+    seeds(500..750);
+}
+
+#[test]
+fn seeds_0750_1000() {
+    seeds(750..1000);
+}
+
+#[test]
+fn one_seed() {
+    let seed = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
+    let (w, genesis, devices) = sim_world();
+    run_seed(&w, &genesis, &devices, seed, vec![]).unwrap();
+}
+
+#[test]
+fn byzantine_proposers_never_get_bad_entries_committed() {
+    let (mut w, genesis, mut devices) = sim_world();
+    // Device 2 submits an update for iteration 3 (height 5, which validator 1 proposes in
+    // round 0) whose proof was made for iteration 2: honest proposers drop it, the Byzantine
+    // one includes it.
+    let bad = update(&mut w, 2, 3, 2);
+    devices.updates.get_mut(&3).unwrap()[2] = bad.clone();
+    // A reliable network, so that validator 1 is the round-0 proposer of height 5 (iteration 3).
+    let net = NetConfig { drop: 0.0, gst_ms: 0, duplicate: 0.05, delay_ms: (1, 30), partitions: vec![], crashes: vec![] };
+    for (b, seed) in [(Byzantine::Equivocate, 11), (Byzantine::IncludeInvalidProofs, 12), (Byzantine::WrongAggregates, 13)] {
+        let sim = run_net(&w, &genesis, &devices, seed, vec![None, Some(b), None, None], net.clone()).unwrap();
+        let honest: Vec<_> = sim.nodes().filter(|n| n.index() != 1).collect();
+        for n in &honest {
+            assert!(n.app().is_final(), "{b:?}");
+            // The bad update is in no committed entry.
+            for c in n.log().entries() {
+                assert!(!c.updates.contains(&bad), "{b:?}");
+            }
+        }
+        if b != Byzantine::Equivocate {
+            // Every proposal of the Byzantine node was refused by someone.
+            let refused: u64 = honest.iter().map(|n| n.stats().invalid_payloads).sum();
+            assert!(refused > 0, "{b:?}: no honest node saw an invalid proposal");
+        }
+    }
+}
