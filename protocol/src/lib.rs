@@ -10,8 +10,11 @@
 //! - [`codec`]: the canonical encoding (Borsh with size caps, no trailing bytes, re-encode check).
 //! - [`messages`]: signed enrollments and updates; [`entry`]: log entries, commit certificates,
 //!   the light client; [`merkle`]: schedule roots.
+//! - `net` (feature `net`): the QUIC edge shared by validators and devices — TLS identities
+//!   derived from ed25519 keys, pinned peers, capped frames, and the device client. The only
+//!   module that does IO.
 //!
-//! Invariants: nothing here does IO or reads a clock; everything validators must agree on is
+//! Invariants: outside `net`, nothing here does IO or reads a clock; everything validators must agree on is
 //! integer arithmetic with half-even rounding; floats appear only on the device side
 //! ([`local`], [`central`], [`scenario`]).
 #![warn(missing_docs)]
@@ -25,6 +28,8 @@ pub mod ids;
 pub mod local;
 pub mod merkle;
 pub mod messages;
+#[cfg(feature = "net")]
+pub mod net;
 mod qp;
 pub mod scenario;
 pub mod sign;

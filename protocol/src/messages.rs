@@ -90,3 +90,34 @@ impl SignedUpdate {
         Sha256::digest(encode(self)).into()
     }
 }
+
+/// What a device (or an auditor) asks a validator, one request per QUIC stream.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub enum DeviceRequest {
+    /// Enroll (during registration).
+    Enroll(SignedEnrollment),
+    /// An update for the open iteration.
+    Update(SignedUpdate),
+    /// Stream certified entries from height `from` on, then each new one as it commits.
+    Subscribe {
+        /// First height.
+        from: u64,
+    },
+}
+
+/// A validator's answer to an enrollment or update.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub enum DeviceResponse {
+    /// Admitted to the pool (it is in the log once an entry including it commits).
+    Accepted,
+    /// Refused: a stable reason label and a message.
+    Rejected {
+        /// The metrics label (`late`, `bad_signature`, `stale_iteration`, ...).
+        label: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// Largest device request (an update at T = 288 is about 1.5 kB).
+pub const MAX_DEVICE_FRAME: usize = 64 << 10;

@@ -4,12 +4,12 @@
 //! and the final schedule root and prices — with the same [`MarketApp::validate`] the
 //! validators ran. The verdict names the first bad height.
 
-use protocol::entry::{Body, LightClient};
+use protocol::entry::LightClient;
 use prover::VerifierKeys;
 use rand::{CryptoRng, RngCore};
 
 use crate::app::MarketApp;
-use crate::store::{Store, StoreError};
+use crate::store::{Log, StoreError};
 
 /// The outcome of an audit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +30,7 @@ impl AuditReport {
 }
 
 /// Audits the log in `store` with the verifying keys the market uses.
-pub fn audit<R: RngCore + CryptoRng>(store: &Store, keys: VerifierKeys, rng: &mut R) -> Result<AuditReport, StoreError> {
+pub fn audit<L: Log, R: RngCore + CryptoRng>(store: &L, keys: VerifierKeys, rng: &mut R) -> Result<AuditReport, StoreError> {
     let mut report = AuditReport { entries_ok: 0, proofs_verified: 0, first_bad: None };
     let Some((tip, _)) = store.tip()? else {
         report.first_bad = Some((0, "the log is empty".into()));
@@ -40,7 +40,7 @@ pub fn audit<R: RngCore + CryptoRng>(store: &Store, keys: VerifierKeys, rng: &mu
         r.first_bad = Some((h, why));
         Ok(r)
     };
-    let Some(genesis_entry) = store.entry(0)? else { return bad(report, 0, "no genesis entry".into()) };
+    let Some(genesis_entry) = store.certified(0)?.map(|c| c.entry) else { return bad(report, 0, "no genesis entry".into()) };
     let mut client = match LightClient::new(&genesis_entry) {
         Ok(c) => c,
         Err(e) => return bad(report, 0, e.to_string()),
@@ -51,20 +51,15 @@ pub fn audit<R: RngCore + CryptoRng>(store: &Store, keys: VerifierKeys, rng: &mu
     };
     report.entries_ok = 1;
     for h in 1..=tip {
-        let (Some(entry), Some(cert)) = (store.entry(h)?, store.certificate(h)?) else {
-            return bad(report, h, "entry or certificate missing".into());
+        let c = match store.certified(h) {
+            Ok(Some(c)) => c,
+            Ok(None) => return bad(report, h, "entry or certificate missing".into()),
+            // A missing update body shows up as a corrupt store.
+            Err(e) => return bad(report, h, e.to_string()),
         };
-        if let Err(e) = client.accept(&entry, &cert) {
+        let (entry, updates) = (c.entry, c.updates);
+        if let Err(e) = client.accept(&entry, &c.certificate) {
             return bad(report, h, e.to_string());
-        }
-        let mut updates = Vec::new();
-        if let Body::Iteration(body) = &entry.body {
-            for d in &body.updates {
-                match store.update(d)? {
-                    Some(u) => updates.push(u),
-                    None => return bad(report, h, "an included update body is missing".into()),
-                }
-            }
         }
         if let Err(r) = app.validate(&entry, &updates, rng).and_then(|()| app.apply(&entry, &updates)) {
             return bad(report, h, r.to_string());

@@ -12,6 +12,9 @@
 
 pub mod app;
 pub mod audit;
+pub mod config;
 pub mod consensus;
+pub mod host;
+pub mod http;
 pub mod sim;
 pub mod store;

@@ -319,3 +319,26 @@ fn check_extends(tip: Option<(u64, Hash)>, entry: &Entry, cert: &CommitCertifica
         _ => Ok(()),
     }
 }
+
+/// A shared store: the node writes through it, HTTP and subscriptions read through clones.
+impl Log for std::sync::Arc<Store> {
+    fn tip(&self) -> Result<Option<(u64, Hash)>, StoreError> {
+        Store::tip(self)
+    }
+
+    fn decide(&mut self, c: &Certified) -> Result<(), StoreError> {
+        self.decide_certified(c)
+    }
+
+    fn certified(&self, height: u64) -> Result<Option<Certified>, StoreError> {
+        Store::certified(self, height)
+    }
+
+    fn wal_append(&mut self, height: u64, record: &[u8]) -> Result<(), StoreError> {
+        Store::wal_append(self, height, record)
+    }
+
+    fn wal(&self, height: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        Store::wal(self, height)
+    }
+}

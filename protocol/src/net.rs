@@ -1,0 +1,296 @@
+//! The QUIC edge (feature `net`), shared by validators and devices.
+//!
+//! - Identity: each endpoint presents a self-signed X.509 certificate made from its ed25519
+//!   key; TLS 1.3 proves possession of that key. Nothing else in the certificate matters: a
+//!   peer is who its key says ([`cert_key`]).
+//! - Pinning: a client dialling a validator accepts only that validator's configured key
+//!   ([`client_config`]); a server accepts any ed25519 client and the application decides by
+//!   ALPN and key — validators must be in the genesis set, devices sign every message anyway.
+//! - ALPN: [`ALPN_PEER`] between validators, [`ALPN_DEVICE`] for devices and auditors.
+//! - Framing: one message per stream, length-prefixed (u32 little-endian) and capped; a frame
+//!   over its cap is refused before it is read.
+//!
+//! Install the `ring` crypto provider once per process with [`install_crypto`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use ed25519_dalek::SigningKey;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use thiserror::Error;
+
+use crate::codec::{decode, encode};
+use crate::entry::Certified;
+use crate::messages::{DeviceRequest, DeviceResponse, MAX_DEVICE_FRAME};
+
+/// ALPN between validators.
+pub const ALPN_PEER: &[u8] = b"gridproof-peer/1";
+/// ALPN for devices and auditors.
+pub const ALPN_DEVICE: &[u8] = b"gridproof-device/1";
+/// Largest certified entry a subscriber accepts (an iteration entry with its update bodies).
+pub const MAX_ENTRY_FRAME: usize = 16 << 20;
+
+/// A transport failure, with the address or stage it happened at.
+#[derive(Debug, Error)]
+pub enum NetError {
+    /// TLS or certificate set-up failed.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// Connecting failed.
+    #[error("connecting to {addr}: {reason}")]
+    Connect {
+        /// The address.
+        addr: SocketAddr,
+        /// What failed.
+        reason: String,
+    },
+    /// A stream failed.
+    #[error("stream: {0}")]
+    Stream(String),
+    /// A frame over its cap.
+    #[error("frame of {len} bytes exceeds the cap of {max}")]
+    Oversize {
+        /// Announced length.
+        len: usize,
+        /// Cap.
+        max: usize,
+    },
+    /// A frame that does not decode.
+    #[error(transparent)]
+    Codec(#[from] crate::codec::CodecError),
+}
+
+/// Installs the `ring` provider as the process default (idempotent).
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A self-signed certificate for `key` and the key in PKCS#8.
+pub fn identity(key: &SigningKey) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), NetError> {
+    let der = key.to_pkcs8_der().map_err(|e| NetError::Tls(format!("encoding the key: {e}")))?;
+    let pkcs8 = PrivatePkcs8KeyDer::from(der.as_bytes().to_vec());
+    let pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519).map_err(|e| NetError::Tls(e.to_string()))?;
+    let params = rcgen::CertificateParams::new(vec!["gridproof".to_string()]).map_err(|e| NetError::Tls(e.to_string()))?;
+    let cert = params.self_signed(&pair).map_err(|e| NetError::Tls(e.to_string()))?;
+    Ok((cert.der().clone(), PrivateKeyDer::Pkcs8(pkcs8)))
+}
+
+/// The DER prefix of an ed25519 SubjectPublicKeyInfo (RFC 8410): SEQUENCE { SEQUENCE { OID
+/// 1.3.101.112 }, BIT STRING (33 bytes, 0 unused bits) }; the 32 key bytes follow.
+const ED25519_SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+
+/// The ed25519 public key a certificate carries, if it carries one.
+pub fn cert_key(cert: &[u8]) -> Option<[u8; 32]> {
+    let at = cert.windows(ED25519_SPKI_PREFIX.len()).position(|w| w == ED25519_SPKI_PREFIX)?;
+    cert.get(at + 12..at + 44)?.try_into().ok()
+}
+
+/// The ed25519 key of the other end of `conn`.
+pub fn peer_key(conn: &quinn::Connection) -> Option<[u8; 32]> {
+    let id = conn.peer_identity()?;
+    let certs = id.downcast_ref::<Vec<CertificateDer<'static>>>()?;
+    cert_key(certs.first()?)
+}
+
+fn verify13(message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
+}
+
+/// Accepts exactly one ed25519 key (a client dialling a known validator).
+#[derive(Debug)]
+struct Pinned([u8; 32]);
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match cert_key(end_entity) {
+            Some(k) if k == self.0 => Ok(ServerCertVerified::assertion()),
+            _ => Err(rustls::Error::General("server key is not the configured validator key".into())),
+        }
+    }
+
+    fn verify_tls12_signature(&self, _: &[u8], _: &CertificateDer<'_>, _: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not offered".into()))
+    }
+
+    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+/// Accepts any client that proves an ed25519 key (the application checks which).
+#[derive(Debug)]
+struct AnyEd25519;
+
+impl ClientCertVerifier for AnyEd25519 {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(&self, end_entity: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
+        cert_key(end_entity).map(|_| ClientCertVerified::assertion()).ok_or(rustls::Error::General("client key is not ed25519".into()))
+    }
+
+    fn verify_tls12_signature(&self, _: &[u8], _: &CertificateDer<'_>, _: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not offered".into()))
+    }
+
+    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
+    t.max_idle_timeout(Some(std::time::Duration::from_secs(10).try_into().expect("10 s fits")));
+    t.max_concurrent_uni_streams(1024u32.into());
+    t.max_concurrent_bidi_streams(256u32.into());
+    Arc::new(t)
+}
+
+/// A server config presenting `key`, offering both ALPNs, requiring an ed25519 client key.
+pub fn server_config(key: &SigningKey) -> Result<quinn::ServerConfig, NetError> {
+    let (cert, private) = identity(key)?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NetError::Tls(e.to_string()))?
+        .with_client_cert_verifier(Arc::new(AnyEd25519))
+        .with_single_cert(vec![cert], private)
+        .map_err(|e| NetError::Tls(e.to_string()))?;
+    tls.alpn_protocols = vec![ALPN_PEER.to_vec(), ALPN_DEVICE.to_vec()];
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+/// A client config presenting `key` and accepting only a server proving `server_key`.
+pub fn client_config(key: &SigningKey, server_key: [u8; 32], alpn: &[u8]) -> Result<quinn::ClientConfig, NetError> {
+    let (cert, private) = identity(key)?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NetError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned(server_key)))
+        .with_client_auth_cert(vec![cert], private)
+        .map_err(|e| NetError::Tls(e.to_string()))?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+/// Writes one length-prefixed frame.
+pub async fn write_frame(send: &mut quinn::SendStream, bytes: &[u8]) -> Result<(), NetError> {
+    let len = u32::try_from(bytes.len()).map_err(|_| NetError::Oversize { len: bytes.len(), max: u32::MAX as usize })?;
+    send.write_all(&len.to_le_bytes()).await.map_err(|e| NetError::Stream(e.to_string()))?;
+    send.write_all(bytes).await.map_err(|e| NetError::Stream(e.to_string()))
+}
+
+/// Reads one length-prefixed frame of at most `max` bytes; `None` at a clean end of stream.
+pub async fn read_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<Option<Vec<u8>>, NetError> {
+    let mut len = [0u8; 4];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(NetError::Stream(e.to_string())),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > max {
+        return Err(NetError::Oversize { len, max });
+    }
+    let mut buf = vec![0u8; len];
+    recv.read_exact(&mut buf).await.map_err(|e| NetError::Stream(e.to_string()))?;
+    Ok(Some(buf))
+}
+
+/// A device's (or auditor's) connection to one validator.
+#[derive(Debug, Clone)]
+pub struct ValidatorClient {
+    conn: quinn::Connection,
+    addr: SocketAddr,
+}
+
+impl ValidatorClient {
+    /// Connects to the validator at `addr` that must prove `validator_key`, presenting `key`.
+    pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, validator_key: [u8; 32], key: &SigningKey) -> Result<ValidatorClient, NetError> {
+        let cfg = client_config(key, validator_key, ALPN_DEVICE)?;
+        let connecting =
+            endpoint.connect_with(cfg, addr, "gridproof").map_err(|e| NetError::Connect { addr, reason: e.to_string() })?;
+        let conn = connecting.await.map_err(|e| NetError::Connect { addr, reason: e.to_string() })?;
+        Ok(ValidatorClient { conn, addr })
+    }
+
+    /// The validator's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sends an enrollment or update and waits for the answer.
+    pub async fn submit(&self, request: &DeviceRequest) -> Result<DeviceResponse, NetError> {
+        let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| NetError::Stream(e.to_string()))?;
+        write_frame(&mut send, &encode(request)).await?;
+        send.finish().map_err(|e| NetError::Stream(e.to_string()))?;
+        let bytes = read_frame(&mut recv, MAX_DEVICE_FRAME).await?.ok_or(NetError::Stream("no answer".into()))?;
+        Ok(decode("device response", &bytes, MAX_DEVICE_FRAME)?)
+    }
+
+    /// Subscribes to certified entries from `from` on; returns a receiver fed by a task.
+    /// The stream ends when the connection does. Certificates are *not* checked here: a
+    /// light client must check each one.
+    pub async fn subscribe(&self, from: u64) -> Result<tokio::sync::mpsc::Receiver<Result<Certified, NetError>>, NetError> {
+        let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| NetError::Stream(e.to_string()))?;
+        write_frame(&mut send, &encode(&DeviceRequest::Subscribe { from })).await?;
+        send.finish().map_err(|e| NetError::Stream(e.to_string()))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                let item = match read_frame(&mut recv, MAX_ENTRY_FRAME).await {
+                    Ok(Some(bytes)) => decode::<Certified>("certified entry", &bytes, MAX_ENTRY_FRAME).map_err(NetError::from),
+                    Ok(None) => break,
+                    Err(e) => Err(e),
+                };
+                let stop = item.is_err();
+                if tx.send(item).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    /// Closes the connection.
+    pub fn close(&self) {
+        self.conn.close(0u32.into(), b"bye");
+    }
+}
+
+/// A client endpoint on an ephemeral loopback or any-address port.
+pub fn client_endpoint(bind: SocketAddr) -> Result<quinn::Endpoint, NetError> {
+    quinn::Endpoint::client(bind).map_err(|e| NetError::Connect { addr: bind, reason: e.to_string() })
+}

@@ -1,0 +1,517 @@
+//! The tokio host around the sans-IO [`Node`]: one task owns the node and feeds it events
+//! (peer messages, device requests, the wall clock); QUIC tasks move bytes; the HTTP server
+//! reads a snapshot. Every queue is bounded: when one is full the message is dropped and
+//! counted, memory does not grow.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use protocol::codec::{decode, encode};
+use protocol::entry::{Body, Certified};
+use protocol::messages::{DeviceRequest, DeviceResponse, SignedEnrollment, SignedUpdate, MAX_DEVICE_FRAME};
+use protocol::net::{self, ALPN_DEVICE, ALPN_PEER};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use crate::app::{body_kind, Reject};
+use crate::config::Config;
+use crate::consensus::node::{Node, NodeConfig, Output, Stats};
+use crate::consensus::wire::{PeerMsg, MAX_PEER_FRAME};
+use crate::store::{Log, Store};
+
+/// Events queued for the node task.
+pub const EVENT_QUEUE: usize = 8192;
+/// Messages queued per peer link.
+pub const PEER_QUEUE: usize = 4096;
+/// Device requests per second per connection (burst twice that).
+pub const DEVICE_RATE: f64 = 50.0;
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A failure that stops the validator.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The log.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The node.
+    #[error(transparent)]
+    Node(#[from] crate::consensus::node::NodeError),
+    /// The network.
+    #[error(transparent)]
+    Net(#[from] protocol::net::NetError),
+    /// Binding a socket.
+    #[error("binding {addr}: {reason}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The node stopped on a fatal error.
+    #[error("node stopped: {0}")]
+    Fatal(String),
+}
+
+enum Event {
+    Peer(u16, PeerMsg),
+    Enroll(SignedEnrollment, oneshot::Sender<DeviceResponse>),
+    Update(SignedUpdate, oneshot::Sender<DeviceResponse>),
+}
+
+/// What the HTTP server shows: a copy the node task refreshes.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Validator index.
+    pub index: u16,
+    /// Market id.
+    pub market_id: u64,
+    /// Decided height.
+    pub height: u64,
+    /// Hash of the tip, hex.
+    pub tip_hash: String,
+    /// Next entry due: kind and from when (ms).
+    pub next_due: Option<(String, u64)>,
+    /// Enrolled devices.
+    pub enrolled: usize,
+    /// ADMM iterations decided.
+    pub iteration: u32,
+    /// Whether the final entry is in.
+    pub is_final: bool,
+    /// (k, primal residual, dual residual, ε_pri, ε_dual), raw fixed point.
+    pub residuals: Vec<(u32, [i64; 4])>,
+    /// Latest x̄ (W per device), z̄ and u (raw fixed point).
+    pub x_bar: Vec<i64>,
+    /// Latest u (scaled dual, raw).
+    pub u: Vec<i64>,
+    /// Final prices (raw), once final.
+    pub prices: Vec<i64>,
+    /// Node counters.
+    pub stats: Stats,
+    /// Slots T.
+    pub slots: u16,
+}
+
+/// Transport counters.
+#[derive(Debug, Default)]
+pub struct NetCounters {
+    /// Peer links up (outgoing connections established).
+    pub peers_connected: AtomicU64,
+    /// Messages dropped because a queue was full.
+    pub dropped_full: AtomicU64,
+    /// Frames refused (oversize, malformed, unknown peer, rate).
+    pub bad_frames: AtomicU64,
+    /// Device requests answered.
+    pub device_requests: AtomicU64,
+    /// Device requests refused by the rate limit.
+    pub rate_limited: AtomicU64,
+}
+
+/// State shared between the node task, QUIC tasks and HTTP.
+pub struct Shared {
+    /// The snapshot.
+    pub snapshot: RwLock<Snapshot>,
+    /// Counters.
+    pub net: NetCounters,
+    /// The log (read side).
+    pub store: Arc<Store>,
+    /// Commits, for subscribers.
+    pub commits: broadcast::Sender<Arc<Certified>>,
+    /// When the process started.
+    pub started: Instant,
+}
+
+/// A running validator's handles.
+pub struct Running {
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    /// The QUIC address it listens on.
+    pub quic_addr: SocketAddr,
+    /// The HTTP address it listens on.
+    pub http_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    node_task: tokio::task::JoinHandle<Result<(), HostError>>,
+}
+
+impl Running {
+    /// Stops the validator and waits for the node task.
+    pub async fn stop(self) -> Result<(), HostError> {
+        let _ = self.shutdown.send(true);
+        self.node_task.await.unwrap_or_else(|e| Err(HostError::Fatal(e.to_string())))
+    }
+
+    /// Waits until the node task ends (on a fatal error or shutdown).
+    pub async fn wait(self) -> Result<(), HostError> {
+        self.node_task.await.unwrap_or_else(|e| Err(HostError::Fatal(e.to_string())))
+    }
+}
+
+/// Starts a validator: opens the log, binds QUIC and HTTP, dials the peers, runs the node.
+pub async fn start(cfg: Config) -> Result<Running, HostError> {
+    net::install_crypto();
+    let store = Arc::new(Store::open(&cfg.file.db)?);
+    let node_cfg = NodeConfig::new(cfg.file.index);
+    let node = Node::open(node_cfg, cfg.key.clone(), &cfg.genesis, cfg.keys.clone(), store.clone())?;
+    let Body::Genesis(genesis) = &cfg.genesis.body else { unreachable!("config checked the genesis") };
+    let validators: Vec<[u8; 32]> = genesis.validators.iter().map(|v| v.0).collect();
+
+    let server = net::server_config(&cfg.key)?;
+    let endpoint = quinn::Endpoint::server(server, cfg.file.listen).map_err(|e| HostError::Bind { addr: cfg.file.listen, reason: e.to_string() })?;
+    let quic_addr = endpoint.local_addr().map_err(|e| HostError::Bind { addr: cfg.file.listen, reason: e.to_string() })?;
+    let http = tokio::net::TcpListener::bind(cfg.file.http).await.map_err(|e| HostError::Bind { addr: cfg.file.http, reason: e.to_string() })?;
+    let http_addr = http.local_addr().map_err(|e| HostError::Bind { addr: cfg.file.http, reason: e.to_string() })?;
+
+    let (commits, _) = broadcast::channel(1024);
+    let shared = Arc::new(Shared {
+        snapshot: RwLock::new(Snapshot::default()),
+        net: NetCounters::default(),
+        store,
+        commits,
+        started: Instant::now(),
+    });
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+
+    // Outgoing peer links.
+    let mut links = BTreeMap::new();
+    for p in &cfg.file.peers {
+        let (tx, rx) = mpsc::channel::<Arc<Vec<u8>>>(PEER_QUEUE);
+        links.insert(p.index, tx);
+        let client = net::client_config(&cfg.key, validators[p.index as usize], ALPN_PEER)?;
+        tokio::spawn(peer_link(endpoint.clone(), client, p.addr, p.index, rx, shared.clone(), shutdown_rx.clone()));
+    }
+    tokio::spawn(accept_loop(endpoint.clone(), validators, events_tx, shared.clone(), shutdown_rx.clone()));
+    tokio::spawn(crate::http::serve(http, shared.clone(), shutdown_rx.clone()));
+    info!(validator = cfg.file.index, %quic_addr, %http_addr, peers = cfg.file.peers.len(), "validator started");
+    let node_task = tokio::spawn(node_loop(node, events_rx, links, shared.clone(), shutdown_rx, endpoint));
+    Ok(Running { shared, quic_addr, http_addr, shutdown, node_task })
+}
+
+fn refresh(node: &Node<Arc<Store>>, shared: &Shared, last: Option<&Certified>) {
+    let app = node.app();
+    let mut s = shared.snapshot.write().expect("snapshot lock");
+    s.index = node.index();
+    s.market_id = app.genesis().market.market_id;
+    s.slots = app.genesis().market.slots;
+    s.height = app.tip().height;
+    s.tip_hash = app.tip().hash.iter().map(|b| format!("{b:02x}")).collect();
+    s.next_due = app.next_due().map(|(t, d)| (format!("{d:?}"), t));
+    s.enrolled = app.enrolled().len();
+    s.iteration = app.admm().map_or(0, |a| a.iteration());
+    s.is_final = app.is_final();
+    s.stats = node.stats().clone();
+    if let Some(c) = last {
+        match &c.entry.body {
+            Body::Iteration(b) => {
+                s.residuals.push((b.iteration, b.residuals));
+                s.x_bar = b.x_bar.clone();
+                s.u = b.u.clone();
+            }
+            Body::Final(f) => s.prices = f.prices.clone(),
+            _ => {}
+        }
+    }
+}
+
+async fn node_loop(
+    mut node: Node<Arc<Store>>,
+    mut events: mpsc::Receiver<Event>,
+    links: BTreeMap<u16, mpsc::Sender<Arc<Vec<u8>>>>,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    endpoint: quinn::Endpoint,
+) -> Result<(), HostError> {
+    // The residual history of a restarted node comes from its log.
+    for h in 1..=node.app().tip().height {
+        if let Some(c) = node.log().certified(h)? {
+            refresh(&node, &shared, Some(&c));
+        }
+    }
+    refresh(&node, &shared, None);
+    let result = loop {
+        let wake = node.next_wakeup();
+        let wait = Duration::from_millis(wake.saturating_sub(now_ms()).min(1000));
+        let outputs = tokio::select! {
+            ev = events.recv() => match ev {
+                None => break Ok(()),
+                Some(Event::Peer(from, msg)) => node.on_peer(now_ms(), from, msg),
+                Some(Event::Enroll(e, reply)) => {
+                    let _ = reply.send(answer(node.on_enrollment(now_ms(), e)));
+                    vec![]
+                }
+                Some(Event::Update(u, reply)) => {
+                    let _ = reply.send(answer(node.on_update(now_ms(), u)));
+                    vec![]
+                }
+            },
+            _ = tokio::time::sleep(wait) => node.tick(now_ms()),
+            _ = shutdown.changed() => break Ok(()),
+        };
+        let mut committed = None;
+        for o in outputs {
+            match o {
+                Output::Broadcast(m) => {
+                    let bytes = Arc::new(encode(&m));
+                    for tx in links.values() {
+                        if tx.try_send(bytes.clone()).is_err() {
+                            shared.net.dropped_full.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                Output::Send { to, msg } => {
+                    if let Some(tx) = links.get(&to) {
+                        if tx.try_send(Arc::new(encode(&msg))).is_err() {
+                            shared.net.dropped_full.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                Output::Committed(c) => {
+                    info!(validator = node.index(), height = c.entry.height, kind = body_kind(&c.entry.body), "committed");
+                    refresh(&node, &shared, Some(&c));
+                    let _ = shared.commits.send(c.clone());
+                    committed = Some(c);
+                }
+            }
+        }
+        if committed.is_none() {
+            refresh(&node, &shared, None);
+        }
+        if let Some(why) = node.fatal() {
+            break Err(HostError::Fatal(why.to_string()));
+        }
+    };
+    endpoint.close(0u32.into(), b"shutdown");
+    result
+}
+
+fn answer(r: Result<(), Reject>) -> DeviceResponse {
+    match r {
+        Ok(()) => DeviceResponse::Accepted,
+        Err(e) => DeviceResponse::Rejected { label: e.label().into(), message: e.to_string() },
+    }
+}
+
+/// Keeps one outgoing connection to a peer, reconnecting with exponential backoff, and sends
+/// each queued message on its own unidirectional stream.
+async fn peer_link(
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    addr: SocketAddr,
+    index: u16,
+    mut rx: mpsc::Receiver<Arc<Vec<u8>>>,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let conn = match endpoint.connect_with(client.clone(), addr, "gridproof") {
+            Ok(c) => match c.await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    debug!(peer = index, %addr, "connect failed: {e}; retrying in {backoff:?}");
+                    tokio::select! { _ = tokio::time::sleep(backoff) => {}, _ = shutdown.changed() => return }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            },
+            Err(e) => {
+                warn!(peer = index, %addr, "cannot connect: {e}");
+                return;
+            }
+        };
+        info!(peer = index, %addr, "peer link up");
+        backoff = Duration::from_millis(100);
+        shared.net.peers_connected.fetch_add(1, Ordering::Relaxed);
+        loop {
+            let msg = tokio::select! {
+                m = rx.recv() => match m { Some(m) => m, None => return },
+                _ = conn.closed() => break,
+                _ = shutdown.changed() => return,
+            };
+            let sent = async {
+                let mut s = conn.open_uni().await.map_err(|e| e.to_string())?;
+                s.write_all(&msg).await.map_err(|e| e.to_string())?;
+                s.finish().map_err(|e| e.to_string())
+            }
+            .await;
+            if let Err(e) = sent {
+                debug!(peer = index, "send failed: {e}");
+                break;
+            }
+        }
+        shared.net.peers_connected.fetch_sub(1, Ordering::Relaxed);
+        info!(peer = index, %addr, "peer link down");
+    }
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, validators: Vec<[u8; 32]>, events: mpsc::Sender<Event>, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => match i { Some(i) => i, None => return },
+            _ = shutdown.changed() => return,
+        };
+        let (validators, events, shared) = (validators.clone(), events.clone(), shared.clone());
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    debug!("handshake failed: {e}");
+                    shared.net.bad_frames.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            };
+            let alpn = conn
+                .handshake_data()
+                .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+                .and_then(|h| h.protocol);
+            let Some(key) = net::peer_key(&conn) else { return conn.close(1u32.into(), b"no ed25519 key") };
+            match alpn.as_deref() {
+                Some(a) if a == ALPN_PEER => match validators.iter().position(|v| *v == key) {
+                    Some(i) => peer_inbound(conn, i as u16, events, shared).await,
+                    None => {
+                        warn!("refused a peer connection from a key that is not a genesis validator");
+                        shared.net.bad_frames.fetch_add(1, Ordering::Relaxed);
+                        conn.close(2u32.into(), b"not a validator of this chain");
+                    }
+                },
+                Some(a) if a == ALPN_DEVICE => device_inbound(conn, key, events, shared).await,
+                _ => conn.close(3u32.into(), b"unknown protocol"),
+            }
+        });
+    }
+}
+
+async fn peer_inbound(conn: quinn::Connection, from: u16, events: mpsc::Sender<Event>, shared: Arc<Shared>) {
+    while let Ok(mut recv) = conn.accept_uni().await {
+        let bytes = match recv.read_to_end(MAX_PEER_FRAME).await {
+            Ok(b) => b,
+            Err(e) => {
+                debug!(peer = from, "bad frame: {e}");
+                shared.net.bad_frames.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        match decode::<PeerMsg>("peer message", &bytes, MAX_PEER_FRAME) {
+            Ok(msg) => {
+                if events.try_send(Event::Peer(from, msg)).is_err() {
+                    shared.net.dropped_full.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                debug!(peer = from, "undecodable frame: {e}");
+                shared.net.bad_frames.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// A token bucket: `rate` per second, bursts of twice that.
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * DEVICE_RATE).min(2.0 * DEVICE_RATE);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+async fn device_inbound(conn: quinn::Connection, key: [u8; 32], events: mpsc::Sender<Event>, shared: Arc<Shared>) {
+    let bucket = Arc::new(Mutex::new(Bucket { tokens: 2.0 * DEVICE_RATE, last: Instant::now() }));
+    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        let (events, shared, bucket) = (events.clone(), shared.clone(), bucket.clone());
+        tokio::spawn(async move {
+            let request = match net::read_frame(&mut recv, MAX_DEVICE_FRAME).await {
+                Ok(Some(b)) => decode::<DeviceRequest>("device request", &b, MAX_DEVICE_FRAME).map_err(|e| e.to_string()),
+                Ok(None) => Err("empty request".to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let reply = |label: &str, message: String| DeviceResponse::Rejected { label: label.into(), message };
+            let response = match request {
+                Err(e) => {
+                    shared.net.bad_frames.fetch_add(1, Ordering::Relaxed);
+                    reply("malformed", e)
+                }
+                Ok(DeviceRequest::Subscribe { from }) => return subscribe(send, from, shared).await,
+                Ok(_) if !bucket.lock().expect("bucket").take() => {
+                    shared.net.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    reply("rate_limited", format!("more than {DEVICE_RATE} requests per second"))
+                }
+                Ok(req) => {
+                    let device = match &req {
+                        DeviceRequest::Enroll(e) => e.body.device.0,
+                        DeviceRequest::Update(u) => u.body.device.0,
+                        DeviceRequest::Subscribe { .. } => unreachable!("handled above"),
+                    };
+                    if device != key {
+                        reply("wrong_sender", "the message's device is not this connection's key".into())
+                    } else {
+                        let (tx, rx) = oneshot::channel();
+                        let ev = match req {
+                            DeviceRequest::Enroll(e) => Event::Enroll(e, tx),
+                            DeviceRequest::Update(u) => Event::Update(u, tx),
+                            DeviceRequest::Subscribe { .. } => unreachable!("handled above"),
+                        };
+                        if events.try_send(ev).is_err() {
+                            shared.net.dropped_full.fetch_add(1, Ordering::Relaxed);
+                            reply("overloaded", "the validator's queue is full".into())
+                        } else {
+                            rx.await.unwrap_or_else(|_| reply("overloaded", "the validator is stopping".into()))
+                        }
+                    }
+                }
+            };
+            shared.net.device_requests.fetch_add(1, Ordering::Relaxed);
+            let _ = net::write_frame(&mut send, &encode(&response)).await;
+            let _ = send.finish();
+        });
+    }
+}
+
+/// Streams certified entries from `from`, then new ones as they commit.
+async fn subscribe(mut send: quinn::SendStream, from: u64, shared: Arc<Shared>) {
+    let mut live = shared.commits.subscribe();
+    let mut next = from;
+    loop {
+        // Catch up from the store, then follow the broadcast.
+        loop {
+            let c = match shared.store.certified(next) {
+                Ok(Some(c)) => c,
+                _ => break,
+            };
+            if net::write_frame(&mut send, &encode(&c)).await.is_err() {
+                return;
+            }
+            next += 1;
+        }
+        match live.recv().await {
+            Ok(c) if c.entry.height < next => continue,
+            Ok(c) if c.entry.height == next => {
+                if net::write_frame(&mut send, &encode(&*c)).await.is_err() {
+                    return;
+                }
+                next += 1;
+            }
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}

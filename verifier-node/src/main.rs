@@ -1,0 +1,350 @@
+//! `verifier-node`: a gridproof validator.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use protocol::entry::{chain_id, Body, Entry, Genesis, GridSpec, MarketSpec};
+use protocol::ids::ValidatorId;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use verifier_node::audit::{audit, AuditReport};
+use verifier_node::config::{self, Config, NodeFile, PeerFile};
+use verifier_node::store::{Log, MemLog, Store};
+
+/// A gridproof validator: verifies device proofs, agrees with the other validators (Malachite
+/// Tendermint over QUIC) on each ADMM iteration, and keeps the hash-linked, quorum-signed log
+/// in RocksDB.
+#[derive(Parser)]
+#[command(name = "verifier-node", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Creates a local cluster's files: a key, `node<i>.toml` per validator, and the genesis of
+    /// one market (times counted from now).
+    Init {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of validators (3f + 1).
+        #[arg(long, default_value_t = 4)]
+        validators: u16,
+        /// Directory of verifying-key files (`*.vk`, from `keys dev-setup` or a ceremony); every
+        /// key with the market's T is accepted by the genesis.
+        #[arg(long)]
+        keys: PathBuf,
+        /// Host the validators listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// QUIC port of validator 0 (validator i uses port + i).
+        #[arg(long, default_value_t = 7100)]
+        quic_port: u16,
+        /// HTTP port of validator 0 (validator i uses port + i).
+        #[arg(long, default_value_t = 8100)]
+        http_port: u16,
+        /// Market id.
+        #[arg(long, default_value_t = 1)]
+        market_id: u64,
+        /// Slots T.
+        #[arg(long, default_value_t = 96)]
+        slots: u16,
+        /// Slot length in seconds.
+        #[arg(long, default_value_t = 900)]
+        slot_seconds: u32,
+        /// Registration stays open this many seconds from now.
+        #[arg(long, default_value_t = 30)]
+        registration_s: u64,
+        /// Length of one ADMM iteration (ms).
+        #[arg(long, default_value_t = 2000)]
+        iteration_ms: u64,
+        /// K_max.
+        #[arg(long, default_value_t = 50)]
+        max_iterations: u32,
+        /// Expected number of devices (sizes the base-load profile of the valley-filling cost).
+        #[arg(long, default_value_t = 200)]
+        devices: usize,
+    },
+    /// Runs a validator until Ctrl-C.
+    Run {
+        /// The node's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Replays a log from genesis: hash links, certificates, every enrollment, every proof,
+    /// every aggregate, the final root and prices. Prints a verdict; exit code 1 names the first
+    /// bad height.
+    Audit {
+        /// A validator's RocksDB directory (the validator must be stopped).
+        #[arg(long, conflicts_with = "peer")]
+        db: Option<PathBuf>,
+        /// Or a running validator's QUIC address (with --validator-key and --genesis).
+        #[arg(long, requires_all = ["validator_key", "genesis"])]
+        peer: Option<SocketAddr>,
+        /// The validator's public key (64 hex characters), pinned for --peer.
+        #[arg(long)]
+        validator_key: Option<String>,
+        /// The genesis file, trusted out of band, for --peer.
+        #[arg(long)]
+        genesis: Option<PathBuf>,
+        /// Directory of verifying-key files.
+        #[arg(long)]
+        keys: PathBuf,
+    },
+    /// Prints a running validator's status (from its HTTP API).
+    Status {
+        /// HTTP address.
+        #[arg(long, default_value = "127.0.0.1:8100")]
+        http: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,arc_malachitebft_core_consensus=warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Init {
+            out,
+            validators,
+            keys,
+            host,
+            quic_port,
+            http_port,
+            market_id,
+            slots,
+            slot_seconds,
+            registration_s,
+            iteration_ms,
+            max_iterations,
+            devices,
+        } => init(&InitArgs {
+            out,
+            validators,
+            keys,
+            host,
+            quic_port,
+            http_port,
+            market_id,
+            slots,
+            slot_seconds,
+            registration_s,
+            iteration_ms,
+            max_iterations,
+            devices,
+        }),
+        Command::Run { config } => run(&config),
+        Command::Audit { db, peer, validator_key, genesis, keys } => audit_cmd(db, peer, validator_key, genesis, &keys),
+        Command::Status { http } => status(http),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+struct InitArgs {
+    out: PathBuf,
+    validators: u16,
+    keys: PathBuf,
+    host: String,
+    quic_port: u16,
+    http_port: u16,
+    market_id: u64,
+    slots: u16,
+    slot_seconds: u32,
+    registration_s: u64,
+    iteration_ms: u64,
+    max_iterations: u32,
+    devices: usize,
+}
+
+fn init(a: &InitArgs) -> Result<ExitCode, String> {
+    if a.validators < 1 {
+        return Err("--validators must be at least 1".into());
+    }
+    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
+    let keys_dir = std::fs::canonicalize(&a.keys).map_err(|e| format!("--keys {}: {e}", a.keys.display()))?;
+    let mut accepted = Vec::new();
+    for e in std::fs::read_dir(&keys_dir).map_err(|e| format!("{}: {e}", keys_dir.display()))? {
+        let path = e.map_err(|e| e.to_string())?.path();
+        if path.extension().and_then(|x| x.to_str()) != Some("vk") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let vk = prover::UpdateVerifyingKey::from_bytes(&bytes, None).map_err(|e| format!("{}: {e}", path.display()))?;
+        if vk.shape().slots.get() == a.slots as usize {
+            accepted.push(config::key_hash(&vk, &bytes));
+        }
+    }
+    if accepted.is_empty() {
+        return Err(format!("--keys {}: no verifying key for T = {} (make one with `keys dev-setup --slots {}`)", keys_dir.display(), a.slots, a.slots));
+    }
+    accepted.sort_by_key(|k| (k.kind, k.slots));
+    let mut rng = ChaCha20Rng::from_entropy();
+    let keys: Vec<_> = (0..a.validators).map(|_| ed25519_dalek::SigningKey::generate(&mut rng)).collect();
+    let now = verifier_node::host::now_ms();
+    let close = now + a.registration_s * 1000;
+    let slots = circuits::Slots::new(a.slots as usize).map_err(|e| format!("--slots: {e}"))?;
+    let scenario = protocol::scenario::Scenario::generate(1, a.devices.max(1), slots, a.slot_seconds, protocol::scenario::Mix::Household);
+    let grid = match scenario.valley_filling() {
+        protocol::admm::GridCost::ValleyFilling { gamma, base_load } => GridSpec::ValleyFilling { gamma: gamma.raw(), base_load },
+        _ => unreachable!("valley_filling gives a valley-filling cost"),
+    };
+    let genesis = Genesis {
+        validators: keys.iter().map(|k| ValidatorId(k.verifying_key().to_bytes())).collect(),
+        max_clock_drift_ms: 2000,
+        market: MarketSpec {
+            market_id: a.market_id,
+            slots: a.slots,
+            slot_seconds: a.slot_seconds,
+            rho: circuits::fixed::Fixed::from_f64("rho", 0.02).expect("finite").raw(),
+            eps_abs: circuits::fixed::Fixed::ONE.raw(),
+            eps_rel: circuits::fixed::Fixed::from_f64("eps", 1e-3).expect("finite").raw(),
+            max_iterations: a.max_iterations,
+            grid,
+            registration_close_ms: close,
+            iteration_ms: a.iteration_ms,
+            execution_start_ms: close + a.iteration_ms * (a.max_iterations as u64 + 2) + 60_000,
+        },
+        verifying_keys: accepted,
+    };
+    let entry = Entry { chain_id: chain_id(&genesis), height: 0, prev_hash: [0; 32], timestamp_ms: now, body: Body::Genesis(genesis) };
+    let genesis_path = a.out.join("genesis.bin");
+    std::fs::write(&genesis_path, protocol::codec::encode(&entry)).map_err(|e| format!("{}: {e}", genesis_path.display()))?;
+    let addr = |port: u16, i: u16| -> Result<SocketAddr, String> {
+        format!("{}:{}", a.host, port + i).parse().map_err(|e| format!("--host {}: {e}", a.host))
+    };
+    for (i, key) in keys.iter().enumerate() {
+        let i = i as u16;
+        let key_file = PathBuf::from(format!("validator{i}.key"));
+        config::write_key(&a.out.join(&key_file), key).map_err(|e| e.to_string())?;
+        let file = NodeFile {
+            index: i,
+            key_file,
+            genesis_file: "genesis.bin".into(),
+            keys_dir: keys_dir.clone(),
+            db: format!("db{i}").into(),
+            listen: addr(a.quic_port, i)?,
+            http: addr(a.http_port, i)?,
+            peers: (0..a.validators).filter(|&j| j != i).map(|j| Ok(PeerFile { index: j, addr: addr(a.quic_port, j)? })).collect::<Result<_, String>>()?,
+        };
+        let path = a.out.join(format!("node{i}.toml"));
+        std::fs::write(&path, toml::to_string_pretty(&file).map_err(|e| e.to_string())?).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    println!("cluster of {} validators in {}", a.validators, a.out.display());
+    println!("chain id {}", entry.chain_id.0.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    println!("registration closes in {} s; iterations every {} ms; K_max {}", a.registration_s, a.iteration_ms, a.max_iterations);
+    println!("start each with: verifier-node run --config {}/node<i>.toml", a.out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(path: &Path) -> Result<ExitCode, String> {
+    let cfg = Config::load(path).map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let running = verifier_node::host::start(cfg).await.map_err(|e| e.to_string())?;
+        println!("validator running: quic {} http {}", running.quic_addr, running.http_addr);
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => {
+                r.map_err(|e| e.to_string())?;
+                eprintln!("stopping");
+                running.stop().await.map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn print_report(r: &AuditReport) -> ExitCode {
+    println!("entries checked: {}", r.entries_ok);
+    println!("proofs verified: {}", r.proofs_verified);
+    match &r.first_bad {
+        None => {
+            println!("verdict: PASS");
+            ExitCode::SUCCESS
+        }
+        Some((h, why)) => {
+            println!("verdict: FAIL at height {h}: {why}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn parse_key(hex: &str) -> Result<[u8; 32], String> {
+    if hex.len() != 64 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return Err("--validator-key must be 64 hex characters".into());
+    }
+    let mut b = [0u8; 32];
+    for (i, x) in b.iter_mut().enumerate() {
+        *x = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("checked");
+    }
+    Ok(b)
+}
+
+fn audit_cmd(db: Option<PathBuf>, peer: Option<SocketAddr>, validator_key: Option<String>, genesis: Option<PathBuf>, keys: &Path) -> Result<ExitCode, String> {
+    let mut rng = ChaCha20Rng::from_entropy();
+    if let Some(db) = db {
+        if !db.exists() {
+            return Err(format!("--db {}: no such database", db.display()));
+        }
+        let store = Store::open(&db).map_err(|e| format!("--db {}: {e}", db.display()))?;
+        let g = store.certified(0).map_err(|e| e.to_string())?.ok_or("the database has no genesis")?;
+        let Body::Genesis(gen) = &g.entry.body else { return Err("height 0 is not a genesis".into()) };
+        let vks = config::read_verifying_keys(keys, &gen.verifying_keys).map_err(|e| e.to_string())?;
+        let report = audit(&store, vks, &mut rng).map_err(|e| e.to_string())?;
+        return Ok(print_report(&report));
+    }
+    let (Some(peer), Some(key), Some(genesis)) = (peer, validator_key, genesis) else {
+        return Err("give --db PATH, or --peer ADDR with --validator-key and --genesis".into());
+    };
+    let key = parse_key(&key)?;
+    let genesis = config::read_genesis(&genesis).map_err(|e| e.to_string())?;
+    let Body::Genesis(gen) = &genesis.body else { unreachable!("read_genesis checked") };
+    let vks = config::read_verifying_keys(keys, &gen.verifying_keys).map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let log = rt.block_on(async {
+        protocol::net::install_crypto();
+        let endpoint = protocol::net::client_endpoint("0.0.0.0:0".parse().expect("valid")).map_err(|e| e.to_string())?;
+        let me = ed25519_dalek::SigningKey::generate(&mut ChaCha20Rng::from_entropy());
+        let client = protocol::net::ValidatorClient::connect(&endpoint, peer, key, &me).await.map_err(|e| e.to_string())?;
+        let mut rx = client.subscribe(0).await.map_err(|e| e.to_string())?;
+        let mut log = MemLog::default();
+        // Everything stored arrives at once; stop when the stream is quiet for 2 s.
+        while let Ok(Some(item)) = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {
+            let c = item.map_err(|e| e.to_string())?;
+            if c.entry.height == 0 && c.entry != genesis {
+                return Err("the peer's genesis is not the given genesis".to_string());
+            }
+            log.decide(&c).map_err(|e| format!("height {}: {e}", c.entry.height))?;
+        }
+        client.close();
+        Ok::<_, String>(log)
+    })?;
+    println!("fetched {} entries from {peer}", log.entries().len());
+    let report = audit(&log, vks, &mut rng).map_err(|e| e.to_string())?;
+    Ok(print_report(&report))
+}
+
+fn status(http: SocketAddr) -> Result<ExitCode, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&http, Duration::from_secs(3)).map_err(|e| format!("{http}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    write!(s, "GET /status HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).map_err(|e| format!("{http}: {e}"))?;
+    let body = resp.split("\r\n\r\n").nth(1).ok_or(format!("{http}: not an HTTP response"))?;
+    let v: serde_json::Value = serde_json::from_str(body.trim()).map_err(|e| format!("{http}: {e}"))?;
+    println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,322 @@
+//! Process-level fixtures: a cluster of real `verifier-node` processes on loopback, made by
+//! `verifier-node init`, and devices that enroll, prove and submit over QUIC.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use circuits::{commitment, sample, Context, Fr, ModelKind, Opening, Shape, Slots};
+use ed25519_dalek::SigningKey;
+use protocol::codec::FieldElement;
+use protocol::entry::{Body, Certified, Entry, LightClient};
+use protocol::ids::DeviceId;
+use protocol::messages::{DeviceRequest, DeviceResponse, Enrollment, SignedEnrollment, SignedUpdate, Update};
+use protocol::net::ValidatorClient;
+use protocol::sign::ChainId;
+use prover::UpdateProvingKey;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+pub const T: usize = 4;
+pub const BIN: &str = env!("CARGO_BIN_EXE_verifier-node");
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub n: u16,
+    pub quic_port: u16,
+    pub http_port: u16,
+    pub procs: std::sync::Mutex<Vec<Option<Child>>>,
+    pub pk: UpdateProvingKey,
+    pub genesis: Entry,
+}
+
+/// Ports unlikely to collide between tests running at once: a block per (test, process).
+pub fn ports(salt: u16) -> (u16, u16) {
+    let base = 20_000 + (std::process::id() as u16 % 400) * 50 + salt * 10;
+    (base, base + 5)
+}
+
+impl Cluster {
+    /// Makes keys (T = 4, deferrable) and a cluster of `n` validators with `init`.
+    pub fn init(name: &str, n: u16, salt: u16, registration_s: u64, iteration_ms: u64, max_iterations: u32) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("gridproof-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("keys")).unwrap();
+        let shape = Shape { kind: ModelKind::Deferrable, slots: Slots::new(T).unwrap() };
+        let (pk, vk) = prover::setup(shape, &mut ChaCha20Rng::seed_from_u64(5)).unwrap();
+        std::fs::write(dir.join("keys/deferrable-4.vk"), vk.to_bytes()).unwrap();
+        let (quic_port, http_port) = ports(salt);
+        let out = Command::new(BIN)
+            .args(["init", "--out"])
+            .arg(dir.join("cluster"))
+            .args(["--validators", &n.to_string(), "--keys"])
+            .arg(dir.join("keys"))
+            .args(["--slots", "4", "--slot-seconds", "900", "--devices", "3"])
+            .args(["--registration-s", &registration_s.to_string(), "--iteration-ms", &iteration_ms.to_string()])
+            .args(["--max-iterations", &max_iterations.to_string()])
+            .args(["--quic-port", &quic_port.to_string(), "--http-port", &http_port.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        let genesis = verifier_node::config::read_genesis(&dir.join("cluster/genesis.bin")).unwrap();
+        Cluster { dir, n, quic_port, http_port, procs: std::sync::Mutex::new((0..n).map(|_| None).collect()), pk, genesis }
+    }
+
+    pub fn config(&self, i: u16) -> PathBuf {
+        self.dir.join(format!("cluster/node{i}.toml"))
+    }
+
+    pub fn db(&self, i: u16) -> PathBuf {
+        self.dir.join(format!("cluster/db{i}"))
+    }
+
+    pub fn start(&self, i: u16) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("node{i}.log"))).unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(self.config(i))
+            .env("RUST_LOG", "info,arc_malachitebft_core_consensus=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.procs.lock().unwrap()[i as usize] = Some(child);
+    }
+
+    fn running(&self, i: u16) -> bool {
+        self.procs.lock().unwrap()[i as usize].is_some()
+    }
+
+    pub fn start_all(&self) {
+        for i in 0..self.n {
+            self.start(i);
+        }
+    }
+
+    /// kill -9.
+    pub fn kill(&self, i: u16) {
+        let child = self.procs.lock().unwrap()[i as usize].take();
+        if let Some(mut c) = child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn signal(&self, i: u16, sig: &str) {
+        let pid = self.pid(i);
+        assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+    }
+
+    pub fn pid(&self, i: u16) -> u32 {
+        self.procs.lock().unwrap()[i as usize].as_ref().unwrap().id()
+    }
+
+    pub fn stop_all(&self) {
+        for i in 0..self.n {
+            self.kill(i);
+        }
+    }
+
+    pub fn quic(&self, i: u16) -> SocketAddr {
+        format!("127.0.0.1:{}", self.quic_port + i).parse().unwrap()
+    }
+
+    pub fn http(&self, i: u16) -> SocketAddr {
+        format!("127.0.0.1:{}", self.http_port + i).parse().unwrap()
+    }
+
+    pub fn validator_key(&self, i: u16) -> [u8; 32] {
+        let Body::Genesis(g) = &self.genesis.body else { unreachable!() };
+        g.validators[i as usize].0
+    }
+
+    pub fn chain(&self) -> ChainId {
+        self.genesis.chain_id
+    }
+
+    pub fn log(&self, i: u16) -> String {
+        std::fs::read_to_string(self.dir.join(format!("node{i}.log"))).unwrap_or_default()
+    }
+
+    /// GET `path` from validator `i`'s HTTP API; `None` if it does not answer.
+    pub fn get(&self, i: u16, path: &str) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect_timeout(&self.http(i), Duration::from_millis(500)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        let mut r = String::new();
+        s.read_to_string(&mut r).ok()?;
+        r.split("\r\n\r\n").nth(1).map(str::to_string)
+    }
+
+    pub fn status(&self, i: u16) -> Option<serde_json::Value> {
+        serde_json::from_str(&self.get(i, "/status")?).ok()
+    }
+
+    /// Waits until every running validator reports the final entry.
+    pub fn wait_final(&self, within: Duration) {
+        let t0 = Instant::now();
+        loop {
+            let done = (0..self.n).filter(|&i| self.running(i)).all(|i| self.status(i).is_some_and(|s| s["final"] == true));
+            if done {
+                return;
+            }
+            assert!(t0.elapsed() < within, "not final within {within:?}; logs:\n{}", (0..self.n).map(|i| self.log(i)).collect::<Vec<_>>().join("\n----\n"));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Every stored entry of every database (validators stopped), checked identical.
+    pub fn assert_identical_logs(&self) -> usize {
+        let mut logs = vec![];
+        for i in 0..self.n {
+            let store = verifier_node::store::Store::open(&self.db(i)).unwrap();
+            let (tip, _) = store.tip().unwrap().unwrap();
+            let entries: Vec<Vec<u8>> = (0..=tip).map(|h| protocol::codec::encode(&store.entry(h).unwrap().unwrap())).collect();
+            logs.push(entries);
+        }
+        for i in 1..logs.len() {
+            assert_eq!(logs[i], logs[0], "validator {i}'s entries differ from validator 0's");
+        }
+        logs[0].len()
+    }
+
+    /// `verifier-node audit --db` on validator `i`'s database.
+    pub fn audit(&self, i: u16) -> (bool, String) {
+        let out = Command::new(BIN).args(["audit", "--db"]).arg(self.db(i)).args(["--keys"]).arg(self.dir.join("keys")).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+/// A home device: key, committed parameters, a connection to every validator.
+pub struct Device {
+    pub key: SigningKey,
+    pub opening: Opening,
+    pub variant: u16,
+}
+
+impl Device {
+    pub fn new(i: u8) -> Device {
+        let slots = Slots::new(T).unwrap();
+        Device {
+            key: SigningKey::from_bytes(&[i + 1; 32]),
+            opening: Opening { params: sample::params(ModelKind::Deferrable, slots), cost_digest: Fr::from(9u64), salt: Fr::from(100u64 + i as u64) },
+            variant: i as u16,
+        }
+    }
+
+    pub fn id(&self) -> DeviceId {
+        DeviceId(self.key.verifying_key().to_bytes())
+    }
+
+    pub fn enrollment(&self, chain: &ChainId, market_id: u64) -> SignedEnrollment {
+        let body = Enrollment {
+            market_id,
+            device: self.id(),
+            kind: ModelKind::Deferrable.id(),
+            slots: T as u16,
+            commitment: FieldElement::new(&commitment(&self.opening)),
+        };
+        SignedEnrollment::new(&self.key, chain, body)
+    }
+
+    pub fn update(&self, pk: &UpdateProvingKey, chain: &ChainId, market_id: u64, k: u32) -> SignedUpdate {
+        let slots = Slots::new(T).unwrap();
+        let shape = Shape { kind: ModelKind::Deferrable, slots };
+        let witness = circuits::Witness {
+            opening: self.opening.clone(),
+            context: Context { market_id, iteration: k, shape },
+            schedule: sample::schedule(ModelKind::Deferrable, slots, self.variant),
+        };
+        let (proof, _) = prover::prove(pk, witness.clone(), &mut ChaCha20Rng::seed_from_u64(k as u64)).unwrap();
+        let body = Update { market_id, iteration: k, device: self.id(), schedule: witness.schedule, proof: prover::format::encode_proof(&proof) };
+        SignedUpdate::new(&self.key, chain, body)
+    }
+}
+
+/// Runs devices through a market: enroll with every validator, then after each entry that
+/// opens iteration k, prove and submit to every validator. Returns the certified entries the
+/// devices followed (checked as a light client) up to the final entry.
+pub async fn run_devices(cluster: &Cluster, devices: &[Device], follow: u16, within: Duration) -> Vec<Certified> {
+    protocol::net::install_crypto();
+    let endpoint = protocol::net::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let chain = cluster.chain();
+    let Body::Genesis(g) = &cluster.genesis.body else { unreachable!() };
+    let market_id = g.market.market_id;
+    let mut clients = vec![];
+    for d in devices {
+        let mut per = vec![];
+        for i in 0..cluster.n {
+            // Validators may still be starting: retry.
+            let t0 = Instant::now();
+            let c = loop {
+                match ValidatorClient::connect(&endpoint, cluster.quic(i), cluster.validator_key(i), &d.key).await {
+                    Ok(c) => break Some(c),
+                    Err(_) if t0.elapsed() < Duration::from_secs(10) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    Err(_) => break None,
+                }
+            };
+            per.push(c);
+        }
+        clients.push(per);
+    }
+    for (d, per) in devices.iter().zip(&clients) {
+        let e = d.enrollment(&chain, market_id);
+        for c in per.iter().flatten() {
+            let r = c.submit(&DeviceRequest::Enroll(e.clone())).await;
+            assert!(matches!(r, Ok(DeviceResponse::Accepted)), "enrollment at {}: {r:?}", c.addr());
+        }
+    }
+    let watcher = SigningKey::from_bytes(&[200; 32]);
+    let sub = ValidatorClient::connect(&endpoint, cluster.quic(follow), cluster.validator_key(follow), &watcher).await.unwrap();
+    let mut rx = sub.subscribe(0).await.unwrap();
+    let mut client = LightClient::new(&cluster.genesis).unwrap();
+    let mut seen = vec![];
+    let mut submitted = 0u32;
+    let mut enrolled = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + within;
+    while let Ok(Some(item)) = tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+        let c = item.unwrap();
+        if c.entry.height == 0 {
+            assert_eq!(c.entry, cluster.genesis);
+            seen.push(c);
+            continue;
+        }
+        client.accept(&c.entry, &c.certificate).expect("every served entry is certified and linked");
+        let next = match &c.entry.body {
+            Body::Enrollment(list) => {
+                enrolled.extend(list.iter().map(|e| e.body.device));
+                devices.iter().all(|d| enrolled.contains(&d.id())).then_some(1)
+            }
+            Body::Iteration(b) => Some(b.iteration + 1),
+            _ => None,
+        };
+        let is_final = matches!(c.entry.body, Body::Final(_));
+        seen.push(c);
+        if is_final {
+            break;
+        }
+        if let Some(k) = next.filter(|&k| k > submitted && k <= g.market.max_iterations) {
+            submitted = k;
+            for (d, per) in devices.iter().zip(&clients) {
+                let u = d.update(&cluster.pk, &chain, market_id, k);
+                for c in per.iter().flatten() {
+                    let _ = c.submit(&DeviceRequest::Update(u.clone())).await;
+                }
+            }
+        }
+    }
+    seen
+}
+
+pub fn scratch(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+}

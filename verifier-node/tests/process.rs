@@ -1,0 +1,142 @@
+//! Real `verifier-node` processes on loopback: a market to Final with identical databases
+//! that audit clean; a validator killed with SIGKILL mid-market that catches up; a validator
+//! frozen (SIGSTOP, a partition) and released; a validator of another genesis refused; and a
+//! flood of 100,000 bad updates that is counted and leaves memory bounded.
+
+mod cluster;
+
+use std::time::Duration;
+
+use cluster::*;
+use protocol::entry::Body;
+use protocol::messages::{DeviceRequest, DeviceResponse};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+#[test]
+fn four_validators_run_a_market_to_final_and_every_database_audits_clean() {
+    let c = Cluster::init("market", 4, 0, 4, 1500, 3);
+    c.start_all();
+    let devices: Vec<Device> = (0..3).map(Device::new).collect();
+    let seen = rt().block_on(run_devices(&c, &devices, 2, Duration::from_secs(60)));
+    assert!(matches!(seen.last().map(|c| &c.entry.body), Some(Body::Final(_))), "devices saw no final entry");
+    let iterations: Vec<_> = seen.iter().filter_map(|c| if let Body::Iteration(b) = &c.entry.body { Some(b) } else { None }).collect();
+    assert!(!iterations.is_empty());
+    assert!(iterations.iter().any(|b| b.updates.len() == 3), "some iteration carries all three devices' proven updates");
+    c.wait_final(Duration::from_secs(20));
+    // The HTTP API serves what the log holds.
+    let e: serde_json::Value = serde_json::from_str(&c.get(1, "/entries/1").unwrap()).unwrap();
+    assert_eq!(e["height"], 1);
+    let metrics = c.get(0, "/metrics").unwrap();
+    assert!(metrics.contains("gridproof_height "), "{metrics}");
+    c.stop_all();
+    let n = c.assert_identical_logs();
+    assert_eq!(n, seen.len());
+    for i in 0..4 {
+        let (ok, out) = c.audit(i);
+        assert!(ok, "audit of validator {i}: {out}");
+        assert!(out.contains("verdict: PASS"));
+    }
+}
+
+#[test]
+fn a_validator_killed_mid_market_catches_up_and_one_frozen_rejoins() {
+    let c = Cluster::init("faults", 4, 1, 4, 1500, 4);
+    c.start_all();
+    let devices: Vec<Device> = (0..3).map(Device::new).collect();
+    let runtime = rt();
+    let seen = runtime.block_on(async {
+        let market = run_devices(&c, &devices, 0, Duration::from_secs(90));
+        let faults = async {
+            // Mid-registration: kill -9 validator 3, restart it 3 s later.
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            c.kill(3);
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            c.start(3);
+            // Mid-scheduling: freeze validator 2 (no traffic in or out), release 3 s later.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            c.signal(2, "-STOP");
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            c.signal(2, "-CONT");
+        };
+        let (seen, ()) = tokio::join!(market, faults);
+        seen
+    });
+    assert!(matches!(seen.last().map(|c| &c.entry.body), Some(Body::Final(_))));
+    c.wait_final(Duration::from_secs(30));
+    c.stop_all();
+    c.assert_identical_logs();
+    for i in 0..4 {
+        let (ok, out) = c.audit(i);
+        assert!(ok, "audit of validator {i}: {out}");
+    }
+}
+
+#[test]
+fn a_validator_of_another_genesis_is_refused_and_a_flood_is_counted_in_bounded_memory() {
+    let c = Cluster::init("flood", 4, 2, 30, 1500, 3);
+    c.start_all();
+    // A validator of another chain (its own genesis and key) dials ours as a peer.
+    let other = Cluster::init("stranger", 1, 3, 30, 1500, 3);
+    let runtime = rt();
+    runtime.block_on(async {
+        protocol::net::install_crypto();
+        let endpoint = protocol::net::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+        let stranger = verifier_node::config::read_key(&other.dir.join("cluster/validator0.key")).unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Peer ALPN with a key outside the genesis: the connection is closed by the validator.
+        let cfg = protocol::net::client_config(&stranger, c.validator_key(0), protocol::net::ALPN_PEER).unwrap();
+        let conn = endpoint.connect_with(cfg, c.quic(0), "gridproof").unwrap().await.unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.expect("refused connections are closed");
+        assert!(format!("{closed}").contains("not a validator"), "{closed}");
+
+        // The flood: 100,000 updates with bad signatures from one device connection.
+        let flooder = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let client = protocol::net::ValidatorClient::connect(&endpoint, c.quic(1), c.validator_key(1), &flooder).await.unwrap();
+        let d = Device::new(9);
+        let mut u = d.update(&c.pk, &c.chain(), 1, 1);
+        u.signature.0[0] ^= 1;
+        let rss_before = rss_kb(c.pid(1));
+        let mut labels = std::collections::BTreeMap::<String, u64>::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..64 {
+            let (client, u) = (client.clone(), u.clone());
+            tasks.spawn(async move {
+                let mut local = std::collections::BTreeMap::<String, u64>::new();
+                for _ in 0..100_000 / 64 + 1 {
+                    match client.submit(&DeviceRequest::Update(u.clone())).await {
+                        Ok(DeviceResponse::Rejected { label, .. }) => *local.entry(label).or_default() += 1,
+                        Ok(DeviceResponse::Accepted) => panic!("a forged update was accepted"),
+                        Err(_) => *local.entry("transport".into()).or_default() += 1,
+                    }
+                }
+                local
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            for (k, v) in r.unwrap() {
+                *labels.entry(k).or_default() += v;
+            }
+        }
+        let total: u64 = labels.values().sum();
+        assert!(total >= 100_000, "{labels:?}");
+        assert!(labels.get("rate_limited").copied().unwrap_or(0) > 0, "{labels:?}");
+        assert!(labels.get("bad_signature").copied().unwrap_or(0) > 0, "{labels:?}");
+        let rss_after = rss_kb(c.pid(1));
+        assert!(rss_after < rss_before + 200_000, "RSS grew from {rss_before} kB to {rss_after} kB");
+        // The validator still answers, and counted the rejects.
+        let metrics = c.get(1, "/metrics").unwrap();
+        assert!(metrics.contains("gridproof_rate_limited_total"), "{metrics}");
+        assert!(c.status(1).is_some());
+    });
+    let m0 = c.get(0, "/metrics").unwrap();
+    let bad: f64 = m0.lines().find(|l| l.starts_with("gridproof_bad_frames_total")).and_then(|l| l.split(' ').nth(1)).unwrap().parse().unwrap();
+    assert!(bad >= 1.0, "the refused peer is counted: {m0}");
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
+}
