@@ -93,9 +93,8 @@ fn a_validator_of_another_genesis_is_refused_and_a_flood_is_counted_in_bounded_m
         assert!(format!("{closed}").contains("not a validator"), "{closed}");
 
         // The flood: 100,000 updates with bad signatures from one device connection.
-        let flooder = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
-        let client = protocol::net::ValidatorClient::connect(&endpoint, c.quic(1), c.validator_key(1), &flooder).await.unwrap();
         let d = Device::new(9);
+        let client = protocol::net::ValidatorClient::connect(&endpoint, c.quic(1), c.validator_key(1), &d.key).await.unwrap();
         let mut u = d.update(&c.pk, &c.chain(), 1, 1);
         u.signature.0[0] ^= 1;
         let rss_before = rss_kb(c.pid(1));
