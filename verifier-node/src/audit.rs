@@ -30,7 +30,7 @@ impl AuditReport {
 }
 
 /// Audits the log in `store` with the verifying keys the market uses.
-pub fn audit<L: Log, R: RngCore + CryptoRng>(store: &L, keys: VerifierKeys, rng: &mut R) -> Result<AuditReport, StoreError> {
+pub fn audit<L: Log, R: RngCore + CryptoRng>(store: L, keys: VerifierKeys, rng: &mut R) -> Result<AuditReport, StoreError> {
     let mut report = AuditReport { entries_ok: 0, proofs_verified: 0, first_bad: None };
     let Some((tip, _)) = store.tip()? else {
         report.first_bad = Some((0, "the log is empty".into()));

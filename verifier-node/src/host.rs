@@ -492,11 +492,7 @@ async fn subscribe(mut send: quinn::SendStream, from: u64, shared: Arc<Shared>) 
     let mut next = from;
     loop {
         // Catch up from the store, then follow the broadcast.
-        loop {
-            let c = match shared.store.certified(next) {
-                Ok(Some(c)) => c,
-                _ => break,
-            };
+        while let Ok(Some(c)) = shared.store.certified(next) {
             if net::write_frame(&mut send, &encode(&c)).await.is_err() {
                 return;
             }

@@ -28,48 +28,7 @@ struct Cli {
 enum Command {
     /// Creates a local cluster's files: a key, `node<i>.toml` per validator, and the genesis of
     /// one market (times counted from now).
-    Init {
-        /// Output directory.
-        #[arg(long)]
-        out: PathBuf,
-        /// Number of validators (3f + 1).
-        #[arg(long, default_value_t = 4)]
-        validators: u16,
-        /// Directory of verifying-key files (`*.vk`, from `keys dev-setup` or a ceremony); every
-        /// key with the market's T is accepted by the genesis.
-        #[arg(long)]
-        keys: PathBuf,
-        /// Host the validators listen on.
-        #[arg(long, default_value = "127.0.0.1")]
-        host: String,
-        /// QUIC port of validator 0 (validator i uses port + i).
-        #[arg(long, default_value_t = 7100)]
-        quic_port: u16,
-        /// HTTP port of validator 0 (validator i uses port + i).
-        #[arg(long, default_value_t = 8100)]
-        http_port: u16,
-        /// Market id.
-        #[arg(long, default_value_t = 1)]
-        market_id: u64,
-        /// Slots T.
-        #[arg(long, default_value_t = 96)]
-        slots: u16,
-        /// Slot length in seconds.
-        #[arg(long, default_value_t = 900)]
-        slot_seconds: u32,
-        /// Registration stays open this many seconds from now.
-        #[arg(long, default_value_t = 30)]
-        registration_s: u64,
-        /// Length of one ADMM iteration (ms).
-        #[arg(long, default_value_t = 2000)]
-        iteration_ms: u64,
-        /// K_max.
-        #[arg(long, default_value_t = 50)]
-        max_iterations: u32,
-        /// Expected number of devices (sizes the base-load profile of the valley-filling cost).
-        #[arg(long, default_value_t = 200)]
-        devices: usize,
-    },
+    Init(InitArgs),
     /// Runs a validator until Ctrl-C.
     Run {
         /// The node's configuration file.
@@ -111,35 +70,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Init {
-            out,
-            validators,
-            keys,
-            host,
-            quic_port,
-            http_port,
-            market_id,
-            slots,
-            slot_seconds,
-            registration_s,
-            iteration_ms,
-            max_iterations,
-            devices,
-        } => init(&InitArgs {
-            out,
-            validators,
-            keys,
-            host,
-            quic_port,
-            http_port,
-            market_id,
-            slots,
-            slot_seconds,
-            registration_s,
-            iteration_ms,
-            max_iterations,
-            devices,
-        }),
+        Command::Init(args) => init(&args),
         Command::Run { config } => run(&config),
         Command::Audit { db, peer, validator_key, genesis, keys } => audit_cmd(db, peer, validator_key, genesis, &keys),
         Command::Status { http } => status(http),
@@ -153,19 +84,47 @@ fn main() -> ExitCode {
     }
 }
 
+#[derive(clap::Args)]
 struct InitArgs {
+    /// Output directory.
+    #[arg(long)]
     out: PathBuf,
+    /// Number of validators (3f + 1).
+    #[arg(long, default_value_t = 4)]
     validators: u16,
+    /// Directory of verifying-key files (`*.vk`, from `keys dev-setup` or a ceremony); every
+    /// key with the market's T is accepted by the genesis.
+    #[arg(long)]
     keys: PathBuf,
+    /// Host the validators listen on.
+    #[arg(long, default_value = "127.0.0.1")]
     host: String,
+    /// QUIC port of validator 0 (validator i uses port + i).
+    #[arg(long, default_value_t = 7100)]
     quic_port: u16,
+    /// HTTP port of validator 0 (validator i uses port + i).
+    #[arg(long, default_value_t = 8100)]
     http_port: u16,
+    /// Market id.
+    #[arg(long, default_value_t = 1)]
     market_id: u64,
+    /// Slots T.
+    #[arg(long, default_value_t = 96)]
     slots: u16,
+    /// Slot length in seconds.
+    #[arg(long, default_value_t = 900)]
     slot_seconds: u32,
+    /// Registration stays open this many seconds from now.
+    #[arg(long, default_value_t = 30)]
     registration_s: u64,
+    /// Length of one ADMM iteration (ms).
+    #[arg(long, default_value_t = 2000)]
     iteration_ms: u64,
+    /// K_max.
+    #[arg(long, default_value_t = 50)]
     max_iterations: u32,
+    /// Expected number of devices (sizes the base-load profile of the valley-filling cost).
+    #[arg(long, default_value_t = 200)]
     devices: usize,
 }
 
@@ -332,7 +291,7 @@ fn audit_cmd(db: Option<PathBuf>, peer: Option<SocketAddr>, validator_key: Optio
         Ok::<_, String>(log)
     })?;
     println!("fetched {} entries from {peer}", log.entries().len());
-    let report = audit(&log, vks, &mut rng).map_err(|e| e.to_string())?;
+    let report = audit(log, vks, &mut rng).map_err(|e| e.to_string())?;
     Ok(print_report(&report))
 }
 

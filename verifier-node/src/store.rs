@@ -243,28 +243,6 @@ pub trait Log {
     fn wal(&self, height: u64) -> Result<Vec<Vec<u8>>, StoreError>;
 }
 
-impl Log for Store {
-    fn tip(&self) -> Result<Option<(u64, Hash)>, StoreError> {
-        Store::tip(self)
-    }
-
-    fn decide(&mut self, c: &Certified) -> Result<(), StoreError> {
-        self.decide_certified(c)
-    }
-
-    fn certified(&self, height: u64) -> Result<Option<Certified>, StoreError> {
-        Store::certified(self, height)
-    }
-
-    fn wal_append(&mut self, height: u64, record: &[u8]) -> Result<(), StoreError> {
-        Store::wal_append(self, height, record)
-    }
-
-    fn wal(&self, height: u64) -> Result<Vec<Vec<u8>>, StoreError> {
-        Store::wal(self, height)
-    }
-}
-
 /// An in-memory [`Log`] with the same extension checks as [`Store`].
 #[derive(Debug, Default, Clone)]
 pub struct MemLog {
@@ -320,8 +298,9 @@ fn check_extends(tip: Option<(u64, Hash)>, entry: &Entry, cert: &CommitCertifica
     }
 }
 
-/// A shared store: the node writes through it, HTTP and subscriptions read through clones.
-impl Log for std::sync::Arc<Store> {
+/// The RocksDB store as a [`Log`], through any owner (`&Store`, `Arc<Store>`): the node writes
+/// through an `Arc`, HTTP and subscriptions read through clones.
+impl<T: std::ops::Deref<Target = Store>> Log for T {
     fn tip(&self) -> Result<Option<(u64, Hash)>, StoreError> {
         Store::tip(self)
     }
