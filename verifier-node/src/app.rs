@@ -139,6 +139,10 @@ impl Reject {
     }
 }
 
+/// Digests of updates whose signature and proof this validator verified already (a cache
+/// that saves work, never changes a verdict: the digest covers the whole signed update).
+pub type Verified = BTreeSet<Hash>;
+
 /// An enrolled device: its circuit shape and commitment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Enrolled {
@@ -364,7 +368,15 @@ impl MarketApp {
     /// The checks shared by admission and validation, short of proof verification: signature,
     /// market, enrollment, length, and a proof that decodes (returned, so it is decoded once).
     pub fn check_update(&self, u: &SignedUpdate) -> Result<(Enrolled, UpdateProof), Reject> {
-        u.verify(&self.chain).map_err(|err| Reject::BadSignature(err.to_string()))?;
+        self.check_update_known(u, false)
+    }
+
+    /// [`Self::check_update`], skipping the signature when `known` (the digest, which covers
+    /// the signature, was verified before).
+    fn check_update_known(&self, u: &SignedUpdate, known: bool) -> Result<(Enrolled, UpdateProof), Reject> {
+        if !known {
+            u.verify(&self.chain).map_err(|err| Reject::BadSignature(err.to_string()))?;
+        }
         if u.body.market_id != self.market_id() {
             return Err(Reject::WrongMarket { got: u.body.market_id, expected: self.market_id() });
         }
@@ -405,12 +417,17 @@ impl MarketApp {
         &self,
         updates: &[SignedUpdate],
         checked: Vec<(Enrolled, UpdateProof)>,
+        verified: &Verified,
         rng: &mut R,
     ) -> Result<Vec<usize>, Reject> {
-        // Group by shape: one verifying key per batch.
+        // Group by shape: one verifying key per batch. Updates verified before are skipped.
         let mut by_shape: BTreeMap<(u8, usize), (Shape, Vec<usize>)> = BTreeMap::new();
         let mut decoded = Vec::with_capacity(updates.len());
         for (i, (u, (e, proof))) in updates.iter().zip(checked).enumerate() {
+            if verified.contains(&u.digest()) {
+                decoded.push((proof, vec![]));
+                continue;
+            }
             decoded.push((proof, self.public_inputs(u, &e)?));
             by_shape.entry((e.shape.kind.id(), e.shape.slots.get())).or_insert((e.shape, vec![])).1.push(i);
         }
@@ -424,6 +441,39 @@ impl MarketApp {
         }
         invalid.sort_unstable();
         Ok(invalid)
+    }
+
+    /// Verifies signatures and proofs of `updates` (already admitted) in one batch per shape,
+    /// returning each one's verdict; the host calls this while an iteration is open, so that
+    /// the deadline finds most proofs checked ([`Verified`]).
+    pub fn verify_updates<R: RngCore + CryptoRng>(&self, updates: &[SignedUpdate], rng: &mut R) -> Vec<Result<(), Reject>> {
+        let mut verdicts: Vec<Result<(), Reject>> = Vec::with_capacity(updates.len());
+        let mut ok = Vec::new();
+        let mut checked = Vec::new();
+        for (i, u) in updates.iter().enumerate() {
+            match self.check_update(u) {
+                Ok(c) => {
+                    verdicts.push(Ok(()));
+                    ok.push(i);
+                    checked.push(c);
+                }
+                Err(r) => verdicts.push(Err(r)),
+            }
+        }
+        let candidates: Vec<SignedUpdate> = ok.iter().map(|&i| updates[i].clone()).collect();
+        match self.invalid_proofs(&candidates, checked, &Verified::new(), rng) {
+            Ok(bad) => {
+                for j in bad {
+                    verdicts[ok[j]] = Err(Reject::BadProof(updates[ok[j]].body.device));
+                }
+            }
+            Err(r) => {
+                for &i in &ok {
+                    verdicts[i] = Err(r.clone());
+                }
+            }
+        }
+        verdicts
     }
 
     /// The body the engine computes for `updates` at iteration k (state unchanged).
@@ -473,6 +523,7 @@ impl MarketApp {
         now_ms: u64,
         enrollments: &[SignedEnrollment],
         updates: &[SignedUpdate],
+        verified: &Verified,
         rng: &mut R,
     ) -> Result<(Entry, Vec<SignedUpdate>, Vec<(DeviceId, Reject)>), Reject> {
         let timestamp_ms = now_ms.max(self.tip.timestamp_ms + 1);
@@ -507,7 +558,7 @@ impl MarketApp {
                     if !seen.insert(u.body.device) {
                         continue;
                     }
-                    match self.check_update(u) {
+                    match self.check_update_known(u, verified.contains(&u.digest())) {
                         Ok(c) => {
                             candidates.push(u.clone());
                             checked.push(c);
@@ -515,7 +566,7 @@ impl MarketApp {
                         Err(r) => dropped.push((u.body.device, r)),
                     }
                 }
-                let invalid = self.invalid_proofs(&candidates, checked, rng)?;
+                let invalid = self.invalid_proofs(&candidates, checked, verified, rng)?;
                 for (i, u) in candidates.into_iter().enumerate() {
                     if invalid.binary_search(&i).is_ok() {
                         dropped.push((u.body.device, Reject::BadProof(u.body.device)));
@@ -535,7 +586,7 @@ impl MarketApp {
     /// Validates an entry proposed to extend the tip, with the update bodies its digests name:
     /// link, timing, and content (every signature and proof re-verified, aggregates
     /// recomputed). Deterministic: the same on every validator and in an audit.
-    pub fn validate<R: RngCore + CryptoRng>(&self, entry: &Entry, updates: &[SignedUpdate], rng: &mut R) -> Result<(), Reject> {
+    pub fn validate<R: RngCore + CryptoRng>(&self, entry: &Entry, updates: &[SignedUpdate], verified: &Verified, rng: &mut R) -> Result<(), Reject> {
         if entry.chain_id != self.chain {
             return Err(Reject::Link("another chain".into()));
         }
@@ -584,8 +635,8 @@ impl MarketApp {
                         return Err(Reject::DuplicateInEntry(u.body.device));
                     }
                 }
-                let checked = updates.iter().map(|u| self.check_update(u)).collect::<Result<Vec<_>, _>>()?;
-                if let Some(&i) = self.invalid_proofs(updates, checked, rng)?.first() {
+                let checked = updates.iter().map(|u| self.check_update_known(u, verified.contains(&u.digest()))).collect::<Result<Vec<_>, _>>()?;
+                if let Some(&i) = self.invalid_proofs(updates, checked, verified, rng)?.first() {
                     return Err(Reject::BadProof(updates[i].body.device));
                 }
                 if &self.iteration_body(k, updates)? != body {

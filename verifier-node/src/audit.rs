@@ -61,7 +61,7 @@ pub fn audit<L: Log, R: RngCore + CryptoRng>(store: L, keys: VerifierKeys, rng: 
         if let Err(e) = client.accept(&entry, &c.certificate) {
             return bad(report, h, e.to_string());
         }
-        if let Err(r) = app.validate(&entry, &updates, rng).and_then(|()| app.apply(&entry, &updates)) {
+        if let Err(r) = app.validate(&entry, &updates, &Default::default(), rng).and_then(|()| app.apply(&entry, &updates)) {
             return bad(report, h, r.to_string());
         }
         report.proofs_verified += updates.len();

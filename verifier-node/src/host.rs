@@ -237,7 +237,7 @@ async fn node_loop(
     let result = loop {
         let wake = node.next_wakeup();
         let wait = Duration::from_millis(wake.saturating_sub(now_ms()).min(1000));
-        let outputs = tokio::select! {
+        let mut outputs = tokio::select! {
             ev = events.recv() => match ev {
                 None => break Ok(()),
                 Some(Event::Peer(from, msg)) => node.on_peer(now_ms(), from, msg),
@@ -253,6 +253,10 @@ async fn node_loop(
             _ = tokio::time::sleep(wait) => node.tick(now_ms()),
             _ = shutdown.changed() => break Ok(()),
         };
+        // A steady stream of events must not starve timers and deadlines.
+        if now_ms() >= node.next_wakeup() {
+            outputs.extend(node.tick(now_ms()));
+        }
         let mut committed = None;
         for o in outputs {
             match o {

@@ -73,15 +73,15 @@ fn entries_are_built_validated_and_applied() {
     // The deadline passes: A builds the entry, dropping the bad proof; B validates it.
     let mut rng = ChaCha20Rng::seed_from_u64(5);
     let pool: Vec<SignedUpdate> = good.iter().cloned().chain([bad_proof.clone(), good[0].clone()]).collect();
-    let (entry, included, dropped) = a.build(260, &[], &pool, &mut rng).unwrap();
+    let (entry, included, dropped) = a.build(260, &[], &pool, &Default::default(), &mut rng).unwrap();
     assert_eq!(included.len(), 2);
     assert_eq!(entry.timestamp_ms, 260);
     assert_eq!(dropped, vec![(w.devices[2].id(), Reject::BadProof(w.devices[2].id()))]);
-    b.validate(&entry, &included, &mut rng).unwrap();
+    b.validate(&entry, &included, &Default::default(), &mut rng).unwrap();
     // Too early: the same body timestamped before the deadline.
     let mut early = entry.clone();
     early.timestamp_ms = 249;
-    assert!(matches!(b.validate(&early, &included, &mut rng), Err(Reject::NotDue(_))));
+    assert!(matches!(b.validate(&early, &included, &Default::default(), &mut rng), Err(Reject::NotDue(_))));
 
     // Byzantine variants of the entry are refused by B.
     let with_body = |f: &dyn Fn(&mut protocol::entry::IterationBody)| {
@@ -91,7 +91,7 @@ fn entries_are_built_validated_and_applied() {
         }
         e
     };
-    assert_eq!(b.validate(&with_body(&|b| b.x_bar[0] += 1), &included, &mut rng), Err(Reject::WrongAggregates));
+    assert_eq!(b.validate(&with_body(&|b| b.x_bar[0] += 1), &included, &Default::default(), &mut rng), Err(Reject::WrongAggregates));
     let mut with_bad = included.clone();
     with_bad.push(bad_proof.clone());
     let digests = |us: &[SignedUpdate]| {
@@ -100,19 +100,19 @@ fn entries_are_built_validated_and_applied() {
         d
     };
     let e = with_body(&|b| b.updates = digests(&with_bad));
-    assert_eq!(b.validate(&e, &with_bad, &mut rng), Err(Reject::BadProof(w.devices[2].id())));
+    assert_eq!(b.validate(&e, &with_bad, &Default::default(), &mut rng), Err(Reject::BadProof(w.devices[2].id())));
     let mut dup = included.clone();
     dup.push(included[0].clone());
     let e = with_body(&|b| b.updates = digests(&dup));
-    assert!(matches!(b.validate(&e, &dup, &mut rng), Err(Reject::DuplicateInEntry(_))));
-    assert!(matches!(b.validate(&with_body(&|b| b.iteration = 2), &included, &mut rng), Err(Reject::WrongIteration { .. })));
-    assert_eq!(b.validate(&entry, &included[..1], &mut rng), Err(Reject::MissingUpdates));
+    assert!(matches!(b.validate(&e, &dup, &Default::default(), &mut rng), Err(Reject::DuplicateInEntry(_))));
+    assert!(matches!(b.validate(&with_body(&|b| b.iteration = 2), &included, &Default::default(), &mut rng), Err(Reject::WrongIteration { .. })));
+    assert_eq!(b.validate(&entry, &included[..1], &Default::default(), &mut rng), Err(Reject::MissingUpdates));
     // Dropping an update changes the aggregates, which B recomputes.
     let e = with_body(&|b| b.updates = digests(&included[..1]));
-    assert_eq!(b.validate(&e, &included[..1], &mut rng), Err(Reject::WrongAggregates));
+    assert_eq!(b.validate(&e, &included[..1], &Default::default(), &mut rng), Err(Reject::WrongAggregates));
     let mut wrong_link = entry.clone();
     wrong_link.prev_hash[0] ^= 1;
-    assert!(matches!(b.validate(&wrong_link, &included, &mut rng), Err(Reject::Link(_))));
+    assert!(matches!(b.validate(&wrong_link, &included, &Default::default(), &mut rng), Err(Reject::Link(_))));
 
     // Both apply the decided entry and agree.
     let mut b = b;

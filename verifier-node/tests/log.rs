@@ -28,9 +28,9 @@ fn chain(w: &mut World) -> Vec<(Entry, CommitCertificate, Vec<SignedUpdate>)> {
     let mut rng = ChaCha20Rng::seed_from_u64(8);
     let enrollments: Vec<_> = w.devices.iter().map(|d| enrollment(w, d)).collect();
     let mut step = |w: &World, app: &mut MarketApp, t: u64, updates: &[SignedUpdate], voters: &[u16]| {
-        let (e, included, dropped) = app.build(t, &enrollments, updates, &mut rng).unwrap();
+        let (e, included, dropped) = app.build(t, &enrollments, updates, &Default::default(), &mut rng).unwrap();
         assert!(dropped.is_empty(), "{dropped:?}");
-        app.validate(&e, &included, &mut rng).unwrap();
+        app.validate(&e, &included, &Default::default(), &mut rng).unwrap();
         app.apply(&e, &included).unwrap();
         (e.clone(), certify(w, &e, voters), included)
     };

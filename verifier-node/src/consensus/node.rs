@@ -48,6 +48,8 @@ pub const MAX_POOLED_ENROLLMENTS: usize = protocol::clock::MAX_ENROLLED;
 pub const MAX_PAYLOADS: usize = 32;
 /// How often a node announces its tip.
 pub const STATUS_INTERVAL_MS: u64 = 500;
+/// How long pooled updates wait before a batch verification (they arrive in bursts).
+pub const VERIFY_DELAY_MS: u64 = 20;
 /// How long a sync request is outstanding before another is sent.
 pub const SYNC_RETRY_MS: u64 = 1000;
 
@@ -167,6 +169,10 @@ pub struct Node<L: Log> {
     own_proposals: BTreeMap<(u64, i64), EntryHash>,
     pool_enrollments: BTreeMap<DeviceId, SignedEnrollment>,
     pool_updates: BTreeMap<DeviceId, SignedUpdate>,
+    /// Pooled updates not yet verified (verified in batches while the iteration is open).
+    unverified: Vec<SignedUpdate>,
+    /// Digests verified (signature and proof), for the open iteration.
+    verified: crate::app::Verified,
     out: Vec<Output>,
     now: u64,
     rng: ChaCha20Rng,
@@ -250,6 +256,8 @@ impl<L: Log> Node<L> {
             own_proposals: BTreeMap::new(),
             pool_enrollments: BTreeMap::new(),
             pool_updates: BTreeMap::new(),
+            unverified: Vec::new(),
+            verified: Default::default(),
             out: Vec::new(),
             now: 0,
             rng: ChaCha20Rng::seed_from_u64(cfg.rng_seed),
@@ -318,7 +326,30 @@ impl<L: Log> Node<L> {
             (Some(_), Some(_)) if self.get_value.is_some() => self.app.next_buildable(self.now).unwrap_or(u64::MAX).max(self.now + 1),
             _ => u64::MAX,
         };
-        timer.min(due).min(self.last_status + STATUS_INTERVAL_MS)
+        let verify = if self.unverified.is_empty() { u64::MAX } else { self.now + VERIFY_DELAY_MS };
+        timer.min(due).min(verify).min(self.last_status + STATUS_INTERVAL_MS)
+    }
+
+    /// Batch-verifies the pooled updates that arrived since the last call; bad ones leave the
+    /// pool (counted), good ones are remembered so the deadline does not verify them again.
+    fn verify_pool(&mut self) {
+        let batch = std::mem::take(&mut self.unverified);
+        let verdicts = self.app.verify_updates(&batch, &mut self.rng);
+        for (u, v) in batch.into_iter().zip(verdicts) {
+            match v {
+                Ok(()) => {
+                    self.verified.insert(u.digest());
+                }
+                Err(why) => {
+                    self.count(&why);
+                    // (A Byzantine proposer that includes bad proofs keeps them.)
+                    let keep = self.cfg.byzantine == Some(Byzantine::IncludeInvalidProofs);
+                    if !keep && self.pool_updates.get(&u.body.device) == Some(&u) {
+                        self.pool_updates.remove(&u.body.device);
+                    }
+                }
+            }
+        }
     }
 
     fn count(&mut self, r: &Reject) {
@@ -335,6 +366,9 @@ impl<L: Log> Node<L> {
         self.now = self.now.max(now);
         if self.fatal.is_some() {
             return vec![];
+        }
+        if !self.unverified.is_empty() {
+            self.verify_pool();
         }
         if self.running.is_none() {
             if let Some((due, _)) = self.app.next_due() {
@@ -686,7 +720,7 @@ impl<L: Log> Node<L> {
         }
         let enrollments: Vec<SignedEnrollment> = self.pool_enrollments.values().cloned().collect();
         let updates: Vec<SignedUpdate> = self.pool_updates.values().cloned().collect();
-        let built = self.app.build(self.now, &enrollments, &updates, &mut self.rng);
+        let built = self.app.build(self.now, &enrollments, &updates, &self.verified, &mut self.rng);
         let (mut entry, mut included, dropped) = match built {
             Ok(b) => b,
             Err(e) => {
@@ -797,6 +831,8 @@ impl<L: Log> Node<L> {
             Body::Iteration(b) => {
                 let k = b.iteration;
                 self.pool_updates.retain(|_, u| u.body.iteration > k);
+                self.unverified.retain(|u| u.body.iteration > k);
+                self.verified.clear();
             }
             _ => {}
         }
@@ -851,7 +887,8 @@ impl<L: Log> Node<L> {
         }
         self.app.admit_update(self.now, &u)?;
         // One update per device is held (the open iteration's): the pool is bounded by the
-        // enrolled set.
+        // enrolled set, and so is the queue of updates awaiting verification.
+        self.unverified.push(u.clone());
         self.pool_updates.insert(u.body.device, u);
         Ok(())
     }
@@ -942,7 +979,7 @@ impl<L: Log> Node<L> {
                 let verdict = if entry.timestamp_ms > self.now.saturating_add(drift) {
                     Err(Reject::NotDue(format!("timestamp {} is ahead of this node's clock {}", entry.timestamp_ms, self.now)))
                 } else {
-                    self.app.validate(&entry, &updates, &mut self.rng)
+                    self.app.validate(&entry, &updates, &self.verified, &mut self.rng)
                 };
                 if let Err(why) = &verdict {
                     warn!(validator = self.cfg.index, height = entry.height, proposer, "invalid proposal {hash}: {why}");
@@ -1024,7 +1061,7 @@ impl<L: Log> Node<L> {
                 *self.stats.rejects.entry("sync_bad_certificate").or_default() += 1;
                 break;
             }
-            if let Err(e) = self.app.validate(&c.entry, &c.updates, &mut self.rng) {
+            if let Err(e) = self.app.validate(&c.entry, &c.updates, &self.verified, &mut self.rng) {
                 warn!(validator = self.cfg.index, height = c.entry.height, "synced entry refused: {e}");
                 self.count(&e);
                 break;

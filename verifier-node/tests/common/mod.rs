@@ -117,9 +117,9 @@ pub fn validator(w: &World) -> MarketApp {
     let mut app = MarketApp::new(&genesis_entry(w), w.keys.clone()).unwrap();
     let enrollments: Vec<SignedEnrollment> = w.devices.iter().map(|d| enrollment(w, d)).collect();
     let mut rng = ChaCha20Rng::seed_from_u64(3);
-    let (entry, _, dropped) = app.build(100, &enrollments, &[], &mut rng).unwrap();
+    let (entry, _, dropped) = app.build(100, &enrollments, &[], &Default::default(), &mut rng).unwrap();
     assert!(dropped.is_empty());
-    app.validate(&entry, &[], &mut rng).unwrap();
+    app.validate(&entry, &[], &Default::default(), &mut rng).unwrap();
     app.apply(&entry, &[]).unwrap();
     app
 }
