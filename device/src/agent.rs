@@ -1,0 +1,201 @@
+//! The gateway's decision core, sans-IO: it follows the log as a light client (DESIGN §6) —
+//! every entry must extend the last accepted one and carry a valid quorum certificate from the
+//! genesis validators, or the agent refuses it and acts on nothing — and answers each accepted
+//! entry with what to submit: enrollments first, then, for each iteration it may join, every
+//! appliance's local step (clarabel), rounded to circuit-exact watts and proven (Groth16).
+//!
+//! What it did is in [`AgentState`], which the host persists after every step, so a restarted
+//! agent neither submits an iteration twice nor forgets the final schedule.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use circuits::fixed::{Fixed, Watts};
+use circuits::{Context, Witness};
+use protocol::admm::Variables;
+use protocol::codec::FieldElement;
+use protocol::entry::{Body, Certified, LightClient, LogError};
+use protocol::ids::DeviceId;
+use protocol::local::local_step;
+use protocol::messages::{Enrollment, SignedEnrollment, SignedUpdate, Update};
+use prover::UpdateProvingKey;
+use rand::{CryptoRng, RngCore};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::config::Gateway;
+
+/// Why the agent stopped following or could not act.
+#[derive(Debug, Error)]
+pub enum AgentError {
+    /// The entry failed the light-client checks: it is not acted on.
+    #[error("refused entry at height {height}: {source}")]
+    Refused {
+        /// The entry's height.
+        height: u64,
+        /// Why.
+        source: LogError,
+    },
+    /// The genesis does not start a light client.
+    #[error("genesis: {0}")]
+    Genesis(LogError),
+    /// A proving key for an appliance's shape is missing.
+    #[error("no proving key for {0}")]
+    MissingKey(String),
+    /// Proving failed (the local step produced a schedule the circuit refuses).
+    #[error("appliance {name}: {reason}")]
+    Prove {
+        /// The appliance.
+        name: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// What the agent has done, persisted by the host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentState {
+    /// Highest height accepted.
+    pub height: u64,
+    /// Appliances seen enrolled in the log.
+    pub enrolled: BTreeSet<String>,
+    /// Highest iteration whose updates were built (never built twice).
+    pub submitted_through: u32,
+    /// Each appliance's latest schedule as the validators hold it (W per slot).
+    pub schedules: BTreeMap<String, Vec<Watts>>,
+    /// The last decided variables (raw fixed point): x̄, z̄, u.
+    pub variables: Option<(Vec<i64>, Vec<i64>, Vec<i64>)>,
+    /// Final prices (raw €/MWh fixed point) once the final entry is in.
+    pub final_prices: Option<Vec<i64>>,
+    /// Whether ADMM converged (else K_max).
+    pub converged: bool,
+}
+
+/// The agent.
+pub struct Agent {
+    gateway: Gateway,
+    keys: BTreeMap<(u8, usize), UpdateProvingKey>,
+    client: LightClient,
+    /// Persisted state.
+    pub state: AgentState,
+}
+
+impl Agent {
+    /// An agent for `gateway` with its proving keys, resuming from `state`. The light client
+    /// starts at the genesis; entries up to `state.height` are checked again when replayed.
+    pub fn new(gateway: Gateway, keys: BTreeMap<(u8, usize), UpdateProvingKey>, state: AgentState) -> Result<Agent, AgentError> {
+        let client = LightClient::new(&gateway.genesis).map_err(AgentError::Genesis)?;
+        for a in &gateway.appliances {
+            let s = a.shape();
+            if !keys.contains_key(&(s.kind.id(), s.slots.get())) {
+                return Err(AgentError::MissingKey(format!("{} with T = {}", s.kind, s.slots.get())));
+            }
+        }
+        Ok(Agent { gateway, keys, client, state })
+    }
+
+    /// The gateway.
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// The next height the light client expects.
+    pub fn next_height(&self) -> u64 {
+        self.client.next_height()
+    }
+
+    /// Signed enrollments of the appliances not yet seen enrolled.
+    pub fn enrollments(&self) -> Vec<SignedEnrollment> {
+        let g = self.gateway.market();
+        self.gateway
+            .appliances
+            .iter()
+            .filter(|a| !self.state.enrolled.contains(&a.name))
+            .map(|a| {
+                let body = Enrollment {
+                    market_id: g.market.market_id,
+                    device: a.id(),
+                    kind: a.opening.params.kind().id(),
+                    slots: g.market.slots,
+                    commitment: FieldElement::new(&a.commitment()),
+                };
+                SignedEnrollment::new(&a.key, &self.gateway.genesis.chain_id, body)
+            })
+            .collect()
+    }
+
+    /// Whether the final entry is in.
+    pub fn is_final(&self) -> bool {
+        self.state.final_prices.is_some()
+    }
+
+    /// Accepts the next certified entry (light-client checks) and returns the updates to
+    /// submit now (possibly none). An entry that fails the checks changes nothing.
+    pub fn on_entry<R: RngCore + CryptoRng>(&mut self, c: &Certified, rng: &mut R) -> Result<Vec<SignedUpdate>, AgentError> {
+        if c.entry.height == 0 {
+            return Ok(vec![]);
+        }
+        self.client.accept(&c.entry, &c.certificate).map_err(|source| AgentError::Refused { height: c.entry.height, source })?;
+        self.state.height = c.entry.height;
+        let ids: BTreeMap<DeviceId, String> = self.gateway.appliances.iter().map(|a| (a.id(), a.name.clone())).collect();
+        let g = self.gateway.market().market.clone();
+        let next = match &c.entry.body {
+            Body::Enrollment(list) => {
+                for e in list {
+                    if let Some(name) = ids.get(&e.body.device) {
+                        self.state.enrolled.insert(name.clone());
+                    }
+                }
+                // Iteration 1 opens with the variables at zero once every appliance is in.
+                (self.state.enrolled.len() == self.gateway.appliances.len()).then_some(1)
+            }
+            Body::Iteration(b) => {
+                for u in &c.updates {
+                    if let Some(name) = ids.get(&u.body.device) {
+                        self.state.schedules.insert(name.clone(), u.body.schedule.clone());
+                    }
+                }
+                self.state.variables = Some((b.x_bar.clone(), b.z_bar.clone(), b.u.clone()));
+                Some(b.iteration + 1)
+            }
+            Body::Final(f) => {
+                self.state.final_prices = Some(f.prices.clone());
+                self.state.converged = f.converged;
+                None
+            }
+            _ => None,
+        };
+        match next {
+            Some(k) if k > self.state.submitted_through && k <= g.max_iterations && !self.is_final() => {
+                // Build once: recorded before returning, so a restart never submits k twice.
+                self.state.submitted_through = k;
+                self.updates(k, rng)
+            }
+            _ => Ok(vec![]),
+        }
+    }
+
+    fn updates<R: RngCore + CryptoRng>(&mut self, k: u32, rng: &mut R) -> Result<Vec<SignedUpdate>, AgentError> {
+        let g = self.gateway.market().market.clone();
+        let t = g.slots as usize;
+        let vars = match &self.state.variables {
+            Some((x, z, u)) => Variables { x_bar: x.clone(), z_bar: z.clone(), u: u.clone() },
+            None => Variables { x_bar: vec![0; t], z_bar: vec![0; t], u: vec![0; t] },
+        };
+        let mut out = Vec::new();
+        for a in &self.gateway.appliances {
+            if !self.state.enrolled.contains(&a.name) {
+                continue;
+            }
+            let previous = self.state.schedules.get(&a.name).cloned().unwrap_or_else(|| vec![0; t]);
+            let x = local_step(&a.opening.params, &a.costs, Fixed(g.rho), &vars, &previous)
+                .map_err(|e| AgentError::Prove { name: a.name.clone(), reason: format!("local step: {e}") })?;
+            let shape = a.shape();
+            let pk = &self.keys[&(shape.kind.id(), shape.slots.get())];
+            let witness = Witness { opening: a.opening.clone(), context: Context { market_id: g.market_id, iteration: k, shape }, schedule: x.clone() };
+            let (proof, _) = prover::prove(pk, witness, rng).map_err(|e| AgentError::Prove { name: a.name.clone(), reason: e.to_string() })?;
+            let body = Update { market_id: g.market_id, iteration: k, device: a.id(), schedule: x, proof: prover::format::encode_proof(&proof) };
+            out.push(SignedUpdate::new(&a.key, &self.gateway.genesis.chain_id, body));
+        }
+        Ok(out)
+    }
+}

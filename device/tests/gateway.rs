@@ -1,0 +1,226 @@
+//! Gateways against a real validator cluster: `device init` creates a 0600 key, two `device
+//! run` processes enroll, solve, prove and submit every iteration to four in-process
+//! validators (QUIC, RocksDB, Malachite) until the final schedule, and `device schedule
+//! --json` shows it. Bad configurations fail with the field or host named. The agent refuses
+//! entries a light client must refuse.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use circuits::{ModelKind, Shape, Slots};
+use ed25519_dalek::SigningKey;
+use protocol::entry::{chain_id, sign_vote, Body, Certified, CommitCertificate, Entry, Genesis, GridSpec, MarketSpec};
+use protocol::ids::ValidatorId;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use verifier_node::config::{Config, NodeFile, PeerFile};
+
+const BIN: &str = env!("CARGO_BIN_EXE_device");
+const T: usize = 4;
+
+struct Market {
+    dir: PathBuf,
+    genesis: Entry,
+    validators: Vec<SigningKey>,
+    base_port: u16,
+}
+
+fn market(name: &str, registration_ms: u64) -> Market {
+    let dir = std::env::temp_dir().join(format!("gridproof-device-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
+    let shape = Shape { kind: ModelKind::Deferrable, slots: Slots::new(T).unwrap() };
+    let (pk, vk) = prover::setup(shape, &mut ChaCha20Rng::seed_from_u64(3)).unwrap();
+    std::fs::write(dir.join("keys/deferrable-4.pk"), pk.to_bytes()).unwrap();
+    let vk_bytes = vk.to_bytes();
+    std::fs::write(dir.join("keys/deferrable-4.vk"), &vk_bytes).unwrap();
+    let validators: Vec<SigningKey> = (0..4u8).map(|i| SigningKey::from_bytes(&[60 + i; 32])).collect();
+    let now = verifier_node::host::now_ms();
+    let close = now + registration_ms;
+    let genesis = Genesis {
+        validators: validators.iter().map(|k| ValidatorId(k.verifying_key().to_bytes())).collect(),
+        max_clock_drift_ms: 2000,
+        market: MarketSpec {
+            market_id: 5,
+            slots: T as u16,
+            slot_seconds: 900,
+            rho: circuits::fixed::Fixed::from_f64("rho", 0.02).unwrap().raw(),
+            eps_abs: circuits::fixed::Fixed::ONE.raw(),
+            eps_rel: circuits::fixed::Fixed::from_f64("eps", 1e-3).unwrap().raw(),
+            max_iterations: 3,
+            grid: GridSpec::ValleyFilling { gamma: 1000, base_load: vec![2000, 3000, 4000, 2500] },
+            registration_close_ms: close,
+            iteration_ms: 2500,
+            execution_start_ms: close + 60_000,
+        },
+        verifying_keys: vec![verifier_node::config::key_hash(&vk, &vk_bytes)],
+    };
+    let entry = Entry { chain_id: chain_id(&genesis), height: 0, prev_hash: [0; 32], timestamp_ms: now, body: Body::Genesis(genesis) };
+    std::fs::write(dir.join("genesis.bin"), protocol::codec::encode(&entry)).unwrap();
+    let base_port = 30_000 + (std::process::id() as u16 % 300) * 40 + if name == "run" { 0 } else { 20 };
+    Market { dir, genesis: entry, validators, base_port }
+}
+
+fn gateway_toml(m: &Market, name: &str, appliances: &str) -> PathBuf {
+    let validators: String = (0..4).map(|i| format!("[[validators]]\nindex = {i}\naddr = \"127.0.0.1:{}\"\n\n", m.base_port + i)).collect();
+    let text = format!(
+        "key_file = \"{name}.key\"\nstate_file = \"{name}.state.json\"\ngenesis_file = \"genesis.bin\"\nkeys_dir = \"keys\"\n\n{validators}{appliances}"
+    );
+    let path = m.dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const EV: &str = "[[appliances]]\nname = \"ev\"\n[appliances.spec]\nmodel = \"deferrable\"\nmax_power_kw = 3.0\nenergy_min_kwh = 1.0\nenergy_max_kwh = 2.0\n\n";
+const BOILER: &str = "[[appliances]]\nname = \"boiler\"\n[appliances.spec]\nmodel = \"deferrable\"\nmax_power_kw = 2.0\nenergy_min_kwh = 0.5\nenergy_max_kwh = 1.5\n[appliances.costs]\nlinear_eur_mwh = [40.0, 10.0, 5.0, 30.0]\n\n";
+
+async fn start_validators(m: &Market) -> Vec<verifier_node::host::Running> {
+    let Body::Genesis(g) = &m.genesis.body else { unreachable!() };
+    let keys = verifier_node::config::read_verifying_keys(&m.dir.join("keys"), &g.verifying_keys).unwrap();
+    let addr = |p: u16| -> std::net::SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+    let mut out = vec![];
+    for i in 0..4u16 {
+        let file = NodeFile {
+            index: i,
+            key_file: "unused".into(),
+            genesis_file: "unused".into(),
+            keys_dir: m.dir.join("keys"),
+            db: m.dir.join(format!("db{i}")),
+            listen: addr(m.base_port + i),
+            http: addr(m.base_port + 10 + i),
+            peers: (0..4).filter(|&j| j != i).map(|j| PeerFile { index: j, addr: addr(m.base_port + j) }).collect(),
+        };
+        let cfg = Config { file, key: m.validators[i as usize].clone(), genesis: m.genesis.clone(), keys: keys.clone() };
+        out.push(verifier_node::host::start(cfg).await.unwrap());
+    }
+    out
+}
+
+fn device(args: &[&str], config: &Path) -> std::process::Output {
+    Command::new(BIN).args(args).arg("--config").arg(config).output().unwrap()
+}
+
+#[test]
+fn two_gateways_follow_a_market_to_the_final_schedule() {
+    let m = market("run", 5000);
+    let a = gateway_toml(&m, "alpha", EV);
+    let b = gateway_toml(&m, "beta", &format!("{EV}{BOILER}"));
+    for cfg in [&a, &b] {
+        let out = device(&["init"], cfg);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("commitment"));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(m.dir.join("alpha.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the gateway key is private");
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let validators = rt.block_on(start_validators(&m));
+    let runs: Vec<_> = [&a, &b]
+        .iter()
+        .map(|cfg| Command::new(BIN).args(["run", "--timeout-s", "90", "--config"]).arg(cfg).stderr(std::process::Stdio::piped()).spawn().unwrap())
+        .collect();
+    for r in runs {
+        let out = r.wait_with_output().unwrap();
+        assert!(out.status.success(), "device run failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Every validator holds the gateways' updates in its log.
+    let proofs: u64 = validators.iter().map(|v| v.shared.snapshot.read().unwrap().stats.proofs_verified).max().unwrap();
+    assert!(proofs >= 3, "the validators committed the gateways' proven updates ({proofs})");
+    rt.block_on(async {
+        for v in validators {
+            v.stop().await.unwrap();
+        }
+    });
+    let out = device(&["schedule", "--json"], &b);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["prices_eur_mwh"].as_array().unwrap().len(), T);
+    let ev: Vec<i64> = v["schedules_w"]["ev"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+    // The EV's committed schedule delivers between 1 and 2 kWh over 4 × 15 min.
+    let kwh = ev.iter().sum::<i64>() as f64 * 0.25 / 1000.0;
+    assert!((1.0 - 1e-3..=2.0 + 1e-3).contains(&kwh), "{ev:?} = {kwh} kWh");
+    let table = device(&["schedule"], &a);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("€/MWh"));
+}
+
+#[test]
+fn bad_configurations_fail_naming_the_field_or_host() {
+    let m = market("bad", 60_000);
+    let cases = [
+        ("unknown_model", EV.replace("deferrable", "toaster"), "toaster"),
+        ("inconsistent", EV.replace("energy_min_kwh = 1.0", "energy_min_kwh = 5.0"), "appliances[0] (ev)"),
+        ("costs", BOILER.replace("[40.0, 10.0, 5.0, 30.0]", "[1.0]"), "linear_eur_mwh"),
+    ];
+    for (name, appliances, needle) in cases {
+        let cfg = gateway_toml(&m, name, &appliances);
+        let out = device(&["init"], &cfg);
+        assert!(!out.status.success(), "{name} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{name}: {err}");
+    }
+    // A validator index the genesis does not have.
+    let cfg = gateway_toml(&m, "noval", EV);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("index = 3", "index = 9");
+    std::fs::write(&cfg, text).unwrap();
+    let out = device(&["init"], &cfg);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("validators: index 9"), "{}", String::from_utf8_lossy(&out.stderr));
+    // No validator reachable: the error names the addresses.
+    let cfg = gateway_toml(&m, "down", EV);
+    assert!(device(&["init"], &cfg).status.success());
+    let out = device(&["enroll", "--timeout-s", "5"], &cfg);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("127.0.0.1:{}", m.base_port)), "{err}");
+}
+
+#[test]
+fn the_agent_refuses_entries_a_light_client_must_refuse() {
+    let m = market("light", 60_000);
+    let cfg = gateway_toml(&m, "lc", EV);
+    assert!(device(&["init"], &cfg).status.success());
+    let gw = device::config::Gateway::load(&cfg).unwrap();
+    let keys = gw.proving_keys().unwrap();
+    let mut agent = device::agent::Agent::new(gw.clone(), keys, Default::default()).unwrap();
+    let enrollment = agent.enrollments();
+    let entry = Entry {
+        chain_id: m.genesis.chain_id,
+        height: 1,
+        prev_hash: m.genesis.hash(),
+        timestamp_ms: m.genesis.timestamp_ms + 1,
+        body: Body::Enrollment(enrollment),
+    };
+    let certify = |e: &Entry, signers: &[SigningKey], indices: &[u16]| Certified {
+        entry: e.clone(),
+        certificate: CommitCertificate {
+            height: e.height,
+            round: 0,
+            hash: e.hash(),
+            votes: indices.iter().zip(signers).map(|(&i, k)| sign_vote(k, &e.chain_id, i, e.height, 0, &e.hash())).collect(),
+        },
+        updates: vec![],
+    };
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    // Too few signatures.
+    let few = certify(&entry, &m.validators[..2], &[0, 1]);
+    assert!(agent.on_entry(&few, &mut rng).is_err());
+    // A signature from a key outside the validator set.
+    let stranger = SigningKey::from_bytes(&[99; 32]);
+    let forged = certify(&entry, &[m.validators[0].clone(), m.validators[1].clone(), stranger], &[0, 1, 2]);
+    assert!(agent.on_entry(&forged, &mut rng).is_err());
+    // A broken hash link.
+    let mut unlinked = entry.clone();
+    unlinked.prev_hash[0] ^= 1;
+    assert!(agent.on_entry(&certify(&unlinked, &m.validators[..3], &[0, 1, 2]), &mut rng).is_err());
+    assert!(agent.state.enrolled.is_empty(), "nothing refused was acted on");
+    // The real entry is accepted; a fork at the same height afterwards is refused.
+    let updates = agent.on_entry(&certify(&entry, &m.validators[..3], &[0, 1, 2]), &mut rng).unwrap();
+    assert!(agent.state.enrolled.contains("ev"));
+    assert_eq!(updates.len(), 1, "iteration 1 opens once the appliance is enrolled");
+    let mut fork = entry.clone();
+    fork.timestamp_ms += 1;
+    assert!(agent.on_entry(&certify(&fork, &m.validators[1..4], &[1, 2, 3]), &mut rng).is_err());
+    assert_eq!(agent.state.submitted_through, 1, "no second submission");
+}
