@@ -31,6 +31,17 @@ fn four_validators_run_a_market_to_final_and_every_database_audits_clean() {
     assert_eq!(e["height"], 1);
     let metrics = c.get(0, "/metrics").unwrap();
     assert!(metrics.contains("gridproof_height "), "{metrics}");
+    // An auditor fetches the log from a running validator over QUIC and replays it.
+    let key: String = c.validator_key(3).iter().map(|b| format!("{b:02x}")).collect();
+    let out = std::process::Command::new(BIN)
+        .args(["audit", "--peer", &c.quic(3).to_string(), "--validator-key", &key, "--genesis"])
+        .arg(c.dir.join("cluster/genesis.bin"))
+        .arg("--keys")
+        .arg(c.dir.join("keys"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("verdict: PASS"), "{text}{}", String::from_utf8_lossy(&out.stderr));
     c.stop_all();
     let n = c.assert_identical_logs();
     assert_eq!(n, seen.len());
@@ -91,6 +102,19 @@ fn a_validator_of_another_genesis_is_refused_and_a_flood_is_counted_in_bounded_m
         let conn = endpoint.connect_with(cfg, c.quic(0), "gridproof").unwrap().await.unwrap();
         let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.expect("refused connections are closed");
         assert!(format!("{closed}").contains("not a validator"), "{closed}");
+
+        // Malformed and oversize frames on a device connection get a counted refusal.
+        let device_key = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+        let cfg = protocol::net::client_config(&device_key, c.validator_key(1), protocol::net::ALPN_DEVICE).unwrap();
+        let conn = endpoint.connect_with(cfg, c.quic(1), "gridproof").unwrap().await.unwrap();
+        for frame in [vec![3u8, 0, 0, 0, 0xff, 0xee, 0xdd], (u32::MAX).to_le_bytes().to_vec()] {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            send.write_all(&frame).await.unwrap();
+            send.finish().unwrap();
+            let answer = protocol::net::read_frame(&mut recv, 1 << 16).await.unwrap().unwrap();
+            let answer: DeviceResponse = protocol::codec::decode("answer", &answer, 1 << 16).unwrap();
+            assert!(matches!(&answer, DeviceResponse::Rejected { label, .. } if label == "malformed"), "{answer:?}");
+        }
 
         // The flood: 100,000 updates with bad signatures from one device connection.
         let d = Device::new(9);
