@@ -25,6 +25,15 @@ struct Market {
     base_port: u16,
 }
 
+impl Drop for Market {
+    fn drop(&mut self) {
+        // Keep the directory of a failed test for inspection.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 fn market(name: &str, registration_ms: u64) -> Market {
     let dir = std::env::temp_dir().join(format!("gridproof-device-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
