@@ -168,14 +168,7 @@ pub fn read_file(path: &Path) -> Result<GatewayFile, ConfigError> {
 /// Reads the gateway secret.
 pub fn read_key(path: &Path) -> Result<SigningKey, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
-    let text = text.trim();
-    if text.len() != 64 || !text.bytes().all(|c| c.is_ascii_hexdigit()) {
-        return Err(invalid(path, "the key file must hold 64 hex characters"));
-    }
-    let mut b = [0u8; 32];
-    for (i, x) in b.iter_mut().enumerate() {
-        *x = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).expect("checked hex");
-    }
+    let b = protocol::ids::parse_hex32(&text).ok_or_else(|| invalid(path, "the key file must hold 64 hex characters"))?;
     Ok(SigningKey::from_bytes(&b))
 }
 
@@ -185,7 +178,7 @@ pub fn create_key(path: &Path) -> Result<SigningKey, ConfigError> {
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let hex: String = key.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let hex = protocol::ids::hex(&key.to_bytes());
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]

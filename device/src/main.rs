@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use device::agent::Agent;
 use device::config::{self, Gateway};
+use protocol::ids::hex;
 use protocol::messages::{DeviceRequest, DeviceResponse, SignedUpdate};
 use protocol::net::ValidatorClient;
 use rand::SeedableRng;
@@ -94,10 +95,6 @@ fn init(path: &Path) -> Result<(), String> {
         println!("{:<16} {:<10} device {} commitment {}", a.name, a.opening.params.kind(), hex(&a.id().0), hex(&c));
     }
     Ok(())
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 async fn connect_all(gw: &Gateway, endpoint: &quinn::Endpoint, key: &ed25519_dalek::SigningKey) -> Vec<ValidatorClient> {

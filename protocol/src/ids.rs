@@ -33,3 +33,22 @@ impl std::fmt::Display for ValidatorId {
         Ok(())
     }
 }
+
+/// Lower-case hex of `bytes` (keys, hashes, commitments in files, logs and JSON).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses exactly 64 hex characters (surrounding whitespace ignored) into 32 bytes: the form
+/// of key files and of keys given on a command line.
+pub fn parse_hex32(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 || !text.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}

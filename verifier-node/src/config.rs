@@ -89,8 +89,7 @@ pub struct Config {
 
 /// Writes a secret key as hex, readable by the owner only.
 pub fn write_key(path: &Path, key: &SigningKey) -> Result<(), ConfigError> {
-    let hex: String = key.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    write_private(path, hex.as_bytes())
+    write_private(path, protocol::ids::hex(&key.to_bytes()).as_bytes())
 }
 
 /// Writes a file readable by the owner only (0600).
@@ -109,14 +108,7 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
 /// Reads a secret key file (64 hex characters).
 pub fn read_key(path: &Path) -> Result<SigningKey, ConfigError> {
     let text = String::from_utf8(read(path)?).map_err(|_| invalid(path, "key file is not text"))?;
-    let text = text.trim();
-    if text.len() != 64 || !text.bytes().all(|c| c.is_ascii_hexdigit()) {
-        return Err(invalid(path, "key file must hold 64 hex characters (a 32-byte ed25519 secret)"));
-    }
-    let mut b = [0u8; 32];
-    for (i, byte) in b.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).expect("checked hex");
-    }
+    let b = protocol::ids::parse_hex32(&text).ok_or_else(|| invalid(path, "key file must hold 64 hex characters (a 32-byte ed25519 secret)"))?;
     Ok(SigningKey::from_bytes(&b))
 }
 

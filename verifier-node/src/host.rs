@@ -200,7 +200,7 @@ fn refresh(node: &Node<Arc<Store>>, shared: &Shared, last: Option<&Certified>) {
     s.market_id = app.genesis().market.market_id;
     s.slots = app.genesis().market.slots;
     s.height = app.tip().height;
-    s.tip_hash = app.tip().hash.iter().map(|b| format!("{b:02x}")).collect();
+    s.tip_hash = protocol::ids::hex(&app.tip().hash);
     s.next_due = app.next_due().map(|(t, d)| (format!("{d:?}"), t));
     s.enrolled = app.enrolled().len();
     s.iteration = app.admm().map_or(0, |a| a.iteration());

@@ -11,15 +11,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use protocol::entry::{Body, Certified};
+use protocol::ids::hex;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::app::body_kind;
 use crate::host::Shared;
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
 
 /// The JSON view of a certified entry.
 pub fn entry_json(c: &Certified) -> Value {

@@ -202,7 +202,7 @@ fn init(a: &InitArgs) -> Result<ExitCode, String> {
         std::fs::write(&path, toml::to_string_pretty(&file).map_err(|e| e.to_string())?).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     println!("cluster of {} validators in {}", a.validators, a.out.display());
-    println!("chain id {}", entry.chain_id.0.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    println!("chain id {}", protocol::ids::hex(&entry.chain_id.0));
     println!("registration closes in {} s; iterations every {} ms; K_max {}", a.registration_s, a.iteration_ms, a.max_iterations);
     println!("start each with: verifier-node run --config {}/node<i>.toml", a.out.display());
     Ok(ExitCode::SUCCESS)
@@ -240,17 +240,6 @@ fn print_report(r: &AuditReport) -> ExitCode {
     }
 }
 
-fn parse_key(hex: &str) -> Result<[u8; 32], String> {
-    if hex.len() != 64 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
-        return Err("--validator-key must be 64 hex characters".into());
-    }
-    let mut b = [0u8; 32];
-    for (i, x) in b.iter_mut().enumerate() {
-        *x = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("checked");
-    }
-    Ok(b)
-}
-
 fn audit_cmd(db: Option<PathBuf>, peer: Option<SocketAddr>, validator_key: Option<String>, genesis: Option<PathBuf>, keys: &Path) -> Result<ExitCode, String> {
     let mut rng = ChaCha20Rng::from_entropy();
     if let Some(db) = db {
@@ -267,7 +256,7 @@ fn audit_cmd(db: Option<PathBuf>, peer: Option<SocketAddr>, validator_key: Optio
     let (Some(peer), Some(key), Some(genesis)) = (peer, validator_key, genesis) else {
         return Err("give --db PATH, or --peer ADDR with --validator-key and --genesis".into());
     };
-    let key = parse_key(&key)?;
+    let key = protocol::ids::parse_hex32(&key).ok_or("--validator-key must be 64 hex characters")?;
     let genesis = config::read_genesis(&genesis).map_err(|e| e.to_string())?;
     let Body::Genesis(gen) = &genesis.body else { unreachable!("read_genesis checked") };
     let vks = config::read_verifying_keys(keys, &gen.verifying_keys).map_err(|e| e.to_string())?;

@@ -18,6 +18,7 @@ use std::path::Path;
 use borsh::{BorshDeserialize, BorshSerialize};
 use protocol::codec::{decode, encode};
 use protocol::entry::{Body, Certified, CommitCertificate, Entry};
+use protocol::ids::hex;
 use protocol::merkle::Hash;
 use protocol::messages::{SignedEnrollment, SignedUpdate};
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
@@ -72,10 +73,6 @@ pub enum StoreError {
         /// Certificate height.
         cert_height: u64,
     },
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The log store.

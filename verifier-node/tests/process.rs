@@ -32,7 +32,7 @@ fn four_validators_run_a_market_to_final_and_every_database_audits_clean() {
     let metrics = c.get(0, "/metrics").unwrap();
     assert!(metrics.contains("gridproof_height "), "{metrics}");
     // An auditor fetches the log from a running validator over QUIC and replays it.
-    let key: String = c.validator_key(3).iter().map(|b| format!("{b:02x}")).collect();
+    let key = protocol::ids::hex(&c.validator_key(3));
     let out = std::process::Command::new(BIN)
         .args(["audit", "--peer", &c.quic(3).to_string(), "--validator-key", &key, "--genesis"])
         .arg(c.dir.join("cluster/genesis.bin"))
