@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use circuits::fixed::{Fixed, Watts};
 use circuits::{Context, Witness};
 use protocol::admm::Variables;
+use protocol::clock::ClockConfig;
 use protocol::codec::FieldElement;
 use protocol::entry::{Body, Certified, LightClient, LogError};
 use protocol::ids::DeviceId;
@@ -68,6 +69,9 @@ pub struct AgentState {
     pub final_prices: Option<Vec<i64>>,
     /// Whether ADMM converged (else K_max).
     pub converged: bool,
+    /// Execution: every slot command due at or before this time (ms) has been published.
+    #[serde(default)]
+    pub executed_until_ms: u64,
 }
 
 /// The agent.
@@ -128,11 +132,16 @@ impl Agent {
         self.state.final_prices.is_some()
     }
 
-    /// Accepts the next certified entry (light-client checks) and returns the updates to
-    /// submit now (possibly none). An entry that fails the checks changes nothing.
-    pub fn on_entry<R: RngCore + CryptoRng>(&mut self, c: &Certified, rng: &mut R) -> Result<Vec<SignedUpdate>, AgentError> {
+    /// Accepts the next certified entry (light-client checks) and says which iteration the
+    /// gateway should now solve and prove ([`Agent::prove`]), if any: one it has not built
+    /// yet whose submission window is still open at `now_ms` (so replaying an old log after a
+    /// restart builds nothing stale). An entry that fails the checks changes nothing.
+    ///
+    /// The host persists the state between this call and [`Agent::prove`]: a crash while
+    /// proving then resumes knowing what the log already holds (no second enrollment).
+    pub fn on_entry(&mut self, c: &Certified, now_ms: u64) -> Result<Option<u32>, AgentError> {
         if c.entry.height == 0 {
-            return Ok(vec![]);
+            return Ok(None);
         }
         self.client.accept(&c.entry, &c.certificate).map_err(|source| AgentError::Refused { height: c.entry.height, source })?;
         self.state.height = c.entry.height;
@@ -164,31 +173,48 @@ impl Agent {
             }
             _ => None,
         };
-        match next {
-            Some(k) if k > self.state.submitted_through && k <= g.max_iterations && !self.is_final() => {
-                // Build once: recorded before returning, so a restart never submits k twice.
-                self.state.submitted_through = k;
-                self.updates(k, rng)
-            }
-            _ => Ok(vec![]),
-        }
+        let open = |k: u32| now_ms < ClockConfig::from_spec(&g).deadline(k);
+        Ok(next.filter(|&k| k > self.state.submitted_through && k <= g.max_iterations && !self.is_final() && open(k)))
     }
 
-    fn updates<R: RngCore + CryptoRng>(&mut self, k: u32, rng: &mut R) -> Result<Vec<SignedUpdate>, AgentError> {
-        let g = self.gateway.market().market.clone();
+    /// Solves and proves iteration `k` for every enrolled appliance. Records `k` as built
+    /// first, so that it is never built (and submitted) twice, even across restarts.
+    pub fn prove<R: RngCore + CryptoRng>(&mut self, k: u32, rng: &mut R) -> Result<Vec<SignedUpdate>, AgentError> {
+        assert!(k > self.state.submitted_through, "iteration {k} already built");
+        self.state.submitted_through = k;
+        tracing::info!(iteration = k, appliances = self.state.enrolled.len(), "solving and proving");
+        let solved = self.solve()?;
+        self.sign_proven(k, solved, rng)
+    }
+
+    /// The local step (clarabel) of every enrolled appliance against the last decided
+    /// variables, rounded to circuit-exact watts: `(appliance index, schedule)`.
+    pub fn solve(&self) -> Result<Vec<(usize, Vec<Watts>)>, AgentError> {
+        let g = &self.gateway.market().market;
         let t = g.slots as usize;
         let vars = match &self.state.variables {
             Some((x, z, u)) => Variables { x_bar: x.clone(), z_bar: z.clone(), u: u.clone() },
             None => Variables { x_bar: vec![0; t], z_bar: vec![0; t], u: vec![0; t] },
         };
         let mut out = Vec::new();
-        for a in &self.gateway.appliances {
+        for (i, a) in self.gateway.appliances.iter().enumerate() {
             if !self.state.enrolled.contains(&a.name) {
                 continue;
             }
             let previous = self.state.schedules.get(&a.name).cloned().unwrap_or_else(|| vec![0; t]);
             let x = local_step(&a.opening.params, &a.costs, Fixed(g.rho), &vars, &previous)
                 .map_err(|e| AgentError::Prove { name: a.name.clone(), reason: format!("local step: {e}") })?;
+            out.push((i, x));
+        }
+        Ok(out)
+    }
+
+    /// Proves (Groth16) and signs each solved schedule as an update for iteration `k`.
+    pub fn sign_proven<R: RngCore + CryptoRng>(&self, k: u32, solved: Vec<(usize, Vec<Watts>)>, rng: &mut R) -> Result<Vec<SignedUpdate>, AgentError> {
+        let g = &self.gateway.market().market;
+        let mut out = Vec::new();
+        for (i, x) in solved {
+            let a = &self.gateway.appliances[i];
             let shape = a.shape();
             let pk = &self.keys[&(shape.kind.id(), shape.slots.get())];
             let witness = Witness { opening: a.opening.clone(), context: Context { market_id: g.market_id, iteration: k, shape }, schedule: x.clone() };

@@ -22,6 +22,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use crate::actuation::{HomeAssistantFile, OutputFile};
+use crate::mqtt::MqttFile;
+
 /// A configuration problem.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -80,6 +83,9 @@ pub struct ApplianceFile {
     /// Private costs.
     #[serde(default)]
     pub costs: CostFile,
+    /// How the gateway switches it over MQTT (none: scheduled, not switched).
+    #[serde(default)]
+    pub output: Option<OutputFile>,
 }
 
 /// `gateway.toml`.
@@ -96,6 +102,12 @@ pub struct GatewayFile {
     pub keys_dir: PathBuf,
     /// The validators.
     pub validators: Vec<ValidatorAddr>,
+    /// The home's MQTT broker; without it `run` stops at the final schedule.
+    #[serde(default)]
+    pub mqtt: Option<MqttFile>,
+    /// Home Assistant discovery (needs `mqtt`).
+    #[serde(default)]
+    pub home_assistant: Option<HomeAssistantFile>,
     /// The appliances.
     pub appliances: Vec<ApplianceFile>,
 }
@@ -141,6 +153,8 @@ pub struct Gateway {
     pub appliances: Vec<Appliance>,
     /// Validator keys from the genesis, by index.
     pub validator_keys: Vec<[u8; 32]>,
+    /// The gateway's public key.
+    pub id: [u8; 32],
 }
 
 fn derive(tag: &str, secret: &[u8; 32], name: &str) -> [u8; 32] {
@@ -157,7 +171,8 @@ pub fn read_file(path: &Path) -> Result<GatewayFile, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
     let mut file: GatewayFile = toml::from_str(&text).map_err(|e| invalid(path, e.to_string()))?;
     let base = path.parent().unwrap_or(Path::new("."));
-    for p in [&mut file.key_file, &mut file.state_file, &mut file.genesis_file, &mut file.keys_dir] {
+    let password = file.mqtt.as_mut().and_then(|m| m.password_file.as_mut());
+    for p in [&mut file.key_file, &mut file.state_file, &mut file.genesis_file, &mut file.keys_dir].into_iter().chain(password) {
         if p.is_relative() {
             *p = base.join(&*p);
         }
@@ -191,28 +206,40 @@ pub fn create_key(path: &Path) -> Result<SigningKey, ConfigError> {
 impl Gateway {
     /// Loads the file, the key, the genesis, and checks every appliance against the market.
     pub fn load(path: &Path) -> Result<Gateway, ConfigError> {
-        let file = read_file(path)?;
-        let secret = read_key(&file.key_file)?;
-        let bytes = std::fs::read(&file.genesis_file).map_err(|source| ConfigError::Io { path: file.genesis_file.clone(), source })?;
-        let genesis: Entry = protocol::codec::decode("genesis", &bytes, 1 << 20).map_err(|e| invalid(&file.genesis_file, e.to_string()))?;
-        let Body::Genesis(g) = &genesis.body else { return Err(invalid(&file.genesis_file, "not a genesis entry")) };
-        let validator_keys: Vec<[u8; 32]> = g.validators.iter().map(|v| v.0).collect();
-        if file.validators.is_empty() {
-            return Err(invalid(path, "validators: at least one validator address is needed"));
-        }
-        for v in &file.validators {
-            if v.index as usize >= validator_keys.len() {
-                return Err(invalid(path, format!("validators: index {} is not in the genesis ({} validators)", v.index, validator_keys.len())));
-            }
-        }
+        let (file, secret, genesis, validator_keys) = load_market(path)?;
+        let Body::Genesis(g) = &genesis.body else { unreachable!("checked by load_market") };
         let appliances = appliances(path, &file, g, &secret)?;
-        Ok(Gateway { file, genesis, appliances, validator_keys })
+        Ok(Gateway { file, genesis, appliances, validator_keys, id: secret.verifying_key().to_bytes() })
+    }
+
+    /// A gateway of `n` virtual appliances (`sim-0000`, ...) drawn from the seeded household
+    /// mix of [`protocol::scenario`] for this market, with the file's key, validators and
+    /// proving keys; the file's own appliances and outputs are ignored.
+    pub fn simulated(path: &Path, n: usize, seed: u64) -> Result<Gateway, ConfigError> {
+        let (mut file, secret, genesis, validator_keys) = load_market(path)?;
+        let Body::Genesis(g) = &genesis.body else { unreachable!("checked by load_market") };
+        let slots = Slots::new(g.market.slots as usize).map_err(|e| invalid(path, format!("market T: {e}")))?;
+        if n == 0 {
+            return Err(invalid(path, "simulate: --appliances must be at least 1"));
+        }
+        let scenario = protocol::scenario::Scenario::generate(seed, n, slots, g.market.slot_seconds, protocol::scenario::Mix::Household);
+        let appliances: Vec<Appliance> =
+            scenario.devices.into_iter().enumerate().map(|(i, d)| Appliance::derive(&secret, &format!("sim-{i:04}"), d.params, d.costs)).collect();
+        file.appliances.clear();
+        file.mqtt = None;
+        file.home_assistant = None;
+        Ok(Gateway { file, genesis, appliances, validator_keys, id: secret.verifying_key().to_bytes() })
     }
 
     /// The genesis body.
     pub fn market(&self) -> &Genesis {
         let Body::Genesis(g) = &self.genesis.body else { unreachable!("checked at load") };
         g
+    }
+
+    /// The MQTT client id: configured, or `gridproof-` and the start of the gateway key.
+    pub fn client_id(&self) -> String {
+        self.file.mqtt.as_ref().and_then(|m| m.client_id.clone()).unwrap_or_else(|| format!("gridproof-{}", &protocol::ids::hex(&self.id)[..12]))
     }
 
     /// Loads the proving keys the appliances need from `keys_dir`.
@@ -231,6 +258,25 @@ impl Gateway {
         }
         Ok(out)
     }
+}
+
+/// The file, the gateway secret, the genesis entry and the validator keys, checked.
+fn load_market(path: &Path) -> Result<(GatewayFile, SigningKey, Entry, Vec<[u8; 32]>), ConfigError> {
+    let file = read_file(path)?;
+    let secret = read_key(&file.key_file)?;
+    let bytes = std::fs::read(&file.genesis_file).map_err(|source| ConfigError::Io { path: file.genesis_file.clone(), source })?;
+    let genesis: Entry = protocol::codec::decode("genesis", &bytes, 1 << 20).map_err(|e| invalid(&file.genesis_file, e.to_string()))?;
+    let Body::Genesis(g) = &genesis.body else { return Err(invalid(&file.genesis_file, "not a genesis entry")) };
+    let validator_keys: Vec<[u8; 32]> = g.validators.iter().map(|v| v.0).collect();
+    if file.validators.is_empty() {
+        return Err(invalid(path, "validators: at least one validator address is needed"));
+    }
+    for v in &file.validators {
+        if v.index as usize >= validator_keys.len() {
+            return Err(invalid(path, format!("validators: index {} is not in the genesis ({} validators)", v.index, validator_keys.len())));
+        }
+    }
+    Ok((file, secret, genesis, validator_keys))
 }
 
 fn appliances(path: &Path, file: &GatewayFile, g: &Genesis, secret: &SigningKey) -> Result<Vec<Appliance>, ConfigError> {
@@ -254,14 +300,115 @@ fn appliances(path: &Path, file: &GatewayFile, g: &Genesis, secret: &SigningKey)
         if costs.quadratic.raw() < 0 {
             return Err(at("costs.quadratic must be ≥ 0".into()));
         }
-        let secret_bytes = secret.to_bytes();
-        let key = SigningKey::from_bytes(&derive("appliance-key", &secret_bytes, &a.name));
-        let salt = circuits::field::fr_from_i128(i128::from_le_bytes(derive("appliance-salt", &secret_bytes, &a.name)[..16].try_into().expect("16 bytes")) >> 8);
-        let opening = Opening { params, cost_digest: costs.digest(), salt };
-        out.push(Appliance { name: a.name.clone(), key, opening, costs });
+        check_output(a, file).map_err(at)?;
+        out.push(Appliance::derive(secret, &a.name, params, costs));
     }
     if out.is_empty() {
         return Err(invalid(path, "appliances: none configured"));
     }
+    if file.home_assistant.is_some() && file.mqtt.is_none() {
+        return Err(invalid(path, "home_assistant: needs an [mqtt] broker"));
+    }
+    if let Some(ha) = &file.home_assistant {
+        if !is_name(&ha.node_id) {
+            return Err(invalid(path, format!("home_assistant.node_id {:?}: use letters, digits, '_' and '-'", ha.node_id)));
+        }
+        if ha.prefix.is_empty() || !is_topic(&ha.prefix) {
+            return Err(invalid(path, format!("home_assistant.prefix {:?}: not a valid MQTT topic prefix", ha.prefix)));
+        }
+    }
+    if let Some(m) = &file.mqtt {
+        if m.host.trim().is_empty() {
+            return Err(invalid(path, "mqtt.host: empty"));
+        }
+        if m.username.is_none() && m.password_file.is_some() {
+            return Err(invalid(path, "mqtt.password_file: given without mqtt.username"));
+        }
+    }
     Ok(out)
+}
+
+/// Names that are safe in MQTT topics and Home Assistant entity ids.
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A topic one may publish to: non-empty, no wildcards, no NUL.
+fn is_topic(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 1024 && !s.contains(['+', '#', '\0'])
+}
+
+/// An output must be reachable (a broker configured), address a valid topic, and be able to
+/// do what the schedule asks: a relay cannot discharge or produce, and must be rated for the
+/// appliance's largest power.
+fn check_output(a: &ApplianceFile, file: &GatewayFile) -> Result<(), String> {
+    if !is_name(&a.name) {
+        return Err(format!("name {:?}: use letters, digits, '_' and '-' (it appears in MQTT topics)", a.name));
+    }
+    let Some(output) = &a.output else { return Ok(()) };
+    if file.mqtt.is_none() {
+        return Err("output: needs an [mqtt] broker".into());
+    }
+    let topic = output.topic();
+    if !is_topic(&topic) {
+        return Err(format!("output: {topic:?} is not a topic one can publish to"));
+    }
+    let Some(rated) = output.rated_w() else { return Ok(()) };
+    if rated == 0 {
+        return Err("output.rated_w: must be > 0".into());
+    }
+    let max_kw = match &a.spec {
+        ApplianceSpec::Deferrable { max_power_kw, .. } | ApplianceSpec::Thermal { max_power_kw, .. } => *max_power_kw,
+        ApplianceSpec::Battery { .. } | ApplianceSpec::Producer { .. } => {
+            return Err("output: an on/off relay cannot discharge or produce; use adapter = \"setpoint\"".into())
+        }
+    };
+    if max_kw * 1000.0 > rated as f64 + 0.5 {
+        return Err(format!("output.rated_w = {rated} W is below spec.max_power_kw = {max_kw} kW: the relay cannot deliver the schedule"));
+    }
+    Ok(())
+}
+
+impl Appliance {
+    /// An appliance whose key and salt derive from the gateway secret and its name.
+    pub fn derive(secret: &SigningKey, name: &str, params: ModelParams, costs: Costs) -> Appliance {
+        let secret_bytes = secret.to_bytes();
+        let key = SigningKey::from_bytes(&derive("appliance-key", &secret_bytes, name));
+        let salt = circuits::field::fr_from_i128(i128::from_le_bytes(derive("appliance-salt", &secret_bytes, name)[..16].try_into().expect("16 bytes")) >> 8);
+        let opening = Opening { params, cost_digest: costs.digest(), salt };
+        Appliance { name: name.to_string(), key, opening, costs }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_configuration_parses_and_its_outputs_fit_their_appliances() {
+        let file: GatewayFile = toml::from_str(include_str!("../gateway.example.toml")).expect("gateway.example.toml parses");
+        assert_eq!(file.validators.len(), 4);
+        assert_eq!(file.home_assistant.as_ref().map(|h| h.prefix.as_str()), Some("homeassistant"));
+        for a in &file.appliances {
+            check_output(a, &file).unwrap_or_else(|e| panic!("{}: {e}", a.name));
+        }
+        assert_eq!(file.appliances[0].output.as_ref().map(|o| o.topic()), Some("cmnd/ev_charger/POWER".to_string()));
+    }
+
+    #[test]
+    fn outputs_that_cannot_deliver_the_schedule_are_refused() {
+        let mut file: GatewayFile = toml::from_str(include_str!("../gateway.example.toml")).unwrap();
+        let battery = file.appliances[2].clone();
+        let mut relay_battery = battery.clone();
+        relay_battery.output = Some(OutputFile::Tasmota { topic: "b".into(), rated_w: 3000 });
+        assert!(check_output(&relay_battery, &file).unwrap_err().contains("setpoint"));
+        let mut weak = file.appliances[0].clone();
+        weak.output = Some(OutputFile::Tasmota { topic: "ev".into(), rated_w: 3000 });
+        assert!(check_output(&weak, &file).unwrap_err().contains("rated_w = 3000"));
+        let mut wild = file.appliances[0].clone();
+        wild.output = Some(OutputFile::Setpoint { topic: "home/+/set".into(), retain: false });
+        assert!(check_output(&wild, &file).is_err());
+        file.mqtt = None;
+        assert!(check_output(&file.appliances[0], &file).unwrap_err().contains("[mqtt]"));
+    }
 }

@@ -6,11 +6,17 @@
 //! - [`agent`]: the sans-IO core — a light client over the log that answers each accepted entry
 //!   with enrollments or proven updates, and records what it did ([`agent::AgentState`]).
 //! - [`state`]: the persisted agent state (atomic writes).
+//! - [`actuation`]: sans-IO — the committed schedule as a timeline of MQTT publications per
+//!   adapter (setpoint, duty cycle, Tasmota, Shelly Gen2, Home Assistant discovery and state),
+//!   and the executor that walks it and reconciles the current state.
+//! - [`mqtt`]: the broker edge — rumqttc with reconnect/backoff, and the execution loop.
 //!
-//! The binary (`device init | enroll | run | schedule`) wires these to QUIC
-//! (`protocol::net`). Actuation over MQTT is the next step (issue 8).
+//! The binary (`device init | enroll | run | schedule | simulate`) wires these to QUIC
+//! (`protocol::net`) and MQTT.
 #![warn(missing_docs)]
 
+pub mod actuation;
 pub mod agent;
 pub mod config;
+pub mod mqtt;
 pub mod state;

@@ -4,110 +4,15 @@
 //! --json` shows it. Bad configurations fail with the field or host named. The agent refuses
 //! entries a light client must refuse.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::Command;
 
-use circuits::{ModelKind, Shape, Slots};
+use common::*;
 use ed25519_dalek::SigningKey;
-use protocol::entry::{chain_id, sign_vote, Body, Certified, CommitCertificate, Entry, Genesis, GridSpec, MarketSpec};
-use protocol::ids::ValidatorId;
+use protocol::entry::{sign_vote, Body, Certified, CommitCertificate, Entry};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use verifier_node::config::{Config, NodeFile, PeerFile};
-
-const BIN: &str = env!("CARGO_BIN_EXE_device");
-const T: usize = 4;
-
-struct Market {
-    dir: PathBuf,
-    genesis: Entry,
-    validators: Vec<SigningKey>,
-    base_port: u16,
-}
-
-impl Drop for Market {
-    fn drop(&mut self) {
-        // Keep the directory of a failed test for inspection.
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-fn market(name: &str, registration_ms: u64) -> Market {
-    let dir = std::env::temp_dir().join(format!("gridproof-device-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("keys")).unwrap();
-    let shape = Shape { kind: ModelKind::Deferrable, slots: Slots::new(T).unwrap() };
-    let (pk, vk) = prover::setup(shape, &mut ChaCha20Rng::seed_from_u64(3)).unwrap();
-    std::fs::write(dir.join("keys/deferrable-4.pk"), pk.to_bytes()).unwrap();
-    let vk_bytes = vk.to_bytes();
-    std::fs::write(dir.join("keys/deferrable-4.vk"), &vk_bytes).unwrap();
-    let validators: Vec<SigningKey> = (0..4u8).map(|i| SigningKey::from_bytes(&[60 + i; 32])).collect();
-    let now = verifier_node::host::now_ms();
-    let close = now + registration_ms;
-    let genesis = Genesis {
-        validators: validators.iter().map(|k| ValidatorId(k.verifying_key().to_bytes())).collect(),
-        max_clock_drift_ms: 2000,
-        market: MarketSpec {
-            market_id: 5,
-            slots: T as u16,
-            slot_seconds: 900,
-            rho: circuits::fixed::Fixed::from_f64("rho", 0.02).unwrap().raw(),
-            eps_abs: circuits::fixed::Fixed::ONE.raw(),
-            eps_rel: circuits::fixed::Fixed::from_f64("eps", 1e-3).unwrap().raw(),
-            max_iterations: 3,
-            grid: GridSpec::ValleyFilling { gamma: 1000, base_load: vec![2000, 3000, 4000, 2500] },
-            registration_close_ms: close,
-            iteration_ms: 2500,
-            execution_start_ms: close + 60_000,
-        },
-        verifying_keys: vec![verifier_node::config::key_hash(&vk, &vk_bytes)],
-    };
-    let entry = Entry { chain_id: chain_id(&genesis), height: 0, prev_hash: [0; 32], timestamp_ms: now, body: Body::Genesis(genesis) };
-    std::fs::write(dir.join("genesis.bin"), protocol::codec::encode(&entry)).unwrap();
-    let base_port = 30_000 + (std::process::id() as u16 % 300) * 40 + if name == "run" { 0 } else { 20 };
-    Market { dir, genesis: entry, validators, base_port }
-}
-
-fn gateway_toml(m: &Market, name: &str, appliances: &str) -> PathBuf {
-    let validators: String = (0..4).map(|i| format!("[[validators]]\nindex = {i}\naddr = \"127.0.0.1:{}\"\n\n", m.base_port + i)).collect();
-    let text = format!(
-        "key_file = \"{name}.key\"\nstate_file = \"{name}.state.json\"\ngenesis_file = \"genesis.bin\"\nkeys_dir = \"keys\"\n\n{validators}{appliances}"
-    );
-    let path = m.dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-const EV: &str = "[[appliances]]\nname = \"ev\"\n[appliances.spec]\nmodel = \"deferrable\"\nmax_power_kw = 3.0\nenergy_min_kwh = 1.0\nenergy_max_kwh = 2.0\n\n";
-const BOILER: &str = "[[appliances]]\nname = \"boiler\"\n[appliances.spec]\nmodel = \"deferrable\"\nmax_power_kw = 2.0\nenergy_min_kwh = 0.5\nenergy_max_kwh = 1.5\n[appliances.costs]\nlinear_eur_mwh = [40.0, 10.0, 5.0, 30.0]\n\n";
-
-async fn start_validators(m: &Market) -> Vec<verifier_node::host::Running> {
-    let Body::Genesis(g) = &m.genesis.body else { unreachable!() };
-    let keys = verifier_node::config::read_verifying_keys(&m.dir.join("keys"), &g.verifying_keys).unwrap();
-    let addr = |p: u16| -> std::net::SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
-    let mut out = vec![];
-    for i in 0..4u16 {
-        let file = NodeFile {
-            index: i,
-            key_file: "unused".into(),
-            genesis_file: "unused".into(),
-            keys_dir: m.dir.join("keys"),
-            db: m.dir.join(format!("db{i}")),
-            listen: addr(m.base_port + i),
-            http: addr(m.base_port + 10 + i),
-            peers: (0..4).filter(|&j| j != i).map(|j| PeerFile { index: j, addr: addr(m.base_port + j) }).collect(),
-        };
-        let cfg = Config { file, key: m.validators[i as usize].clone(), genesis: m.genesis.clone(), keys: keys.clone() };
-        out.push(verifier_node::host::start(cfg).await.unwrap());
-    }
-    out
-}
-
-fn device(args: &[&str], config: &Path) -> std::process::Output {
-    Command::new(BIN).args(args).arg("--config").arg(config).output().unwrap()
-}
 
 #[test]
 fn two_gateways_follow_a_market_to_the_final_schedule() {
@@ -212,24 +117,27 @@ fn the_agent_refuses_entries_a_light_client_must_refuse() {
         updates: vec![],
     };
     let mut rng = ChaCha20Rng::seed_from_u64(1);
+    // As of the genesis: registration is open for another minute.
+    let now = m.genesis.timestamp_ms;
     // Too few signatures.
     let few = certify(&entry, &m.validators[..2], &[0, 1]);
-    assert!(agent.on_entry(&few, &mut rng).is_err());
+    assert!(agent.on_entry(&few, now).is_err());
     // A signature from a key outside the validator set.
     let stranger = SigningKey::from_bytes(&[99; 32]);
     let forged = certify(&entry, &[m.validators[0].clone(), m.validators[1].clone(), stranger], &[0, 1, 2]);
-    assert!(agent.on_entry(&forged, &mut rng).is_err());
+    assert!(agent.on_entry(&forged, now).is_err());
     // A broken hash link.
     let mut unlinked = entry.clone();
     unlinked.prev_hash[0] ^= 1;
-    assert!(agent.on_entry(&certify(&unlinked, &m.validators[..3], &[0, 1, 2]), &mut rng).is_err());
+    assert!(agent.on_entry(&certify(&unlinked, &m.validators[..3], &[0, 1, 2]), now).is_err());
     assert!(agent.state.enrolled.is_empty(), "nothing refused was acted on");
     // The real entry is accepted; a fork at the same height afterwards is refused.
-    let updates = agent.on_entry(&certify(&entry, &m.validators[..3], &[0, 1, 2]), &mut rng).unwrap();
+    let build = agent.on_entry(&certify(&entry, &m.validators[..3], &[0, 1, 2]), now).unwrap();
     assert!(agent.state.enrolled.contains("ev"));
-    assert_eq!(updates.len(), 1, "iteration 1 opens once the appliance is enrolled");
+    assert_eq!(build, Some(1), "iteration 1 opens once the appliance is enrolled");
+    assert_eq!(agent.prove(1, &mut rng).unwrap().len(), 1);
     let mut fork = entry.clone();
     fork.timestamp_ms += 1;
-    assert!(agent.on_entry(&certify(&fork, &m.validators[1..4], &[1, 2, 3]), &mut rng).is_err());
+    assert!(agent.on_entry(&certify(&fork, &m.validators[1..4], &[1, 2, 3]), now).is_err());
     assert_eq!(agent.state.submitted_through, 1, "no second submission");
 }

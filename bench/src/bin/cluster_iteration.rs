@@ -19,7 +19,6 @@ use protocol::net::ValidatorClient;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rayon::prelude::*;
-use verifier_node::config::{Config, NodeFile, PeerFile};
 
 /// One iteration of a cluster, timed from its deadline to the committed entry.
 #[derive(Parser)]
@@ -143,23 +142,8 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let mut submit_s = 0.0;
     let result = rt.block_on(async {
-        let keys = verifier_node::config::read_verifying_keys(&dir.join("keys"), &genesis.verifying_keys).expect("keys");
-        let addr = |p: u16| -> std::net::SocketAddr { format!("127.0.0.1:{p}").parse().expect("addr") };
-        let mut running = vec![];
-        for i in 0..args.validators {
-            let file = NodeFile {
-                index: i,
-                key_file: "unused".into(),
-                genesis_file: "unused".into(),
-                keys_dir: dir.join("keys"),
-                db: dir.join(format!("db{i}")),
-                listen: addr(args.port + i),
-                http: addr(args.port + 100 + i),
-                peers: (0..args.validators).filter(|&j| j != i).map(|j| PeerFile { index: j, addr: addr(args.port + j) }).collect(),
-            };
-            let cfg = Config { file, key: validator_keys[i as usize].clone(), genesis: genesis_entry.clone(), keys: keys.clone() };
-            running.push(verifier_node::host::start(cfg).await.expect("validator starts"));
-        }
+        let running = bench::cluster(&dir, &genesis_entry, &validator_keys, args.port).await;
+        let addr = |p: u16| -> std::net::SocketAddr { std::net::SocketAddr::from(([127, 0, 0, 1], p)) };
         let endpoint = protocol::net::client_endpoint("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
         // One connection per device per validator (a validator checks the sender's key).
         let mut conns: Vec<Vec<ValidatorClient>> = vec![];

@@ -1,0 +1,375 @@
+//! Actuation, sans-IO (DESIGN §8): the committed schedule becomes a timeline of MQTT
+//! publications — one per output at the start of each slot, a second one inside the slot for
+//! on/off outputs running a duty cycle, and Home Assistant state — and an [`Executor`] walks it
+//! as time passes. It never reads a clock and never touches a socket: the host passes `now`
+//! and publishes what it is given.
+//!
+//! Every publication carries a topic that names one piece of state (a relay, a setpoint, a
+//! sensor), so the latest publication per topic *is* the state. That gives reconciliation for
+//! free: after a restart or a broker outage, [`Executor::reconcile`] republishes only the
+//! latest due value of each topic, never a backlog of stale commands.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+use circuits::fixed::Watts;
+use serde::{Deserialize, Serialize};
+
+/// How one appliance is switched (the `[appliances.output]` table of `gateway.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "adapter", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OutputFile {
+    /// Publishes the slot's power in watts, as a decimal integer, to `topic`.
+    Setpoint {
+        /// The topic.
+        topic: String,
+        /// Whether the broker keeps the last setpoint for late subscribers.
+        #[serde(default)]
+        retain: bool,
+    },
+    /// A relay driven with a duty cycle: on for power / rated of each slot, then off.
+    DutyCycle {
+        /// The topic.
+        topic: String,
+        /// The appliance's power when on, W.
+        rated_w: u32,
+        /// Payload that switches on.
+        #[serde(default = "on")]
+        on_payload: String,
+        /// Payload that switches off.
+        #[serde(default = "off")]
+        off_payload: String,
+    },
+    /// A Tasmota relay: `cmnd/<topic>/POWER` with `ON` / `OFF`, duty-cycled.
+    Tasmota {
+        /// The device's Tasmota topic.
+        topic: String,
+        /// The appliance's power when on, W.
+        rated_w: u32,
+    },
+    /// A Shelly Gen2 switch: JSON-RPC `Switch.Set` on `<device_id>/rpc`, duty-cycled.
+    Shelly {
+        /// The device's MQTT prefix (its id, e.g. `shellyplus1pm-a8032ab12345`).
+        device_id: String,
+        /// The switch component id.
+        #[serde(default)]
+        switch: u8,
+        /// The appliance's power when on, W.
+        rated_w: u32,
+    },
+}
+
+fn on() -> String {
+    "ON".into()
+}
+fn off() -> String {
+    "OFF".into()
+}
+
+impl OutputFile {
+    /// The power of the switched appliance when on, for relay adapters.
+    pub fn rated_w(&self) -> Option<u32> {
+        match self {
+            OutputFile::Setpoint { .. } => None,
+            OutputFile::DutyCycle { rated_w, .. } | OutputFile::Tasmota { rated_w, .. } | OutputFile::Shelly { rated_w, .. } => Some(*rated_w),
+        }
+    }
+
+    /// The topic its commands go to.
+    pub fn topic(&self) -> String {
+        match self {
+            OutputFile::Setpoint { topic, .. } | OutputFile::DutyCycle { topic, .. } => topic.clone(),
+            OutputFile::Tasmota { topic, .. } => format!("cmnd/{topic}/POWER"),
+            OutputFile::Shelly { device_id, .. } => format!("{device_id}/rpc"),
+        }
+    }
+
+    /// The publication that sets the output to `power` (setpoint) or on/off (relays).
+    fn command(&self, power: Watts, on: bool, request_id: u64) -> Publish {
+        let (payload, retain) = match self {
+            OutputFile::Setpoint { retain, .. } => (power.to_string(), *retain),
+            OutputFile::DutyCycle { on_payload, off_payload, .. } => (if on { on_payload.clone() } else { off_payload.clone() }, false),
+            OutputFile::Tasmota { .. } => ((if on { "ON" } else { "OFF" }).to_string(), false),
+            OutputFile::Shelly { switch, .. } => (
+                serde_json::json!({"id": request_id, "src": "gridproof", "method": "Switch.Set", "params": {"id": switch, "on": on}}).to_string(),
+                false,
+            ),
+        };
+        Publish { topic: self.topic(), payload, retain }
+    }
+}
+
+/// The gateway's Home Assistant discovery settings (`[home_assistant]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeAssistantFile {
+    /// Discovery prefix Home Assistant listens on.
+    #[serde(default = "ha_prefix")]
+    pub prefix: String,
+    /// Node id: groups this gateway's entities; also the root of its state topics
+    /// (`gridproof/<node_id>/...`).
+    pub node_id: String,
+}
+
+fn ha_prefix() -> String {
+    "homeassistant".into()
+}
+
+/// One MQTT publication (QoS 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// Topic.
+    pub topic: String,
+    /// UTF-8 payload.
+    pub payload: String,
+    /// Retained by the broker.
+    pub retain: bool,
+}
+
+/// One appliance's part of the plan.
+#[derive(Debug, Clone)]
+pub struct AppliancePlan {
+    /// Its name (unique on the gateway; used in entity ids and state topics).
+    pub name: String,
+    /// How it is switched, if at all.
+    pub output: Option<OutputFile>,
+    /// Its committed schedule, W per slot.
+    pub schedule: Vec<Watts>,
+}
+
+/// When slots happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// Slot 0 starts here (ms since the Unix epoch).
+    pub start_ms: u64,
+    /// Δ in ms (> 0).
+    pub slot_ms: u64,
+}
+
+impl Timing {
+    /// When slot `t` starts (t = T is the end of the schedule).
+    pub fn slot_start(&self, t: usize) -> u64 {
+        self.start_ms.saturating_add(self.slot_ms.saturating_mul(t as u64))
+    }
+}
+
+/// A publication due at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timed {
+    /// When (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// The slot it belongs to (T for the end-of-schedule commands).
+    pub slot: usize,
+    /// What.
+    pub publish: Publish,
+}
+
+/// Availability topic of a Home Assistant node.
+pub fn availability_topic(ha: &HomeAssistantFile) -> String {
+    format!("gridproof/{}/availability", ha.node_id)
+}
+
+fn state_topic(ha: &HomeAssistantFile, appliance: &str, what: &str) -> String {
+    format!("gridproof/{}/{}/{}", ha.node_id, appliance, what)
+}
+
+/// Home Assistant's RFC 3339 timestamp for ms since the epoch.
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// The retained discovery configs: three sensors per appliance (planned power, price, next
+/// change), all tied to the node's availability topic.
+pub fn discovery(ha: &HomeAssistantFile, appliances: &[AppliancePlan]) -> Vec<Publish> {
+    let mut out = Vec::new();
+    for a in appliances {
+        for (object, name, unit, class) in [
+            ("power", "planned power", Some("W"), Some("power")),
+            ("price", "price", Some("EUR/MWh"), None),
+            ("next_change", "next change", None, Some("timestamp")),
+        ] {
+            let object_id = format!("{}_{}", a.name, object);
+            let mut config = serde_json::json!({
+                "name": format!("{} {}", a.name, name),
+                "unique_id": format!("{}_{}", ha.node_id, object_id),
+                "state_topic": state_topic(ha, &a.name, object),
+                "availability_topic": availability_topic(ha),
+                "device": {"identifiers": [format!("gridproof_{}", ha.node_id)], "name": format!("gridproof {}", ha.node_id), "manufacturer": "gridproof"},
+            });
+            if let Some(unit) = unit {
+                config["unit_of_measurement"] = unit.into();
+            }
+            if let Some(class) = class {
+                config["device_class"] = class.into();
+            }
+            out.push(Publish { topic: format!("{}/sensor/{}/{}/config", ha.prefix, ha.node_id, object_id), payload: config.to_string(), retain: true });
+        }
+    }
+    out
+}
+
+/// The whole timeline of a committed schedule, sorted by time (stable: within one instant,
+/// in appliance order). `prices` are €/MWh per slot (for Home Assistant only).
+pub fn timeline(timing: Timing, appliances: &[AppliancePlan], prices: &[f64], ha: Option<&HomeAssistantFile>) -> Vec<Timed> {
+    assert!(timing.slot_ms > 0, "Δ must be positive");
+    let mut out = Vec::new();
+    // Shelly's JSON-RPC request id names the command: 2t at the start of slot t, 2t + 1 for
+    // the duty cycle's switch-off inside it, 2T at the end.
+    for a in appliances {
+        let slots = a.schedule.len();
+        for (t, &power) in a.schedule.iter().enumerate() {
+            let start = timing.slot_start(t);
+            if let Some(output) = &a.output {
+                let request_id = 2 * t as u64;
+                match output.rated_w() {
+                    None => out.push(Timed { at_ms: start, slot: t, publish: output.command(power, true, request_id) }),
+                    Some(rated) => {
+                        let duty = (power.max(0) as u64).min(rated as u64);
+                        let on_ms = (timing.slot_ms * duty + rated as u64 / 2) / (rated as u64).max(1);
+                        out.push(Timed { at_ms: start, slot: t, publish: output.command(power, on_ms > 0, request_id) });
+                        if on_ms > 0 && on_ms < timing.slot_ms {
+                            out.push(Timed { at_ms: start + on_ms, slot: t, publish: output.command(0, false, request_id + 1) });
+                        }
+                    }
+                }
+            }
+            if let Some(ha) = ha {
+                let next = (t + 1..slots).find(|&s| a.schedule[s] != power).unwrap_or(slots);
+                out.push(Timed { at_ms: start, slot: t, publish: Publish { topic: state_topic(ha, &a.name, "power"), payload: power.to_string(), retain: true } });
+                let price = prices.get(t).copied().unwrap_or(0.0);
+                out.push(Timed { at_ms: start, slot: t, publish: Publish { topic: state_topic(ha, &a.name, "price"), payload: format!("{price:.2}"), retain: true } });
+                out.push(Timed { at_ms: start, slot: t, publish: Publish { topic: state_topic(ha, &a.name, "next_change"), payload: rfc3339(timing.slot_start(next)), retain: true } });
+            }
+        }
+        // The schedule ends: switch off and say so.
+        let end = timing.slot_start(slots);
+        if let Some(output) = &a.output {
+            out.push(Timed { at_ms: end, slot: slots, publish: output.command(0, false, 2 * slots as u64) });
+        }
+        if let Some(ha) = ha {
+            out.push(Timed { at_ms: end, slot: slots, publish: Publish { topic: state_topic(ha, &a.name, "power"), payload: "0".into(), retain: true } });
+        }
+    }
+    out.sort_by_key(|t| t.at_ms);
+    out
+}
+
+/// Walks a timeline. The only state is how far it got (`done_until_ms`: every publication due
+/// at or before it has been handed out), which the host persists.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    timeline: Vec<Timed>,
+    cursor: usize,
+}
+
+impl Executor {
+    /// An executor that has handed out everything due at or before `done_until_ms` (0: nothing).
+    pub fn new(timeline: Vec<Timed>, done_until_ms: u64) -> Executor {
+        debug_assert!(timeline.windows(2).all(|w| w[0].at_ms <= w[1].at_ms), "timeline sorted");
+        let cursor = timeline.partition_point(|t| t.at_ms <= done_until_ms);
+        Executor { timeline, cursor }
+    }
+
+    /// When the next publication is due, if any remains.
+    pub fn next_at(&self) -> Option<u64> {
+        self.timeline.get(self.cursor).map(|t| t.at_ms)
+    }
+
+    /// Whether everything has been handed out.
+    pub fn is_done(&self) -> bool {
+        self.cursor == self.timeline.len()
+    }
+
+    /// Hands out what became due by `now_ms`, keeping only the latest per topic (a late poll
+    /// publishes the current state, not the history), in time order.
+    pub fn due(&mut self, now_ms: u64) -> Vec<Timed> {
+        let end = self.cursor + self.timeline[self.cursor..].partition_point(|t| t.at_ms <= now_ms);
+        let due = latest_per_topic(&self.timeline[self.cursor..end]);
+        self.cursor = end;
+        due
+    }
+
+    /// The current state at `now_ms`: the latest publication due so far on every topic,
+    /// whether or not it was handed out before. Used after (re)connecting to the broker.
+    /// Advances like [`Executor::due`].
+    pub fn reconcile(&mut self, now_ms: u64) -> Vec<Timed> {
+        let end = self.cursor + self.timeline[self.cursor..].partition_point(|t| t.at_ms <= now_ms);
+        self.cursor = end;
+        latest_per_topic(&self.timeline[..end])
+    }
+}
+
+fn latest_per_topic(items: &[Timed]) -> Vec<Timed> {
+    let mut last: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, t) in items.iter().enumerate() {
+        last.insert(&t.publish.topic, i);
+    }
+    let mut keep: Vec<usize> = last.into_values().collect();
+    keep.sort_unstable();
+    keep.into_iter().map(|i| items[i].clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(output: OutputFile, schedule: Vec<Watts>) -> Vec<AppliancePlan> {
+        vec![AppliancePlan { name: "ev".into(), output: Some(output), schedule }]
+    }
+
+    const TIMING: Timing = Timing { start_ms: 10_000, slot_ms: 1000 };
+
+    #[test]
+    fn tasmota_relay_runs_a_duty_cycle_per_slot_and_ends_off() {
+        let tl = timeline(TIMING, &plan(OutputFile::Tasmota { topic: "ev".into(), rated_w: 2000 }, vec![2000, 500, 0]), &[], None);
+        let got: Vec<(u64, &str)> = tl.iter().map(|t| (t.at_ms, t.publish.payload.as_str())).collect();
+        assert_eq!(got, vec![(10_000, "ON"), (11_000, "ON"), (11_250, "OFF"), (12_000, "OFF"), (13_000, "OFF")]);
+        assert!(tl.iter().all(|t| t.publish.topic == "cmnd/ev/POWER" && !t.publish.retain));
+    }
+
+    #[test]
+    fn shelly_sends_switch_set_rpc() {
+        let tl = timeline(TIMING, &plan(OutputFile::Shelly { device_id: "shellyplus1-abc".into(), switch: 1, rated_w: 1000 }, vec![1000]), &[], None);
+        let v: serde_json::Value = serde_json::from_str(&tl[0].publish.payload).unwrap();
+        assert_eq!(tl[0].publish.topic, "shellyplus1-abc/rpc");
+        assert_eq!(v["method"], "Switch.Set");
+        assert_eq!(v["params"], serde_json::json!({"id": 1, "on": true}));
+        assert_eq!(v["id"], 0, "request id 2t names slot t's start");
+    }
+
+    #[test]
+    fn home_assistant_state_names_the_next_change() {
+        let ha = HomeAssistantFile { prefix: "ha".into(), node_id: "gw".into() };
+        let tl = timeline(TIMING, &plan(OutputFile::Setpoint { topic: "b/set".into(), retain: true }, vec![-300, -300, 700]), &[50.0, 51.0, 52.5], Some(&ha));
+        let next: Vec<&str> = tl.iter().filter(|t| t.publish.topic == "gridproof/gw/ev/next_change").map(|t| t.publish.payload.as_str()).collect();
+        assert_eq!(next, vec![rfc3339(12_000), rfc3339(12_000), rfc3339(13_000)]);
+        assert_eq!(rfc3339(12_000), "1970-01-01T00:00:12Z");
+        let setpoints: Vec<&str> = tl.iter().filter(|t| t.publish.topic == "b/set").map(|t| t.publish.payload.as_str()).collect();
+        assert_eq!(setpoints, vec!["-300", "-300", "700", "0"]);
+        let d = discovery(&ha, &plan(OutputFile::Setpoint { topic: "b/set".into(), retain: false }, vec![0]));
+        assert_eq!(d.len(), 3);
+        assert_eq!(d[0].topic, "ha/sensor/gw/ev_power/config");
+        assert!(d.iter().all(|p| p.retain && p.payload.contains("gridproof/gw/availability")));
+    }
+
+    #[test]
+    fn late_polls_and_reconnects_publish_the_current_state_only() {
+        let tl = timeline(TIMING, &plan(OutputFile::Tasmota { topic: "ev".into(), rated_w: 2000 }, vec![2000, 500, 0]), &[], None);
+        let mut ex = Executor::new(tl.clone(), 0);
+        assert_eq!(ex.next_at(), Some(10_000));
+        assert!(ex.due(9_999).is_empty());
+        assert_eq!(ex.due(10_000).len(), 1);
+        // Asleep through 11_000 and 11_250: only the OFF that holds now goes out.
+        let late = ex.due(11_500);
+        assert_eq!(late.len(), 1);
+        assert_eq!((late[0].at_ms, late[0].publish.payload.as_str()), (11_250, "OFF"));
+        // A restart that had handed out everything through 11_000 reconciles to the same state.
+        let mut again = Executor::new(tl, 11_000);
+        let now = again.reconcile(11_500);
+        assert_eq!(now.len(), 1);
+        assert_eq!(now[0].publish.payload, "OFF");
+        assert_eq!(again.next_at(), Some(12_000));
+        again.due(20_000);
+        assert!(again.is_done());
+    }
+}

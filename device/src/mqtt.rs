@@ -1,0 +1,295 @@
+//! The MQTT edge: one rumqttc connection to the home's broker, kept alive by a task that
+//! retries with exponential backoff, and the loop that carries out an [`Executor`]'s timeline
+//! against the wall clock — reconciling the current state each time the broker comes back.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::actuation::{Executor, Publish};
+
+/// The broker (`[mqtt]` in `gateway.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttFile {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// MQTT client id (default `gridproof-<first appliance>`).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// User name, if the broker wants one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the password (relative to `gateway.toml`); never logged.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Keep-alive interval, s.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_s: u64,
+}
+
+fn default_port() -> u16 {
+    1883
+}
+fn default_keep_alive() -> u64 {
+    15
+}
+
+/// What went wrong with the broker.
+#[derive(Debug, Error)]
+pub enum MqttError {
+    /// The first connection failed or did not complete in time.
+    #[error("MQTT broker {host}:{port} unreachable: {reason}")]
+    Unreachable {
+        /// Host.
+        host: String,
+        /// Port.
+        port: u16,
+        /// Why.
+        reason: String,
+    },
+    /// The password file could not be read.
+    #[error("mqtt.password_file {path}: {source}")]
+    Password {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// The link as the keeper task sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Link {
+    /// Not connected yet.
+    Connecting,
+    /// Connected; the number counts connections (a new one means: reconcile).
+    Up(u64),
+    /// Lost; the reason of the last failure. The task is retrying.
+    Down(String),
+}
+
+/// A live broker connection.
+pub struct Broker {
+    client: AsyncClient,
+    link: watch::Receiver<Link>,
+    /// PubAcks received so far.
+    acked: watch::Receiver<u64>,
+    /// Publications queued so far.
+    queued: AtomicU64,
+    addr: String,
+}
+
+/// Bounds of the retry backoff.
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+impl Broker {
+    /// Connects (waiting at most `within` for the first connection) and keeps the connection
+    /// alive from then on. `will` is published by the broker if the gateway vanishes.
+    pub async fn connect(file: &MqttFile, client_id: &str, will: Option<Publish>, within: Duration) -> Result<Broker, MqttError> {
+        let mut opts = MqttOptions::new(client_id, &file.host, file.port);
+        opts.set_keep_alive(Duration::from_secs(file.keep_alive_s.max(5)));
+        if let Some(user) = &file.username {
+            let password = match &file.password_file {
+                Some(path) => std::fs::read_to_string(path).map_err(|source| MqttError::Password { path: path.clone(), source })?.trim().to_string(),
+                None => String::new(),
+            };
+            opts.set_credentials(user, password);
+        }
+        if let Some(w) = will {
+            opts.set_last_will(LastWill::new(w.topic, w.payload, QoS::AtLeastOnce, w.retain));
+        }
+        let (client, mut events) = AsyncClient::new(opts, 1024);
+        let (link_tx, mut link) = watch::channel(Link::Connecting);
+        let (acked_tx, acked) = watch::channel(0u64);
+        let addr = format!("{}:{}", file.host, file.port);
+        let task_addr = addr.clone();
+        tokio::spawn(async move {
+            let mut connections = 0u64;
+            let mut backoff = BACKOFF_MIN;
+            let mut acks = 0u64;
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        connections += 1;
+                        backoff = BACKOFF_MIN;
+                        if connections > 1 {
+                            info!(broker = task_addr, "MQTT broker connection restored");
+                        }
+                        let _ = link_tx.send(Link::Up(connections));
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        acks += 1;
+                        let _ = acked_tx.send(acks);
+                    }
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                        let _ = link_tx.send(Link::Down("disconnected".into()));
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if link_tx.is_closed() {
+                            return;
+                        }
+                        if matches!(*link_tx.borrow(), Link::Up(_)) {
+                            warn!(broker = task_addr, "MQTT broker connection lost: {e}; retrying with backoff");
+                        } else {
+                            debug!(broker = task_addr, "MQTT connect failed: {e}; retry in {backoff:?}");
+                        }
+                        let _ = link_tx.send(Link::Down(e.to_string()));
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                }
+            }
+        });
+        let first = tokio::time::timeout(within, async {
+            loop {
+                match &*link.borrow_and_update() {
+                    Link::Up(_) => return Ok(()),
+                    Link::Down(reason) => return Err(reason.clone()),
+                    Link::Connecting => {}
+                }
+                if link.changed().await.is_err() {
+                    return Err("connection task ended".to_string());
+                }
+            }
+        })
+        .await;
+        let unreachable = |reason: String| MqttError::Unreachable { host: file.host.clone(), port: file.port, reason };
+        match first {
+            Ok(Ok(())) => {
+                info!(broker = addr, "connected to the MQTT broker");
+                Ok(Broker { client, link, acked, queued: AtomicU64::new(0), addr })
+            }
+            Ok(Err(reason)) => Err(unreachable(reason)),
+            Err(_) => Err(unreachable(format!("no answer within {within:?}"))),
+        }
+    }
+
+    /// The broker's address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The link's current state.
+    pub fn link(&self) -> Link {
+        self.link.borrow().clone()
+    }
+
+    /// Queues one publication (QoS 1) without waiting; false if the queue is full.
+    pub fn publish(&self, p: &Publish) -> bool {
+        match self.client.try_publish(p.topic.clone(), QoS::AtLeastOnce, p.retain, p.payload.clone().into_bytes()) {
+            Ok(()) => {
+                self.queued.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                warn!(broker = self.addr, topic = p.topic, "publication dropped: {e}");
+                false
+            }
+        }
+    }
+
+    /// Waits (at most `within`) until the broker acknowledged as many publications as were
+    /// queued.
+    pub async fn flush(&mut self, within: Duration) -> bool {
+        let queued = self.queued.load(Ordering::Relaxed);
+        tokio::time::timeout(within, async {
+            loop {
+                if *self.acked.borrow_and_update() >= queued {
+                    return;
+                }
+                if self.acked.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Publishes `last` (e.g. availability "offline"), waits for the acknowledgements, and
+    /// disconnects cleanly.
+    pub async fn close(mut self, last: Option<Publish>) {
+        if let Some(p) = last {
+            self.publish(&p);
+        }
+        self.flush(Duration::from_secs(5)).await;
+        let _ = self.client.disconnect().await;
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Carries out `executor` until its timeline is done. On every (re)connection it publishes
+/// `on_connect` (availability, discovery) and the current state; otherwise each publication
+/// at its time. Commands that fall due while the broker is away are not queued: the state
+/// they lead to is reconciled when it returns. `progress(done_until_ms)` is called after each
+/// step so the host can persist how far execution got.
+pub async fn execute(broker: &mut Broker, executor: &mut Executor, on_connect: &[Publish], mut progress: impl FnMut(u64)) {
+    let mut seen = 0u64;
+    while !executor.is_done() {
+        let link = broker.link();
+        let now = now_ms();
+        match link {
+            Link::Up(n) if n != seen => {
+                seen = n;
+                for p in on_connect {
+                    broker.publish(p);
+                }
+                let state = executor.reconcile(now);
+                if !state.is_empty() {
+                    info!(broker = broker.addr(), publications = state.len(), "reconciled the current state");
+                }
+                for t in &state {
+                    broker.publish(&t.publish);
+                }
+                progress(now);
+                continue;
+            }
+            _ => {}
+        }
+        let Some(at) = executor.next_at() else { break };
+        if at > now {
+            let sleep = tokio::time::sleep(Duration::from_millis(at - now));
+            tokio::pin!(sleep);
+            tokio::select! {
+                _ = &mut sleep => {}
+                changed = broker.link.changed() => {
+                    if changed.is_err() {
+                        // The connection task is gone; keep time without it.
+                        sleep.await;
+                    }
+                }
+            }
+            continue;
+        }
+        let due = executor.due(now);
+        if matches!(link, Link::Up(_)) {
+            for t in &due {
+                debug!(slot = t.slot, topic = t.publish.topic, payload = t.publish.payload, "publish");
+                broker.publish(&t.publish);
+            }
+            if let Some(t) = due.iter().map(|t| t.slot).max() {
+                info!(slot = t, publications = due.len(), "slot commands published");
+            }
+        } else {
+            warn!(broker = broker.addr(), held = due.len(), "broker away: commands held for reconciliation");
+        }
+        progress(now);
+    }
+}

@@ -1,0 +1,383 @@
+//! Actuation against a real MQTT broker (Debian's mosquitto, started by the test): a gateway
+//! follows a short market (Δ = 1 s) to its final schedule against four in-process validators,
+//! then switches a Tasmota relay and a Shelly Gen2 switch slot by slot and keeps Home
+//! Assistant informed (discovery, availability, planned power, price, next change). A
+//! subscriber on `#` records what a home would see. Kill -9 while proving and while
+//! executing, and a broker restart, neither duplicate a submission nor miss a slot.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use protocol::entry::Body;
+
+/// A mosquitto broker on a port of the test's own; killed on drop.
+struct Mosquitto {
+    child: Child,
+}
+
+fn mosquitto_bin() -> PathBuf {
+    for p in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"] {
+        if Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    "mosquitto".into()
+}
+
+impl Mosquitto {
+    fn start(port: u16) -> Mosquitto {
+        let child = Command::new(mosquitto_bin())
+            .args(["-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto is installed (apt-get install mosquitto; .ci/run does)");
+        let until = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < until, "mosquitto did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Mosquitto { child }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One message as the subscriber saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    at_ms: u64,
+    topic: String,
+    payload: String,
+    retained: bool,
+}
+
+/// Subscribes to `#` (again after every reconnect) and records everything.
+fn subscriber(port: u16) -> Arc<Mutex<Vec<Seen>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let out = seen.clone();
+    let mut opts = rumqttc::MqttOptions::new(format!("watcher-{}", std::process::id()), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut connection) = rumqttc::Client::new(opts, 100);
+    std::thread::spawn(move || {
+        for event in connection.iter() {
+            match event {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    client.subscribe("#", rumqttc::QoS::AtLeastOnce).unwrap();
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => out.lock().unwrap().push(Seen {
+                    at_ms: device::mqtt::now_ms(),
+                    topic: p.topic.clone(),
+                    payload: String::from_utf8_lossy(&p.payload).into_owned(),
+                    retained: p.retain,
+                }),
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    });
+    let until = Instant::now() + Duration::from_secs(10);
+    // The broker echoes nothing until something is published: probe with a message of our own.
+    let mut probe = rumqttc::MqttOptions::new(format!("probe-{}", std::process::id()), "127.0.0.1", port);
+    probe.set_keep_alive(Duration::from_secs(5));
+    let (pc, mut pconn) = rumqttc::Client::new(probe, 10);
+    std::thread::spawn(move || for _ in pconn.iter() {});
+    while !seen.lock().unwrap().iter().any(|s| s.topic == "test/probe") {
+        assert!(Instant::now() < until, "the subscriber never saw its probe");
+        let _ = pc.publish("test/probe", rumqttc::QoS::AtLeastOnce, false, "x");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    seen
+}
+
+fn spec(name: &str, max_kw: f64, e_min: f64, e_max: f64, output: &str) -> String {
+    format!(
+        "[[appliances]]\nname = \"{name}\"\n[appliances.spec]\nmodel = \"deferrable\"\nmax_power_kw = {max_kw}\nenergy_min_kwh = {e_min}\nenergy_max_kwh = {e_max}\n{output}\n"
+    )
+}
+
+fn broker_toml(port: u16) -> String {
+    format!("[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n\n[home_assistant]\nprefix = \"ha\"\nnode_id = \"gw1\"\n\n")
+}
+
+/// Writes `gateway.toml` with the broker sections before the appliances.
+fn gateway_with_broker(m: &Market, name: &str, port: u16, appliances: &str) -> PathBuf {
+    let path = gateway_toml(m, name, appliances);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let at = text.find("[[appliances]]").unwrap();
+    std::fs::write(&path, format!("{}{}{}", &text[..at], broker_toml(port), &text[at..])).unwrap();
+    path
+}
+
+fn execution(m: &Market) -> (u64, u64) {
+    let Body::Genesis(g) = &m.genesis.body else { unreachable!() };
+    (g.market.execution_start_ms, g.market.slot_seconds as u64 * 1000)
+}
+
+fn schedules(config: &Path) -> serde_json::Value {
+    let out = device(&["schedule", "--json"], config);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn watts(v: &serde_json::Value, name: &str) -> Vec<i64> {
+    v["schedules_w"][name].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()
+}
+
+fn live(seen: &[Seen], topic: &str) -> Vec<Seen> {
+    seen.iter().filter(|s| s.topic == topic && !s.retained).cloned().collect()
+}
+
+/// The relay commands a slot of power `w` takes on a relay rated `rated`: ON, then OFF inside
+/// the slot for a partial duty; one command when fully on or off.
+fn relay_commands(w: i64, rated: i64) -> Vec<bool> {
+    if w <= 0 {
+        vec![false]
+    } else if w >= rated {
+        vec![true]
+    } else {
+        vec![true, false]
+    }
+}
+
+fn shelly_id(s: &Seen) -> (u64, bool) {
+    let v: serde_json::Value = serde_json::from_str(&s.payload).unwrap();
+    assert_eq!(v["method"], "Switch.Set", "{}", s.payload);
+    (v["id"].as_u64().unwrap(), v["params"]["on"].as_bool().unwrap())
+}
+
+fn duplicate_rejections(validators: &[verifier_node::host::Running]) -> u64 {
+    validators.iter().map(|v| v.shared.snapshot.read().unwrap().stats.rejects.get("duplicate").copied().unwrap_or(0)).sum()
+}
+
+#[test]
+fn tasmota_shelly_and_home_assistant_follow_the_committed_schedule_slot_by_slot() {
+    let m = market_with("mqtt", Timing { registration_ms: 4000, slots: 6, slot_seconds: 1, execution_gap_ms: 2000, port_block: 0 });
+    let port = m.base_port + 15;
+    let _broker = Mosquitto::start(port);
+    let seen = subscriber(port);
+    // Δ = 1 s: 0.002 kWh is 7.2 kJ, 2.4 slots at 3 kW.
+    let appliances = format!(
+        "{}{}",
+        spec("ev", 3.0, 0.002, 0.003, "[appliances.output]\nadapter = \"tasmota\"\ntopic = \"ev\"\nrated_w = 3000\n"),
+        spec("boiler", 2.0, 0.001, 0.002, "[appliances.output]\nadapter = \"shelly\"\ndevice_id = \"shellyplus1pm-a8032ab1\"\nrated_w = 2000\n"),
+    );
+    let cfg = gateway_with_broker(&m, "gw", port, &appliances);
+    assert!(device(&["init"], &cfg).status.success());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let validators = rt.block_on(start_validators(&m));
+    let out = Command::new(BIN).args(["run", "--timeout-s", "120", "--config"]).arg(&cfg).output().unwrap();
+    assert!(out.status.success(), "device run failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("schedule executed (6 slots)"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(duplicate_rejections(&validators), 0);
+    rt.block_on(async {
+        for v in validators {
+            v.stop().await.unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = seen.lock().unwrap().clone();
+    let (start, slot) = execution(&m);
+    let v = schedules(&cfg);
+    let (ev, boiler) = (watts(&v, "ev"), watts(&v, "boiler"));
+    assert!(ev.iter().sum::<i64>() >= 7200 - 10, "the EV's schedule delivers its energy: {ev:?}");
+
+    // Home Assistant: retained discovery for three sensors per appliance, availability.
+    for a in ["ev", "boiler"] {
+        for object in ["power", "price", "next_change"] {
+            let topic = format!("ha/sensor/gw1/{a}_{object}/config");
+            let config = seen.iter().find(|s| s.topic == topic).unwrap_or_else(|| panic!("no discovery on {topic}"));
+            let c: serde_json::Value = serde_json::from_str(&config.payload).unwrap();
+            assert_eq!(c["state_topic"], format!("gridproof/gw1/{a}/{object}"));
+            assert_eq!(c["availability_topic"], "gridproof/gw1/availability");
+            assert_eq!(c["unique_id"], format!("gw1_{a}_{object}"));
+        }
+    }
+    let availability: Vec<String> = live(&seen, "gridproof/gw1/availability").into_iter().map(|s| s.payload).collect();
+    assert_eq!(availability.first().map(String::as_str), Some("online"));
+    assert_eq!(availability.last().map(String::as_str), Some("offline"), "a clean stop says offline");
+
+    // Planned power, one state per slot, never before the slot starts; then 0 at the end.
+    let power = live(&seen, "gridproof/gw1/ev/power");
+    let values: Vec<i64> = power.iter().map(|s| s.payload.parse().unwrap()).collect();
+    assert_eq!(values, ev.iter().copied().chain([0]).collect::<Vec<_>>());
+    for (t, s) in power.iter().enumerate() {
+        assert!(s.at_ms >= start + t as u64 * slot, "slot {t}'s state came {} ms early", start + t as u64 * slot - s.at_ms);
+    }
+    let prices = live(&seen, "gridproof/gw1/ev/price");
+    let expected: Vec<String> = v["prices_eur_mwh"].as_array().unwrap().iter().map(|p| format!("{:.2}", p.as_f64().unwrap())).collect();
+    assert_eq!(prices.iter().map(|s| s.payload.clone()).collect::<Vec<_>>(), expected);
+    let next = live(&seen, "gridproof/gw1/ev/next_change");
+    assert_eq!(next.len(), 6);
+    assert!(next.iter().all(|s| s.payload.ends_with('Z') && s.payload.contains('T')), "RFC 3339 timestamps");
+
+    // Tasmota: ON / OFF per slot as the duty cycle says, then OFF, in order and never early.
+    let tasmota = live(&seen, "cmnd/ev/POWER");
+    let expected: Vec<(usize, bool)> =
+        ev.iter().enumerate().flat_map(|(t, &w)| relay_commands(w, 3000).into_iter().map(move |on| (t, on))).chain([(6, false)]).collect();
+    let got: Vec<bool> = tasmota.iter().map(|s| s.payload == "ON").collect();
+    assert_eq!(got, expected.iter().map(|e| e.1).collect::<Vec<_>>(), "Tasmota commands for {ev:?}");
+    for (s, (t, _)) in tasmota.iter().zip(&expected) {
+        assert!(s.at_ms >= start + *t as u64 * slot, "a command of slot {t} came early");
+    }
+
+    // Shelly: Switch.Set with request id 2t at slot t's start (2t + 1 for the switch-off).
+    let shelly: Vec<(u64, bool, u64)> = live(&seen, "shellyplus1pm-a8032ab1/rpc").iter().map(|s| (shelly_id(s).0, shelly_id(s).1, s.at_ms)).collect();
+    for (t, &w) in boiler.iter().enumerate() {
+        let cmds: Vec<&(u64, bool, u64)> = shelly.iter().filter(|c| c.0 / 2 == t as u64).collect();
+        let on: Vec<bool> = cmds.iter().map(|c| c.1).collect();
+        assert_eq!(on, relay_commands(w, 2000), "slot {t} ({w} W): {shelly:?}");
+        assert!(cmds.iter().all(|c| c.2 >= start + t as u64 * slot), "slot {t} commanded early");
+    }
+    assert_eq!(shelly.last().map(|c| (c.0, c.1)), Some((12, false)), "switched off at the end");
+}
+
+/// Reads a child's stderr in a thread, keeping every line and signalling when `needle` shows.
+fn watch_stderr(child: &mut Child, needle: &'static str) -> (Arc<Mutex<Vec<String>>>, std::sync::mpsc::Receiver<()>) {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let out = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains(needle) {
+                let _ = tx.send(());
+            }
+            out.lock().unwrap().push(line);
+        }
+    });
+    (lines, rx)
+}
+
+fn spawn_run(cfg: &Path) -> Child {
+    Command::new(BIN).args(["run", "--timeout-s", "120", "--config"]).arg(cfg).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+fn kill9(child: &mut Child) {
+    let status = Command::new("kill").args(["-9", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let _ = child.wait();
+}
+
+/// `(appliance, iteration)` of every "update submitted" log line.
+fn submissions(lines: &[String]) -> Vec<(String, u32)> {
+    let field = |line: &str, key: &str| -> Option<String> {
+        let at = line.find(&format!("{key}="))? + key.len() + 1;
+        Some(line[at..].split_whitespace().next()?.trim_matches('"').to_string())
+    };
+    lines
+        .iter()
+        .filter(|l| l.contains("update submitted"))
+        .map(|l| (field(l, "appliance").unwrap(), field(l, "iteration").unwrap().parse().unwrap()))
+        .collect()
+}
+
+#[test]
+fn kill_9_while_proving_and_while_executing_and_a_broker_restart_lose_no_slot() {
+    const SLOTS: usize = 10;
+    let m = market_with("kill", Timing { registration_ms: 4000, slots: SLOTS, slot_seconds: 1, execution_gap_ms: 2000, port_block: 1 });
+    let port = m.base_port + 15;
+    let mut broker = Mosquitto::start(port);
+    let seen = subscriber(port);
+    let appliances = format!(
+        "{}{}{}",
+        spec("ev", 3.0, 0.003, 0.005, "[appliances.output]\nadapter = \"shelly\"\ndevice_id = \"shelly-ev\"\nrated_w = 3000\n"),
+        spec("boiler", 2.0, 0.001, 0.002, "[appliances.output]\nadapter = \"tasmota\"\ntopic = \"boiler\"\nrated_w = 2000\n"),
+        spec("dishwasher", 1.5, 0.001, 0.002, ""),
+    );
+    let cfg = gateway_with_broker(&m, "gw", port, &appliances);
+    assert!(device(&["init"], &cfg).status.success());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let validators = rt.block_on(start_validators(&m));
+    let mut log = Vec::new();
+
+    // 1. Killed while solving and proving the first iteration.
+    let mut first = spawn_run(&cfg);
+    let (lines, proving) = watch_stderr(&mut first, "solving and proving");
+    proving.recv_timeout(Duration::from_secs(60)).expect("the gateway started proving");
+    kill9(&mut first);
+    std::thread::sleep(Duration::from_millis(100));
+    log.extend(lines.lock().unwrap().clone());
+
+    // 2. Restarted: it resumes the market; killed again once slot 2 has been commanded.
+    let (start, slot) = execution(&m);
+    let mut second = spawn_run(&cfg);
+    let (lines, _) = watch_stderr(&mut second, "never");
+    let until = Instant::now() + Duration::from_secs(90);
+    loop {
+        let commanded = seen.lock().unwrap().iter().any(|s| s.topic == "shelly-ev/rpc" && shelly_id(s).0 / 2 == 2);
+        if commanded {
+            break;
+        }
+        assert!(Instant::now() < until, "slot 2 was never commanded: {}", lines.lock().unwrap().join("\n"));
+        assert!(second.try_wait().unwrap().is_none(), "the gateway exited early: {}", lines.lock().unwrap().join("\n"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill9(&mut second);
+    log.extend(lines.lock().unwrap().clone());
+
+    // 3. Restarted mid-execution; the broker restarts during slot 5.
+    let mut third = spawn_run(&cfg);
+    let (lines, _) = watch_stderr(&mut third, "never");
+    let outage = start + 5 * slot + 100;
+    while device::mqtt::now_ms() < outage {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    broker.kill();
+    std::thread::sleep(Duration::from_millis(1200));
+    let back_at = device::mqtt::now_ms();
+    let _broker = Mosquitto::start(port);
+    let status = third.wait().unwrap();
+    log.extend(lines.lock().unwrap().clone());
+    assert!(status.success(), "the resumed gateway failed: {}", log.join("\n"));
+    assert!(log.iter().any(|l| l.contains("resuming execution")), "{}", log.join("\n"));
+    assert!(log.iter().any(|l| l.contains("connection lost") || l.contains("restored")), "the outage was noticed: {}", log.join("\n"));
+
+    // No submission twice: neither in the gateway's own account nor at the validators.
+    let subs = submissions(&log);
+    let mut unique = subs.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(subs.len(), unique.len(), "an update was submitted twice: {subs:?}");
+    assert!(!subs.is_empty());
+    assert_eq!(duplicate_rejections(&validators), 0, "the validators saw a duplicate");
+    rt.block_on(async {
+        for v in validators {
+            v.stop().await.unwrap();
+        }
+    });
+
+    // Every slot before the outage got its command (reconciled across the kill) and never
+    // early; after the broker returned, the state was reconciled and later slots follow.
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = seen.lock().unwrap().clone();
+    let shelly: Vec<(u64, u64)> = live(&seen, "shelly-ev/rpc").iter().map(|s| (shelly_id(s).0, s.at_ms)).collect();
+    for (id, at) in &shelly {
+        assert!(*at >= start + id / 2 * slot, "command {id} came early");
+    }
+    let slots_commanded: std::collections::BTreeSet<u64> = shelly.iter().map(|c| c.0 / 2).collect();
+    for t in (0..5).chain(7..=SLOTS as u64) {
+        assert!(slots_commanded.contains(&t), "slot {t} has no command: {shelly:?}");
+    }
+    let after: Vec<&(u64, u64)> = shelly.iter().filter(|c| c.1 >= back_at).collect();
+    assert!(!after.is_empty(), "nothing after the broker came back");
+    let reconciled = after[0].0 / 2;
+    assert!((5..=8).contains(&reconciled), "the first command after the outage is the state then (slot {reconciled})");
+    let online = live(&seen, "gridproof/gw1/availability").iter().filter(|s| s.payload == "online" && s.at_ms >= back_at).count();
+    assert!(online >= 1, "availability restored after the outage");
+}

@@ -1,0 +1,132 @@
+//! Shared by the device integration tests: a market on disk (genesis, proving keys), four
+//! in-process validators (QUIC, RocksDB, Malachite), gateway configurations, the binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use circuits::{ModelKind, Shape, Slots};
+use ed25519_dalek::SigningKey;
+use protocol::entry::{chain_id, Body, Entry, Genesis, GridSpec, MarketSpec};
+use protocol::ids::ValidatorId;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use verifier_node::config::{Config, NodeFile, PeerFile};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_device");
+pub const T: usize = 4;
+
+pub struct Market {
+    pub dir: PathBuf,
+    pub genesis: Entry,
+    pub validators: Vec<SigningKey>,
+    pub base_port: u16,
+}
+
+impl Drop for Market {
+    fn drop(&mut self) {
+        // Keep the directory of a failed test for inspection.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// How a test market is timed.
+pub struct Timing {
+    /// Registration window from now, ms.
+    pub registration_ms: u64,
+    /// T.
+    pub slots: usize,
+    /// Δ, s.
+    pub slot_seconds: u32,
+    /// Execution starts this long after the last iteration's deadline, ms.
+    pub execution_gap_ms: u64,
+    /// Port block (0..5, 20 ports each: validators, their HTTP, a broker): tests running at
+    /// once in one process must use different ones.
+    pub port_block: u16,
+}
+
+pub fn market(name: &str, registration_ms: u64) -> Market {
+    let port_block = if name == "run" { 0 } else { 1 };
+    market_with(name, Timing { registration_ms, slots: T, slot_seconds: 900, execution_gap_ms: 60_000, port_block })
+}
+
+/// A market of deferrable loads (one proving key) with 4 validators, written to a fresh
+/// directory.
+pub fn market_with(name: &str, timing: Timing) -> Market {
+    let Timing { registration_ms, slots, slot_seconds, execution_gap_ms, port_block } = timing;
+    let dir = std::env::temp_dir().join(format!("gridproof-device-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
+    let shape = Shape { kind: ModelKind::Deferrable, slots: Slots::new(slots).unwrap() };
+    let (pk, vk) = prover::setup(shape, &mut ChaCha20Rng::seed_from_u64(3)).unwrap();
+    std::fs::write(dir.join(format!("keys/deferrable-{slots}.pk")), pk.to_bytes()).unwrap();
+    let vk_bytes = vk.to_bytes();
+    std::fs::write(dir.join(format!("keys/deferrable-{slots}.vk")), &vk_bytes).unwrap();
+    let validators: Vec<SigningKey> = (0..4u8).map(|i| SigningKey::from_bytes(&[60 + i; 32])).collect();
+    let now = verifier_node::host::now_ms();
+    let close = now + registration_ms;
+    let genesis = Genesis {
+        validators: validators.iter().map(|k| ValidatorId(k.verifying_key().to_bytes())).collect(),
+        max_clock_drift_ms: 2000,
+        market: MarketSpec {
+            market_id: 5,
+            slots: slots as u16,
+            slot_seconds,
+            rho: circuits::fixed::Fixed::from_f64("rho", 0.02).unwrap().raw(),
+            eps_abs: circuits::fixed::Fixed::ONE.raw(),
+            eps_rel: circuits::fixed::Fixed::from_f64("eps", 1e-3).unwrap().raw(),
+            max_iterations: 3,
+            grid: GridSpec::ValleyFilling { gamma: 1000, base_load: (0..slots as i32).map(|t| 2000 + 700 * (t % 4)).collect() },
+            registration_close_ms: close,
+            iteration_ms: 2500,
+            execution_start_ms: close + 2500 * 3 + execution_gap_ms,
+        },
+        verifying_keys: vec![verifier_node::config::key_hash(&vk, &vk_bytes)],
+    };
+    let entry = Entry { chain_id: chain_id(&genesis), height: 0, prev_hash: [0; 32], timestamp_ms: now, body: Body::Genesis(genesis) };
+    std::fs::write(dir.join("genesis.bin"), protocol::codec::encode(&entry)).unwrap();
+    let base_port = 30_000 + (std::process::id() as u16 % 300) * 100 + port_block * 20;
+    Market { dir, genesis: entry, validators, base_port }
+}
+
+pub fn gateway_toml(m: &Market, name: &str, appliances: &str) -> PathBuf {
+    let validators: String = (0..4).map(|i| format!("[[validators]]\nindex = {i}\naddr = \"127.0.0.1:{}\"\n\n", m.base_port + i)).collect();
+    let text = format!(
+        "key_file = \"{name}.key\"\nstate_file = \"{name}.state.json\"\ngenesis_file = \"genesis.bin\"\nkeys_dir = \"keys\"\n\n{validators}{appliances}"
+    );
+    let path = m.dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub const EV: &str = "[[appliances]]\nname = \"ev\"\n[appliances.spec]\nmodel = \"deferrable\"\nmax_power_kw = 3.0\nenergy_min_kwh = 1.0\nenergy_max_kwh = 2.0\n\n";
+pub const BOILER: &str = "[[appliances]]\nname = \"boiler\"\n[appliances.spec]\nmodel = \"deferrable\"\nmax_power_kw = 2.0\nenergy_min_kwh = 0.5\nenergy_max_kwh = 1.5\n[appliances.costs]\nlinear_eur_mwh = [40.0, 10.0, 5.0, 30.0]\n\n";
+
+pub async fn start_validators(m: &Market) -> Vec<verifier_node::host::Running> {
+    let Body::Genesis(g) = &m.genesis.body else { unreachable!() };
+    let keys = verifier_node::config::read_verifying_keys(&m.dir.join("keys"), &g.verifying_keys).unwrap();
+    let addr = |p: u16| -> std::net::SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+    let mut out = vec![];
+    for i in 0..4u16 {
+        let file = NodeFile {
+            index: i,
+            key_file: "unused".into(),
+            genesis_file: "unused".into(),
+            keys_dir: m.dir.join("keys"),
+            db: m.dir.join(format!("db{i}")),
+            listen: addr(m.base_port + i),
+            http: addr(m.base_port + 10 + i),
+            peers: (0..4).filter(|&j| j != i).map(|j| PeerFile { index: j, addr: addr(m.base_port + j) }).collect(),
+        };
+        let cfg = Config { file, key: m.validators[i as usize].clone(), genesis: m.genesis.clone(), keys: keys.clone() };
+        out.push(verifier_node::host::start(cfg).await.unwrap());
+    }
+    out
+}
+
+pub fn device(args: &[&str], config: &Path) -> std::process::Output {
+    Command::new(BIN).args(args).arg("--config").arg(config).output().unwrap()
+}
+
