@@ -167,7 +167,7 @@ fn duplicate_rejections(validators: &[verifier_node::host::Running]) -> u64 {
 
 #[test]
 fn tasmota_shelly_and_home_assistant_follow_the_committed_schedule_slot_by_slot() {
-    let m = market_with("mqtt", Timing { registration_ms: 4000, slots: 6, slot_seconds: 1, execution_gap_ms: 2000, port_block: 0 });
+    let m = market_with("mqtt", Timing { registration_ms: 4000, slots: 6, slot_seconds: 1, execution_gap_ms: 2000, all_models: false, port_block: 0 });
     let port = m.base_port + 15;
     let _broker = Mosquitto::start(port);
     let seen = subscriber(port);
@@ -290,7 +290,7 @@ fn submissions(lines: &[String]) -> Vec<(String, u32)> {
 #[test]
 fn kill_9_while_proving_and_while_executing_and_a_broker_restart_lose_no_slot() {
     const SLOTS: usize = 10;
-    let m = market_with("kill", Timing { registration_ms: 4000, slots: SLOTS, slot_seconds: 1, execution_gap_ms: 2000, port_block: 1 });
+    let m = market_with("kill", Timing { registration_ms: 4000, slots: SLOTS, slot_seconds: 1, execution_gap_ms: 2000, all_models: false, port_block: 1 });
     let port = m.base_port + 15;
     let mut broker = Mosquitto::start(port);
     let seen = subscriber(port);

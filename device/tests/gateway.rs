@@ -141,3 +141,38 @@ fn the_agent_refuses_entries_a_light_client_must_refuse() {
     assert!(agent.on_entry(&certify(&fork, &m.validators[1..4], &[1, 2, 3]), now).is_err());
     assert_eq!(agent.state.submitted_through, 1, "no second submission");
 }
+
+#[test]
+fn simulate_runs_many_virtual_appliances_of_every_model_to_the_final_schedule() {
+    let m = market_with("sim", Timing { registration_ms: 6000, slots: 8, slot_seconds: 900, execution_gap_ms: 60_000, all_models: true, port_block: 2 });
+    // The file's own appliance is ignored by simulate; its key, validators and keys are used.
+    let cfg = gateway_toml(&m, "sim", EV);
+    assert!(device(&["init"], &cfg).status.success());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let validators = rt.block_on(start_validators(&m));
+    let summary = m.dir.join("summary.json");
+    let out = Command::new(BIN)
+        .args(["simulate", "--appliances", "10", "--seed", "4", "--timeout-s", "120", "--summary"])
+        .arg(&summary)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "simulate failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("load W"), "{stdout}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    assert_eq!(v["appliances"], 10);
+    assert_eq!(v["aggregate_w"].as_array().unwrap().len(), 8);
+    assert!(v["iterations"].as_u64().unwrap() >= 1);
+    // Every virtual appliance's proofs were verified and committed by the validators.
+    let proofs: u64 = validators.iter().map(|v| v.shared.snapshot.read().unwrap().stats.proofs_verified).max().unwrap();
+    assert!(proofs >= 10, "{proofs} proofs committed");
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(m.dir.join("sim.state.json")).unwrap()).unwrap();
+    assert_eq!(state["enrolled"].as_array().unwrap().len(), 10);
+    rt.block_on(async {
+        for v in validators {
+            v.stop().await.unwrap();
+        }
+    });
+}

@@ -42,6 +42,8 @@ pub struct Timing {
     pub slot_seconds: u32,
     /// Execution starts this long after the last iteration's deadline, ms.
     pub execution_gap_ms: u64,
+    /// Models with proving keys (deferrable only unless set).
+    pub all_models: bool,
     /// Port block (0..5, 20 ports each: validators, their HTTP, a broker): tests running at
     /// once in one process must use different ones.
     pub port_block: u16,
@@ -49,21 +51,26 @@ pub struct Timing {
 
 pub fn market(name: &str, registration_ms: u64) -> Market {
     let port_block = if name == "run" { 0 } else { 1 };
-    market_with(name, Timing { registration_ms, slots: T, slot_seconds: 900, execution_gap_ms: 60_000, port_block })
+    market_with(name, Timing { registration_ms, slots: T, slot_seconds: 900, execution_gap_ms: 60_000, all_models: false, port_block })
 }
 
-/// A market of deferrable loads (one proving key) with 4 validators, written to a fresh
-/// directory.
+/// A market with 4 validators and proving keys for deferrable loads (or every model), written
+/// to a fresh directory.
 pub fn market_with(name: &str, timing: Timing) -> Market {
-    let Timing { registration_ms, slots, slot_seconds, execution_gap_ms, port_block } = timing;
+    let Timing { registration_ms, slots, slot_seconds, execution_gap_ms, all_models, port_block } = timing;
     let dir = std::env::temp_dir().join(format!("gridproof-device-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("keys")).unwrap();
-    let shape = Shape { kind: ModelKind::Deferrable, slots: Slots::new(slots).unwrap() };
-    let (pk, vk) = prover::setup(shape, &mut ChaCha20Rng::seed_from_u64(3)).unwrap();
-    std::fs::write(dir.join(format!("keys/deferrable-{slots}.pk")), pk.to_bytes()).unwrap();
-    let vk_bytes = vk.to_bytes();
-    std::fs::write(dir.join(format!("keys/deferrable-{slots}.vk")), &vk_bytes).unwrap();
+    let models: &[ModelKind] = if all_models { &[ModelKind::Deferrable, ModelKind::Battery, ModelKind::Producer, ModelKind::Thermal] } else { &[ModelKind::Deferrable] };
+    let mut verifying_keys = vec![];
+    for &kind in models {
+        let shape = Shape { kind, slots: Slots::new(slots).unwrap() };
+        let (pk, vk) = prover::setup(shape, &mut ChaCha20Rng::seed_from_u64(3)).unwrap();
+        std::fs::write(dir.join(format!("keys/{kind}-{slots}.pk")), pk.to_bytes()).unwrap();
+        let vk_bytes = vk.to_bytes();
+        std::fs::write(dir.join(format!("keys/{kind}-{slots}.vk")), &vk_bytes).unwrap();
+        verifying_keys.push(verifier_node::config::key_hash(&vk, &vk_bytes));
+    }
     let validators: Vec<SigningKey> = (0..4u8).map(|i| SigningKey::from_bytes(&[60 + i; 32])).collect();
     let now = verifier_node::host::now_ms();
     let close = now + registration_ms;
@@ -83,7 +90,7 @@ pub fn market_with(name: &str, timing: Timing) -> Market {
             iteration_ms: 2500,
             execution_start_ms: close + 2500 * 3 + execution_gap_ms,
         },
-        verifying_keys: vec![verifier_node::config::key_hash(&vk, &vk_bytes)],
+        verifying_keys,
     };
     let entry = Entry { chain_id: chain_id(&genesis), height: 0, prev_hash: [0; 32], timestamp_ms: now, body: Body::Genesis(genesis) };
     std::fs::write(dir.join("genesis.bin"), protocol::codec::encode(&entry)).unwrap();
