@@ -313,6 +313,10 @@ fn kill_9_while_proving_and_while_executing_and_a_broker_restart_lose_no_slot() 
     kill9(&mut first);
     std::thread::sleep(Duration::from_millis(100));
     log.extend(lines.lock().unwrap().clone());
+    assert!(submissions(&log).is_empty(), "killed while proving, before anything was sent: {}", log.join("\n"));
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(m.dir.join("gw.state.json")).unwrap()).unwrap();
+    assert_eq!(state["enrolled"].as_array().unwrap().len(), 3, "what the log holds was saved before proving");
+    assert_eq!(state["submitted_through"], 0, "the iteration being proven was not recorded as sent");
 
     // 2. Restarted: it resumes the market; killed again once slot 2 has been commanded.
     let (start, slot) = execution(&m);

@@ -81,6 +81,30 @@ fn bad_configurations_fail_naming_the_field_or_host() {
     std::fs::write(&cfg, text).unwrap();
     let out = device(&["init"], &cfg);
     assert!(String::from_utf8_lossy(&out.stderr).contains("validators: index 9"), "{}", String::from_utf8_lossy(&out.stderr));
+    // No validator at all.
+    let cfg = gateway_toml(&m, "novals", EV);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text: String = text.split("\n\n").filter(|block| !block.starts_with("[[validators]]")).collect::<Vec<_>>().join("\n\n");
+    std::fs::write(&cfg, text).unwrap();
+    let out = device(&["init"], &cfg);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("validators"), "{}", String::from_utf8_lossy(&out.stderr));
+    // An unreachable MQTT broker: `run` stops before the market, naming host and port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = gateway_toml(&m, "nobroker", &EV.replace("[appliances.spec]", "[appliances.output]\nadapter = \"setpoint\"\ntopic = \"ev/set\"\n[appliances.spec]"));
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let at = text.find("[[appliances]]").unwrap();
+    std::fs::write(&cfg, format!("{}[mqtt]\nhost = \"127.0.0.1\"\nport = {closed}\n\n{}", &text[..at], &text[at..])).unwrap();
+    assert!(device(&["init"], &cfg).status.success());
+    let out = device(&["run", "--timeout-s", "5"], &cfg);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("MQTT broker 127.0.0.1:{closed} unreachable")), "{err}");
+    // Outputs without a broker, or a relay on a battery, are configuration errors.
+    let cfg = gateway_toml(&m, "nomqtt", &EV.replace("[appliances.spec]", "[appliances.output]\nadapter = \"tasmota\"\ntopic = \"ev\"\nrated_w = 3000\n[appliances.spec]"));
+    let out = device(&["init"], &cfg);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("appliances[0] (ev): output: needs an [mqtt] broker"), "{}", String::from_utf8_lossy(&out.stderr));
     // No validator reachable: the error names the addresses.
     let cfg = gateway_toml(&m, "down", EV);
     assert!(device(&["init"], &cfg).status.success());
