@@ -28,29 +28,3 @@ pub fn proofs(pk: &UpdateProvingKey, n: usize) -> Vec<(UpdateProof, Vec<Fr>)> {
     (0..n).map(|i| distinct[i % distinct.len()].clone()).collect()
 }
 
-/// Starts `keys.len()` validators in this process (QUIC on 127.0.0.1 from `port`, HTTP from
-/// `port + 100`, RocksDB under `dir`), all on `genesis`, with the verifying keys in
-/// `dir/keys`.
-pub async fn cluster(dir: &std::path::Path, genesis: &protocol::entry::Entry, keys: &[ed25519_dalek::SigningKey], port: u16) -> Vec<verifier_node::host::Running> {
-    use verifier_node::config::{Config, NodeFile, PeerFile};
-    let protocol::entry::Body::Genesis(g) = &genesis.body else { panic!("not a genesis entry") };
-    let vks = verifier_node::config::read_verifying_keys(&dir.join("keys"), &g.verifying_keys).expect("verifying keys");
-    let addr = |p: u16| -> std::net::SocketAddr { std::net::SocketAddr::from(([127, 0, 0, 1], p)) };
-    let n = keys.len() as u16;
-    let mut running = vec![];
-    for i in 0..n {
-        let file = NodeFile {
-            index: i,
-            key_file: "unused".into(),
-            genesis_file: "unused".into(),
-            keys_dir: dir.join("keys"),
-            db: dir.join(format!("db{i}")),
-            listen: addr(port + i),
-            http: addr(port + 100 + i),
-            peers: (0..n).filter(|&j| j != i).map(|j| PeerFile { index: j, addr: addr(port + j) }).collect(),
-        };
-        let cfg = Config { file, key: keys[i as usize].clone(), genesis: genesis.clone(), keys: vks.clone() };
-        running.push(verifier_node::host::start(cfg).await.expect("validator starts"));
-    }
-    running
-}

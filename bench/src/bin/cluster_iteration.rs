@@ -142,7 +142,7 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let mut submit_s = 0.0;
     let result = rt.block_on(async {
-        let running = bench::cluster(&dir, &genesis_entry, &validator_keys, args.port).await;
+        let running = verifier_node::host::start_local(&dir, &dir.join("keys"), &genesis_entry, &validator_keys, args.port, args.port + 100).await.expect("validators start");
         let addr = |p: u16| -> std::net::SocketAddr { std::net::SocketAddr::from(([127, 0, 0, 1], p)) };
         let endpoint = protocol::net::client_endpoint("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
         // One connection per device per validator (a validator checks the sender's key).

@@ -88,7 +88,7 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let rows: Vec<(u32, f64, f64, f64)> = rt.block_on(async {
         protocol::net::install_crypto();
-        let running = bench::cluster(&dir, &genesis_entry, &validator_keys, args.port).await;
+        let running = verifier_node::host::start_local(&dir, &dir.join("keys"), &genesis_entry, &validator_keys, args.port, args.port + 100).await.expect("validators start");
         let endpoint = protocol::net::client_endpoint("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
         let ev = &gw.appliances[0];
         let mut conns = vec![];

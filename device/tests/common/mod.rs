@@ -11,7 +11,6 @@ use protocol::entry::{chain_id, Body, Entry, Genesis, GridSpec, MarketSpec};
 use protocol::ids::ValidatorId;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use verifier_node::config::{Config, NodeFile, PeerFile};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_device");
 pub const T: usize = 4;
@@ -112,25 +111,7 @@ pub const EV: &str = "[[appliances]]\nname = \"ev\"\n[appliances.spec]\nmodel = 
 pub const BOILER: &str = "[[appliances]]\nname = \"boiler\"\n[appliances.spec]\nmodel = \"deferrable\"\nmax_power_kw = 2.0\nenergy_min_kwh = 0.5\nenergy_max_kwh = 1.5\n[appliances.costs]\nlinear_eur_mwh = [40.0, 10.0, 5.0, 30.0]\n\n";
 
 pub async fn start_validators(m: &Market) -> Vec<verifier_node::host::Running> {
-    let Body::Genesis(g) = &m.genesis.body else { unreachable!() };
-    let keys = verifier_node::config::read_verifying_keys(&m.dir.join("keys"), &g.verifying_keys).unwrap();
-    let addr = |p: u16| -> std::net::SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
-    let mut out = vec![];
-    for i in 0..4u16 {
-        let file = NodeFile {
-            index: i,
-            key_file: "unused".into(),
-            genesis_file: "unused".into(),
-            keys_dir: m.dir.join("keys"),
-            db: m.dir.join(format!("db{i}")),
-            listen: addr(m.base_port + i),
-            http: addr(m.base_port + 10 + i),
-            peers: (0..4).filter(|&j| j != i).map(|j| PeerFile { index: j, addr: addr(m.base_port + j) }).collect(),
-        };
-        let cfg = Config { file, key: m.validators[i as usize].clone(), genesis: m.genesis.clone(), keys: keys.clone() };
-        out.push(verifier_node::host::start(cfg).await.unwrap());
-    }
-    out
+    verifier_node::host::start_local(&m.dir, &m.dir.join("keys"), &m.genesis, &m.validators, m.base_port, m.base_port + 10).await.unwrap()
 }
 
 pub fn device(args: &[&str], config: &Path) -> std::process::Output {
