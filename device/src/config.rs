@@ -123,6 +123,8 @@ pub struct Appliance {
     pub opening: Opening,
     /// Private costs.
     pub costs: Costs,
+    /// How it is switched, if at all.
+    pub output: Option<OutputFile>,
 }
 
 impl Appliance {
@@ -301,7 +303,7 @@ fn appliances(path: &Path, file: &GatewayFile, g: &Genesis, secret: &SigningKey)
             return Err(at("costs.quadratic must be ≥ 0".into()));
         }
         check_output(a, file).map_err(at)?;
-        out.push(Appliance::derive(secret, &a.name, params, costs));
+        out.push(Appliance { output: a.output.clone(), ..Appliance::derive(secret, &a.name, params, costs) });
     }
     if out.is_empty() {
         return Err(invalid(path, "appliances: none configured"));
@@ -376,7 +378,7 @@ impl Appliance {
         let key = SigningKey::from_bytes(&derive("appliance-key", &secret_bytes, name));
         let salt = circuits::field::fr_from_i128(i128::from_le_bytes(derive("appliance-salt", &secret_bytes, name)[..16].try_into().expect("16 bytes")) >> 8);
         let opening = Opening { params, cost_digest: costs.digest(), salt };
-        Appliance { name: name.to_string(), key, opening, costs }
+        Appliance { name: name.to_string(), key, opening, costs, output: None }
     }
 }
 

@@ -10,6 +10,8 @@
 //!   adapter (setpoint, duty cycle, Tasmota, Shelly Gen2, Home Assistant discovery and state),
 //!   and the executor that walks it and reconciles the current state.
 //! - [`mqtt`]: the broker edge — rumqttc with reconnect/backoff, and the execution loop.
+//! - [`host`]: a gateway's runtime — QUIC to the validators, following the log, submitting,
+//!   then executing over MQTT ([`host::run_gateway`]).
 //!
 //! The binary (`device init | enroll | run | schedule | simulate`) wires these to QUIC
 //! (`protocol::net`) and MQTT.
@@ -18,5 +20,6 @@
 pub mod actuation;
 pub mod agent;
 pub mod config;
+pub mod host;
 pub mod mqtt;
 pub mod state;
