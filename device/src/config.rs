@@ -144,6 +144,19 @@ impl Appliance {
     }
 }
 
+/// An appliance given in code rather than in `gateway.toml` (simulations, the demo).
+#[derive(Debug, Clone)]
+pub struct Virtual {
+    /// Its name (letters, digits, `_`, `-`).
+    pub name: String,
+    /// θ.
+    pub params: ModelParams,
+    /// Its private costs.
+    pub costs: Costs,
+    /// How it is switched.
+    pub output: Option<OutputFile>,
+}
+
 /// A loaded gateway.
 #[derive(Debug, Clone)]
 pub struct Gateway {
@@ -216,20 +229,39 @@ impl Gateway {
 
     /// A gateway of `n` virtual appliances (`sim-0000`, ...) drawn from the seeded household
     /// mix of [`protocol::scenario`] for this market, with the file's key, validators and
-    /// proving keys; the file's own appliances and outputs are ignored.
+    /// proving keys; the file's own appliances, broker and outputs are ignored.
     pub fn simulated(path: &Path, n: usize, seed: u64) -> Result<Gateway, ConfigError> {
-        let (mut file, secret, genesis, validator_keys) = load_market(path)?;
-        let Body::Genesis(g) = &genesis.body else { unreachable!("checked by load_market") };
-        let slots = Slots::new(g.market.slots as usize).map_err(|e| invalid(path, format!("market T: {e}")))?;
         if n == 0 {
             return Err(invalid(path, "simulate: --appliances must be at least 1"));
         }
+        let (_, _, genesis, _) = load_market(path)?;
+        let Body::Genesis(g) = &genesis.body else { unreachable!("checked by load_market") };
+        let slots = Slots::new(g.market.slots as usize).map_err(|e| invalid(path, format!("market T: {e}")))?;
         let scenario = protocol::scenario::Scenario::generate(seed, n, slots, g.market.slot_seconds, protocol::scenario::Mix::Household);
-        let appliances: Vec<Appliance> =
-            scenario.devices.into_iter().enumerate().map(|(i, d)| Appliance::derive(&secret, &format!("sim-{i:04}"), d.params, d.costs)).collect();
+        let devices = scenario.devices.into_iter().enumerate().map(|(i, d)| Virtual { name: format!("sim-{i:04}"), params: d.params, costs: d.costs, output: None }).collect();
+        let mut gw = Gateway::with_appliances(path, devices)?;
+        gw.file.mqtt = None;
+        gw.file.home_assistant = None;
+        Ok(gw)
+    }
+
+    /// A gateway of the given virtual appliances, with the file's key, validators, broker and
+    /// proving keys (the file's own appliances are ignored). Keys and salts derive from the
+    /// gateway secret and each name, as for configured appliances.
+    pub fn with_appliances(path: &Path, devices: Vec<Virtual>) -> Result<Gateway, ConfigError> {
+        let (mut file, secret, genesis, validator_keys) = load_market(path)?;
+        let mut names = std::collections::BTreeSet::new();
+        let mut appliances = Vec::new();
+        for d in devices {
+            if !names.insert(d.name.clone()) || !is_name(&d.name) {
+                return Err(invalid(path, format!("virtual appliance {:?}: duplicate or not a valid name", d.name)));
+            }
+            if d.output.is_some() && file.mqtt.is_none() {
+                return Err(invalid(path, format!("virtual appliance {}: an output needs an [mqtt] broker", d.name)));
+            }
+            appliances.push(Appliance { output: d.output, ..Appliance::derive(&secret, &d.name, d.params, d.costs) });
+        }
         file.appliances.clear();
-        file.mqtt = None;
-        file.home_assistant = None;
         Ok(Gateway { file, genesis, appliances, validator_keys, id: secret.verifying_key().to_bytes() })
     }
 
