@@ -420,7 +420,7 @@ mod tests {
 
     #[test]
     fn the_example_configuration_parses_and_its_outputs_fit_their_appliances() {
-        let file: GatewayFile = toml::from_str(include_str!("../gateway.example.toml")).expect("gateway.example.toml parses");
+        let file: GatewayFile = toml::from_str(include_str!("../../examples/gateway.toml")).expect("gateway.example.toml parses");
         assert_eq!(file.validators.len(), 4);
         assert_eq!(file.home_assistant.as_ref().map(|h| h.prefix.as_str()), Some("homeassistant"));
         for a in &file.appliances {
@@ -431,7 +431,7 @@ mod tests {
 
     #[test]
     fn outputs_that_cannot_deliver_the_schedule_are_refused() {
-        let mut file: GatewayFile = toml::from_str(include_str!("../gateway.example.toml")).unwrap();
+        let mut file: GatewayFile = toml::from_str(include_str!("../../examples/gateway.toml")).unwrap();
         let battery = file.appliances[2].clone();
         let mut relay_battery = battery.clone();
         relay_battery.output = Some(OutputFile::Tasmota { topic: "b".into(), rated_w: 3000 });

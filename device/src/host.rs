@@ -139,15 +139,31 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
             info!(appliance = a.name, accepted_by = ok, "enrollment sent");
         }
     }
-    let watcher = &per_appliance[0][0];
-    let mut rx = watcher.subscribe(0).await.map_err(|e| RunError::Net(e.to_string()))?;
+    // Follow the log through one validator; if its subscription ends (a crash, a lagging
+    // stream), resubscribe from the next height through the next validator.
+    let watchers = &per_appliance[0];
+    let mut turn = 0usize;
+    let mut rx = watchers[turn].subscribe(0).await.map_err(|e| RunError::Net(e.to_string()))?;
     let mut rng = ChaCha20Rng::from_entropy();
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let item = match tokio::time::timeout_at(deadline, rx.recv()).await {
             Err(_) => return Err(RunError::Timeout { within, height: agent.state.height }),
-            Ok(None) => return Err(RunError::Net("the validator closed the subscription".into())),
-            Ok(Some(item)) => item.map_err(|e| RunError::Net(e.to_string()))?,
+            Ok(Some(Ok(item))) => item,
+            Ok(end) => {
+                let why = match end {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "closed".to_string(),
+                };
+                warn!(validator = %watchers[turn].addr(), "subscription ended ({why}); resubscribing");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                turn = (turn + 1) % watchers.len();
+                match watchers[turn].subscribe(agent.next_height()).await {
+                    Ok(r) => rx = r,
+                    Err(e) => warn!(validator = %watchers[turn].addr(), "cannot subscribe: {e}"),
+                }
+                continue;
+            }
         };
         if item.entry.height < agent.next_height() && item.entry.height != 0 {
             continue;
@@ -156,7 +172,9 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
         crate::state::save(&state_path, &agent.state)?;
         let mut updates: Vec<SignedUpdate> = Vec::new();
         if let Some(k) = build {
-            updates = agent.prove(k, &mut rng)?;
+            // Proving takes the CPU for a while: off the async workers, so the QUIC
+            // connections (keep-alives, the subscription) stay serviced meanwhile.
+            updates = tokio::task::block_in_place(|| agent.prove(k, &mut rng))?;
             // Persist before sending: a crash now skips this iteration rather than sending twice.
             crate::state::save(&state_path, &agent.state)?;
         }

@@ -1,5 +1,6 @@
-//! The validator's HTTP API (axum): `/status`, `/entries/{height}`, `/markets/{id}` (JSON) and
-//! `/metrics` (Prometheus text). Read-only; it never blocks the node task (it reads a
+//! The validator's HTTP API (axum): `/` (a status page: one self-contained HTML file, no
+//! external assets, drawing from the JSON below), `/status`, `/entries/{height}`,
+//! `/markets/{id}` (JSON) and `/metrics` (Prometheus text). Read-only; it never blocks the node task (it reads a
 //! snapshot and the store).
 
 use std::sync::atomic::Ordering;
@@ -135,9 +136,15 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
+/// The status page (`status.html`, compiled in).
+async fn page() -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("status.html")).into_response()
+}
+
 /// The router.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route("/", get(page))
         .route("/status", get(status))
         .route("/entries/{height}", get(entry))
         .route("/markets/{id}", get(market))
