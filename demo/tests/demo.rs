@@ -8,7 +8,8 @@ use std::process::Command;
 #[test]
 fn a_small_market_day_converges_proves_executes_and_matches_the_central_optimum() {
     let out = std::env::temp_dir().join(format!("gridproof-demo-test-{}", std::process::id()));
-    let port = 20_000 + (std::process::id() % 400) as u16 * 100;
+    // Above the ephemeral range (32768–60999), so no outgoing socket holds one of these.
+    let port = 61_000 + (std::process::id() % 21) as u16 * 210;
     let run = Command::new(env!("CARGO_BIN_EXE_gridproof"))
         .args(["--appliances", "10", "--gateways", "3", "--slots", "8", "--slot-ms", "100", "--seed", "3"])
         .args(["--port", &port.to_string(), "--out"])
