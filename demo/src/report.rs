@@ -172,6 +172,8 @@ pub fn summarize(i: Inputs<'_>) -> Result<Summary, String> {
     let proofs_included: usize = i.market.iterations.iter().map(|it| it.1).sum();
     let proofs_verified = i.stats.iter().map(|s| s.proofs_verified).min().unwrap_or(0);
     let bad_proofs: u64 = i.stats.iter().map(|s| s.rejects.get("bad_proof").copied().unwrap_or(0) + s.rejects.get("malformed_proof").copied().unwrap_or(0)).sum();
+    let node_latency: Vec<f64> = i.stats.iter().filter(|s| s.commits > 0).map(|s| s.commit_latency_sum_ms as f64 / s.commits as f64).collect();
+    let node_latency = node_latency.iter().sum::<f64>() / node_latency.len().max(1) as f64;
     let latency = &i.market.latency_ms;
     let mean_latency = latency.iter().sum::<u64>() as f64 / latency.len().max(1) as f64;
     let max_latency = latency.iter().copied().max().unwrap_or(0);
@@ -194,7 +196,7 @@ pub fn summarize(i: Inputs<'_>) -> Result<Summary, String> {
         "objective": {"admm": admm_objective, "central": central.objective, "gap": gap},
         "schedules_committed": found,
         "proofs": {"included": proofs_included, "verified_per_validator": proofs_verified, "rejected_invalid": bad_proofs},
-        "commit_latency_ms": {"mean": mean_latency, "max": max_latency},
+        "commit_latency_ms": {"mean": mean_latency, "max": max_latency, "validators_due_to_commit_mean": node_latency},
         "iteration_window_ms": i.iteration_ms,
         "execution": {"setpoints_seen": i.setpoints_seen, "setpoints_expected": expected_setpoints, "executed": executed},
         "aggregate_w": aggregate,

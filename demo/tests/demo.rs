@@ -32,6 +32,10 @@ fn a_small_market_day_converges_proves_executes_and_matches_the_central_optimum(
     assert!(gap.abs() < 0.01, "objective gap {gap}");
     let (before, after) = (s["peak_to_average"]["before"].as_f64().unwrap(), s["peak_to_average"]["after"].as_f64().unwrap());
     assert!(after < before, "valley filling lowers the peak-to-average ratio: {before} → {after}");
+    // Consensus takes time: the validators' own due → commit latency is positive and below
+    // the client's (which adds delivery).
+    let node = s["commit_latency_ms"]["validators_due_to_commit_mean"].as_f64().unwrap();
+    assert!(node > 0.0 && node <= s["commit_latency_ms"]["max"].as_f64().unwrap(), "{s}");
     let svg = std::fs::read_to_string(out.join("chart.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("price"), "an SVG chart with a price series");
     let _ = std::fs::remove_dir_all(&out);

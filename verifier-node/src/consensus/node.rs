@@ -804,10 +804,11 @@ impl<L: Log> Node<L> {
         let round = cert.round.as_u32().unwrap_or(0);
         let certificate = CommitCertificate { height: h, round, hash: cert.value_id.0, votes };
         let certified = Certified { entry, certificate, updates };
+        // When this height was due, read before `commit` clears the running height.
+        let due = self.running.filter(|r| r.0 == h).map(|r| r.1).unwrap_or(self.now);
         if let Err(e) = self.commit(&certified) {
             return self.fail(format!("committing height {h}: {e}"));
         }
-        let due = self.running.map(|r| r.1).unwrap_or(self.now);
         let latency = self.now.saturating_sub(due);
         self.stats.commits += 1;
         self.stats.last_commit_latency_ms = Some(latency);
