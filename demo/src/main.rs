@@ -23,7 +23,7 @@ use device::config::{Gateway, Virtual};
 use device::host::RunOptions;
 use ed25519_dalek::SigningKey;
 use indicatif::{ProgressBar, ProgressStyle};
-use protocol::entry::{chain_id, Body, Entry, Genesis, GridSpec, MarketSpec};
+use protocol::entry::{Entry, Genesis, GridSpec, MarketSpec};
 use protocol::ids::ValidatorId;
 use protocol::scenario::{Mix, Scenario};
 use rand::SeedableRng;
@@ -188,7 +188,7 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         "market: {} appliances, T = {}, iteration window {} ms (proving ≈ {:.0} ms per iteration), K_max = {}",
         args.appliances, args.slots, iteration_ms, proving_per_iteration_ms, args.max_iterations
     );
-    let genesis_entry = Entry { chain_id: chain_id(&genesis), height: 0, prev_hash: [0; 32], timestamp_ms: now, body: Body::Genesis(genesis) };
+    let genesis_entry = Entry::genesis(genesis, now);
     std::fs::write(out.join("genesis.bin"), protocol::codec::encode(&genesis_entry)).map_err(|e| e.to_string())?;
 
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;

@@ -294,8 +294,11 @@ impl Gateway {
     }
 }
 
-/// The file, the gateway secret, the genesis entry and the validator keys, checked.
-fn load_market(path: &Path) -> Result<(GatewayFile, SigningKey, Entry, Vec<[u8; 32]>), ConfigError> {
+/// What every gateway shares, checked: the file, the gateway secret, the genesis entry and
+/// the validator keys.
+type Loaded = (GatewayFile, SigningKey, Entry, Vec<[u8; 32]>);
+
+fn load_market(path: &Path) -> Result<Loaded, ConfigError> {
     let file = read_file(path)?;
     let secret = read_key(&file.key_file)?;
     let bytes = std::fs::read(&file.genesis_file).map_err(|source| ConfigError::Io { path: file.genesis_file.clone(), source })?;

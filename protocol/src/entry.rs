@@ -217,6 +217,12 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The genesis entry of a market: height 0, no predecessor, the chain id derived from
+    /// the genesis body.
+    pub fn genesis(genesis: Genesis, timestamp_ms: u64) -> Entry {
+        Entry { chain_id: chain_id(&genesis), height: 0, prev_hash: [0; 32], timestamp_ms, body: Body::Genesis(genesis) }
+    }
+
     /// SHA-256 of the canonical encoding.
     pub fn hash(&self) -> Hash {
         Sha256::digest(encode(self)).into()

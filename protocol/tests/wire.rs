@@ -38,7 +38,7 @@ fn genesis(validators: &[SigningKey]) -> Entry {
         },
         verifying_keys: vec![KeyHash { kind: 1, slots: 24, sha256: [7; 32] }],
     };
-    Entry { chain_id: chain_id(&g), height: 0, prev_hash: [0; 32], timestamp_ms: 0, body: Body::Genesis(g) }
+    Entry::genesis(g, 0)
 }
 
 fn certify(entry: &Entry, validators: &[SigningKey], which: &[u16]) -> CommitCertificate {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use protocol::entry::{chain_id, Body, Entry, Genesis, GridSpec, MarketSpec};
+use protocol::entry::{Body, Entry, Genesis, GridSpec, MarketSpec};
 use protocol::ids::ValidatorId;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -179,7 +179,7 @@ fn init(a: &InitArgs) -> Result<ExitCode, String> {
         },
         verifying_keys: accepted,
     };
-    let entry = Entry { chain_id: chain_id(&genesis), height: 0, prev_hash: [0; 32], timestamp_ms: now, body: Body::Genesis(genesis) };
+    let entry = Entry::genesis(genesis, now);
     let genesis_path = a.out.join("genesis.bin");
     std::fs::write(&genesis_path, protocol::codec::encode(&entry)).map_err(|e| format!("{}: {e}", genesis_path.display()))?;
     let addr = |port: u16, i: u16| -> Result<SocketAddr, String> {

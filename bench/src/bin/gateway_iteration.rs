@@ -11,7 +11,7 @@ use std::time::Instant;
 use circuits::ModelKind;
 use clap::Parser;
 use ed25519_dalek::SigningKey;
-use protocol::entry::{chain_id, Body, Entry, Genesis, GridSpec, MarketSpec};
+use protocol::entry::{Entry, Genesis, GridSpec, MarketSpec};
 use protocol::ids::ValidatorId;
 use protocol::messages::{DeviceRequest, DeviceResponse};
 use protocol::net::ValidatorClient;
@@ -68,7 +68,7 @@ fn main() {
         },
         verifying_keys: vec![verifier_node::config::key_hash(&vk, &vk_bytes)],
     };
-    let genesis_entry = Entry { chain_id: chain_id(&genesis), height: 0, prev_hash: [0; 32], timestamp_ms: now, body: Body::Genesis(genesis) };
+    let genesis_entry = Entry::genesis(genesis, now);
     std::fs::write(dir.join("genesis.bin"), protocol::codec::encode(&genesis_entry)).expect("write genesis");
     std::fs::write(dir.join("gw.key"), protocol::ids::hex(&[7u8; 32])).expect("write key");
     let validators: String = (0..4).map(|i| format!("[[validators]]\nindex = {i}\naddr = \"127.0.0.1:{}\"\n\n", args.port + i)).collect();

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use circuits::{ModelKind, Shape, Slots};
 use ed25519_dalek::SigningKey;
-use protocol::entry::{chain_id, Body, Entry, Genesis, GridSpec, MarketSpec};
+use protocol::entry::{Entry, Genesis, GridSpec, MarketSpec};
 use protocol::ids::ValidatorId;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -91,7 +91,7 @@ pub fn market_with(name: &str, timing: Timing) -> Market {
         },
         verifying_keys,
     };
-    let entry = Entry { chain_id: chain_id(&genesis), height: 0, prev_hash: [0; 32], timestamp_ms: now, body: Body::Genesis(genesis) };
+    let entry = Entry::genesis(genesis, now);
     std::fs::write(dir.join("genesis.bin"), protocol::codec::encode(&entry)).unwrap();
     let base_port = 30_000 + (std::process::id() as u16 % 300) * 100 + port_block * 20;
     Market { dir, genesis: entry, validators, base_port }
