@@ -198,7 +198,7 @@ fn run(args: &Args) -> Result<report::Summary, String> {
     let seen = broker::count_topics(broker_port, "home/#")?;
     let validators = rt.block_on(verifier_node::host::start_local(&out, &out.join("keys"), &genesis_entry, &validator_keys, args.port, args.port + 100))?;
     println!(
-        "{} validators on 127.0.0.1:{}.., HTTP status on http://127.0.0.1:{}/status, MQTT broker on 127.0.0.1:{broker_port}",
+        "{} validators on 127.0.0.1:{}.., status page http://127.0.0.1:{}/, MQTT broker on 127.0.0.1:{broker_port}",
         args.validators,
         args.port,
         args.port + 100
