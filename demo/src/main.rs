@@ -157,7 +157,7 @@ fn run(args: &Args) -> Result<report::Summary, String> {
     // time to submit, verify and commit.
     let iteration_ms = (proving_per_iteration_ms * 1.25 + 800.0).max(1200.0) as u64;
     let validator_keys: Vec<SigningKey> = (0..args.validators).map(|i| key_from_seed(args.seed, b"validator", i as u64)).collect();
-    let now = verifier_node::host::now_ms();
+    let now = protocol::net::now_ms();
     let close = now + 8000 + 40 * args.appliances as u64;
     let grid = match args.grid {
         Grid::Valley => {

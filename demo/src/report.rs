@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use circuits::fixed::SCALE;
+use circuits::fixed::Fixed;
 use device::agent::AgentState;
 use device::config::Gateway;
 use ed25519_dalek::SigningKey;
@@ -30,7 +30,7 @@ pub struct Market {
 }
 
 fn fixed(v: i64) -> f64 {
-    v as f64 / SCALE as f64
+    Fixed(v).to_f64()
 }
 
 /// Follows validator 0's log from the genesis to the final entry, drawing progress.
@@ -74,7 +74,7 @@ pub async fn watch(genesis: &Entry, port: u16, validator: &SigningKey, appliance
                 }
             }
             Body::Iteration(b) => {
-                latency_ms.push(verifier_node::host::now_ms().saturating_sub(clock.deadline(b.iteration)));
+                latency_ms.push(protocol::net::now_ms().saturating_sub(clock.deadline(b.iteration)));
                 let r = b.residuals.map(fixed);
                 iterations.push((b.iteration, b.updates.len(), r));
                 bar.set_position(b.iteration as u64);

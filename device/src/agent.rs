@@ -74,6 +74,13 @@ pub struct AgentState {
     pub executed_until_ms: u64,
 }
 
+impl AgentState {
+    /// The final prices in €/MWh, for reports (empty until the final entry is in).
+    pub fn prices_eur_mwh(&self) -> Vec<f64> {
+        self.final_prices.iter().flatten().map(|&p| Fixed(p).to_f64()).collect()
+    }
+}
+
 /// The agent.
 pub struct Agent {
     gateway: Gateway,

@@ -70,7 +70,7 @@ pub async fn run_gateway(gw: &Gateway, opts: RunOptions) -> Result<(), RunError>
     // The broker first: an unreachable one is a configuration error, found before the market.
     let ha = gw.file.home_assistant.clone();
     let offline = ha.as_ref().map(|h| Publish { topic: actuation::availability_topic(h), payload: "offline".into(), retain: true });
-    let mut broker = match (&gw.file.mqtt, opts.execute) {
+    let broker = match (&gw.file.mqtt, opts.execute) {
         (Some(m), true) => Some(Broker::connect(m, &gw.client_id(), offline.clone(), Duration::from_secs(10)).await?),
         _ => None,
     };
@@ -82,10 +82,10 @@ pub async fn run_gateway(gw: &Gateway, opts: RunOptions) -> Result<(), RunError>
     } else {
         info!(height = agent.state.height, "final schedule already committed; resuming execution");
     }
-    let Some(mut broker) = broker.take() else { return Ok(()) };
+    let Some(mut broker) = broker else { return Ok(()) };
     let spec = &gw.market().market;
     let timing = match opts.compressed_slot_ms {
-        Some(slot_ms) => Timing { start_ms: crate::mqtt::now_ms() + slot_ms, slot_ms },
+        Some(slot_ms) => Timing { start_ms: protocol::net::now_ms() + slot_ms, slot_ms },
         None => Timing { start_ms: spec.execution_start_ms, slot_ms: spec.slot_seconds as u64 * 1000 },
     };
     execute_schedule(&mut agent, gw, &mut broker, timing).await?;
@@ -168,7 +168,7 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
         if item.entry.height < agent.next_height() && item.entry.height != 0 {
             continue;
         }
-        let build = agent.on_entry(&item, crate::mqtt::now_ms())?;
+        let build = agent.on_entry(&item, protocol::net::now_ms())?;
         crate::state::save(&state_path, &agent.state)?;
         let mut updates: Vec<SignedUpdate> = Vec::new();
         if let Some(k) = build {
@@ -198,8 +198,7 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
 
 /// Carries out the committed schedule through the configured outputs, persisting progress.
 pub async fn execute_schedule(agent: &mut Agent, gw: &Gateway, broker: &mut Broker, timing: Timing) -> Result<(), RunError> {
-    let scale = circuits::fixed::SCALE as f64;
-    let prices: Vec<f64> = agent.state.final_prices.iter().flatten().map(|p| *p as f64 / scale).collect();
+    let prices = agent.state.prices_eur_mwh();
     let plans: Vec<AppliancePlan> = gw
         .appliances
         .iter()
@@ -216,7 +215,7 @@ pub async fn execute_schedule(agent: &mut Agent, gw: &Gateway, broker: &mut Brok
         info!("schedule already executed");
         return Ok(());
     }
-    let now = crate::mqtt::now_ms();
+    let now = protocol::net::now_ms();
     if now < timing.start_ms {
         info!(in_s = (timing.start_ms - now) / 1000, "execution starts at {}", actuation::rfc3339(timing.start_ms));
     }

@@ -143,14 +143,9 @@ fn simulate(path: &Path, n: usize, seed: u64, within: Duration, summary: Option<
     let opts = RunOptions { within, enroll_only: false, execute: false, compressed_slot_ms: None };
     rt.block_on(device::host::run_gateway(&gw, opts)).map_err(|e| e.to_string())?;
     let state = device::state::load(&gw.file.state_file).map_err(|e| e.to_string())?;
-    let scale = circuits::fixed::SCALE as f64;
-    let prices: Vec<f64> = state.final_prices.iter().flatten().map(|p| *p as f64 / scale).collect();
-    let mut total = vec![0i64; prices.len()];
-    for s in state.schedules.values() {
-        for (t, w) in s.iter().enumerate().take(total.len()) {
-            total[t] += *w as i64;
-        }
-    }
+    let prices = state.prices_eur_mwh();
+    let mut total = protocol::central::total_load(&state.schedules.values().cloned().collect::<Vec<_>>());
+    total.resize(prices.len(), 0);
     println!("{:>5} {:>12} {:>10}", "slot", "load W", "€/MWh");
     for (t, (w, p)) in total.iter().zip(&prices).enumerate() {
         println!("{t:>5} {w:>12} {p:>10.2}");
@@ -173,12 +168,14 @@ fn simulate(path: &Path, n: usize, seed: u64, within: Duration, summary: Option<
 fn schedule(path: &Path, json: bool) -> Result<(), String> {
     let file = config::read_file(path).map_err(|e| e.to_string())?;
     let state = device::state::load(&file.state_file).map_err(|e| e.to_string())?;
-    let Some(prices) = &state.final_prices else { return Err(format!("no final schedule yet ({} is at height {})", file.state_file.display(), state.height)) };
-    let scale = circuits::fixed::SCALE as f64;
+    if state.final_prices.is_none() {
+        return Err(format!("no final schedule yet ({} is at height {})", file.state_file.display(), state.height));
+    }
+    let prices = state.prices_eur_mwh();
     if json {
         let v = serde_json::json!({
             "converged": state.converged,
-            "prices_eur_mwh": prices.iter().map(|p| *p as f64 / scale).collect::<Vec<_>>(),
+            "prices_eur_mwh": prices,
             "schedules_w": state.schedules,
         });
         println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
@@ -191,7 +188,7 @@ fn schedule(path: &Path, json: bool) -> Result<(), String> {
     }
     println!();
     for (t, p) in prices.iter().enumerate() {
-        print!("{t:>5} {:>10.2}", *p as f64 / scale);
+        print!("{t:>5} {p:>10.2}");
         for n in &names {
             print!(" {:>10} W", state.schedules[*n].get(t).copied().unwrap_or(0));
         }

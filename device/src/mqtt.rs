@@ -12,6 +12,8 @@ use thiserror::Error;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use protocol::net::now_ms;
+
 use crate::actuation::{Executor, Publish};
 
 /// The broker (`[mqtt]` in `gateway.toml`).
@@ -228,11 +230,6 @@ impl Broker {
         self.flush(Duration::from_secs(5)).await;
         let _ = self.client.disconnect().await;
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Carries out `executor` until its timeline is done. On every (re)connection it publishes

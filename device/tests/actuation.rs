@@ -81,7 +81,7 @@ fn subscriber(port: u16) -> Arc<Mutex<Vec<Seen>>> {
                     client.subscribe("#", rumqttc::QoS::AtLeastOnce).unwrap();
                 }
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => out.lock().unwrap().push(Seen {
-                    at_ms: device::mqtt::now_ms(),
+                    at_ms: protocol::net::now_ms(),
                     topic: p.topic.clone(),
                     payload: String::from_utf8_lossy(&p.payload).into_owned(),
                     retained: p.retain,
@@ -339,12 +339,12 @@ fn kill_9_while_proving_and_while_executing_and_a_broker_restart_lose_no_slot() 
     let mut third = spawn_run(&cfg);
     let (lines, _) = watch_stderr(&mut third, "never");
     let outage = start + 5 * slot + 100;
-    while device::mqtt::now_ms() < outage {
+    while protocol::net::now_ms() < outage {
         std::thread::sleep(Duration::from_millis(10));
     }
     broker.kill();
     std::thread::sleep(Duration::from_millis(1200));
-    let back_at = device::mqtt::now_ms();
+    let back_at = protocol::net::now_ms();
     let _broker = Mosquitto::start(port);
     let status = third.wait().unwrap();
     log.extend(lines.lock().unwrap().clone());

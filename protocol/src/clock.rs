@@ -168,16 +168,6 @@ impl ClockConfig {
         }
     }
 
-    /// When slot `t` starts: execution start + t·Δ (saturating).
-    pub fn slot_start_ms(&self, t: u32) -> u64 {
-        self.execution_start_ms.saturating_add(self.slot_ms.saturating_mul(t as u64))
-    }
-
-    /// When the last slot ends.
-    pub fn execution_end_ms(&self) -> u64 {
-        self.slot_start_ms(self.slots)
-    }
-
     /// When iteration k's submission window closes: registration close + k · iteration length.
     pub fn deadline(&self, k: u32) -> u64 {
         self.registration_close_ms.saturating_add(self.iteration_ms.saturating_mul(k as u64))

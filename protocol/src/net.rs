@@ -65,6 +65,12 @@ pub enum NetError {
     Codec(#[from] crate::codec::CodecError),
 }
 
+/// Wall-clock milliseconds since the Unix epoch: the one clock reading every host (validator,
+/// gateway) passes to its sans-IO core.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 /// Installs the `ring` provider as the process default (idempotent).
 pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use protocol::codec::{decode, encode};
 use protocol::entry::{Body, Certified};
 use protocol::messages::{DeviceRequest, DeviceResponse, SignedEnrollment, SignedUpdate, MAX_DEVICE_FRAME};
-use protocol::net::{self, ALPN_DEVICE, ALPN_PEER};
+use protocol::net::{self, now_ms, ALPN_DEVICE, ALPN_PEER};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
@@ -28,11 +28,6 @@ pub const EVENT_QUEUE: usize = 8192;
 pub const PEER_QUEUE: usize = 4096;
 /// Device requests per second per connection (burst twice that).
 pub const DEVICE_RATE: f64 = 50.0;
-
-/// Wall-clock milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
 
 /// A failure that stops the validator.
 #[derive(Debug, thiserror::Error)]

@@ -153,7 +153,7 @@ fn init(a: &InitArgs) -> Result<ExitCode, String> {
     accepted.sort_by_key(|k| (k.kind, k.slots));
     let mut rng = ChaCha20Rng::from_entropy();
     let keys: Vec<_> = (0..a.validators).map(|_| ed25519_dalek::SigningKey::generate(&mut rng)).collect();
-    let now = verifier_node::host::now_ms();
+    let now = protocol::net::now_ms();
     let close = now + a.registration_s * 1000;
     let slots = circuits::Slots::new(a.slots as usize).map_err(|e| format!("--slots: {e}"))?;
     let scenario = protocol::scenario::Scenario::generate(1, a.devices.max(1), slots, a.slot_seconds, protocol::scenario::Mix::Household);

@@ -78,7 +78,7 @@ fn main() {
         .collect();
     eprintln!("{} proofs in {:.1} s", proven.len(), t1.elapsed().as_secs_f64());
     let validator_keys: Vec<SigningKey> = (0..args.validators).map(|i| SigningKey::from_bytes(&[200 + i as u8; 32])).collect();
-    let now = verifier_node::host::now_ms();
+    let now = protocol::net::now_ms();
     // Registration: long enough to enroll every device over QUIC.
     let close = now + 5000 + args.devices as u64 * 5;
     let iteration_ms = 4000;
@@ -202,7 +202,7 @@ fn main() {
                     }
                 }
                 Body::Iteration(b) => {
-                    latency_ms = Some(verifier_node::host::now_ms().saturating_sub(deadline));
+                    latency_ms = Some(protocol::net::now_ms().saturating_sub(deadline));
                     included = b.updates.len();
                     break;
                 }

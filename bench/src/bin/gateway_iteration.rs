@@ -48,7 +48,7 @@ fn main() {
     let vk_bytes = vk.to_bytes();
     std::fs::write(dir.join("keys/deferrable.vk"), &vk_bytes).expect("write vk");
     let validator_keys: Vec<SigningKey> = (0..4u8).map(|i| SigningKey::from_bytes(&[180 + i; 32])).collect();
-    let now = verifier_node::host::now_ms();
+    let now = protocol::net::now_ms();
     let close = now + 4000;
     let genesis = Genesis {
         validators: validator_keys.iter().map(|k| ValidatorId(k.verifying_key().to_bytes())).collect(),
@@ -105,7 +105,7 @@ fn main() {
         let mut rows = vec![];
         while let Some(item) = rx.recv().await {
             let item = item.expect("entry");
-            let Some(k) = agent.on_entry(&item, verifier_node::host::now_ms()).expect("light client") else {
+            let Some(k) = agent.on_entry(&item, protocol::net::now_ms()).expect("light client") else {
                 if agent.is_final() {
                     break;
                 }

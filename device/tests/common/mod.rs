@@ -71,7 +71,7 @@ pub fn market_with(name: &str, timing: Timing) -> Market {
         verifying_keys.push(verifier_node::config::key_hash(&vk, &vk_bytes));
     }
     let validators: Vec<SigningKey> = (0..4u8).map(|i| SigningKey::from_bytes(&[60 + i; 32])).collect();
-    let now = verifier_node::host::now_ms();
+    let now = protocol::net::now_ms();
     let close = now + registration_ms;
     let genesis = Genesis {
         validators: validators.iter().map(|k| ValidatorId(k.verifying_key().to_bytes())).collect(),
