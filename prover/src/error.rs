@@ -115,6 +115,15 @@ pub enum ProveError {
         /// The witness's shape.
         witness: Shape,
     },
+    /// The witness synthesized to another number of variables than the key's circuit
+    /// (a circuit/key version mismatch: the proof could not verify).
+    #[error("the assignment has {assignment} variables, the circuit's matrices {matrices}")]
+    Assignment {
+        /// Instance + witness variables in the key's matrices.
+        matrices: usize,
+        /// Instance + witness variables the witness produced.
+        assignment: usize,
+    },
     /// arkworks failed to synthesise or prove.
     #[error("proving failed: {0}")]
     Synthesis(#[from] ark_relations::r1cs::SynthesisError),
