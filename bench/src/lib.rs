@@ -1,6 +1,10 @@
 //! `bench`: the benchmarks behind BENCHMARKS.md. Criterion benches live in `benches/`; this
-//! library holds the fixtures they share.
+//! library holds the fixtures they share, the end-to-end scaling scenario ([`scale`]) and the
+//! generator of BENCHMARKS.md's tables ([`tables`]); `src/main.rs` is the `bench` binary.
 #![warn(missing_docs)]
+
+pub mod scale;
+pub mod tables;
 
 use circuits::{sample, Fr, ModelKind, Shape, Slots};
 use prover::{prove, setup, UpdateProof, UpdateProvingKey, UpdateVerifyingKey};

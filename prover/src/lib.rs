@@ -231,6 +231,13 @@ fn assignment(pk: &UpdateProvingKey, circuit: UpdateCircuit) -> Result<Vec<Fr>, 
     Ok(cs.instance_assignment.iter().chain(&cs.witness_assignment).copied().collect())
 }
 
+/// A fresh proof of the same statement (Groth16 re-randomization, BKSV20 theorem 3): valid
+/// exactly when `proof` is, and indistinguishable from a new honest proof. Costs three scalar
+/// multiplications instead of a proof; used to make distinct proofs cheaply for benchmarks.
+pub fn rerandomize<R: RngCore + CryptoRng>(vk: &UpdateVerifyingKey, proof: &UpdateProof, rng: &mut R) -> UpdateProof {
+    Groth16::<Bn254>::rerandomize_proof(vk.inner(), proof, rng)
+}
+
 /// Verifies one proof against its public inputs.
 pub fn verify(vk: &UpdateVerifyingKey, public_inputs: &[Fr], proof: &UpdateProof) -> Result<(), VerifyError> {
     let expected = vk.shape.num_public_inputs();

@@ -26,6 +26,14 @@ fn every_model_proves_and_verifies_at_t24_and_t96() {
             let proof2 = prover::format::decode_proof(&bytes).unwrap();
             let vk2 = UpdateVerifyingKey::from_bytes(&vk.to_bytes(), Some(vk.shape())).unwrap();
             verify(&vk2, &inputs, &proof2).unwrap();
+
+            // A re-randomized proof is new and verifies for the same statement only.
+            let fresh = prover::rerandomize(&vk, &proof, &mut rng);
+            assert_ne!(prover::format::encode_proof(&fresh), bytes);
+            verify(&vk, &inputs, &fresh).unwrap();
+            let mut other = inputs.clone();
+            other[1] += circuits::Fr::from(1u64);
+            assert_eq!(verify(&vk, &other, &fresh), Err(VerifyError::Invalid));
             if t == 24 {
                 let pk2 = UpdateProvingKey::from_bytes(&pk.to_bytes(), Some(pk.shape())).unwrap();
                 let (p3, i3) = prove(&pk2, w, &mut rng).unwrap();

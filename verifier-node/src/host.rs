@@ -147,28 +147,36 @@ impl Running {
     }
 }
 
-/// Starts a whole validator set in this process, on loopback: validator i listens for QUIC on
+/// The configurations of a whole validator set on loopback: validator i listens for QUIC on
 /// `quic_port + i` and for HTTP on `http_port + i`, keeps its log in `dir/db<i>`, and takes its
 /// verifying keys from `keys_dir`. For tests, benchmarks and the local demo.
-pub async fn start_local(dir: &std::path::Path, keys_dir: &std::path::Path, genesis: &protocol::entry::Entry, keys: &[ed25519_dalek::SigningKey], quic_port: u16, http_port: u16) -> Result<Vec<Running>, String> {
+pub fn local_configs(dir: &std::path::Path, keys_dir: &std::path::Path, genesis: &protocol::entry::Entry, keys: &[ed25519_dalek::SigningKey], quic_port: u16, http_port: u16) -> Result<Vec<Config>, String> {
     use crate::config::{NodeFile, PeerFile};
     let protocol::entry::Body::Genesis(g) = &genesis.body else { return Err("not a genesis entry".into()) };
     let vks = crate::config::read_verifying_keys(keys_dir, &g.verifying_keys).map_err(|e| e.to_string())?;
     let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
     let n = keys.len() as u16;
+    Ok((0..n)
+        .map(|i| {
+            let file = NodeFile {
+                index: i,
+                key_file: "in-process".into(),
+                genesis_file: "in-process".into(),
+                keys_dir: keys_dir.to_path_buf(),
+                db: dir.join(format!("db{i}")),
+                listen: addr(quic_port + i),
+                http: addr(http_port + i),
+                peers: (0..n).filter(|&j| j != i).map(|j| PeerFile { index: j, addr: addr(quic_port + j) }).collect(),
+            };
+            Config { file, key: keys[i as usize].clone(), genesis: genesis.clone(), keys: vks.clone() }
+        })
+        .collect())
+}
+
+/// Starts the whole validator set of [`local_configs`] in this process.
+pub async fn start_local(dir: &std::path::Path, keys_dir: &std::path::Path, genesis: &protocol::entry::Entry, keys: &[ed25519_dalek::SigningKey], quic_port: u16, http_port: u16) -> Result<Vec<Running>, String> {
     let mut running = vec![];
-    for i in 0..n {
-        let file = NodeFile {
-            index: i,
-            key_file: "in-process".into(),
-            genesis_file: "in-process".into(),
-            keys_dir: keys_dir.to_path_buf(),
-            db: dir.join(format!("db{i}")),
-            listen: addr(quic_port + i),
-            http: addr(http_port + i),
-            peers: (0..n).filter(|&j| j != i).map(|j| PeerFile { index: j, addr: addr(quic_port + j) }).collect(),
-        };
-        let cfg = Config { file, key: keys[i as usize].clone(), genesis: genesis.clone(), keys: vks.clone() };
+    for (i, cfg) in local_configs(dir, keys_dir, genesis, keys, quic_port, http_port)?.into_iter().enumerate() {
         running.push(start(cfg).await.map_err(|e| format!("validator {i}: {e}"))?);
     }
     Ok(running)
