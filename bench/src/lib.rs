@@ -32,3 +32,15 @@ pub fn proofs(pk: &UpdateProvingKey, n: usize) -> Vec<(UpdateProof, Vec<Fr>)> {
     (0..n).map(|i| distinct[i % distinct.len()].clone()).collect()
 }
 
+
+/// A `gateway.toml` with one EV (Deferrable, 7.4 kW, 20–40 kWh, plugged in during
+/// `windows`) on `validators` local validators whose QUIC ports start at `port`; key, state,
+/// genesis and keys directory relative to the file (`gw.key`, `gw-state.json`,
+/// `genesis.bin`, `keys/`).
+pub fn gateway_toml(validators: u16, port: u16, windows: &str) -> String {
+    let validators: String = (0..validators).map(|i| format!("[[validators]]\nindex = {i}\naddr = \"127.0.0.1:{}\"\n\n", port + i)).collect();
+    format!(
+        "key_file = \"gw.key\"\nstate_file = \"gw-state.json\"\ngenesis_file = \"genesis.bin\"\nkeys_dir = \"keys\"\n\n{validators}\
+         [[appliances]]\nname = \"ev\"\n[appliances.spec]\nmodel = \"deferrable\"\nmax_power_kw = 7.4\nenergy_min_kwh = 20.0\nenergy_max_kwh = 40.0\nwindows = {windows}\n"
+    )
+}

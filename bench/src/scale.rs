@@ -421,13 +421,7 @@ pub fn run(s: Scenario, exe: &Path) -> Result<ScaleResult, String> {
 /// A gateway with one EV (Deferrable) on the scenario's validators.
 fn write_gateway(dir: &Path, s: Scenario) -> Result<(), String> {
     std::fs::write(dir.join("gw.key"), protocol::ids::hex(&[7u8; 32])).map_err(|e| e.to_string())?;
-    let validators: String = (0..s.validators).map(|i| format!("[[validators]]\nindex = {i}\naddr = \"127.0.0.1:{}\"\n\n", s.port + i)).collect();
-    let toml = format!(
-        "key_file = \"gw.key\"\nstate_file = \"gw-state.json\"\ngenesis_file = \"genesis.bin\"\nkeys_dir = \"keys\"\n\n{validators}\
-         [[appliances]]\nname = \"ev\"\n[appliances.spec]\nmodel = \"deferrable\"\nmax_power_kw = 7.4\nenergy_min_kwh = 20.0\nenergy_max_kwh = 40.0\nwindows = [[0, {}]]\n",
-        s.slots
-    );
-    std::fs::write(dir.join("gateway.toml"), toml).map_err(|e| e.to_string())
+    std::fs::write(dir.join("gateway.toml"), crate::gateway_toml(s.validators, s.port, &format!("[[0, {}]]", s.slots))).map_err(|e| e.to_string())
 }
 
 /// Removes the scenario's directory when dropped.

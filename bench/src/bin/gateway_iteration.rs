@@ -71,16 +71,7 @@ fn main() {
     let genesis_entry = Entry::genesis(genesis, now);
     std::fs::write(dir.join("genesis.bin"), protocol::codec::encode(&genesis_entry)).expect("write genesis");
     std::fs::write(dir.join("gw.key"), protocol::ids::hex(&[7u8; 32])).expect("write key");
-    let validators: String = (0..4).map(|i| format!("[[validators]]\nindex = {i}\naddr = \"127.0.0.1:{}\"\n\n", args.port + i)).collect();
-    std::fs::write(
-        dir.join("gateway.toml"),
-        format!(
-            "key_file = \"gw.key\"\nstate_file = \"state.json\"\ngenesis_file = \"genesis.bin\"\nkeys_dir = \"keys\"\n\n{validators}\
-             [[appliances]]\nname = \"ev\"\n[appliances.spec]\nmodel = \"deferrable\"\nmax_power_kw = 7.4\nenergy_min_kwh = 20.0\nenergy_max_kwh = 40.0\nwindows = [[0, 28], [72, {}]]\n",
-            args.slots
-        ),
-    )
-    .expect("write gateway.toml");
+    std::fs::write(dir.join("gateway.toml"), bench::gateway_toml(4, args.port, &format!("[[0, 28], [72, {}]]", args.slots))).expect("write gateway.toml");
     let gw = device::config::Gateway::load(&dir.join("gateway.toml")).expect("gateway.toml");
     let keys = gw.proving_keys().expect("proving keys");
     let mut agent = device::agent::Agent::new(gw.clone(), keys, Default::default()).expect("agent");
