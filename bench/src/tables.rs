@@ -143,7 +143,8 @@ pub fn chart(results: &[ScaleResult], path: &Path) -> Result<(), TablesError> {
     let n_min = results.iter().map(|r| r.scenario.devices).min().unwrap_or(1) as f64 / 1.5;
     let mut vs: Vec<u16> = results.iter().map(|r| r.scenario.validators).collect();
     vs.dedup();
-    let metrics: [(&str, &str, fn(&ScaleResult) -> f64); 2] = [
+    type Metric = (&'static str, &'static str, fn(&ScaleResult) -> f64);
+    let metrics: [Metric; 2] = [
         ("deadline → committed entry", "ms", |r| r.deadline_to_commit_ms.max(1) as f64),
         ("validator peak RSS", "MiB", |r| mib(r.validators.iter().map(|v| v.peak_rss_kib).max().unwrap_or(1))),
     ];
