@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use bench::scale::{self, Scenario};
+use bench::tables::mib;
 use clap::{Parser, Subcommand};
 
 /// gridproof's end-to-end benchmarks: validators in their own processes, N devices, one real
@@ -113,12 +114,12 @@ fn main() -> ExitCode {
 fn scale_cmd(s: Scenario, json: Option<PathBuf>) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let r = scale::run(s, &exe)?;
-    let rss: Vec<String> = r.validators.iter().map(|v| format!("{:.0}", v.peak_rss_kib as f64 / 1024.0)).collect();
+    let rss: Vec<String> = r.validators.iter().map(|v| format!("{:.0}", mib(v.peak_rss_kib))).collect();
     println!("N {} devices (+1 gateway), {} validators, T = {}", s.devices, s.validators, s.slots);
     println!("  iteration 1: {} updates; deadline → committed at a subscriber: {} ms", r.included, r.deadline_to_commit_ms);
     println!("  baseline: batch verification of the N proofs in-process {:.0} ms ({:.0} proofs/s)", r.baseline_batch_verify_ms, r.batch_verify_proofs_per_s);
     println!("  admitted and pre-verified: {:.0} submissions per s per validator", r.admitted_per_s_per_validator);
-    println!("  peak RSS: validators {} MiB, gateway {:.0} MiB; entry {:.2} MB; {:.0} s", rss.join(" / "), r.gateway.peak_rss_kib as f64 / 1024.0, r.entry_bytes as f64 / 1e6, r.wall_s);
+    println!("  peak RSS: validators {} MiB, gateway {:.0} MiB; entry {:.2} MB; {:.0} s", rss.join(" / "), mib(r.gateway.peak_rss_kib), r.entry_bytes as f64 / 1e6, r.wall_s);
     if let Some(path) = json {
         std::fs::write(&path, serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?).map_err(|e| format!("{}: {e}", path.display()))?;
     }

@@ -100,6 +100,13 @@ pub struct ScaleResult {
     pub wall_s: f64,
 }
 
+impl ScaleResult {
+    /// The largest peak RSS among the validators, KiB.
+    pub fn max_validator_rss_kib(&self) -> u64 {
+        self.validators.iter().map(|v| v.peak_rss_kib).max().unwrap_or(0)
+    }
+}
+
 /// Peak resident set size of this process (VmHWM), KiB; 0 where /proc is not available.
 pub fn peak_rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -218,10 +225,12 @@ pub fn run(s: Scenario, exe: &Path) -> Result<ScaleResult, String> {
             SigningKey::from_bytes(&seed)
         })
         .collect();
-    let proofs: Vec<[u8; 128]> = (0..s.devices)
-        .into_par_iter()
-        .map(|i| prover::format::encode_proof(&prover::rerandomize(&vk, &proven[i % distinct].1, &mut ChaCha20Rng::seed_from_u64(1000 + i as u64))))
-        .collect();
+    let proofs: Vec<prover::UpdateProof> =
+        (0..s.devices).into_par_iter().map(|i| prover::rerandomize(&vk, &proven[i % distinct].1, &mut ChaCha20Rng::seed_from_u64(1000 + i as u64))).collect();
+    // Device i's commitment and public inputs are those of its opening, i mod DISTINCT.
+    let commitments: Vec<Fr> = openings.iter().map(commitment).collect();
+    let context = Context { market_id: 1, iteration: 1, shape };
+    let inputs: Vec<Vec<Fr>> = proven.iter().zip(&commitments).map(|((schedule, _), c)| circuits::public_inputs(*c, &context, schedule).expect("inputs of a proven witness")).collect();
     eprintln!("{distinct} proofs, {} re-randomized copies in {:.1} s", s.devices, t.elapsed().as_secs_f64());
 
     // The market: registration and the iteration window grow with the submissions to make.
@@ -258,31 +267,25 @@ pub fn run(s: Scenario, exe: &Path) -> Result<ScaleResult, String> {
 
     let updates: Vec<SignedUpdate> = keys
         .iter()
-        .zip(proofs)
+        .zip(&proofs)
         .enumerate()
-        .map(|(i, (key, proof))| SignedUpdate::new(key, &chain, Update { market_id: 1, iteration: 1, device: DeviceId(key.verifying_key().to_bytes()), schedule: proven[i % distinct].0.clone(), proof }))
+        .map(|(i, (key, proof))| {
+            let body = Update { market_id: 1, iteration: 1, device: DeviceId(key.verifying_key().to_bytes()), schedule: proven[i % distinct].0.clone(), proof: prover::format::encode_proof(proof) };
+            SignedUpdate::new(key, &chain, body)
+        })
         .collect();
     let enrollments: Vec<SignedEnrollment> = keys
         .iter()
         .enumerate()
         .map(|(i, key)| {
-            let body = Enrollment { market_id: 1, device: DeviceId(key.verifying_key().to_bytes()), kind: 1, slots: s.slots as u16, commitment: FieldElement::new(&commitment(&openings[i % distinct])) };
+            let body = Enrollment { market_id: 1, device: DeviceId(key.verifying_key().to_bytes()), kind: 1, slots: s.slots as u16, commitment: FieldElement::new(&commitments[i % distinct]) };
             SignedEnrollment::new(key, &chain, body)
         })
         .collect();
 
     // Baseline in the same run: one batch verification of the N proofs in this process.
     let baseline_ms = {
-        let context = Context { market_id: 1, iteration: 1, shape };
-        let items: Vec<(prover::UpdateProof, Vec<Fr>)> = updates
-            .iter()
-            .enumerate()
-            .map(|(i, u)| {
-                let inputs = circuits::public_inputs(commitment(&openings[i % distinct]), &context, &u.body.schedule).expect("inputs");
-                (prover::format::decode_proof(&u.body.proof).expect("proof"), inputs)
-            })
-            .collect();
-        let batch: Vec<prover::BatchItem> = items.iter().map(|(p, i)| prover::BatchItem { public_inputs: i, proof: p }).collect();
+        let batch: Vec<prover::BatchItem> = proofs.iter().enumerate().map(|(i, p)| prover::BatchItem { public_inputs: &inputs[i % distinct], proof: p }).collect();
         let t = Instant::now();
         let report = prover::batch_verify(&vk, &batch, &mut ChaCha20Rng::seed_from_u64(1));
         if !report.invalid.is_empty() {

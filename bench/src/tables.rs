@@ -65,7 +65,8 @@ pub fn read_results(dir: &Path) -> Result<Vec<ScaleResult>, TablesError> {
     Ok(out)
 }
 
-fn mib(kib: u64) -> f64 {
+/// KiB → MiB.
+pub fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
@@ -93,7 +94,6 @@ pub fn markdown(results: &[ScaleResult], chart: &str) -> String {
     md.push_str("| N devices | validators | deadline → committed | baseline: batch verify of N in-process | admitted + pre-verified per s per validator | validator peak RSS (max of V) | gateway peak RSS | iteration entry | wall time |\n");
     md.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in results {
-        let max_rss = r.validators.iter().map(|v| v.peak_rss_kib).max().unwrap_or(0);
         md.push_str(&format!(
             "| {} | {} | {} ms | {:.0} ms ({:.0} proofs/s) | {:.0} | {:.0} MiB | {:.0} MiB | {:.2} MB | {:.0} s |\n",
             thousands(r.scenario.devices),
@@ -102,7 +102,7 @@ pub fn markdown(results: &[ScaleResult], chart: &str) -> String {
             r.baseline_batch_verify_ms,
             r.batch_verify_proofs_per_s,
             r.admitted_per_s_per_validator,
-            mib(max_rss),
+            mib(r.max_validator_rss_kib()),
             mib(r.gateway.peak_rss_kib),
             r.entry_bytes as f64 / 1e6,
             r.wall_s
@@ -116,7 +116,7 @@ pub fn markdown(results: &[ScaleResult], chart: &str) -> String {
         let rows: Vec<&ScaleResult> = results.iter().filter(|r| r.scenario.validators == v).collect();
         let series = |f: &dyn Fn(&ScaleResult) -> f64| rows.iter().map(|r| (r.scenario.devices, f(r))).collect::<Vec<_>>();
         let lat = series(&|r| r.deadline_to_commit_ms as f64);
-        let rss = series(&|r| r.validators.iter().map(|x| x.peak_rss_kib).max().unwrap_or(0) as f64);
+        let rss = series(&|r| r.max_validator_rss_kib() as f64);
         let gw = series(&|r| r.gateway.peak_rss_kib as f64);
         let fmt = |b: Option<f64>| b.map(|b| format!("{b:.2}")).unwrap_or_else(|| "–".into());
         let per_device = match (rss.first(), rss.last()) {
@@ -146,7 +146,7 @@ pub fn chart(results: &[ScaleResult], path: &Path) -> Result<(), TablesError> {
     type Metric = (&'static str, &'static str, fn(&ScaleResult) -> f64);
     let metrics: [Metric; 2] = [
         ("deadline → committed entry", "ms", |r| r.deadline_to_commit_ms.max(1) as f64),
-        ("validator peak RSS", "MiB", |r| mib(r.validators.iter().map(|v| v.peak_rss_kib).max().unwrap_or(1))),
+        ("validator peak RSS", "MiB", |r| mib(r.max_validator_rss_kib().max(1))),
     ];
     for (panel, (title, unit, f)) in panels.iter().zip(metrics) {
         let ys: Vec<f64> = results.iter().map(f).collect();

@@ -71,21 +71,15 @@ mod tests {
     fn same_proof_as_ark_groth16_for_the_same_blinding() {
         let slots = Slots::new(4).expect("T");
         let mut rng = ChaCha20Rng::seed_from_u64(5);
-        for kind in [ModelKind::Deferrable, ModelKind::Battery, ModelKind::Producer, ModelKind::Thermal] {
+        for kind in ModelKind::ALL {
             let (pk, _) = crate::setup(Shape { kind, slots }, &mut rng).expect("setup");
             let witness = sample::witness(kind, slots, 1, 2, 3);
             let (r, s) = (Fr::rand(&mut rng), Fr::rand(&mut rng));
             let ours = crate::prove_with_blinding(&pk, witness.clone(), r, s).expect("prove");
-            let theirs = Groth16::<ark_bn254::Bn254>::create_proof_with_reduction_and_matrices(
-                pk.inner(),
-                r,
-                s,
-                pk.matrices().expect("matrices"),
-                pk.matrices().expect("matrices").num_instance_variables,
-                pk.matrices().expect("matrices").num_constraints,
-                &crate::assignment(&pk, UpdateCircuit::new(witness).expect("valid")).expect("assignment"),
-            )
-            .expect("ark prove");
+            let m = pk.matrices().expect("matrices");
+            let full = crate::assignment(m, UpdateCircuit::new(witness).expect("valid")).expect("assignment");
+            let theirs = Groth16::<ark_bn254::Bn254>::create_proof_with_reduction_and_matrices(pk.inner(), r, s, m, m.num_instance_variables, m.num_constraints, &full)
+                .expect("ark prove");
             assert_eq!(ours.0, theirs, "{kind:?}");
         }
     }

@@ -204,8 +204,8 @@ pub fn prove<R: RngCore + CryptoRng>(
 fn prove_with_blinding(pk: &UpdateProvingKey, witness: Witness, r: Fr, s: Fr) -> Result<(UpdateProof, Vec<Fr>), ProveError> {
     let circuit = UpdateCircuit::new(witness)?;
     let inputs = circuit.public_inputs().expect("a checked circuit has inputs").to_vec();
-    let full = assignment(pk, circuit)?;
     let matrices = pk.matrices()?;
+    let full = assignment(matrices, circuit)?;
     let num_inputs = matrices.num_instance_variables;
     let h = LibsnarkReduction::witness_map_from_matrices::<Fr, GeneralEvaluationDomain<Fr>>(matrices, num_inputs, matrices.num_constraints, &full)?;
     let proof = assemble::create_proof(&pk.pk, r, s, &h, &full[1..num_inputs], &full[num_inputs..]);
@@ -214,8 +214,7 @@ fn prove_with_blinding(pk: &UpdateProvingKey, witness: Witness, r: Fr, s: Fr) ->
 
 /// The full assignment (one, instance, witness) of a checked circuit, synthesized without
 /// recording constraints (the key's matrices stand for them).
-fn assignment(pk: &UpdateProvingKey, circuit: UpdateCircuit) -> Result<Vec<Fr>, ProveError> {
-    let matrices = pk.matrices()?;
+fn assignment(matrices: &ConstraintMatrices<Fr>, circuit: UpdateCircuit) -> Result<Vec<Fr>, ProveError> {
     let cs = ConstraintSystem::<Fr>::new_ref();
     cs.set_optimization_goal(OptimizationGoal::Constraints);
     cs.set_mode(SynthesisMode::Prove { construct_matrices: false });
