@@ -99,7 +99,13 @@ fn main() -> ExitCode {
         Cmd::Scale { devices, validators, slots, port, json } => scale_cmd(Scenario { devices, validators, slots, port }, json),
         Cmd::Suite { devices, validators, slots, results, benchmarks, port } => suite(&devices, &validators, slots, &results, &benchmarks, port),
         Cmd::Tables { results, benchmarks } => bench::tables::regenerate(&results, &benchmarks).map_err(|e| e.to_string()).map(|()| println!("{} regenerated from {}", benchmarks.display(), results.display())),
-        Cmd::Validator { dir, index, validators, port } => scale::validator_process(&dir, index, validators, port),
+        Cmd::Validator { dir, index, validators, port } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+                .with_writer(std::io::stderr)
+                .init();
+            scale::validator_process(&dir, index, validators, port)
+        }
         Cmd::Gateway { dir } => scale::gateway_process(&dir),
     };
     match result {
