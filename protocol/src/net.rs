@@ -180,15 +180,24 @@ pub const DEVICE_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_sec
 /// Idle timeout of a device's connection.
 pub const DEVICE_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Streams a validator lets one connection have open at once: a peer sends each message on
+/// its own unidirectional stream, a device each request on its own bidirectional one (a
+/// subscription holds one for good). Beyond these the sender waits for credit.
+const SERVER_UNI_STREAMS: u32 = 64;
+/// See [`SERVER_UNI_STREAMS`].
+const SERVER_BIDI_STREAMS: u32 = 32;
+
 /// Transport parameters. The idle timeout in use is the smaller of the two ends' values, so
 /// the server offers the longer (device) one and each client sets its own; only clients send
-/// keep-alives.
-fn transport(keep_alive: Option<std::time::Duration>, idle: std::time::Duration) -> Arc<quinn::TransportConfig> {
+/// keep-alives. Streams are opened by clients only, so a client accepts none (`streams` is 0):
+/// quinn keeps state for every stream the other end may open, and at 1,024 + 256 that was
+/// most of the ≈ 100 KiB a validator spent per connected device.
+fn transport(keep_alive: Option<std::time::Duration>, idle: std::time::Duration, streams: (u32, u32)) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(keep_alive);
     t.max_idle_timeout(Some(idle.try_into().expect("idle timeouts are seconds")));
-    t.max_concurrent_uni_streams(1024u32.into());
-    t.max_concurrent_bidi_streams(256u32.into());
+    t.max_concurrent_uni_streams(streams.0.into());
+    t.max_concurrent_bidi_streams(streams.1.into());
     Arc::new(t)
 }
 
@@ -204,7 +213,7 @@ pub fn server_config(key: &SigningKey) -> Result<quinn::ServerConfig, NetError> 
     tls.alpn_protocols = vec![ALPN_PEER.to_vec(), ALPN_DEVICE.to_vec()];
     let quic = QuicServerConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    cfg.transport_config(transport(None, DEVICE_IDLE.max(PEER_IDLE)));
+    cfg.transport_config(transport(None, DEVICE_IDLE.max(PEER_IDLE), (SERVER_UNI_STREAMS, SERVER_BIDI_STREAMS)));
     Ok(cfg)
 }
 
@@ -222,7 +231,8 @@ pub fn client_config(key: &SigningKey, server_key: [u8; 32], alpn: &[u8]) -> Res
     tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(|e| NetError::Tls(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(if alpn == ALPN_PEER { transport(Some(PEER_KEEP_ALIVE), PEER_IDLE) } else { transport(Some(DEVICE_KEEP_ALIVE), DEVICE_IDLE) });
+    let (keep_alive, idle) = if alpn == ALPN_PEER { (PEER_KEEP_ALIVE, PEER_IDLE) } else { (DEVICE_KEEP_ALIVE, DEVICE_IDLE) };
+    cfg.transport_config(transport(Some(keep_alive), idle, (0, 0)));
     Ok(cfg)
 }
 
