@@ -82,10 +82,24 @@ fn thousands(n: usize) -> String {
     out
 }
 
-/// The exponent b of `y ∝ N^b` between the smallest and the largest N (1 = linear).
-fn growth(points: &[(usize, f64)]) -> Option<f64> {
-    let (first, last) = (points.first()?, points.last()?);
+/// The exponent b of `y ∝ N^b` between two points (1 = linear).
+fn growth(first: (usize, f64), last: (usize, f64)) -> Option<f64> {
     (last.0 > first.0 && first.1 > 0.0 && last.1 > 0.0).then(|| (last.1 / first.1).ln() / (last.0 as f64 / first.0 as f64).ln())
+}
+
+/// One row of the growth table: exponents from run `a` to run `b` (V validators each).
+fn growth_row(v: u16, a: &ScaleResult, b: &ScaleResult, label: &str) -> String {
+    let (na, nb) = (a.scenario.devices, b.scenario.devices);
+    let exponent = |f: &dyn Fn(&ScaleResult) -> f64| growth((na, f(a)), (nb, f(b))).map(|g| format!("{g:.2}")).unwrap_or_else(|| "–".into());
+    let lat = exponent(&|r| r.deadline_to_commit_ms as f64);
+    let rss = exponent(&|r| r.max_validator_rss_kib() as f64);
+    let gw = exponent(&|r| r.gateway.peak_rss_kib as f64);
+    let per_device = if nb > na {
+        format!("{:.1} KiB", (b.max_validator_rss_kib() as f64 - a.max_validator_rss_kib() as f64) / (nb - na) as f64)
+    } else {
+        "–".into()
+    };
+    format!("| {v} | {} → {}{label} | {lat} | {rss} | {gw} | {per_device} |\n", thousands(na), thousands(nb))
 }
 
 /// The generated markdown: one row per run, then the growth per validator count.
@@ -108,26 +122,19 @@ pub fn markdown(results: &[ScaleResult], chart: &str) -> String {
             r.wall_s
         ));
     }
-    md.push_str("\nGrowth from the smallest to the largest N, as the exponent b of N^b (1 = linear, below 1 = better than linear):\n\n");
+    md.push_str("\nGrowth between consecutive N and overall, as the exponent b of N^b (1 = linear, below 1 = better than linear):\n\n");
     md.push_str("| validators | N | deadline → committed | validator peak RSS | gateway peak RSS | validator RSS per extra device |\n|---:|---|---:|---:|---:|---:|\n");
     let mut vs: Vec<u16> = results.iter().map(|r| r.scenario.validators).collect();
     vs.dedup();
     for v in vs {
         let rows: Vec<&ScaleResult> = results.iter().filter(|r| r.scenario.validators == v).collect();
-        let series = |f: &dyn Fn(&ScaleResult) -> f64| rows.iter().map(|r| (r.scenario.devices, f(r))).collect::<Vec<_>>();
-        let lat = series(&|r| r.deadline_to_commit_ms as f64);
-        let rss = series(&|r| r.max_validator_rss_kib() as f64);
-        let gw = series(&|r| r.gateway.peak_rss_kib as f64);
-        let fmt = |b: Option<f64>| b.map(|b| format!("{b:.2}")).unwrap_or_else(|| "–".into());
-        let per_device = match (rss.first(), rss.last()) {
-            (Some(a), Some(b)) if b.0 > a.0 => format!("{:.1} KiB", (b.1 - a.1) / (b.0 - a.0) as f64),
-            _ => "–".into(),
-        };
-        let span = match (rows.first(), rows.last()) {
-            (Some(a), Some(b)) => format!("{} → {}", thousands(a.scenario.devices), thousands(b.scenario.devices)),
-            _ => "–".into(),
-        };
-        md.push_str(&format!("| {v} | {span} | {} | {} | {} | {per_device} |\n", fmt(growth(&lat)), fmt(growth(&rss)), fmt(growth(&gw))));
+        let mut spans: Vec<(&ScaleResult, &ScaleResult, &str)> = rows.windows(2).map(|w| (w[0], w[1], "")).collect();
+        if let (true, Some(a), Some(b)) = (rows.len() > 2, rows.first(), rows.last()) {
+            spans.push((a, b, " (overall)"));
+        }
+        for (a, b, label) in spans {
+            md.push_str(&growth_row(v, a, b, label));
+        }
     }
     md.push_str(&format!("\n![deadline → committed and validator peak RSS against N]({chart})\n"));
     md
@@ -215,8 +222,9 @@ mod tests {
     fn regenerates_the_marked_section_only() {
         let dir = std::env::temp_dir().join(format!("bench-tables-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        // Latency ×10 and RSS ×100 for N ×100: exponents 0.50 and 1.00.
-        for r in [result(100, 4, 100, 10_000), result(10_000, 4, 1000, 1_000_000)] {
+        // Latency ×10 and RSS ×100 for N ×100: exponents 0.50 and 1.00 overall; the middle
+        // point makes the first decade flat in latency (0.00) and the second steep (1.00).
+        for r in [result(100, 4, 100, 10_000), result(1_000, 4, 100, 100_000), result(10_000, 4, 1000, 1_000_000)] {
             std::fs::write(dir.join(format!("scale-{}-{}.json", r.scenario.devices, r.scenario.validators)), serde_json::to_string(&r).unwrap()).unwrap();
         }
         let md = dir.join("BENCHMARKS.md");
@@ -226,7 +234,9 @@ mod tests {
         assert!(text.starts_with("# Before\n") && text.ends_with(&format!("{END}\nAfter\n")), "{text}");
         assert!(!text.contains("old table"));
         assert!(text.contains("| 10,000 | 4 | 1,000 ms |"), "{text}");
-        assert!(text.contains("| 4 | 100 → 10,000 | 0.50 | 1.00 |"), "{text}");
+        assert!(text.contains("| 4 | 100 → 1,000 | 0.00 | 1.00 |"), "{text}");
+        assert!(text.contains("| 4 | 1,000 → 10,000 | 1.00 | 1.00 |"), "{text}");
+        assert!(text.contains("| 4 | 100 → 10,000 (overall) | 0.50 | 1.00 |"), "{text}");
         assert!(std::fs::read_to_string(dir.join("scale.svg")).unwrap().contains("<svg"));
         std::fs::write(&md, "no markers").unwrap();
         assert!(matches!(regenerate(&dir, &md), Err(TablesError::Markers(_))));

@@ -184,6 +184,9 @@ pub struct MarketApp {
     admm: Option<AdmmState>,
     converged: bool,
     finalized: bool,
+    /// The tip is an enrollment entry filled to [`MAX_ENROLLMENTS_PER_ENTRY`]: more may wait,
+    /// so the next batch is due at once instead of an interval later.
+    backlog: bool,
     tip: Tip,
     genesis_ms: u64,
 }
@@ -207,6 +210,7 @@ impl MarketApp {
             admm: None,
             converged: false,
             finalized: false,
+            backlog: false,
             tip,
             genesis_ms: genesis_entry.timestamp_ms,
         })
@@ -262,6 +266,14 @@ impl MarketApp {
         self.genesis.market.iteration_ms.min(window / 2).max(1)
     }
 
+    /// The earliest timestamp of the next enrollment batch: one interval after the tip, or
+    /// right after it when the tip was a full batch (a backlog drains batch after batch
+    /// instead of waiting an interval each, which could outlast registration).
+    fn next_batch_ms(&self) -> u64 {
+        let gap = if self.backlog { 1 } else { self.enrollment_interval() };
+        self.tip.timestamp_ms.saturating_add(gap)
+    }
+
     /// The entry due next and the earliest timestamp it may carry; `None` once final.
     pub fn next_due(&self) -> Option<(u64, Due)> {
         if self.finalized {
@@ -269,7 +281,7 @@ impl MarketApp {
         }
         match &self.admm {
             None => {
-                let batch = self.tip.timestamp_ms.saturating_add(self.enrollment_interval());
+                let batch = self.next_batch_ms();
                 if batch < self.close_ms() {
                     Some((batch, Due::Enrollment))
                 } else {
@@ -310,7 +322,7 @@ impl MarketApp {
             return None;
         }
         if self.admm.is_none() && !self.finalized {
-            let batch = self.tip.timestamp_ms.saturating_add(self.enrollment_interval());
+            let batch = self.next_batch_ms();
             return if t < self.close_ms() {
                 (t >= batch).then_some(Due::Enrollment)
             } else {
@@ -684,6 +696,7 @@ impl MarketApp {
                 return Err(Reject::NotDue(format!("a {} entry", body_kind(&entry.body))));
             }
         }
+        self.backlog = matches!(&entry.body, Body::Enrollment(list) if list.len() == MAX_ENROLLMENTS_PER_ENTRY);
         self.tip = Tip { height: entry.height, hash: entry.hash(), timestamp_ms: entry.timestamp_ms };
         Ok(())
     }

@@ -123,3 +123,45 @@ fn entries_are_built_validated_and_applied() {
     assert_eq!(a.admm().unwrap().iteration(), 1);
     assert_eq!(a.admit_update(300, &good[0]).unwrap_err().label(), "stale_iteration");
 }
+
+/// More enrollments than one batch holds: a full batch makes the next one due right after it,
+/// so the backlog is enrolled before registration closes (one batch per interval would have
+/// reached the close with devices left out).
+#[test]
+fn a_full_enrollment_batch_makes_the_next_one_due_at_once() {
+    let w = world();
+    let mut app = MarketApp::new(&genesis_entry(&w), w.keys.clone()).unwrap();
+    let n = verifier_node::app::MAX_ENROLLMENTS_PER_ENTRY + 5;
+    let template = enrollment(&w, &w.devices[0]);
+    let pool: Vec<SignedEnrollment> = (0..n as u64)
+        .map(|i| {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&(i + 1000).to_le_bytes());
+            let key = SigningKey::from_bytes(&seed);
+            let mut body = template.body.clone();
+            body.device = DeviceId(key.verifying_key().to_bytes());
+            SignedEnrollment::new(&key, &w.chain, body)
+        })
+        .collect();
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let verifier = MarketApp::new(&genesis_entry(&w), w.keys.clone()).unwrap();
+    let (full, _, dropped) = app.build(75, &pool, &[], &Default::default(), &mut rng).unwrap();
+    assert!(dropped.is_empty());
+    let Body::Enrollment(list) = &full.body else { panic!("an enrollment batch is due") };
+    assert_eq!(list.len(), verifier_node::app::MAX_ENROLLMENTS_PER_ENTRY);
+    verifier.validate(&full, &[], &Default::default(), &mut rng).unwrap();
+    app.apply(&full, &[]).unwrap();
+    assert_eq!(app.next_due(), Some((76, Due::Enrollment)), "the backlog is due right after a full batch");
+
+    let rest: Vec<SignedEnrollment> = pool.iter().filter(|e| !app.enrolled().contains_key(&e.body.device)).cloned().collect();
+    assert_eq!(rest.len(), 5);
+    let (tail, _, _) = app.build(76, &rest, &[], &Default::default(), &mut rng).unwrap();
+    let mut replica = verifier;
+    replica.apply(&full, &[]).unwrap();
+    replica.validate(&tail, &[], &Default::default(), &mut rng).unwrap();
+    app.apply(&tail, &[]).unwrap();
+    assert_eq!(app.enrolled().len(), n);
+    // A batch that is not full brings back the interval: the next one would be at 151, past
+    // the close at 150, so iteration 1 is next, at its deadline.
+    assert_eq!(app.next_due(), Some((250, Due::Iteration(1))));
+}
