@@ -20,34 +20,14 @@ use protocol::local::Costs;
 use prover::UpdateProvingKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use thiserror::Error;
 
 use crate::actuation::{HomeAssistantFile, OutputFile};
 use crate::mqtt::MqttFile;
 
-/// A configuration problem.
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// A file's content is wrong.
-    #[error("{path}: {reason}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong, naming the field.
-        reason: String,
-    },
-}
+pub use protocol::files::{read_key, ConfigError};
 
 fn invalid(path: &Path, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { path: path.to_path_buf(), reason: reason.into() }
+    ConfigError::invalid(path, reason)
 }
 
 /// A validator the gateway talks to (its key comes from the genesis).
@@ -183,7 +163,7 @@ fn derive(tag: &str, secret: &[u8; 32], name: &str) -> [u8; 32] {
 
 /// Reads `gateway.toml` (without the secret key).
 pub fn read_file(path: &Path) -> Result<GatewayFile, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(ConfigError::io(path))?;
     let mut file: GatewayFile = toml::from_str(&text).map_err(|e| invalid(path, e.to_string()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let password = file.mqtt.as_mut().and_then(|m| m.password_file.as_mut());
@@ -195,26 +175,10 @@ pub fn read_file(path: &Path) -> Result<GatewayFile, ConfigError> {
     Ok(file)
 }
 
-/// Reads the gateway secret.
-pub fn read_key(path: &Path) -> Result<SigningKey, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
-    let b = protocol::ids::parse_hex32(&text).ok_or_else(|| invalid(path, "the key file must hold 64 hex characters"))?;
-    Ok(SigningKey::from_bytes(&b))
-}
-
 /// Writes a new gateway secret (mode 0600); refuses to overwrite one.
 pub fn create_key(path: &Path) -> Result<SigningKey, ConfigError> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    let hex = protocol::ids::hex(&key.to_bytes());
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    opts.mode(0o600);
-    let mut f = opts.open(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
-    f.write_all(hex.as_bytes()).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+    protocol::files::write_key(path, &key, true)?;
     Ok(key)
 }
 
@@ -286,7 +250,7 @@ impl Gateway {
                 continue;
             }
             let path = self.file.keys_dir.join(format!("{}-{}.pk", shape.kind, shape.slots.get()));
-            let bytes = std::fs::read(&path).map_err(|source| ConfigError::Io { path: path.clone(), source })?;
+            let bytes = protocol::files::read(&path)?;
             let pk = UpdateProvingKey::from_bytes(&bytes, Some(shape)).map_err(|e| invalid(&path, e.to_string()))?;
             out.insert(key, pk);
         }
@@ -301,9 +265,8 @@ type Loaded = (GatewayFile, SigningKey, Entry, Vec<[u8; 32]>);
 fn load_market(path: &Path) -> Result<Loaded, ConfigError> {
     let file = read_file(path)?;
     let secret = read_key(&file.key_file)?;
-    let bytes = std::fs::read(&file.genesis_file).map_err(|source| ConfigError::Io { path: file.genesis_file.clone(), source })?;
-    let genesis: Entry = protocol::codec::decode("genesis", &bytes, 1 << 20).map_err(|e| invalid(&file.genesis_file, e.to_string()))?;
-    let Body::Genesis(g) = &genesis.body else { return Err(invalid(&file.genesis_file, "not a genesis entry")) };
+    let genesis = protocol::files::read_genesis(&file.genesis_file)?;
+    let Body::Genesis(g) = &genesis.body else { unreachable!("read_genesis checks the body") };
     let validator_keys: Vec<[u8; 32]> = g.validators.iter().map(|v| v.0).collect();
     if file.validators.is_empty() {
         return Err(invalid(path, "validators: at least one validator address is needed"));

@@ -10,15 +10,15 @@ use crate::config::ConfigError;
 /// Loads the state, or the empty state if the file does not exist yet.
 pub fn load(path: &Path) -> Result<AgentState, ConfigError> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ConfigError::Invalid { path: path.to_path_buf(), reason: format!("state file: {e}") }),
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ConfigError::invalid(path, format!("state file: {e}"))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AgentState::default()),
-        Err(source) => Err(ConfigError::Io { path: path.to_path_buf(), source }),
+        Err(source) => Err(ConfigError::io(path)(source)),
     }
 }
 
 /// Saves the state atomically.
 pub fn save(path: &Path, state: &AgentState) -> Result<(), ConfigError> {
-    let io = |source| ConfigError::Io { path: path.to_path_buf(), source };
+    let io = ConfigError::io(path);
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
     f.write_all(&serde_json::to_vec_pretty(state).expect("state serializes")).map_err(io)?;

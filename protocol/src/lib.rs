@@ -11,10 +11,11 @@
 //! - [`messages`]: signed enrollments and updates; [`entry`]: log entries, commit certificates,
 //!   the light client; [`merkle`]: schedule roots.
 //! - `net` (feature `net`): the QUIC edge shared by validators and devices — TLS identities
-//!   derived from ed25519 keys, pinned peers, capped frames, and the device client. The only
-//!   module that does IO.
+//!   derived from ed25519 keys, pinned peers, capped frames, and the device client.
+//! - `files` (feature `files`): secret key and genesis files, and `ConfigError`, the error of
+//!   every configuration loader.
 //!
-//! Invariants: outside `net`, nothing here does IO or reads a clock; everything validators must agree on is
+//! Invariants: outside `net` and `files` (the only modules that do IO), nothing here does IO or reads a clock; everything validators must agree on is
 //! integer arithmetic with half-even rounding; floats appear only on the device side
 //! ([`local`], [`central`], [`scenario`]).
 #![warn(missing_docs)]
@@ -24,6 +25,8 @@ pub mod central;
 pub mod clock;
 pub mod codec;
 pub mod entry;
+#[cfg(feature = "files")]
+pub mod files;
 pub mod ids;
 pub mod local;
 pub mod merkle;

@@ -435,7 +435,8 @@ impl MarketApp {
     /// the indices of the invalid ones, ascending.
     fn invalid_proofs<R: RngCore + CryptoRng>(&self, updates: &[SignedUpdate], checked: Vec<(Enrolled, Option<UpdateProof>)>, rng: &mut R) -> Result<Vec<usize>, Reject> {
         // Group by shape: one verifying key per batch, with each item's index in `updates`.
-        let mut by_shape: BTreeMap<(u8, usize), (Shape, Vec<usize>, Vec<(UpdateProof, Vec<Fr>)>)> = BTreeMap::new();
+        type Batch = (Shape, Vec<usize>, Vec<(UpdateProof, Vec<Fr>)>);
+        let mut by_shape: BTreeMap<(u8, usize), Batch> = BTreeMap::new();
         for (i, (u, (e, proof))) in updates.iter().zip(checked).enumerate() {
             let Some(proof) = proof else { continue };
             let inputs = self.public_inputs(u, &e)?;

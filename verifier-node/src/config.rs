@@ -11,35 +11,12 @@ use protocol::entry::{Body, Entry, KeyHash};
 use prover::{UpdateVerifyingKey, VerifierKeys};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use thiserror::Error;
 
-/// A configuration problem, naming the file and what is wrong.
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// A file's content is wrong.
-    #[error("{path}: {reason}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong (naming the field).
-        reason: String,
-    },
-}
+pub use protocol::files::{read_genesis, read_key, ConfigError};
+use protocol::files::read;
 
 fn invalid(path: &Path, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { path: path.to_path_buf(), reason: reason.into() }
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
-    std::fs::read(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })
+    ConfigError::invalid(path, reason)
 }
 
 /// One peer validator.
@@ -87,39 +64,9 @@ pub struct Config {
     pub keys: VerifierKeys,
 }
 
-/// Writes a secret key as hex, readable by the owner only.
+/// Writes a secret key as hex, readable by the owner only (replacing the file).
 pub fn write_key(path: &Path, key: &SigningKey) -> Result<(), ConfigError> {
-    write_private(path, protocol::ids::hex(&key.to_bytes()).as_bytes())
-}
-
-/// Writes a file readable by the owner only (0600).
-pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    opts.mode(0o600);
-    let mut f = opts.open(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
-    f.write_all(bytes).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })
-}
-
-/// Reads a secret key file (64 hex characters).
-pub fn read_key(path: &Path) -> Result<SigningKey, ConfigError> {
-    let text = String::from_utf8(read(path)?).map_err(|_| invalid(path, "key file is not text"))?;
-    let b = protocol::ids::parse_hex32(&text).ok_or_else(|| invalid(path, "key file must hold 64 hex characters (a 32-byte ed25519 secret)"))?;
-    Ok(SigningKey::from_bytes(&b))
-}
-
-/// Reads a genesis entry file.
-pub fn read_genesis(path: &Path) -> Result<Entry, ConfigError> {
-    let bytes = read(path)?;
-    let entry: Entry = protocol::codec::decode("genesis", &bytes, 1 << 20).map_err(|e| invalid(path, e.to_string()))?;
-    if !matches!(entry.body, Body::Genesis(_)) || entry.height != 0 {
-        return Err(invalid(path, "not a genesis entry (height 0)"));
-    }
-    Ok(entry)
+    protocol::files::write_key(path, key, false)
 }
 
 /// The hash a genesis lists for a verifying-key file.
@@ -130,10 +77,10 @@ pub fn key_hash(vk: &UpdateVerifyingKey, bytes: &[u8]) -> KeyHash {
 /// Loads the `*.vk` files in `dir` that the genesis lists; refuses a listed key that is
 /// missing and ignores unlisted files.
 pub fn read_verifying_keys(dir: &Path, accepted: &[KeyHash]) -> Result<VerifierKeys, ConfigError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| ConfigError::Io { path: dir.to_path_buf(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(ConfigError::io(dir))?;
     let mut found = BTreeMap::new();
     for e in entries {
-        let path = e.map_err(|source| ConfigError::Io { path: dir.to_path_buf(), source })?.path();
+        let path = e.map_err(ConfigError::io(dir))?.path();
         if path.extension().and_then(|x| x.to_str()) != Some("vk") {
             continue;
         }
