@@ -23,9 +23,7 @@ fn local_steps(c: &mut Criterion) {
         let d = &sc.devices[index];
         assert_eq!(d.params.kind(), kind);
         let previous = vec![0; 96];
-        g.bench_function(kind.name(), |b| {
-            b.iter(|| local_step(&d.params, &d.costs, rho, black_box(&vars), &previous).unwrap())
-        });
+        g.bench_function(kind.name(), |b| b.iter(|| local_step(&d.params, &d.costs, rho, black_box(&vars), &previous).unwrap()));
     }
     g.finish();
 }
@@ -42,17 +40,11 @@ fn aggregation(c: &mut Criterion) {
         grid: sc.valley_filling(),
     };
     let state = AdmmState::new(params, sc.devices.iter().map(|d| d.id)).unwrap();
-    let updates: Vec<_> = sc
-        .devices
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (d.id, (0..96).map(|t| ((i * 37 + t * 11) % 5000) as i32 - 1000).collect::<Vec<i32>>()))
-        .collect();
+    let updates: Vec<_> =
+        sc.devices.iter().enumerate().map(|(i, d)| (d.id, (0..96).map(|t| ((i * 37 + t * 11) % 5000) as i32 - 1000).collect::<Vec<i32>>())).collect();
     let mut g = c.benchmark_group("aggregate_t96");
     g.sample_size(20);
-    g.bench_function("n10000", |b| {
-        b.iter_batched(|| state.clone(), |mut s| s.apply_iteration(black_box(&updates)).unwrap(), BatchSize::LargeInput)
-    });
+    g.bench_function("n10000", |b| b.iter_batched(|| state.clone(), |mut s| s.apply_iteration(black_box(&updates)).unwrap(), BatchSize::LargeInput));
     g.finish();
 }
 

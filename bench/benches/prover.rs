@@ -34,9 +34,7 @@ fn verification(c: &mut Criterion) {
         let items: Vec<BatchItem> = all[..n].iter().map(|(p, i)| BatchItem { public_inputs: i, proof: p }).collect();
         g.throughput(Throughput::Elements(n as u64));
         let mut r = rng(n as u64);
-        g.bench_with_input(BenchmarkId::new("batch", n), &items, |b, items| {
-            b.iter(|| assert!(batch_verify(&vk, black_box(items), &mut r).all_valid()))
-        });
+        g.bench_with_input(BenchmarkId::new("batch", n), &items, |b, items| b.iter(|| assert!(batch_verify(&vk, black_box(items), &mut r).all_valid())));
         // The baseline: N plain ark-groth16 verifications with the same prepared key.
         g.bench_with_input(BenchmarkId::new("individual", n), &all[..n], |b, all| {
             b.iter(|| {

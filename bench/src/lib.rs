@@ -26,12 +26,9 @@ pub fn proofs(pk: &UpdateProvingKey, n: usize) -> Vec<(UpdateProof, Vec<Fr>)> {
     let shape = pk.shape();
     let mut r = rng(99);
     // Proving dominates fixture time: make at most 16 distinct proofs and repeat them.
-    let distinct: Vec<_> = (0..n.min(16))
-        .map(|i| prove(pk, sample::witness(shape.kind, shape.slots, 1, i as u32, i as u16), &mut r).expect("prove"))
-        .collect();
+    let distinct: Vec<_> = (0..n.min(16)).map(|i| prove(pk, sample::witness(shape.kind, shape.slots, 1, i as u32, i as u16), &mut r).expect("prove")).collect();
     (0..n).map(|i| distinct[i % distinct.len()].clone()).collect()
 }
-
 
 /// A `gateway.toml` with one EV (Deferrable, 7.4 kW, 20–40 kWh, plugged in during
 /// `windows`) on `validators` local validators whose QUIC ports start at `port`; key, state,

@@ -98,7 +98,9 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Cmd::Scale { devices, validators, slots, port, json } => scale_cmd(Scenario { devices, validators, slots, port }, json),
         Cmd::Suite { devices, validators, slots, results, benchmarks, port } => suite(&devices, &validators, slots, &results, &benchmarks, port),
-        Cmd::Tables { results, benchmarks } => bench::tables::regenerate(&results, &benchmarks).map_err(|e| e.to_string()).map(|()| println!("{} regenerated from {}", benchmarks.display(), results.display())),
+        Cmd::Tables { results, benchmarks } => bench::tables::regenerate(&results, &benchmarks)
+            .map_err(|e| e.to_string())
+            .map(|()| println!("{} regenerated from {}", benchmarks.display(), results.display())),
         Cmd::Validator { dir, index, validators, port } => {
             tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
@@ -125,7 +127,13 @@ fn scale_cmd(s: Scenario, json: Option<PathBuf>) -> Result<(), String> {
     println!("  iteration 1: {} updates; deadline → committed at a subscriber: {} ms", r.included, r.deadline_to_commit_ms);
     println!("  baseline: batch verification of the N proofs in-process {:.0} ms ({:.0} proofs/s)", r.baseline_batch_verify_ms, r.batch_verify_proofs_per_s);
     println!("  admitted and pre-verified: {:.0} submissions per s per validator", r.admitted_per_s_per_validator);
-    println!("  peak RSS: validators {} MiB, gateway {:.0} MiB; entry {:.2} MB; {:.0} s", rss.join(" / "), mib(r.gateway.peak_rss_kib), r.entry_bytes as f64 / 1e6, r.wall_s);
+    println!(
+        "  peak RSS: validators {} MiB, gateway {:.0} MiB; entry {:.2} MB; {:.0} s",
+        rss.join(" / "),
+        mib(r.gateway.peak_rss_kib),
+        r.entry_bytes as f64 / 1e6,
+        r.wall_s
+    );
     if let Some(path) = json {
         std::fs::write(&path, serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?).map_err(|e| format!("{}: {e}", path.display()))?;
     }
@@ -145,7 +153,18 @@ fn suite(devices: &[usize], validators: &[u16], slots: usize, results: &std::pat
             let json = results.join(format!("scale-{n}-{v}.json"));
             eprintln!("== N = {n}, {v} validators");
             let status = std::process::Command::new(&exe)
-                .args(["scale", "--devices", &n.to_string(), "--validators", &v.to_string(), "--slots", &slots.to_string(), "--port", &(port + 200 * i).to_string(), "--json"])
+                .args([
+                    "scale",
+                    "--devices",
+                    &n.to_string(),
+                    "--validators",
+                    &v.to_string(),
+                    "--slots",
+                    &slots.to_string(),
+                    "--port",
+                    &(port + 200 * i).to_string(),
+                    "--json",
+                ])
                 .arg(&json)
                 .status()
                 .map_err(|e| e.to_string())?;

@@ -208,12 +208,18 @@ pub fn run(s: Scenario, exe: &Path) -> Result<ScaleResult, String> {
     // DISTINCT openings and proofs (proofs do not depend on the chain, only signatures do).
     let distinct = s.devices.min(DISTINCT);
     let t = Instant::now();
-    let openings: Vec<Opening> = (0..distinct).map(|i| Opening { params: sample::params(ModelKind::Deferrable, slots), cost_digest: Fr::from(1u64), salt: Fr::from(i as u64 + 7) }).collect();
+    let openings: Vec<Opening> = (0..distinct)
+        .map(|i| Opening { params: sample::params(ModelKind::Deferrable, slots), cost_digest: Fr::from(1u64), salt: Fr::from(i as u64 + 7) })
+        .collect();
     let proven: Vec<(Vec<i32>, prover::UpdateProof)> = openings
         .par_iter()
         .enumerate()
         .map(|(i, opening)| {
-            let witness = circuits::Witness { opening: opening.clone(), context: Context { market_id: 1, iteration: 1, shape }, schedule: sample::schedule(ModelKind::Deferrable, slots, i as u16) };
+            let witness = circuits::Witness {
+                opening: opening.clone(),
+                context: Context { market_id: 1, iteration: 1, shape },
+                schedule: sample::schedule(ModelKind::Deferrable, slots, i as u16),
+            };
             let (proof, _) = prover::prove(&pk, witness.clone(), &mut ChaCha20Rng::seed_from_u64(i as u64)).expect("a sample witness proves");
             (witness.schedule, proof)
         })
@@ -230,7 +236,11 @@ pub fn run(s: Scenario, exe: &Path) -> Result<ScaleResult, String> {
     // Device i's commitment and public inputs are those of its opening, i mod DISTINCT.
     let commitments: Vec<Fr> = openings.iter().map(commitment).collect();
     let context = Context { market_id: 1, iteration: 1, shape };
-    let inputs: Vec<Vec<Fr>> = proven.iter().zip(&commitments).map(|((schedule, _), c)| circuits::public_inputs(*c, &context, schedule).expect("inputs of a proven witness")).collect();
+    let inputs: Vec<Vec<Fr>> = proven
+        .iter()
+        .zip(&commitments)
+        .map(|((schedule, _), c)| circuits::public_inputs(*c, &context, schedule).expect("inputs of a proven witness"))
+        .collect();
     eprintln!("{distinct} proofs, {} re-randomized copies in {:.1} s", s.devices, t.elapsed().as_secs_f64());
 
     // The market: registration and the iteration window grow with the submissions to make.
@@ -270,7 +280,13 @@ pub fn run(s: Scenario, exe: &Path) -> Result<ScaleResult, String> {
         .zip(&proofs)
         .enumerate()
         .map(|(i, (key, proof))| {
-            let body = Update { market_id: 1, iteration: 1, device: DeviceId(key.verifying_key().to_bytes()), schedule: proven[i % distinct].0.clone(), proof: prover::format::encode_proof(proof) };
+            let body = Update {
+                market_id: 1,
+                iteration: 1,
+                device: DeviceId(key.verifying_key().to_bytes()),
+                schedule: proven[i % distinct].0.clone(),
+                proof: prover::format::encode_proof(proof),
+            };
             SignedUpdate::new(key, &chain, body)
         })
         .collect();
@@ -278,14 +294,21 @@ pub fn run(s: Scenario, exe: &Path) -> Result<ScaleResult, String> {
         .iter()
         .enumerate()
         .map(|(i, key)| {
-            let body = Enrollment { market_id: 1, device: DeviceId(key.verifying_key().to_bytes()), kind: 1, slots: s.slots as u16, commitment: FieldElement::new(&commitments[i % distinct]) };
+            let body = Enrollment {
+                market_id: 1,
+                device: DeviceId(key.verifying_key().to_bytes()),
+                kind: 1,
+                slots: s.slots as u16,
+                commitment: FieldElement::new(&commitments[i % distinct]),
+            };
             SignedEnrollment::new(key, &chain, body)
         })
         .collect();
 
     // Baseline in the same run: one batch verification of the N proofs in this process.
     let baseline_ms = {
-        let batch: Vec<prover::BatchItem> = proofs.iter().enumerate().map(|(i, p)| prover::BatchItem { public_inputs: &inputs[i % distinct], proof: p }).collect();
+        let batch: Vec<prover::BatchItem> =
+            proofs.iter().enumerate().map(|(i, p)| prover::BatchItem { public_inputs: &inputs[i % distinct], proof: p }).collect();
         let t = Instant::now();
         let report = prover::batch_verify(&vk, &batch, &mut ChaCha20Rng::seed_from_u64(1));
         if !report.invalid.is_empty() {
@@ -297,7 +320,8 @@ pub fn run(s: Scenario, exe: &Path) -> Result<ScaleResult, String> {
     let dir_arg = dir.display().to_string();
     let mut children = vec![];
     for i in 0..s.validators {
-        let args = ["validator", "--dir", &dir_arg, "--index", &i.to_string(), "--validators", &s.validators.to_string(), "--port", &s.port.to_string()].map(String::from);
+        let args = ["validator", "--dir", &dir_arg, "--index", &i.to_string(), "--validators", &s.validators.to_string(), "--port", &s.port.to_string()]
+            .map(String::from);
         children.push(Reporter::spawn(exe, &args)?);
     }
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
@@ -447,7 +471,15 @@ pub fn run(s: Scenario, exe: &Path) -> Result<ScaleResult, String> {
 }
 
 /// Submits every update (timed into `admit_s`); an error if that ran past the deadline.
-async fn continue_submit<F, Fut>(submit_all: &F, updates: &[SignedUpdate], admit_s: &mut Option<f64>, enrolled: usize, devices: usize, submissions: u64, deadline: u64) -> Result<(), String>
+async fn continue_submit<F, Fut>(
+    submit_all: &F,
+    updates: &[SignedUpdate],
+    admit_s: &mut Option<f64>,
+    enrolled: usize,
+    devices: usize,
+    submissions: u64,
+    deadline: u64,
+) -> Result<(), String>
 where
     F: Fn(Vec<DeviceRequest>) -> Fut,
     Fut: std::future::Future<Output = u64>,

@@ -94,11 +94,8 @@ fn growth_row(v: u16, a: &ScaleResult, b: &ScaleResult, label: &str) -> String {
     let lat = exponent(&|r| r.deadline_to_commit_ms as f64);
     let rss = exponent(&|r| r.max_validator_rss_kib() as f64);
     let gw = exponent(&|r| r.gateway.peak_rss_kib as f64);
-    let per_device = if nb > na {
-        format!("{:.1} KiB", (b.max_validator_rss_kib() as f64 - a.max_validator_rss_kib() as f64) / (nb - na) as f64)
-    } else {
-        "–".into()
-    };
+    let per_device =
+        if nb > na { format!("{:.1} KiB", (b.max_validator_rss_kib() as f64 - a.max_validator_rss_kib() as f64) / (nb - na) as f64) } else { "–".into() };
     format!("| {v} | {} → {}{label} | {lat} | {rss} | {gw} | {per_device} |\n", thousands(na), thousands(nb))
 }
 
@@ -123,7 +120,9 @@ pub fn markdown(results: &[ScaleResult], chart: &str) -> String {
         ));
     }
     md.push_str("\nGrowth between consecutive N and overall, as the exponent b of N^b (1 = linear, below 1 = better than linear):\n\n");
-    md.push_str("| validators | N | deadline → committed | validator peak RSS | gateway peak RSS | validator RSS per extra device |\n|---:|---|---:|---:|---:|---:|\n");
+    md.push_str(
+        "| validators | N | deadline → committed | validator peak RSS | gateway peak RSS | validator RSS per extra device |\n|---:|---|---:|---:|---:|---:|\n",
+    );
     let mut vs: Vec<u16> = results.iter().map(|r| r.scenario.validators).collect();
     vs.dedup();
     for v in vs {
@@ -170,7 +169,10 @@ pub fn chart(results: &[ScaleResult], path: &Path) -> Result<(), TablesError> {
         for (i, v) in vs.iter().enumerate() {
             let colour = Palette99::pick(i).to_rgba();
             let pts: Vec<(f64, f64)> = results.iter().filter(|r| r.scenario.validators == *v).map(|r| (r.scenario.devices as f64, f(r))).collect();
-            ch.draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2))).map_err(|e| err(&e))?.label(format!("{v} validators")).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour));
+            ch.draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))
+                .map_err(|e| err(&e))?
+                .label(format!("{v} validators"))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour));
             ch.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, colour.filled()))).map_err(|e| err(&e))?;
         }
         ch.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw().map_err(|e| err(&e))?;

@@ -13,11 +13,7 @@ fn main() {
         for t in [24, 96, 288] {
             let shape = Shape { kind, slots: Slots::new(t).expect("valid T") };
             match constraint_count(shape) {
-                Ok(n) => println!(
-                    "| {kind} | {t} | {n} | {:.1} | {} |",
-                    n as f64 / t as f64,
-                    shape.num_public_inputs()
-                ),
+                Ok(n) => println!("| {kind} | {t} | {n} | {:.1} | {} |", n as f64 / t as f64, shape.num_public_inputs()),
                 Err(e) => {
                     eprintln!("error: synthesising {kind} T = {t}: {e}");
                     std::process::exit(1);

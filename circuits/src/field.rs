@@ -72,10 +72,7 @@ pub fn pack_limbs(values: &[i64]) -> Result<Vec<Fr>, LimbRangeError> {
         let mut base = Fr::from(1u64);
         for (i, &v) in chunk.iter().enumerate() {
             let index = chunk_index * LIMBS_PER_ELEMENT + i;
-            let limb = v
-                .checked_add(LIMB_OFFSET)
-                .filter(|l| (0..(1i64 << LIMB_BITS)).contains(l))
-                .ok_or(LimbRangeError { index, value: v })?;
+            let limb = v.checked_add(LIMB_OFFSET).filter(|l| (0..(1i64 << LIMB_BITS)).contains(l)).ok_or(LimbRangeError { index, value: v })?;
             element += base * Fr::from(limb as u64);
             base *= two32;
         }
@@ -112,8 +109,7 @@ pub fn pack_bits(bits: &[bool]) -> Vec<Fr> {
         .map(|chunk| {
             let mut le = vec![false; 256];
             le[..chunk.len()].copy_from_slice(chunk);
-            Fr::from_bigint(<Fr as PrimeField>::BigInt::from_bits_le(&le))
-                .expect("fewer than 254 bits are always below the modulus")
+            Fr::from_bigint(<Fr as PrimeField>::BigInt::from_bits_le(&le)).expect("fewer than 254 bits are always below the modulus")
         })
         .collect()
 }

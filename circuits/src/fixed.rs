@@ -70,7 +70,7 @@ pub fn div_round_half_even(n: i128, d: i128) -> Result<i128, CodecError> {
     }
     let q = n.div_euclid(d); // floor, since d > 0
     let r = n.rem_euclid(d); // 0 <= r < d
-    // Compare 2r with d without overflow: r < d <= i128::MAX, so r - (d - r) cannot overflow.
+                             // Compare 2r with d without overflow: r < d <= i128::MAX, so r - (d - r) cannot overflow.
     let twice_r_minus_d = r - (d - r);
     let round_up = match twice_r_minus_d.signum() {
         1 => true,
@@ -101,12 +101,7 @@ pub fn to_watts(what: &'static str, v: i128) -> Result<Watts, CodecError> {
     Watts::try_from(v).map_err(|_| out_of_range(what, v, Watts::MIN, Watts::MAX))
 }
 
-fn out_of_range(
-    what: &'static str,
-    v: impl ToString,
-    min: impl ToString,
-    max: impl ToString,
-) -> CodecError {
+fn out_of_range(what: &'static str, v: impl ToString, min: impl ToString, max: impl ToString) -> CodecError {
     CodecError::OutOfRange { what, value: v.to_string(), min: min.to_string(), max: max.to_string() }
 }
 
@@ -139,11 +134,7 @@ pub fn watts_from_kw(what: &'static str, kw: f64) -> Result<Watts, CodecError> {
 /// Kilowatt-hours (float) to W·slot for slots of `slot_seconds`, rounded half to even, checked.
 ///
 /// W·slot = Wh × 3600 / Δ.
-pub fn watt_slots_from_kwh(
-    what: &'static str,
-    kwh: f64,
-    slot_seconds: u32,
-) -> Result<WattSlots, CodecError> {
+pub fn watt_slots_from_kwh(what: &'static str, kwh: f64, slot_seconds: u32) -> Result<WattSlots, CodecError> {
     if slot_seconds == 0 {
         return Err(CodecError::BadDivisor { what, divisor: 0 });
     }

@@ -28,19 +28,9 @@ pub struct IntVar {
 }
 
 /// Allocates `n` boolean witnesses holding the low `n` bits (two's complement) of `val`.
-pub fn alloc_bits(
-    cs: &ConstraintSystemRef<Fr>,
-    val: Option<i128>,
-    n: u32,
-) -> Result<Vec<Boolean<Fr>>, SynthesisError> {
+pub fn alloc_bits(cs: &ConstraintSystemRef<Fr>, val: Option<i128>, n: u32) -> Result<Vec<Boolean<Fr>>, SynthesisError> {
     debug_assert!(n <= 126, "range checks are for small integers");
-    (0..n)
-        .map(|i| {
-            Boolean::new_witness(cs.clone(), || {
-                val.map(|v| (v >> i) & 1 == 1).ok_or(SynthesisError::AssignmentMissing)
-            })
-        })
-        .collect()
+    (0..n).map(|i| Boolean::new_witness(cs.clone(), || val.map(|v| (v >> i) & 1 == 1).ok_or(SynthesisError::AssignmentMissing))).collect()
 }
 
 impl IntVar {
@@ -53,11 +43,7 @@ impl IntVar {
     /// (`n` constraints, no recomposition constraint: the result *is* the linear combination).
     ///
     /// If `val` is outside the range, the low bits are used and the returned value is theirs.
-    pub fn alloc_unsigned(
-        cs: &ConstraintSystemRef<Fr>,
-        val: Option<i128>,
-        n: u32,
-    ) -> Result<IntVar, SynthesisError> {
+    pub fn alloc_unsigned(cs: &ConstraintSystemRef<Fr>, val: Option<i128>, n: u32) -> Result<IntVar, SynthesisError> {
         let bits = alloc_bits(cs, val, n)?;
         let var = Boolean::le_bits_to_fp(&bits)?;
         Ok(IntVar { var, val: val.map(|v| v & ((1i128 << n) - 1)) })
@@ -76,12 +62,7 @@ impl IntVar {
     }
 
     /// Enforces `self <= other`, given that `other - self < 2^n` whenever it is non-negative.
-    pub fn enforce_le(
-        &self,
-        cs: &ConstraintSystemRef<Fr>,
-        other: &IntVar,
-        n: u32,
-    ) -> Result<(), SynthesisError> {
+    pub fn enforce_le(&self, cs: &ConstraintSystemRef<Fr>, other: &IntVar, n: u32) -> Result<(), SynthesisError> {
         other.sub(self).enforce_range(cs, n)
     }
 

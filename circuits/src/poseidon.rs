@@ -41,22 +41,12 @@ fn configs() -> &'static [PoseidonConfig<Fr>] {
         (1..=MAX_ARITY)
             .map(|arity| {
                 let width = arity + 1;
-                let p = light_poseidon::parameters::bn254_x5::get_poseidon_parameters::<Fr>(
-                    width as u8,
-                )
-                .expect("light-poseidon ships circomlib parameters for widths 2..=13");
+                let p = light_poseidon::parameters::bn254_x5::get_poseidon_parameters::<Fr>(width as u8)
+                    .expect("light-poseidon ships circomlib parameters for widths 2..=13");
                 let rounds = p.full_rounds + p.partial_rounds;
                 assert_eq!(p.ark.len(), rounds * width, "round constants: one row per round");
                 let ark = p.ark.chunks(width).map(|row| row.to_vec()).collect();
-                PoseidonConfig::new(
-                    p.full_rounds,
-                    p.partial_rounds,
-                    p.alpha,
-                    p.mds,
-                    ark,
-                    width,
-                    0,
-                )
+                PoseidonConfig::new(p.full_rounds, p.partial_rounds, p.alpha, p.mds, ark, width, 0)
             })
             .collect()
     })
@@ -79,10 +69,7 @@ pub fn poseidon(inputs: &[Fr]) -> Fr {
 }
 
 /// The R1CS gadget of [`poseidon`]: same structure, same output.
-pub fn poseidon_var(
-    cs: ConstraintSystemRef<Fr>,
-    inputs: &[FpVar<Fr>],
-) -> Result<FpVar<Fr>, SynthesisError> {
+pub fn poseidon_var(cs: ConstraintSystemRef<Fr>, inputs: &[FpVar<Fr>]) -> Result<FpVar<Fr>, SynthesisError> {
     let mut sponge = PoseidonSpongeVar::new(cs, config(inputs.len()));
     let mut state = Vec::with_capacity(inputs.len() + 1);
     state.push(FpVar::Constant(Fr::from(0u64)));
@@ -120,10 +107,7 @@ pub fn hash_many(inputs: &[Fr]) -> Fr {
 }
 
 /// The R1CS gadget of [`hash_many`].
-pub fn hash_many_var(
-    cs: ConstraintSystemRef<Fr>,
-    inputs: &[FpVar<Fr>],
-) -> Result<FpVar<Fr>, SynthesisError> {
+pub fn hash_many_var(cs: ConstraintSystemRef<Fr>, inputs: &[FpVar<Fr>]) -> Result<FpVar<Fr>, SynthesisError> {
     assert!(!inputs.is_empty(), "hash_many_var of nothing");
     let ranges = chunks(inputs.len());
     let mut h = poseidon_var(cs.clone(), &inputs[ranges[0].clone()])?;
@@ -156,10 +140,7 @@ mod tests {
     fn known_vector_poseidon_1_2() {
         // circomlibjs: poseidon([1, 2]) =
         // 7853200120776062878684798364095072458815029376092732009249414926327459813530
-        let expected: Fr =
-            "7853200120776062878684798364095072458815029376092732009249414926327459813530"
-                .parse()
-                .unwrap();
+        let expected: Fr = "7853200120776062878684798364095072458815029376092732009249414926327459813530".parse().unwrap();
         assert_eq!(poseidon(&[Fr::from(1u64), Fr::from(2u64)]), expected);
     }
 
@@ -168,10 +149,7 @@ mod tests {
         for n in [1usize, 2, 12, 13, 23, 24, 40] {
             let inputs: Vec<Fr> = (0..n as u64).map(|i| Fr::from(i * i + 1)).collect();
             let cs = ConstraintSystem::<Fr>::new_ref();
-            let vars: Vec<FpVar<Fr>> = inputs
-                .iter()
-                .map(|v| FpVar::new_witness(cs.clone(), || Ok(*v)).unwrap())
-                .collect();
+            let vars: Vec<FpVar<Fr>> = inputs.iter().map(|v| FpVar::new_witness(cs.clone(), || Ok(*v)).unwrap()).collect();
             let out = hash_many_var(cs.clone(), &vars).unwrap();
             assert_eq!(out.value().unwrap(), hash_many(&inputs), "n = {n}");
             assert!(cs.is_satisfied().unwrap());

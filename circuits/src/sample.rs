@@ -21,37 +21,21 @@ pub fn params(kind: ModelKind, slots: Slots) -> ModelParams {
     let valid = "sample parameters are valid for every T";
     match kind {
         ModelKind::Deferrable => ModelParams::Deferrable(
-            DeferrableParams::new(Deferrable {
-                available: vec![true; t],
-                p_max: 7400,
-                e_min: 3700 * t as i64 / 2,
-                e_max: 5000 * t as i64,
-                ramp: Some(7400),
-            })
-            .expect(valid),
+            DeferrableParams::new(Deferrable { available: vec![true; t], p_max: 7400, e_min: 3700 * t as i64 / 2, e_max: 5000 * t as i64, ramp: Some(7400) })
+                .expect(valid),
         ),
         ModelKind::Battery => ModelParams::Battery(
-            BatteryParams::new(Battery {
-                slots: t,
-                p_charge: 5000,
-                p_discharge: 5000,
-                capacity: 40_000,
-                soc_initial: 20_000,
-                soc_final_min: 20_000,
-            })
-            .expect(valid),
+            BatteryParams::new(Battery { slots: t, p_charge: 5000, p_discharge: 5000, capacity: 40_000, soc_initial: 20_000, soc_final_min: 20_000 })
+                .expect(valid),
         ),
         ModelKind::Producer => ModelParams::Producer(
-            ProducerParams::new(Producer {
-                forecast: (0..t).map(|i| if (t / 4..3 * t / 4).contains(&i) { 6000 } else { 0 }).collect(),
-            })
-            .expect(valid),
+            ProducerParams::new(Producer { forecast: (0..t).map(|i| if (t / 4..3 * t / 4).contains(&i) { 6000 } else { 0 }).collect() }).expect(valid),
         ),
         ModelKind::Thermal => ModelParams::Thermal(
             ThermalParams::new(Thermal {
                 p_max: 3000,
                 decay: Fixed::ONE,
-                gain: Fixed(524),          // ≈ 0.0005 °C per W per slot
+                gain: Fixed(524),                // ≈ 0.0005 °C per W per slot
                 drift: vec![Fixed(-209_715); t], // ≈ −0.2 °C per slot
                 temp_initial: Fixed(21 << 20),
                 temp_min: Fixed(19 << 20),
@@ -84,11 +68,7 @@ pub fn schedule(kind: ModelKind, slots: Slots, variant: u16) -> Vec<Watts> {
 pub fn witness(kind: ModelKind, slots: Slots, market_id: u64, iteration: u32, variant: u16) -> Witness {
     let params = params(kind, slots);
     Witness {
-        opening: Opening {
-            params,
-            cost_digest: Fr::from(0xC057u64),
-            salt: Fr::from(0x5A17_0000u64 + kind.id() as u64),
-        },
+        opening: Opening { params, cost_digest: Fr::from(0xC057u64), salt: Fr::from(0x5A17_0000u64 + kind.id() as u64) },
         context: Context { market_id, iteration, shape: Shape { kind, slots } },
         schedule: schedule(kind, slots, variant),
     }

@@ -13,10 +13,7 @@ use crate::model::battery::Battery;
 use crate::model::deferrable::Deferrable;
 use crate::model::producer::Producer;
 use crate::model::thermal::Thermal;
-use crate::model::{
-    BatteryParams, DeferrableParams, ModelKind, ModelParams, ParamError, ProducerParams,
-    ThermalParams,
-};
+use crate::model::{BatteryParams, DeferrableParams, ModelKind, ModelParams, ParamError, ProducerParams, ThermalParams};
 
 /// One appliance's private parameters in physical units; `model = "..."` selects the kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,12 +78,7 @@ fn codec(model: ModelKind) -> impl Fn(CodecError) -> ParamError {
 
 fn non_negative(model: ModelKind, field: &'static str, v: f64) -> Result<f64, ParamError> {
     if v.is_nan() || v < 0.0 {
-        return Err(ParamError::OutOfRange {
-            model,
-            field,
-            value: v.to_string(),
-            expected: "a non-negative number".into(),
-        });
+        return Err(ParamError::OutOfRange { model, field, value: v.to_string(), expected: "a non-negative number".into() });
     }
     Ok(v)
 }
@@ -107,12 +99,8 @@ impl ApplianceSpec {
     pub fn to_params(&self, slots: Slots, slot_seconds: u32) -> Result<ModelParams, ParamError> {
         let kind = self.kind();
         let c = codec(kind);
-        let kw = |field, v: f64| -> Result<i32, ParamError> {
-            watts_from_kw(field, non_negative(kind, field, v)?).map_err(codec(kind))
-        };
-        let kwh = |field, v: f64| -> Result<i64, ParamError> {
-            watt_slots_from_kwh(field, non_negative(kind, field, v)?, slot_seconds).map_err(codec(kind))
-        };
+        let kw = |field, v: f64| -> Result<i32, ParamError> { watts_from_kw(field, non_negative(kind, field, v)?).map_err(codec(kind)) };
+        let kwh = |field, v: f64| -> Result<i64, ParamError> { watt_slots_from_kwh(field, non_negative(kind, field, v)?, slot_seconds).map_err(codec(kind)) };
         let t = slots.get();
         Ok(match self {
             ApplianceSpec::Deferrable { max_power_kw, energy_min_kwh, energy_max_kwh, windows, ramp_kw } => {

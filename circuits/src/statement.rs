@@ -185,12 +185,7 @@ impl Witness {
         let p = &self.opening.params;
         let shape = self.context.shape;
         if p.kind() != shape.kind || p.slots() != shape.slots {
-            return Err(StatementError::Shape {
-                kind: shape.kind,
-                slots: shape.slots,
-                got_kind: p.kind(),
-                got_slots: p.slots(),
-            });
+            return Err(StatementError::Shape { kind: shape.kind, slots: shape.slots, got_kind: p.kind(), got_slots: p.slots() });
         }
         p.check(&self.schedule)?;
         public_inputs(commitment(&self.opening), &self.context, &self.schedule)
@@ -223,12 +218,7 @@ impl UpdateCircuit {
         let shape = witness.context.shape;
         let p = &witness.opening.params;
         if p.kind() != shape.kind || p.slots() != shape.slots || witness.schedule.len() != shape.slots.get() {
-            return Err(StatementError::Shape {
-                kind: shape.kind,
-                slots: shape.slots,
-                got_kind: p.kind(),
-                got_slots: p.slots(),
-            });
+            return Err(StatementError::Shape { kind: shape.kind, slots: shape.slots, got_kind: p.kind(), got_slots: p.slots() });
         }
         if instance.len() != shape.num_public_inputs() {
             return Err(StatementError::InstanceLength { expected: shape.num_public_inputs(), got: instance.len() });
@@ -254,9 +244,7 @@ impl ConstraintSynthesizer<Fr> for UpdateCircuit {
             Some((i, w)) => (Some(i.as_slice()), Some(w)),
             None => (None, None),
         };
-        let input = |i: usize| {
-            FpVar::new_input(cs.clone(), || instance.map(|v| v[i]).ok_or(SynthesisError::AssignmentMissing))
-        };
+        let input = |i: usize| FpVar::new_input(cs.clone(), || instance.map(|v| v[i]).ok_or(SynthesisError::AssignmentMissing));
         let commitment_in = input(0)?;
         let context_in = input(1)?;
         let limbs_in = (0..shape.slots.limb_elements()).map(|j| input(2 + j)).collect::<Result<Vec<_>, _>>()?;
@@ -278,17 +266,10 @@ impl ConstraintSynthesizer<Fr> for UpdateCircuit {
         context.enforce_equal(&context_in)?;
 
         // Commitment.
-        let cost_digest = FpVar::new_witness(cs.clone(), || {
-            witness.map(|w| w.opening.cost_digest).ok_or(SynthesisError::AssignmentMissing)
-        })?;
-        let salt = FpVar::new_witness(cs.clone(), || {
-            witness.map(|w| w.opening.salt).ok_or(SynthesisError::AssignmentMissing)
-        })?;
-        let mut m = vec![
-            FpVar::Constant(commitment_tag()),
-            FpVar::Constant(Fr::from(shape.kind.id() as u64)),
-            FpVar::Constant(Fr::from(shape.slots.get() as u64)),
-        ];
+        let cost_digest = FpVar::new_witness(cs.clone(), || witness.map(|w| w.opening.cost_digest).ok_or(SynthesisError::AssignmentMissing))?;
+        let salt = FpVar::new_witness(cs.clone(), || witness.map(|w| w.opening.salt).ok_or(SynthesisError::AssignmentMissing))?;
+        let mut m =
+            vec![FpVar::Constant(commitment_tag()), FpVar::Constant(Fr::from(shape.kind.id() as u64)), FpVar::Constant(Fr::from(shape.slots.get() as u64))];
         m.extend(vars.theta);
         m.push(cost_digest);
         m.push(salt);

@@ -39,11 +39,8 @@ fn deferrable_case() -> impl Strategy<Value = (ModelParams, Vec<i32>)> {
 }
 
 fn battery_case() -> impl Strategy<Value = (ModelParams, Vec<i32>)> {
-    (1usize..=10)
-        .prop_flat_map(|t| {
-            (proptest::collection::vec(-3000i32..=3000, t), slack(1000), slack(1000), slack(5000), slack(5000), slack(5000))
-        })
-        .prop_map(|(x, ch, dis, s0_slack, cap_slack, final_slack)| {
+    (1usize..=10).prop_flat_map(|t| (proptest::collection::vec(-3000i32..=3000, t), slack(1000), slack(1000), slack(5000), slack(5000), slack(5000))).prop_map(
+        |(x, ch, dis, s0_slack, cap_slack, final_slack)| {
             let p_charge = x.iter().copied().max().unwrap().max(0) + ch as i32;
             let p_discharge = (-x.iter().copied().min().unwrap()).max(0) + dis as i32;
             let mut prefix = vec![0i64];
@@ -54,16 +51,15 @@ fn battery_case() -> impl Strategy<Value = (ModelParams, Vec<i32>)> {
             let capacity = soc_initial + prefix.iter().copied().max().unwrap() + cap_slack;
             let soc_final = (soc_initial + prefix.last().unwrap() - final_slack).max(0);
             (battery(x.len(), p_charge, p_discharge, capacity, soc_initial, soc_final), x)
-        })
+        },
+    )
 }
 
 fn producer_case() -> impl Strategy<Value = (ModelParams, Vec<i32>)> {
-    (1usize..=12)
-        .prop_flat_map(|t| (proptest::collection::vec(-5000i32..=0, t), proptest::collection::vec(slack(2000), t)))
-        .prop_map(|(x, s)| {
-            let forecast = x.iter().zip(&s).map(|(&v, &s)| -v + s as i32).collect();
-            (producer(forecast), x)
-        })
+    (1usize..=12).prop_flat_map(|t| (proptest::collection::vec(-5000i32..=0, t), proptest::collection::vec(slack(2000), t))).prop_map(|(x, s)| {
+        let forecast = x.iter().zip(&s).map(|(&v, &s)| -v + s as i32).collect();
+        (producer(forecast), x)
+    })
 }
 
 fn thermal_case() -> impl Strategy<Value = (ModelParams, Vec<i32>)> {
@@ -72,10 +68,10 @@ fn thermal_case() -> impl Strategy<Value = (ModelParams, Vec<i32>)> {
             (
                 proptest::collection::vec(0i32..=4000, t),
                 slack(2000),
-                (734_003i64..=1 << 20),           // a in [0.7, 1]
-                0i64..=1000,                      // b: up to ~0.001 °C per W
+                (734_003i64..=1 << 20),                                 // a in [0.7, 1]
+                0i64..=1000,                                            // b: up to ~0.001 °C per W
                 proptest::collection::vec(-(1i64 << 19)..(1 << 19), t), // c: ±0.5 °C
-                (15i64 << 20)..=(25i64 << 20),    // τ0: 15..25 °C
+                (15i64 << 20)..=(25i64 << 20),                          // τ0: 15..25 °C
                 slack(1 << 19),
                 slack(1 << 19),
             )

@@ -12,13 +12,8 @@ use common::*;
 fn household_day_is_provable_for_every_model() {
     let day = Slots::DAY_15_MIN;
     // EV home 18:00..07:00 is slots 72..96 and 0..28; needs 30 kWh at up to 11 kW.
-    let ev = ApplianceSpec::Deferrable {
-        max_power_kw: 11.0,
-        energy_min_kwh: 30.0,
-        energy_max_kwh: 40.0,
-        windows: vec![[0, 28], [72, 96]],
-        ramp_kw: Some(11.0),
-    };
+    let ev =
+        ApplianceSpec::Deferrable { max_power_kw: 11.0, energy_min_kwh: 30.0, energy_max_kwh: 40.0, windows: vec![[0, 28], [72, 96]], ramp_kw: Some(11.0) };
     let mut ev_x = vec![0; 96];
     // 30 kWh = 120 000 W·slot: 11 kW for 10 slots, then 10 kW for 1 slot.
     ev_x[..10].iter_mut().for_each(|x| *x = 11_000);
@@ -27,10 +22,16 @@ fn household_day_is_provable_for_every_model() {
     let mut bat_x = vec![0; 96];
     bat_x[40..44].iter_mut().for_each(|x| *x = 5000); // +5 kWh at noon
     bat_x[76..80].iter_mut().for_each(|x| *x = -5000); // -5 kWh in the evening
-    let forecast: Vec<f64> = (0..96).map(|t| {
-        let h = t as f64 / 4.0;
-        if (6.0..20.0).contains(&h) { 6.0 * (std::f64::consts::PI * (h - 6.0) / 14.0).sin() } else { 0.0 }
-    }).collect();
+    let forecast: Vec<f64> = (0..96)
+        .map(|t| {
+            let h = t as f64 / 4.0;
+            if (6.0..20.0).contains(&h) {
+                6.0 * (std::f64::consts::PI * (h - 6.0) / 14.0).sin()
+            } else {
+                0.0
+            }
+        })
+        .collect();
     let pv = ApplianceSpec::Producer { forecast_kw: forecast.clone() };
     let pv_x: Vec<i32> = forecast.iter().map(|kw| -((kw * 1000.0).round_ties_even() as i32) / 2).collect();
     let hp = ApplianceSpec::Thermal { max_power_kw: 3.0, decay: 1.0, gain_c_per_kw: 0.5, drift_c: vec![-0.2], initial_c: 21.0, min_c: 19.0, max_c: 23.0 };

@@ -118,13 +118,7 @@ fn each_family_is_enforced_on_its_own() {
     for case in cases() {
         let broken = case.params.violations(&case.broken).unwrap();
         assert!(!broken.is_empty(), "{}: the broken witness should violate something", case.name);
-        assert!(
-            broken.iter().all(|v| v.family == case.family),
-            "{}: expected only {:?}, got {:?}",
-            case.name,
-            case.family,
-            broken
-        );
+        assert!(broken.iter().all(|v| v.family == case.family), "{}: expected only {:?}, got {:?}", case.name, case.family, broken);
         assert!(!circuit_accepts(&witness(case.params.clone(), case.broken.clone())), "{}: circuit accepted", case.name);
         // Where the base schedule is valid for these params, the circuit accepts it: the
         // rejection above is the family's doing, not a broken fixture.
@@ -138,8 +132,16 @@ fn each_family_is_enforced_on_its_own() {
 fn every_family_has_a_case() {
     let covered: Vec<Family> = cases().iter().map(|c| c.family).collect();
     for f in [
-        Family::PowerMin, Family::PowerMax, Family::EnergyMin, Family::EnergyMax, Family::Ramp,
-        Family::SocMin, Family::SocMax, Family::SocFinal, Family::TempMin, Family::TempMax,
+        Family::PowerMin,
+        Family::PowerMax,
+        Family::EnergyMin,
+        Family::EnergyMax,
+        Family::Ramp,
+        Family::SocMin,
+        Family::SocMax,
+        Family::SocFinal,
+        Family::TempMin,
+        Family::TempMax,
     ] {
         assert!(covered.contains(&f), "no mutation case for {f:?}");
     }

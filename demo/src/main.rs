@@ -145,7 +145,8 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         let t = Instant::now();
         std::thread::scope(|s| {
             let (pk, witness) = (&pk, &witness);
-            let handles: Vec<_> = (0..PROBE).map(|v| s.spawn(move || prover::prove(pk, witness(v), &mut ChaCha20Rng::seed_from_u64(v as u64)).map(|_| ()))).collect();
+            let handles: Vec<_> =
+                (0..PROBE).map(|v| s.spawn(move || prover::prove(pk, witness(v), &mut ChaCha20Rng::seed_from_u64(v as u64)).map(|_| ()))).collect();
             handles.into_iter().try_for_each(|h| h.join().expect("prover thread").map_err(|e| e.to_string()))
         })?;
         prove_ms.insert(kind, t.elapsed().as_secs_f64() * 1000.0 / PROBE as f64);
@@ -272,7 +273,8 @@ fn run(args: &Args) -> Result<report::Summary, String> {
             let _ = v.stop().await;
         }
     });
-    let states: Vec<device::agent::AgentState> = gateways.iter().map(|gw| device::state::load(&gw.file.state_file)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    let states: Vec<device::agent::AgentState> =
+        gateways.iter().map(|gw| device::state::load(&gw.file.state_file)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
     let summary = report::summarize(report::Inputs {
         args: args.clone(),
         out: out.clone(),

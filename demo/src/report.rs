@@ -171,7 +171,8 @@ pub fn summarize(i: Inputs<'_>) -> Result<Summary, String> {
     let prices: Vec<f64> = i.market.final_body.prices.iter().map(|&p| fixed(p)).collect();
     let proofs_included: usize = i.market.iterations.iter().map(|it| it.1).sum();
     let proofs_verified = i.stats.iter().map(|s| s.proofs_verified).min().unwrap_or(0);
-    let bad_proofs: u64 = i.stats.iter().map(|s| s.rejects.get("bad_proof").copied().unwrap_or(0) + s.rejects.get("malformed_proof").copied().unwrap_or(0)).sum();
+    let bad_proofs: u64 =
+        i.stats.iter().map(|s| s.rejects.get("bad_proof").copied().unwrap_or(0) + s.rejects.get("malformed_proof").copied().unwrap_or(0)).sum();
     let node_latency: Vec<f64> = i.stats.iter().filter(|s| s.commits > 0).map(|s| s.commit_latency_sum_ms as f64 / s.commits as f64).collect();
     let node_latency = node_latency.iter().sum::<f64>() / node_latency.len().max(1) as f64;
     let latency = &i.market.latency_ms;
@@ -213,14 +214,43 @@ pub fn render(s: &Summary) -> String {
     let j = &s.json;
     let f = |v: &serde_json::Value| v.as_f64().map_or("n/a".to_string(), |x| format!("{x:.3}"));
     let mut out = String::new();
-    out += &format!("\ngridproof market day: {} appliances in {} gateways, {} validators, T = {}, grid {}\n", j["appliances"], j["gateways"], j["validators"], j["slots"], j["grid"].as_str().unwrap_or(""));
-    out += &format!("  iterations          {} ({}), final entry at height {}\n", j["iterations"], if j["converged"] == true { "converged" } else { "K_max reached" }, j["final_height"]);
+    out += &format!(
+        "\ngridproof market day: {} appliances in {} gateways, {} validators, T = {}, grid {}\n",
+        j["appliances"],
+        j["gateways"],
+        j["validators"],
+        j["slots"],
+        j["grid"].as_str().unwrap_or("")
+    );
+    out += &format!(
+        "  iterations          {} ({}), final entry at height {}\n",
+        j["iterations"],
+        if j["converged"] == true { "converged" } else { "K_max reached" },
+        j["final_height"]
+    );
     let r = &j["residuals_w"];
-    out += &format!("  residuals           r = {:.1} W (ε_pri {:.1}), s = {:.1} W (ε_dual {:.1})\n", r["primal"].as_f64().unwrap_or(0.0), r["eps_primal"].as_f64().unwrap_or(0.0), r["dual"].as_f64().unwrap_or(0.0), r["eps_dual"].as_f64().unwrap_or(0.0));
+    out += &format!(
+        "  residuals           r = {:.1} W (ε_pri {:.1}), s = {:.1} W (ε_dual {:.1})\n",
+        r["primal"].as_f64().unwrap_or(0.0),
+        r["eps_primal"].as_f64().unwrap_or(0.0),
+        r["dual"].as_f64().unwrap_or(0.0),
+        r["eps_dual"].as_f64().unwrap_or(0.0)
+    );
     out += &format!("  peak-to-average     {} before → {} after\n", f(&j["peak_to_average"]["before"]), f(&j["peak_to_average"]["after"]));
-    out += &format!("  objective gap       {:+.3} % to the centralised optimum (clarabel, all private data in one place)\n", 100.0 * j["objective"]["gap"].as_f64().unwrap_or(f64::NAN));
-    out += &format!("  proofs              {} included and verified by every validator; {} rejected as invalid\n", j["proofs"]["included"], j["proofs"]["rejected_invalid"]);
-    out += &format!("  commit latency      {:.0} ms mean, {} ms max: iteration deadline → committed entry at a client (window {} ms)\n", j["commit_latency_ms"]["mean"].as_f64().unwrap_or(0.0), j["commit_latency_ms"]["max"], j["iteration_window_ms"]);
+    out += &format!(
+        "  objective gap       {:+.3} % to the centralised optimum (clarabel, all private data in one place)\n",
+        100.0 * j["objective"]["gap"].as_f64().unwrap_or(f64::NAN)
+    );
+    out += &format!(
+        "  proofs              {} included and verified by every validator; {} rejected as invalid\n",
+        j["proofs"]["included"], j["proofs"]["rejected_invalid"]
+    );
+    out += &format!(
+        "  commit latency      {:.0} ms mean, {} ms max: iteration deadline → committed entry at a client (window {} ms)\n",
+        j["commit_latency_ms"]["mean"].as_f64().unwrap_or(0.0),
+        j["commit_latency_ms"]["max"],
+        j["iteration_window_ms"]
+    );
     out += &format!("  execution           {} of {} setpoints published over MQTT\n", j["execution"]["setpoints_seen"], j["execution"]["setpoints_expected"]);
     out += &format!("  wall time           {:.0} s\n", j["wall_s"].as_f64().unwrap_or(0.0));
     out += &format!("  data                {}\n  chart               {}\n", s.out.join("summary.json").display(), s.out.join("chart.svg").display());
@@ -250,10 +280,22 @@ pub fn chart(path: &Path, s: &Summary) -> Result<(), String> {
     chart.configure_secondary_axes().y_desc("price, €/MWh").draw().map_err(|e| e.to_string())?;
     let series = |v: &[f64]| v.iter().enumerate().map(|(i, &y)| (i, y)).collect::<Vec<_>>();
     if !s.base.is_empty() {
-        chart.draw_series(LineSeries::new(series(&s.base), &BLUE)).map_err(|e| e.to_string())?.label("base load").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+        chart
+            .draw_series(LineSeries::new(series(&s.base), &BLUE))
+            .map_err(|e| e.to_string())?
+            .label("base load")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
     }
-    chart.draw_series(LineSeries::new(series(&total), RED.stroke_width(2))).map_err(|e| e.to_string())?.label("load with schedules").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
-    chart.draw_series(LineSeries::new(series(&s.aggregate), &GREEN)).map_err(|e| e.to_string())?.label("flexible appliances").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN));
+    chart
+        .draw_series(LineSeries::new(series(&total), RED.stroke_width(2)))
+        .map_err(|e| e.to_string())?
+        .label("load with schedules")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+    chart
+        .draw_series(LineSeries::new(series(&s.aggregate), &GREEN))
+        .map_err(|e| e.to_string())?
+        .label("flexible appliances")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN));
     chart
         .draw_secondary_series(LineSeries::new(series(&s.prices), &BLACK))
         .map_err(|e| e.to_string())?

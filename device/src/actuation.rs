@@ -90,10 +90,9 @@ impl OutputFile {
             OutputFile::Setpoint { retain, .. } => (power.to_string(), *retain),
             OutputFile::DutyCycle { on_payload, off_payload, .. } => (if on { on_payload.clone() } else { off_payload.clone() }, false),
             OutputFile::Tasmota { .. } => ((if on { "ON" } else { "OFF" }).to_string(), false),
-            OutputFile::Shelly { switch, .. } => (
-                serde_json::json!({"id": request_id, "src": "gridproof", "method": "Switch.Set", "params": {"id": switch, "on": on}}).to_string(),
-                false,
-            ),
+            OutputFile::Shelly { switch, .. } => {
+                (serde_json::json!({"id": request_id, "src": "gridproof", "method": "Switch.Set", "params": {"id": switch, "on": on}}).to_string(), false)
+            }
         };
         Publish { topic: self.topic(), payload, retain }
     }
@@ -235,10 +234,22 @@ pub fn timeline(timing: Timing, appliances: &[AppliancePlan], prices: &[f64], ha
             }
             if let Some(ha) = ha {
                 let next = (t + 1..slots).find(|&s| a.schedule[s] != power).unwrap_or(slots);
-                out.push(Timed { at_ms: start, slot: t, publish: Publish { topic: state_topic(ha, &a.name, "power"), payload: power.to_string(), retain: true } });
+                out.push(Timed {
+                    at_ms: start,
+                    slot: t,
+                    publish: Publish { topic: state_topic(ha, &a.name, "power"), payload: power.to_string(), retain: true },
+                });
                 let price = prices.get(t).copied().unwrap_or(0.0);
-                out.push(Timed { at_ms: start, slot: t, publish: Publish { topic: state_topic(ha, &a.name, "price"), payload: format!("{price:.2}"), retain: true } });
-                out.push(Timed { at_ms: start, slot: t, publish: Publish { topic: state_topic(ha, &a.name, "next_change"), payload: rfc3339(timing.slot_start(next)), retain: true } });
+                out.push(Timed {
+                    at_ms: start,
+                    slot: t,
+                    publish: Publish { topic: state_topic(ha, &a.name, "price"), payload: format!("{price:.2}"), retain: true },
+                });
+                out.push(Timed {
+                    at_ms: start,
+                    slot: t,
+                    publish: Publish { topic: state_topic(ha, &a.name, "next_change"), payload: rfc3339(timing.slot_start(next)), retain: true },
+                });
             }
         }
         // The schedule ends: switch off and say so.

@@ -202,7 +202,12 @@ impl Gateway {
         let Body::Genesis(g) = &genesis.body else { unreachable!("checked by load_market") };
         let slots = Slots::new(g.market.slots as usize).map_err(|e| invalid(path, format!("market T: {e}")))?;
         let scenario = protocol::scenario::Scenario::generate(seed, n, slots, g.market.slot_seconds, protocol::scenario::Mix::Household);
-        let devices = scenario.devices.into_iter().enumerate().map(|(i, d)| Virtual { name: format!("sim-{i:04}"), params: d.params, costs: d.costs, output: None }).collect();
+        let devices = scenario
+            .devices
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| Virtual { name: format!("sim-{i:04}"), params: d.params, costs: d.costs, output: None })
+            .collect();
         let mut gw = Gateway::with_appliances(path, devices)?;
         gw.file.mqtt = None;
         gw.file.home_assistant = None;

@@ -234,4 +234,3 @@ pub async fn execute_schedule(agent: &mut Agent, gw: &Gateway, broker: &mut Brok
     info!(slots = plans.iter().map(|p| p.schedule.len()).max().unwrap_or(0), "schedule executed");
     Ok(())
 }
-

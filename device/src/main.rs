@@ -93,7 +93,9 @@ fn main() -> ExitCode {
         Command::Init { config } => init(&config),
         Command::Enroll { config, timeout_s } => follow(&config, Duration::from_secs(timeout_s), true),
         Command::Run { config, timeout_s } => follow(&config, Duration::from_secs(timeout_s), false),
-        Command::Simulate { config, appliances, seed, timeout_s, summary } => simulate(&config, appliances, seed, Duration::from_secs(timeout_s), summary.as_deref()),
+        Command::Simulate { config, appliances, seed, timeout_s, summary } => {
+            simulate(&config, appliances, seed, Duration::from_secs(timeout_s), summary.as_deref())
+        }
         Command::Schedule { config, json } => schedule(&config, json),
     };
     match result {
@@ -129,7 +131,12 @@ fn follow(path: &Path, within: Duration, enroll_only: bool) -> Result<(), String
         println!("all {} appliances enrolled (height {})", gw.appliances.len(), state.height);
         return Ok(());
     }
-    println!("final schedule committed at height {} ({} iterations{})", state.height, state.submitted_through, if state.converged { ", converged" } else { "" });
+    println!(
+        "final schedule committed at height {} ({} iterations{})",
+        state.height,
+        state.submitted_through,
+        if state.converged { ", converged" } else { "" }
+    );
     if gw.file.mqtt.is_some() {
         println!("schedule executed ({} slots)", gw.market().market.slots);
     }

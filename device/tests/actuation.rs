@@ -280,11 +280,7 @@ fn submissions(lines: &[String]) -> Vec<(String, u32)> {
         let at = line.find(&format!("{key}="))? + key.len() + 1;
         Some(line[at..].split_whitespace().next()?.trim_matches('"').to_string())
     };
-    lines
-        .iter()
-        .filter(|l| l.contains("update submitted"))
-        .map(|l| (field(l, "appliance").unwrap(), field(l, "iteration").unwrap().parse().unwrap()))
-        .collect()
+    lines.iter().filter(|l| l.contains("update submitted")).map(|l| (field(l, "appliance").unwrap(), field(l, "iteration").unwrap().parse().unwrap())).collect()
 }
 
 #[test]

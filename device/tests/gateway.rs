@@ -91,7 +91,8 @@ fn bad_configurations_fail_naming_the_field_or_host() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("validators"), "{}", String::from_utf8_lossy(&out.stderr));
     // An unreachable MQTT broker: `run` stops before the market, naming host and port.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let cfg = gateway_toml(&m, "nobroker", &EV.replace("[appliances.spec]", "[appliances.output]\nadapter = \"setpoint\"\ntopic = \"ev/set\"\n[appliances.spec]"));
+    let cfg =
+        gateway_toml(&m, "nobroker", &EV.replace("[appliances.spec]", "[appliances.output]\nadapter = \"setpoint\"\ntopic = \"ev/set\"\n[appliances.spec]"));
     let text = std::fs::read_to_string(&cfg).unwrap();
     let at = text.find("[[appliances]]").unwrap();
     std::fs::write(&cfg, format!("{}[mqtt]\nhost = \"127.0.0.1\"\nport = {closed}\n\n{}", &text[..at], &text[at..])).unwrap();
@@ -101,7 +102,11 @@ fn bad_configurations_fail_naming_the_field_or_host() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("MQTT broker 127.0.0.1:{closed} unreachable")), "{err}");
     // Outputs without a broker, or a relay on a battery, are configuration errors.
-    let cfg = gateway_toml(&m, "nomqtt", &EV.replace("[appliances.spec]", "[appliances.output]\nadapter = \"tasmota\"\ntopic = \"ev\"\nrated_w = 3000\n[appliances.spec]"));
+    let cfg = gateway_toml(
+        &m,
+        "nomqtt",
+        &EV.replace("[appliances.spec]", "[appliances.output]\nadapter = \"tasmota\"\ntopic = \"ev\"\nrated_w = 3000\n[appliances.spec]"),
+    );
     let out = device(&["init"], &cfg);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("appliances[0] (ev): output: needs an [mqtt] broker"), "{}", String::from_utf8_lossy(&out.stderr));

@@ -253,16 +253,21 @@ impl Phase1 {
                 return Err(fail("its hash does not match its predecessor and content (skipped, reordered or altered)"));
             }
             let next = [c.tau_g1, c.alpha_g1, c.beta_g1];
-            for ((pok, (before, after)), what) in [&c.pok_tau, &c.pok_alpha, &c.pok_beta]
-                .into_iter()
-                .zip(prev.iter().zip(&next))
-                .zip(["tau", "alpha", "beta"])
+            for ((pok, (before, after)), what) in [&c.pok_tau, &c.pok_alpha, &c.pok_beta].into_iter().zip(prev.iter().zip(&next)).zip(["tau", "alpha", "beta"])
             {
                 let Some((r, r_x)) = pok.verify(&prev_hash) else {
-                    return Err(fail(match what { "tau" => "proof of knowledge of tau is invalid", "alpha" => "proof of knowledge of alpha is invalid", _ => "proof of knowledge of beta is invalid" }));
+                    return Err(fail(match what {
+                        "tau" => "proof of knowledge of tau is invalid",
+                        "alpha" => "proof of knowledge of alpha is invalid",
+                        _ => "proof of knowledge of beta is invalid",
+                    }));
                 };
                 if !same_ratio((*before, *after), (r, r_x)) {
-                    return Err(fail(match what { "tau" => "[tau]1 does not build on the predecessor with the proven secret", "alpha" => "[alpha]1 does not build on the predecessor with the proven secret", _ => "[beta]1 does not build on the predecessor with the proven secret" }));
+                    return Err(fail(match what {
+                        "tau" => "[tau]1 does not build on the predecessor with the proven secret",
+                        "alpha" => "[alpha]1 does not build on the predecessor with the proven secret",
+                        _ => "[beta]1 does not build on the predecessor with the proven secret",
+                    }));
                 }
                 if let Some(b) = &c.beacon {
                     if (*before * beacon_secret(&b.value, b.iterations_exp, what)).into_affine() != *after {

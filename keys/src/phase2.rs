@@ -10,8 +10,8 @@
 
 use ark_bn254::{Bn254, Fr, G1Affine, G1Projective, G2Affine, G2Projective};
 use ark_ec::{AffineRepr, CurveGroup, VariableBaseMSM};
-use ark_ff::{PrimeField, Zero};
 use ark_ff::{Field, One};
+use ark_ff::{PrimeField, Zero};
 use ark_groth16::{ProvingKey, VerifyingKey};
 use ark_poly::{EvaluationDomain, Radix2EvaluationDomain};
 use ark_relations::r1cs::{ConstraintSynthesizer, ConstraintSystem, OptimizationGoal, SynthesisMode};
@@ -152,8 +152,7 @@ pub fn initial_key(acc: &Accumulator, shape: Shape) -> Result<ProvingKey<Bn254>,
     let matrices = cs.to_matrices().ok_or(Phase2Error::Synthesis("no matrices".into()))?;
     let (num_constraints, num_inputs) = (cs.num_constraints(), cs.num_instance_variables());
     let num_vars = num_inputs + cs.num_witness_variables();
-    let domain = Radix2EvaluationDomain::<Fr>::new(num_constraints + num_inputs)
-        .ok_or(Phase2Error::Synthesis("domain too large".into()))?;
+    let domain = Radix2EvaluationDomain::<Fr>::new(num_constraints + num_inputs).ok_or(Phase2Error::Synthesis("domain too large".into()))?;
     let m = domain.size();
     let needed = m.trailing_zeros();
     if m > acc.tau_g2.len() {
@@ -353,7 +352,10 @@ impl Phase2 {
         }
         // L and H are the initial ones divided by δ: e(Σρ L_i, [δ]₂) = e(Σρ L⁰_i, g₂).
         let mut rng = rand::rngs::OsRng;
-        for (now, then, what) in [(&k.l_query, &initial.l_query, "L query is not the initial one divided by delta"), (&k.h_query, &initial.h_query, "H query is not the initial one divided by delta")] {
+        for (now, then, what) in [
+            (&k.l_query, &initial.l_query, "L query is not the initial one divided by delta"),
+            (&k.h_query, &initial.h_query, "H query is not the initial one divided by delta"),
+        ] {
             if now.is_empty() {
                 continue;
             }

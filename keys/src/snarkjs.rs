@@ -109,12 +109,12 @@ pub fn import_ptau(bytes: &[u8]) -> Result<Phase1, PtauError> {
     }
     let n = 1usize << power;
     let accumulator = Accumulator {
-            power,
-            tau_g1: points(section(2)?, 2, 64, 2 * n - 1, g1)?,
-            tau_g2: points(section(3)?, 3, 128, n, g2)?,
-            alpha_tau_g1: points(section(4)?, 4, 64, n, g1)?,
-            beta_tau_g1: points(section(5)?, 5, 64, n, g1)?,
-            beta_g2: points(section(6)?, 6, 128, 1, g2)?.remove(0),
+        power,
+        tau_g1: points(section(2)?, 2, 64, 2 * n - 1, g1)?,
+        tau_g2: points(section(3)?, 3, 128, n, g2)?,
+        alpha_tau_g1: points(section(4)?, 4, 64, n, g1)?,
+        beta_tau_g1: points(section(5)?, 5, 64, n, g1)?,
+        beta_g2: points(section(6)?, 6, 128, 1, g2)?.remove(0),
     };
     Ok(Phase1::from_imported(accumulator, Sha256::digest(bytes).into()))
 }

@@ -48,9 +48,20 @@ fn main() {
     println!("N = {n}, rho = {rho}, grid = {grid_name}");
     println!("ADMM: {} iterations, converged = {}, failed steps = {}, {:?}", r.iterations, r.converged, r.failed_steps, t_admm);
     for (k, res) in r.residuals.iter().enumerate().filter(|(k, _)| k % 10 == 0 || *k + 1 == r.residuals.len()) {
-        println!("  k={k:3} r={:10.1} s={:10.1} eps_p={:8.1} eps_d={:8.1}", res.primal as f64 / 1048576.0, res.dual as f64 / 1048576.0, res.eps_primal as f64 / 1048576.0, res.eps_dual as f64 / 1048576.0);
+        println!(
+            "  k={k:3} r={:10.1} s={:10.1} eps_p={:8.1} eps_d={:8.1}",
+            res.primal as f64 / 1048576.0,
+            res.dual as f64 / 1048576.0,
+            res.eps_primal as f64 / 1048576.0,
+            res.eps_dual as f64 / 1048576.0
+        );
     }
-    println!("objective: admm {obj:.1}, central {:.1} ({:?}), gap {:.4}%", central.objective, t_central, 100.0 * (obj - central.objective) / central.objective.abs());
+    println!(
+        "objective: admm {obj:.1}, central {:.1} ({:?}), gap {:.4}%",
+        central.objective,
+        t_central,
+        100.0 * (obj - central.objective) / central.objective.abs()
+    );
     println!("max |Σx| = {}", load.iter().map(|v| v.abs()).max().unwrap());
     if let Some(p) = &central.prices {
         let admm_p: Vec<f64> = r.state.prices().iter().map(|f| f.to_f64()).collect();

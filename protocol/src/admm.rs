@@ -167,10 +167,7 @@ impl AdmmState {
         }
         match &params.grid {
             GridCost::ValleyFilling { gamma, base_load } if gamma.raw() < 0 || base_load.len() != t => {
-                return Err(AdmmError::Params(format!(
-                    "valley filling needs gamma ≥ 0 and T = {t} base-load values (got {})",
-                    base_load.len()
-                )));
+                return Err(AdmmError::Params(format!("valley filling needs gamma ≥ 0 and T = {t} base-load values (got {})", base_load.len())));
             }
             GridCost::Tariff { price, .. } if price.len() != t => {
                 return Err(AdmmError::Params(format!("tariff needs T = {t} prices, got {}", price.len())));
@@ -258,10 +255,7 @@ impl AdmmState {
             // γN(Nz + b) + Nρ(z − v) = 0  ⇒  z = (ρ v − γ b) / (γ N + ρ).
             GridCost::ValleyFilling { gamma, base_load } => {
                 let g = gamma.raw() as i128;
-                v.iter()
-                    .zip(base_load)
-                    .map(|(&v, &b)| round_div(rho * v - g * b as i128 * s, g * n + rho))
-                    .collect()
+                v.iter().zip(base_load).map(|(&v, &b)| round_div(rho * v - g * b as i128 * s, g * n + rho)).collect()
             }
             // N p + Nρ(z − v) = 0  ⇒  z = v − p/ρ, then clipped to N z ≤ cap.
             GridCost::Tariff { price, feeder_cap } => {
@@ -284,21 +278,22 @@ impl AdmmState {
         let nn = n as u128;
         let primal = isqrt(nn * sum_sq(x_bar.iter().zip(&z_bar).map(|(&x, &z)| x - z)));
         let dual = isqrt(nn * sum_sq(z_bar.iter().zip(&self.vars.z_bar).map(|(&a, &b)| a - b)));
-        let x_norm = isqrt(self.latest.values().flatten().map(|&x| {
-            let r = x as i128 * s;
-            (r * r) as u128
-        }).fold(0u128, u128::saturating_add));
+        let x_norm = isqrt(
+            self.latest
+                .values()
+                .flatten()
+                .map(|&x| {
+                    let r = x as i128 * s;
+                    (r * r) as u128
+                })
+                .fold(0u128, u128::saturating_add),
+        );
         let z_norm = isqrt(nn * sum_sq(z_bar.iter().copied()));
         let u_norm = isqrt(nn * sum_sq(u.iter().copied()));
         let sqrt_nt = isqrt(nn * t as u128 * (s * s) as u128) as i128;
         let abs = round_div(sqrt_nt * self.params.eps_abs.raw() as i128, s);
         let rel = |norm: i64| round_div(norm as i128 * self.params.eps_rel.raw() as i128, s);
-        let residuals = Residuals {
-            primal,
-            dual,
-            eps_primal: abs.saturating_add(rel(x_norm.max(z_norm))),
-            eps_dual: abs.saturating_add(rel(u_norm)),
-        };
+        let residuals = Residuals { primal, dual, eps_primal: abs.saturating_add(rel(x_norm.max(z_norm))), eps_dual: abs.saturating_add(rel(u_norm)) };
 
         self.vars = Variables { x_bar, z_bar, u };
         self.residuals = Some(residuals);

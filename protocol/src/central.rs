@@ -82,9 +82,7 @@ pub fn objective(devices: &[Device], grid: &GridCost, schedules: &[Vec<Watts>]) 
     let z = total_load(schedules);
     private
         + match grid {
-            GridCost::ValleyFilling { gamma, base_load } => {
-                z.iter().zip(base_load).map(|(&z, &b)| gamma.to_f64() / 2.0 * (z as f64 + b as f64).powi(2)).sum()
-            }
+            GridCost::ValleyFilling { gamma, base_load } => z.iter().zip(base_load).map(|(&z, &b)| gamma.to_f64() / 2.0 * (z as f64 + b as f64).powi(2)).sum(),
             GridCost::Tariff { price, .. } => z.iter().zip(price).map(|(&z, p)| p.to_f64() * z as f64).sum(),
             GridCost::Exchange => 0.0,
         }

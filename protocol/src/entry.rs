@@ -74,12 +74,8 @@ impl MarketSpec {
             eps_rel: Fixed(self.eps_rel),
             max_iterations: self.max_iterations,
             grid: match &self.grid {
-                GridSpec::ValleyFilling { gamma, base_load } => {
-                    GridCost::ValleyFilling { gamma: Fixed(*gamma), base_load: base_load.clone() }
-                }
-                GridSpec::Tariff { price, feeder_cap } => {
-                    GridCost::Tariff { price: price.iter().map(|&p| Fixed(p)).collect(), feeder_cap: *feeder_cap }
-                }
+                GridSpec::ValleyFilling { gamma, base_load } => GridCost::ValleyFilling { gamma: Fixed(*gamma), base_load: base_load.clone() },
+                GridSpec::Tariff { price, feeder_cap } => GridCost::Tariff { price: price.iter().map(|&p| Fixed(p)).collect(), feeder_cap: *feeder_cap },
                 GridSpec::Exchange => GridCost::Exchange,
             },
         })
@@ -355,8 +351,7 @@ impl CommitCertificate {
             }
             last = Some(v.validator);
             let key = validators.get(v.validator as usize).ok_or(LogError::UnknownValidator(v.validator, validators.len()))?;
-            verify(&key.0, chain, Domain::CommitVote, &payload, &v.signature)
-                .map_err(|source| LogError::BadVote { index: v.validator, source })?;
+            verify(&key.0, chain, Domain::CommitVote, &payload, &v.signature).map_err(|source| LogError::BadVote { index: v.validator, source })?;
         }
         let q = quorum(validators.len());
         if self.votes.len() < q {

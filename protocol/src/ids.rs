@@ -4,9 +4,7 @@ use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Serialize};
 
 /// A device (appliance) identity: its ed25519 public key bytes.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, BorshSerialize, BorshDeserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
 pub struct DeviceId(pub [u8; 32]);
 
 impl std::fmt::Display for DeviceId {
@@ -20,9 +18,7 @@ impl std::fmt::Display for DeviceId {
 }
 
 /// A validator identity: its ed25519 public key bytes.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, BorshSerialize, BorshDeserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
 pub struct ValidatorId(pub [u8; 32]);
 
 impl std::fmt::Display for ValidatorId {

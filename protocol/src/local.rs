@@ -105,7 +105,9 @@ pub(crate) fn add_model(qp: &mut Qp, params: &ModelParams, x: usize) {
                 qp.bounds(x + s, -margin(b.p_discharge), margin(b.p_charge));
                 // s_t − s_{t−1} − x_t = 0, with s_{−1} = s_0.
                 let mut row = vec![(soc + s, 1.0), (x + s, -1.0)];
-                let rhs = if s == 0 { b.soc_initial as f64 / KW } else {
+                let rhs = if s == 0 {
+                    b.soc_initial as f64 / KW
+                } else {
                     row.push((soc + s - 1, -1.0));
                     0.0
                 };
@@ -158,11 +160,7 @@ pub(crate) fn round_schedule(params: &ModelParams, y: &[f64]) -> Vec<Watts> {
         ModelParams::Deferrable(p) => {
             // Clamp solver tolerance (−1e-9 W) back inside the integer bounds first.
             let d = p.get();
-            let w: Vec<f64> = w
-                .iter()
-                .zip(&d.available)
-                .map(|(&v, &a)| v.clamp(0.0, if a { d.p_max as f64 } else { 0.0 }))
-                .collect();
+            let w: Vec<f64> = w.iter().zip(&d.available).map(|(&v, &a)| v.clamp(0.0, if a { d.p_max as f64 } else { 0.0 })).collect();
             largest_remainder(&w)
         }
         ModelParams::Battery(p) => {
@@ -212,9 +210,7 @@ pub(crate) fn repair(params: &ModelParams, mut x: Vec<Watts>) -> Result<Vec<Watt
         let p_max = p.get().p_max;
         let room = |s: usize| if warmer { x[s] < p_max } else { x[s] > 0 };
         match (0..=slot).rev().find(|&s| room(s)) {
-            Some(s) if matches!(v.family, Family::TempMin | Family::TempMax) && gain != 0 => {
-                x[s] += if warmer { 1 } else { -1 }
-            }
+            Some(s) if matches!(v.family, Family::TempMin | Family::TempMax) && gain != 0 => x[s] += if warmer { 1 } else { -1 },
             _ => return Err(err),
         }
     }
@@ -223,13 +219,7 @@ pub(crate) fn repair(params: &ModelParams, mut x: Vec<Watts>) -> Result<Vec<Watt
 
 /// One local step: `argmin_{x ∈ X(θ)} f(x) + ρ/2 ‖x − v‖²` with `v = x^k − x̄^k + z̄^k − u^k`,
 /// rounded and repaired to a schedule the circuit accepts.
-pub fn local_step(
-    params: &ModelParams,
-    costs: &Costs,
-    rho: Fixed,
-    vars: &Variables,
-    previous: &[Watts],
-) -> Result<Vec<Watts>, LocalError> {
+pub fn local_step(params: &ModelParams, costs: &Costs, rho: Fixed, vars: &Variables, previous: &[Watts]) -> Result<Vec<Watts>, LocalError> {
     let t = params.slots().get();
     for len in [vars.x_bar.len(), vars.z_bar.len(), vars.u.len(), previous.len()] {
         if len != t {

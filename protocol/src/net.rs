@@ -271,8 +271,7 @@ impl ValidatorClient {
     /// Connects to the validator at `addr` that must prove `validator_key`, presenting `key`.
     pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, validator_key: [u8; 32], key: &SigningKey) -> Result<ValidatorClient, NetError> {
         let cfg = client_config(key, validator_key, ALPN_DEVICE)?;
-        let connecting =
-            endpoint.connect_with(cfg, addr, "gridproof").map_err(|e| NetError::Connect { addr, reason: e.to_string() })?;
+        let connecting = endpoint.connect_with(cfg, addr, "gridproof").map_err(|e| NetError::Connect { addr, reason: e.to_string() })?;
         let conn = connecting.await.map_err(|e| NetError::Connect { addr, reason: e.to_string() })?;
         Ok(ValidatorClient { conn, addr })
     }

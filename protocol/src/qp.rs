@@ -108,18 +108,15 @@ impl Qp {
             cones.push(SupportedConeT::NonnegativeConeT(self.le.len()));
         }
         let settings = DefaultSettings { verbose: false, ..DefaultSettings::default() };
-        let mut solver = DefaultSolver::new(&p, &self.q, &a, &b, &cones, settings)
-            .map_err(|e| QpError::Data(format!("{e:?}")))?;
+        let mut solver = DefaultSolver::new(&p, &self.q, &a, &b, &cones, settings).map_err(|e| QpError::Data(format!("{e:?}")))?;
         solver.solve();
         let sol = &solver.solution;
         match sol.status {
             // InsufficientProgress leaves a near-optimal point; callers round it and the native
             // checker decides, so it is as usable as AlmostSolved.
-            SolverStatus::Solved | SolverStatus::AlmostSolved | SolverStatus::InsufficientProgress => Ok(Solution {
-                x: sol.x.clone(),
-                eq_duals: sol.z[..self.eq.len()].to_vec(),
-                objective: sol.obj_val,
-            }),
+            SolverStatus::Solved | SolverStatus::AlmostSolved | SolverStatus::InsufficientProgress => {
+                Ok(Solution { x: sol.x.clone(), eq_duals: sol.z[..self.eq.len()].to_vec(), objective: sol.obj_val })
+            }
             status => Err(QpError::NotSolved { status: format!("{status:?}") }),
         }
     }

@@ -110,21 +110,12 @@ fn costs(linear: Vec<f64>, quadratic: f64) -> Costs {
 
 fn ev(hours: &[f64], slot_seconds: u32, rng: &mut ChaCha20Rng, window: (f64, f64), power: Watts) -> (ModelParams, Costs) {
     let (arrive, leave) = window;
-    let available: Vec<bool> = hours
-        .iter()
-        .map(|&h| if arrive > leave { h >= arrive || h < leave } else { h >= arrive && h < leave })
-        .collect();
+    let available: Vec<bool> = hours.iter().map(|&h| if arrive > leave { h >= arrive || h < leave } else { h >= arrive && h < leave }).collect();
     let reachable = available.iter().filter(|&&a| a).count() as i64 * power as i64;
     let need = wh_to_ws(rng.gen_range(4.0..25.0), slot_seconds).min(reachable * 7 / 10);
     let e_max = (need + wh_to_ws(rng.gen_range(0.0..8.0), slot_seconds)).min(reachable);
-    let p = DeferrableParams::new(Deferrable {
-        available,
-        p_max: power,
-        e_min: need,
-        e_max,
-        ramp: if rng.gen_bool(0.3) { Some(power / 2) } else { None },
-    })
-    .expect("generated deferrable parameters are valid");
+    let p = DeferrableParams::new(Deferrable { available, p_max: power, e_min: need, e_max, ramp: if rng.gen_bool(0.3) { Some(power / 2) } else { None } })
+        .expect("generated deferrable parameters are valid");
     // A mild preference to charge early after arrival, plus noise.
     let linear = hours.iter().map(|&h| ((h - arrive + 24.0) % 24.0) * 0.3 + rng.gen_range(0.0..1.0)).collect();
     (ModelParams::Deferrable(p), costs(linear, 1e-5))
@@ -134,15 +125,8 @@ fn battery(t: usize, slot_seconds: u32, rng: &mut ChaCha20Rng) -> (ModelParams, 
     let capacity = wh_to_ws(rng.gen_range(5.0..13.5), slot_seconds);
     let power = rng.gen_range(2500..=5000);
     let soc_initial = capacity * rng.gen_range(20..80) / 100;
-    let p = BatteryParams::new(Battery {
-        slots: t,
-        p_charge: power,
-        p_discharge: power,
-        capacity,
-        soc_initial,
-        soc_final_min: soc_initial.min(capacity / 2),
-    })
-    .expect("generated battery parameters are valid");
+    let p = BatteryParams::new(Battery { slots: t, p_charge: power, p_discharge: power, capacity, soc_initial, soc_final_min: soc_initial.min(capacity / 2) })
+        .expect("generated battery parameters are valid");
     // Degradation: quadratic in power.
     (ModelParams::Battery(p), costs(vec![], 2e-4))
 }

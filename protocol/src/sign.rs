@@ -75,8 +75,7 @@ pub fn sign(key: &SigningKey, chain: &ChainId, domain: Domain, payload: &[u8]) -
 pub fn verify(signer: &[u8; 32], chain: &ChainId, domain: Domain, payload: &[u8], sig: &SignatureBytes) -> Result<(), SignatureError> {
     let key = VerifyingKey::from_bytes(signer).map_err(|_| SignatureError::BadKey(short(signer)))?;
     let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
-    key.verify_strict(&message(chain, domain, payload), &sig)
-        .map_err(|_| SignatureError::Invalid { key: short(signer), domain })
+    key.verify_strict(&message(chain, domain, payload), &sig).map_err(|_| SignatureError::Invalid { key: short(signer), domain })
 }
 
 /// A signing key from 32 secret bytes (from the OS RNG or a key file).

@@ -40,11 +40,7 @@ impl Run {
 
 /// Runs ADMM until convergence or K_max. `participates(k, i)` says whether device i submits in
 /// iteration k (a device that does not keeps its previous schedule, DESIGN §4).
-pub fn run(
-    devices: &[Device],
-    params: AdmmParams,
-    mut participates: impl FnMut(u32, usize) -> bool,
-) -> Result<Run, AdmmError> {
+pub fn run(devices: &[Device], params: AdmmParams, mut participates: impl FnMut(u32, usize) -> bool) -> Result<Run, AdmmError> {
     let mut state = AdmmState::new(params.clone(), devices.iter().map(|d| d.id))?;
     let mut residuals = Vec::new();
     let mut failed_steps = 0;

@@ -10,16 +10,8 @@ use protocol::scenario::{Mix, Scenario};
 
 /// Public variables with magnitudes from 0 up to ±10 MW per slot (as W at scale 2^20).
 fn variables(t: usize) -> impl Strategy<Value = Variables> {
-    let value = prop_oneof![
-        Just(0i64),
-        -(5_000i64 * SCALE)..(5_000 * SCALE),
-        -(10_000_000i64 * SCALE)..(10_000_000 * SCALE),
-    ];
-    (
-        proptest::collection::vec(value.clone(), t),
-        proptest::collection::vec(value.clone(), t),
-        proptest::collection::vec(value, t),
-    )
+    let value = prop_oneof![Just(0i64), -(5_000i64 * SCALE)..(5_000 * SCALE), -(10_000_000i64 * SCALE)..(10_000_000 * SCALE),];
+    (proptest::collection::vec(value.clone(), t), proptest::collection::vec(value.clone(), t), proptest::collection::vec(value, t))
         .prop_map(|(x_bar, z_bar, u)| Variables { x_bar, z_bar, u })
 }
 

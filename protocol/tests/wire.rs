@@ -48,13 +48,8 @@ fn certify(entry: &Entry, validators: &[SigningKey], which: &[u16]) -> CommitCer
 }
 
 fn update(device: &SigningKey, chain: &ChainId, k: u32) -> SignedUpdate {
-    let body = Update {
-        market_id: 1,
-        iteration: k,
-        device: DeviceId(device.verifying_key().to_bytes()),
-        schedule: vec![100, -200, 0, 7],
-        proof: [3; PROOF_BYTES],
-    };
+    let body =
+        Update { market_id: 1, iteration: k, device: DeviceId(device.verifying_key().to_bytes()), schedule: vec![100, -200, 0, 7], proof: [3; PROOF_BYTES] };
     SignedUpdate::new(device, chain, body)
 }
 
@@ -76,7 +71,15 @@ fn every_type_round_trips() {
     let u = update(&dev, &chain, 3);
     let bodies = vec![
         Body::Enrollment(vec![enrollment.clone()]),
-        Body::Iteration(IterationBody { market_id: 1, iteration: 3, updates: vec![u.digest()], x_bar: vec![1, -2], z_bar: vec![3], u: vec![], residuals: [1, 2, 3, 4] }),
+        Body::Iteration(IterationBody {
+            market_id: 1,
+            iteration: 3,
+            updates: vec![u.digest()],
+            x_bar: vec![1, -2],
+            z_bar: vec![3],
+            u: vec![],
+            residuals: [1, 2, 3, 4],
+        }),
         Body::Final(FinalBody { market_id: 1, iterations: 9, converged: true, schedule_root: [5; 32], prices: vec![-1, 1] }),
         Body::Meter(vec![MeterReading { market_id: 1, device: enrollment.body.device, slot: 3, energy: 900, signature: u.signature }]),
         Body::Settlement(SettlementBody { market_id: 1, balances: vec![(enrollment.body.device, -12)] }),
@@ -196,7 +199,13 @@ fn final_entry() -> Entry {
     let vals: Vec<SigningKey> = (1..=4).map(key).collect();
     let g = genesis(&vals);
     let sc = Scenario::generate(4, 20, Slots::new(24).unwrap(), 3600, Mix::Household);
-    let params = AdmmParams { grid: sc.valley_filling(), ..(match &g.body { Body::Genesis(g) => g.market.admm().unwrap(), _ => unreachable!() }) };
+    let params = AdmmParams {
+        grid: sc.valley_filling(),
+        ..(match &g.body {
+            Body::Genesis(g) => g.market.admm().unwrap(),
+            _ => unreachable!(),
+        })
+    };
     let r = run(&sc.devices, params, |_, _| true).unwrap();
     let body = FinalBody {
         market_id: 1,

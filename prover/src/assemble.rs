@@ -78,8 +78,9 @@ mod tests {
             let ours = crate::prove_with_blinding(&pk, witness.clone(), r, s).expect("prove");
             let m = pk.matrices().expect("matrices");
             let full = crate::assignment(m, UpdateCircuit::new(witness).expect("valid")).expect("assignment");
-            let theirs = Groth16::<ark_bn254::Bn254>::create_proof_with_reduction_and_matrices(pk.inner(), r, s, m, m.num_instance_variables, m.num_constraints, &full)
-                .expect("ark prove");
+            let theirs =
+                Groth16::<ark_bn254::Bn254>::create_proof_with_reduction_and_matrices(pk.inner(), r, s, m, m.num_instance_variables, m.num_constraints, &full)
+                    .expect("ark prove");
             assert_eq!(ours.0, theirs, "{kind:?}");
         }
     }

@@ -53,28 +53,17 @@ impl BatchReport {
 }
 
 /// Verifies `items` under `vk` as a batch and reports the invalid ones.
-pub fn batch_verify<R: RngCore + CryptoRng>(
-    vk: &UpdateVerifyingKey,
-    items: &[BatchItem<'_>],
-    rng: &mut R,
-) -> BatchReport {
+pub fn batch_verify<R: RngCore + CryptoRng>(vk: &UpdateVerifyingKey, items: &[BatchItem<'_>], rng: &mut R) -> BatchReport {
     let inputs = vk.shape().num_public_inputs();
     let mut report = BatchReport::default();
-    let (well_formed, malformed): (Vec<usize>, Vec<usize>) =
-        (0..items.len()).partition(|&i| items[i].public_inputs.len() == inputs);
+    let (well_formed, malformed): (Vec<usize>, Vec<usize>) = (0..items.len()).partition(|&i| items[i].public_inputs.len() == inputs);
     report.invalid.extend(malformed);
     bisect(vk, items, well_formed, rng, &mut report);
     report.invalid.sort_unstable();
     report
 }
 
-fn bisect<R: RngCore + CryptoRng>(
-    vk: &UpdateVerifyingKey,
-    items: &[BatchItem<'_>],
-    indices: Vec<usize>,
-    rng: &mut R,
-    report: &mut BatchReport,
-) {
+fn bisect<R: RngCore + CryptoRng>(vk: &UpdateVerifyingKey, items: &[BatchItem<'_>], indices: Vec<usize>, rng: &mut R, report: &mut BatchReport) {
     if indices.is_empty() {
         return;
     }
@@ -118,14 +107,10 @@ fn check<R: RngCore + CryptoRng>(vk: &UpdateVerifyingKey, items: &[BatchItem<'_>
     let c = G1Projective::msm(&cs, &r_fr).expect("lengths match");
 
     // r_i A_i with 128-bit scalars, and B_i prepared, in parallel.
-    let ra: Vec<G1Projective> = indices
-        .par_iter()
-        .zip(&r)
-        .map(|(&i, &ri)| items[i].proof.a.mul_bigint(BigInt::<2>::new([ri as u64, (ri >> 64) as u64])))
-        .collect();
+    let ra: Vec<G1Projective> =
+        indices.par_iter().zip(&r).map(|(&i, &ri)| items[i].proof.a.mul_bigint(BigInt::<2>::new([ri as u64, (ri >> 64) as u64]))).collect();
     let mut g1 = G1Projective::normalize_batch(&ra);
-    let mut g2: Vec<G2Prepared<ark_bn254::Config>> =
-        indices.par_iter().map(|&i| G2Prepared::from(items[i].proof.b)).collect();
+    let mut g2: Vec<G2Prepared<ark_bn254::Config>> = indices.par_iter().map(|&i| G2Prepared::from(items[i].proof.b)).collect();
     let [l, c] = [l, c].map(|p| p.into_affine());
     g1.extend([l, c]);
     g2.extend([pvk.gamma_g2_neg_pc.clone(), pvk.delta_g2_neg_pc.clone()]);

@@ -48,8 +48,7 @@ fn encode_point<P: CanonicalSerialize>(p: &P, out: &mut Vec<u8>) {
 
 /// Decodes a compressed point, checking curve, subgroup and canonical encoding.
 fn decode_point<P: CanonicalSerialize + CanonicalDeserialize>(bytes: &[u8], what: &str) -> Result<P, FormatError> {
-    let p = P::deserialize_with_mode(bytes, Compress::Yes, Validate::Yes)
-        .map_err(|_| FormatError::InvalidPoint { what: what.to_string() })?;
+    let p = P::deserialize_with_mode(bytes, Compress::Yes, Validate::Yes).map_err(|_| FormatError::InvalidPoint { what: what.to_string() })?;
     let mut again = Vec::with_capacity(bytes.len());
     encode_point(&p, &mut again);
     if again != bytes {
@@ -92,9 +91,8 @@ pub fn encode_fr(f: &Fr) -> [u8; FR_BYTES] {
 
 /// Decodes 32 little-endian bytes, rejecting values at or above the modulus.
 pub fn decode_fr(bytes: &[u8], what: &str) -> Result<Fr, FormatError> {
-    let array: &[u8; FR_BYTES] = bytes.try_into().map_err(|_| FormatError::NonCanonicalField {
-        what: format!("{what} ({} bytes, expected 32)", bytes.len()),
-    })?;
+    let array: &[u8; FR_BYTES] =
+        bytes.try_into().map_err(|_| FormatError::NonCanonicalField { what: format!("{what} ({} bytes, expected 32)", bytes.len()) })?;
     circuits::field::fr_from_bytes(array).ok_or_else(|| FormatError::NonCanonicalField { what: what.to_string() })
 }
 
@@ -196,10 +194,7 @@ pub fn decode_key_header(bytes: &[u8]) -> Result<(KeyHeader, &[u8]), FormatError
     };
     let circuit_id = u32::from_le_bytes(bytes[11..15].try_into().expect("4 bytes"));
     if circuit_id != CIRCUIT_ID {
-        return Err(FormatError::WrongCircuit {
-            expected: format!("circuit id {CIRCUIT_ID}"),
-            found: format!("circuit id {circuit_id}"),
-        });
+        return Err(FormatError::WrongCircuit { expected: format!("circuit id {CIRCUIT_ID}"), found: format!("circuit id {circuit_id}") });
     }
     let kind = ModelKind::from_id(bytes[15]).ok_or(FormatError::BadHeader { field: "model", value: bytes[15] as u64 })?;
     let t = u16_at(16);
@@ -230,8 +225,7 @@ pub fn decode_key_header(bytes: &[u8]) -> Result<(KeyHeader, &[u8]), FormatError
 
 fn decode_body<K: CanonicalDeserialize>(body: &[u8], what: &'static str) -> Result<K, FormatError> {
     let mut reader = body;
-    let key = K::deserialize_with_mode(&mut reader, Compress::Yes, Validate::Yes)
-        .map_err(|e| FormatError::InvalidPoint { what: format!("{what}: {e}") })?;
+    let key = K::deserialize_with_mode(&mut reader, Compress::Yes, Validate::Yes).map_err(|e| FormatError::InvalidPoint { what: format!("{what}: {e}") })?;
     if !reader.is_empty() {
         return Err(FormatError::TrailingBytes { what, extra: reader.len() });
     }
@@ -240,10 +234,7 @@ fn decode_body<K: CanonicalDeserialize>(body: &[u8], what: &'static str) -> Resu
 
 fn expect_header(header: &KeyHeader, key_type: KeyType, expected: Option<Shape>) -> Result<(), FormatError> {
     if header.key_type != key_type {
-        return Err(FormatError::WrongCircuit {
-            expected: format!("a {key_type:?} key"),
-            found: format!("a {:?} key", header.key_type),
-        });
+        return Err(FormatError::WrongCircuit { expected: format!("a {key_type:?} key"), found: format!("a {:?} key", header.key_type) });
     }
     if let Some(shape) = expected {
         if shape != header.shape {

@@ -24,10 +24,10 @@ use std::sync::{Arc, OnceLock};
 
 use ark_bn254::{Bn254, Fr};
 use ark_ff::UniformRand;
-use ark_relations::r1cs::{ConstraintMatrices, ConstraintSynthesizer, ConstraintSystem, OptimizationGoal, SynthesisMode};
 use ark_groth16::r1cs_to_qap::{LibsnarkReduction, R1CSToQAP};
-use ark_poly::GeneralEvaluationDomain;
 use ark_groth16::{Groth16, PreparedVerifyingKey, Proof, ProvingKey, VerifyingKey};
+use ark_poly::GeneralEvaluationDomain;
+use ark_relations::r1cs::{ConstraintMatrices, ConstraintSynthesizer, ConstraintSystem, OptimizationGoal, SynthesisMode};
 use circuits::{Shape, UpdateCircuit, Witness};
 use rand::{CryptoRng, RngCore};
 
@@ -175,10 +175,7 @@ impl VerifierKeys {
 
 /// Circuit-specific Groth16 setup by one party: whoever runs it knows the trapdoor and can
 /// forge proofs, so the keys are marked [`SetupKind::Development`].
-pub fn setup<R: RngCore + CryptoRng>(
-    shape: Shape,
-    rng: &mut R,
-) -> Result<(UpdateProvingKey, UpdateVerifyingKey), ark_relations::r1cs::SynthesisError> {
+pub fn setup<R: RngCore + CryptoRng>(shape: Shape, rng: &mut R) -> Result<(UpdateProvingKey, UpdateVerifyingKey), ark_relations::r1cs::SynthesisError> {
     let pk = Groth16::<Bn254>::generate_random_parameters_with_reduction(UpdateCircuit::blank(shape), rng)?;
     let pk = UpdateProvingKey::new(pk, shape, SetupKind::Development).expect("a fresh key matches its shape");
     let vk = pk.verifying_key();
@@ -187,11 +184,7 @@ pub fn setup<R: RngCore + CryptoRng>(
 
 /// Proves a witness: validates it with the native checker first (a device never sends a
 /// proof the circuit would reject), then runs Groth16. Returns the proof and its public inputs.
-pub fn prove<R: RngCore + CryptoRng>(
-    pk: &UpdateProvingKey,
-    witness: Witness,
-    rng: &mut R,
-) -> Result<(UpdateProof, Vec<Fr>), ProveError> {
+pub fn prove<R: RngCore + CryptoRng>(pk: &UpdateProvingKey, witness: Witness, rng: &mut R) -> Result<(UpdateProof, Vec<Fr>), ProveError> {
     if witness.context.shape != pk.shape {
         return Err(ProveError::WrongCircuit { key: pk.shape, witness: witness.context.shape });
     }

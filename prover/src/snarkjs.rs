@@ -170,11 +170,7 @@ pub fn import_verifying_key(doc: &Value) -> Result<VerifyingKey<Bn254>, FormatEr
 pub fn import_proof(doc: &Value) -> Result<Proof<Bn254>, FormatError> {
     let w = "proof.json";
     expect_groth16(doc, w)?;
-    Ok(Proof {
-        a: parse_g1(field(doc, "pi_a", w)?, "pi_a")?,
-        b: parse_g2(field(doc, "pi_b", w)?, "pi_b")?,
-        c: parse_g1(field(doc, "pi_c", w)?, "pi_c")?,
-    })
+    Ok(Proof { a: parse_g1(field(doc, "pi_a", w)?, "pi_a")?, b: parse_g2(field(doc, "pi_b", w)?, "pi_b")?, c: parse_g1(field(doc, "pi_c", w)?, "pi_c")? })
 }
 
 /// Reads `public.json`.

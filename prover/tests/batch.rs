@@ -21,9 +21,7 @@ fn pool() -> &'static Pool {
         let mut rng = ChaCha20Rng::seed_from_u64(7);
         let slots = Slots::new(24).unwrap();
         let (pk, vk) = setup(Shape { kind: ModelKind::Deferrable, slots }, &mut rng).unwrap();
-        let proofs = (0..8)
-            .map(|v| prove(&pk, sample::witness(ModelKind::Deferrable, slots, 9, 2, v), &mut rng).unwrap())
-            .collect();
+        let proofs = (0..8).map(|v| prove(&pk, sample::witness(ModelKind::Deferrable, slots, 9, 2, v), &mut rng).unwrap()).collect();
         Pool { vk, proofs }
     })
 }

@@ -1,6 +1,6 @@
 //! Every model proves and verifies; proofs are bound to their context, commitment and key.
 
-use circuits::{sample, public_inputs, commitment, Context, ModelKind, Shape, Slots};
+use circuits::{commitment, public_inputs, sample, Context, ModelKind, Shape, Slots};
 use prover::{prove, setup, verify, ProveError, UpdateProvingKey, UpdateVerifyingKey, VerifyError};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;

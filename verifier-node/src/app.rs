@@ -343,10 +343,7 @@ impl MarketApp {
 
     fn shape(&self, kind: u8, slots: u16) -> Result<Shape, Reject> {
         let unknown = Reject::UnknownShape { kind, slots };
-        let shape = Shape {
-            kind: ModelKind::from_id(kind).ok_or(unknown.clone())?,
-            slots: Slots::new(slots as usize).map_err(|_| unknown.clone())?,
-        };
+        let shape = Shape { kind: ModelKind::from_id(kind).ok_or(unknown.clone())?, slots: Slots::new(slots as usize).map_err(|_| unknown.clone())? };
         if self.keys.get(&shape).is_none() || slots != self.genesis.market.slots {
             return Err(unknown);
         }
@@ -433,7 +430,12 @@ impl MarketApp {
     /// Batch-verifies the proofs of `updates` (whose [`Self::check_update_known`] results are
     /// `checked`, in the same order; a known update, without a proof, is skipped) and returns
     /// the indices of the invalid ones, ascending.
-    fn invalid_proofs<R: RngCore + CryptoRng>(&self, updates: &[SignedUpdate], checked: Vec<(Enrolled, Option<UpdateProof>)>, rng: &mut R) -> Result<Vec<usize>, Reject> {
+    fn invalid_proofs<R: RngCore + CryptoRng>(
+        &self,
+        updates: &[SignedUpdate],
+        checked: Vec<(Enrolled, Option<UpdateProof>)>,
+        rng: &mut R,
+    ) -> Result<Vec<usize>, Reject> {
         // Group by shape: one verifying key per batch, with each item's index in `updates`.
         type Batch = (Shape, Vec<usize>, Vec<(UpdateProof, Vec<Fr>)>);
         let mut by_shape: BTreeMap<(u8, usize), Batch> = BTreeMap::new();

@@ -12,8 +12,8 @@ use prover::{UpdateVerifyingKey, VerifierKeys};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use protocol::files::{read_genesis, read_key, ConfigError};
 use protocol::files::read;
+pub use protocol::files::{read_genesis, read_key, ConfigError};
 
 fn invalid(path: &Path, reason: impl Into<String>) -> ConfigError {
     ConfigError::invalid(path, reason)
@@ -93,9 +93,9 @@ pub fn read_verifying_keys(dir: &Path, accepted: &[KeyHash]) -> Result<VerifierK
     }
     let mut keys = VerifierKeys::new();
     for h in accepted {
-        let vk = found.remove(&(h.kind, h.slots)).ok_or_else(|| {
-            invalid(dir, format!("no verifying key file for model id {} with T = {} matching the genesis hash", h.kind, h.slots))
-        })?;
+        let vk = found
+            .remove(&(h.kind, h.slots))
+            .ok_or_else(|| invalid(dir, format!("no verifying key file for model id {} with T = {} matching the genesis hash", h.kind, h.slots)))?;
         keys.insert(vk);
     }
     Ok(keys)
@@ -116,9 +116,10 @@ impl Config {
         let key = read_key(&file.key_file)?;
         let genesis = read_genesis(&file.genesis_file)?;
         let Body::Genesis(g) = &genesis.body else { unreachable!("read_genesis checked") };
-        let mine = g.validators.get(file.index as usize).ok_or_else(|| {
-            invalid(path, format!("index = {}: the genesis has {} validators", file.index, g.validators.len()))
-        })?;
+        let mine = g
+            .validators
+            .get(file.index as usize)
+            .ok_or_else(|| invalid(path, format!("index = {}: the genesis has {} validators", file.index, g.validators.len())))?;
         if mine.0 != key.verifying_key().to_bytes() {
             return Err(invalid(path, format!("key_file: this key is not validator {}'s key in the genesis", file.index)));
         }

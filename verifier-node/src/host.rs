@@ -150,7 +150,14 @@ impl Running {
 /// The configurations of a whole validator set on loopback: validator i listens for QUIC on
 /// `quic_port + i` and for HTTP on `http_port + i`, keeps its log in `dir/db<i>`, and takes its
 /// verifying keys from `keys_dir`. For tests, benchmarks and the local demo.
-pub fn local_configs(dir: &std::path::Path, keys_dir: &std::path::Path, genesis: &protocol::entry::Entry, keys: &[ed25519_dalek::SigningKey], quic_port: u16, http_port: u16) -> Result<Vec<Config>, String> {
+pub fn local_configs(
+    dir: &std::path::Path,
+    keys_dir: &std::path::Path,
+    genesis: &protocol::entry::Entry,
+    keys: &[ed25519_dalek::SigningKey],
+    quic_port: u16,
+    http_port: u16,
+) -> Result<Vec<Config>, String> {
     use crate::config::{NodeFile, PeerFile};
     let protocol::entry::Body::Genesis(g) = &genesis.body else { return Err("not a genesis entry".into()) };
     let vks = crate::config::read_verifying_keys(keys_dir, &g.verifying_keys).map_err(|e| e.to_string())?;
@@ -174,7 +181,14 @@ pub fn local_configs(dir: &std::path::Path, keys_dir: &std::path::Path, genesis:
 }
 
 /// Starts the whole validator set of [`local_configs`] in this process.
-pub async fn start_local(dir: &std::path::Path, keys_dir: &std::path::Path, genesis: &protocol::entry::Entry, keys: &[ed25519_dalek::SigningKey], quic_port: u16, http_port: u16) -> Result<Vec<Running>, String> {
+pub async fn start_local(
+    dir: &std::path::Path,
+    keys_dir: &std::path::Path,
+    genesis: &protocol::entry::Entry,
+    keys: &[ed25519_dalek::SigningKey],
+    quic_port: u16,
+    http_port: u16,
+) -> Result<Vec<Running>, String> {
     let mut running = vec![];
     for (i, cfg) in local_configs(dir, keys_dir, genesis, keys, quic_port, http_port)?.into_iter().enumerate() {
         running.push(start(cfg).await.map_err(|e| format!("validator {i}: {e}"))?);
@@ -198,13 +212,7 @@ pub async fn start(cfg: Config) -> Result<Running, HostError> {
     let http_addr = http.local_addr().map_err(|e| HostError::Bind { addr: cfg.file.http, reason: e.to_string() })?;
 
     let (commits, _) = broadcast::channel(1024);
-    let shared = Arc::new(Shared {
-        snapshot: RwLock::new(Snapshot::default()),
-        net: NetCounters::default(),
-        store,
-        commits,
-        started: Instant::now(),
-    });
+    let shared = Arc::new(Shared { snapshot: RwLock::new(Snapshot::default()), net: NetCounters::default(), store, commits, started: Instant::now() });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
 
@@ -387,7 +395,13 @@ async fn peer_link(
     }
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, validators: Vec<[u8; 32]>, events: mpsc::Sender<Event>, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    validators: Vec<[u8; 32]>,
+    events: mpsc::Sender<Event>,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i { Some(i) => i, None => return },
@@ -403,10 +417,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, validators: Vec<[u8; 32]>, event
                     return;
                 }
             };
-            let alpn = conn
-                .handshake_data()
-                .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
-                .and_then(|h| h.protocol);
+            let alpn = conn.handshake_data().and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok()).and_then(|h| h.protocol);
             let Some(key) = net::peer_key(&conn) else { return conn.close(1u32.into(), b"no ed25519 key") };
             match alpn.as_deref() {
                 Some(a) if a == ALPN_PEER => match validators.iter().position(|v| *v == key) {

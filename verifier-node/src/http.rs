@@ -130,9 +130,19 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     );
     metric("peers_connected", "Outgoing peer links up.", "gauge", vec![(String::new(), s.net.peers_connected.load(Ordering::Relaxed) as f64)]);
     metric("dropped_full_total", "Messages dropped on a full queue.", "counter", vec![(String::new(), s.net.dropped_full.load(Ordering::Relaxed) as f64)]);
-    metric("bad_frames_total", "Frames refused (oversize, malformed, unknown peer).", "counter", vec![(String::new(), s.net.bad_frames.load(Ordering::Relaxed) as f64)]);
+    metric(
+        "bad_frames_total",
+        "Frames refused (oversize, malformed, unknown peer).",
+        "counter",
+        vec![(String::new(), s.net.bad_frames.load(Ordering::Relaxed) as f64)],
+    );
     metric("device_requests_total", "Device requests answered.", "counter", vec![(String::new(), s.net.device_requests.load(Ordering::Relaxed) as f64)]);
-    metric("rate_limited_total", "Device requests refused by the rate limit.", "counter", vec![(String::new(), s.net.rate_limited.load(Ordering::Relaxed) as f64)]);
+    metric(
+        "rate_limited_total",
+        "Device requests refused by the rate limit.",
+        "counter",
+        vec![(String::new(), s.net.rate_limited.load(Ordering::Relaxed) as f64)],
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

@@ -182,9 +182,7 @@ fn init(a: &InitArgs) -> Result<ExitCode, String> {
     let entry = Entry::genesis(genesis, now);
     let genesis_path = a.out.join("genesis.bin");
     std::fs::write(&genesis_path, protocol::codec::encode(&entry)).map_err(|e| format!("{}: {e}", genesis_path.display()))?;
-    let addr = |port: u16, i: u16| -> Result<SocketAddr, String> {
-        format!("{}:{}", a.host, port + i).parse().map_err(|e| format!("--host {}: {e}", a.host))
-    };
+    let addr = |port: u16, i: u16| -> Result<SocketAddr, String> { format!("{}:{}", a.host, port + i).parse().map_err(|e| format!("--host {}: {e}", a.host)) };
     for (i, key) in keys.iter().enumerate() {
         let i = i as u16;
         let key_file = PathBuf::from(format!("validator{i}.key"));

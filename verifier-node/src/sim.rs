@@ -260,8 +260,8 @@ impl Sim {
             Event::Restart(i) => {
                 if let Some(log) = self.logs[i as usize].take() {
                     let cfg = self.configs[i as usize].clone();
-                    let node = Node::open(cfg, self.keys[i as usize].clone(), &self.genesis, self.verifier_keys.clone(), log)
-                        .expect("a crashed node reopens its log");
+                    let node =
+                        Node::open(cfg, self.keys[i as usize].clone(), &self.genesis, self.verifier_keys.clone(), log).expect("a crashed node reopens its log");
                     self.nodes[i as usize] = Some(node);
                 }
             }

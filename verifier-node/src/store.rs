@@ -104,9 +104,7 @@ impl Store {
     fn get<T: BorshSerialize + BorshDeserialize>(&self, cf: &'static str, key: &[u8]) -> Result<Option<T>, StoreError> {
         match self.db.get_cf(self.cf(cf), key)? {
             None => Ok(None),
-            Some(bytes) => decode(cf, &bytes, MAX_STORED_BYTES)
-                .map(Some)
-                .map_err(|e| StoreError::Corrupt { cf, key: hex(key), reason: e.to_string() }),
+            Some(bytes) => decode(cf, &bytes, MAX_STORED_BYTES).map(Some).map_err(|e| StoreError::Corrupt { cf, key: hex(key), reason: e.to_string() }),
         }
     }
 

@@ -93,7 +93,12 @@ fn a_certified_log_survives_restart_and_audits_clean() {
 
 /// Stores `log` with `mutate` applied to one height's (entry, certificate, updates), with the
 /// following entries re-linked and re-certified by the same quorum (a Byzantine majority).
-fn audit_with(w: &World, mut log: Vec<(Entry, CommitCertificate, Vec<SignedUpdate>)>, h: usize, mutate: impl Fn(&mut (Entry, CommitCertificate, Vec<SignedUpdate>))) -> verifier_node::audit::AuditReport {
+fn audit_with(
+    w: &World,
+    mut log: Vec<(Entry, CommitCertificate, Vec<SignedUpdate>)>,
+    h: usize,
+    mutate: impl Fn(&mut (Entry, CommitCertificate, Vec<SignedUpdate>)),
+) -> verifier_node::audit::AuditReport {
     mutate(&mut log[h]);
     for i in h..log.len() {
         if i > h {

@@ -79,7 +79,9 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let rows: Vec<(u32, f64, f64, f64)> = rt.block_on(async {
         protocol::net::install_crypto();
-        let running = verifier_node::host::start_local(&dir, &dir.join("keys"), &genesis_entry, &validator_keys, args.port, args.port + 100).await.expect("validators start");
+        let running = verifier_node::host::start_local(&dir, &dir.join("keys"), &genesis_entry, &validator_keys, args.port, args.port + 100)
+            .await
+            .expect("validators start");
         let endpoint = protocol::net::client_endpoint("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
         let ev = &gw.appliances[0];
         let mut conns = vec![];
@@ -136,7 +138,8 @@ fn main() {
     println!("  submit (4 validators, QUIC)   {submit:>8.1} ms  {:>5.1} %", 100.0 * submit / total);
     println!("  total                         {total:>8.1} ms");
     if let Some(path) = args.json {
-        let v = serde_json::json!({"slots": args.slots, "iterations": rows.len(), "solve_ms": solve, "prove_ms": prove, "submit_ms": submit, "total_ms": total});
+        let v =
+            serde_json::json!({"slots": args.slots, "iterations": rows.len(), "solve_ms": solve, "prove_ms": prove, "submit_ms": submit, "total_ms": total});
         std::fs::write(&path, serde_json::to_string_pretty(&v).expect("json")).expect("write json");
     }
 }

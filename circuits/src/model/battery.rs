@@ -50,10 +50,7 @@ impl BatteryParams {
         if b.soc_final_min > reachable {
             return Err(ParamError::Inconsistent {
                 model: KIND,
-                reason: format!(
-                    "soc_final_min = {} W·slot is unreachable: s_0 + T·p_ch = {reachable}",
-                    b.soc_final_min
-                ),
+                reason: format!("soc_final_min = {} W·slot is unreachable: s_0 + T·p_ch = {reachable}", b.soc_final_min),
             });
         }
         Ok(BatteryParams(b))
@@ -72,9 +69,7 @@ impl BatteryParams {
     /// θ as committed: p_ch, p_dis, s_0, cap, s_final.
     pub fn theta_elements(&self) -> Vec<Fr> {
         let b = &self.0;
-        [b.p_charge as u64, b.p_discharge as u64, b.soc_initial as u64, b.capacity as u64, b.soc_final_min as u64]
-            .map(Fr::from)
-            .to_vec()
+        [b.p_charge as u64, b.p_discharge as u64, b.soc_initial as u64, b.capacity as u64, b.soc_final_min as u64].map(Fr::from).to_vec()
     }
 
     /// Every violated constraint of `x` (T entries, checked by the caller).
@@ -105,12 +100,7 @@ impl BatteryParams {
 }
 
 /// The gadget: mirrors [`BatteryParams::violations`] family by family.
-pub(crate) fn enforce(
-    cs: &ConstraintSystemRef<Fr>,
-    slots: Slots,
-    p: Option<&BatteryParams>,
-    x: &[Option<i128>],
-) -> Result<ModelVars, SynthesisError> {
+pub(crate) fn enforce(cs: &ConstraintSystemRef<Fr>, slots: Slots, p: Option<&BatteryParams>, x: &[Option<i128>]) -> Result<ModelVars, SynthesisError> {
     let val = |f: fn(&Battery) -> i128| p.map(|p| f(&p.0));
     let p_ch = IntVar::alloc_unsigned(cs, val(|b| b.p_charge as i128), POWER_BITS)?;
     let p_dis = IntVar::alloc_unsigned(cs, val(|b| b.p_discharge as i128), POWER_BITS)?;

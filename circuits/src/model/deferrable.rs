@@ -7,8 +7,8 @@ use ark_relations::r1cs::{ConstraintSystemRef, SynthesisError};
 use serde::{Deserialize, Serialize};
 
 use super::{in_range, Family, ModelKind, ModelVars, ParamError, Violation};
-use crate::fixed::{WattSlots, Watts};
 use crate::field::pack_bits;
+use crate::fixed::{WattSlots, Watts};
 use crate::gadgets::IntVar;
 use crate::limits::{Slots, BITS_PER_ELEMENT, ENERGY_BITS, MAX_POWER_W, POWER_BITS};
 
@@ -83,12 +83,7 @@ impl DeferrableParams {
     pub fn theta_elements(&self) -> Vec<Fr> {
         let d = &self.0;
         let mut out = pack_bits(&d.available);
-        out.extend([
-            Fr::from(d.p_max as u64),
-            Fr::from(d.e_min as u64),
-            Fr::from(d.e_max as u64),
-            Fr::from(self.ramp_limit() as u64),
-        ]);
+        out.extend([Fr::from(d.p_max as u64), Fr::from(d.e_min as u64), Fr::from(d.e_max as u64), Fr::from(self.ramp_limit() as u64)]);
         out
     }
 
@@ -124,12 +119,7 @@ impl DeferrableParams {
 }
 
 /// The gadget: mirrors [`DeferrableParams::violations`] family by family.
-pub(crate) fn enforce(
-    cs: &ConstraintSystemRef<Fr>,
-    slots: Slots,
-    p: Option<&DeferrableParams>,
-    x: &[Option<i128>],
-) -> Result<ModelVars, SynthesisError> {
+pub(crate) fn enforce(cs: &ConstraintSystemRef<Fr>, slots: Slots, p: Option<&DeferrableParams>, x: &[Option<i128>]) -> Result<ModelVars, SynthesisError> {
     let val = |f: fn(&DeferrableParams) -> i128| p.map(f);
     let p_max = IntVar::alloc_unsigned(cs, val(|p| p.0.p_max as i128), POWER_BITS)?;
     let e_min = IntVar::alloc_unsigned(cs, val(|p| p.0.e_min as i128), ENERGY_BITS)?;

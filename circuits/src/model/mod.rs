@@ -42,8 +42,7 @@ pub enum ModelKind {
 
 impl ModelKind {
     /// All kinds, in number order.
-    pub const ALL: [ModelKind; 4] =
-        [ModelKind::Deferrable, ModelKind::Battery, ModelKind::Producer, ModelKind::Thermal];
+    pub const ALL: [ModelKind; 4] = [ModelKind::Deferrable, ModelKind::Battery, ModelKind::Producer, ModelKind::Thermal];
 
     /// The kind's number in commitments and contexts.
     pub const fn id(self) -> u8 {
@@ -205,20 +204,9 @@ macro_rules! validated {
 pub(crate) use validated;
 
 /// Checks `lo <= v <= hi` for a parameter, naming it on failure.
-pub(crate) fn in_range<T: PartialOrd + std::fmt::Display>(
-    model: ModelKind,
-    field: &'static str,
-    v: T,
-    lo: T,
-    hi: T,
-) -> Result<(), ParamError> {
+pub(crate) fn in_range<T: PartialOrd + std::fmt::Display>(model: ModelKind, field: &'static str, v: T, lo: T, hi: T) -> Result<(), ParamError> {
     if v < lo || v > hi {
-        return Err(ParamError::OutOfRange {
-            model,
-            field,
-            value: v.to_string(),
-            expected: format!("{lo} ..= {hi}"),
-        });
+        return Err(ParamError::OutOfRange { model, field, value: v.to_string(), expected: format!("{lo} ..= {hi}") });
     }
     Ok(())
 }

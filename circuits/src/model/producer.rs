@@ -73,12 +73,7 @@ impl ProducerParams {
 ///
 /// pv_t is never allocated on its own: it is `headroom_t + output_t`, two sums of 17 bits, so
 /// it lies in `[0, 2^18)`, which makes its limb packing (and so the commitment) injective.
-pub(crate) fn enforce(
-    cs: &ConstraintSystemRef<Fr>,
-    slots: Slots,
-    p: Option<&ProducerParams>,
-    x: &[Option<i128>],
-) -> Result<ModelVars, SynthesisError> {
+pub(crate) fn enforce(cs: &ConstraintSystemRef<Fr>, slots: Slots, p: Option<&ProducerParams>, x: &[Option<i128>]) -> Result<ModelVars, SynthesisError> {
     let mut schedule = Vec::with_capacity(slots.get());
     let mut forecast = Vec::with_capacity(slots.get());
     for (t, &xt) in x.iter().enumerate() {

@@ -16,9 +16,7 @@ use super::{in_range, Family, ModelKind, ModelVars, ParamError, Violation};
 use crate::field::{fr_from_i128, pack_limbs};
 use crate::fixed::{Fixed, Watts, SCALE, SCALE_BITS};
 use crate::gadgets::IntVar;
-use crate::limits::{
-    Slots, DECAY_BITS, GAIN_BITS, MAX_POWER_W, MAX_TEMP_RAW, MIN_TEMP_RAW, POWER_BITS, TEMP_BITS,
-};
+use crate::limits::{Slots, DECAY_BITS, GAIN_BITS, MAX_POWER_W, MAX_TEMP_RAW, MIN_TEMP_RAW, POWER_BITS, TEMP_BITS};
 use crate::statement::pack_limbs_var;
 
 const KIND: ModelKind = ModelKind::Thermal;
@@ -69,10 +67,7 @@ impl ThermalParams {
             temp_range("drift", c)?;
         }
         if p.temp_min > p.temp_max {
-            return Err(ParamError::Inconsistent {
-                model: KIND,
-                reason: format!("temp_min = {} °C is above temp_max = {} °C", p.temp_min, p.temp_max),
-            });
+            return Err(ParamError::Inconsistent { model: KIND, reason: format!("temp_min = {} °C is above temp_max = {} °C", p.temp_min, p.temp_max) });
         }
         Ok(ThermalParams(p))
     }
@@ -90,9 +85,7 @@ impl ThermalParams {
     /// θ as committed: p_max, a, b, τ_0, τ_min, τ_max, then the drift packed as 32-bit limbs.
     pub fn theta_elements(&self) -> Vec<Fr> {
         let p = &self.0;
-        let mut out: Vec<Fr> = [p.p_max as i64, p.decay.0, p.gain.0, p.temp_initial.0, p.temp_min.0, p.temp_max.0]
-            .map(|v| fr_from_i128(v as i128))
-            .to_vec();
+        let mut out: Vec<Fr> = [p.p_max as i64, p.decay.0, p.gain.0, p.temp_initial.0, p.temp_min.0, p.temp_max.0].map(|v| fr_from_i128(v as i128)).to_vec();
         let drift: Vec<i64> = p.drift.iter().map(|c| c.0).collect();
         out.extend(pack_limbs(&drift).expect("drifts are validated to 27 bits"));
         out
@@ -142,22 +135,13 @@ impl ThermalParams {
 
 /// A signed fixed-point parameter in `[−2^bits, 2^bits)`: an unsigned sum of `bits + 1` bits,
 /// shifted down.
-fn alloc_signed(
-    cs: &ConstraintSystemRef<Fr>,
-    val: Option<i128>,
-    bits: u32,
-) -> Result<IntVar, SynthesisError> {
+fn alloc_signed(cs: &ConstraintSystemRef<Fr>, val: Option<i128>, bits: u32) -> Result<IntVar, SynthesisError> {
     let offset = 1i128 << bits;
     Ok(IntVar::alloc_unsigned(cs, val.map(|v| v + offset), bits + 1)?.add_const(-offset))
 }
 
 /// The gadget: mirrors [`ThermalParams::violations`] family by family.
-pub(crate) fn enforce(
-    cs: &ConstraintSystemRef<Fr>,
-    slots: Slots,
-    p: Option<&ThermalParams>,
-    x: &[Option<i128>],
-) -> Result<ModelVars, SynthesisError> {
+pub(crate) fn enforce(cs: &ConstraintSystemRef<Fr>, slots: Slots, p: Option<&ThermalParams>, x: &[Option<i128>]) -> Result<ModelVars, SynthesisError> {
     let val = |f: fn(&Thermal) -> i64| p.map(|p| f(&p.0) as i128);
     let p_max = IntVar::alloc_unsigned(cs, val(|p| p.p_max as i64), POWER_BITS)?;
     let decay = IntVar::alloc_unsigned(cs, val(|p| p.decay.0), DECAY_BITS)?;

@@ -35,9 +35,7 @@ pub fn deferrable(available: Vec<bool>, p_max: i32, e_min: i64, e_max: i64, ramp
 }
 
 pub fn battery(slots: usize, p_charge: i32, p_discharge: i32, capacity: i64, soc_initial: i64, soc_final_min: i64) -> ModelParams {
-    ModelParams::Battery(
-        BatteryParams::new(Battery { slots, p_charge, p_discharge, capacity, soc_initial, soc_final_min }).unwrap(),
-    )
+    ModelParams::Battery(BatteryParams::new(Battery { slots, p_charge, p_discharge, capacity, soc_initial, soc_final_min }).unwrap())
 }
 
 pub fn producer(forecast: Vec<i32>) -> ModelParams {

@@ -60,7 +60,8 @@ pub fn market_with(name: &str, timing: Timing) -> Market {
     let dir = std::env::temp_dir().join(format!("gridproof-device-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("keys")).unwrap();
-    let models: &[ModelKind] = if all_models { &[ModelKind::Deferrable, ModelKind::Battery, ModelKind::Producer, ModelKind::Thermal] } else { &[ModelKind::Deferrable] };
+    let models: &[ModelKind] =
+        if all_models { &[ModelKind::Deferrable, ModelKind::Battery, ModelKind::Producer, ModelKind::Thermal] } else { &[ModelKind::Deferrable] };
     let mut verifying_keys = vec![];
     for &kind in models {
         let shape = Shape { kind, slots: Slots::new(slots).unwrap() };
@@ -107,7 +108,8 @@ pub fn gateway_toml(m: &Market, name: &str, appliances: &str) -> PathBuf {
     path
 }
 
-pub const EV: &str = "[[appliances]]\nname = \"ev\"\n[appliances.spec]\nmodel = \"deferrable\"\nmax_power_kw = 3.0\nenergy_min_kwh = 1.0\nenergy_max_kwh = 2.0\n\n";
+pub const EV: &str =
+    "[[appliances]]\nname = \"ev\"\n[appliances.spec]\nmodel = \"deferrable\"\nmax_power_kw = 3.0\nenergy_min_kwh = 1.0\nenergy_max_kwh = 2.0\n\n";
 pub const BOILER: &str = "[[appliances]]\nname = \"boiler\"\n[appliances.spec]\nmodel = \"deferrable\"\nmax_power_kw = 2.0\nenergy_min_kwh = 0.5\nenergy_max_kwh = 1.5\n[appliances.costs]\nlinear_eur_mwh = [40.0, 10.0, 5.0, 30.0]\n\n";
 
 pub async fn start_validators(m: &Market) -> Vec<verifier_node::host::Running> {
@@ -117,4 +119,3 @@ pub async fn start_validators(m: &Market) -> Vec<verifier_node::host::Running> {
 pub fn device(args: &[&str], config: &Path) -> std::process::Output {
     Command::new(BIN).args(args).arg("--config").arg(config).output().unwrap()
 }
-

@@ -461,9 +461,7 @@ impl GridContext {
     /// The domain and bytes a consensus message signs.
     fn signed_bytes(msg: &WireMsg) -> (Domain, Vec<u8>) {
         match msg {
-            WireMsg::Vote { typ: 1, height, round, value: Some(hash), .. } if *round >= 0 => {
-                (Domain::CommitVote, vote_payload(*height, *round as u32, hash))
-            }
+            WireMsg::Vote { typ: 1, height, round, value: Some(hash), .. } if *round >= 0 => (Domain::CommitVote, vote_payload(*height, *round as u32, hash)),
             other => (Domain::Consensus, encode(other)),
         }
     }

@@ -25,8 +25,8 @@ use malachitebft_core_consensus::{
     process, Effect, Input, LivenessMsg, LocallyProposedValue, Params, ProposedValue, Resumable, Resume, SignedConsensusMsg, State,
 };
 use malachitebft_core_types::{
-    CertificateError, CommitCertificate as McCert, LinearTimeouts, Round, SignedMessage, Timeout, TimeoutKind, Validity,
-    ValueOrigin, ValuePayload, VoteExtensionPolicy,
+    CertificateError, CommitCertificate as McCert, LinearTimeouts, Round, SignedMessage, Timeout, TimeoutKind, Validity, ValueOrigin, ValuePayload,
+    VoteExtensionPolicy,
 };
 use protocol::entry::{Body, Certified, CommitCertificate, Entry, Vote as LogVote};
 use protocol::ids::DeviceId;
@@ -289,12 +289,8 @@ impl<L: Log> Node<L> {
     }
 
     fn new_state(&self) -> State<GridContext> {
-        let params = Params {
-            address: Address(self.cfg.index),
-            threshold_params: Default::default(),
-            value_payload: ValuePayload::ProposalAndParts,
-            enabled: true,
-        };
+        let params =
+            Params { address: Address(self.cfg.index), threshold_params: Default::default(), value_payload: ValuePayload::ProposalAndParts, enabled: true };
         State::new(self.ctx.clone(), Height(self.app.tip().height + 1), self.validators.clone(), params, 4096, 1024)
     }
 
@@ -691,8 +687,7 @@ impl<L: Log> Node<L> {
 
     fn publish(&mut self, msg: &SignedConsensusMsg<GridContext>) {
         let (wire, signature) = signed_to_wire(msg);
-        if let (Some(Byzantine::Equivocate), SignedConsensusMsg::Proposal(p), Some((round, twin, twin_updates))) =
-            (self.cfg.byzantine, msg, self.twin.clone())
+        if let (Some(Byzantine::Equivocate), SignedConsensusMsg::Proposal(p), Some((round, twin, twin_updates))) = (self.cfg.byzantine, msg, self.twin.clone())
         {
             if p.message.round.as_i64() == round {
                 // Half the peers get the twin entry and a signed proposal for it.
@@ -782,13 +777,7 @@ impl<L: Log> Node<L> {
         self.own_proposals.insert((h, round.as_i64()), hash);
         self.payloads.insert(hash, (entry.clone(), included.clone(), Some(true)));
         if self.twin.is_none() {
-            self.out.push(Output::Broadcast(PeerMsg::Payload {
-                round: round.as_i64(),
-                valid_round: -1,
-                proposer: self.cfg.index,
-                entry,
-                updates: included,
-            }));
+            self.out.push(Output::Broadcast(PeerMsg::Payload { round: round.as_i64(), valid_round: -1, proposer: self.cfg.index, entry, updates: included }));
         } else {
             // The equivocating proposer sends each half its own payload.
             for to in (0..self.validators.0.len() as u16).filter(|t| *t != self.cfg.index && t % 2 == 1) {
@@ -809,11 +798,8 @@ impl<L: Log> Node<L> {
             self.request_sync(None);
             return;
         };
-        let mut votes: Vec<LogVote> = cert
-            .commit_signatures
-            .iter()
-            .map(|s| LogVote { validator: s.address.0, signature: SignatureBytes(s.signature.0) })
-            .collect();
+        let mut votes: Vec<LogVote> =
+            cert.commit_signatures.iter().map(|s| LogVote { validator: s.address.0, signature: SignatureBytes(s.signature.0) }).collect();
         votes.sort_by_key(|v| v.validator);
         votes.dedup_by_key(|v| v.validator);
         let round = cert.round.as_u32().unwrap_or(0);
