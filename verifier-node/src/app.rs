@@ -377,8 +377,8 @@ impl MarketApp {
     /// The checks shared by admission and validation, short of proof verification: signature,
     /// market, enrollment, length, and a proof that decodes (returned, so it is decoded once).
     pub fn check_update(&self, u: &SignedUpdate) -> Result<(Enrolled, UpdateProof), Reject> {
-        let (enrolled, proof) = self.check_update_known(u, false)?;
-        Ok((enrolled, proof.expect("decoded when not known")))
+        let enrolled = self.check_update_fields(u, true)?;
+        Ok((enrolled, decode_update_proof(u)?))
     }
 
     /// [`Self::check_update`], skipping the signature and the proof's decoding when `known`
@@ -387,7 +387,14 @@ impl MarketApp {
     /// much as verifying the signature, so a payload of known updates is validated in a
     /// fraction of the time.
     fn check_update_known(&self, u: &SignedUpdate, known: bool) -> Result<(Enrolled, Option<UpdateProof>), Reject> {
-        if !known {
+        let enrolled = self.check_update_fields(u, !known)?;
+        let proof = if known { None } else { Some(decode_update_proof(u)?) };
+        Ok((enrolled, proof))
+    }
+
+    /// Signature (when `signature`), market, enrollment and length of an update.
+    fn check_update_fields(&self, u: &SignedUpdate, signature: bool) -> Result<Enrolled, Reject> {
+        if signature {
             u.verify(&self.chain).map_err(|err| Reject::BadSignature(err.to_string()))?;
         }
         if u.body.market_id != self.market_id() {
@@ -397,11 +404,7 @@ impl MarketApp {
         if u.body.schedule.len() != enrolled.shape.slots.get() {
             return Err(Reject::WrongLength { expected: enrolled.shape.slots.get(), got: u.body.schedule.len() });
         }
-        if known {
-            return Ok((enrolled, None));
-        }
-        let proof = prover::format::decode_proof(&u.body.proof).map_err(|e| Reject::MalformedProof(e.to_string()))?;
-        Ok((enrolled, Some(proof)))
+        Ok(enrolled)
     }
 
     /// Admission of an update arriving at `now_ms` (host clock): the checks of
@@ -703,6 +706,11 @@ impl MarketApp {
         self.tip = Tip { height: entry.height, hash: entry.hash(), timestamp_ms: entry.timestamp_ms };
         Ok(())
     }
+}
+
+/// An update's proof, decoded (points on the curve and in the subgroup).
+fn decode_update_proof(u: &SignedUpdate) -> Result<UpdateProof, Reject> {
+    prover::format::decode_proof(&u.body.proof).map_err(|e| Reject::MalformedProof(e.to_string()))
 }
 
 /// A short name of an entry's kind, for messages and logs.

@@ -963,10 +963,10 @@ impl<L: Log> Node<L> {
             self.payloads.insert(hash, (entry.clone(), updates, None));
         }
         let key = (entry.height, round, hash, valid_round, proposer);
-        debug!(validator = self.cfg.index, height = entry.height, round, proposer, "payload {hash} received");
         if !self.announced.insert(key) {
             return;
         }
+        debug!(validator = self.cfg.index, height = entry.height, round, proposer, "payload {hash} received");
         if self.running.map(|r| r.0) == Some(entry.height) {
             self.feed_payload(round, hash, valid_round, proposer);
         }
