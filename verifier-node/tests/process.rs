@@ -1,7 +1,8 @@
 //! Real `verifier-node` processes on loopback: a market to Final with identical databases
 //! that audit clean; a validator killed with SIGKILL mid-market that catches up; a validator
 //! frozen (SIGSTOP, a partition) and released; a validator of another genesis refused; and a
-//! flood of 100,000 bad updates that is counted and leaves memory bounded.
+//! flood of 100,000 bad updates that is counted and leaves memory bounded; and the annotated
+//! `examples/node.toml` against what `init` writes.
 
 mod cluster;
 
@@ -162,4 +163,40 @@ fn a_validator_of_another_genesis_is_refused_and_a_flood_is_counted_in_bounded_m
 fn rss_kb(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
+}
+
+/// `examples/node.toml` is what `verifier-node init` writes for validator 0 with its default
+/// addresses, and it loads as a validator configuration beside an init's output (the key is
+/// validator 0's genesis key, the genesis lists the verifying key in `../keys-dev`).
+#[test]
+fn the_example_node_toml_is_what_init_writes_and_it_loads() {
+    let dir = std::env::temp_dir().join(format!("gridproof-example-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("keys-dev")).unwrap();
+    let shape = circuits::Shape { kind: circuits::ModelKind::Deferrable, slots: circuits::Slots::new(4).unwrap() };
+    let (_, vk) = prover::setup(shape, &mut <rand_chacha::ChaCha20Rng as rand::SeedableRng>::seed_from_u64(9)).unwrap();
+    std::fs::write(dir.join("keys-dev/deferrable-4.vk"), vk.to_bytes()).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["init", "--out"])
+        .arg(dir.join("cluster"))
+        .arg("--keys")
+        .arg(dir.join("keys-dev"))
+        .args(["--slots", "4"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+
+    let example_text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/node.toml")).unwrap();
+    let example: verifier_node::config::NodeFile = toml::from_str(&example_text).unwrap();
+    let mut written: verifier_node::config::NodeFile = toml::from_str(&std::fs::read_to_string(dir.join("cluster/node0.toml")).unwrap()).unwrap();
+    // init writes the keys directory as an absolute path; the example's is relative.
+    assert_eq!(std::fs::canonicalize(dir.join("cluster").join(&example.keys_dir)).unwrap(), written.keys_dir);
+    written.keys_dir = example.keys_dir.clone();
+    assert_eq!(example, written);
+
+    std::fs::write(dir.join("cluster/example.toml"), &example_text).unwrap();
+    let cfg = verifier_node::config::Config::load(&dir.join("cluster/example.toml")).unwrap();
+    assert_eq!(cfg.file.index, 0);
+    assert!(cfg.keys.get(&shape).is_some(), "the verifying key the genesis lists is loaded");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
