@@ -91,6 +91,10 @@ pub struct Snapshot {
     pub stats: Stats,
     /// Slots T.
     pub slots: u16,
+    /// Updates pooled for the open iteration.
+    pub pooled_updates: usize,
+    /// Of those, the ones still waiting for a batch verification.
+    pub unverified_updates: usize,
 }
 
 /// Transport counters.
@@ -244,6 +248,7 @@ fn refresh(node: &Node<Arc<Store>>, shared: &Shared, last: Option<&Certified>) {
     s.iteration = app.admm().map_or(0, |a| a.iteration());
     s.is_final = app.is_final();
     s.stats = node.stats().clone();
+    (s.pooled_updates, s.unverified_updates) = node.pool_sizes();
     if let Some(c) = last {
         match &c.entry.body {
             Body::Iteration(b) => {

@@ -111,6 +111,13 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     metric("height", "Decided log height.", "gauge", vec![(String::new(), snap.height as f64)]);
     metric("iteration", "ADMM iterations decided.", "gauge", vec![(String::new(), snap.iteration as f64)]);
     metric("enrolled_devices", "Enrolled devices.", "gauge", vec![(String::new(), snap.enrolled as f64)]);
+    metric("pooled_updates", "Updates pooled for the open iteration.", "gauge", vec![(String::new(), snap.pooled_updates as f64)]);
+    metric(
+        "unverified_updates",
+        "Pooled updates waiting for a batch verification (a backlog here delays the commit).",
+        "gauge",
+        vec![(String::new(), snap.unverified_updates as f64)],
+    );
     metric("commits_total", "Entries committed by consensus on this node.", "counter", vec![(String::new(), snap.stats.commits as f64)]);
     metric("synced_total", "Entries taken from peers by catch-up.", "counter", vec![(String::new(), snap.stats.synced as f64)]);
     metric("proofs_verified_total", "Update proofs in committed entries.", "counter", vec![(String::new(), snap.stats.proofs_verified as f64)]);

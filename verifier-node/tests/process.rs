@@ -32,6 +32,8 @@ fn four_validators_run_a_market_to_final_and_every_database_audits_clean() {
     assert_eq!(e["height"], 1);
     let metrics = c.get(0, "/metrics").unwrap();
     assert!(metrics.contains("gridproof_height "), "{metrics}");
+    // The market is over: nothing is pooled or waiting for verification.
+    assert!(metrics.contains("gridproof_pooled_updates 0\n") && metrics.contains("gridproof_unverified_updates 0\n"), "{metrics}");
     // An auditor fetches the log from a running validator over QUIC and replays it.
     let key = protocol::ids::hex(&c.validator_key(3));
     let out = std::process::Command::new(BIN)

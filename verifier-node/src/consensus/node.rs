@@ -309,6 +309,11 @@ impl<L: Log> Node<L> {
         &self.stats
     }
 
+    /// Updates pooled for the open iteration, and how many of them await batch verification.
+    pub fn pool_sizes(&self) -> (usize, usize) {
+        (self.pool_updates.len(), self.unverified.len())
+    }
+
     /// This validator's index.
     pub fn index(&self) -> u16 {
         self.cfg.index
@@ -834,6 +839,12 @@ impl<L: Log> Node<L> {
                 let k = b.iteration;
                 self.pool_updates.retain(|_, u| u.body.iteration > k);
                 self.unverified.retain(|(u, _)| u.body.iteration > k);
+                self.verified.clear();
+            }
+            Body::Final(_) => {
+                // The market is over: updates sent for an iteration that will not come go.
+                self.pool_updates.clear();
+                self.unverified.clear();
                 self.verified.clear();
             }
             _ => {}
