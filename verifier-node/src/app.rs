@@ -430,19 +430,18 @@ impl MarketApp {
         circuits::public_inputs(e.commitment, &context, &u.body.schedule).map_err(|err| Reject::MalformedProof(err.to_string()))
     }
 
-    /// Batch-verifies the proofs of `updates` (whose [`Self::check_update_known`] results are
-    /// `checked`, in the same order; a known update, without a proof, is skipped) and returns
-    /// the indices of the invalid ones, ascending.
-    fn invalid_proofs<R: RngCore + CryptoRng>(
+    /// Batch-verifies the proofs of the updates in `checked`, each with its
+    /// [`Self::check_update_known`] result (a known update, without a proof, is skipped), and
+    /// returns the positions of the invalid ones, ascending.
+    fn invalid_proofs<'a, R: RngCore + CryptoRng>(
         &self,
-        updates: &[SignedUpdate],
-        checked: Vec<(Enrolled, Option<UpdateProof>)>,
+        checked: impl IntoIterator<Item = (&'a SignedUpdate, (Enrolled, Option<UpdateProof>))>,
         rng: &mut R,
     ) -> Result<Vec<usize>, Reject> {
         // Group by shape: one verifying key per batch, with each item's index in `updates`.
         type Batch = (Shape, Vec<usize>, Vec<(UpdateProof, Vec<Fr>)>);
         let mut by_shape: BTreeMap<(u8, usize), Batch> = BTreeMap::new();
-        for (i, (u, (e, proof))) in updates.iter().zip(checked).enumerate() {
+        for (i, (u, (e, proof))) in checked.into_iter().enumerate() {
             let Some(proof) = proof else { continue };
             let inputs = self.public_inputs(u, &e)?;
             let group = by_shape.entry((e.shape.kind.id(), e.shape.slots.get())).or_insert((e.shape, vec![], vec![]));
@@ -467,7 +466,6 @@ impl MarketApp {
     pub fn verify_updates<R: RngCore + CryptoRng>(&self, updates: &[(SignedUpdate, UpdateProof)], rng: &mut R) -> Vec<Result<(), Reject>> {
         let mut verdicts: Vec<Result<(), Reject>> = Vec::with_capacity(updates.len());
         let mut ok = Vec::new();
-        let mut candidates = Vec::new();
         let mut checked = Vec::new();
         for (i, (u, proof)) in updates.iter().enumerate() {
             // The enrollment is looked up again: admission ran against the same enrolled set.
@@ -475,13 +473,12 @@ impl MarketApp {
                 Some(e) => {
                     verdicts.push(Ok(()));
                     ok.push(i);
-                    candidates.push(u.clone());
-                    checked.push((*e, Some(proof.clone())));
+                    checked.push((u, (*e, Some(proof.clone()))));
                 }
                 None => verdicts.push(Err(Reject::Clock(ClockError::UnknownDevice(u.body.device)))),
             }
         }
-        match self.invalid_proofs(&candidates, checked, rng) {
+        match self.invalid_proofs(checked, rng) {
             Ok(bad) => {
                 for j in bad {
                     verdicts[ok[j]] = Err(Reject::BadProof(updates[ok[j]].0.body.device));
@@ -586,7 +583,7 @@ impl MarketApp {
                         Err(r) => dropped.push((u.body.device, r)),
                     }
                 }
-                let invalid = self.invalid_proofs(&candidates, checked, rng)?;
+                let invalid = self.invalid_proofs(candidates.iter().zip(checked), rng)?;
                 for (i, u) in candidates.into_iter().enumerate() {
                     if invalid.binary_search(&i).is_ok() {
                         dropped.push((u.body.device, Reject::BadProof(u.body.device)));
@@ -657,7 +654,7 @@ impl MarketApp {
                     }
                 }
                 let checked = updates.iter().zip(&digests).map(|(u, d)| self.check_update_known(u, verified.contains(d))).collect::<Result<Vec<_>, _>>()?;
-                if let Some(&i) = self.invalid_proofs(updates, checked, rng)?.first() {
+                if let Some(&i) = self.invalid_proofs(updates.iter().zip(checked), rng)?.first() {
                     return Err(Reject::BadProof(updates[i].body.device));
                 }
                 if &self.iteration_body(k, updates)? != body {
