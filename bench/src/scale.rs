@@ -155,7 +155,7 @@ pub fn validator_process(dir: &Path, index: u16, validators: u16, port: u16) -> 
 pub fn gateway_process(dir: &Path) -> Result<(), String> {
     let gw = device::config::Gateway::load(&dir.join("gateway.toml")).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    let opts = device::host::RunOptions { within: Duration::from_secs(1800), enroll_only: false, execute: false, compressed_slot_ms: None };
+    let opts = device::host::RunOptions { within: Duration::from_secs(1800), enroll_only: false, execute: false, compressed_slot_ms: None, stop_on_signal: false };
     rt.block_on(device::host::run_gateway(&gw, opts)).map_err(|e| e.to_string())?;
     println!("{}", serde_json::to_string(&GatewayReport { peak_rss_kib: peak_rss_kib() }).map_err(|e| e.to_string())?);
     Ok(())

@@ -237,7 +237,7 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         gateways.push(Gateway::with_appliances(&dir.join("gateway.toml"), devices).map_err(|e| e.to_string())?);
     }
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-    let opts = RunOptions { within: Duration::from_secs(3600), enroll_only: false, execute: true, compressed_slot_ms: Some(args.slot_ms) };
+    let opts = RunOptions { within: Duration::from_secs(3600), enroll_only: false, execute: true, compressed_slot_ms: Some(args.slot_ms), stop_on_signal: false };
     let threads: Vec<_> = gateways
         .iter()
         .cloned()

@@ -86,6 +86,9 @@ pub struct Agent {
     gateway: Gateway,
     keys: BTreeMap<(u8, usize), UpdateProvingKey>,
     client: LightClient,
+    /// When the entry after the last accepted one is due by the market clock (`None` once
+    /// final): what a host compares with its clock to tell a stalled subscription.
+    next_due_ms: Option<u64>,
     /// Persisted state.
     pub state: AgentState,
 }
@@ -101,7 +104,9 @@ impl Agent {
                 return Err(AgentError::MissingKey(format!("{} with T = {}", s.kind, s.slots.get())));
             }
         }
-        Ok(Agent { gateway, keys, client, state })
+        let g = &gateway.genesis;
+        let next_due_ms = Some(ClockConfig::from_spec(&gateway.market().market).after_registration_entry(g.timestamp_ms, g.timestamp_ms));
+        Ok(Agent { gateway, keys, client, state, next_due_ms })
     }
 
     /// The gateway.
@@ -112,6 +117,13 @@ impl Agent {
     /// The next height the light client expects.
     pub fn next_height(&self) -> u64 {
         self.client.next_height()
+    }
+
+    /// When the next entry is due by the market clock (the next enrollment batch, iteration
+    /// or final entry), `None` once the final entry is in. An entry that has not arrived well
+    /// after this time is late at the validator serving it.
+    pub fn next_entry_due_ms(&self) -> Option<u64> {
+        self.next_due_ms
     }
 
     /// Signed enrollments of the appliances not yet seen enrolled.
@@ -139,7 +151,8 @@ impl Agent {
         self.state.final_prices.is_some()
     }
 
-    /// Accepts the next certified entry (light-client checks) and says which iteration the
+    /// Accepts the next certified entry (light-client checks: link, quorum certificate, and
+    /// update bodies that are exactly the ones the entry's digests name) and says which iteration the
     /// gateway should now solve and prove ([`Agent::prove`]), if any: one it has not built
     /// yet whose submission window is still open at `now_ms` (so replaying an old log after a
     /// restart builds nothing stale). An entry that fails the checks changes nothing.
@@ -150,10 +163,24 @@ impl Agent {
         if c.entry.height == 0 {
             return Ok(None);
         }
-        self.client.accept(&c.entry, &c.certificate).map_err(|source| AgentError::Refused { height: c.entry.height, source })?;
-        self.state.height = c.entry.height;
         let ids: BTreeMap<DeviceId, String> = self.gateway.appliances.iter().map(|a| (a.id(), a.name.clone())).collect();
+        let refused = |source| AgentError::Refused { height: c.entry.height, source };
+        // The updates this gateway will act on are signed by its own appliances' keys (the
+        // digests, checked below, already bind them to what the quorum certified).
+        for u in c.updates.iter().filter(|u| ids.contains_key(&u.body.device)) {
+            u.verify(&self.client.chain())
+                .map_err(|e| refused(LogError::Bodies { height: c.entry.height, reason: format!("update of own device {}: {e}", u.body.device) }))?;
+        }
+        self.client.accept_certified(c).map_err(refused)?;
+        self.state.height = c.entry.height;
         let g = self.gateway.market().market.clone();
+        let clock = ClockConfig::from_spec(&g);
+        self.next_due_ms = match &c.entry.body {
+            Body::Enrollment(_) => Some(clock.after_registration_entry(self.gateway.genesis.timestamp_ms, c.entry.timestamp_ms)),
+            Body::Iteration(b) if b.iteration < g.max_iterations => Some(clock.deadline(b.iteration + 1)),
+            Body::Iteration(_) => Some(c.entry.timestamp_ms),
+            _ => None,
+        };
         let next = match &c.entry.body {
             Body::Enrollment(list) => {
                 for e in list {
@@ -180,7 +207,7 @@ impl Agent {
             }
             _ => None,
         };
-        let open = |k: u32| now_ms < ClockConfig::from_spec(&g).deadline(k);
+        let open = |k: u32| now_ms < clock.deadline(k);
         Ok(next.filter(|&k| k > self.state.submitted_through && k <= g.max_iterations && !self.is_final() && open(k)))
     }
 

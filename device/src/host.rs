@@ -6,8 +6,7 @@
 
 use std::time::Duration;
 
-use protocol::messages::{DeviceRequest, DeviceResponse, SignedUpdate};
-use protocol::net::ValidatorClient;
+use protocol::messages::{DeviceRequest, SignedUpdate};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use thiserror::Error;
@@ -16,6 +15,7 @@ use tracing::{info, warn};
 use crate::actuation::{self, AppliancePlan, Executor, Publish, Timing};
 use crate::agent::{Agent, AgentError};
 use crate::config::{ConfigError, Gateway};
+use crate::links::Links;
 use crate::mqtt::{Broker, MqttError};
 
 /// Why a gateway stopped.
@@ -36,6 +36,15 @@ pub enum RunError {
     /// The network edge (QUIC endpoint, subscription).
     #[error("network: {0}")]
     Net(String),
+    /// The market ended without one of this gateway's updates accepted by any validator.
+    #[error("the market ended and none of the {built} updates this gateway built was accepted by a validator")]
+    NothingAccepted {
+        /// Updates built.
+        built: u64,
+    },
+    /// Stopped by a signal (state saved; `run` resumes).
+    #[error("stopped by {0}")]
+    Interrupted(&'static str),
     /// The market did not finish in time.
     #[error("timed out after {within:?} at height {height}")]
     Timeout {
@@ -58,6 +67,18 @@ pub struct RunOptions {
     /// Execute with this slot length (ms) starting when the schedule is final, instead of the
     /// market's own execution clock (time-compressed demos).
     pub compressed_slot_ms: Option<u64>,
+    /// Stop cleanly on SIGINT or SIGTERM ([`RunError::Interrupted`], MQTT closed): a gateway
+    /// process sets it; gateways inside a larger process (the demo) leave signals to it.
+    pub stop_on_signal: bool,
+}
+
+/// Resolves on a shutdown signal if `enabled`, never otherwise.
+async fn signal_if(enabled: bool) -> &'static str {
+    if enabled {
+        protocol::net::shutdown_signal().await
+    } else {
+        std::future::pending().await
+    }
 }
 
 /// Follows the market to the final schedule (or, with `enroll_only`, to enrollment), then,
@@ -75,7 +96,16 @@ pub async fn run_gateway(gw: &Gateway, opts: RunOptions) -> Result<(), RunError>
         _ => None,
     };
     if !agent.is_final() {
-        follow_market(&mut agent, gw, opts.within, opts.enroll_only).await?;
+        tokio::select! {
+            r = follow_market(&mut agent, gw, opts.within, opts.enroll_only) => { r?; }
+            signal = signal_if(opts.stop_on_signal) => {
+                info!(height = agent.state.height, "{signal}: stopping; the state file is saved and `run` resumes");
+                if let Some(b) = broker {
+                    b.close(offline).await;
+                }
+                return Err(RunError::Interrupted(signal));
+            }
+        }
         if opts.enroll_only {
             return Ok(());
         }
@@ -88,87 +118,156 @@ pub async fn run_gateway(gw: &Gateway, opts: RunOptions) -> Result<(), RunError>
         Some(slot_ms) => Timing { start_ms: protocol::net::now_ms() + slot_ms, slot_ms },
         None => Timing { start_ms: spec.execution_start_ms, slot_ms: spec.slot_seconds as u64 * 1000 },
     };
-    execute_schedule(&mut agent, gw, &mut broker, timing).await?;
+    let interrupted = tokio::select! {
+        r = execute_schedule(&mut agent, gw, &mut broker, timing) => { r?; None }
+        signal = signal_if(opts.stop_on_signal) => Some(signal),
+    };
+    // A clean close either way: the last publications flushed, "offline" published.
     broker.close(offline).await;
-    Ok(())
+    match interrupted {
+        Some(signal) => {
+            info!(executed_until_ms = agent.state.executed_until_ms, "{signal}: stopped execution; `run` resumes it");
+            Err(RunError::Interrupted(signal))
+        }
+        None => Ok(()),
+    }
 }
 
-async fn connect_all(gw: &Gateway, endpoint: &quinn::Endpoint, key: &ed25519_dalek::SigningKey) -> Vec<ValidatorClient> {
-    let mut out = Vec::new();
-    for v in &gw.file.validators {
-        match ValidatorClient::connect(endpoint, v.addr, gw.validator_keys[v.index as usize], key).await {
-            Ok(c) => out.push(c),
-            Err(e) => warn!(validator = v.index, addr = %v.addr, "unreachable: {e}"),
-        }
-    }
-    out
+/// How long past its due time (by the market clock) an entry may be missing before the
+/// subscription is taken as stalled and moved to another validator: a third of the iteration
+/// window (at least 500 ms), so that a frozen validator costs no iteration.
+pub fn stall_grace_ms(iteration_ms: u64) -> u64 {
+    (iteration_ms / 3).max(500)
 }
 
-/// Submits `request` from each appliance's own connection to every validator.
-async fn submit(per_appliance: &[Vec<ValidatorClient>], index: usize, request: DeviceRequest) -> usize {
-    let mut ok = 0;
-    for c in &per_appliance[index] {
-        match c.submit(&request).await {
-            Ok(DeviceResponse::Accepted) => ok += 1,
-            Ok(DeviceResponse::Rejected { label, message }) => warn!(validator = %c.addr(), label, "refused: {message}"),
-            Err(e) => warn!(validator = %c.addr(), "submit failed: {e}"),
+/// What the gateway did in a market, logged when it ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MarketSummary {
+    /// Updates built (one per appliance per iteration joined).
+    pub updates_built: u64,
+    /// Of those, the ones at least one validator accepted.
+    pub updates_accepted: u64,
+    /// Entries refused by the light client (each made the gateway switch validator).
+    pub entries_refused: u64,
+    /// Times the subscription moved to another validator.
+    pub switches: u64,
+}
+
+/// Where the gateway follows the log: which validator, and its stream of certified entries.
+struct Feed {
+    turn: usize,
+    rx: Option<tokio::sync::mpsc::Receiver<Result<protocol::entry::Certified, protocol::net::NetError>>>,
+    since: tokio::time::Instant,
+}
+
+impl Feed {
+    /// Subscribes through validator position `turn` (or the next ones that answer) from `from`.
+    async fn open(links: &mut Links, turn: usize, from: u64) -> Feed {
+        let n = links.validator_count();
+        // Validators with a live connection first (no dial to wait for), then the others.
+        let order = (0..n).map(|i| (turn + i) % n);
+        let (live, down): (Vec<usize>, Vec<usize>) = order.partition(|&v| links.is_live(v));
+        for turn in live.into_iter().chain(down) {
+            if let Some(c) = links.watcher(turn).await {
+                match c.subscribe(from).await {
+                    Ok(rx) => {
+                        info!(validator = %links.addr(turn), from, "following the log");
+                        return Feed { turn, rx: Some(rx), since: tokio::time::Instant::now() };
+                    }
+                    Err(e) => warn!(validator = %links.addr(turn), "cannot subscribe: {e}"),
+                }
+            }
         }
+        // Nobody answered: try again shortly (the loop re-opens a feed without a stream).
+        Feed { turn, rx: None, since: tokio::time::Instant::now() }
     }
-    ok
 }
 
 /// Enrolls what is not enrolled, then answers every certified entry until the final one.
-pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, enroll_only: bool) -> Result<(), RunError> {
+///
+/// The log is followed through one validator at a time. The gateway moves to the next one
+/// when the stream ends or fails, when the light client refuses an entry it served (a forged
+/// update body, a bad certificate), or when an entry is [`stall_grace_ms`] past its due time.
+/// Connections that are gone are dialled again with backoff; every submission goes to all
+/// validators at once, each with a deadline (the iteration's). The market fails with
+/// [`RunError::NothingAccepted`] if not one update of the day was accepted.
+pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, enroll_only: bool) -> Result<MarketSummary, RunError> {
     let state_path = gw.file.state_file.clone();
     protocol::net::install_crypto();
     let endpoint = protocol::net::client_endpoint("0.0.0.0:0".parse().expect("valid")).map_err(|e| RunError::Net(e.to_string()))?;
-    // A validator checks that each message comes from its device's own key: one connection
-    // per appliance per validator.
-    let mut per_appliance = Vec::new();
-    for a in &gw.appliances {
-        let conns = connect_all(gw, &endpoint, &a.key).await;
-        if conns.is_empty() {
-            return Err(RunError::Unreachable(gw.file.validators.iter().map(|v| v.addr.to_string()).collect::<Vec<_>>().join(", ")));
-        }
-        per_appliance.push(conns);
+    let mut links = Links::new(gw, endpoint);
+    if links.dial_all().await == 0 {
+        return Err(RunError::Unreachable(gw.file.validators.iter().map(|v| v.addr.to_string()).collect::<Vec<_>>().join(", ")));
     }
-    let enrollments = agent.enrollments();
-    for (i, a) in gw.appliances.iter().enumerate() {
-        if let Some(e) = enrollments.iter().find(|e| e.body.device == a.id()) {
-            let ok = submit(&per_appliance, i, DeviceRequest::Enroll(e.clone())).await;
-            info!(appliance = a.name, accepted_by = ok, "enrollment sent");
-        }
-    }
-    // Follow the log through one validator; if its subscription ends (a crash, a lagging
-    // stream), resubscribe from the next height through the next validator.
-    let watchers = &per_appliance[0];
-    let mut turn = 0usize;
-    let mut rx = watchers[turn].subscribe(0).await.map_err(|e| RunError::Net(e.to_string()))?;
+    let spec = gw.market().market.clone();
+    let clock = protocol::clock::ClockConfig::from_spec(&spec);
+    let grace = stall_grace_ms(spec.iteration_ms);
+    let overall = tokio::time::Instant::now() + within;
+    let mut summary = MarketSummary::default();
+    let mut enrolled_sent_at: Option<u64> = None;
     let mut rng = ChaCha20Rng::from_entropy();
-    let deadline = tokio::time::Instant::now() + within;
+    let mut feed = Feed::open(&mut links, 0, 0).await;
     loop {
-        let item = match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Err(_) => return Err(RunError::Timeout { within, height: agent.state.height }),
-            Ok(Some(Ok(item))) => item,
-            Ok(end) => {
-                let why = match end {
-                    Some(Err(e)) => e.to_string(),
-                    _ => "closed".to_string(),
+        // Enrollments not yet in the log, again each interval while registration is open (a
+        // validator that was down when they were first sent gets them too).
+        let now = protocol::net::now_ms();
+        let interval = clock.enrollment_interval(gw.genesis.timestamp_ms);
+        if now < spec.registration_close_ms && enrolled_sent_at.is_none_or(|t| now >= t + interval) {
+            send_enrollments(agent, gw, &mut links).await;
+            enrolled_sent_at = Some(now);
+        }
+        // Wait for the next entry until it is overdue (or the market's time is up).
+        let overdue = agent.next_entry_due_ms().map(|t| t + grace).unwrap_or(u64::MAX);
+        let now = protocol::net::now_ms();
+        let stall_at = tokio::time::Instant::now() + Duration::from_millis(overdue.saturating_sub(now).min(3_600_000));
+        // A fresh subscription gets a grace of its own to catch up.
+        let stall_at = stall_at.max(feed.since + Duration::from_millis(grace));
+        let item = match feed.rx.as_mut() {
+            Some(rx) => tokio::select! {
+                item = rx.recv() => Some(item),
+                _ = tokio::time::sleep_until(stall_at.min(overall)) => None,
+            },
+            None => {
+                tokio::time::sleep_until((tokio::time::Instant::now() + Duration::from_millis(500)).min(overall)).await;
+                None
+            }
+        };
+        if tokio::time::Instant::now() >= overall {
+            links.close();
+            return Err(RunError::Timeout { within, height: agent.state.height });
+        }
+        let c = match item {
+            Some(Some(Ok(c))) => c,
+            other => {
+                let why = match other {
+                    Some(Some(Err(e))) => format!("subscription failed: {e}"),
+                    Some(None) => "subscription ended".to_string(),
+                    None if feed.rx.is_none() => "no validator to follow".to_string(),
+                    None | Some(Some(Ok(_))) => format!("no entry {grace} ms after the next was due"),
                 };
-                warn!(validator = %watchers[turn].addr(), "subscription ended ({why}); resubscribing");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                turn = (turn + 1) % watchers.len();
-                match watchers[turn].subscribe(agent.next_height()).await {
-                    Ok(r) => rx = r,
-                    Err(e) => warn!(validator = %watchers[turn].addr(), "cannot subscribe: {e}"),
-                }
+                warn!(validator = %links.addr(feed.turn), height = agent.next_height(), "{why}; following another validator");
+                summary.switches += 1;
+                let next = (feed.turn + 1) % links.validator_count();
+                feed = Feed::open(&mut links, next, agent.next_height()).await;
                 continue;
             }
         };
-        if item.entry.height < agent.next_height() && item.entry.height != 0 {
-            continue;
+        if c.entry.height < agent.next_height() {
+            continue; // Genesis, or an entry replayed by a new subscription.
         }
-        let build = agent.on_entry(&item, protocol::net::now_ms())?;
+        let build = match agent.on_entry(&c, protocol::net::now_ms()) {
+            Ok(b) => b,
+            Err(e @ AgentError::Refused { .. }) => {
+                warn!(validator = %links.addr(feed.turn), "{e}; nothing of it is used, following another validator");
+                summary.entries_refused += 1;
+                summary.switches += 1;
+                let next = (feed.turn + 1) % links.validator_count();
+                feed = Feed::open(&mut links, next, agent.next_height()).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        feed.since = tokio::time::Instant::now();
         crate::state::save(&state_path, &agent.state)?;
         let mut updates: Vec<SignedUpdate> = Vec::new();
         if let Some(k) = build {
@@ -180,18 +279,67 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
         }
         if enroll_only && agent.state.enrolled.len() == gw.appliances.len() {
             info!(appliances = gw.appliances.len(), height = agent.state.height, "all appliances enrolled");
-            return Ok(());
+            links.close();
+            return Ok(summary);
         }
-        for u in updates {
-            let i = gw.appliances.iter().position(|a| a.id() == u.body.device).expect("own appliance");
-            let k = u.body.iteration;
-            let ok = submit(&per_appliance, i, DeviceRequest::Update(u)).await;
-            info!(appliance = gw.appliances[i].name, iteration = k, accepted_by = ok, "update submitted");
+        if let Some(k) = updates.first().map(|u| u.body.iteration) {
+            let deadline_ms = clock.deadline(k);
+            let left = Duration::from_millis(deadline_ms.saturating_sub(protocol::net::now_ms()));
+            let requests: Vec<(usize, DeviceRequest)> = updates
+                .into_iter()
+                .map(|u| (gw.appliances.iter().position(|a| a.id() == u.body.device).expect("own appliance"), DeviceRequest::Update(u)))
+                .collect();
+            let names: Vec<usize> = requests.iter().map(|r| r.0).collect();
+            let outcomes = links.submit_all(requests, tokio::time::Instant::now() + left).await;
+            for (i, o) in names.into_iter().zip(outcomes) {
+                summary.updates_built += 1;
+                let name = &gw.appliances[i].name;
+                if o.accepted > 0 {
+                    summary.updates_accepted += 1;
+                    info!(appliance = name, iteration = k, accepted_by = o.accepted, "update submitted");
+                } else {
+                    warn!(appliance = name, iteration = k, refused = ?o.refused, unreachable = o.failed, "update accepted by no validator");
+                }
+            }
         }
         if agent.is_final() {
-            info!(height = agent.state.height, iterations = agent.state.submitted_through, converged = agent.state.converged, "final schedule committed");
-            endpoint.close(0u32.into(), b"final");
-            return Ok(());
+            links.close();
+            info!(
+                height = agent.state.height,
+                iterations = agent.state.submitted_through,
+                converged = agent.state.converged,
+                updates_built = summary.updates_built,
+                updates_accepted = summary.updates_accepted,
+                entries_refused = summary.entries_refused,
+                switches = summary.switches,
+                "final schedule committed"
+            );
+            if summary.updates_built > 0 && summary.updates_accepted == 0 {
+                return Err(RunError::NothingAccepted { built: summary.updates_built });
+            }
+            return Ok(summary);
+        }
+    }
+}
+
+/// Sends the enrollments of the appliances not yet seen enrolled, to every validator.
+async fn send_enrollments(agent: &Agent, gw: &Gateway, links: &mut Links) {
+    let requests: Vec<(usize, DeviceRequest)> = agent
+        .enrollments()
+        .into_iter()
+        .filter_map(|e| gw.appliances.iter().position(|a| a.id() == e.body.device).map(|i| (i, DeviceRequest::Enroll(e))))
+        .collect();
+    if requests.is_empty() {
+        return;
+    }
+    let names: Vec<usize> = requests.iter().map(|r| r.0).collect();
+    let outcomes = links.submit_all(requests, tokio::time::Instant::now() + crate::links::REQUEST_TIMEOUT).await;
+    for (i, o) in names.into_iter().zip(outcomes) {
+        let duplicate = o.refused.iter().filter(|l| *l == "duplicate").count();
+        if o.accepted + duplicate > 0 {
+            info!(appliance = gw.appliances[i].name, accepted_by = o.accepted, already_held_by = duplicate, "enrollment sent");
+        } else {
+            warn!(appliance = gw.appliances[i].name, refused = ?o.refused, unreachable = o.failed, "enrollment accepted by no validator");
         }
     }
 }

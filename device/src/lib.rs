@@ -21,5 +21,6 @@ pub mod actuation;
 pub mod agent;
 pub mod config;
 pub mod host;
+pub mod links;
 pub mod mqtt;
 pub mod state;

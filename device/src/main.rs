@@ -124,8 +124,14 @@ fn init(path: &Path) -> Result<(), String> {
 fn follow(path: &Path, within: Duration, enroll_only: bool) -> Result<(), String> {
     let gw = Gateway::load(path).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    let opts = RunOptions { within, enroll_only, execute: !enroll_only, compressed_slot_ms: None };
-    rt.block_on(device::host::run_gateway(&gw, opts)).map_err(|e| e.to_string())?;
+    let opts = RunOptions { within, enroll_only, execute: !enroll_only, compressed_slot_ms: None, stop_on_signal: true };
+    match rt.block_on(device::host::run_gateway(&gw, opts)) {
+        Err(device::host::RunError::Interrupted(signal)) => {
+            eprintln!("stopped by {signal}; the state file is saved and `device run` resumes");
+            return Ok(());
+        }
+        r => r.map_err(|e| e.to_string())?,
+    }
     let state = device::state::load(&gw.file.state_file).map_err(|e| e.to_string())?;
     if enroll_only {
         println!("all {} appliances enrolled (height {})", gw.appliances.len(), state.height);
@@ -147,7 +153,7 @@ fn simulate(path: &Path, n: usize, seed: u64, within: Duration, summary: Option<
     let gw = Gateway::simulated(path, n, seed).map_err(|e| e.to_string())?;
     info!(appliances = n, seed, "simulating virtual appliances");
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    let opts = RunOptions { within, enroll_only: false, execute: false, compressed_slot_ms: None };
+    let opts = RunOptions { within, enroll_only: false, execute: false, compressed_slot_ms: None, stop_on_signal: true };
     rt.block_on(device::host::run_gateway(&gw, opts)).map_err(|e| e.to_string())?;
     let state = device::state::load(&gw.file.state_file).map_err(|e| e.to_string())?;
     let prices = state.prices_eur_mwh();

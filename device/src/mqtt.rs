@@ -118,13 +118,13 @@ impl Broker {
         let task_addr = addr.clone();
         tokio::spawn(async move {
             let mut connections = 0u64;
-            let mut backoff = BACKOFF_MIN;
+            let mut backoff = protocol::backoff::Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
             let mut acks = 0u64;
             loop {
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         connections += 1;
-                        backoff = BACKOFF_MIN;
+                        backoff.reset();
                         if connections > 1 {
                             info!(broker = task_addr, "MQTT broker connection restored");
                         }
@@ -146,11 +146,10 @@ impl Broker {
                         if matches!(*link_tx.borrow(), Link::Up(_)) {
                             warn!(broker = task_addr, "MQTT broker connection lost: {e}; retrying with backoff");
                         } else {
-                            debug!(broker = task_addr, "MQTT connect failed: {e}; retry in {backoff:?}");
+                            debug!(broker = task_addr, "MQTT connect failed: {e}; retrying with backoff");
                         }
                         let _ = link_tx.send(Link::Down(e.to_string()));
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        tokio::time::sleep(backoff.next_delay()).await;
                     }
                 }
             }

@@ -205,3 +205,93 @@ fn simulate_runs_many_virtual_appliances_of_every_model_to_the_final_schedule() 
         }
     });
 }
+
+/// A Byzantine validator (validator 0's key, serving subscriptions first) forwards the real
+/// certified log but swaps in a forged update body for the gateway's own appliance. The
+/// gateway refuses that entry (the body does not hash to the certified digest), stores and
+/// executes nothing of it, follows the log through another validator, and ends with the
+/// schedule the quorum committed.
+#[test]
+fn a_forged_update_body_is_refused_and_the_gateway_follows_another_validator() {
+    use protocol::codec::{decode, encode};
+    use protocol::messages::{DeviceRequest, DeviceResponse, MAX_DEVICE_FRAME};
+    use protocol::net::{self, ValidatorClient};
+
+    let m = market_with("forge", Timing { registration_ms: 5000, slots: T, slot_seconds: 900, execution_gap_ms: 60_000, all_models: false, port_block: 3 });
+    let cfg = gateway_toml(&m, "fg", EV);
+    assert!(device(&["init"], &cfg).status.success());
+    let ev = device::config::Gateway::load(&cfg).unwrap().appliances[0].id();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let honest = rt.block_on(async {
+        net::install_crypto();
+        let configs = verifier_node::host::local_configs(&m.dir, &m.dir.join("keys"), &m.genesis, &m.validators, m.base_port, m.base_port + 10).unwrap();
+        let mut honest = vec![];
+        for cfg in configs.into_iter().skip(1) {
+            honest.push(verifier_node::host::start(cfg).await.unwrap());
+        }
+        // The Byzantine validator 0: real key, real log (through validator 1), forged bodies.
+        let server = net::server_config(&m.validators[0]).unwrap();
+        let endpoint = quinn::Endpoint::server(server, format!("127.0.0.1:{}", m.base_port).parse().unwrap()).unwrap();
+        let upstream_addr = format!("127.0.0.1:{}", m.base_port + 1).parse().unwrap();
+        let upstream_key = m.validators[1].verifying_key().to_bytes();
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                tokio::spawn(async move {
+                    let Ok(conn) = incoming.await else { return };
+                    let me = ed25519_dalek::SigningKey::from_bytes(&[42; 32]);
+                    let client_ep = net::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+                    let Ok(up) = ValidatorClient::connect(&client_ep, upstream_addr, upstream_key, &me).await else { return };
+                    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                        let up = up.clone();
+                        tokio::spawn(async move {
+                            let Ok(Some(frame)) = net::read_frame(&mut recv, MAX_DEVICE_FRAME).await else { return };
+                            let Ok(req) = decode::<DeviceRequest>("req", &frame, MAX_DEVICE_FRAME) else { return };
+                            match req {
+                                DeviceRequest::Subscribe { from } => {
+                                    let Ok(mut rx) = up.subscribe(from).await else { return };
+                                    while let Some(Ok(mut c)) = rx.recv().await {
+                                        for u in c.updates.iter_mut().filter(|u| u.body.device == ev) {
+                                            u.body.schedule = vec![3000; T];
+                                        }
+                                        if net::write_frame(&mut send, &encode(&c)).await.is_err() {
+                                            return;
+                                        }
+                                    }
+                                }
+                                // Submissions are dropped (a Byzantine validator may).
+                                _ => {
+                                    let answer = DeviceResponse::Accepted;
+                                    let _ = net::write_frame(&mut send, &encode(&answer)).await;
+                                    let _ = send.finish();
+                                }
+                            }
+                        });
+                    }
+                });
+            }
+        });
+        honest
+    });
+    let out = Command::new(BIN).args(["run", "--timeout-s", "90", "--config"]).arg(&cfg).env("RUST_LOG", "info").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "device run failed: {err}");
+    assert!(err.contains("refused entry") && err.contains("following another validator"), "{err}");
+    // What the gateway holds is what the honest validators committed, never the forgery.
+    let store = honest[0].shared.store.clone();
+    let (tip, _) = store.tip().unwrap().unwrap();
+    let committed = (1..=tip)
+        .filter_map(|h| store.certified(h).unwrap())
+        .filter(|c| matches!(c.entry.body, Body::Iteration(_)))
+        .filter_map(|c| c.updates.iter().find(|u| u.body.device == ev).map(|u| u.body.schedule.clone()))
+        .last()
+        .expect("the gateway's update is in the log");
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(m.dir.join("fg.state.json")).unwrap()).unwrap();
+    let held: Vec<i32> = state["schedules"]["ev"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32).collect();
+    assert_eq!(held, committed);
+    assert_ne!(held, vec![3000; T]);
+    rt.block_on(async {
+        for v in honest {
+            v.stop().await.unwrap();
+        }
+    });
+}

@@ -64,7 +64,7 @@ fn main() {
     );
     println!("max |Σx| = {}", load.iter().map(|v| v.abs()).max().unwrap());
     if let Some(p) = &central.prices {
-        let admm_p: Vec<f64> = r.state.prices().iter().map(|f| f.to_f64()).collect();
+        let admm_p: Vec<f64> = r.state.prices().unwrap().iter().map(|f| f.to_f64()).collect();
         let diff = p.iter().zip(&admm_p).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
         println!("prices: central {:?}.. admm {:?}.. max diff {diff:.3}", &p[40..44], &admm_p[40..44]);
     }

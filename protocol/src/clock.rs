@@ -172,6 +172,27 @@ impl ClockConfig {
     pub fn deadline(&self, k: u32) -> u64 {
         self.registration_close_ms.saturating_add(self.iteration_ms.saturating_mul(k as u64))
     }
+
+    /// How often enrollment batches are due while registration is open, for a genesis
+    /// timestamped `genesis_ms`: the iteration length, or half the registration window if that
+    /// is shorter (at least 1 ms).
+    pub fn enrollment_interval(&self, genesis_ms: u64) -> u64 {
+        let window = self.registration_close_ms.saturating_sub(genesis_ms);
+        self.iteration_ms.min(window / 2).max(1)
+    }
+
+    /// When the entry after one timestamped `tip_ms` is due, if the tip is the genesis or an
+    /// enrollment batch (not a full one) of a registration that opened at `genesis_ms`: the
+    /// next batch one interval later while registration is open, else iteration 1 at its
+    /// deadline.
+    pub fn after_registration_entry(&self, genesis_ms: u64, tip_ms: u64) -> u64 {
+        let batch = tip_ms.saturating_add(self.enrollment_interval(genesis_ms));
+        if batch < self.registration_close_ms {
+            batch
+        } else {
+            self.deadline(1)
+        }
+    }
 }
 
 impl MarketClock {

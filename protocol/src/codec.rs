@@ -65,6 +65,8 @@ pub fn decode<T: BorshSerialize + BorshDeserialize>(what: &'static str, bytes: &
 
 /// A BN254 scalar-field element on the wire: 32 little-endian bytes, below the modulus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+// Arbitrary values may be ≥ the modulus: the fuzz tests encode them and the decoder refuses.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct FieldElement([u8; 32]);
 
 impl FieldElement {

@@ -18,6 +18,7 @@ use crate::sign::{sign, verify, ChainId, Domain, SignatureBytes, SignatureError}
 
 /// The grid cost as the log stores it (raw fixed point).
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum GridSpec {
     /// See [`GridCost::ValleyFilling`].
     ValleyFilling {
@@ -39,6 +40,7 @@ pub enum GridSpec {
 
 /// Market parameters as committed in genesis: ADMM constants and the clock.
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct MarketSpec {
     /// The market id.
     pub market_id: u64,
@@ -84,6 +86,7 @@ impl MarketSpec {
 
 /// The hash of a verifying key the market accepts, per circuit shape.
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct KeyHash {
     /// `circuits::ModelKind` id.
     pub kind: u8,
@@ -95,6 +98,7 @@ pub struct KeyHash {
 
 /// Height 0: who validates, what market, which keys.
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Genesis {
     /// The validator set, in index order (votes name validators by index).
     pub validators: Vec<ValidatorId>,
@@ -108,6 +112,7 @@ pub struct Genesis {
 
 /// One ADMM iteration as decided.
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct IterationBody {
     /// The market.
     pub market_id: u64,
@@ -143,6 +148,7 @@ impl IterationBody {
 
 /// The converged (or last) schedule and the per-slot prices.
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct FinalBody {
     /// The market.
     pub market_id: u64,
@@ -158,6 +164,7 @@ pub struct FinalBody {
 
 /// A signed meter reading of one device for one slot.
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct MeterReading {
     /// The market.
     pub market_id: u64,
@@ -173,6 +180,7 @@ pub struct MeterReading {
 
 /// Balances after settlement (DESIGN §9), in milli-euro; positive = owes.
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct SettlementBody {
     /// The market.
     pub market_id: u64,
@@ -182,6 +190,7 @@ pub struct SettlementBody {
 
 /// What an entry records.
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Body {
     /// Height 0.
     Genesis(Genesis),
@@ -199,6 +208,7 @@ pub enum Body {
 
 /// One log entry.
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Entry {
     /// The chain.
     pub chain_id: ChainId,
@@ -232,6 +242,7 @@ pub fn chain_id(genesis: &Genesis) -> ChainId {
 
 /// One validator's vote: its index in the genesis set and its signature.
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Vote {
     /// Index in `Genesis::validators`.
     pub validator: u16,
@@ -241,6 +252,7 @@ pub struct Vote {
 
 /// ≥ 2f+1 validator signatures over (chain id, height, entry hash).
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct CommitCertificate {
     /// The height.
     pub height: u64,
@@ -307,6 +319,14 @@ pub enum LogError {
         /// Entry hash (hex prefix).
         hash: String,
     },
+    /// The update bodies served with an entry are not the ones it commits to.
+    #[error("entry at height {height}: update bodies: {reason}")]
+    Bodies {
+        /// Entry height.
+        height: u64,
+        /// What is wrong.
+        reason: String,
+    },
     /// The entry does not extend the accepted chain.
     #[error("entry at height {height} does not extend the log at height {expected_height}: {reason}")]
     Link {
@@ -326,6 +346,7 @@ fn hex8(h: &Hash) -> String {
 /// A decided entry as stored and served: the entry, its certificate, and the update bodies
 /// (with proofs) that an iteration entry names by digest, ascending by digest.
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Certified {
     /// The entry.
     pub entry: Entry,
@@ -335,9 +356,13 @@ pub struct Certified {
     pub updates: Vec<SignedUpdate>,
 }
 
-/// The quorum 2f + 1 for n = 3f + 1 (rounding f down for other n).
+/// The quorum: more than two thirds of the n validators, ⌊2n/3⌋ + 1 (2f + 1 for n = 3f + 1).
+/// Consensus decides with exactly this many precommits, and any two sets of this size share
+/// more than n/3 validators, so at least one honest one: two certificates for different
+/// entries at one height need more than f Byzantine signers. (For n = 5 and 6 this is 4 and
+/// 5; 2⌊(n−1)/3⌋ + 1, used before, gave 3 and 5 and let 3 of 5 certify.)
 pub fn quorum(n: usize) -> usize {
-    2 * (n.saturating_sub(1) / 3) + 1
+    2 * n / 3 + 1
 }
 
 impl CommitCertificate {
@@ -393,8 +418,30 @@ impl LightClient {
         self.next_height
     }
 
+    /// Accepts a certified entry as served: [`LightClient::accept`] of its entry and
+    /// certificate, and its update bodies are exactly those the entry commits to
+    /// ([`check_bodies`]). On any failure nothing changes.
+    pub fn accept_certified(&mut self, c: &Certified) -> Result<(), LogError> {
+        self.check(&c.entry, &c.certificate)?;
+        check_bodies(c)?;
+        self.advance(&c.entry);
+        Ok(())
+    }
+
     /// Accepts `entry` if it links to the last accepted entry and `cert` certifies it.
     pub fn accept(&mut self, entry: &Entry, cert: &CommitCertificate) -> Result<(), LogError> {
+        self.check(entry, cert)?;
+        self.advance(entry);
+        Ok(())
+    }
+
+    fn advance(&mut self, entry: &Entry) {
+        self.next_height += 1;
+        self.last_hash = entry.hash();
+    }
+
+    /// Whether `entry` links to the last accepted entry and `cert` certifies it.
+    fn check(&self, entry: &Entry, cert: &CommitCertificate) -> Result<(), LogError> {
         let link = |reason| LogError::Link { height: entry.height, expected_height: self.next_height, reason };
         if entry.chain_id != self.chain {
             return Err(link("another chain"));
@@ -409,9 +456,34 @@ impl LightClient {
         if cert.height != entry.height || cert.hash != hash {
             return Err(LogError::Mismatch { cert_height: cert.height, cert_hash: hex8(&cert.hash), height: entry.height, hash: hex8(&hash) });
         }
-        cert.verify(&self.chain, &self.validators)?;
-        self.next_height += 1;
-        self.last_hash = hash;
-        Ok(())
+        cert.verify(&self.chain, &self.validators)
     }
+}
+
+/// Whether the update bodies served with an entry are exactly those it commits to: for an
+/// iteration entry one body per digest, in the entry's (ascending) order, each hashing to its
+/// digest and naming the entry's market and iteration; for every other kind, none. The
+/// digest covers the whole signed update, so a body that matches is the one the quorum
+/// certified (whose signature and proof the validators checked).
+pub fn check_bodies(c: &Certified) -> Result<(), LogError> {
+    let height = c.entry.height;
+    let bad = |reason: String| LogError::Bodies { height, reason };
+    let Body::Iteration(b) = &c.entry.body else {
+        if c.updates.is_empty() {
+            return Ok(());
+        }
+        return Err(bad(format!("{} bodies served with an entry that names none", c.updates.len())));
+    };
+    if c.updates.len() != b.updates.len() {
+        return Err(bad(format!("{} bodies served for {} digests", c.updates.len(), b.updates.len())));
+    }
+    for (i, (u, digest)) in c.updates.iter().zip(&b.updates).enumerate() {
+        if u.digest() != *digest {
+            return Err(bad(format!("body {i} (device {}) does not hash to digest {}", u.body.device, hex8(digest))));
+        }
+        if u.body.market_id != b.market_id || u.body.iteration != b.iteration {
+            return Err(bad(format!("body {i} is for market {} iteration {}", u.body.market_id, u.body.iteration)));
+        }
+    }
+    Ok(())
 }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// A device (appliance) identity: its ed25519 public key bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct DeviceId(pub [u8; 32]);
 
 impl std::fmt::Display for DeviceId {
@@ -19,6 +20,7 @@ impl std::fmt::Display for DeviceId {
 
 /// A validator identity: its ed25519 public key bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct ValidatorId(pub [u8; 32]);
 
 impl std::fmt::Display for ValidatorId {

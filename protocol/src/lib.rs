@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod admm;
+pub mod backoff;
 pub mod central;
 pub mod clock;
 pub mod codec;

@@ -14,6 +14,7 @@ pub const PROOF_BYTES: usize = 128;
 
 /// A device joins a market with its model kind, T and commitment C (DESIGN §5.1).
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Enrollment {
     /// The market.
     pub market_id: u64,
@@ -29,6 +30,7 @@ pub struct Enrollment {
 
 /// An enrollment signed by the device key.
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct SignedEnrollment {
     /// The enrollment.
     pub body: Enrollment,
@@ -51,6 +53,7 @@ impl SignedEnrollment {
 
 /// A device's new schedule for iteration k, with its proof.
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Update {
     /// The market.
     pub market_id: u64,
@@ -66,6 +69,7 @@ pub struct Update {
 
 /// An update signed by the device key.
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct SignedUpdate {
     /// The update.
     pub body: Update,
@@ -93,6 +97,7 @@ impl SignedUpdate {
 
 /// What a device (or an auditor) asks a validator, one request per QUIC stream.
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum DeviceRequest {
     /// Enroll (during registration).
     Enroll(SignedEnrollment),
@@ -107,6 +112,7 @@ pub enum DeviceRequest {
 
 /// A validator's answer to an enrollment or update.
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum DeviceResponse {
     /// Admitted to the pool (it is in the log once an entry including it commits).
     Accepted,

@@ -2,7 +2,8 @@
 //!
 //! - Identity: each endpoint presents a self-signed X.509 certificate made from its ed25519
 //!   key; TLS 1.3 proves possession of that key. Nothing else in the certificate matters: a
-//!   peer is who its key says ([`cert_key`]).
+//!   peer is who its key says, and the key is read from the parsed SubjectPublicKeyInfo
+//!   ([`cert_key`]), never searched for in the certificate's bytes.
 //! - Pinning: a client dialling a validator accepts only that validator's configured key
 //!   ([`client_config`]); a server accepts any ed25519 client and the application decides by
 //!   ALPN and key — validators must be in the genesis set, devices sign every message anyway.
@@ -71,6 +72,27 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// Resolves on the first Ctrl-C (SIGINT) or SIGTERM (`docker stop`, systemd), naming it: every
+/// long-running binary stops cleanly on either.
+pub async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            },
+            Err(_) => tokio::signal::ctrl_c().await.map_or("SIGINT", |_| "SIGINT"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
+}
+
 /// Installs the `ring` provider as the process default (idempotent).
 pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -80,31 +102,70 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A self-signed certificate for `key` and the key in PKCS#8.
-pub fn identity(key: &SigningKey) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), NetError> {
+/// A TLS identity: a certificate and the private key it is presented with.
+#[derive(Debug)]
+pub struct Identity {
+    /// The end-entity certificate.
+    pub cert: CertificateDer<'static>,
+    /// The private key (PKCS#8).
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// The self-signed certificate of `key` (subject "gridproof"; only its key matters).
+pub fn identity(key: &SigningKey) -> Result<Identity, NetError> {
+    identity_with(key, rcgen::CertificateParams::new(vec!["gridproof".to_string()]).map_err(|e| NetError::Tls(e.to_string()))?)
+}
+
+/// A self-signed certificate of `key` made from `params` (names, serial, extensions as the
+/// caller likes: none of them is trusted).
+pub fn identity_with(key: &SigningKey, params: rcgen::CertificateParams) -> Result<Identity, NetError> {
     let der = key.to_pkcs8_der().map_err(|e| NetError::Tls(format!("encoding the key: {e}")))?;
     let pkcs8 = PrivatePkcs8KeyDer::from(der.as_bytes().to_vec());
     let pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519).map_err(|e| NetError::Tls(e.to_string()))?;
-    let params = rcgen::CertificateParams::new(vec!["gridproof".to_string()]).map_err(|e| NetError::Tls(e.to_string()))?;
     let cert = params.self_signed(&pair).map_err(|e| NetError::Tls(e.to_string()))?;
-    Ok((cert.der().clone(), PrivateKeyDer::Pkcs8(pkcs8)))
+    Ok(Identity { cert: cert.der().clone(), key: PrivateKeyDer::Pkcs8(pkcs8) })
 }
 
-/// The DER prefix of an ed25519 SubjectPublicKeyInfo (RFC 8410): SEQUENCE { SEQUENCE { OID
-/// 1.3.101.112 }, BIT STRING (33 bytes, 0 unused bits) }; the 32 key bytes follow.
+/// The DER encoding of an ed25519 SubjectPublicKeyInfo (RFC 8410) up to the key: SEQUENCE {
+/// SEQUENCE { OID 1.3.101.112 }, BIT STRING (33 bytes, 0 unused bits) }; the 32 key bytes
+/// follow, and nothing else.
 const ED25519_SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
 
-/// The ed25519 public key a certificate carries, if it carries one.
-pub fn cert_key(cert: &[u8]) -> Option<[u8; 32]> {
-    let at = cert.windows(ED25519_SPKI_PREFIX.len()).position(|w| w == ED25519_SPKI_PREFIX)?;
-    cert.get(at + 12..at + 44)?.try_into().ok()
+/// Why a certificate names no usable identity.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CertError {
+    /// The other end presented no certificate.
+    #[error("no certificate presented")]
+    Missing,
+    /// The certificate does not parse as X.509 (rustls-webpki's end-entity parser).
+    #[error("certificate does not parse: {0}")]
+    Unparsable(String),
+    /// Its SubjectPublicKeyInfo is not an ed25519 key.
+    #[error("certificate key is not ed25519 (SubjectPublicKeyInfo of {len} bytes)")]
+    NotEd25519 {
+        /// Length of the SubjectPublicKeyInfo DER.
+        len: usize,
+    },
 }
 
-/// The ed25519 key of the other end of `conn`.
-pub fn peer_key(conn: &quinn::Connection) -> Option<[u8; 32]> {
-    let id = conn.peer_identity()?;
-    let certs = id.downcast_ref::<Vec<CertificateDer<'static>>>()?;
-    cert_key(certs.first()?)
+/// The ed25519 public key of a certificate, taken from its parsed SubjectPublicKeyInfo: the
+/// key the TLS handshake proves possession of. Names, serial and extensions are never looked
+/// at, so a certificate that carries someone else's key bytes anywhere else names its own key.
+pub fn cert_key(cert: &CertificateDer<'_>) -> Result<[u8; 32], CertError> {
+    let parsed = webpki::EndEntityCert::try_from(cert).map_err(|e| CertError::Unparsable(format!("{e:?}")))?;
+    let spki = parsed.subject_public_key_info();
+    let der: &[u8] = spki.as_ref();
+    match der.strip_prefix(&ED25519_SPKI_PREFIX[..]) {
+        Some(key) => key.try_into().map_err(|_| CertError::NotEd25519 { len: der.len() }),
+        None => Err(CertError::NotEd25519 { len: der.len() }),
+    }
+}
+
+/// The ed25519 key of the other end of `conn` (the first certificate it presented).
+pub fn peer_key(conn: &quinn::Connection) -> Result<[u8; 32], CertError> {
+    let id = conn.peer_identity().ok_or(CertError::Missing)?;
+    let certs = id.downcast_ref::<Vec<CertificateDer<'static>>>().ok_or(CertError::Missing)?;
+    cert_key(certs.first().ok_or(CertError::Missing)?)
 }
 
 fn verify13(message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
@@ -125,8 +186,9 @@ impl ServerCertVerifier for Pinned {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         match cert_key(end_entity) {
-            Some(k) if k == self.0 => Ok(ServerCertVerified::assertion()),
-            _ => Err(rustls::Error::General("server key is not the configured validator key".into())),
+            Ok(k) if k == self.0 => Ok(ServerCertVerified::assertion()),
+            Ok(_) => Err(rustls::Error::General("server key is not the configured validator key".into())),
+            Err(e) => Err(rustls::Error::General(format!("server certificate: {e}"))),
         }
     }
 
@@ -153,7 +215,7 @@ impl ClientCertVerifier for AnyEd25519 {
     }
 
     fn verify_client_cert(&self, end_entity: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
-        cert_key(end_entity).map(|_| ClientCertVerified::assertion()).ok_or(rustls::Error::General("client key is not ed25519".into()))
+        cert_key(end_entity).map(|_| ClientCertVerified::assertion()).map_err(|e| rustls::Error::General(format!("client certificate: {e}")))
     }
 
     fn verify_tls12_signature(&self, _: &[u8], _: &CertificateDer<'_>, _: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
@@ -203,7 +265,12 @@ fn transport(keep_alive: Option<std::time::Duration>, idle: std::time::Duration,
 
 /// A server config presenting `key`, offering both ALPNs, requiring an ed25519 client key.
 pub fn server_config(key: &SigningKey) -> Result<quinn::ServerConfig, NetError> {
-    let (cert, private) = identity(key)?;
+    server_config_for(identity(key)?)
+}
+
+/// [`server_config`] presenting the certificate of `id`.
+pub fn server_config_for(id: Identity) -> Result<quinn::ServerConfig, NetError> {
+    let Identity { cert, key: private } = id;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| NetError::Tls(e.to_string()))?
@@ -220,7 +287,12 @@ pub fn server_config(key: &SigningKey) -> Result<quinn::ServerConfig, NetError> 
 /// A client config presenting `key` and accepting only a server proving `server_key`; the
 /// keep-alive and idle timeout are the peer or device ones, by `alpn`.
 pub fn client_config(key: &SigningKey, server_key: [u8; 32], alpn: &[u8]) -> Result<quinn::ClientConfig, NetError> {
-    let (cert, private) = identity(key)?;
+    client_config_for(identity(key)?, server_key, alpn)
+}
+
+/// [`client_config`] presenting the certificate of `id`.
+pub fn client_config_for(id: Identity, server_key: [u8; 32], alpn: &[u8]) -> Result<quinn::ClientConfig, NetError> {
+    let Identity { cert, key: private } = id;
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| NetError::Tls(e.to_string()))?
@@ -312,6 +384,12 @@ impl ValidatorClient {
             }
         });
         Ok(rx)
+    }
+
+    /// Whether the connection is gone (closed by either end, timed out, or reset): a gateway
+    /// then dials again.
+    pub fn is_closed(&self) -> bool {
+        self.conn.close_reason().is_some()
     }
 
     /// Closes the connection.

@@ -14,6 +14,7 @@ pub const SIGNING_PREFIX: &[u8] = b"gridproof/v1";
 
 /// Which log or network: the SHA-256 of the genesis parameters, fixed at launch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct ChainId(pub [u8; 32]);
 
 /// What a signature is for (its domain).
@@ -34,6 +35,7 @@ pub enum Domain {
 
 /// An ed25519 signature's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct SignatureBytes(pub [u8; 64]);
 
 /// A signature that does not verify.

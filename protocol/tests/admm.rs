@@ -59,7 +59,7 @@ fn exchange_market_clears_at_prices_the_central_dual_confirms() {
     }
     // Prices: where energy actually changes hands, ADMM's λ = ρu matches the central multiplier.
     let central_prices = central.prices.unwrap();
-    let admm_prices: Vec<f64> = r.state.prices().iter().map(|p| p.to_f64()).collect();
+    let admm_prices: Vec<f64> = r.state.prices().unwrap().iter().map(|p| p.to_f64()).collect();
     let mut compared = 0;
     for t in (0..96).filter(|&t| traded[t] > 5_000) {
         let (a, c) = (admm_prices[t], central_prices[t]);
@@ -129,4 +129,68 @@ fn tariff_with_feeder_limit_respects_the_limit_near_the_central_optimum() {
     // Within the stopping tolerance the cap is exceeded by a few hundred W, which is worth up
     // to about 1 % of this (small, partly cancelling) objective in either direction.
     assert!(gap.abs() < 0.02, "gap {:.4}%", 100.0 * gap);
+}
+
+/// Parameters at (and beyond) the representable extremes: out-of-range ones are refused with a
+/// typed error naming the parameter, and a market at the largest accepted ones computes with
+/// extreme schedules for many iterations without wrapping: every result is either the exact
+/// value or a typed overflow that leaves the state as it was.
+#[test]
+fn markets_at_the_representable_extremes_return_typed_errors() {
+    use protocol::admm::{AdmmError, AdmmState, MAX_GRID_W, MAX_PENALTY_RAW, MAX_PRICE_RAW};
+    use protocol::ids::DeviceId;
+    let slots = Slots::new(4).unwrap();
+    let base = AdmmParams { slots, rho: Fixed(1 << 20), eps_abs: Fixed(1), eps_rel: Fixed(1), max_iterations: 10, grid: GridCost::Exchange };
+    let devices = || (0..3u8).map(|i| DeviceId([i; 32]));
+    let with = |f: &dyn Fn(&mut AdmmParams)| {
+        let mut p = base.clone();
+        f(&mut p);
+        AdmmState::new(p, devices())
+    };
+    let refused: Vec<(&str, Result<AdmmState, AdmmError>)> = vec![
+        ("rho (raw)", with(&|p| p.rho = Fixed(i64::MAX))),
+        ("rho (raw)", with(&|p| p.rho = Fixed(0))),
+        ("eps_abs (raw)", with(&|p| p.eps_abs = Fixed(-1))),
+        ("gamma (raw)", with(&|p| p.grid = GridCost::ValleyFilling { gamma: Fixed(i64::MAX), base_load: vec![0; 4] })),
+        ("base_load[2] (W)", with(&|p| p.grid = GridCost::ValleyFilling { gamma: Fixed(1), base_load: vec![0, 0, i32::MIN, 0] })),
+        ("price[0] (raw)", with(&|p| p.grid = GridCost::Tariff { price: vec![Fixed(i64::MIN); 4], feeder_cap: 0 })),
+        ("feeder_cap (W)", with(&|p| p.grid = GridCost::Tariff { price: vec![Fixed(0); 4], feeder_cap: i64::MAX })),
+    ];
+    for (what, r) in refused {
+        match r {
+            Err(AdmmError::Params(m)) => assert!(m.contains(what), "{m} should name {what}"),
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    // The largest accepted parameters, and schedules at the extremes of i32, in every grid.
+    let grids = [
+        GridCost::ValleyFilling { gamma: Fixed(MAX_PENALTY_RAW), base_load: vec![MAX_GRID_W as i32, -(MAX_GRID_W as i32), 0, 1] },
+        GridCost::ValleyFilling { gamma: Fixed(0), base_load: vec![0; 4] },
+        GridCost::Tariff { price: vec![Fixed(MAX_PRICE_RAW), Fixed(-MAX_PRICE_RAW), Fixed(0), Fixed(1)], feeder_cap: MAX_GRID_W },
+        GridCost::Exchange,
+    ];
+    for grid in grids {
+        for rho in [1, MAX_PENALTY_RAW] {
+            let p = AdmmParams { rho: Fixed(rho), eps_abs: Fixed(1 << 40), eps_rel: Fixed(1 << 40), grid: grid.clone(), ..base.clone() };
+            let mut state = AdmmState::new(p, devices()).unwrap();
+            for k in 0..200u32 {
+                let x = |i: u8| if (k + i as u32) % 2 == 0 { vec![i32::MAX, i32::MIN, i32::MAX, 0] } else { vec![i32::MIN, i32::MAX, 0, i32::MIN] };
+                let before = state.clone();
+                match state.apply_iteration(&devices().zip([x(0), x(1), x(2)]).collect::<Vec<_>>()) {
+                    Ok(_) => assert_eq!(state.iteration(), before.iteration() + 1),
+                    Err(AdmmError::Overflow { what, .. }) => {
+                        assert!(!what.is_empty());
+                        assert_eq!(state, before, "an overflow leaves the state as it was");
+                        break;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+                match state.prices() {
+                    Ok(p) => assert_eq!(p.len(), 4),
+                    Err(AdmmError::Overflow { what, .. }) => assert_eq!(what, "price"),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+    }
 }

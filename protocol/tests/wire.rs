@@ -154,6 +154,14 @@ fn certificates_need_a_quorum_of_distinct_valid_votes() {
     let g = genesis(&vals);
     let e = next(&g, Body::Final(FinalBody { market_id: 1, iterations: 1, converged: true, schedule_root: [0; 32], prices: vec![] }));
     assert_eq!(quorum(4), 3);
+    // More than two thirds, as consensus decides: 3 of 5 never certify.
+    assert_eq!([1, 2, 3, 4, 5, 6, 7].map(quorum), [1, 2, 3, 3, 4, 5, 5]);
+    let five: Vec<SigningKey> = (1..=5).map(key).collect();
+    let set5: Vec<ValidatorId> = five.iter().map(|k| ValidatorId(k.verifying_key().to_bytes())).collect();
+    let g5 = genesis(&five);
+    let e5 = next(&g5, Body::Final(FinalBody { market_id: 1, iterations: 1, converged: true, schedule_root: [0; 32], prices: vec![] }));
+    assert!(matches!(certify(&e5, &five, &[0, 1, 2]).verify(&e5.chain_id, &set5), Err(LogError::NoQuorum { got: 3, quorum: 4, .. })));
+    certify(&e5, &five, &[0, 1, 3, 4]).verify(&e5.chain_id, &set5).unwrap();
     certify(&e, &vals, &[0, 1, 2]).verify(&e.chain_id, &set).unwrap();
     let two = certify(&e, &vals, &[0, 2]);
     assert!(matches!(two.verify(&e.chain_id, &set), Err(LogError::NoQuorum { got: 2, quorum: 3, .. })));
@@ -212,7 +220,7 @@ fn final_entry() -> Entry {
         iterations: r.iterations,
         converged: r.converged,
         schedule_root: final_root(r.state.schedules()),
-        prices: r.state.prices().iter().map(|p| p.raw()).collect(),
+        prices: r.state.prices().unwrap().iter().map(|p| p.raw()).collect(),
     };
     Entry { chain_id: g.chain_id, height: 1 + r.iterations as u64, prev_hash: [0; 32], timestamp_ms: 42, body: Body::Final(body) }
 }

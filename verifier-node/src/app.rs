@@ -132,6 +132,8 @@ impl Reject {
             Reject::Link(_) => "link",
             Reject::NotDue(_) => "not_due",
             Reject::MissingUpdates => "missing_updates",
+            Reject::Admm(AdmmError::Overflow { .. }) => "admm_overflow",
+            Reject::Admm(AdmmError::Params(_)) => "market_params",
             Reject::Admm(_) => "admm",
             Reject::Overloaded(_) => "overloaded",
             Reject::MarketOver => "market_over",
@@ -200,7 +202,9 @@ impl MarketApp {
             return Err(Reject::Link("genesis height or chain id is wrong".into()));
         }
         protocol::clock::MarketClock::new(protocol::clock::ClockConfig::from_spec(&genesis.market))?;
-        genesis.market.admm().map_err(|e| AdmmError::Params(e.to_string()))?;
+        // Every market parameter within the range the fixed-point engine computes without
+        // overflow (ρ, γ, base load, tariff, feeder limit, ε).
+        genesis.market.admm().map_err(|e| AdmmError::Params(e.to_string()))?.check()?;
         let tip = Tip { height: 0, hash: genesis_entry.hash(), timestamp_ms: genesis_entry.timestamp_ms };
         Ok(MarketApp {
             chain,
@@ -262,8 +266,7 @@ impl MarketApp {
     /// How often enrollment batches are due while registration is open: the iteration length,
     /// or half the registration window if that is shorter.
     pub fn enrollment_interval(&self) -> u64 {
-        let window = self.close_ms().saturating_sub(self.genesis_ms);
-        self.genesis.market.iteration_ms.min(window / 2).max(1)
+        protocol::clock::ClockConfig::from_spec(&self.genesis.market).enrollment_interval(self.genesis_ms)
     }
 
     /// The earliest timestamp of the next enrollment batch: one interval after the tip, or
@@ -526,7 +529,7 @@ impl MarketApp {
             iterations: engine.iteration(),
             converged: self.converged,
             schedule_root: final_root(engine.schedules()),
-            prices: engine.prices().iter().map(|p| p.raw()).collect(),
+            prices: engine.prices()?.iter().map(|p| p.raw()).collect(),
         })
     }
 

@@ -26,6 +26,8 @@ use crate::store::{Log, Store};
 pub const EVENT_QUEUE: usize = 8192;
 /// Messages queued per peer link.
 pub const PEER_QUEUE: usize = 4096;
+/// Longest wait between two dials of a lost peer: a restarted validator is heard within it.
+pub const PEER_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Device requests per second per connection (burst twice that).
 pub const DEVICE_RATE: f64 = 50.0;
 
@@ -145,9 +147,13 @@ impl Running {
         self.node_task.await.unwrap_or_else(|e| Err(HostError::Fatal(e.to_string())))
     }
 
-    /// Waits until the node task ends (on a fatal error or shutdown).
-    pub async fn wait(self) -> Result<(), HostError> {
-        self.node_task.await.unwrap_or_else(|e| Err(HostError::Fatal(e.to_string())))
+    /// Resolves when the node task ends by itself (a fatal error); cancel-safe, so it can race
+    /// a shutdown signal and [`Running::stop`] still works afterwards. Once it resolved, the
+    /// task is gone and `stop` returns at once.
+    pub async fn finished(&mut self) -> Result<(), HostError> {
+        let r = (&mut self.node_task).await.unwrap_or_else(|e| Err(HostError::Fatal(e.to_string())));
+        self.node_task = tokio::spawn(async { Ok(()) });
+        r
     }
 }
 
@@ -355,7 +361,7 @@ async fn peer_link(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = protocol::backoff::Backoff::new(Duration::from_millis(100), PEER_BACKOFF_MAX);
     loop {
         if *shutdown.borrow() {
             return;
@@ -364,9 +370,9 @@ async fn peer_link(
             Ok(c) => match c.await {
                 Ok(conn) => conn,
                 Err(e) => {
-                    debug!(peer = index, %addr, "connect failed: {e}; retrying in {backoff:?}");
-                    tokio::select! { _ = tokio::time::sleep(backoff) => {}, _ = shutdown.changed() => return }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    let wait = backoff.next_delay();
+                    debug!(peer = index, %addr, "connect failed: {e}; retrying in {wait:?}");
+                    tokio::select! { _ = tokio::time::sleep(wait) => {}, _ = shutdown.changed() => return }
                     continue;
                 }
             },
@@ -376,7 +382,7 @@ async fn peer_link(
             }
         };
         info!(peer = index, %addr, "peer link up");
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         shared.net.peers_connected.fetch_add(1, Ordering::Relaxed);
         loop {
             let msg = tokio::select! {
@@ -423,7 +429,14 @@ async fn accept_loop(
                 }
             };
             let alpn = conn.handshake_data().and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok()).and_then(|h| h.protocol);
-            let Some(key) = net::peer_key(&conn) else { return conn.close(1u32.into(), b"no ed25519 key") };
+            let key = match net::peer_key(&conn) {
+                Ok(k) => k,
+                Err(e) => {
+                    warn!(remote = %conn.remote_address(), "refused a connection: {e}");
+                    shared.net.bad_frames.fetch_add(1, Ordering::Relaxed);
+                    return conn.close(1u32.into(), b"no ed25519 key");
+                }
+            };
             match alpn.as_deref() {
                 Some(a) if a == ALPN_PEER => match validators.iter().position(|v| *v == key) {
                     Some(i) => peer_inbound(conn, i as u16, events, shared).await,
@@ -490,15 +503,17 @@ async fn device_inbound(conn: quinn::Connection, key: [u8; 32], events: mpsc::Se
         let (events, shared, bucket) = (events.clone(), shared.clone(), bucket.clone());
         tokio::spawn(async move {
             let request = match net::read_frame(&mut recv, MAX_DEVICE_FRAME).await {
-                Ok(Some(b)) => decode::<DeviceRequest>("device request", &b, MAX_DEVICE_FRAME).map_err(|e| e.to_string()),
-                Ok(None) => Err("empty request".to_string()),
-                Err(e) => Err(e.to_string()),
+                Ok(Some(b)) => parse_device_request(&b, key),
+                Ok(None) => Err(DeviceRefusal::Malformed("empty request".into())),
+                Err(e) => Err(DeviceRefusal::Malformed(e.to_string())),
             };
             let reply = |label: &str, message: String| DeviceResponse::Rejected { label: label.into(), message };
             let response = match request {
                 Err(e) => {
-                    shared.net.bad_frames.fetch_add(1, Ordering::Relaxed);
-                    reply("malformed", e)
+                    if matches!(e, DeviceRefusal::Malformed(_)) {
+                        shared.net.bad_frames.fetch_add(1, Ordering::Relaxed);
+                    }
+                    reply(e.label(), e.to_string())
                 }
                 Ok(DeviceRequest::Subscribe { from }) => return subscribe(send, from, shared).await,
                 Ok(_) if !bucket.lock().expect("bucket").take() => {
@@ -506,26 +521,17 @@ async fn device_inbound(conn: quinn::Connection, key: [u8; 32], events: mpsc::Se
                     reply("rate_limited", format!("more than {DEVICE_RATE} requests per second"))
                 }
                 Ok(req) => {
-                    let device = match &req {
-                        DeviceRequest::Enroll(e) => e.body.device.0,
-                        DeviceRequest::Update(u) => u.body.device.0,
+                    let (tx, rx) = oneshot::channel();
+                    let ev = match req {
+                        DeviceRequest::Enroll(e) => Event::Enroll(e, tx),
+                        DeviceRequest::Update(u) => Event::Update(u, tx),
                         DeviceRequest::Subscribe { .. } => unreachable!("handled above"),
                     };
-                    if device != key {
-                        reply("wrong_sender", "the message's device is not this connection's key".into())
+                    if events.try_send(ev).is_err() {
+                        shared.net.dropped_full.fetch_add(1, Ordering::Relaxed);
+                        reply("overloaded", "the validator's queue is full".into())
                     } else {
-                        let (tx, rx) = oneshot::channel();
-                        let ev = match req {
-                            DeviceRequest::Enroll(e) => Event::Enroll(e, tx),
-                            DeviceRequest::Update(u) => Event::Update(u, tx),
-                            DeviceRequest::Subscribe { .. } => unreachable!("handled above"),
-                        };
-                        if events.try_send(ev).is_err() {
-                            shared.net.dropped_full.fetch_add(1, Ordering::Relaxed);
-                            reply("overloaded", "the validator's queue is full".into())
-                        } else {
-                            rx.await.unwrap_or_else(|_| reply("overloaded", "the validator is stopping".into()))
-                        }
+                        rx.await.unwrap_or_else(|_| reply("overloaded", "the validator is stopping".into()))
                     }
                 }
             };
@@ -534,6 +540,47 @@ async fn device_inbound(conn: quinn::Connection, key: [u8; 32], events: mpsc::Se
             let _ = send.finish();
         });
     }
+}
+
+/// Why a device's frame was refused before it reached the node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceRefusal {
+    /// Empty, oversize, not canonical, or not a request.
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// An enrollment or update naming another device than the connection's TLS key.
+    #[error("the message's device {claimed} is not this connection's key")]
+    WrongSender {
+        /// The device the message names.
+        claimed: protocol::ids::DeviceId,
+    },
+}
+
+impl DeviceRefusal {
+    /// The label of the rejection (answered to the device, counted in metrics).
+    pub fn label(&self) -> &'static str {
+        match self {
+            DeviceRefusal::Malformed(_) => "malformed",
+            DeviceRefusal::WrongSender { .. } => "wrong_sender",
+        }
+    }
+}
+
+/// A device's frame as it arrives on a connection whose TLS key is `key`: decoded (capped at
+/// [`MAX_DEVICE_FRAME`], canonical, no trailing bytes) and, for an enrollment or update,
+/// naming exactly that key's device. A subscription may come from any key. What passes goes to
+/// the node's own admission checks (signature, market, timing, proof).
+pub fn parse_device_request(frame: &[u8], key: [u8; 32]) -> Result<DeviceRequest, DeviceRefusal> {
+    let request: DeviceRequest = decode("device request", frame, MAX_DEVICE_FRAME).map_err(|e| DeviceRefusal::Malformed(e.to_string()))?;
+    let claimed = match &request {
+        DeviceRequest::Enroll(e) => e.body.device,
+        DeviceRequest::Update(u) => u.body.device,
+        DeviceRequest::Subscribe { .. } => return Ok(request),
+    };
+    if claimed.0 != key {
+        return Err(DeviceRefusal::WrongSender { claimed });
+    }
+    Ok(request)
 }
 
 /// Streams certified entries from `from`, then new ones as they commit.

@@ -211,15 +211,22 @@ fn run(path: &Path) -> Result<ExitCode, String> {
     let cfg = Config::load(path).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     rt.block_on(async {
-        let running = verifier_node::host::start(cfg).await.map_err(|e| e.to_string())?;
+        let mut running = verifier_node::host::start(cfg).await.map_err(|e| e.to_string())?;
         println!("validator running: quic {} http {}", running.quic_addr, running.http_addr);
         tokio::select! {
-            r = tokio::signal::ctrl_c() => {
-                r.map_err(|e| e.to_string())?;
-                eprintln!("stopping");
-                running.stop().await.map_err(|e| e.to_string())?;
+            r = running.finished() => {
+                // The node task ended by itself: a fatal error (log, WAL, a certified entry
+                // that does not apply). Stop serving and say so with the exit code.
+                let why = r.err().map_or("the node task ended".to_string(), |e| e.to_string());
+                eprintln!("validator stopped: {why}");
+                return Ok(ExitCode::FAILURE);
+            }
+            signal = protocol::net::shutdown_signal() => {
+                eprintln!("{signal}: stopping (closing the log)");
             }
         }
+        running.stop().await.map_err(|e| e.to_string())?;
+        eprintln!("stopped");
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -179,6 +179,13 @@ impl Sim {
         }
     }
 
+    /// Delivers `msg` to validator `to` at `at_ms` as if validator `from` had sent it: hostile
+    /// or malformed traffic of a Byzantine peer, for tests. It is encoded and decoded like any
+    /// frame.
+    pub fn inject(&mut self, at_ms: u64, from: u16, to: u16, msg: &PeerMsg) {
+        self.push(at_ms, Event::Deliver { to, from, msg: protocol::codec::encode(msg) });
+    }
+
     fn handle(&mut self, from: u16, outputs: Vec<Output>) {
         let n = self.nodes.len() as u16;
         for o in outputs {

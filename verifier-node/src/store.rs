@@ -38,6 +38,8 @@ const ALL_CFS: [&str; 5] = [CF_ENTRIES, CF_CERTIFICATES, CF_UPDATES, CF_DEVICES,
 const TIP: &[u8] = b"tip";
 /// Largest stored value (an iteration entry for 100,000 devices is about 3.3 MB).
 pub const MAX_STORED_BYTES: usize = 16 << 20;
+/// Largest WAL record: a payload record holds what one peer frame carries, plus its tag.
+pub const MAX_WAL_RECORD: usize = crate::consensus::wire::MAX_PEER_FRAME + (64 << 10);
 
 /// A storage failure.
 #[derive(Debug, Error)]
@@ -65,6 +67,14 @@ pub enum StoreError {
         /// Why.
         reason: &'static str,
     },
+    /// A WAL record over [`MAX_WAL_RECORD`]: refused before it is written.
+    #[error("WAL record of {len} bytes at height {height} exceeds the cap of {MAX_WAL_RECORD}")]
+    WalOversize {
+        /// The height.
+        height: u64,
+        /// Its length.
+        len: usize,
+    },
     /// A certificate for another entry.
     #[error("certificate is for height {cert_height}, the entry is at height {height}, or hashes differ")]
     CertificateMismatch {
@@ -75,9 +85,21 @@ pub enum StoreError {
     },
 }
 
+/// One stored WAL record: its sequence number within its height and its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalItem {
+    /// Position in the height's WAL (0, 1, 2, … in append order).
+    pub seq: u32,
+    /// The encoded record.
+    pub bytes: Vec<u8>,
+}
+
 /// The log store.
 pub struct Store {
     db: DB,
+    /// The WAL height last appended to and its next sequence number, so an append does not
+    /// re-read the height's records (multi-MB payloads among them).
+    wal_next: std::sync::Mutex<Option<(u64, u32)>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -94,7 +116,7 @@ impl Store {
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let cfs = ALL_CFS.iter().map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
-        Ok(Store { db: DB::open_cf_descriptors(&opts, path, cfs)? })
+        Ok(Store { db: DB::open_cf_descriptors(&opts, path, cfs)?, wal_next: std::sync::Mutex::new(None) })
     }
 
     fn cf(&self, name: &'static str) -> &rocksdb::ColumnFamily {
@@ -192,27 +214,54 @@ impl Store {
 
     /// Appends a consensus WAL record for `height`, synced before returning (a node persists
     /// its vote before sending it).
+    /// Records over [`MAX_WAL_RECORD`] are refused. The next sequence number is kept in
+    /// memory; only the first append to a height looks up the height's last stored key.
     pub fn wal_append(&self, height: u64, record: &[u8]) -> Result<(), StoreError> {
-        let seq = self.wal(height)?.len() as u32;
+        if record.len() > MAX_WAL_RECORD {
+            return Err(StoreError::WalOversize { height, len: record.len() });
+        }
+        let mut next = self.wal_next.lock().expect("wal sequence lock");
+        let seq = match *next {
+            Some((h, seq)) if h == height => seq,
+            _ => self.wal_last_seq(height)?.map_or(0, |s| s + 1),
+        };
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         self.db.put_cf_opt(self.cf(CF_CONSENSUS), wal_key(height, seq), record, &opts)?;
+        *next = Some((height, seq + 1));
         Ok(())
     }
 
-    /// The WAL records of `height`, in append order.
-    pub fn wal(&self, height: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+    /// The sequence number of the last WAL record stored for `height`.
+    fn wal_last_seq(&self, height: u64) -> Result<Option<u32>, StoreError> {
+        let last = wal_key(height, u32::MAX);
+        let mut it = self.db.iterator_cf(self.cf(CF_CONSENSUS), rocksdb::IteratorMode::From(&last, rocksdb::Direction::Reverse));
+        match it.next() {
+            Some(item) => {
+                let (k, _) = item?;
+                Ok(wal_seq(&k, height))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The WAL records of `height`, in append order, each with its sequence number.
+    pub fn wal(&self, height: u64) -> Result<Vec<WalItem>, StoreError> {
         let prefix = wal_key(height, 0)[..12].to_vec();
         let mut out = Vec::new();
         for item in self.db.prefix_iterator_cf(self.cf(CF_CONSENSUS), &prefix) {
             let (k, v) = item?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            out.push(v.to_vec());
+            let Some(seq) = wal_seq(&k, height) else { break };
+            out.push(WalItem { seq, bytes: v.to_vec() });
         }
         Ok(out)
     }
+}
+
+/// The sequence number of `key` if it is a WAL key of `height`.
+fn wal_seq(key: &[u8], height: u64) -> Option<u32> {
+    let rest = key.strip_prefix(&wal_key(height, 0)[..12])?;
+    Some(u32::from_be_bytes(rest.try_into().ok()?))
 }
 
 fn wal_key(height: u64, seq: u32) -> Vec<u8> {
@@ -234,8 +283,8 @@ pub trait Log {
     fn certified(&self, height: u64) -> Result<Option<Certified>, StoreError>;
     /// Appends a WAL record for `height` (durable before returning).
     fn wal_append(&mut self, height: u64, record: &[u8]) -> Result<(), StoreError>;
-    /// The WAL records of `height`.
-    fn wal(&self, height: u64) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// The WAL records of `height`, in append order.
+    fn wal(&self, height: u64) -> Result<Vec<WalItem>, StoreError>;
 }
 
 /// An in-memory [`Log`] with the same extension checks as [`Store`].
@@ -269,12 +318,16 @@ impl Log for MemLog {
     }
 
     fn wal_append(&mut self, height: u64, record: &[u8]) -> Result<(), StoreError> {
+        if record.len() > MAX_WAL_RECORD {
+            return Err(StoreError::WalOversize { height, len: record.len() });
+        }
         self.wal.entry(height).or_default().push(record.to_vec());
         Ok(())
     }
 
-    fn wal(&self, height: u64) -> Result<Vec<Vec<u8>>, StoreError> {
-        Ok(self.wal.get(&height).cloned().unwrap_or_default())
+    fn wal(&self, height: u64) -> Result<Vec<WalItem>, StoreError> {
+        let records = self.wal.get(&height).map(Vec::as_slice).unwrap_or_default();
+        Ok(records.iter().enumerate().map(|(i, b)| WalItem { seq: i as u32, bytes: b.clone() }).collect())
     }
 }
 
@@ -312,7 +365,7 @@ impl<T: std::ops::Deref<Target = Store>> Log for T {
         Store::wal_append(self, height, record)
     }
 
-    fn wal(&self, height: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+    fn wal(&self, height: u64) -> Result<Vec<WalItem>, StoreError> {
         Store::wal(self, height)
     }
 }

@@ -165,3 +165,26 @@ fn a_full_enrollment_batch_makes_the_next_one_due_at_once() {
     // the close at 150, so iteration 1 is next, at its deadline.
     assert_eq!(app.next_due(), Some((250, Due::Iteration(1))));
 }
+
+#[test]
+fn a_genesis_with_out_of_range_market_parameters_is_refused_with_a_typed_error() {
+    use protocol::entry::{chain_id, GridSpec};
+    let cases: [(&str, fn(&mut protocol::entry::Genesis)); 4] = [
+        ("rho", |g| g.market.rho = i64::MAX),
+        ("gamma", |g| g.market.grid = GridSpec::ValleyFilling { gamma: i64::MAX, base_load: vec![0; T] }),
+        ("price[0]", |g| g.market.grid = GridSpec::Tariff { price: vec![i64::MIN; T], feeder_cap: 0 }),
+        ("feeder_cap", |g| g.market.grid = GridSpec::Tariff { price: vec![0; T], feeder_cap: -1 }),
+    ];
+    for (what, f) in cases {
+        let mut w = world();
+        f(&mut w.genesis);
+        w.chain = chain_id(&w.genesis);
+        match MarketApp::new(&genesis_entry(&w), w.keys.clone()) {
+            Err(e @ Reject::Admm(protocol::admm::AdmmError::Params(_))) => {
+                assert!(e.to_string().contains(what), "{e} should name {what}");
+                assert_eq!(e.label(), "market_params");
+            }
+            other => panic!("{what}: {:?}", other.map(|_| ())),
+        }
+    }
+}

@@ -6,10 +6,11 @@
 
 mod cluster;
 
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use cluster::*;
-use protocol::entry::Body;
+use protocol::entry::{Body, Certified};
 use protocol::messages::{DeviceRequest, DeviceResponse};
 
 fn rt() -> tokio::runtime::Runtime {
@@ -201,4 +202,118 @@ fn the_example_node_toml_is_what_init_writes_and_it_loads() {
     assert_eq!(cfg.file.index, 0);
     assert!(cfg.keys.get(&shape).is_some(), "the verifying key the genesis lists is loaded");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A gateway process rides out every validator being killed -9 and restarted once, and one
+/// frozen for a whole iteration: it dials again, submits to all validators at once with a
+/// deadline, follows the log through whichever validator serves it, and its update is in
+/// every iteration entry up to the final one.
+#[test]
+fn a_gateway_keeps_its_updates_in_every_iteration_while_each_validator_restarts() {
+    let iteration_ms = 2500;
+    let c = Cluster::init("gw-faults", 4, 0, 8, iteration_ms, 8);
+    let (gateway, device) = c.gateway("home");
+    c.start_all();
+    let close = match &c.genesis.body {
+        Body::Genesis(g) => g.market.registration_close_ms,
+        _ => unreachable!(),
+    };
+    let log = std::fs::File::create(c.dir.join("gateway.log")).unwrap();
+    let mut gw = Command::new(device_bin())
+        .args(["run", "--timeout-s", "120", "--config"])
+        .arg(&gateway)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let at = |k: u64, ms: u64| {
+        let t = close + k * iteration_ms + ms;
+        let now = protocol::net::now_ms();
+        std::thread::sleep(Duration::from_millis(t.saturating_sub(now)));
+    };
+    // Iterations 1–4: validator k − 1 is killed 300 ms after the deadline and restarted
+    // 1.2 s later. Iteration 5: validator 2 is frozen for a whole window.
+    for k in 1..=4u64 {
+        at(k, 300);
+        c.kill(k as u16 - 1);
+        at(k, 1500);
+        c.start(k as u16 - 1);
+    }
+    at(5, 100);
+    c.signal(2, "-STOP");
+    at(6, 300);
+    c.signal(2, "-CONT");
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = gw.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(90), "the gateway did not finish:\n{}", std::fs::read_to_string(c.dir.join("gateway.log")).unwrap());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let gw_log = std::fs::read_to_string(c.dir.join("gateway.log")).unwrap();
+    assert!(status.success(), "gateway failed ({status}):\n{gw_log}");
+    c.wait_final(Duration::from_secs(30));
+    c.stop_all();
+    c.assert_identical_logs();
+    let entries = c.entries(0);
+    let iterations: Vec<&Certified> = entries.iter().filter(|e| matches!(e.entry.body, Body::Iteration(_))).collect();
+    assert!(iterations.len() >= 6, "the market ran past the faults: {} iterations", iterations.len());
+    for e in &iterations {
+        let Body::Iteration(b) = &e.entry.body else { unreachable!() };
+        let ours = e.updates.iter().any(|u| protocol::ids::hex(&u.body.device.0) == device);
+        assert!(ours, "iteration {} (height {}) lacks the gateway's update:\n{gw_log}", b.iteration, e.entry.height);
+    }
+    assert!(matches!(entries.last().map(|e| &e.entry.body), Some(Body::Final(_))));
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(c.dir.join("home.state.json")).unwrap()).unwrap();
+    assert!(state["final_prices"].is_array(), "the gateway holds the final prices: {state}");
+}
+
+/// `docker stop` and systemd send SIGTERM: a validator and a gateway stop cleanly on it (exit
+/// 0, the log says so), and the validator's database opens again at once.
+#[test]
+fn sigterm_stops_a_validator_and_a_gateway_cleanly() {
+    let c = Cluster::init("sigterm", 4, 1, 60, 1500, 3);
+    let (gateway, _) = c.gateway("term");
+    c.start_all();
+    let mut gw = Command::new(device_bin()).args(["run", "--timeout-s", "120", "--config"]).arg(&gateway).stderr(Stdio::piped()).spawn().unwrap();
+    // Both are up: the validator answers HTTP, the gateway has enrolled (or is trying to).
+    let t0 = Instant::now();
+    while c.status(0).is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "validator 0 did not come up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let term = |pid: u32| assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    term(gw.id());
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = gw.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "the gateway ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(gw.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{status}: {err}");
+    assert!(err.contains("stopped by SIGTERM"), "{err}");
+
+    let pid = c.pid(0);
+    term(pid);
+    let t0 = Instant::now();
+    let status = loop {
+        let s = c.procs.lock().unwrap()[0].as_mut().unwrap().try_wait().unwrap();
+        if let Some(s) = s {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "the validator ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "validator exit {status}: {}", c.log(0));
+    assert!(c.log(0).contains("SIGTERM: stopping"), "{}", c.log(0));
+    // Closed cleanly: the database opens (RocksDB's lock is released) and holds the genesis.
+    let store = verifier_node::store::Store::open(&c.db(0)).unwrap();
+    assert!(store.tip().unwrap().is_some());
 }

@@ -20,6 +20,7 @@ use protocol::sign::{sign, verify, ChainId, Domain, SignatureBytes};
 
 /// A log height.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Height(pub u64);
 
 impl fmt::Display for Height {
@@ -47,6 +48,7 @@ impl mc::Height for Height {
 
 /// A validator's address: its index in the genesis validator list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Address(pub u16);
 
 impl fmt::Display for Address {
@@ -60,6 +62,7 @@ impl mc::Address for Address {}
 /// The value consensus decides: the hash of the proposed entry (the entry itself travels
 /// beside the proposal, see `node`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct EntryHash(pub Hash);
 
 impl fmt::Display for EntryHash {
@@ -116,6 +119,7 @@ pub struct Vote {
 
 /// The canonical wire form of a proposal or vote (rounds as i64, nil = −1).
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum WireMsg {
     /// A proposal.
     Proposal {
@@ -148,8 +152,8 @@ pub enum WireMsg {
 /// Why a wire message does not decode into a consensus message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
-    /// A round below −1 or above u32.
-    #[error("round {0} out of range")]
+    /// A round below −1 or above [`MAX_ROUND`].
+    #[error("round {0} out of range -1..={MAX_ROUND}")]
     Round(i64),
     /// A vote type other than 0 or 1.
     #[error("vote type {0} unknown")]
@@ -159,8 +163,15 @@ pub enum WireError {
     NilRound,
 }
 
-fn round_from(r: i64) -> Result<Round, WireError> {
-    if r < -1 || r > u32::MAX as i64 {
+/// The highest round a node takes from a peer or its WAL. Malachite's `Round::from` asserts
+/// `round <= u32::MAX` and `Round::increment` adds one to a `u32`, so a round near `u32::MAX`
+/// would panic the node; with timeouts growing per round (capped at `max_timeout`), 65,536
+/// rounds of one height last far longer than a market day.
+pub const MAX_ROUND: i64 = 1 << 16;
+
+/// A round from the wire: −1 (nil) to [`MAX_ROUND`].
+pub fn round_from(r: i64) -> Result<Round, WireError> {
+    if !(-1..=MAX_ROUND).contains(&r) {
         return Err(WireError::Round(r));
     }
     Ok(Round::from(r))

@@ -5,7 +5,7 @@ use borsh::{BorshDeserialize, BorshSerialize};
 use protocol::entry::{Certified, Entry};
 use protocol::messages::SignedUpdate;
 
-use super::context::WireMsg;
+use super::context::{round_from, WireError, WireMsg, MAX_ROUND};
 
 /// Largest peer frame: an iteration entry for 100,000 devices with its update bodies is far
 /// beyond it; at T = 96 one update body is ≈ 700 bytes, so this carries ≈ 20,000 updates.
@@ -16,6 +16,7 @@ pub const MAX_SYNC_BATCH: usize = 64;
 
 /// A message between validators.
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum PeerMsg {
     /// A signed proposal or vote.
     Consensus {
@@ -75,9 +76,178 @@ impl PeerMsg {
     }
 }
 
+/// Why a peer message (or WAL record) was refused before any of it was used. Each variant has
+/// a metrics label ([`PeerReject::label`]), counted in the node's rejects.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerReject {
+    /// The sender is no validator of the set, or is this node.
+    #[error("sender index {from} is not another validator of the {validators}")]
+    Sender {
+        /// The sender's index.
+        from: u16,
+        /// The set's size.
+        validators: usize,
+    },
+    /// A proposal or vote that does not decode (round, vote type).
+    #[error("{0}")]
+    Wire(#[from] WireError),
+    /// A proposal or vote naming a validator index outside the set.
+    #[error("{what} index {index} is outside the set of {validators}")]
+    Index {
+        /// "proposer" or "voter".
+        what: &'static str,
+        /// The index.
+        index: u16,
+        /// The set's size.
+        validators: usize,
+    },
+    /// More votes in one message than a polka or round certificate holds.
+    #[error("{count} votes in one message, at most {max}")]
+    TooManyVotes {
+        /// Votes sent.
+        count: usize,
+        /// 2 × the set.
+        max: usize,
+    },
+    /// A payload's round outside 0..=MAX_ROUND.
+    #[error("payload round {0} outside 0..={MAX_ROUND}")]
+    PayloadRound(i64),
+    /// A payload's proof-of-lock round outside −1..round.
+    #[error("payload valid round {valid_round} outside -1..{round}")]
+    PayloadValidRound {
+        /// The payload's round.
+        round: i64,
+        /// Its valid round.
+        valid_round: i64,
+    },
+    /// A payload that names another proposer than its sender (only proposers send payloads).
+    #[error("payload names proposer {proposer} but came from validator {from}")]
+    PayloadProposer {
+        /// Named proposer.
+        proposer: u16,
+        /// Sender.
+        from: u16,
+    },
+    /// A payload for a height beyond the next two.
+    #[error("payload for height {height}, this node takes {next} and {}", next + 1)]
+    PayloadHeight {
+        /// The entry's height.
+        height: u64,
+        /// The next height to decide.
+        next: u64,
+    },
+    /// A proposer's payloads or announcements are at their bound; a new one is dropped.
+    #[error("validator {proposer} already has {held} {what} held, at most {max}")]
+    Quota {
+        /// The proposer.
+        proposer: u16,
+        /// "payloads" or "announcements".
+        what: &'static str,
+        /// How many are held.
+        held: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// A sync request from height 0 (genesis is configured, never synced).
+    #[error("sync request from height 0")]
+    SyncFromGenesis,
+    /// A sync response with more than [`MAX_SYNC_BATCH`] entries or heights not consecutive.
+    #[error("sync response of {count} entries (at most {MAX_SYNC_BATCH}, consecutive ascending heights)")]
+    SyncBatch {
+        /// Entries sent.
+        count: usize,
+    },
+    /// A WAL timeout record of an unknown kind.
+    #[error("timeout kind {0} unknown")]
+    TimeoutKind(u8),
+}
+
+impl PeerReject {
+    /// A short stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            PeerReject::Sender { .. } => "peer_sender",
+            PeerReject::Wire(WireError::Round(_)) => "peer_round",
+            PeerReject::Wire(_) => "bad_peer_message",
+            PeerReject::Index { .. } => "peer_index",
+            PeerReject::TooManyVotes { .. } => "peer_too_many_votes",
+            PeerReject::PayloadRound(_) | PeerReject::PayloadValidRound { .. } => "payload_round",
+            PeerReject::PayloadProposer { .. } => "payload_proposer",
+            PeerReject::PayloadHeight { .. } => "payload_height",
+            PeerReject::Quota { .. } => "payload_overflow",
+            PeerReject::SyncFromGenesis | PeerReject::SyncBatch { .. } => "sync_malformed",
+            PeerReject::TimeoutKind(_) => "wal_timeout_kind",
+        }
+    }
+}
+
+fn check_index(what: &'static str, index: u16, validators: usize) -> Result<(), PeerReject> {
+    if index as usize >= validators {
+        return Err(PeerReject::Index { what, index, validators });
+    }
+    Ok(())
+}
+
+impl WireMsg {
+    /// Checks every field against a set of `validators`: rounds, vote type, indices.
+    pub fn check(&self, validators: usize) -> Result<(), PeerReject> {
+        self.decode()?;
+        match *self {
+            WireMsg::Proposal { proposer, .. } => check_index("proposer", proposer, validators),
+            WireMsg::Vote { validator, .. } => check_index("voter", validator, validators),
+        }
+    }
+}
+
+/// Checks a payload's round, valid round and proposer (its sender).
+fn check_payload(round: i64, valid_round: i64, proposer: u16, from: u16) -> Result<(), PeerReject> {
+    if !(0..=MAX_ROUND).contains(&round) {
+        return Err(PeerReject::PayloadRound(round));
+    }
+    if !(-1..round).contains(&valid_round) {
+        return Err(PeerReject::PayloadValidRound { round, valid_round });
+    }
+    if proposer != from {
+        return Err(PeerReject::PayloadProposer { proposer, from });
+    }
+    Ok(())
+}
+
+impl PeerMsg {
+    /// Checks every field that does not depend on the node's state, for a message from
+    /// validator `from` to validator `me` of a set of `validators`: the sender, every round and
+    /// index, the payload's proposer (its sender), the sizes of vote and sync batches.
+    pub fn check(&self, from: u16, me: u16, validators: usize) -> Result<(), PeerReject> {
+        if from as usize >= validators || from == me {
+            return Err(PeerReject::Sender { from, validators });
+        }
+        match self {
+            PeerMsg::Consensus { msg, .. } => msg.check(validators),
+            PeerMsg::Votes { votes } => {
+                if votes.len() > 2 * validators {
+                    return Err(PeerReject::TooManyVotes { count: votes.len(), max: 2 * validators });
+                }
+                votes.iter().try_for_each(|(v, _)| v.check(validators))
+            }
+            PeerMsg::Payload { round, valid_round, proposer, .. } => check_payload(*round, *valid_round, *proposer, from),
+            PeerMsg::Status { .. } => Ok(()),
+            PeerMsg::SyncRequest { from: 0 } => Err(PeerReject::SyncFromGenesis),
+            PeerMsg::SyncRequest { .. } => Ok(()),
+            PeerMsg::SyncResponse { entries } => {
+                let consecutive = entries.windows(2).all(|w| w[0].entry.height.checked_add(1) == Some(w[1].entry.height));
+                if entries.len() > MAX_SYNC_BATCH || !consecutive {
+                    return Err(PeerReject::SyncBatch { count: entries.len() });
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// One record of the consensus WAL: the inputs that change what this node may sign, and the
 /// payloads it needs to decide after a restart.
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum WalRecord {
     /// A signed proposal or vote (ours or a peer's).
     Consensus {
@@ -122,4 +292,28 @@ pub enum WalRecord {
         /// Its update bodies.
         updates: Vec<SignedUpdate>,
     },
+}
+
+impl WalRecord {
+    /// Checks every round, index and kind against a set of `validators`, as for a peer's
+    /// message: a record that fails is a corrupt WAL, never fed to the core.
+    pub fn check(&self, validators: usize) -> Result<(), PeerReject> {
+        match self {
+            WalRecord::Consensus { msg, .. } => msg.check(validators),
+            WalRecord::ProposedValue { round, valid_round, proposer, .. } => {
+                round_from(*round)?;
+                round_from(*valid_round)?;
+                check_index("proposer", *proposer, validators)
+            }
+            WalRecord::Timeout { kind, round } => {
+                round_from(*round)?;
+                if *kind > 3 {
+                    return Err(PeerReject::TimeoutKind(*kind));
+                }
+                Ok(())
+            }
+            WalRecord::Proposed { round, .. } => round_from(*round).map(|_| ()).map_err(PeerReject::from),
+            WalRecord::Payload { .. } => Ok(()),
+        }
+    }
 }

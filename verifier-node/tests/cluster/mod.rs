@@ -324,3 +324,38 @@ pub async fn run_devices(cluster: &Cluster, devices: &[Device], follow: u16, wit
 pub fn scratch(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The `device` binary of this workspace (built beside `verifier-node` by a workspace test run).
+pub fn device_bin() -> PathBuf {
+    let p = Path::new(BIN).with_file_name(format!("device{}", std::env::consts::EXE_SUFFIX));
+    assert!(p.exists(), "{} is missing: run the tests with --workspace so the gateway binary is built", p.display());
+    p
+}
+
+impl Cluster {
+    /// A home gateway of one EV for this cluster's market: its proving key next to the
+    /// verifying key, `gateway.toml` naming every validator, and `device init` run on it.
+    /// Returns the configuration and the EV's device id (hex).
+    pub fn gateway(&self, name: &str) -> (PathBuf, String) {
+        std::fs::write(self.dir.join(format!("keys/deferrable-{T}.pk")), self.pk.to_bytes()).unwrap();
+        let validators: String = (0..self.n).map(|i| format!("[[validators]]\nindex = {i}\naddr = \"{}\"\n\n", self.quic(i))).collect();
+        let text = format!(
+            "key_file = \"{name}.key\"\nstate_file = \"{name}.state.json\"\ngenesis_file = \"cluster/genesis.bin\"\nkeys_dir = \"keys\"\n\n{validators}\
+             [[appliances]]\nname = \"ev\"\n[appliances.spec]\nmodel = \"deferrable\"\nmax_power_kw = 3.0\nenergy_min_kwh = 1.0\nenergy_max_kwh = 2.0\n"
+        );
+        let path = self.dir.join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(device_bin()).args(["init", "--config"]).arg(&path).output().unwrap();
+        assert!(out.status.success(), "device init: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let id = stdout.split_whitespace().skip_while(|w| *w != "device").nth(1).expect("device id printed").to_string();
+        (path, id)
+    }
+
+    /// Every entry of validator `i`'s database (stopped).
+    pub fn entries(&self, i: u16) -> Vec<Certified> {
+        let store = verifier_node::store::Store::open(&self.db(i)).unwrap();
+        let (tip, _) = store.tip().unwrap().unwrap();
+        (0..=tip).map(|h| store.certified(h).unwrap().unwrap()).collect()
+    }
+}

@@ -38,14 +38,22 @@ use rand_chacha::ChaCha20Rng;
 use tracing::{debug, info, warn};
 
 use super::context::{Address, Decoded, EntryHash, GridContext, Height, PublicKey, Signature, ValidatorSet, WireMsg};
-use super::wire::{PeerMsg, WalRecord, MAX_SYNC_BATCH};
+use super::wire::{PeerMsg, PeerReject, WalRecord, MAX_SYNC_BATCH};
 use crate::app::{body_kind, MarketApp, Reject};
-use crate::store::{Log, StoreError};
+use crate::store::{Log, StoreError, MAX_WAL_RECORD};
+
+mod effects;
+mod peer;
+mod wal;
 
 /// Most pooled enrollments (registration).
 pub const MAX_POOLED_ENROLLMENTS: usize = protocol::clock::MAX_ENROLLED;
 /// Most payloads held (current and next heights, all rounds).
 pub const MAX_PAYLOADS: usize = 32;
+/// Most payloads held from one proposer (a Byzantine peer cannot fill [`MAX_PAYLOADS`] alone).
+pub const MAX_PAYLOADS_PER_PROPOSER: usize = 4;
+/// Most payload announcements (height, round, hash, valid round) held from one proposer.
+pub const MAX_ANNOUNCED_PER_PROPOSER: usize = 64;
 /// How often a node announces its tip.
 pub const STATUS_INTERVAL_MS: u64 = 500;
 /// How long pooled updates wait before a batch verification (they arrive in bursts).
@@ -134,6 +142,16 @@ pub enum NodeError {
     /// The genesis or a stored entry is unusable.
     #[error("{0}")]
     Corrupt(String),
+    /// A WAL record that does not decode or holds out-of-range fields.
+    #[error("WAL record {seq} of height {height} is corrupt: {reason}")]
+    Wal {
+        /// The height.
+        height: u64,
+        /// Its sequence number.
+        seq: u32,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// Counters the host exports as metrics.
@@ -157,6 +175,22 @@ pub struct Stats {
     pub invalid_payloads: u64,
 }
 
+/// What a node holds from outside, by kind: each is bounded ([`MAX_PAYLOADS`], the validator
+/// set × [`MAX_ANNOUNCED_PER_PROPOSER`], the enrolled set, [`MAX_POOLED_ENROLLMENTS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// Payloads (entries with their update bodies).
+    pub payloads: usize,
+    /// Payload announcements.
+    pub announced: usize,
+    /// Pooled updates (one per enrolled device at most).
+    pub pooled_updates: usize,
+    /// Of those, awaiting batch verification.
+    pub unverified: usize,
+    /// Pooled enrollments.
+    pub pooled_enrollments: usize,
+}
+
 /// One validator.
 pub struct Node<L: Log> {
     ctx: GridContext,
@@ -169,10 +203,11 @@ pub struct Node<L: Log> {
     /// The height consensus runs, and when its entry was due.
     running: Option<(u64, u64)>,
     timers: BTreeMap<TimeoutKey, (Timeout, u64)>,
-    /// Payloads by hash: (entry, updates, validity once checked).
-    payloads: BTreeMap<EntryHash, (Entry, Vec<SignedUpdate>, Option<bool>)>,
-    /// (height, round, hash, valid_round, proposer) announced by payloads, fed once started.
-    announced: BTreeSet<(u64, i64, EntryHash, i64, u16)>,
+    /// Payloads by hash.
+    payloads: BTreeMap<EntryHash, HeldPayload>,
+    /// Announced by payloads, fed to the core once their height runs; at most
+    /// [`MAX_ANNOUNCED_PER_PROPOSER`] per proposer.
+    announced: BTreeSet<Announcement>,
     get_value: Option<Round>,
     /// What this node proposed at (height, round), from memory or the WAL.
     own_proposals: BTreeMap<(u64, i64), EntryHash>,
@@ -193,6 +228,28 @@ pub struct Node<L: Log> {
     fatal: Option<String>,
     /// The alternative entry of an equivocating proposer, by round.
     twin: Option<(i64, Entry, Vec<SignedUpdate>)>,
+}
+
+/// An entry proposed (by a peer's payload, or by this node) and what is known of it.
+#[derive(Debug, Clone)]
+struct HeldPayload {
+    entry: Entry,
+    updates: Vec<SignedUpdate>,
+    /// Whether it validated, once checked.
+    validity: Option<bool>,
+    /// Who proposed it (the sender of its payload; this node for its own).
+    proposer: u16,
+}
+
+/// A payload's claim: `hash` is proposed at `height` in `round` by `proposer`, with proof-of-lock
+/// round `valid_round` (−1 if none). Rounds are within `0..=MAX_ROUND` (checked at the door).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Announcement {
+    height: u64,
+    round: i64,
+    hash: EntryHash,
+    valid_round: i64,
+    proposer: u16,
 }
 
 /// `Timeout` has no `Ord`; this orders it.
@@ -285,6 +342,11 @@ impl<L: Log> Node<L> {
             node.app.apply(&c.entry, &c.updates).map_err(|e| NodeError::Corrupt(format!("stored entry {h}: {e}")))?;
         }
         node.state = Some(node.new_state());
+        // A restarted node asks its peers for what it missed at once, instead of waiting for
+        // a status announcement or the next height's votes.
+        if tip > 0 {
+            node.request_sync(None);
+        }
         Ok(node)
     }
 
@@ -312,6 +374,17 @@ impl<L: Log> Node<L> {
     /// Updates pooled for the open iteration, and how many of them await batch verification.
     pub fn pool_sizes(&self) -> (usize, usize) {
         (self.pool_updates.len(), self.unverified.len())
+    }
+
+    /// How much the node holds from its peers and devices (each count has a bound).
+    pub fn held(&self) -> Held {
+        Held {
+            payloads: self.payloads.len(),
+            announced: self.announced.len(),
+            pooled_updates: self.pool_updates.len(),
+            unverified: self.unverified.len(),
+            pooled_enrollments: self.pool_enrollments.len(),
+        }
     }
 
     /// This validator's index.
@@ -369,8 +442,14 @@ impl<L: Log> Node<L> {
         *self.stats.rejects.entry(r.label()).or_default() += 1;
     }
 
+    /// The outputs to carry out. After a fatal error only commits (already durable) leave:
+    /// a vote or proposal whose WAL record failed to persist is never sent.
     fn drain(&mut self) -> Vec<Output> {
-        std::mem::take(&mut self.out)
+        let mut out = std::mem::take(&mut self.out);
+        if self.fatal.is_some() {
+            out.retain(|o| matches!(o, Output::Committed(_)));
+        }
+        out
     }
 
     /// Advances the node's clock to `now`: starts a due height, fires expired timers,
@@ -410,20 +489,20 @@ impl<L: Log> Node<L> {
         self.running = Some((h, due));
         self.get_value = None;
         self.twin = None;
-        self.payloads.retain(|_, (e, _, _)| e.height >= h);
-        self.announced.retain(|a| a.0 >= h);
-        let wal = match self.log.wal(h) {
-            Ok(w) => w,
-            Err(e) => return self.fail(format!("reading the WAL: {e}")),
+        self.payloads.retain(|_, p| p.entry.height >= h);
+        self.announced.retain(|a| a.height >= h);
+        let records = match self.read_wal(h) {
+            Ok(r) => r,
+            Err(e) => return self.fail(e.to_string()),
         };
-        let records: Vec<WalRecord> = wal.iter().filter_map(|b| protocol::codec::decode("wal record", b, usize::MAX).ok()).collect();
         info!(validator = self.cfg.index, height = h, wal = records.len(), "starting height");
         let restart = !records.is_empty();
         self.own_proposals.retain(|k, _| k.0 >= h);
         for r in &records {
             match r {
                 WalRecord::Payload { entry, updates } => {
-                    self.payloads.insert(EntryHash(entry.hash()), (entry.clone(), updates.clone(), None));
+                    let held = HeldPayload { entry: entry.clone(), updates: updates.clone(), validity: None, proposer: self.cfg.index };
+                    self.payloads.insert(EntryHash(entry.hash()), held);
                 }
                 WalRecord::Proposed { round, value } => {
                     self.own_proposals.insert((h, *round), EntryHash(*value));
@@ -451,59 +530,9 @@ impl<L: Log> Node<L> {
             }
         }
         // Payloads that arrived before the height started.
-        let pending: Vec<_> = self.announced.iter().filter(|a| a.0 == h).copied().collect();
-        for (_, round, hash, valid_round, proposer) in pending {
-            self.feed_payload(round, hash, valid_round, proposer);
-        }
-    }
-
-    fn wal_input(&self, r: &WalRecord) -> Option<Input<GridContext>> {
-        match r {
-            WalRecord::Consensus { msg, signature } => match msg.decode().ok()? {
-                Decoded::Vote(v) => Some(Input::Vote(SignedMessage::new(v, Signature(*signature)))),
-                Decoded::Proposal(p) => Some(Input::Proposal(SignedMessage::new(p, Signature(*signature)))),
-            },
-            WalRecord::ProposedValue { round, valid_round, proposer, value, valid } => Some(Input::ProposedValue(
-                ProposedValue {
-                    height: Height(self.app.tip().height + 1),
-                    round: Round::from(*round),
-                    valid_round: Round::from(*valid_round),
-                    proposer: Address(*proposer),
-                    value: EntryHash(*value),
-                    validity: if *valid { Validity::Valid } else { Validity::Invalid },
-                },
-                ValueOrigin::Consensus,
-            )),
-            WalRecord::Timeout { kind, round } => timeout_from(*kind, *round).map(Input::TimeoutElapsed),
-            WalRecord::Payload { .. } | WalRecord::Proposed { .. } => None,
-        }
-    }
-
-    fn wal_record(input: &Input<GridContext>) -> Option<WalRecord> {
-        match input {
-            Input::Vote(v) => Some(WalRecord::Consensus { msg: v.message.to_wire(), signature: v.signature.0 }),
-            Input::Proposal(p) => Some(WalRecord::Consensus { msg: p.message.to_wire(), signature: p.signature.0 }),
-            Input::ProposedValue(pv, _) => Some(WalRecord::ProposedValue {
-                round: pv.round.as_i64(),
-                valid_round: pv.valid_round.as_i64(),
-                proposer: pv.proposer.0,
-                value: pv.value.0,
-                valid: pv.validity.is_valid(),
-            }),
-            Input::TimeoutElapsed(t) => match timeout_key(t) {
-                TimeoutKey(k, r) if k < 4 => Some(WalRecord::Timeout { kind: k, round: r }),
-                _ => None,
-            },
-            _ => None,
-        }
-    }
-
-    fn wal_append(&mut self, height: u64, record: &WalRecord) {
-        if self.replaying {
-            return;
-        }
-        if let Err(e) = self.log.wal_append(height, &protocol::codec::encode(record)) {
-            self.fail(format!("writing the WAL: {e}"));
+        let pending: Vec<Announcement> = self.announced.iter().filter(|a| a.height == h).copied().collect();
+        for a in pending {
+            self.feed_payload(a);
         }
     }
 
@@ -536,196 +565,13 @@ impl<L: Log> Node<L> {
         }
     }
 
-    fn on_effect(&mut self, effect: Effect<GridContext>) -> Result<Resume<GridContext>, std::convert::Infallible> {
-        Ok(match effect {
-            Effect::CancelAllTimeouts(r) => {
-                self.timers.clear();
-                r.resume_with(())
-            }
-            Effect::CancelTimeout(t, r) => {
-                self.timers.remove(&timeout_key(&t));
-                r.resume_with(())
-            }
-            Effect::ScheduleTimeout(t, r) => {
-                let mut d = self.cfg.timeouts.duration_for(t).as_millis() as u64;
-                if t.kind == TimeoutKind::Propose {
-                    d += self.app.enrolled().len() as u64 * PROPOSE_US_PER_DEVICE / 1000;
-                }
-                self.timers.insert(timeout_key(&t), (t, self.now + d));
-                r.resume_with(())
-            }
-            Effect::StartRound(h, round, proposer, _role, r) => {
-                debug!(validator = self.cfg.index, height = h.0, %round, %proposer, "round");
-                if round.as_i64() > 0 && !self.replaying {
-                    self.stats.extra_rounds += 1;
-                }
-                self.get_value = None;
-                r.resume_with(())
-            }
-            Effect::PublishConsensusMsg(msg, r) => {
-                if !self.replaying {
-                    self.publish(&msg);
-                }
-                r.resume_with(())
-            }
-            Effect::PublishLivenessMsg(LivenessMsg::Vote(v), r) | Effect::RepublishVote(v, r) => {
-                if !self.replaying {
-                    self.out.push(Output::Broadcast(PeerMsg::Consensus { msg: v.message.to_wire(), signature: v.signature.0 }));
-                }
-                r.resume_with(())
-            }
-            // Polka and round certificates travel as the signed votes they are made of; the
-            // receiver's core rebuilds them (and checks every signature) vote by vote.
-            Effect::PublishLivenessMsg(LivenessMsg::PolkaCertificate(c), r) => {
-                let votes = c
-                    .polka_signatures
-                    .iter()
-                    .map(|s| {
-                        let v = WireMsg::Vote { typ: 0, height: c.height.0, round: c.round.as_i64(), value: Some(c.value_id.0), validator: s.address.0 };
-                        (v, s.signature.0)
-                    })
-                    .collect();
-                if !self.replaying {
-                    self.out.push(Output::Broadcast(PeerMsg::Votes { votes }));
-                }
-                r.resume_with(())
-            }
-            Effect::PublishLivenessMsg(LivenessMsg::SkipRoundCertificate(c), r) | Effect::RepublishRoundCertificate(c, r) => {
-                let votes = c
-                    .round_signatures
-                    .iter()
-                    .map(|s| {
-                        let typ = match s.vote_type {
-                            malachitebft_core_types::VoteType::Prevote => 0,
-                            malachitebft_core_types::VoteType::Precommit => 1,
-                        };
-                        let value = match s.value_id {
-                            malachitebft_core_types::NilOrVal::Nil => None,
-                            malachitebft_core_types::NilOrVal::Val(v) => Some(v.0),
-                        };
-                        (WireMsg::Vote { typ, height: c.height.0, round: c.round.as_i64(), value, validator: s.address.0 }, s.signature.0)
-                    })
-                    .collect();
-                if !self.replaying {
-                    self.out.push(Output::Broadcast(PeerMsg::Votes { votes }));
-                }
-                r.resume_with(())
-            }
-            Effect::GetValue(_h, round, _timeout, r) => {
-                // Built after this input is processed (the core is busy now).
-                self.get_value = Some(round);
-                r.resume_with(())
-            }
-            Effect::RestreamProposal(_h, round, valid_round, _addr, value, r) => {
-                debug!(validator = self.cfg.index, %round, %valid_round, held = self.payloads.contains_key(&value), "restreaming {value}");
-                if let Some((entry, updates, _)) = self.payloads.get(&value) {
-                    self.out.push(Output::Broadcast(PeerMsg::Payload {
-                        round: round.as_i64(),
-                        valid_round: valid_round.as_i64(),
-                        proposer: self.cfg.index,
-                        entry: entry.clone(),
-                        updates: updates.clone(),
-                    }));
-                }
-                r.resume_with(())
-            }
-            Effect::CertVerifiedSyncValue(_, _, r) => r.resume_with(()),
-            Effect::CertRejectedSyncValue(_, _, _, r) => r.resume_with(()),
-            Effect::Decide(cert, _ext, r) => {
-                self.on_decide(&cert);
-                r.resume_with(())
-            }
-            Effect::Finalize(_, _, _, r) => r.resume_with(()),
-            Effect::SignVote(vote, r) => {
-                let sig = self.ctx.sign(&self.key, &vote.to_wire());
-                r.resume_with(SignedMessage::new(vote, sig))
-            }
-            Effect::SignProposal(p, r) => {
-                let sig = self.ctx.sign(&self.key, &p.to_wire());
-                r.resume_with(SignedMessage::new(p, sig))
-            }
-            Effect::VerifySignature(msg, pk, r) => {
-                let wire = match &msg.message {
-                    malachitebft_core_consensus::ConsensusMsg::Vote(v) => v.to_wire(),
-                    malachitebft_core_consensus::ConsensusMsg::Proposal(p) => p.to_wire(),
-                };
-                r.resume_with(self.ctx.verify(&pk, &wire, &msg.signature))
-            }
-            Effect::VerifyCommitCertificate(cert, set, _th, r) => r.resume_with(self.verify_mc_cert(&cert, &set)),
-            // We never feed synced values, polka or round certificates to the core (catch-up is
-            // ours, see `on_sync_response`), so these are refused.
-            Effect::VerifyExtendedCommitCertificate(_, _, _, _, r) => r.resume_with(Err(self.not_accepted())),
-            Effect::VerifyPolkaCertificate(_, _, _, r) => r.resume_with(Err(self.not_accepted())),
-            Effect::VerifyRoundCertificate(_, _, _, r) => r.resume_with(Err(self.not_accepted())),
-            Effect::WalAppend(h, input, r) => {
-                if let Some(rec) = Self::wal_record(&input) {
-                    self.wal_append(h.0, &rec);
-                }
-                r.resume_with(())
-            }
-            Effect::ExtendVote(_, _, _, _, r) => r.resume_with(None),
-            Effect::VerifyVoteExtension(_, _, _, _, _, _, r) => r.resume_with(Ok(())),
-        })
-    }
-
-    fn not_accepted(&self) -> CertificateError<GridContext> {
-        CertificateError::NotEnoughVotingPower { signed: 0, total: self.validators.0.len() as u64, expected: 1 }
-    }
-
-    fn verify_mc_cert(&self, cert: &McCert<GridContext>, set: &ValidatorSet) -> Result<(), CertificateError<GridContext>> {
-        let mut signers = BTreeSet::new();
-        for s in &cert.commit_signatures {
-            let Some(v) = set.0.get(s.address.0 as usize) else { return Err(CertificateError::UnknownValidator(s.address)) };
-            let wire = WireMsg::Vote { typ: 1, height: cert.height.0, round: cert.round.as_i64(), value: Some(cert.value_id.0), validator: s.address.0 };
-            if !self.ctx.verify(&v.key, &wire, &s.signature) {
-                return Err(CertificateError::InvalidCommitSignature(s.clone()));
-            }
-            signers.insert(s.address);
-        }
-        let n = set.0.len() as u64;
-        let signed = signers.len() as u64;
-        if signed * 3 <= n * 2 {
-            return Err(CertificateError::NotEnoughVotingPower { signed, total: n, expected: n * 2 / 3 + 1 });
-        }
-        Ok(())
-    }
-
-    fn publish(&mut self, msg: &SignedConsensusMsg<GridContext>) {
-        let (wire, signature) = signed_to_wire(msg);
-        if let (Some(Byzantine::Equivocate), SignedConsensusMsg::Proposal(p), Some((round, twin, twin_updates))) = (self.cfg.byzantine, msg, self.twin.clone())
-        {
-            if p.message.round.as_i64() == round {
-                // Half the peers get the twin entry and a signed proposal for it.
-                let mut alt = p.message.clone();
-                alt.value = EntryHash(twin.hash());
-                let alt_sig = self.ctx.sign(&self.key, &alt.to_wire());
-                for to in 0..self.validators.0.len() as u16 {
-                    if to == self.cfg.index {
-                        continue;
-                    }
-                    if to % 2 == 0 {
-                        self.out.push(Output::Send {
-                            to,
-                            msg: PeerMsg::Payload { round, valid_round: -1, proposer: self.cfg.index, entry: twin.clone(), updates: twin_updates.clone() },
-                        });
-                        self.out.push(Output::Send { to, msg: PeerMsg::Consensus { msg: alt.to_wire(), signature: alt_sig.0 } });
-                    } else {
-                        self.out.push(Output::Send { to, msg: PeerMsg::Consensus { msg: wire.clone(), signature } });
-                    }
-                }
-                return;
-            }
-        }
-        self.out.push(Output::Broadcast(PeerMsg::Consensus { msg: wire, signature }));
-    }
-
     /// As the round's proposer: builds the due entry and proposes its hash.
     fn propose(&mut self) {
         let Some(round) = self.get_value else { return };
         let Some((h, _)) = self.running else { return };
         if let Some(hash) = self.own_proposals.get(&(h, round.as_i64())).copied() {
             // Proposed before a restart: the same entry again, never a second one.
-            if let Some((entry, updates, _)) = self.payloads.get(&hash).cloned() {
+            if let Some(HeldPayload { entry, updates, .. }) = self.payloads.get(&hash).cloned() {
                 info!(validator = self.cfg.index, height = h, %round, "re-proposing {hash} after a restart");
                 self.out.push(Output::Broadcast(PeerMsg::Payload { round: round.as_i64(), valid_round: -1, proposer: self.cfg.index, entry, updates }));
                 self.get_value = None;
@@ -770,7 +616,8 @@ impl<L: Log> Node<L> {
             (Some(Byzantine::Equivocate), _) => {
                 let mut twin = entry.clone();
                 twin.timestamp_ms += 1;
-                self.payloads.insert(EntryHash(twin.hash()), (twin.clone(), included.clone(), Some(true)));
+                let held = HeldPayload { entry: twin.clone(), updates: included.clone(), validity: Some(true), proposer: self.cfg.index };
+                self.payloads.insert(EntryHash(twin.hash()), held);
                 self.twin = Some((round.as_i64(), twin, included.clone()));
             }
             _ => {}
@@ -780,7 +627,7 @@ impl<L: Log> Node<L> {
         self.wal_append(h, &WalRecord::Payload { entry: entry.clone(), updates: included.clone() });
         self.wal_append(h, &WalRecord::Proposed { round: round.as_i64(), value: hash.0 });
         self.own_proposals.insert((h, round.as_i64()), hash);
-        self.payloads.insert(hash, (entry.clone(), included.clone(), Some(true)));
+        self.payloads.insert(hash, HeldPayload { entry: entry.clone(), updates: included.clone(), validity: Some(true), proposer: self.cfg.index });
         if self.twin.is_none() {
             self.out.push(Output::Broadcast(PeerMsg::Payload { round: round.as_i64(), valid_round: -1, proposer: self.cfg.index, entry, updates: included }));
         } else {
@@ -798,7 +645,7 @@ impl<L: Log> Node<L> {
 
     fn on_decide(&mut self, cert: &McCert<GridContext>) {
         let h = cert.height.0;
-        let Some((entry, updates, _)) = self.payloads.get(&cert.value_id).cloned() else {
+        let Some(HeldPayload { entry, updates, .. }) = self.payloads.get(&cert.value_id).cloned() else {
             warn!(validator = self.cfg.index, height = h, "decided {} without its payload; syncing", cert.value_id);
             self.request_sync(None);
             return;
@@ -855,7 +702,7 @@ impl<L: Log> Node<L> {
         self.running = None;
         self.timers.clear();
         self.get_value = None;
-        self.payloads.retain(|_, (e, _, _)| e.height > c.entry.height);
+        self.payloads.retain(|_, p| p.entry.height > c.entry.height);
         self.out.push(Output::Committed(Arc::new(c.clone())));
         Ok(())
     }
@@ -904,197 +751,6 @@ impl<L: Log> Node<L> {
         self.unverified.push((u.clone(), proof));
         self.pool_updates.insert(u.body.device, u);
         Ok(())
-    }
-
-    /// A message from validator `from`, arriving at `now`.
-    pub fn on_peer(&mut self, now: u64, from: u16, msg: PeerMsg) -> Vec<Output> {
-        self.now = self.now.max(now);
-        if self.fatal.is_some() || from as usize >= self.validators.0.len() || from == self.cfg.index {
-            return vec![];
-        }
-        match msg {
-            PeerMsg::Consensus { msg, signature } => self.on_consensus(from, msg, signature),
-            PeerMsg::Votes { votes } => {
-                for (msg, signature) in votes.into_iter().take(2 * self.validators.0.len()) {
-                    self.on_consensus(from, msg, signature);
-                }
-            }
-            PeerMsg::Payload { round, valid_round, proposer, entry, updates } => self.on_payload(round, valid_round, proposer, entry, updates),
-            PeerMsg::Status { tip } => {
-                // The peer decided the height this node is still working on (or more).
-                if tip > self.app.tip().height {
-                    self.request_sync(Some(from));
-                }
-            }
-            PeerMsg::SyncRequest { from: first } => self.on_sync_request(from, first),
-            PeerMsg::SyncResponse { entries } => self.on_sync_response(entries),
-        }
-        self.drain()
-    }
-
-    fn on_consensus(&mut self, from: u16, msg: WireMsg, signature: [u8; 64]) {
-        let decoded = match msg.decode() {
-            Ok(d) => d,
-            Err(e) => {
-                debug!(validator = self.cfg.index, from, "bad consensus message: {e}");
-                *self.stats.rejects.entry("bad_peer_message").or_default() += 1;
-                return;
-            }
-        };
-        let height = match &decoded {
-            Decoded::Vote(v) => v.height.0,
-            Decoded::Proposal(p) => p.height.0,
-        };
-        let next = self.app.tip().height + 1;
-        if height < next {
-            return;
-        }
-        if height > next + 1 {
-            self.request_sync(Some(from));
-            return;
-        }
-        let input = match decoded {
-            Decoded::Vote(v) => Input::Vote(SignedMessage::new(v, Signature(signature))),
-            Decoded::Proposal(p) => Input::Proposal(SignedMessage::new(p, Signature(signature))),
-        };
-        self.process(input);
-    }
-
-    fn on_payload(&mut self, round: i64, valid_round: i64, proposer: u16, entry: Entry, updates: Vec<SignedUpdate>) {
-        let next = self.app.tip().height + 1;
-        if entry.height < next || entry.height > next + 1 || round < 0 || proposer as usize >= self.validators.0.len() {
-            return;
-        }
-        let hash = EntryHash(entry.hash());
-        if !self.payloads.contains_key(&hash) {
-            if self.payloads.len() >= MAX_PAYLOADS {
-                *self.stats.rejects.entry("payload_overflow").or_default() += 1;
-                return;
-            }
-            self.payloads.insert(hash, (entry.clone(), updates, None));
-        }
-        let key = (entry.height, round, hash, valid_round, proposer);
-        if !self.announced.insert(key) {
-            return;
-        }
-        debug!(validator = self.cfg.index, height = entry.height, round, proposer, "payload {hash} received");
-        if self.running.map(|r| r.0) == Some(entry.height) {
-            self.feed_payload(round, hash, valid_round, proposer);
-        }
-    }
-
-    /// Validates a held payload (once) and hands the core its verdict for `round`.
-    fn feed_payload(&mut self, round: i64, hash: EntryHash, valid_round: i64, proposer: u16) {
-        let Some((entry, updates, validity)) = self.payloads.get(&hash).cloned() else { return };
-        let valid = match validity {
-            Some(v) => v,
-            None => {
-                let drift = self.app.genesis().max_clock_drift_ms;
-                let verdict = if entry.timestamp_ms > self.now.saturating_add(drift) {
-                    Err(Reject::NotDue(format!("timestamp {} is ahead of this node's clock {}", entry.timestamp_ms, self.now)))
-                } else {
-                    self.app.validate(&entry, &updates, &self.verified, &mut self.rng)
-                };
-                if let Err(why) = &verdict {
-                    warn!(validator = self.cfg.index, height = entry.height, proposer, "invalid proposal {hash}: {why}");
-                    self.stats.invalid_payloads += 1;
-                    self.count(why);
-                }
-                let ok = verdict.is_ok();
-                debug!(validator = self.cfg.index, height = entry.height, round, proposer, updates = updates.len(), valid = ok, "validated payload {hash}");
-                if let Some(p) = self.payloads.get_mut(&hash) {
-                    p.2 = Some(ok);
-                }
-                self.wal_append(entry.height, &WalRecord::Payload { entry: entry.clone(), updates: updates.clone() });
-                ok
-            }
-        };
-        let pv = ProposedValue {
-            height: Height(entry.height),
-            round: Round::from(round),
-            valid_round: Round::from(valid_round),
-            proposer: Address(proposer),
-            value: hash,
-            validity: if valid { Validity::Valid } else { Validity::Invalid },
-        };
-        self.process(Input::ProposedValue(pv, ValueOrigin::Consensus));
-    }
-
-    fn request_sync(&mut self, peer: Option<u16>) {
-        if self.sync_sent.is_some_and(|t| self.now < t + SYNC_RETRY_MS) {
-            return;
-        }
-        self.sync_sent = Some(self.now);
-        let msg = PeerMsg::SyncRequest { from: self.app.tip().height + 1 };
-        match peer {
-            Some(to) => self.out.push(Output::Send { to, msg }),
-            None => self.out.push(Output::Broadcast(msg)),
-        }
-    }
-
-    fn on_sync_request(&mut self, from: u16, first: u64) {
-        let tip = self.app.tip().height;
-        if first == 0 || first > tip {
-            return;
-        }
-        let mut entries = Vec::new();
-        let mut bytes = 0usize;
-        for h in first..=tip.min(first + MAX_SYNC_BATCH as u64 - 1) {
-            match self.log.certified(h) {
-                Ok(Some(c)) => {
-                    bytes += protocol::codec::encode(&c).len();
-                    entries.push(c);
-                    if bytes > super::wire::MAX_PEER_FRAME / 2 {
-                        break;
-                    }
-                }
-                _ => break,
-            }
-        }
-        if !entries.is_empty() {
-            self.out.push(Output::Send { to: from, msg: PeerMsg::SyncResponse { entries } });
-        }
-    }
-
-    fn on_sync_response(&mut self, entries: Vec<Certified>) {
-        self.sync_sent = None;
-        let mut advanced = false;
-        for c in entries.into_iter().take(MAX_SYNC_BATCH) {
-            let next = self.app.tip().height + 1;
-            if c.entry.height < next {
-                continue;
-            }
-            if c.entry.height > next {
-                break;
-            }
-            if c.certificate.height != c.entry.height || c.certificate.hash != c.entry.hash() {
-                *self.stats.rejects.entry("sync_bad_certificate").or_default() += 1;
-                break;
-            }
-            if let Err(e) = c.certificate.verify(&self.app.chain(), &self.app.genesis().validators) {
-                warn!(validator = self.cfg.index, height = c.entry.height, "synced certificate refused: {e}");
-                *self.stats.rejects.entry("sync_bad_certificate").or_default() += 1;
-                break;
-            }
-            if let Err(e) = self.app.validate(&c.entry, &c.updates, &self.verified, &mut self.rng) {
-                warn!(validator = self.cfg.index, height = c.entry.height, "synced entry refused: {e}");
-                self.count(&e);
-                break;
-            }
-            if let Err(e) = self.commit(&c) {
-                return self.fail(format!("storing synced height {}: {e}", c.entry.height));
-            }
-            self.stats.synced += 1;
-            advanced = true;
-            info!(validator = self.cfg.index, height = c.entry.height, "synced");
-        }
-        if advanced {
-            // Rejoin at the new height: a fresh core state (the old height is over).
-            self.state = Some(self.new_state());
-            self.running = None;
-            self.timers.clear();
-            self.announced.retain(|a| a.0 > self.app.tip().height);
-        }
     }
 
     /// The public key of validator `i`, if any.

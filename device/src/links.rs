@@ -1,0 +1,233 @@
+//! A gateway's connections to the validators: one per appliance per validator (a validator
+//! checks each message against its device's key), dialled again with backoff whenever one is
+//! gone (a restarted validator, an idle timeout, a network cut), and requests sent to every
+//! validator at once with a deadline each, so that a frozen validator costs one timeout, not
+//! an iteration.
+
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use protocol::backoff::Backoff;
+use protocol::messages::{DeviceRequest, DeviceResponse};
+use protocol::net::ValidatorClient;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::config::Gateway;
+
+/// How long one dial may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest any single request waits for its answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bounds of the re-dial backoff.
+const REDIAL_MIN: Duration = Duration::from_millis(200);
+const REDIAL_MAX: Duration = Duration::from_secs(5);
+
+/// A configured validator.
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    index: u16,
+    addr: std::net::SocketAddr,
+    key: [u8; 32],
+}
+
+/// One connection slot: (validator, appliance).
+struct Slot {
+    client: Option<ValidatorClient>,
+    backoff: Backoff,
+    retry_at: Instant,
+    /// A dial is under way.
+    dialling: bool,
+}
+
+/// The validators that answered one request, by outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Validators that accepted it.
+    pub accepted: usize,
+    /// Validators that refused it, with the refusal label.
+    pub refused: Vec<String>,
+    /// Validators that could not be reached or did not answer in time.
+    pub failed: usize,
+}
+
+/// A finished dial: slot and result.
+type Dialled = (usize, usize, Result<ValidatorClient, String>);
+
+/// Every connection of a gateway.
+pub struct Links {
+    endpoint: quinn::Endpoint,
+    /// The configured validators.
+    validators: Vec<Target>,
+    /// Appliance keys, by appliance index.
+    keys: Vec<SigningKey>,
+    /// `slots[v][a]`: validator v (position in `validators`), appliance a.
+    slots: Vec<Vec<Slot>>,
+    /// Dials under way, in the background: nothing waits for a validator that is down.
+    dials: JoinSet<Dialled>,
+}
+
+impl Links {
+    /// No connection yet; [`Links::dial_all`] makes them.
+    pub fn new(gw: &Gateway, endpoint: quinn::Endpoint) -> Links {
+        let validators: Vec<Target> = gw.file.validators.iter().map(|v| Target { index: v.index, addr: v.addr, key: gw.validator_keys[v.index as usize] }).collect();
+        let keys: Vec<SigningKey> = gw.appliances.iter().map(|a| a.key.clone()).collect();
+        let now = Instant::now();
+        let slots = validators
+            .iter()
+            .map(|_| keys.iter().map(|_| Slot { client: None, backoff: Backoff::new(REDIAL_MIN, REDIAL_MAX), retry_at: now, dialling: false }).collect())
+            .collect();
+        Links { endpoint, validators, keys, slots, dials: JoinSet::new() }
+    }
+
+    /// How many validators are configured.
+    pub fn validator_count(&self) -> usize {
+        self.validators.len()
+    }
+
+    /// The address of validator position `v`.
+    pub fn addr(&self, v: usize) -> std::net::SocketAddr {
+        self.validators[v].addr
+    }
+
+    /// The live connection of appliance `a` to validator position `v`, if any.
+    fn live(&self, v: usize, a: usize) -> Option<ValidatorClient> {
+        self.slots[v][a].client.as_ref().filter(|c| !c.is_closed()).cloned()
+    }
+
+    /// Whether validator position `v` has a live connection for appliance 0 (the one
+    /// subscriptions use).
+    pub fn is_live(&self, v: usize) -> bool {
+        self.live(v, 0).is_some()
+    }
+
+    /// Starts, in the background, a dial of every connection that is missing or gone, not
+    /// being dialled, and whose backoff has passed.
+    fn start_dials(&mut self) {
+        let now = Instant::now();
+        for v in 0..self.validators.len() {
+            for a in 0..self.keys.len() {
+                let due = !self.slots[v][a].dialling && self.slots[v][a].retry_at <= now;
+                if !due || self.live(v, a).is_some() {
+                    continue;
+                }
+                self.slots[v][a].dialling = true;
+                let Target { addr, key: vkey, .. } = self.validators[v];
+                let (endpoint, key) = (self.endpoint.clone(), self.keys[a].clone());
+                self.dials.spawn(async move {
+                    let r = tokio::time::timeout(CONNECT_TIMEOUT, ValidatorClient::connect(&endpoint, addr, vkey, &key)).await;
+                    (v, a, r.map_err(|_| "timed out".to_string()).and_then(|r| r.map_err(|e| e.to_string())))
+                });
+            }
+        }
+    }
+
+    /// Files a finished dial; a failure doubles that slot's wait.
+    fn file(&mut self, (v, a, r): Dialled) {
+        let t = self.validators[v];
+        let slot = &mut self.slots[v][a];
+        slot.dialling = false;
+        match r {
+            Ok(c) => {
+                if slot.client.is_some() && a == 0 {
+                    info!(validator = t.index, addr = %t.addr, "reconnected");
+                }
+                slot.client = Some(c);
+                slot.backoff.reset();
+            }
+            Err(e) => {
+                let wait = slot.backoff.next_delay();
+                slot.retry_at = Instant::now() + wait;
+                if a == 0 {
+                    debug!(validator = t.index, addr = %t.addr, "unreachable: {e}; next dial in {wait:?}");
+                }
+            }
+        }
+    }
+
+    /// Files the dials that finished, without waiting, and starts the ones that are due.
+    pub fn redial(&mut self) {
+        while let Some(done) = self.dials.try_join_next() {
+            if let Ok(d) = done {
+                self.file(d);
+            }
+        }
+        self.start_dials();
+    }
+
+    /// Dials every connection and waits for all the dials (at start). Returns how many
+    /// validators have at least one live connection.
+    pub async fn dial_all(&mut self) -> usize {
+        self.start_dials();
+        while let Some(done) = self.dials.join_next().await {
+            if let Ok(d) = done {
+                self.file(d);
+            }
+        }
+        (0..self.validators.len()).filter(|&v| (0..self.keys.len()).any(|a| self.live(v, a).is_some())).count()
+    }
+
+    /// The connection of appliance 0 to validator position `v` (subscriptions go through it),
+    /// dialled now, waiting at most [`CONNECT_TIMEOUT`], if it is gone.
+    pub async fn watcher(&mut self, v: usize) -> Option<ValidatorClient> {
+        self.redial();
+        if let Some(c) = self.live(v, 0) {
+            return Some(c);
+        }
+        let t = self.validators[v];
+        let r = tokio::time::timeout(CONNECT_TIMEOUT, ValidatorClient::connect(&self.endpoint, t.addr, t.key, &self.keys[0])).await;
+        let r = r.map_err(|_| "timed out".to_string()).and_then(|r| r.map_err(|e| e.to_string()));
+        let ok = r.is_ok();
+        let was_dialling = self.slots[v][0].dialling;
+        self.file((v, 0, r));
+        // A background dial of the same slot may still finish; it then replaces this one.
+        self.slots[v][0].dialling = was_dialling && !ok;
+        self.live(v, 0)
+    }
+
+    /// Sends each `(appliance, request)` to every validator it has a live connection to, all
+    /// at once, each request waiting at most until `deadline` (and [`REQUEST_TIMEOUT`]);
+    /// connections found gone are dialled again in the background (with backoff) for the next
+    /// time. One outcome per request, in order.
+    pub async fn submit_all(&mut self, requests: Vec<(usize, DeviceRequest)>, deadline: Instant) -> Vec<Outcome> {
+        self.redial();
+        let limit = deadline.min(Instant::now() + REQUEST_TIMEOUT);
+        let mut outcomes = vec![Outcome::default(); requests.len()];
+        let mut sends = JoinSet::new();
+        for (r, (a, request)) in requests.into_iter().enumerate() {
+            let request = std::sync::Arc::new(request);
+            for v in 0..self.validators.len() {
+                let Some(client) = self.live(v, a) else {
+                    outcomes[r].failed += 1;
+                    continue;
+                };
+                let (request, index) = (request.clone(), self.validators[v].index);
+                sends.spawn(async move {
+                    let answer = tokio::time::timeout_at(limit, client.submit(&request)).await;
+                    (r, index, answer.map_err(|_| "no answer before the deadline".to_string()).and_then(|a| a.map_err(|e| e.to_string())))
+                });
+            }
+        }
+        while let Some(done) = sends.join_next().await {
+            let Ok((r, validator, answer)) = done else { continue };
+            match answer {
+                Ok(DeviceResponse::Accepted) => outcomes[r].accepted += 1,
+                Ok(DeviceResponse::Rejected { label, message }) => {
+                    debug!(validator, label, "refused: {message}");
+                    outcomes[r].refused.push(label);
+                }
+                Err(e) => {
+                    warn!(validator, "submit failed: {e}");
+                    outcomes[r].failed += 1;
+                }
+            }
+        }
+        outcomes
+    }
+
+    /// Closes every connection.
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"bye");
+    }
+}

@@ -1,0 +1,218 @@
+//! Messages from other validators: checked at the door, then fed to the core; catch-up by
+//! certified sync.
+
+use super::*;
+
+impl<L: Log> Node<L> {
+    /// A message from validator `from`, arriving at `now`. Every field is checked before any
+    /// of it is used ([`PeerMsg::check`], then the height and the sender's quotas); a refusal
+    /// is counted by its label and changes nothing.
+    pub fn on_peer(&mut self, now: u64, from: u16, msg: PeerMsg) -> Vec<Output> {
+        self.now = self.now.max(now);
+        if self.fatal.is_some() {
+            return vec![];
+        }
+        if let Err(why) = msg.check(from, self.cfg.index, self.validators.0.len()) {
+            self.refuse_peer(from, &why);
+            return self.drain();
+        }
+        match msg {
+            PeerMsg::Consensus { msg, signature } => self.on_consensus(from, msg, signature),
+            PeerMsg::Votes { votes } => {
+                for (msg, signature) in votes {
+                    self.on_consensus(from, msg, signature);
+                }
+            }
+            PeerMsg::Payload { round, valid_round, proposer, entry, updates } => {
+                if let Err(why) = self.on_payload(Announcement { height: entry.height, round, hash: EntryHash(entry.hash()), valid_round, proposer }, entry, updates) {
+                    self.refuse_peer(from, &why);
+                }
+            }
+            PeerMsg::Status { tip } => {
+                // The peer decided the height this node is still working on (or more).
+                if tip > self.app.tip().height {
+                    self.request_sync(Some(from));
+                }
+            }
+            PeerMsg::SyncRequest { from: first } => self.on_sync_request(from, first),
+            PeerMsg::SyncResponse { entries } => self.on_sync_response(entries),
+        }
+        self.drain()
+    }
+
+    pub(super) fn refuse_peer(&mut self, from: u16, why: &PeerReject) {
+        debug!(validator = self.cfg.index, from, "peer message refused: {why}");
+        *self.stats.rejects.entry(why.label()).or_default() += 1;
+    }
+
+    /// A proposal or vote whose fields passed [`PeerMsg::check`].
+    pub(super) fn on_consensus(&mut self, from: u16, msg: WireMsg, signature: [u8; 64]) {
+        let Ok(decoded) = msg.decode() else { return };
+        let height = match &decoded {
+            Decoded::Vote(v) => v.height.0,
+            Decoded::Proposal(p) => p.height.0,
+        };
+        let next = self.app.tip().height + 1;
+        if height < next {
+            return;
+        }
+        if height > next + 1 {
+            self.request_sync(Some(from));
+            return;
+        }
+        let input = match decoded {
+            Decoded::Vote(v) => Input::Vote(SignedMessage::new(v, Signature(signature))),
+            Decoded::Proposal(p) => Input::Proposal(SignedMessage::new(p, Signature(signature))),
+        };
+        self.process(input);
+    }
+
+    /// A payload whose round, valid round and proposer (= sender) passed [`PeerMsg::check`].
+    /// It is held if its height is the next or the one after and its proposer is within its
+    /// quotas, and fed to the core once its height runs.
+    pub(super) fn on_payload(&mut self, a: Announcement, entry: Entry, updates: Vec<SignedUpdate>) -> Result<(), PeerReject> {
+        let next = self.app.tip().height + 1;
+        if a.height < next {
+            return Ok(()); // Late: that height is decided here.
+        }
+        if a.height > next + 1 {
+            return Err(PeerReject::PayloadHeight { height: a.height, next });
+        }
+        if !self.payloads.contains_key(&a.hash) {
+            let held = self.payloads.values().filter(|p| p.proposer == a.proposer).count();
+            if held >= MAX_PAYLOADS_PER_PROPOSER || self.payloads.len() >= MAX_PAYLOADS {
+                return Err(PeerReject::Quota { proposer: a.proposer, what: "payloads", held, max: MAX_PAYLOADS_PER_PROPOSER });
+            }
+            self.payloads.insert(a.hash, HeldPayload { entry, updates, validity: None, proposer: a.proposer });
+        }
+        if self.announced.contains(&a) {
+            return Ok(());
+        }
+        let held = self.announced.iter().filter(|x| x.proposer == a.proposer).count();
+        if held >= MAX_ANNOUNCED_PER_PROPOSER {
+            return Err(PeerReject::Quota { proposer: a.proposer, what: "announcements", held, max: MAX_ANNOUNCED_PER_PROPOSER });
+        }
+        self.announced.insert(a);
+        debug!(validator = self.cfg.index, height = a.height, round = a.round, proposer = a.proposer, "payload {} received", a.hash);
+        if self.running.map(|r| r.0) == Some(a.height) {
+            self.feed_payload(a);
+        }
+        Ok(())
+    }
+
+    /// Validates a held payload (once) and hands the core its verdict for the announced round.
+    pub(super) fn feed_payload(&mut self, a: Announcement) {
+        let Announcement { round, hash, valid_round, proposer, .. } = a;
+        let Some(HeldPayload { entry, updates, validity, .. }) = self.payloads.get(&hash).cloned() else { return };
+        let valid = match validity {
+            Some(v) => v,
+            None => {
+                let drift = self.app.genesis().max_clock_drift_ms;
+                let verdict = if entry.timestamp_ms > self.now.saturating_add(drift) {
+                    Err(Reject::NotDue(format!("timestamp {} is ahead of this node's clock {}", entry.timestamp_ms, self.now)))
+                } else {
+                    self.app.validate(&entry, &updates, &self.verified, &mut self.rng)
+                };
+                if let Err(why) = &verdict {
+                    warn!(validator = self.cfg.index, height = entry.height, proposer, "invalid proposal {hash}: {why}");
+                    self.stats.invalid_payloads += 1;
+                    self.count(why);
+                }
+                let ok = verdict.is_ok();
+                debug!(validator = self.cfg.index, height = entry.height, round, proposer, updates = updates.len(), valid = ok, "validated payload {hash}");
+                if let Some(p) = self.payloads.get_mut(&hash) {
+                    p.validity = Some(ok);
+                }
+                self.wal_append(entry.height, &WalRecord::Payload { entry: entry.clone(), updates: updates.clone() });
+                ok
+            }
+        };
+        // Rounds were checked at the door (0..=MAX_ROUND, −1..round): `Round::from` holds.
+        let pv = ProposedValue {
+            height: Height(entry.height),
+            round: Round::from(round),
+            valid_round: Round::from(valid_round),
+            proposer: Address(proposer),
+            value: hash,
+            validity: if valid { Validity::Valid } else { Validity::Invalid },
+        };
+        self.process(Input::ProposedValue(pv, ValueOrigin::Consensus));
+    }
+
+    pub(super) fn request_sync(&mut self, peer: Option<u16>) {
+        if self.sync_sent.is_some_and(|t| self.now < t + SYNC_RETRY_MS) {
+            return;
+        }
+        self.sync_sent = Some(self.now);
+        let msg = PeerMsg::SyncRequest { from: self.app.tip().height + 1 };
+        match peer {
+            Some(to) => self.out.push(Output::Send { to, msg }),
+            None => self.out.push(Output::Broadcast(msg)),
+        }
+    }
+
+    pub(super) fn on_sync_request(&mut self, from: u16, first: u64) {
+        let tip = self.app.tip().height;
+        if first == 0 || first > tip {
+            return;
+        }
+        let mut entries = Vec::new();
+        let mut bytes = 0usize;
+        for h in first..=tip.min(first + MAX_SYNC_BATCH as u64 - 1) {
+            match self.log.certified(h) {
+                Ok(Some(c)) => {
+                    bytes += protocol::codec::encode(&c).len();
+                    entries.push(c);
+                    if bytes > crate::consensus::wire::MAX_PEER_FRAME / 2 {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        if !entries.is_empty() {
+            self.out.push(Output::Send { to: from, msg: PeerMsg::SyncResponse { entries } });
+        }
+    }
+
+    pub(super) fn on_sync_response(&mut self, entries: Vec<Certified>) {
+        self.sync_sent = None;
+        let mut advanced = false;
+        for c in entries.into_iter().take(MAX_SYNC_BATCH) {
+            let next = self.app.tip().height + 1;
+            if c.entry.height < next {
+                continue;
+            }
+            if c.entry.height > next {
+                break;
+            }
+            if c.certificate.height != c.entry.height || c.certificate.hash != c.entry.hash() {
+                *self.stats.rejects.entry("sync_bad_certificate").or_default() += 1;
+                break;
+            }
+            if let Err(e) = c.certificate.verify(&self.app.chain(), &self.app.genesis().validators) {
+                warn!(validator = self.cfg.index, height = c.entry.height, "synced certificate refused: {e}");
+                *self.stats.rejects.entry("sync_bad_certificate").or_default() += 1;
+                break;
+            }
+            if let Err(e) = self.app.validate(&c.entry, &c.updates, &self.verified, &mut self.rng) {
+                warn!(validator = self.cfg.index, height = c.entry.height, "synced entry refused: {e}");
+                self.count(&e);
+                break;
+            }
+            if let Err(e) = self.commit(&c) {
+                return self.fail(format!("storing synced height {}: {e}", c.entry.height));
+            }
+            self.stats.synced += 1;
+            advanced = true;
+            info!(validator = self.cfg.index, height = c.entry.height, "synced");
+        }
+        if advanced {
+            // Rejoin at the new height: a fresh core state (the old height is over).
+            self.state = Some(self.new_state());
+            self.running = None;
+            self.timers.clear();
+            self.announced.retain(|a| a.height > self.app.tip().height);
+        }
+    }
+}

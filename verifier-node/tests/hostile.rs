@@ -1,0 +1,155 @@
+//! A hostile peer and a failing disk: out-of-range rounds in a payload leave the cluster
+//! deciding (and are counted), a log whose WAL append fails makes the node send no vote or
+//! proposal, and a corrupt WAL record stops the node with an error naming where it is.
+
+mod common;
+
+use common::*;
+use protocol::entry::{chain_id, Entry};
+use protocol::ids::hex;
+use verifier_node::consensus::node::{Node, NodeConfig, Output};
+use verifier_node::consensus::wire::PeerMsg;
+use verifier_node::sim::{Devices, NetConfig, Sim};
+use verifier_node::store::{Log, MemLog, StoreError, WalItem};
+
+fn sim_world() -> (World, Entry, Devices) {
+    let mut w = world();
+    w.genesis.market.registration_close_ms = 6000;
+    w.genesis.market.iteration_ms = 2000;
+    w.genesis.market.max_iterations = 2;
+    w.genesis.market.execution_start_ms = 1_000_000;
+    w.chain = chain_id(&w.genesis);
+    let genesis = genesis_entry(&w);
+    let mut devices = Devices { enrollments: w.devices.iter().map(|d| enrollment(&w, d)).collect(), ..Default::default() };
+    for k in 1..=2u32 {
+        let us = (0..w.devices.len()).map(|i| update(&mut w, i, k, k)).collect();
+        devices.updates.insert(k, us);
+    }
+    (w, genesis, devices)
+}
+
+#[test]
+fn payloads_with_rounds_beyond_u32_leave_every_node_deciding() {
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    let (w, genesis, devices) = sim_world();
+    let net = NetConfig { drop: 0.0, gst_ms: 0, duplicate: 0.0, delay_ms: (1, 5), partitions: vec![], crashes: vec![] };
+    let mut sim = Sim::new(3, genesis.clone(), w.keys.clone(), w.validators.clone(), vec![], net, devices);
+    // Validator 3's link (a Byzantine peer, or an attacker holding its key) sends payloads
+    // whose rounds would make Malachite's `Round::from` panic, to every other validator,
+    // and validator 0's link sends them to validator 3: all four nodes are targeted.
+    let big = u32::MAX as i64 + 1;
+    let mut entry = genesis.clone();
+    entry.height = 1;
+    let hostile = [
+        PeerMsg::Payload { round: big, valid_round: -1, proposer: 3, entry: entry.clone(), updates: vec![] },
+        PeerMsg::Payload { round: 0, valid_round: big, proposer: 3, entry: entry.clone(), updates: vec![] },
+        PeerMsg::Payload { round: i64::MAX, valid_round: i64::MIN, proposer: 3, entry: entry.clone(), updates: vec![] },
+        // A round Malachite would take, but whose increment overflows a u32.
+        PeerMsg::Payload { round: u32::MAX as i64, valid_round: -1, proposer: 3, entry, updates: vec![] },
+    ];
+    for at in [0, 3000, 6500, 8500] {
+        for msg in &hostile {
+            for to in 0..3 {
+                sim.inject(at, 3, to, msg);
+            }
+            let PeerMsg::Payload { round, valid_round, entry, updates, .. } = msg.clone() else { unreachable!() };
+            sim.inject(at, 0, 3, &PeerMsg::Payload { round, valid_round, proposer: 0, entry, updates });
+        }
+    }
+    sim.run(60_000);
+    sim.check().unwrap();
+    assert!(sim.all_final(), "tips {:?}", sim.tips());
+    for n in sim.nodes() {
+        assert!(n.fatal().is_none());
+        assert_eq!(n.stats().proofs_verified, 6, "every update is in the log");
+        let refused = n.stats().rejects.get("payload_round").copied().unwrap_or(0);
+        assert_eq!(refused, 16, "validator {}: every hostile payload is refused and counted: {:?}", n.index(), n.stats().rejects);
+    }
+}
+
+/// A [`MemLog`] whose WAL appends fail (a full or failing disk).
+#[derive(Debug, Default, Clone)]
+struct FailingWal(MemLog);
+
+impl Log for FailingWal {
+    fn tip(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        self.0.tip()
+    }
+    fn decide(&mut self, c: &protocol::entry::Certified) -> Result<(), StoreError> {
+        self.0.decide(c)
+    }
+    fn certified(&self, height: u64) -> Result<Option<protocol::entry::Certified>, StoreError> {
+        self.0.certified(height)
+    }
+    fn wal_append(&mut self, height: u64, record: &[u8]) -> Result<(), StoreError> {
+        Err(StoreError::WalOversize { height, len: record.len() })
+    }
+    fn wal(&self, height: u64) -> Result<Vec<WalItem>, StoreError> {
+        self.0.wal(height)
+    }
+}
+
+fn is_consensus(o: &Output) -> bool {
+    let m = match o {
+        Output::Broadcast(m) | Output::Send { msg: m, .. } => m,
+        Output::Committed(_) => return false,
+    };
+    matches!(m, PeerMsg::Consensus { .. } | PeerMsg::Votes { .. } | PeerMsg::Payload { .. })
+}
+
+/// Runs validator `index` alone (its peers silent) from 0 to 10 s and returns its outputs.
+fn alone<L: Log>(w: &World, genesis: &Entry, index: u16, log: L) -> (Vec<Output>, Node<L>) {
+    let cfg = NodeConfig { rng_seed: 1, ..NodeConfig::new(index) };
+    let mut node = Node::open(cfg, w.validators[index as usize].clone(), genesis, w.keys.clone(), log).unwrap();
+    for d in &w.devices {
+        node.on_enrollment(0, enrollment(w, d)).unwrap();
+    }
+    let mut out = vec![];
+    let mut now = 0;
+    while now < 10_000 {
+        out.extend(node.tick(now));
+        now = node.next_wakeup().max(now + 1);
+    }
+    (out, node)
+}
+
+#[test]
+fn a_failing_wal_append_sends_no_vote_and_no_proposal() {
+    let (w, genesis, _) = sim_world();
+    // With a working log each validator proposes or votes (nil, at its propose timeout).
+    for i in 0..4 {
+        let (out, node) = alone(&w, &genesis, i, MemLog::default());
+        assert!(out.iter().any(is_consensus), "validator {i} sent no consensus message with a working log");
+        assert!(node.fatal().is_none());
+    }
+    // With a failing one nothing leaves before it is persisted, and the node stops.
+    for i in 0..4 {
+        let (out, node) = alone(&w, &genesis, i, FailingWal::default());
+        let sent: Vec<&str> = out.iter().filter(|o| is_consensus(o)).map(|o| if let Output::Broadcast(m) | Output::Send { msg: m, .. } = o { m.kind() } else { "" }).collect();
+        assert!(sent.is_empty(), "validator {i} sent {sent:?} that its WAL does not hold");
+        let fatal = node.fatal().expect("a failed WAL append is fatal");
+        assert!(fatal.contains("WAL"), "{fatal}");
+    }
+}
+
+#[test]
+fn a_corrupt_wal_record_stops_the_node_naming_height_and_sequence() {
+    let (w, genesis, _) = sim_world();
+    let mut log = MemLog::default();
+    // A record the node wrote, then one that does not decode.
+    let good = protocol::codec::encode(&verifier_node::consensus::wire::WalRecord::Timeout { kind: 0, round: 0 });
+    log.wal_append(1, &good).unwrap();
+    log.wal_append(1, &[0xff, 0x00, 0x13]).unwrap();
+    let (out, node) = alone(&w, &genesis, 1, log);
+    assert!(!out.iter().any(is_consensus));
+    let fatal = node.fatal().expect("a corrupt WAL is fatal");
+    assert!(fatal.contains("WAL record 1 of height 1"), "{fatal}");
+
+    // A record that decodes but holds a round Malachite cannot take.
+    let mut log = MemLog::default();
+    let bad = protocol::codec::encode(&verifier_node::consensus::wire::WalRecord::Timeout { kind: 1, round: u32::MAX as i64 + 7 });
+    log.wal_append(1, &bad).unwrap();
+    let (_, node) = alone(&w, &genesis, 2, log);
+    let fatal = node.fatal().expect("an out-of-range WAL record is fatal");
+    assert!(fatal.contains("WAL record 0 of height 1") && fatal.contains("round"), "{fatal} ({})", hex(&bad));
+}
