@@ -88,6 +88,11 @@ fn arbitrary_peer_messages_never_panic_a_node_nor_grow_it() {
                 }
             }
             for (i, m) in msgs.into_iter().enumerate() {
+                FED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if m.check(from % 5, 0, 4).is_ok() {
+                    PASSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                *KINDS.lock().unwrap().entry(m.kind()).or_default() += 1;
                 node.on_peer(now + i as u64, from % 5, m);
                 node.tick(now + i as u64 + 1);
             }
@@ -98,7 +103,17 @@ fn arbitrary_peer_messages_never_panic_a_node_nor_grow_it() {
             Ok(())
         })
         .unwrap();
+    // The input reaches the node: every kind of message, a good share past the door checks.
+    let (fed, passed) = (FED.load(std::sync::atomic::Ordering::Relaxed), PASSED.load(std::sync::atomic::Ordering::Relaxed));
+    let kinds = KINDS.lock().unwrap().clone();
+    eprintln!("fed {fed} messages, {passed} past the door checks; by kind {kinds:?}");
+    assert!(passed * 10 > fed, "too few messages pass the door checks: {passed} of {fed}");
+    assert_eq!(kinds.len(), 7, "{kinds:?}");
 }
+
+static FED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static PASSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static KINDS: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>> = std::sync::Mutex::new(std::collections::BTreeMap::new());
 
 #[test]
 fn arbitrary_device_requests_are_parsed_or_refused_with_a_label() {
@@ -121,7 +136,9 @@ fn arbitrary_device_requests_are_parsed_or_refused_with_a_label() {
                 for k in [key, [9u8; 32]] {
                     match parse_device_request(&f, k) {
                         Ok(DeviceRequest::Enroll(e)) => {
-                            let _ = node.on_enrollment(now, e);
+                            if node.on_enrollment(now, e).is_ok() {
+                                ADMITTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
                         }
                         Ok(DeviceRequest::Update(u)) => {
                             if let Err(r) = node.on_update(now, u) {
@@ -138,17 +155,27 @@ fn arbitrary_device_requests_are_parsed_or_refused_with_a_label() {
             Ok(())
         })
         .unwrap();
+    // The flipped-byte enrollments that still verify reach the pool (flips in unused bits).
+    assert!(ADMITTED.load(std::sync::atomic::Ordering::Relaxed) > 0);
 }
+
+static ADMITTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static REPLAYED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static STOPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 #[test]
 fn arbitrary_wal_records_replay_or_stop_the_node_with_a_typed_error() {
     let (w, genesis) = market();
     let mut runner = runner(3000, 3);
-    let strategy = (proptest::collection::vec(any::<u8>(), 0..2048), proptest::collection::vec(any::<u8>(), 0..64), any::<bool>());
+    let strategy = (proptest::collection::vec(any::<u8>(), 0..2048), proptest::collection::vec(any::<u8>(), 0..64), any::<bool>(), any::<bool>());
     runner
-        .run(&strategy, |(bytes, garbage, corrupt)| {
+        .run(&strategy, |(bytes, garbage, corrupt, tame)| {
             let mut log = MemLog::default();
-            let records: Vec<WalRecord> = wire(&bytes, verifier_node::store::MAX_WAL_RECORD);
+            let mut records: Vec<WalRecord> = wire(&bytes, verifier_node::store::MAX_WAL_RECORD);
+            if tame {
+                // Half the cases keep every field in range, so replay reaches the core.
+                records.iter_mut().for_each(tame_record);
+            }
             for r in &records {
                 log.wal_append(1, &encode(r)).unwrap();
             }
@@ -161,8 +188,12 @@ fn arbitrary_wal_records_replay_or_stop_the_node_with_a_typed_error() {
                 node.tick(t);
             }
             if let Some(fatal) = node.fatal() {
+                STOPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 prop_assert!(fatal.contains("WAL record") && fatal.contains("of height 1"), "{fatal}");
             } else {
+                if !records.is_empty() {
+                    REPLAYED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 // Every record was well formed: none of them was garbage.
                 let garbage_decodes = decode::<WalRecord>("wal", &garbage, verifier_node::store::MAX_WAL_RECORD).map(|r| r.check(4).is_ok()).unwrap_or(false);
                 prop_assert!(!corrupt || garbage_decodes, "a corrupt record was skipped");
@@ -170,4 +201,41 @@ fn arbitrary_wal_records_replay_or_stop_the_node_with_a_typed_error() {
             Ok(())
         })
         .unwrap();
+    let (replayed, stopped) = (REPLAYED.load(std::sync::atomic::Ordering::Relaxed), STOPPED.load(std::sync::atomic::Ordering::Relaxed));
+    eprintln!("{replayed} WALs replayed, {stopped} refused as corrupt");
+    assert!(replayed > 100 && stopped > 100, "{replayed} replayed, {stopped} stopped");
+}
+
+/// Brings a record's rounds, indices and kinds into range (heights and hashes stay arbitrary).
+fn tame_record(r: &mut WalRecord) {
+    use verifier_node::consensus::context::WireMsg;
+    let round = |x: &mut i64| *x = x.rem_euclid(6);
+    let pol = |x: &mut i64| *x = x.rem_euclid(7) - 1;
+    match r {
+        WalRecord::Consensus { msg, .. } => match msg {
+            WireMsg::Proposal { height, round: r, pol_round, proposer, .. } => {
+                *height %= 3;
+                round(r);
+                pol(pol_round);
+                *proposer %= 4;
+            }
+            WireMsg::Vote { typ, height, round: r, validator, .. } => {
+                *typ %= 2;
+                *height %= 3;
+                round(r);
+                *validator %= 4;
+            }
+        },
+        WalRecord::ProposedValue { round: r, valid_round, proposer, .. } => {
+            round(r);
+            pol(valid_round);
+            *proposer %= 4;
+        }
+        WalRecord::Timeout { kind, round: r } => {
+            *kind %= 4;
+            round(r);
+        }
+        WalRecord::Proposed { round: r, .. } => round(r),
+        WalRecord::Payload { .. } => {}
+    }
 }
