@@ -28,6 +28,12 @@ pub mod spec;
 pub mod statement;
 
 pub use ark_bn254::Fr;
+
+/// A `tracing` filter directive every binary that synthesizes circuits adds to its log
+/// filter: arkworks' gadgets carry `#[tracing::instrument(target = "r1cs")]` spans at the
+/// info level whose fields are the whole constraint system, so `RUST_LOG=info` made one
+/// T = 4 proof take minutes and gigabytes formatting them.
+pub const QUIET_GADGET_SPANS: &str = "r1cs=off";
 pub use limits::Slots;
 pub use model::{ModelKind, ModelParams};
 pub use statement::{commitment, public_inputs, Context, Opening, Shape, UpdateCircuit, Witness};

@@ -88,7 +88,7 @@ const MODELS: [ModelKind; 4] = [ModelKind::Deferrable, ModelKind::Battery, Model
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,rumqttd=off,device::host=error".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,rumqttd=off,device::host=error".into()).add_directive(circuits::QUIET_GADGET_SPANS.parse().expect("a valid directive")))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

@@ -207,6 +207,9 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
     let mut enrolled_sent_at: Option<u64> = None;
     let mut rng = ChaCha20Rng::from_entropy();
     let mut feed = Feed::open(&mut links, 0, 0).await;
+    // Stall switches since the last accepted entry: when the whole cluster is slow (not one
+    // validator), the wait doubles with each, up to 16 graces, instead of cycling every grace.
+    let mut stalls = 0u32;
     loop {
         // Enrollments not yet in the log, again each interval while registration is open (a
         // validator that was down when they were first sent gets them too).
@@ -217,11 +220,12 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
             enrolled_sent_at = Some(now);
         }
         // Wait for the next entry until it is overdue (or the market's time is up).
-        let overdue = agent.next_entry_due_ms().map(|t| t + grace).unwrap_or(u64::MAX);
+        let patience = grace << stalls.min(4);
+        let overdue = agent.next_entry_due_ms().map(|t| t + patience).unwrap_or(u64::MAX);
         let now = protocol::net::now_ms();
         let stall_at = tokio::time::Instant::now() + Duration::from_millis(overdue.saturating_sub(now).min(3_600_000));
-        // A fresh subscription gets a grace of its own to catch up.
-        let stall_at = stall_at.max(feed.since + Duration::from_millis(grace));
+        // A fresh subscription gets that long of its own to catch up.
+        let stall_at = stall_at.max(feed.since + Duration::from_millis(patience));
         let item = match feed.rx.as_mut() {
             Some(rx) => tokio::select! {
                 item = rx.recv() => Some(item),
@@ -243,7 +247,10 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
                     Some(Some(Err(e))) => format!("subscription failed: {e}"),
                     Some(None) => "subscription ended".to_string(),
                     None if feed.rx.is_none() => "no validator to follow".to_string(),
-                    None | Some(Some(Ok(_))) => format!("no entry {grace} ms after the next was due"),
+                    None | Some(Some(Ok(_))) => {
+                        stalls += 1;
+                        format!("no entry {patience} ms after the next was due")
+                    }
                 };
                 warn!(validator = %links.addr(feed.turn), height = agent.next_height(), "{why}; following another validator");
                 summary.switches += 1;
@@ -268,6 +275,7 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
             Err(e) => return Err(e.into()),
         };
         feed.since = tokio::time::Instant::now();
+        stalls = 0;
         crate::state::save(&state_path, &agent.state)?;
         let mut updates: Vec<SignedUpdate> = Vec::new();
         if let Some(k) = build {

@@ -272,9 +272,10 @@ fn a_forged_update_body_is_refused_and_the_gateway_follows_another_validator() {
         });
         honest
     });
-    let out = Command::new(BIN).args(["run", "--timeout-s", "90", "--config"]).arg(&cfg).env("RUST_LOG", "info").output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "device run failed: {err}");
+    let log = std::fs::File::create(m.dir.join("fg.log")).unwrap();
+    let status = Command::new(BIN).args(["run", "--timeout-s", "90", "--config"]).arg(&cfg).env("RUST_LOG", "info").stderr(log).status().unwrap();
+    let err = std::fs::read_to_string(m.dir.join("fg.log")).unwrap();
+    assert!(status.success(), "device run failed: {err}");
     assert!(err.contains("refused entry") && err.contains("following another validator"), "{err}");
     // What the gateway holds is what the honest validators committed, never the forgery.
     let store = honest[0].shared.store.clone();

@@ -284,6 +284,30 @@ pub fn server_config_for(id: Identity) -> Result<quinn::ServerConfig, NetError> 
     Ok(cfg)
 }
 
+/// A validator's QUIC endpoint on `addr`, serving `server` and dialling its peers. Its
+/// stateless-reset key and connection-id key are derived from the validator's secret key
+/// (SHA-256 with a domain tag), so they are the same in every incarnation of the validator: after a crash and restart,
+/// the first packet a peer or a gateway sends on a connection of the old incarnation is
+/// answered with a reset that peer accepts, and the connection closes at once (instead of
+/// after the idle timeout, during which everything sent on it is lost).
+pub fn server_endpoint(key: &SigningKey, server: quinn::ServerConfig, addr: SocketAddr) -> Result<quinn::Endpoint, NetError> {
+    use sha2::Digest;
+    let bind = |e: std::io::Error| NetError::Connect { addr, reason: e.to_string() };
+    let mut h = sha2::Sha256::new();
+    h.update(b"gridproof/v1 quic stateless reset key");
+    h.update(key.to_bytes());
+    let secret: [u8; 32] = h.finalize().into();
+    let reset = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset));
+    // Connection ids carry a keyed hash that the endpoint checks before it answers an unknown
+    // one with a reset: the key must survive the restart too.
+    let cid_key = u64::from_le_bytes(secret[..8].try_into().expect("8 bytes"));
+    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    let socket = std::net::UdpSocket::bind(addr).map_err(bind)?;
+    let runtime = quinn::default_runtime().ok_or_else(|| NetError::Connect { addr, reason: "no async runtime".into() })?;
+    quinn::Endpoint::new(config, Some(server), socket, runtime).map_err(bind)
+}
+
 /// A client config presenting `key` and accepting only a server proving `server_key`; the
 /// keep-alive and idle timeout are the peer or device ones, by `alpn`.
 pub fn client_config(key: &SigningKey, server_key: [u8; 32], alpn: &[u8]) -> Result<quinn::ClientConfig, NetError> {

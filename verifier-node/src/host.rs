@@ -216,7 +216,7 @@ pub async fn start(cfg: Config) -> Result<Running, HostError> {
     let validators: Vec<[u8; 32]> = genesis.validators.iter().map(|v| v.0).collect();
 
     let server = net::server_config(&cfg.key)?;
-    let endpoint = quinn::Endpoint::server(server, cfg.file.listen).map_err(|e| HostError::Bind { addr: cfg.file.listen, reason: e.to_string() })?;
+    let endpoint = net::server_endpoint(&cfg.key, server, cfg.file.listen).map_err(|e| HostError::Bind { addr: cfg.file.listen, reason: e.to_string() })?;
     let quic_addr = endpoint.local_addr().map_err(|e| HostError::Bind { addr: cfg.file.listen, reason: e.to_string() })?;
     let http = tokio::net::TcpListener::bind(cfg.file.http).await.map_err(|e| HostError::Bind { addr: cfg.file.http, reason: e.to_string() })?;
     let http_addr = http.local_addr().map_err(|e| HostError::Bind { addr: cfg.file.http, reason: e.to_string() })?;
