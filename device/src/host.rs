@@ -10,7 +10,7 @@ use protocol::messages::{DeviceRequest, SignedUpdate};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use thiserror::Error;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::actuation::{self, AppliancePlan, Executor, Publish, Timing};
 use crate::agent::{Agent, AgentError};
@@ -210,6 +210,10 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
     // Stall switches since the last accepted entry: when the whole cluster is slow (not one
     // validator), the wait doubles with each, up to 16 graces, instead of cycling every grace.
     let mut stalls = 0u32;
+    // The open iteration's updates, sent once more two thirds into its window: a validator
+    // that restarted after the first submission (its pool is in memory) and proposes the
+    // iteration would otherwise leave them out.
+    let mut resend: Option<(tokio::time::Instant, Vec<(usize, DeviceRequest)>, tokio::time::Instant)> = None;
     loop {
         // Enrollments not yet in the log, again each interval while registration is open (a
         // validator that was down when they were first sent gets them too).
@@ -226,10 +230,18 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
         let stall_at = tokio::time::Instant::now() + Duration::from_millis(overdue.saturating_sub(now).min(3_600_000));
         // A fresh subscription gets that long of its own to catch up.
         let stall_at = stall_at.max(feed.since + Duration::from_millis(patience));
+        let resend_at = resend.as_ref().map_or(overall, |r| r.0);
         let item = match feed.rx.as_mut() {
             Some(rx) => tokio::select! {
                 item = rx.recv() => Some(item),
                 _ = tokio::time::sleep_until(stall_at.min(overall)) => None,
+                _ = tokio::time::sleep_until(resend_at), if resend.is_some() => {
+                    let (_, requests, deadline) = resend.take().expect("checked");
+                    let outcomes = links.submit_all(requests, deadline).await;
+                    let newly: usize = outcomes.iter().map(|o| o.accepted).sum();
+                    debug!(newly_accepted_by = newly, "updates sent again");
+                    continue;
+                }
             },
             None => {
                 tokio::time::sleep_until((tokio::time::Instant::now() + Duration::from_millis(500)).min(overall)).await;
@@ -298,7 +310,10 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
                 .map(|u| (gw.appliances.iter().position(|a| a.id() == u.body.device).expect("own appliance"), DeviceRequest::Update(u)))
                 .collect();
             let names: Vec<usize> = requests.iter().map(|r| r.0).collect();
-            let outcomes = links.submit_all(requests, tokio::time::Instant::now() + left).await;
+            let deadline = tokio::time::Instant::now() + left;
+            let again = deadline.checked_sub(Duration::from_millis(grace)).filter(|t| *t > tokio::time::Instant::now());
+            resend = again.map(|t| (t, requests.clone(), deadline));
+            let outcomes = links.submit_all(requests, deadline).await;
             for (i, o) in names.into_iter().zip(outcomes) {
                 summary.updates_built += 1;
                 let name = &gw.appliances[i].name;

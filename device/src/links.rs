@@ -186,10 +186,11 @@ impl Links {
         self.live(v, 0)
     }
 
-    /// Sends each `(appliance, request)` to every validator it has a live connection to, all
-    /// at once, each request waiting at most until `deadline` (and [`REQUEST_TIMEOUT`]);
-    /// connections found gone are dialled again in the background (with backoff) for the next
-    /// time. One outcome per request, in order.
+    /// Sends each `(appliance, request)` to every validator, all at once, each request
+    /// waiting at most until `deadline` (and [`REQUEST_TIMEOUT`]). A connection that is gone,
+    /// or that fails on the way (a restarted validator resets it), is dialled again inside the
+    /// request and the request sent once more if time remains; the new connection is kept.
+    /// One outcome per request, in order.
     pub async fn submit_all(&mut self, requests: Vec<(usize, DeviceRequest)>, deadline: Instant) -> Vec<Outcome> {
         self.redial();
         let limit = deadline.min(Instant::now() + REQUEST_TIMEOUT);
@@ -198,19 +199,53 @@ impl Links {
         for (r, (a, request)) in requests.into_iter().enumerate() {
             let request = std::sync::Arc::new(request);
             for v in 0..self.validators.len() {
-                let Some(client) = self.live(v, a) else {
-                    outcomes[r].failed += 1;
-                    continue;
-                };
-                let (request, index) = (request.clone(), self.validators[v].index);
+                let (request, live, target) = (request.clone(), self.live(v, a), self.validators[v]);
+                let (endpoint, key) = (self.endpoint.clone(), self.keys[a].clone());
                 sends.spawn(async move {
-                    let answer = tokio::time::timeout_at(limit, client.submit(&request)).await;
-                    (r, index, answer.map_err(|_| "no answer before the deadline".to_string()).and_then(|a| a.map_err(|e| e.to_string())))
+                    let dial = || async {
+                        let left = limit.saturating_duration_since(Instant::now()).min(CONNECT_TIMEOUT);
+                        match tokio::time::timeout(left, ValidatorClient::connect(&endpoint, target.addr, target.key, &key)).await {
+                            Ok(Ok(c)) => Ok(c),
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(_) => Err("not reachable before the deadline".to_string()),
+                        }
+                    };
+                    let send = |c: ValidatorClient| {
+                        let request = request.clone();
+                        async move {
+                            match tokio::time::timeout_at(limit, c.submit(&request)).await {
+                                Ok(r) => r.map_err(|e| e.to_string()),
+                                Err(_) => Err("no answer before the deadline".to_string()),
+                            }
+                        }
+                    };
+                    let mut fresh = None;
+                    let first = match live {
+                        Some(c) => send(c).await,
+                        None => Err("no connection".to_string()),
+                    };
+                    let answer = match first {
+                        Err(_) if Instant::now() < limit => match dial().await {
+                            Ok(c) => {
+                                fresh = Some(c.clone());
+                                send(c).await
+                            }
+                            Err(e) => Err(e),
+                        },
+                        other => other,
+                    };
+                    (r, v, a, answer, fresh)
                 });
             }
         }
         while let Some(done) = sends.join_next().await {
-            let Ok((r, validator, answer)) = done else { continue };
+            let Ok((r, v, a, answer, fresh)) = done else { continue };
+            if let Some(c) = fresh {
+                let slot = &mut self.slots[v][a];
+                slot.client = Some(c);
+                slot.backoff.reset();
+            }
+            let validator = self.validators[v].index;
             match answer {
                 Ok(DeviceResponse::Accepted) => outcomes[r].accepted += 1,
                 Ok(DeviceResponse::Rejected { label, message }) => {
