@@ -112,6 +112,8 @@ pub struct NetCounters {
     pub device_requests: AtomicU64,
     /// Device requests refused by the rate limit.
     pub rate_limited: AtomicU64,
+    /// Enrollments or updates naming another device than their connection's key.
+    pub wrong_sender: AtomicU64,
 }
 
 /// State shared between the node task, QUIC tasks and HTTP.
@@ -510,9 +512,11 @@ async fn device_inbound(conn: quinn::Connection, key: [u8; 32], events: mpsc::Se
             let reply = |label: &str, message: String| DeviceResponse::Rejected { label: label.into(), message };
             let response = match request {
                 Err(e) => {
-                    if matches!(e, DeviceRefusal::Malformed(_)) {
-                        shared.net.bad_frames.fetch_add(1, Ordering::Relaxed);
-                    }
+                    let counter = match e {
+                        DeviceRefusal::Malformed(_) => &shared.net.bad_frames,
+                        DeviceRefusal::WrongSender { .. } => &shared.net.wrong_sender,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
                     reply(e.label(), e.to_string())
                 }
                 Ok(DeviceRequest::Subscribe { from }) => return subscribe(send, from, shared).await,

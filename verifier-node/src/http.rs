@@ -150,6 +150,12 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         "counter",
         vec![(String::new(), s.net.rate_limited.load(Ordering::Relaxed) as f64)],
     );
+    metric(
+        "wrong_sender_total",
+        "Device requests naming another device than their connection's key.",
+        "counter",
+        vec![(String::new(), s.net.wrong_sender.load(Ordering::Relaxed) as f64)],
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

@@ -317,3 +317,40 @@ fn sigterm_stops_a_validator_and_a_gateway_cleanly() {
     let store = verifier_node::store::Store::open(&c.db(0)).unwrap();
     assert!(store.tip().unwrap().is_some());
 }
+
+/// A validator whose node task stops on a fatal error (here: a corrupt WAL record for the
+/// height it must run next) exits non-zero, naming the height and record, instead of keeping
+/// its HTTP up; the other validators carry on.
+#[test]
+fn a_validator_with_a_corrupt_wal_exits_non_zero_naming_the_record() {
+    let c = Cluster::init("corrupt-wal", 4, 2, 60, 1500, 3);
+    c.start_all();
+    let t0 = Instant::now();
+    while c.status(0).and_then(|s| s["height"].as_u64()).unwrap_or(0) < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no enrollment batches committed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.kill(0);
+    let next = {
+        let store = verifier_node::store::Store::open(&c.db(0)).unwrap();
+        let (tip, _) = store.tip().unwrap().unwrap();
+        store.wal_append(tip + 1, &[0xde, 0xad]).unwrap();
+        tip + 1
+    };
+    c.start(0);
+    let t0 = Instant::now();
+    let status = loop {
+        let s = c.procs.lock().unwrap()[0].as_mut().unwrap().try_wait().unwrap();
+        if let Some(s) = s {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "the validator kept running on a corrupt WAL: {}", c.log(0));
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(1), "{}", c.log(0));
+    let log = c.log(0);
+    // (Its sequence number is the height's next one: 0 unless the kill came mid-height.)
+    assert!(log.contains("WAL record ") && log.contains(&format!("of height {next} is corrupt")), "{log}");
+    assert!(c.get(0, "/status").is_none(), "its HTTP is down");
+    assert!(c.status(1).is_some());
+}
