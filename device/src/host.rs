@@ -205,6 +205,9 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
     let overall = tokio::time::Instant::now() + within;
     let mut summary = MarketSummary::default();
     let mut enrolled_sent_at: Option<u64> = None;
+    // Appliances whose enrollment some validator accepted: never sent again (the log brings
+    // it to the others).
+    let mut enroll_accepted: std::collections::BTreeSet<usize> = Default::default();
     let mut rng = ChaCha20Rng::from_entropy();
     let mut feed = Feed::open(&mut links, 0, 0).await;
     // Stall switches since the last accepted entry: when the whole cluster is slow (not one
@@ -215,12 +218,12 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
     // iteration would otherwise leave them out.
     let mut resend: Option<(tokio::time::Instant, Vec<(usize, DeviceRequest)>, tokio::time::Instant)> = None;
     loop {
-        // Enrollments not yet in the log, again each interval while registration is open (a
-        // validator that was down when they were first sent gets them too).
+        // Enrollments that no validator accepted yet (all were down), again each interval while
+        // registration is open.
         let now = protocol::net::now_ms();
         let interval = clock.enrollment_interval(gw.genesis.timestamp_ms);
         if now < spec.registration_close_ms && enrolled_sent_at.is_none_or(|t| now >= t + interval) {
-            send_enrollments(agent, gw, &mut links).await;
+            send_enrollments(agent, gw, &mut links, &mut enroll_accepted).await;
             enrolled_sent_at = Some(now);
         }
         // Wait for the next entry until it is overdue (or the market's time is up).
@@ -345,12 +348,14 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
     }
 }
 
-/// Sends the enrollments of the appliances not yet seen enrolled, to every validator.
-async fn send_enrollments(agent: &Agent, gw: &Gateway, links: &mut Links) {
+/// Sends the enrollments of the appliances not yet seen enrolled and not yet accepted by any
+/// validator, to every validator; records which were accepted.
+async fn send_enrollments(agent: &Agent, gw: &Gateway, links: &mut Links, accepted: &mut std::collections::BTreeSet<usize>) {
     let requests: Vec<(usize, DeviceRequest)> = agent
         .enrollments()
         .into_iter()
         .filter_map(|e| gw.appliances.iter().position(|a| a.id() == e.body.device).map(|i| (i, DeviceRequest::Enroll(e))))
+        .filter(|(i, _)| !accepted.contains(i))
         .collect();
     if requests.is_empty() {
         return;
@@ -360,6 +365,7 @@ async fn send_enrollments(agent: &Agent, gw: &Gateway, links: &mut Links) {
     for (i, o) in names.into_iter().zip(outcomes) {
         let duplicate = o.refused.iter().filter(|l| *l == "duplicate").count();
         if o.accepted + duplicate > 0 {
+            accepted.insert(i);
             info!(appliance = gw.appliances[i].name, accepted_by = o.accepted, already_held_by = duplicate, "enrollment sent");
         } else {
             warn!(appliance = gw.appliances[i].name, refused = ?o.refused, unreachable = o.failed, "enrollment accepted by no validator");

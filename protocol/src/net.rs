@@ -8,8 +8,13 @@
 //!   ([`client_config`]); a server accepts any ed25519 client and the application decides by
 //!   ALPN and key — validators must be in the genesis set, devices sign every message anyway.
 //! - ALPN: [`ALPN_PEER`] between validators, [`ALPN_DEVICE`] for devices and auditors.
-//! - Framing: one message per stream, length-prefixed (u32 little-endian) and capped; a frame
-//!   over its cap is refused before it is read.
+//! - Framing: one message per stream. Device requests, answers and subscribed entries are
+//!   length-prefixed (u32 little-endian) and capped: a frame over its cap is refused before
+//!   it is read. A peer message is a whole unidirectional stream, read to its end under
+//!   `MAX_PEER_FRAME` (verifier-node).
+//! - Restarts: a validator's endpoint keys its stateless resets and connection ids with its
+//!   own secret ([`server_endpoint`]), so connections to its previous incarnation are reset
+//!   at their first packet instead of timing out.
 //!
 //! Install the `ring` crypto provider once per process with [`install_crypto`].
 

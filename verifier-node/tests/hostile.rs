@@ -5,33 +5,17 @@
 mod common;
 
 use common::*;
-use protocol::entry::{chain_id, Entry};
+use protocol::entry::Entry;
 use protocol::ids::hex;
 use verifier_node::consensus::node::{Node, NodeConfig, Output};
 use verifier_node::consensus::wire::PeerMsg;
-use verifier_node::sim::{Devices, NetConfig, Sim};
+use verifier_node::sim::{NetConfig, Sim};
 use verifier_node::store::{Log, MemLog, StoreError, WalItem};
-
-fn sim_world() -> (World, Entry, Devices) {
-    let mut w = world();
-    w.genesis.market.registration_close_ms = 6000;
-    w.genesis.market.iteration_ms = 2000;
-    w.genesis.market.max_iterations = 2;
-    w.genesis.market.execution_start_ms = 1_000_000;
-    w.chain = chain_id(&w.genesis);
-    let genesis = genesis_entry(&w);
-    let mut devices = Devices { enrollments: w.devices.iter().map(|d| enrollment(&w, d)).collect(), ..Default::default() };
-    for k in 1..=2u32 {
-        let us = (0..w.devices.len()).map(|i| update(&mut w, i, k, k)).collect();
-        devices.updates.insert(k, us);
-    }
-    (w, genesis, devices)
-}
 
 #[test]
 fn payloads_with_rounds_beyond_u32_leave_every_node_deciding() {
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
-    let (w, genesis, devices) = sim_world();
+    let (w, genesis, devices) = sim_world(2);
     let net = NetConfig { drop: 0.0, gst_ms: 0, duplicate: 0.0, delay_ms: (1, 5), partitions: vec![], crashes: vec![] };
     let mut sim = Sim::new(3, genesis.clone(), w.keys.clone(), w.validators.clone(), vec![], net, devices);
     // Validator 3's link (a Byzantine peer, or an attacker holding its key) sends payloads
@@ -115,7 +99,7 @@ fn alone<L: Log>(w: &World, genesis: &Entry, index: u16, log: L) -> (Vec<Output>
 
 #[test]
 fn a_failing_wal_append_sends_no_vote_and_no_proposal() {
-    let (w, genesis, _) = sim_world();
+    let (w, genesis, _) = sim_world(2);
     // With a working log each validator proposes or votes (nil, at its propose timeout).
     for i in 0..4 {
         let (out, node) = alone(&w, &genesis, i, MemLog::default());
@@ -134,7 +118,7 @@ fn a_failing_wal_append_sends_no_vote_and_no_proposal() {
 
 #[test]
 fn a_corrupt_wal_record_stops_the_node_naming_height_and_sequence() {
-    let (w, genesis, _) = sim_world();
+    let (w, genesis, _) = sim_world(2);
     let mut log = MemLog::default();
     // A record the node wrote, then one that does not decode.
     let good = protocol::codec::encode(&verifier_node::consensus::wire::WalRecord::Timeout { kind: 0, round: 0 });

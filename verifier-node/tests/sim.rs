@@ -6,26 +6,9 @@
 mod common;
 
 use common::*;
-use protocol::entry::{chain_id, Entry};
+use protocol::entry::Entry;
 use verifier_node::consensus::node::Byzantine;
 use verifier_node::sim::{Devices, NetConfig, Sim};
-
-/// The market of the simulations: registration closes at 6 s, iterations every 2 s, K_max 3.
-fn sim_world() -> (World, Entry, Devices) {
-    let mut w = world();
-    w.genesis.market.registration_close_ms = 6000;
-    w.genesis.market.iteration_ms = 2000;
-    w.genesis.market.max_iterations = 3;
-    w.genesis.market.execution_start_ms = 1_000_000;
-    w.chain = chain_id(&w.genesis);
-    let genesis = genesis_entry(&w);
-    let mut devices = Devices { enrollments: w.devices.iter().map(|d| enrollment(&w, d)).collect(), ..Default::default() };
-    for k in 1..=3u32 {
-        let us = (0..w.devices.len()).map(|i| update(&mut w, i, k, k)).collect();
-        devices.updates.insert(k, us);
-    }
-    (w, genesis, devices)
-}
 
 const HORIZON_MS: u64 = 60_000;
 
@@ -47,7 +30,7 @@ fn run_net(w: &World, genesis: &Entry, devices: &Devices, seed: u64, byzantine: 
 #[test]
 fn a_clean_network_reaches_final_with_every_update() {
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
-    let (w, genesis, devices) = sim_world();
+    let (w, genesis, devices) = sim_world(3);
     let net = NetConfig { drop: 0.0, gst_ms: 0, duplicate: 0.0, delay_ms: (1, 5), partitions: vec![], crashes: vec![] };
     let mut sim = Sim::new(1, genesis, w.keys.clone(), w.validators.clone(), vec![], net, devices);
     sim.run(HORIZON_MS);
@@ -60,7 +43,7 @@ fn a_clean_network_reaches_final_with_every_update() {
 }
 
 fn seeds(range: std::ops::Range<u64>) {
-    let (w, genesis, devices) = sim_world();
+    let (w, genesis, devices) = sim_world(3);
     for seed in range {
         if let Err(e) = run_seed(&w, &genesis, &devices, seed, vec![]) {
             panic!("{e}\nreplay: SIM_SEED={seed} cargo nextest run -p verifier-node --test sim one_seed");
@@ -91,13 +74,13 @@ fn seeds_0750_1000() {
 #[test]
 fn one_seed() {
     let seed = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
-    let (w, genesis, devices) = sim_world();
+    let (w, genesis, devices) = sim_world(3);
     run_seed(&w, &genesis, &devices, seed, vec![]).unwrap();
 }
 
 #[test]
 fn byzantine_proposers_never_get_bad_entries_committed() {
-    let (mut w, genesis, mut devices) = sim_world();
+    let (mut w, genesis, mut devices) = sim_world(3);
     // Device 2 submits an update for iteration 3 (height 5, which validator 1 proposes in
     // round 0) whose proof was made for iteration 2: honest proposers drop it, the Byzantine
     // one includes it.

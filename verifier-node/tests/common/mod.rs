@@ -123,3 +123,22 @@ pub fn validator(w: &World) -> MarketApp {
     app.apply(&entry, &[]).unwrap();
     app
 }
+
+/// The market of the simulations: registration closes at 6 s, iterations every 2 s, K_max
+/// `max_iterations`; the genesis entry and the devices' enrollments and updates (every
+/// device in every iteration).
+pub fn sim_world(max_iterations: u32) -> (World, Entry, verifier_node::sim::Devices) {
+    let mut w = world();
+    w.genesis.market.registration_close_ms = 6000;
+    w.genesis.market.iteration_ms = 2000;
+    w.genesis.market.max_iterations = max_iterations;
+    w.genesis.market.execution_start_ms = 1_000_000;
+    w.chain = chain_id(&w.genesis);
+    let genesis = genesis_entry(&w);
+    let mut devices = verifier_node::sim::Devices { enrollments: w.devices.iter().map(|d| enrollment(&w, d)).collect(), ..Default::default() };
+    for k in 1..=max_iterations {
+        let us = (0..w.devices.len()).map(|i| update(&mut w, i, k, k)).collect();
+        devices.updates.insert(k, us);
+    }
+    (w, genesis, devices)
+}

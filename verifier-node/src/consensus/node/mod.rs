@@ -718,7 +718,10 @@ impl<L: Log> Node<L> {
     }
 
     fn admit_enrollment(&mut self, e: SignedEnrollment) -> Result<(), Reject> {
-        if self.pool_enrollments.contains_key(&e.body.device) {
+        if let Some(held) = self.pool_enrollments.get(&e.body.device) {
+            if *held == e {
+                return Ok(()); // The same signed enrollment again: already held.
+            }
             return Err(protocol::clock::ClockError::DuplicateEnrollment(e.body.device).into());
         }
         if self.pool_enrollments.len() >= MAX_POOLED_ENROLLMENTS {
@@ -741,6 +744,11 @@ impl<L: Log> Node<L> {
 
     fn admit_update(&mut self, u: SignedUpdate) -> Result<(), Reject> {
         if let Some(held) = self.pool_updates.get(&u.body.device) {
+            if *held == u {
+                // The same signed update again (a gateway re-sends before the deadline in case
+                // a validator lost its pool): already held, nothing changes.
+                return Ok(());
+            }
             if held.body.iteration == u.body.iteration {
                 return Err(protocol::clock::ClockError::DuplicateUpdate { device: u.body.device, iteration: u.body.iteration }.into());
             }
