@@ -254,6 +254,24 @@ fn a_gateway_keeps_its_updates_in_every_iteration_while_each_validator_restarts(
     };
     let gw_log = std::fs::read_to_string(c.dir.join("gateway.log")).unwrap();
     assert!(status.success(), "gateway failed ({status}):\n{gw_log}");
+    // For BENCHMARKS.md (printed, not asserted): restart → first entry decided or synced.
+    for i in 0..4 {
+        let log = c.log(i);
+        let secs = |line: &str| -> Option<f64> {
+            let t = line.split('T').nth(1)?.get(..15)?;
+            let (h, rest) = t.split_once(':')?;
+            let (m, s) = rest.split_once(':')?;
+            Some(h.parse::<f64>().ok()? * 3600.0 + m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+        };
+        let lines: Vec<&str> = log.lines().collect();
+        if let Some(at) = lines.iter().rposition(|l| l.contains("validator started")) {
+            let started = secs(lines[at]);
+            let caught = lines[at..].iter().find(|l| l.contains("synced") || l.contains("committed ")).and_then(|l| secs(l));
+            if let (Some(a), Some(b)) = (started, caught) {
+                eprintln!("validator {i}: restart to first entry {:.0} ms", (b - a) * 1000.0);
+            }
+        }
+    }
     c.wait_final(Duration::from_secs(30));
     c.stop_all();
     c.assert_identical_logs();
