@@ -269,6 +269,10 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
                 };
                 warn!(validator = %links.addr(feed.turn), height = agent.next_height(), "{why}; following another validator");
                 summary.switches += 1;
+                // A stream that ends at once (a validator accepting and closing) must not spin.
+                if feed.since.elapsed() < Duration::from_millis(200) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
                 let next = (feed.turn + 1) % links.validator_count();
                 feed = Feed::open(&mut links, next, agent.next_height()).await;
                 continue;

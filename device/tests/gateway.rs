@@ -220,7 +220,8 @@ fn a_forged_update_body_is_refused_and_the_gateway_follows_another_validator() {
     let m = market_with("forge", Timing { registration_ms: 5000, slots: T, slot_seconds: 900, execution_gap_ms: 60_000, all_models: false, port_block: 3 });
     let cfg = gateway_toml(&m, "fg", EV);
     assert!(device(&["init"], &cfg).status.success());
-    let ev = device::config::Gateway::load(&cfg).unwrap().appliances[0].id();
+    let appliance = device::config::Gateway::load(&cfg).unwrap().appliances[0].clone();
+    let (ev, ev_key, chain) = (appliance.id(), appliance.key.clone(), m.genesis.chain_id);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let honest = rt.block_on(async {
         net::install_crypto();
@@ -234,15 +235,17 @@ fn a_forged_update_body_is_refused_and_the_gateway_follows_another_validator() {
         let endpoint = quinn::Endpoint::server(server, format!("127.0.0.1:{}", m.base_port).parse().unwrap()).unwrap();
         let upstream_addr = format!("127.0.0.1:{}", m.base_port + 1).parse().unwrap();
         let upstream_key = m.validators[1].verifying_key().to_bytes();
+        let ev_key = ev_key.clone();
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
+                let ev_key = ev_key.clone();
                 tokio::spawn(async move {
                     let Ok(conn) = incoming.await else { return };
                     let me = ed25519_dalek::SigningKey::from_bytes(&[42; 32]);
                     let client_ep = net::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
                     let Ok(up) = ValidatorClient::connect(&client_ep, upstream_addr, upstream_key, &me).await else { return };
                     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                        let up = up.clone();
+                        let (up, ev_key) = (up.clone(), ev_key.clone());
                         tokio::spawn(async move {
                             let Ok(Some(frame)) = net::read_frame(&mut recv, MAX_DEVICE_FRAME).await else { return };
                             let Ok(req) = decode::<DeviceRequest>("req", &frame, MAX_DEVICE_FRAME) else { return };
@@ -250,8 +253,13 @@ fn a_forged_update_body_is_refused_and_the_gateway_follows_another_validator() {
                                 DeviceRequest::Subscribe { from } => {
                                     let Ok(mut rx) = up.subscribe(from).await else { return };
                                     while let Some(Ok(mut c)) = rx.recv().await {
+                                        // A validly signed update of the gateway's own device (as
+                                        // if its key had signed another schedule): only the digest
+                                        // check can tell it is not the certified one.
                                         for u in c.updates.iter_mut().filter(|u| u.body.device == ev) {
-                                            u.body.schedule = vec![3000; T];
+                                            let mut body = u.body.clone();
+                                            body.schedule = vec![3000; T];
+                                            *u = protocol::messages::SignedUpdate::new(&ev_key, &chain, body);
                                         }
                                         if net::write_frame(&mut send, &encode(&c)).await.is_err() {
                                             return;

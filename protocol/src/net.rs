@@ -306,7 +306,10 @@ pub fn server_endpoint(key: &SigningKey, server: quinn::ServerConfig, addr: Sock
     let mut config = quinn::EndpointConfig::new(Arc::new(reset));
     // Connection ids carry a keyed hash that the endpoint checks before it answers an unknown
     // one with a reset: the key must survive the restart too.
-    let cid_key = u64::from_le_bytes(secret[..8].try_into().expect("8 bytes"));
+    let mut h = sha2::Sha256::new();
+    h.update(b"gridproof/v1 quic connection id key");
+    h.update(key.to_bytes());
+    let cid_key = u64::from_le_bytes(h.finalize()[..8].try_into().expect("8 bytes"));
     config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
     let socket = std::net::UdpSocket::bind(addr).map_err(bind)?;
     let runtime = quinn::default_runtime().ok_or_else(|| NetError::Connect { addr, reason: "no async runtime".into() })?;

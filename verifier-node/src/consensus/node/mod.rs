@@ -237,8 +237,11 @@ struct HeldPayload {
     updates: Vec<SignedUpdate>,
     /// Whether it validated, once checked.
     validity: Option<bool>,
-    /// Who proposed it (the sender of its payload; this node for its own).
+    /// Who proposed it (the sender of its payload; this node for its own, and for payloads
+    /// restored from its WAL).
     proposer: u16,
+    /// The round it was first announced in.
+    round: i64,
 }
 
 /// A payload's claim: `hash` is proposed at `height` in `round` by `proposer`, with proof-of-lock
@@ -501,7 +504,7 @@ impl<L: Log> Node<L> {
         for r in &records {
             match r {
                 WalRecord::Payload { entry, updates } => {
-                    let held = HeldPayload { entry: entry.clone(), updates: updates.clone(), validity: None, proposer: self.cfg.index };
+                    let held = HeldPayload { entry: entry.clone(), updates: updates.clone(), validity: None, proposer: self.cfg.index, round: -1 };
                     self.payloads.insert(EntryHash(entry.hash()), held);
                 }
                 WalRecord::Proposed { round, value } => {
@@ -616,7 +619,7 @@ impl<L: Log> Node<L> {
             (Some(Byzantine::Equivocate), _) => {
                 let mut twin = entry.clone();
                 twin.timestamp_ms += 1;
-                let held = HeldPayload { entry: twin.clone(), updates: included.clone(), validity: Some(true), proposer: self.cfg.index };
+                let held = HeldPayload { entry: twin.clone(), updates: included.clone(), validity: Some(true), proposer: self.cfg.index, round: round.as_i64() };
                 self.payloads.insert(EntryHash(twin.hash()), held);
                 self.twin = Some((round.as_i64(), twin, included.clone()));
             }
@@ -624,10 +627,20 @@ impl<L: Log> Node<L> {
         }
         let hash = EntryHash(entry.hash());
         info!(validator = self.cfg.index, height = h, %round, kind = body_kind(&entry.body), updates = included.len(), "proposing {hash}");
-        self.wal_append(h, &WalRecord::Payload { entry: entry.clone(), updates: included.clone() });
+        let record = WalRecord::Payload { entry: entry.clone(), updates: included.clone() };
+        let len = protocol::codec::encode(&record).len();
+        if len > MAX_WAL_RECORD {
+            // More updates than one frame carries: proposing it would be refused by every
+            // peer and cannot be written ahead. Not fatal: this round passes without it.
+            warn!(validator = self.cfg.index, height = h, %round, bytes = len, "the due entry is too large to propose");
+            *self.stats.rejects.entry("proposal_oversize").or_default() += 1;
+            self.get_value = None;
+            return;
+        }
+        self.wal_append(h, &record);
         self.wal_append(h, &WalRecord::Proposed { round: round.as_i64(), value: hash.0 });
         self.own_proposals.insert((h, round.as_i64()), hash);
-        self.payloads.insert(hash, HeldPayload { entry: entry.clone(), updates: included.clone(), validity: Some(true), proposer: self.cfg.index });
+        self.payloads.insert(hash, HeldPayload { entry: entry.clone(), updates: included.clone(), validity: Some(true), proposer: self.cfg.index, round: round.as_i64() });
         if self.twin.is_none() {
             self.out.push(Output::Broadcast(PeerMsg::Payload { round: round.as_i64(), valid_round: -1, proposer: self.cfg.index, entry, updates: included }));
         } else {

@@ -6,7 +6,7 @@ use super::*;
 impl<L: Log> Node<L> {
     /// A message from validator `from`, arriving at `now`. Every field is checked before any
     /// of it is used ([`PeerMsg::check`], then the height and the sender's quotas); a refusal
-    /// is counted by its label and changes nothing.
+    /// is counted by its label and stores nothing of the message.
     pub fn on_peer(&mut self, now: u64, from: u16, msg: PeerMsg) -> Vec<Output> {
         self.now = self.now.max(now);
         if self.fatal.is_some() {
@@ -78,19 +78,28 @@ impl<L: Log> Node<L> {
         if a.height > next + 1 {
             return Err(PeerReject::PayloadHeight { height: a.height, next });
         }
-        if !self.payloads.contains_key(&a.hash) {
-            let held = self.payloads.values().filter(|p| p.proposer == a.proposer).count();
-            if held >= MAX_PAYLOADS_PER_PROPOSER || self.payloads.len() >= MAX_PAYLOADS {
-                return Err(PeerReject::Quota { proposer: a.proposer, what: "payloads", held, max: MAX_PAYLOADS_PER_PROPOSER });
-            }
-            self.payloads.insert(a.hash, HeldPayload { entry, updates, validity: None, proposer: a.proposer });
-        }
         if self.announced.contains(&a) {
             return Ok(());
         }
-        let held = self.announced.iter().filter(|x| x.proposer == a.proposer).count();
-        if held >= MAX_ANNOUNCED_PER_PROPOSER {
-            return Err(PeerReject::Quota { proposer: a.proposer, what: "announcements", held, max: MAX_ANNOUNCED_PER_PROPOSER });
+        let announced = self.announced.iter().filter(|x| x.proposer == a.proposer).count();
+        if announced >= MAX_ANNOUNCED_PER_PROPOSER {
+            return Err(PeerReject::Quota { proposer: a.proposer, what: "announcements", held: announced, max: MAX_ANNOUNCED_PER_PROPOSER });
+        }
+        if !self.payloads.contains_key(&a.hash) {
+            // A proposer at its quota loses its payload of the lowest round: an honest one
+            // proposes a new entry each round it leads, and a height must not stop deciding
+            // after a few rounds. (A value decided without its payload is synced.)
+            let mine = |p: &HeldPayload| p.proposer == a.proposer && p.proposer != self.cfg.index;
+            if self.payloads.values().filter(|p| mine(p)).count() >= MAX_PAYLOADS_PER_PROPOSER {
+                if let Some(old) = self.payloads.iter().filter(|(_, p)| mine(p)).min_by_key(|(_, p)| (p.entry.height, p.round)).map(|(h, _)| *h) {
+                    self.payloads.remove(&old);
+                    self.announced.retain(|x| x.hash != old);
+                }
+            }
+            if self.payloads.len() >= MAX_PAYLOADS {
+                return Err(PeerReject::Quota { proposer: a.proposer, what: "payloads in all", held: self.payloads.len(), max: MAX_PAYLOADS });
+            }
+            self.payloads.insert(a.hash, HeldPayload { entry, updates, validity: None, proposer: a.proposer, round: a.round });
         }
         self.announced.insert(a);
         debug!(validator = self.cfg.index, height = a.height, round = a.round, proposer = a.proposer, "payload {} received", a.hash);
