@@ -32,6 +32,14 @@ struct Target {
     key: [u8; 32],
 }
 
+/// Dials `target` as `key`, waiting at most `within`: the one dial of every connection here.
+async fn dial(endpoint: &quinn::Endpoint, target: Target, key: &SigningKey, within: Duration) -> Result<ValidatorClient, String> {
+    match tokio::time::timeout(within, ValidatorClient::connect(endpoint, target.addr, target.key, key)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("not connected within {within:?}")),
+    }
+}
+
 /// One connection slot: (validator, appliance).
 struct Slot {
     client: Option<ValidatorClient>,
@@ -113,12 +121,8 @@ impl Links {
                     continue;
                 }
                 self.slots[v][a].dialling = true;
-                let Target { addr, key: vkey, .. } = self.validators[v];
-                let (endpoint, key) = (self.endpoint.clone(), self.keys[a].clone());
-                self.dials.spawn(async move {
-                    let r = tokio::time::timeout(CONNECT_TIMEOUT, ValidatorClient::connect(&endpoint, addr, vkey, &key)).await;
-                    (v, a, r.map_err(|_| "timed out".to_string()).and_then(|r| r.map_err(|e| e.to_string())))
-                });
+                let (endpoint, key, target) = (self.endpoint.clone(), self.keys[a].clone(), self.validators[v]);
+                self.dials.spawn(async move { (v, a, dial(&endpoint, target, &key, CONNECT_TIMEOUT).await) });
             }
         }
     }
@@ -175,9 +179,7 @@ impl Links {
         if let Some(c) = self.live(v, 0) {
             return Some(c);
         }
-        let t = self.validators[v];
-        let r = tokio::time::timeout(CONNECT_TIMEOUT, ValidatorClient::connect(&self.endpoint, t.addr, t.key, &self.keys[0])).await;
-        let r = r.map_err(|_| "timed out".to_string()).and_then(|r| r.map_err(|e| e.to_string()));
+        let r = dial(&self.endpoint, self.validators[v], &self.keys[0], CONNECT_TIMEOUT).await;
         let ok = r.is_ok();
         let was_dialling = self.slots[v][0].dialling;
         self.file((v, 0, r));
@@ -202,14 +204,7 @@ impl Links {
                 let (request, live, target) = (request.clone(), self.live(v, a), self.validators[v]);
                 let (endpoint, key) = (self.endpoint.clone(), self.keys[a].clone());
                 sends.spawn(async move {
-                    let dial = || async {
-                        let left = limit.saturating_duration_since(Instant::now()).min(CONNECT_TIMEOUT);
-                        match tokio::time::timeout(left, ValidatorClient::connect(&endpoint, target.addr, target.key, &key)).await {
-                            Ok(Ok(c)) => Ok(c),
-                            Ok(Err(e)) => Err(e.to_string()),
-                            Err(_) => Err("not reachable before the deadline".to_string()),
-                        }
-                    };
+
                     let send = |c: ValidatorClient| {
                         let request = request.clone();
                         async move {
@@ -225,7 +220,7 @@ impl Links {
                         None => Err("no connection".to_string()),
                     };
                     let answer = match first {
-                        Err(_) if Instant::now() < limit => match dial().await {
+                        Err(_) if Instant::now() < limit => match dial(&endpoint, target, &key, limit.saturating_duration_since(Instant::now()).min(CONNECT_TIMEOUT)).await {
                             Ok(c) => {
                                 fresh = Some(c.clone());
                                 send(c).await
