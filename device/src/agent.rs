@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use circuits::fixed::{Fixed, Watts};
 use circuits::{Context, Witness};
 use protocol::admm::Variables;
-use protocol::clock::ClockConfig;
+use protocol::clock::{ClockConfig, RegistrationTip};
 use protocol::codec::FieldElement;
 use protocol::entry::{Body, Certified, LightClient, LogError};
 use protocol::ids::DeviceId;
@@ -42,6 +42,15 @@ pub enum AgentError {
     /// A proving key for an appliance's shape is missing.
     #[error("no proving key for {0}")]
     MissingKey(String),
+    /// Registration closed (the closing enrollment batch is in the log) and not one of this
+    /// gateway's appliances was enrolled: it has no part in the market.
+    #[error("registration closed at height {height} without any of this gateway's appliances ({names}); was the gateway started after the close, or were its enrollments refused?")]
+    NotEnrolled {
+        /// The closing batch's height.
+        height: u64,
+        /// The appliances, comma-separated.
+        names: String,
+    },
     /// Proving failed (the local step produced a schedule the circuit refuses).
     #[error("appliance {name}: {reason}")]
     Prove {
@@ -105,7 +114,7 @@ impl Agent {
             }
         }
         let g = &gateway.genesis;
-        let next_due_ms = Some(ClockConfig::from_spec(&gateway.market().market).after_registration_entry(g.timestamp_ms, g.timestamp_ms));
+        let next_due_ms = Some(ClockConfig::from_spec(&gateway.market().market).after_registration_entry(g.timestamp_ms, g.timestamp_ms, RegistrationTip::Genesis));
         Ok(Agent { gateway, keys, client, state, next_due_ms })
     }
 
@@ -176,7 +185,9 @@ impl Agent {
         let g = self.gateway.market().market.clone();
         let clock = ClockConfig::from_spec(&g);
         self.next_due_ms = match &c.entry.body {
-            Body::Enrollment(_) => Some(clock.after_registration_entry(self.gateway.genesis.timestamp_ms, c.entry.timestamp_ms)),
+            Body::Enrollment(list) => {
+                Some(clock.after_registration_entry(self.gateway.genesis.timestamp_ms, c.entry.timestamp_ms, RegistrationTip::Batch { enrollments: list.len() }))
+            }
             Body::Iteration(b) if b.iteration < g.max_iterations => Some(clock.deadline(b.iteration + 1)),
             Body::Iteration(_) => Some(c.entry.timestamp_ms),
             _ => None,
@@ -188,8 +199,17 @@ impl Agent {
                         self.state.enrolled.insert(name.clone());
                     }
                 }
-                // Iteration 1 opens with the variables at zero once every appliance is in.
-                (self.state.enrolled.len() == self.gateway.appliances.len()).then_some(1)
+                // Iteration 1 opens with the variables at zero once every appliance is in, or
+                // with those that are in once the closing batch ended registration.
+                let over = clock.next_batch_ms(self.gateway.genesis.timestamp_ms, c.entry.timestamp_ms, RegistrationTip::Batch { enrollments: list.len() }).is_none();
+                let missing: Vec<&str> = self.gateway.appliances.iter().map(|a| a.name.as_str()).filter(|n| !self.state.enrolled.contains(*n)).collect();
+                if over && !missing.is_empty() {
+                    if self.state.enrolled.is_empty() {
+                        return Err(AgentError::NotEnrolled { height: c.entry.height, names: missing.join(", ") });
+                    }
+                    tracing::warn!(height = c.entry.height, missing = missing.join(", "), "registration closed without these appliances: they sit this market out");
+                }
+                (missing.is_empty() || over).then_some(1)
             }
             Body::Iteration(b) => {
                 for u in &c.updates {

@@ -60,6 +60,32 @@ fn two_gateways_follow_a_market_to_the_final_schedule() {
     assert!(String::from_utf8_lossy(&table.stdout).contains("€/MWh"));
 }
 
+/// A gateway started after registration closed: its enrollments are refused as late, and
+/// once it has followed the log to the closing batch it stops with an error naming its
+/// appliances, instead of following a market it has no part in.
+#[test]
+fn a_gateway_started_after_the_close_fails_naming_its_appliances() {
+    let m = market("late", 1500);
+    let cfg = gateway_toml(&m, "late", &format!("{EV}{BOILER}"));
+    assert!(device(&["init"], &cfg).status.success());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let validators = rt.block_on(start_validators(&m));
+    let close = match &m.genesis.body {
+        Body::Genesis(g) => g.market.registration_close_ms,
+        _ => unreachable!(),
+    };
+    std::thread::sleep(std::time::Duration::from_millis(close.saturating_sub(protocol::net::now_ms()) + 1000));
+    let out = Command::new(BIN).args(["run", "--timeout-s", "30", "--config"]).arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a gateway with no enrolled appliance must not succeed: {err}");
+    assert!(err.contains("registration closed") && err.contains("ev, boiler"), "{err}");
+    rt.block_on(async {
+        for v in validators {
+            v.stop().await.unwrap();
+        }
+    });
+}
+
 #[test]
 fn bad_configurations_fail_naming_the_field_or_host() {
     let m = market("bad", 60_000);

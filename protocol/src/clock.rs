@@ -181,18 +181,41 @@ impl ClockConfig {
         self.iteration_ms.min(window / 2).max(1)
     }
 
-    /// When the entry after one timestamped `tip_ms` is due, if the tip is the genesis or an
-    /// enrollment batch (not a full one) of a registration that opened at `genesis_ms`: the
-    /// next batch one interval later while registration is open, else iteration 1 at its
-    /// deadline.
-    pub fn after_registration_entry(&self, genesis_ms: u64, tip_ms: u64) -> u64 {
-        let batch = tip_ms.saturating_add(self.enrollment_interval(genesis_ms));
-        if batch < self.registration_close_ms {
-            batch
-        } else {
-            self.deadline(1)
+    /// When the next enrollment batch is due after a registration-phase tip timestamped
+    /// `tip_ms`, or `None` once registration is over. Batches come one interval apart (1 ms
+    /// after a full batch, so a backlog drains), never later than the close C: the batch
+    /// timestamped at or after C is the *closing batch*, which takes every enrollment admitted
+    /// before C (admission ends at C). Registration is over once the tip is a closing batch
+    /// that is not full.
+    pub fn next_batch_ms(&self, genesis_ms: u64, tip_ms: u64, tip: RegistrationTip) -> Option<u64> {
+        let full = matches!(tip, RegistrationTip::Batch { enrollments } if enrollments >= MAX_ENROLLMENTS_PER_ENTRY);
+        if matches!(tip, RegistrationTip::Batch { .. }) && tip_ms >= self.registration_close_ms && !full {
+            return None;
         }
+        let gap = if full { 1 } else { self.enrollment_interval(genesis_ms) };
+        Some(tip_ms.saturating_add(gap).min(self.registration_close_ms).max(tip_ms.saturating_add(1)))
     }
+
+    /// When the entry after a registration-phase tip is due: the next enrollment batch
+    /// ([`Self::next_batch_ms`]) or, once registration is over, iteration 1 at its deadline.
+    pub fn after_registration_entry(&self, genesis_ms: u64, tip_ms: u64, tip: RegistrationTip) -> u64 {
+        self.next_batch_ms(genesis_ms, tip_ms, tip).unwrap_or_else(|| self.deadline(1))
+    }
+}
+
+/// Most enrollments in one entry (≈ 150 bytes each, so a batch fits one frame).
+pub const MAX_ENROLLMENTS_PER_ENTRY: usize = 4096;
+
+/// What the tip is while registration runs: it decides when the next batch is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistrationTip {
+    /// The genesis entry.
+    Genesis,
+    /// An enrollment batch holding this many enrollments.
+    Batch {
+        /// How many enrollments the batch holds.
+        enrollments: usize,
+    },
 }
 
 impl MarketClock {

@@ -27,13 +27,13 @@ use protocol::entry::{Body, Entry, FinalBody, Genesis, IterationBody};
 use protocol::ids::DeviceId;
 use protocol::merkle::{final_root, Hash};
 use protocol::messages::{SignedEnrollment, SignedUpdate};
+use protocol::clock::RegistrationTip;
 use protocol::sign::ChainId;
 use prover::{batch_verify, BatchItem, UpdateProof, VerifierKeys};
 use rand::{CryptoRng, RngCore};
 use thiserror::Error;
 
-/// Most enrollments in one entry (≈ 150 bytes each).
-pub const MAX_ENROLLMENTS_PER_ENTRY: usize = 4096;
+pub use protocol::clock::MAX_ENROLLMENTS_PER_ENTRY;
 
 /// Why an enrollment, update or entry was refused. Each variant has a metrics label
 /// ([`Reject::label`]).
@@ -186,9 +186,8 @@ pub struct MarketApp {
     admm: Option<AdmmState>,
     converged: bool,
     finalized: bool,
-    /// The tip is an enrollment entry filled to [`MAX_ENROLLMENTS_PER_ENTRY`]: more may wait,
-    /// so the next batch is due at once instead of an interval later.
-    backlog: bool,
+    /// What the tip is while registration runs (it decides when the next batch is due).
+    registration_tip: RegistrationTip,
     tip: Tip,
     genesis_ms: u64,
 }
@@ -214,7 +213,7 @@ impl MarketApp {
             admm: None,
             converged: false,
             finalized: false,
-            backlog: false,
+            registration_tip: RegistrationTip::Genesis,
             tip,
             genesis_ms: genesis_entry.timestamp_ms,
         })
@@ -269,12 +268,11 @@ impl MarketApp {
         protocol::clock::ClockConfig::from_spec(&self.genesis.market).enrollment_interval(self.genesis_ms)
     }
 
-    /// The earliest timestamp of the next enrollment batch: one interval after the tip, or
-    /// right after it when the tip was a full batch (a backlog drains batch after batch
-    /// instead of waiting an interval each, which could outlast registration).
-    fn next_batch_ms(&self) -> u64 {
-        let gap = if self.backlog { 1 } else { self.enrollment_interval() };
-        self.tip.timestamp_ms.saturating_add(gap)
+    /// The earliest timestamp of the next enrollment batch, `None` once registration is over
+    /// (`ClockConfig::next_batch_ms`: one interval after the tip, 1 ms after a full batch,
+    /// never after the close, whose closing batch ends registration).
+    fn next_batch_ms(&self) -> Option<u64> {
+        protocol::clock::ClockConfig::from_spec(&self.genesis.market).next_batch_ms(self.genesis_ms, self.tip.timestamp_ms, self.registration_tip)
     }
 
     /// The entry due next and the earliest timestamp it may carry; `None` once final.
@@ -283,14 +281,10 @@ impl MarketApp {
             return None;
         }
         match &self.admm {
-            None => {
-                let batch = self.next_batch_ms();
-                if batch < self.close_ms() {
-                    Some((batch, Due::Enrollment))
-                } else {
-                    Some((self.deadline(1), self.first_after_registration()))
-                }
-            }
+            None => match self.next_batch_ms() {
+                Some(batch) => Some((batch, Due::Enrollment)),
+                None => Some((self.deadline(1), self.first_after_registration())),
+            },
             Some(a) if self.converged || a.iteration() >= self.genesis.market.max_iterations => Some((self.tip.timestamp_ms + 1, Due::Final)),
             Some(a) => Some((self.deadline(a.iteration() + 1), Due::Iteration(a.iteration() + 1))),
         }
@@ -307,30 +301,18 @@ impl MarketApp {
     }
 
     /// When the host should next try to build an entry, given that nothing could be built at
-    /// `now`: the next time [`Self::due_at`] changes its answer.
+    /// `now`: the time the next entry is due, if that is later.
     pub fn next_buildable(&self, now: u64) -> Option<u64> {
         let (from, _) = self.next_due()?;
-        if from > now {
-            return Some(from);
-        }
-        // Registration closed with no entry since: nothing until the first deadline.
-        (self.admm.is_none() && now < self.deadline(1)).then(|| self.deadline(1))
+        (from > now).then_some(from)
     }
 
-    /// The entry that may extend the tip with timestamp `t`, if any: while registration is
-    /// open an enrollment batch (from one interval after the tip until the close), then
-    /// iteration 1 (from its deadline); later, what [`Self::next_due`] says from its time on.
+    /// The entry that may extend the tip with timestamp `t`, if any: what [`Self::next_due`]
+    /// says, from its time on (an enrollment batch during registration, the closing batch at or
+    /// after the close, then iteration 1 from its deadline, ...).
     pub fn due_at(&self, t: u64) -> Option<Due> {
         if t <= self.tip.timestamp_ms {
             return None;
-        }
-        if self.admm.is_none() && !self.finalized {
-            let batch = self.next_batch_ms();
-            return if t < self.close_ms() {
-                (t >= batch).then_some(Due::Enrollment)
-            } else {
-                (t >= self.deadline(1)).then_some(self.first_after_registration())
-            };
         }
         self.next_due().and_then(|(from, due)| (t >= from).then_some(due))
     }
@@ -371,7 +353,8 @@ impl MarketApp {
 
     /// Admission of an enrollment arriving at `now_ms` (host clock) into a validator's pool.
     pub fn admit_enrollment(&self, now_ms: u64, e: &SignedEnrollment) -> Result<(), Reject> {
-        if self.admm.is_some() || now_ms >= self.close_ms() {
+        // (Once the closing batch is in, nothing admitted could be included any more.)
+        if self.admm.is_some() || now_ms >= self.close_ms() || self.next_batch_ms().is_none() {
             return Err(ClockError::RegistrationClosed { now_ms, close_ms: self.close_ms() }.into());
         }
         self.check_enrollment(e).map(|_| ())
@@ -702,7 +685,9 @@ impl MarketApp {
                 return Err(Reject::NotDue(format!("a {} entry", body_kind(&entry.body))));
             }
         }
-        self.backlog = matches!(&entry.body, Body::Enrollment(list) if list.len() == MAX_ENROLLMENTS_PER_ENTRY);
+        if let Body::Enrollment(list) = &entry.body {
+            self.registration_tip = RegistrationTip::Batch { enrollments: list.len() };
+        }
         self.tip = Tip { height: entry.height, hash: entry.hash(), timestamp_ms: entry.timestamp_ms };
         Ok(())
     }

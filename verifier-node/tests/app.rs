@@ -34,12 +34,52 @@ fn enrollments_are_checked() {
     app.admit_enrollment(10, &good).unwrap();
     assert_eq!(app.admit_enrollment(150, &good).unwrap_err().label(), "late");
 
-    // Once enrolled (decided), the same enrollment is a duplicate; after the batch that
-    // reaches the close, iteration 1 is due at its deadline.
+    // Once enrolled (decided), the same enrollment is a duplicate; after the closing batch,
+    // iteration 1 is due at its deadline and nothing more is admitted.
+    let mut rng = ChaCha20Rng::seed_from_u64(2);
+    let mut one_batch = MarketApp::new(&genesis_entry(&w), w.keys.clone()).unwrap();
+    let (batch, _, _) = one_batch.build(100, std::slice::from_ref(&good), &[], &Default::default(), &mut rng).unwrap();
+    one_batch.apply(&batch, &[]).unwrap();
+    assert_eq!(one_batch.admit_enrollment(120, &good).unwrap_err().label(), "duplicate");
     let a = validator(&w);
-    assert_eq!(a.admit_enrollment(120, &good).unwrap_err().label(), "duplicate");
+    assert_eq!(a.admit_enrollment(120, &enrollment(&w, &w.devices[1])).unwrap_err().label(), "late");
     assert_eq!(a.next_due(), Some((250, Due::Iteration(1))));
     assert_eq!(a.open_iteration(), Some(1));
+}
+
+/// An enrollment admitted after the last interval's batch but before the close is not lost:
+/// the batch after it is due at the close itself (the closing batch), may be built late, and
+/// takes it; once the closing batch is in, registration admits nothing more even on a clock
+/// that is behind.
+#[test]
+fn an_enrollment_admitted_just_before_the_close_is_in_the_closing_batch() {
+    let w = world();
+    let mut rng = ChaCha20Rng::seed_from_u64(8);
+    let mut app = MarketApp::new(&genesis_entry(&w), w.keys.clone()).unwrap();
+    let early = enrollment(&w, &w.devices[0]);
+    let (first, _, _) = app.build(100, std::slice::from_ref(&early), &[], &Default::default(), &mut rng).unwrap();
+    app.apply(&first, &[]).unwrap();
+    // One interval (75 ms) after 100 is past the close (150): the closing batch is due at 150.
+    assert_eq!(app.next_due(), Some((150, Due::Enrollment)));
+    let late = enrollment(&w, &w.devices[1]);
+    app.admit_enrollment(149, &late).unwrap();
+    assert_eq!(app.admit_enrollment(150, &late).unwrap_err().label(), "late", "admission ends at the close");
+    // Built 30 ms late (a slow proposer), it is still the closing batch, and it validates.
+    let (closing, _, dropped) = app.build(180, std::slice::from_ref(&late), &[], &Default::default(), &mut rng).unwrap();
+    assert!(dropped.is_empty());
+    let Body::Enrollment(list) = &closing.body else { panic!("the closing batch is an enrollment batch") };
+    assert_eq!(list.len(), 1);
+    let mut replica = MarketApp::new(&genesis_entry(&w), w.keys.clone()).unwrap();
+    replica.apply(&first, &[]).unwrap();
+    replica.validate(&closing, &[], &Default::default(), &mut rng).unwrap();
+    app.apply(&closing, &[]).unwrap();
+    assert_eq!(app.enrolled().len(), 2);
+    assert_eq!(app.next_due(), Some((250, Due::Iteration(1))), "registration is over");
+    let third = enrollment(&w, &w.devices[2]);
+    assert_eq!(app.admit_enrollment(140, &third).unwrap_err().label(), "late", "a clock behind the close admits nothing after the closing batch");
+    // A batch before the close, once the closing one is due, is still refused after it.
+    let after = app.build(200, std::slice::from_ref(&third), &[], &Default::default(), &mut rng).unwrap_err();
+    assert_eq!(after.label(), "not_due", "{after}");
 }
 
 #[test]
@@ -161,9 +201,9 @@ fn a_full_enrollment_batch_makes_the_next_one_due_at_once() {
     replica.validate(&tail, &[], &Default::default(), &mut rng).unwrap();
     app.apply(&tail, &[]).unwrap();
     assert_eq!(app.enrolled().len(), n);
-    // A batch that is not full brings back the interval: the next one would be at 151, past
-    // the close at 150, so iteration 1 is next, at its deadline.
-    assert_eq!(app.next_due(), Some((250, Due::Iteration(1))));
+    // A batch that is not full brings back the interval, capped at the close: the closing
+    // batch is due at 150.
+    assert_eq!(app.next_due(), Some((150, Due::Enrollment)));
 }
 
 #[test]

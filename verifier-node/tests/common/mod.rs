@@ -121,6 +121,11 @@ pub fn validator(w: &World) -> MarketApp {
     assert!(dropped.is_empty());
     app.validate(&entry, &[], &Default::default(), &mut rng).unwrap();
     app.apply(&entry, &[]).unwrap();
+    // The (empty) closing batch at the close ends registration.
+    let (closing, _, _) = app.build(w.genesis.market.registration_close_ms, &[], &[], &Default::default(), &mut rng).unwrap();
+    assert!(matches!(&closing.body, protocol::entry::Body::Enrollment(l) if l.is_empty()));
+    app.validate(&closing, &[], &Default::default(), &mut rng).unwrap();
+    app.apply(&closing, &[]).unwrap();
     app
 }
 
