@@ -133,6 +133,9 @@ fn run(args: &Args) -> Result<report::Summary, String> {
     //    iteration window (every gateway proves all its appliances inside it).
     let pb = step("trusted setup (development keys) and a trial proof per model");
     let mut key_hashes = vec![];
+    // Decoded once here and handed to every gateway (each would otherwise decode the files
+    // again, seconds on a loaded machine, eating into the registration window).
+    let mut proving_keys = std::collections::BTreeMap::new();
     let mut prove_ms = std::collections::BTreeMap::new();
     for kind in MODELS {
         let shape = Shape { kind, slots };
@@ -154,6 +157,7 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         std::fs::write(out.join(format!("keys/{kind}-{}.pk", args.slots)), pk.to_bytes()).map_err(|e| e.to_string())?;
         std::fs::write(out.join(format!("keys/{kind}-{}.vk", args.slots)), &vk_bytes).map_err(|e| e.to_string())?;
         key_hashes.push(verifier_node::config::key_hash(&vk, &vk_bytes));
+        proving_keys.insert((kind.id(), args.slots), pk);
     }
     pb.finish_and_clear();
     println!("keys ready; proving throughput {}", prove_ms.iter().map(|(k, ms)| format!("{k} {ms:.0} ms/proof")).collect::<Vec<_>>().join(", "));
@@ -244,10 +248,11 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         .enumerate()
         .map(|(g, gw)| {
             let failures = failures.clone();
+            let keys = proving_keys.clone();
             std::thread::spawn(move || {
                 // Multi-threaded (one worker): the gateway proves in `block_in_place`.
                 let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
-                if let Err(e) = rt.block_on(device::host::run_gateway(&gw, opts)) {
+                if let Err(e) = rt.block_on(device::host::run_gateway_with_keys(&gw, keys, opts)) {
                     failures.lock().expect("lock").push(format!("gateway {g}: {e}"));
                 }
             })

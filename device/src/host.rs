@@ -4,9 +4,11 @@
 //! final schedule over MQTT. The `device` binary and the local demo both run gateways
 //! through [`run_gateway`].
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use protocol::messages::{DeviceRequest, SignedUpdate};
+use prover::UpdateProvingKey;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use thiserror::Error;
@@ -85,7 +87,14 @@ async fn signal_if(enabled: bool) -> &'static str {
 /// if `execute` and a broker is configured, carries the schedule out slot by slot. Resumes
 /// from the state file: mid-market (no second submission) or mid-execution.
 pub async fn run_gateway(gw: &Gateway, opts: RunOptions) -> Result<(), RunError> {
-    let keys = gw.proving_keys()?;
+    run_gateway_with_keys(gw, gw.proving_keys()?, opts).await
+}
+
+/// [`run_gateway`] with proving keys already loaded: a host that runs several gateways in one
+/// process (the demo) decodes each key file once instead of once per gateway, so a gateway
+/// enrolls within milliseconds of starting. Every shape an appliance needs must be present
+/// ([`AgentError::MissingKey`] otherwise).
+pub async fn run_gateway_with_keys(gw: &Gateway, keys: BTreeMap<(u8, usize), UpdateProvingKey>, opts: RunOptions) -> Result<(), RunError> {
     let state = crate::state::load(&gw.file.state_file)?;
     let mut agent = Agent::new(gw.clone(), keys, state)?;
     // The broker first: an unreachable one is a configuration error, found before the market.
