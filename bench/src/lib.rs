@@ -41,3 +41,8 @@ pub fn gateway_toml(validators: u16, port: u16, windows: &str) -> String {
          [[appliances]]\nname = \"ev\"\n[appliances.spec]\nmodel = \"deferrable\"\nmax_power_kw = 7.4\nenergy_min_kwh = 20.0\nenergy_max_kwh = 40.0\nwindows = {windows}\n"
     )
 }
+
+/// The enrollment authority of the benchmarks' markets (it attests every benchmark device).
+pub fn authority() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[170; 32])
+}

@@ -153,7 +153,8 @@ pub fn validator_process(dir: &Path, index: u16, validators: u16, port: u16) -> 
 /// `bench gateway`: runs the gateway of `dir/gateway.toml` through the market (no MQTT), then
 /// prints its [`GatewayReport`] as one JSON line.
 pub fn gateway_process(dir: &Path) -> Result<(), String> {
-    let gw = device::config::Gateway::load(&dir.join("gateway.toml")).map_err(|e| e.to_string())?;
+    let mut gw = device::config::Gateway::load(&dir.join("gateway.toml")).map_err(|e| e.to_string())?;
+    gw.self_attest(&crate::authority()).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let opts = device::host::RunOptions { within: Duration::from_secs(1800), enroll_only: false, execute: false, compressed_slot_ms: None, stop_on_signal: false };
     rt.block_on(device::host::run_gateway(&gw, opts)).map_err(|e| e.to_string())?;
@@ -269,8 +270,10 @@ pub fn run(s: Scenario, exe: &Path) -> Result<ScaleResult, String> {
             execution_start_ms: close + 2 * iteration_ms + 60_000,
         },
         verifying_keys: vec![verifier_node::config::key_hash(&vk, &vk_bytes)],
+        enrollment_authorities: vec![protocol::membership::AuthorityId(crate::authority().verifying_key().to_bytes())],
     };
     let chain = chain_id(&genesis);
+    let span = protocol::membership::market_span(&genesis.market);
     let genesis_entry = Entry::genesis(genesis, now);
     std::fs::write(genesis_path(&dir), protocol::codec::encode(&genesis_entry)).map_err(|e| e.to_string())?;
     write_gateway(&dir, s)?;
@@ -300,6 +303,15 @@ pub fn run(s: Scenario, exe: &Path) -> Result<ScaleResult, String> {
                 kind: 1,
                 slots: s.slots as u16,
                 commitment: FieldElement::new(&commitments[i % distinct]),
+                attestation: protocol::membership::attest(
+                    &crate::authority(),
+                    &chain,
+                    DeviceId(key.verifying_key().to_bytes()),
+                    &openings[i % distinct].params,
+                    900,
+                    "bench",
+                    span,
+                ),
             };
             SignedEnrollment::new(key, &chain, body)
         })

@@ -169,6 +169,8 @@ fn run(args: &Args) -> Result<report::Summary, String> {
     // Every appliance proves once per iteration; the window leaves a quarter more plus the
     // time to submit, verify and commit.
     let iteration_ms = (proving_per_iteration_ms * 1.25 + 800.0).max(1200.0) as u64;
+    // The grid operator's enrollment authority, which attests every appliance of the demo.
+    let authority = key_from_seed(args.seed, b"authority", 0);
     let validator_keys: Vec<SigningKey> = (0..args.validators).map(|i| key_from_seed(args.seed, b"validator", i as u64)).collect();
     let now = protocol::net::now_ms();
     let close = now + 6000 + 20 * args.appliances as u64;
@@ -196,6 +198,7 @@ fn run(args: &Args) -> Result<report::Summary, String> {
             execution_start_ms: close + iteration_ms * (args.max_iterations as u64 + 2),
         },
         verifying_keys: key_hashes,
+        enrollment_authorities: vec![protocol::membership::AuthorityId(authority.verifying_key().to_bytes())],
     };
     println!(
         "market: {} appliances, T = {}, ρ = {}, iteration window {} ms (proving ≈ {:.0} ms per iteration), K_max = {}",
@@ -238,7 +241,9 @@ fn run(args: &Args) -> Result<report::Summary, String> {
                 Virtual { name, params: d.params.clone(), costs: d.costs.clone(), output }
             })
             .collect();
-        gateways.push(Gateway::with_appliances(&dir.join("gateway.toml"), devices).map_err(|e| e.to_string())?);
+        let mut gw = Gateway::with_appliances(&dir.join("gateway.toml"), devices).map_err(|e| e.to_string())?;
+        gw.self_attest(&authority).map_err(|e| e.to_string())?;
+        gateways.push(gw);
     }
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
     let opts = RunOptions { within: Duration::from_secs(3600), enroll_only: false, execute: true, compressed_slot_ms: Some(args.slot_ms), stop_on_signal: false };

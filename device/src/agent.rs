@@ -135,22 +135,24 @@ impl Agent {
         self.next_due_ms
     }
 
-    /// Signed enrollments of the appliances not yet seen enrolled.
+    /// Signed enrollments of the attested appliances not yet seen enrolled (an appliance
+    /// without an attestation cannot enroll).
     pub fn enrollments(&self) -> Vec<SignedEnrollment> {
         let g = self.gateway.market();
         self.gateway
             .appliances
             .iter()
             .filter(|a| !self.state.enrolled.contains(&a.name))
-            .map(|a| {
+            .filter_map(|a| {
                 let body = Enrollment {
                     market_id: g.market.market_id,
                     device: a.id(),
                     kind: a.opening.params.kind().id(),
                     slots: g.market.slots,
                     commitment: FieldElement::new(&a.commitment()),
+                    attestation: a.attestation.clone()?,
                 };
-                SignedEnrollment::new(&a.key, &self.gateway.genesis.chain_id, body)
+                Some(SignedEnrollment::new(&a.key, &self.gateway.genesis.chain_id, body))
             })
             .collect()
     }
@@ -202,10 +204,13 @@ impl Agent {
                 // Iteration 1 opens with the variables at zero once every appliance is in, or
                 // with those that are in once the closing batch ended registration.
                 let over = clock.next_batch_ms(self.gateway.genesis.timestamp_ms, c.entry.timestamp_ms, RegistrationTip::Batch { enrollments: list.len() }).is_none();
-                let missing: Vec<&str> = self.gateway.appliances.iter().map(|a| a.name.as_str()).filter(|n| !self.state.enrolled.contains(*n)).collect();
+                // (Only attested appliances can be in; the others were named at start.)
+                let missing: Vec<&str> =
+                    self.gateway.appliances.iter().filter(|a| a.attestation.is_some()).map(|a| a.name.as_str()).filter(|n| !self.state.enrolled.contains(*n)).collect();
                 if over && !missing.is_empty() {
                     if self.state.enrolled.is_empty() {
-                        return Err(AgentError::NotEnrolled { height: c.entry.height, names: missing.join(", ") });
+                        let all: Vec<&str> = self.gateway.appliances.iter().map(|a| a.name.as_str()).collect();
+                        return Err(AgentError::NotEnrolled { height: c.entry.height, names: all.join(", ") });
                     }
                     tracing::warn!(height = c.entry.height, missing = missing.join(", "), "registration closed without these appliances: they sit this market out");
                 }

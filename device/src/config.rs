@@ -17,6 +17,7 @@ use ed25519_dalek::SigningKey;
 use protocol::entry::{Body, Entry, Genesis};
 use protocol::ids::DeviceId;
 use protocol::local::Costs;
+use protocol::membership::{AttestationRequest, Nameplate, SignedAttestation};
 use prover::UpdateProvingKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -66,6 +67,40 @@ pub struct ApplianceFile {
     /// How the gateway switches it over MQTT (none: scheduled, not switched).
     #[serde(default)]
     pub output: Option<OutputFile>,
+    /// The rated limits on its nameplate, for the attestation request (none: the smallest
+    /// nameplate the spec fits, for the installer to check).
+    #[serde(default)]
+    pub nameplate: Option<NameplateFile>,
+}
+
+/// `[appliances.nameplate]`: rated limits in kW and kWh.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameplateFile {
+    /// Rated import (charging, heating, load), kW.
+    #[serde(default)]
+    pub max_import_kw: f64,
+    /// Rated export (discharging, PV peak), kW.
+    #[serde(default)]
+    pub max_export_kw: f64,
+    /// Storage capacity, kWh.
+    #[serde(default)]
+    pub capacity_kwh: f64,
+}
+
+impl NameplateFile {
+    /// In W and Wh (rounded to the nearest), if every value is finite, ≥ 0 and fits.
+    pub fn to_nameplate(&self) -> Result<Nameplate, String> {
+        let w = |field: &str, v: f64| {
+            let x = (v * 1000.0).round();
+            if v.is_finite() && (0.0..=u32::MAX as f64).contains(&x) {
+                Ok(x as u32)
+            } else {
+                Err(format!("nameplate.{field} = {v}: must be a finite number ≥ 0"))
+            }
+        };
+        Ok(Nameplate { max_import_w: w("max_import_kw", self.max_import_kw)?, max_export_w: w("max_export_kw", self.max_export_kw)?, capacity_wh: w("capacity_kwh", self.capacity_kwh)? })
+    }
 }
 
 /// `gateway.toml`.
@@ -88,8 +123,20 @@ pub struct GatewayFile {
     /// Home Assistant discovery (needs `mqtt`).
     #[serde(default)]
     pub home_assistant: Option<HomeAssistantFile>,
+    /// The meter point the home sits behind (from the grid operator), for attestation
+    /// requests.
+    #[serde(default)]
+    pub meter_point: Option<String>,
+    /// The enrollment authority's attestations of the appliances (the JSON `verifier-node
+    /// attest` writes), relative to this file. An appliance without one is not enrolled.
+    #[serde(default = "default_attestations_file")]
+    pub attestations_file: PathBuf,
     /// The appliances.
     pub appliances: Vec<ApplianceFile>,
+}
+
+fn default_attestations_file() -> PathBuf {
+    "attestations.json".into()
 }
 
 /// An appliance ready to take part: identity, committed opening, costs.
@@ -105,6 +152,11 @@ pub struct Appliance {
     pub costs: Costs,
     /// How it is switched, if at all.
     pub output: Option<OutputFile>,
+    /// The nameplate it asks to be attested with.
+    pub nameplate: Nameplate,
+    /// Its attestation, once the authority signed one (checked against the market and the
+    /// parameters at load).
+    pub attestation: Option<SignedAttestation>,
 }
 
 impl Appliance {
@@ -167,7 +219,7 @@ pub fn read_file(path: &Path) -> Result<GatewayFile, ConfigError> {
     let mut file: GatewayFile = toml::from_str(&text).map_err(|e| invalid(path, e.to_string()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let password = file.mqtt.as_mut().and_then(|m| m.password_file.as_mut());
-    for p in [&mut file.key_file, &mut file.state_file, &mut file.genesis_file, &mut file.keys_dir].into_iter().chain(password) {
+    for p in [&mut file.key_file, &mut file.state_file, &mut file.genesis_file, &mut file.keys_dir, &mut file.attestations_file].into_iter().chain(password) {
         if p.is_relative() {
             *p = base.join(&*p);
         }
@@ -187,7 +239,8 @@ impl Gateway {
     pub fn load(path: &Path) -> Result<Gateway, ConfigError> {
         let (file, secret, genesis, validator_keys) = load_market(path)?;
         let Body::Genesis(g) = &genesis.body else { unreachable!("checked by load_market") };
-        let appliances = appliances(path, &file, g, &secret)?;
+        let mut appliances = appliances(path, &file, g, &secret)?;
+        attach_attestations(&file.attestations_file, &genesis, &mut appliances)?;
         Ok(Gateway { file, genesis, appliances, validator_keys, id: secret.verifying_key().to_bytes() })
     }
 
@@ -228,10 +281,29 @@ impl Gateway {
             if d.output.is_some() && file.mqtt.is_none() {
                 return Err(invalid(path, format!("virtual appliance {}: an output needs an [mqtt] broker", d.name)));
             }
-            appliances.push(Appliance { output: d.output, ..Appliance::derive(&secret, &d.name, d.params, d.costs) });
+            let slot_seconds = genesis_market(&genesis).slot_seconds;
+            appliances.push(Appliance { output: d.output, ..Appliance::derive(&secret, &d.name, d.params, d.costs, slot_seconds) });
         }
+        attach_attestations(&file.attestations_file, &genesis, &mut appliances)?;
         file.appliances.clear();
         Ok(Gateway { file, genesis, appliances, validator_keys, id: secret.verifying_key().to_bytes() })
+    }
+
+    /// Attests every appliance with `authority`'s key (the nameplate its parameters need, valid
+    /// for the market): for a development cluster whose authority key is at hand (`device
+    /// simulate --authority-key`, the demo). Refused if the key is not an authority of the genesis.
+    pub fn self_attest(&mut self, authority: &SigningKey) -> Result<(), ConfigError> {
+        let g = self.market().clone();
+        let me = protocol::membership::AuthorityId(authority.verifying_key().to_bytes());
+        if !g.enrollment_authorities.contains(&me) {
+            return Err(invalid(&self.file.genesis_file, format!("key {} is not an enrollment authority of this genesis", protocol::ids::hex(&me.0))));
+        }
+        let meter = self.file.meter_point.clone().unwrap_or_else(|| format!("gateway-{}", &protocol::ids::hex(&self.id)[..12]));
+        let span = protocol::membership::market_span(&g.market);
+        for a in &mut self.appliances {
+            a.attestation = Some(protocol::membership::attest(authority, &self.genesis.chain_id, a.id(), &a.opening.params, g.market.slot_seconds, &meter, span));
+        }
+        Ok(())
     }
 
     /// The genesis body.
@@ -306,7 +378,14 @@ fn appliances(path: &Path, file: &GatewayFile, g: &Genesis, secret: &SigningKey)
             return Err(at("costs.quadratic must be ≥ 0".into()));
         }
         check_output(a, file).map_err(at)?;
-        out.push(Appliance { output: a.output.clone(), ..Appliance::derive(secret, &a.name, params, costs) });
+        let mut appliance = Appliance { output: a.output.clone(), ..Appliance::derive(secret, &a.name, params, costs, g.market.slot_seconds) };
+        if let Some(n) = &a.nameplate {
+            let n = n.to_nameplate().map_err(at)?;
+            // Native refusal: the private parameters must fit the public nameplate.
+            protocol::membership::within_nameplate(&appliance.opening.params, &n, g.market.slot_seconds).map_err(|e| at(format!("spec beyond the nameplate: {e}")))?;
+            appliance.nameplate = n;
+        }
+        out.push(appliance);
     }
     if out.is_empty() {
         return Err(invalid(path, "appliances: none configured"));
@@ -376,13 +455,49 @@ fn check_output(a: &ApplianceFile, file: &GatewayFile) -> Result<(), String> {
 
 impl Appliance {
     /// An appliance whose key and salt derive from the gateway secret and its name.
-    pub fn derive(secret: &SigningKey, name: &str, params: ModelParams, costs: Costs) -> Appliance {
+    /// Its nameplate is the smallest one its parameters fit (slots of `slot_seconds`), and it
+    /// has no attestation yet.
+    pub fn derive(secret: &SigningKey, name: &str, params: ModelParams, costs: Costs, slot_seconds: u32) -> Appliance {
         let secret_bytes = secret.to_bytes();
         let key = SigningKey::from_bytes(&derive("appliance-key", &secret_bytes, name));
         let salt = circuits::field::fr_from_i128(i128::from_le_bytes(derive("appliance-salt", &secret_bytes, name)[..16].try_into().expect("16 bytes")) >> 8);
+        let nameplate = protocol::membership::nameplate_of(&params, slot_seconds);
         let opening = Opening { params, cost_digest: costs.digest(), salt };
-        Appliance { name: name.to_string(), key, opening, costs, output: None }
+        Appliance { name: name.to_string(), key, opening, costs, output: None, nameplate, attestation: None }
     }
+
+    /// What the gateway asks the authority to attest for it.
+    pub fn attestation_request(&self, meter_point: &str) -> AttestationRequest {
+        AttestationRequest { name: self.name.clone(), device: self.id(), kind: self.opening.params.kind().id(), meter_point: meter_point.to_string(), nameplate: self.nameplate }
+    }
+}
+
+fn genesis_market(genesis: &Entry) -> &protocol::entry::MarketSpec {
+    let Body::Genesis(g) = &genesis.body else { unreachable!("read_genesis checks the body") };
+    &g.market
+}
+
+/// Reads the attestations file (none yet is fine: `device init` comes first) and gives each
+/// appliance the attestation of its device, checked as a validator checks it (an authority of
+/// this genesis, this device and kind, valid for the market) and against its parameters
+/// (within the attested nameplate). Attestations of other devices are ignored.
+fn attach_attestations(path: &Path, genesis: &Entry, appliances: &mut [Appliance]) -> Result<(), ConfigError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path).map_err(ConfigError::io(path))?;
+    let list: Vec<SignedAttestation> = serde_json::from_str(&text).map_err(|e| invalid(path, e.to_string()))?;
+    let Body::Genesis(g) = &genesis.body else { unreachable!("read_genesis checks the body") };
+    for a in appliances.iter_mut() {
+        let Some(att) = list.iter().find(|x| x.body.device == a.id()) else { continue };
+        let kind = a.opening.params.kind().id();
+        protocol::membership::check_attestation(att, &genesis.chain_id, &g.enrollment_authorities, a.id(), kind, &g.market)
+            .map_err(|e| invalid(path, format!("appliance {}: {e}", a.name)))?;
+        protocol::membership::within_nameplate(&a.opening.params, &att.body.nameplate, g.market.slot_seconds)
+            .map_err(|e| invalid(path, format!("appliance {}: its spec is beyond the attested nameplate: {e}", a.name)))?;
+        a.attestation = Some(att.clone());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -32,6 +32,14 @@ pub enum RunError {
     /// The MQTT broker.
     #[error(transparent)]
     Mqtt(#[from] MqttError),
+    /// Not one appliance has an attestation: validators admit only attested devices.
+    #[error("no appliance has an attestation in {file} ({names}): run `device init`, have the enrollment authority sign its request (`verifier-node attest`), and put the result there")]
+    Unattested {
+        /// The appliances.
+        names: String,
+        /// The attestations file.
+        file: String,
+    },
     /// No validator answered.
     #[error("no validator reachable (tried {0})")]
     Unreachable(String),
@@ -95,6 +103,13 @@ pub async fn run_gateway(gw: &Gateway, opts: RunOptions) -> Result<(), RunError>
 /// enrolls within milliseconds of starting. Every shape an appliance needs must be present
 /// ([`AgentError::MissingKey`] otherwise).
 pub async fn run_gateway_with_keys(gw: &Gateway, keys: BTreeMap<(u8, usize), UpdateProvingKey>, opts: RunOptions) -> Result<(), RunError> {
+    let unattested: Vec<&str> = gw.appliances.iter().filter(|a| a.attestation.is_none()).map(|a| a.name.as_str()).collect();
+    if unattested.len() == gw.appliances.len() {
+        return Err(RunError::Unattested { names: unattested.join(", "), file: gw.file.attestations_file.display().to_string() });
+    }
+    for name in &unattested {
+        warn!(appliance = name, file = %gw.file.attestations_file.display(), "no attestation: this appliance is not enrolled (send `device init`'s request to the enrollment authority)");
+    }
     let state = crate::state::load(&gw.file.state_file)?;
     let mut agent = Agent::new(gw.clone(), keys, state)?;
     // The broker first: an unreachable one is a configuration error, found before the market.
@@ -313,7 +328,7 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
             // Persist before sending: a crash now skips this iteration rather than sending twice.
             crate::state::save(&state_path, &agent.state)?;
         }
-        if enroll_only && agent.state.enrolled.len() == gw.appliances.len() {
+        if enroll_only && agent.state.enrolled.len() == gw.appliances.iter().filter(|a| a.attestation.is_some()).count() {
             info!(appliances = gw.appliances.len(), height = agent.state.height, "all appliances enrolled");
             links.close();
             return Ok(summary);

@@ -22,8 +22,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Creates the gateway key (mode 0600) if missing, checks every appliance, and prints each
-    /// appliance's device id and commitment.
+    /// Creates the gateway key (mode 0600) if missing, checks every appliance, prints each
+    /// appliance's device id, commitment and attestation status, and writes
+    /// `<config>.attestation-request.json` next to the configuration: what the enrollment authority
+    /// (the grid operator, an installer) signs with `verifier-node attest`.
     Init {
         /// The gateway configuration.
         #[arg(long)]
@@ -71,6 +73,11 @@ enum Command {
         /// Also write the summary (per-slot aggregate load and prices) to this JSON file.
         #[arg(long)]
         summary: Option<PathBuf>,
+        /// The enrollment authority's key file (a development cluster's `authority.key` from
+        /// `verifier-node init`): virtual appliances have no installer, so the simulation
+        /// attests them itself.
+        #[arg(long)]
+        authority_key: PathBuf,
     },
     /// Prints the committed schedule and prices.
     Schedule {
@@ -93,8 +100,8 @@ fn main() -> ExitCode {
         Command::Init { config } => init(&config),
         Command::Enroll { config, timeout_s } => follow(&config, Duration::from_secs(timeout_s), true),
         Command::Run { config, timeout_s } => follow(&config, Duration::from_secs(timeout_s), false),
-        Command::Simulate { config, appliances, seed, timeout_s, summary } => {
-            simulate(&config, appliances, seed, Duration::from_secs(timeout_s), summary.as_deref())
+        Command::Simulate { config, appliances, seed, timeout_s, summary, authority_key } => {
+            simulate(&config, appliances, seed, Duration::from_secs(timeout_s), summary.as_deref(), &authority_key)
         }
         Command::Schedule { config, json } => schedule(&config, json),
     };
@@ -116,8 +123,17 @@ fn init(path: &Path) -> Result<(), String> {
     let gw = Gateway::load(path).map_err(|e| e.to_string())?;
     for a in &gw.appliances {
         let c = prover::format::encode_fr(&a.commitment());
-        println!("{:<16} {:<10} device {} commitment {}", a.name, a.opening.params.kind(), hex(&a.id().0), hex(&c));
+        let status = if a.attestation.is_some() { "attested" } else { "not attested" };
+        println!("{:<16} {:<10} device {} commitment {} {status}", a.name, a.opening.params.kind(), hex(&a.id().0), hex(&c));
     }
+    let meter = gw.file.meter_point.clone().unwrap_or_default();
+    if meter.is_empty() {
+        eprintln!("note: no meter_point in {}; the authority fills it in, or add it and run init again", path.display());
+    }
+    let requests: Vec<_> = gw.appliances.iter().map(|a| a.attestation_request(&meter)).collect();
+    let out = path.with_extension("attestation-request.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&requests).expect("requests serialize")).map_err(|e| format!("{}: {e}", out.display()))?;
+    println!("attestation request for {} appliances written to {}", requests.len(), out.display());
     Ok(())
 }
 
@@ -149,8 +165,10 @@ fn follow(path: &Path, within: Duration, enroll_only: bool) -> Result<(), String
     Ok(())
 }
 
-fn simulate(path: &Path, n: usize, seed: u64, within: Duration, summary: Option<&Path>) -> Result<(), String> {
-    let gw = Gateway::simulated(path, n, seed).map_err(|e| e.to_string())?;
+fn simulate(path: &Path, n: usize, seed: u64, within: Duration, summary: Option<&Path>, authority_key: &Path) -> Result<(), String> {
+    let mut gw = Gateway::simulated(path, n, seed).map_err(|e| e.to_string())?;
+    let authority = device::config::read_key(authority_key).map_err(|e| e.to_string())?;
+    gw.self_attest(&authority).map_err(|e| e.to_string())?;
     info!(appliances = n, seed, "simulating virtual appliances");
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let opts = RunOptions { within, enroll_only: false, execute: false, compressed_slot_ms: None, stop_on_signal: true };

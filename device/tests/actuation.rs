@@ -178,7 +178,7 @@ fn tasmota_shelly_and_home_assistant_follow_the_committed_schedule_slot_by_slot(
         spec("boiler", 2.0, 0.001, 0.002, "[appliances.output]\nadapter = \"shelly\"\ndevice_id = \"shellyplus1pm-a8032ab1\"\nrated_w = 2000\n"),
     );
     let cfg = gateway_with_broker(&m, "gw", port, &appliances);
-    assert!(device(&["init"], &cfg).status.success());
+    init(&m, &cfg);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let validators = rt.block_on(start_validators(&m));
     let out = Command::new(BIN).args(["run", "--timeout-s", "120", "--config"]).arg(&cfg).output().unwrap();
@@ -297,7 +297,7 @@ fn kill_9_while_proving_and_while_executing_and_a_broker_restart_lose_no_slot() 
         spec("dishwasher", 1.5, 0.001, 0.002, ""),
     );
     let cfg = gateway_with_broker(&m, "gw", port, &appliances);
-    assert!(device(&["init"], &cfg).status.success());
+    init(&m, &cfg);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let validators = rt.block_on(start_validators(&m));
     let mut log = Vec::new();

@@ -23,6 +23,10 @@ fn two_gateways_follow_a_market_to_the_final_schedule() {
         let out = device(&["init"], cfg);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert!(String::from_utf8_lossy(&out.stdout).contains("commitment"));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("not attested"));
+        init(&m, cfg);
+        let again = String::from_utf8_lossy(&device(&["init"], cfg).stdout).to_string();
+        assert!(again.contains(" attested") && !again.contains("not attested"), "{again}");
     }
     #[cfg(unix)]
     {
@@ -67,7 +71,7 @@ fn two_gateways_follow_a_market_to_the_final_schedule() {
 fn a_gateway_started_after_the_close_fails_naming_its_appliances() {
     let m = market("late", 1500);
     let cfg = gateway_toml(&m, "late", &format!("{EV}{BOILER}"));
-    assert!(device(&["init"], &cfg).status.success());
+    init(&m, &cfg);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let validators = rt.block_on(start_validators(&m));
     let close = match &m.genesis.body {
@@ -84,6 +88,44 @@ fn a_gateway_started_after_the_close_fails_naming_its_appliances() {
             v.stop().await.unwrap();
         }
     });
+}
+
+/// Nameplates bound what an appliance may commit to, natively on the gateway: a spec beyond
+/// its configured nameplate, or beyond the nameplate the authority attested, is refused at
+/// load naming the field; an attestation by a key that is no authority of the chain is
+/// refused; a gateway with no attested appliance does not start.
+#[test]
+fn appliances_beyond_their_nameplate_or_unattested_are_refused_before_they_commit() {
+    use protocol::membership::{Attestation, Nameplate, SignedAttestation};
+    let m = market("plate", 60_000);
+    // The configured plate: a 2 kW charger cannot be specified at 3 kW.
+    let cfg = gateway_toml(&m, "small", &format!("{EV}[appliances.nameplate]\nmax_import_kw = 2.0\n"));
+    let out = device(&["init"], &cfg);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("beyond the nameplate") && err.contains("p_max"), "{err}");
+    // Not attested yet: `run` refuses to start and says what to do.
+    let cfg = gateway_toml(&m, "unattested", EV);
+    assert!(device(&["init"], &cfg).status.success());
+    let out = device(&["run", "--timeout-s", "5"], &cfg);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no appliance has an attestation") && err.contains("verifier-node attest"), "{err}");
+    // The authority attested 2 kW; the configuration says 3 kW.
+    let ev = device::config::Gateway::load(&cfg).unwrap().appliances[0].clone();
+    let protocol::entry::Body::Genesis(g) = &m.genesis.body else { unreachable!() };
+    let (from, until) = protocol::membership::market_span(&g.market);
+    let body = Attestation { device: ev.id(), kind: ev.opening.params.kind().id(), meter_point: "DE1".into(), nameplate: Nameplate { max_import_w: 2000, ..Default::default() }, valid_from_ms: from, valid_until_ms: until };
+    let file = device::config::read_file(&cfg).unwrap().attestations_file;
+    std::fs::write(&file, serde_json::to_string(&[SignedAttestation::new(&authority(), &m.genesis.chain_id, body.clone())]).unwrap()).unwrap();
+    let out = device(&["init"], &cfg);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("attested nameplate") && err.contains("p_max (W) = 3000"), "{err}");
+    // A 3 kW plate attested by a key that is no authority of this chain.
+    let rogue = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+    let body = Attestation { nameplate: Nameplate { max_import_w: 3000, ..Default::default() }, ..body };
+    std::fs::write(&file, serde_json::to_string(&[SignedAttestation::new(&rogue, &m.genesis.chain_id, body)]).unwrap()).unwrap();
+    let out = device(&["init"], &cfg);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not an enrollment authority"), "{err}");
 }
 
 #[test]
@@ -122,7 +164,7 @@ fn bad_configurations_fail_naming_the_field_or_host() {
     let text = std::fs::read_to_string(&cfg).unwrap();
     let at = text.find("[[appliances]]").unwrap();
     std::fs::write(&cfg, format!("{}[mqtt]\nhost = \"127.0.0.1\"\nport = {closed}\n\n{}", &text[..at], &text[at..])).unwrap();
-    assert!(device(&["init"], &cfg).status.success());
+    init(&m, &cfg);
     let out = device(&["run", "--timeout-s", "5"], &cfg);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -138,7 +180,7 @@ fn bad_configurations_fail_naming_the_field_or_host() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("appliances[0] (ev): output: needs an [mqtt] broker"), "{}", String::from_utf8_lossy(&out.stderr));
     // No validator reachable: the error names the addresses.
     let cfg = gateway_toml(&m, "down", EV);
-    assert!(device(&["init"], &cfg).status.success());
+    init(&m, &cfg);
     let out = device(&["enroll", "--timeout-s", "5"], &cfg);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -149,7 +191,7 @@ fn bad_configurations_fail_naming_the_field_or_host() {
 fn the_agent_refuses_entries_a_light_client_must_refuse() {
     let m = market("light", 60_000);
     let cfg = gateway_toml(&m, "lc", EV);
-    assert!(device(&["init"], &cfg).status.success());
+    init(&m, &cfg);
     let gw = device::config::Gateway::load(&cfg).unwrap();
     let keys = gw.proving_keys().unwrap();
     let mut agent = device::agent::Agent::new(gw.clone(), keys, Default::default()).unwrap();
@@ -202,13 +244,15 @@ fn simulate_runs_many_virtual_appliances_of_every_model_to_the_final_schedule() 
     let m = market_with("sim", Timing { registration_ms: 6000, slots: 8, slot_seconds: 900, execution_gap_ms: 60_000, all_models: true, port_block: 2 });
     // The file's own appliance is ignored by simulate; its key, validators and keys are used.
     let cfg = gateway_toml(&m, "sim", EV);
-    assert!(device(&["init"], &cfg).status.success());
+    init(&m, &cfg);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let validators = rt.block_on(start_validators(&m));
     let summary = m.dir.join("summary.json");
     let out = Command::new(BIN)
         .args(["simulate", "--appliances", "10", "--seed", "4", "--timeout-s", "120", "--summary"])
         .arg(&summary)
+        .arg("--authority-key")
+        .arg(m.dir.join("authority.key"))
         .arg("--config")
         .arg(&cfg)
         .output()
@@ -245,7 +289,7 @@ fn a_forged_update_body_is_refused_and_the_gateway_follows_another_validator() {
 
     let m = market_with("forge", Timing { registration_ms: 5000, slots: T, slot_seconds: 900, execution_gap_ms: 60_000, all_models: false, port_block: 3 });
     let cfg = gateway_toml(&m, "fg", EV);
-    assert!(device(&["init"], &cfg).status.success());
+    init(&m, &cfg);
     let appliance = device::config::Gateway::load(&cfg).unwrap().appliances[0].clone();
     let (ev, ev_key, chain) = (appliance.id(), appliance.key.clone(), m.genesis.chain_id);
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -108,6 +108,9 @@ pub struct Genesis {
     pub market: MarketSpec,
     /// Accepted verifying keys.
     pub verifying_keys: Vec<KeyHash>,
+    /// Enrollment authorities: the keys whose attestations admit devices
+    /// (`membership::check_attestation`). No authority, no enrollment.
+    pub enrollment_authorities: Vec<crate::membership::AuthorityId>,
 }
 
 /// One ADMM iteration as decided.

@@ -40,13 +40,30 @@ pub fn hex(bytes: &[u8]) -> String {
 /// Parses exactly 64 hex characters (surrounding whitespace ignored) into 32 bytes: the form
 /// of key files and of keys given on a command line.
 pub fn parse_hex32(text: &str) -> Option<[u8; 32]> {
+    parse_hex(text, 32).map(|v| v.try_into().expect("32 bytes"))
+}
+
+/// Parses exactly `2 · n` hex characters (surrounding whitespace ignored) into `n` bytes.
+pub fn parse_hex(text: &str, n: usize) -> Option<Vec<u8>> {
     let text = text.trim();
-    if text.len() != 64 || !text.bytes().all(|c| c.is_ascii_hexdigit()) {
+    if text.len() != 2 * n || !text.bytes().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    (0..n).map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()).collect()
+}
+
+/// Serde of 32-byte keys as 64 hex characters, for JSON files people read (attestations).
+pub mod hex32 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes the bytes as hex.
+    pub fn serialize<S: Serializer>(b: &[u8; 32], ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(&super::hex(b))
     }
-    Some(out)
+
+    /// Reads 64 hex characters.
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<[u8; 32], D::Error> {
+        let text = String::deserialize(de)?;
+        super::parse_hex32(&text).ok_or_else(|| serde::de::Error::custom(format!("expected 64 hex characters, got {text:?}")))
+    }
 }

@@ -7,6 +7,7 @@
 //! - [`scenario`]: seeded device workloads and base-load profiles.
 //! - [`simulate`]: an in-process ADMM run over a scenario.
 //! - [`ids`]: device and validator identities; [`sign`]: domain-separated ed25519.
+//! - [`membership`]: enrollment authorities' attestations of devices and their nameplates.
 //! - [`codec`]: the canonical encoding (Borsh with size caps, no trailing bytes, re-encode check).
 //! - [`messages`]: signed enrollments and updates; [`entry`]: log entries, commit certificates,
 //!   the light client; [`merkle`]: schedule roots.
@@ -30,6 +31,7 @@ pub mod entry;
 pub mod files;
 pub mod ids;
 pub mod local;
+pub mod membership;
 pub mod merkle;
 pub mod messages;
 #[cfg(feature = "net")]

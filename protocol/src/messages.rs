@@ -1,4 +1,5 @@
-//! What devices send: signed enrollments and signed schedule updates.
+//! What devices send: signed enrollments (carrying an authority's attestation) and signed
+//! schedule updates.
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use ed25519_dalek::SigningKey;
@@ -6,6 +7,7 @@ use sha2::{Digest, Sha256};
 
 use crate::codec::{encode, FieldElement};
 use crate::ids::DeviceId;
+use crate::membership::SignedAttestation;
 use crate::merkle::Hash;
 use crate::sign::{sign, verify, ChainId, Domain, SignatureBytes, SignatureError};
 
@@ -26,6 +28,8 @@ pub struct Enrollment {
     pub slots: u16,
     /// The Poseidon commitment to θ, costs and salt.
     pub commitment: FieldElement,
+    /// An enrollment authority's attestation of this device and kind.
+    pub attestation: SignedAttestation,
 }
 
 /// An enrollment signed by the device key.

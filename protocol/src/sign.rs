@@ -31,6 +31,8 @@ pub enum Domain {
     Meter = 4,
     /// Consensus traffic other than commit votes: proposals, prevotes, nil precommits.
     Consensus = 5,
+    /// An enrollment authority's attestation of a device.
+    Attestation = 6,
 }
 
 /// An ed25519 signature's bytes.

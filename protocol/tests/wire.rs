@@ -37,6 +37,7 @@ fn genesis(validators: &[SigningKey]) -> Entry {
             execution_start_ms: 100_000,
         },
         verifying_keys: vec![KeyHash { kind: 1, slots: 24, sha256: [7; 32] }],
+        enrollment_authorities: vec![protocol::membership::AuthorityId(key(50).verifying_key().to_bytes())],
     };
     Entry::genesis(g, 0)
 }
@@ -53,6 +54,52 @@ fn update(device: &SigningKey, chain: &ChainId, k: u32) -> SignedUpdate {
     SignedUpdate::new(device, chain, body)
 }
 
+fn attestation(chain: &ChainId, device: DeviceId) -> protocol::membership::SignedAttestation {
+    use protocol::membership::{Attestation, Nameplate, SignedAttestation};
+    let body = Attestation { device, kind: 2, meter_point: "DE0001".into(), nameplate: Nameplate { max_import_w: 5000, max_export_w: 5000, capacity_wh: 10_000 }, valid_from_ms: 0, valid_until_ms: 1 << 40 };
+    SignedAttestation::new(&key(50), chain, body)
+}
+
+/// An attestation admits exactly the device and kind it names, signed by an authority of the
+/// chain, over the whole market; each failure is its own typed error with its own label; the
+/// file form (JSON, hex keys) round-trips.
+#[test]
+fn attestations_admit_only_what_an_authority_signed_for_the_market() {
+    use protocol::membership::{check_attestation, AttestationError, AuthorityId, SignedAttestation};
+    let vals: Vec<SigningKey> = (1..=4).map(key).collect();
+    let g = genesis(&vals);
+    let Body::Genesis(spec) = &g.body else { unreachable!() };
+    let (chain, m, authorities) = (g.chain_id, &spec.market, &spec.enrollment_authorities);
+    let dev = DeviceId(key(9).verifying_key().to_bytes());
+    let good = attestation(&chain, dev);
+    check_attestation(&good, &chain, authorities, dev, 2, m).unwrap();
+    let label = |r: Result<(), AttestationError>| r.unwrap_err().label();
+    // A key that is not an authority, even signing correctly.
+    let rogue = SignedAttestation::new(&key(51), &chain, good.body.clone());
+    assert_eq!(label(check_attestation(&rogue, &chain, authorities, dev, 2, m)), "unattested");
+    // The authority's key named, another key's signature.
+    let forged = SignedAttestation { authority: AuthorityId(key(50).verifying_key().to_bytes()), ..rogue };
+    assert_eq!(label(check_attestation(&forged, &chain, authorities, dev, 2, m)), "bad_attestation");
+    // Another chain's attestation does not verify here.
+    let elsewhere = SignedAttestation::new(&key(50), &ChainId([1; 32]), good.body.clone());
+    assert_eq!(label(check_attestation(&elsewhere, &chain, authorities, dev, 2, m)), "bad_attestation");
+    // Used for another device or kind.
+    let other = DeviceId(key(10).verifying_key().to_bytes());
+    assert_eq!(label(check_attestation(&good, &chain, authorities, other, 2, m)), "attestation_mismatch");
+    assert_eq!(label(check_attestation(&good, &chain, authorities, dev, 1, m)), "attestation_mismatch");
+    // Expired before execution ends, or not yet valid at the close.
+    let (from, until) = protocol::membership::market_span(m);
+    for (a, b) in [(0, until - 1), (from + 1, u64::MAX)] {
+        let body = protocol::membership::Attestation { valid_from_ms: a, valid_until_ms: b, ..good.body.clone() };
+        assert_eq!(label(check_attestation(&SignedAttestation::new(&key(50), &chain, body), &chain, authorities, dev, 2, m)), "attestation_expired");
+    }
+    let long = protocol::membership::Attestation { meter_point: "x".repeat(65), ..good.body.clone() };
+    assert_eq!(label(check_attestation(&SignedAttestation::new(&key(50), &chain, long), &chain, authorities, dev, 2, m)), "bad_attestation");
+    let json = serde_json::to_string(&good).unwrap();
+    assert!(json.contains(&protocol::ids::hex(&dev.0)), "{json}");
+    assert_eq!(serde_json::from_str::<SignedAttestation>(&json).unwrap(), good);
+}
+
 fn next(prev: &Entry, body: Body) -> Entry {
     Entry { chain_id: prev.chain_id, height: prev.height + 1, prev_hash: prev.hash(), timestamp_ms: prev.timestamp_ms + 500, body }
 }
@@ -66,7 +113,14 @@ fn every_type_round_trips() {
     let enrollment = SignedEnrollment::new(
         &dev,
         &chain,
-        Enrollment { market_id: 1, device: DeviceId(dev.verifying_key().to_bytes()), kind: 2, slots: 24, commitment: FieldElement::new(&-Fr::from(1u64)) },
+        Enrollment {
+            market_id: 1,
+            device: DeviceId(dev.verifying_key().to_bytes()),
+            kind: 2,
+            slots: 24,
+            commitment: FieldElement::new(&-Fr::from(1u64)),
+            attestation: attestation(&chain, DeviceId(dev.verifying_key().to_bytes())),
+        },
     );
     let u = update(&dev, &chain, 3);
     let bodies = vec![
@@ -232,5 +286,7 @@ fn a_fixed_scenario_gives_a_pinned_final_entry() {
     let hex: String = a.hash().iter().map(|b| format!("{b:02x}")).collect();
     // Pinned: any change to the ADMM maths, the local step, rounding, the scenario or the
     // encoding changes this hash. Update it only together with a note on what changed.
-    assert_eq!(hex, "f90c7da944a6d2bf781028d46076b217a6dcbd2caf20783d6abc2457e87c85f8");
+    // Last change: the genesis gained `enrollment_authorities` (a new chain id); the ADMM
+    // maths and rounding are unchanged.
+    assert_eq!(hex, "36bf54a4ad7f334e72a6244f3e3849dc6edd9b41b784c7781a77a799cd1fdd9c");
 }

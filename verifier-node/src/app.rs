@@ -58,6 +58,10 @@ pub enum Reject {
         /// T.
         slots: u16,
     },
+    /// The enrollment's attestation does not admit the device: no authority of this chain
+    /// signed it, it is for another device or kind, or it does not cover the market.
+    #[error(transparent)]
+    Attestation(#[from] protocol::membership::AttestationError),
     /// Timing or membership: closed registration, stale or future iteration, unknown device,
     /// duplicates.
     #[error(transparent)]
@@ -108,6 +112,9 @@ pub enum Reject {
     /// The market takes no more messages.
     #[error("the market is over")]
     MarketOver,
+    /// The genesis cannot start a market.
+    #[error("genesis: {0}")]
+    Genesis(String),
 }
 
 impl Reject {
@@ -117,6 +124,7 @@ impl Reject {
             Reject::BadSignature(_) => "bad_signature",
             Reject::WrongMarket { .. } => "wrong_market",
             Reject::UnknownShape { .. } => "unknown_shape",
+            Reject::Attestation(e) => e.label(),
             Reject::Clock(ClockError::StaleIteration { .. }) => "stale_iteration",
             Reject::Clock(ClockError::FutureIteration { .. }) => "future_iteration",
             Reject::Clock(ClockError::DeadlinePassed { .. }) | Reject::Clock(ClockError::RegistrationClosed { .. }) => "late",
@@ -137,6 +145,7 @@ impl Reject {
             Reject::Admm(_) => "admm",
             Reject::Overloaded(_) => "overloaded",
             Reject::MarketOver => "market_over",
+            Reject::Genesis(_) => "genesis",
         }
     }
 }
@@ -204,6 +213,9 @@ impl MarketApp {
         // Every market parameter within the range the fixed-point engine computes without
         // overflow (ρ, γ, base load, tariff, feeder limit, ε).
         genesis.market.admm().map_err(|e| AdmmError::Params(e.to_string()))?.check()?;
+        if genesis.enrollment_authorities.is_empty() {
+            return Err(Reject::Genesis("it names no enrollment authority, so no device could enroll".into()));
+        }
         let tip = Tip { height: 0, hash: genesis_entry.hash(), timestamp_ms: genesis_entry.timestamp_ms };
         Ok(MarketApp {
             chain,
@@ -342,6 +354,7 @@ impl MarketApp {
             return Err(Reject::WrongMarket { got: e.body.market_id, expected: self.market_id() });
         }
         let shape = self.shape(e.body.kind, e.body.slots)?;
+        protocol::membership::check_attestation(&e.body.attestation, &self.chain, &self.genesis.enrollment_authorities, e.body.device, e.body.kind, &self.genesis.market)?;
         if self.enrolled.contains_key(&e.body.device) {
             return Err(ClockError::DuplicateEnrollment(e.body.device).into());
         }

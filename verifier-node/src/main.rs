@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use protocol::entry::{Body, Entry, Genesis, GridSpec, MarketSpec};
 use protocol::ids::ValidatorId;
+use protocol::membership::{AttestationRequest, AuthorityId, SignedAttestation};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use verifier_node::audit::{audit, AuditReport};
@@ -55,6 +56,27 @@ enum Command {
         #[arg(long)]
         keys: PathBuf,
     },
+    /// Signs attestation requests (from `device init`) as an enrollment authority: each
+    /// device, kind, meter point and nameplate in the request becomes an attestation valid for
+    /// the given period on the chain of the given genesis. Check the nameplates against the
+    /// real appliances first: they bound what the devices may commit to.
+    Attest {
+        /// The authority's secret key file (64 hex characters; `init` writes `authority.key`).
+        #[arg(long)]
+        authority_key: PathBuf,
+        /// The genesis file of the chain the attestations are for.
+        #[arg(long)]
+        genesis: PathBuf,
+        /// The request file (`attestation-request.json` from `device init`).
+        #[arg(long)]
+        request: PathBuf,
+        /// Where to write the attestations (JSON), for the gateway's `attestations_file`.
+        #[arg(long)]
+        out: PathBuf,
+        /// Valid for this many days from now.
+        #[arg(long, default_value_t = 365)]
+        valid_days: u64,
+    },
     /// Prints a running validator's status (from its HTTP API).
     Status {
         /// HTTP address.
@@ -74,6 +96,7 @@ fn main() -> ExitCode {
         Command::Init(args) => init(&args),
         Command::Run { config } => run(&config),
         Command::Audit { db, peer, validator_key, genesis, keys } => audit_cmd(db, peer, validator_key, genesis, &keys),
+        Command::Attest { authority_key, genesis, request, out, valid_days } => attest(&authority_key, &genesis, &request, &out, valid_days),
         Command::Status { http } => status(http),
     };
     match result {
@@ -127,6 +150,10 @@ struct InitArgs {
     /// Expected number of devices (sizes the base-load profile of the valley-filling cost).
     #[arg(long, default_value_t = 200)]
     devices: usize,
+    /// An enrollment authority's public key (64 hex characters; repeat for several). Without
+    /// one, `init` makes a key for a local authority and writes it to `authority.key`.
+    #[arg(long = "authority")]
+    authorities: Vec<String>,
 }
 
 fn init(a: &InitArgs) -> Result<ExitCode, String> {
@@ -161,6 +188,19 @@ fn init(a: &InitArgs) -> Result<ExitCode, String> {
         protocol::admm::GridCost::ValleyFilling { gamma, base_load } => GridSpec::ValleyFilling { gamma: gamma.raw(), base_load },
         _ => unreachable!("valley_filling gives a valley-filling cost"),
     };
+    let mut authorities = Vec::new();
+    for a in &a.authorities {
+        let key = protocol::ids::parse_hex32(a).ok_or_else(|| format!("--authority {a}: expected 64 hex characters (an ed25519 public key)"))?;
+        ed25519_dalek::VerifyingKey::from_bytes(&key).map_err(|_| format!("--authority {a}: not a valid ed25519 public key"))?;
+        authorities.push(AuthorityId(key));
+    }
+    if authorities.is_empty() {
+        let authority = ed25519_dalek::SigningKey::generate(&mut rng);
+        let path = a.out.join("authority.key");
+        config::write_key(&path, &authority).map_err(|e| e.to_string())?;
+        println!("created a local enrollment authority {} (key {}, mode 0600)", protocol::ids::hex(authority.verifying_key().as_bytes()), path.display());
+        authorities.push(AuthorityId(authority.verifying_key().to_bytes()));
+    }
     let genesis = Genesis {
         validators: keys.iter().map(|k| ValidatorId(k.verifying_key().to_bytes())).collect(),
         max_clock_drift_ms: 2000,
@@ -178,6 +218,7 @@ fn init(a: &InitArgs) -> Result<ExitCode, String> {
             execution_start_ms: close + a.iteration_ms * (a.max_iterations as u64 + 2) + 60_000,
         },
         verifying_keys: accepted,
+        enrollment_authorities: authorities,
     };
     let entry = Entry::genesis(genesis, now);
     let genesis_path = a.out.join("genesis.bin");
@@ -204,6 +245,33 @@ fn init(a: &InitArgs) -> Result<ExitCode, String> {
     println!("chain id {}", protocol::ids::hex(&entry.chain_id.0));
     println!("registration closes in {} s; iterations every {} ms; K_max {}", a.registration_s, a.iteration_ms, a.max_iterations);
     println!("start each with: verifier-node run --config {}/node<i>.toml", a.out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn attest(key: &Path, genesis: &Path, request: &Path, out: &Path, valid_days: u64) -> Result<ExitCode, String> {
+    let key = protocol::files::read_key(key).map_err(|e| e.to_string())?;
+    let genesis = config::read_genesis(genesis).map_err(|e| e.to_string())?;
+    let Body::Genesis(g) = &genesis.body else { unreachable!("read_genesis checked") };
+    let me = AuthorityId(key.verifying_key().to_bytes());
+    if !g.enrollment_authorities.contains(&me) {
+        return Err(format!("key {} is not an enrollment authority of this genesis: validators would refuse its attestations", protocol::ids::hex(&me.0)));
+    }
+    let text = std::fs::read_to_string(request).map_err(|e| format!("{}: {e}", request.display()))?;
+    let requests: Vec<AttestationRequest> = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", request.display()))?;
+    let now = protocol::net::now_ms();
+    let until = now.saturating_add(valid_days.saturating_mul(86_400_000));
+    let mut signed = Vec::new();
+    for r in &requests {
+        if r.meter_point.len() > protocol::membership::MAX_METER_POINT_BYTES {
+            return Err(format!("{}: {}: meter point id longer than {} bytes", request.display(), r.name, protocol::membership::MAX_METER_POINT_BYTES));
+        }
+        circuits::ModelKind::from_id(r.kind).ok_or_else(|| format!("{}: {}: unknown model kind {}", request.display(), r.name, r.kind))?;
+        signed.push(SignedAttestation::new(&key, &genesis.chain_id, r.attestation(now, until)));
+        println!("{:<16} device {} kind {} nameplate {:?}", r.name, protocol::ids::hex(&r.device.0), r.kind, r.nameplate);
+    }
+    let json = serde_json::to_string_pretty(&signed).expect("attestations serialize");
+    std::fs::write(out, json).map_err(|e| format!("{}: {e}", out.display()))?;
+    println!("{} attestations valid for {valid_days} days written to {}", signed.len(), out.display());
     Ok(ExitCode::SUCCESS)
 }
 

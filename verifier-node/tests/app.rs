@@ -180,6 +180,7 @@ fn a_full_enrollment_batch_makes_the_next_one_due_at_once() {
             let key = SigningKey::from_bytes(&seed);
             let mut body = template.body.clone();
             body.device = DeviceId(key.verifying_key().to_bytes());
+            body.attestation = attestation(&w, body.device, &w.devices[0].opening.params);
             SignedEnrollment::new(&key, &w.chain, body)
         })
         .collect();

@@ -81,16 +81,16 @@ fn one_seed() {
 #[test]
 fn byzantine_proposers_never_get_bad_entries_committed() {
     let (mut w, genesis, mut devices) = sim_world(3);
-    // Device 2 submits an update for iteration 3 (height 5, which validator 1 proposes in
-    // round 0) whose proof was made for iteration 2: honest proposers drop it, the Byzantine
-    // one includes it.
+    // Device 2 submits an update for iteration 3 (height 6 after two batches and the closing
+    // batch, which validator 2 proposes in round 0) whose proof was made for iteration 2:
+    // honest proposers drop it, the Byzantine one includes it.
     let bad = update(&mut w, 2, 3, 2);
     devices.updates.get_mut(&3).unwrap()[2] = bad.clone();
-    // A reliable network, so that validator 1 is the round-0 proposer of height 5 (iteration 3).
+    // A reliable network, so that validator 2 is the round-0 proposer of height 6 (iteration 3).
     let net = NetConfig { drop: 0.0, gst_ms: 0, duplicate: 0.05, delay_ms: (1, 30), partitions: vec![], crashes: vec![] };
     for (b, seed) in [(Byzantine::Equivocate, 11), (Byzantine::IncludeInvalidProofs, 12), (Byzantine::WrongAggregates, 13)] {
-        let sim = run_net(&w, &genesis, &devices, seed, vec![None, Some(b), None, None], net.clone()).unwrap();
-        let honest: Vec<_> = sim.nodes().filter(|n| n.index() != 1).collect();
+        let sim = run_net(&w, &genesis, &devices, seed, vec![None, None, Some(b), None], net.clone()).unwrap();
+        let honest: Vec<_> = sim.nodes().filter(|n| n.index() != 2).collect();
         for n in &honest {
             assert!(n.app().is_final(), "{b:?}");
             // The bad update is in no committed entry.

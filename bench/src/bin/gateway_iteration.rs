@@ -67,12 +67,14 @@ fn main() {
             execution_start_ms: close + args.iteration_ms * (args.iterations as u64 + 2),
         },
         verifying_keys: vec![verifier_node::config::key_hash(&vk, &vk_bytes)],
+        enrollment_authorities: vec![protocol::membership::AuthorityId(bench::authority().verifying_key().to_bytes())],
     };
     let genesis_entry = Entry::genesis(genesis, now);
     std::fs::write(dir.join("genesis.bin"), protocol::codec::encode(&genesis_entry)).expect("write genesis");
     std::fs::write(dir.join("gw.key"), protocol::ids::hex(&[7u8; 32])).expect("write key");
     std::fs::write(dir.join("gateway.toml"), bench::gateway_toml(4, args.port, &format!("[[0, 28], [72, {}]]", args.slots))).expect("write gateway.toml");
-    let gw = device::config::Gateway::load(&dir.join("gateway.toml")).expect("gateway.toml");
+    let mut gw = device::config::Gateway::load(&dir.join("gateway.toml")).expect("gateway.toml");
+    gw.self_attest(&bench::authority()).expect("the bench authority attests");
     let keys = gw.proving_keys().expect("proving keys");
     let mut agent = device::agent::Agent::new(gw.clone(), keys, Default::default()).expect("agent");
 

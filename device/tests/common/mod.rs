@@ -91,9 +91,11 @@ pub fn market_with(name: &str, timing: Timing) -> Market {
             execution_start_ms: close + 2500 * 3 + execution_gap_ms,
         },
         verifying_keys,
+        enrollment_authorities: vec![protocol::membership::AuthorityId(authority().verifying_key().to_bytes())],
     };
     let entry = Entry::genesis(genesis, now);
     std::fs::write(dir.join("genesis.bin"), protocol::codec::encode(&entry)).unwrap();
+    protocol::files::write_key(&dir.join("authority.key"), &authority(), true).unwrap();
     let base_port = 30_000 + (std::process::id() as u16 % 300) * 100 + port_block * 20;
     Market { dir, genesis: entry, validators, base_port }
 }
@@ -118,4 +120,24 @@ pub async fn start_validators(m: &Market) -> Vec<verifier_node::host::Running> {
 
 pub fn device(args: &[&str], config: &Path) -> std::process::Output {
     Command::new(BIN).args(args).arg("--config").arg(config).output().unwrap()
+}
+
+/// The enrollment authority of every test market (its key is also at `<dir>/authority.key`).
+pub fn authority() -> SigningKey {
+    SigningKey::from_bytes(&[90; 32])
+}
+
+/// `device init`, then the authority signs the request it wrote (as `verifier-node attest`
+/// does) into the attestations file the configuration names, next to any already there.
+pub fn init(m: &Market, cfg: &Path) {
+    let out = device(&["init"], cfg);
+    assert!(out.status.success(), "device init: {}", String::from_utf8_lossy(&out.stderr));
+    let requests: Vec<protocol::membership::AttestationRequest> =
+        serde_json::from_slice(&std::fs::read(cfg.with_extension("attestation-request.json")).unwrap()).unwrap();
+    let file = device::config::read_file(cfg).unwrap().attestations_file;
+    let mut list: Vec<protocol::membership::SignedAttestation> = std::fs::read(&file).map(|b| serde_json::from_slice(&b).unwrap()).unwrap_or_default();
+    let protocol::entry::Body::Genesis(g) = &m.genesis.body else { unreachable!() };
+    let (from, until) = protocol::membership::market_span(&g.market);
+    list.extend(requests.iter().map(|r| protocol::membership::SignedAttestation::new(&authority(), &m.genesis.chain_id, r.attestation(from, until))));
+    std::fs::write(&file, serde_json::to_string(&list).unwrap()).unwrap();
 }

@@ -30,6 +30,8 @@ pub struct Cluster {
     pub procs: std::sync::Mutex<Vec<Option<Child>>>,
     pub pk: UpdateProvingKey,
     pub genesis: Entry,
+    /// The local enrollment authority `init` made.
+    pub authority: SigningKey,
 }
 
 /// Ports unlikely to collide between tests running at once: a block per (test, process).
@@ -61,7 +63,8 @@ impl Cluster {
             .unwrap();
         assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
         let genesis = verifier_node::config::read_genesis(&dir.join("cluster/genesis.bin")).unwrap();
-        Cluster { dir, n, quic_port, http_port, procs: std::sync::Mutex::new((0..n).map(|_| None).collect()), pk, genesis }
+        let authority = protocol::files::read_key(&dir.join("cluster/authority.key")).unwrap();
+        Cluster { dir, n, quic_port, http_port, procs: std::sync::Mutex::new((0..n).map(|_| None).collect()), pk, genesis, authority }
     }
 
     pub fn config(&self, i: u16) -> PathBuf {
@@ -221,15 +224,21 @@ impl Device {
         DeviceId(self.key.verifying_key().to_bytes())
     }
 
-    pub fn enrollment(&self, chain: &ChainId, market_id: u64) -> SignedEnrollment {
+    /// Its enrollment in `cluster`'s market, attested by the cluster's authority.
+    pub fn enrollment(&self, cluster: &Cluster) -> SignedEnrollment {
+        let Body::Genesis(g) = &cluster.genesis.body else { unreachable!() };
+        let chain = cluster.chain();
+        let span = protocol::membership::market_span(&g.market);
+        let attestation = protocol::membership::attest(&cluster.authority, &chain, self.id(), &self.opening.params, g.market.slot_seconds, "meter", span);
         let body = Enrollment {
-            market_id,
+            market_id: g.market.market_id,
             device: self.id(),
             kind: ModelKind::Deferrable.id(),
             slots: T as u16,
             commitment: FieldElement::new(&commitment(&self.opening)),
+            attestation,
         };
-        SignedEnrollment::new(&self.key, chain, body)
+        SignedEnrollment::new(&self.key, &chain, body)
     }
 
     pub fn update(&self, pk: &UpdateProvingKey, chain: &ChainId, market_id: u64, k: u32) -> SignedUpdate {
@@ -273,7 +282,7 @@ pub async fn run_devices(cluster: &Cluster, devices: &[Device], follow: u16, wit
         clients.push(per);
     }
     for (d, per) in devices.iter().zip(&clients) {
-        let e = d.enrollment(&chain, market_id);
+        let e = d.enrollment(cluster);
         for c in per.iter().flatten() {
             let r = c.submit(&DeviceRequest::Enroll(e.clone())).await;
             assert!(matches!(r, Ok(DeviceResponse::Accepted)), "enrollment at {}: {r:?}", c.addr());
@@ -340,13 +349,26 @@ impl Cluster {
         std::fs::write(self.dir.join(format!("keys/deferrable-{T}.pk")), self.pk.to_bytes()).unwrap();
         let validators: String = (0..self.n).map(|i| format!("[[validators]]\nindex = {i}\naddr = \"{}\"\n\n", self.quic(i))).collect();
         let text = format!(
-            "key_file = \"{name}.key\"\nstate_file = \"{name}.state.json\"\ngenesis_file = \"cluster/genesis.bin\"\nkeys_dir = \"keys\"\n\n{validators}\
+            "key_file = \"{name}.key\"\nstate_file = \"{name}.state.json\"\ngenesis_file = \"cluster/genesis.bin\"\nkeys_dir = \"keys\"\nattestations_file = \"{name}.attestations.json\"\nmeter_point = \"DE000{name}\"\n\n{validators}\
              [[appliances]]\nname = \"ev\"\n[appliances.spec]\nmodel = \"deferrable\"\nmax_power_kw = 3.0\nenergy_min_kwh = 1.0\nenergy_max_kwh = 2.0\n"
         );
         let path = self.dir.join(format!("{name}.toml"));
         std::fs::write(&path, text).unwrap();
         let out = Command::new(device_bin()).args(["init", "--config"]).arg(&path).output().unwrap();
         assert!(out.status.success(), "device init: {}", String::from_utf8_lossy(&out.stderr));
+        // The authority signs the request `init` wrote, with the real CLI.
+        let attest = Command::new(BIN)
+            .args(["attest", "--authority-key"])
+            .arg(self.dir.join("cluster/authority.key"))
+            .arg("--genesis")
+            .arg(self.dir.join("cluster/genesis.bin"))
+            .arg("--request")
+            .arg(path.with_extension("attestation-request.json"))
+            .arg("--out")
+            .arg(self.dir.join(format!("{name}.attestations.json")))
+            .output()
+            .unwrap();
+        assert!(attest.status.success(), "verifier-node attest: {}", String::from_utf8_lossy(&attest.stderr));
         let stdout = String::from_utf8_lossy(&out.stdout);
         let id = stdout.split_whitespace().skip_while(|w| *w != "device").nth(1).expect("device id printed").to_string();
         (path, id)

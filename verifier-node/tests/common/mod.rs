@@ -33,7 +33,14 @@ pub struct World {
     pub pks: Vec<UpdateProvingKey>,
     pub devices: Vec<Device>,
     pub validators: Vec<SigningKey>,
+    /// The genesis's one enrollment authority.
+    pub authority: SigningKey,
     pub rng: ChaCha20Rng,
+}
+
+/// The enrollment authority of every test world.
+pub fn authority() -> SigningKey {
+    SigningKey::from_bytes(&[77; 32])
 }
 
 pub fn slots() -> Slots {
@@ -67,6 +74,7 @@ pub fn world() -> World {
             execution_start_ms: 10_000,
         },
         verifying_keys: vec![KeyHash { kind: 1, slots: T as u16, sha256: [0; 32] }],
+        enrollment_authorities: vec![protocol::membership::AuthorityId(authority().verifying_key().to_bytes())],
     };
     let devices = [ModelKind::Deferrable, ModelKind::Battery, ModelKind::Deferrable]
         .iter()
@@ -76,7 +84,7 @@ pub fn world() -> World {
             opening: Opening { params: sample::params(kind, slots()), cost_digest: Fr::from(9u64), salt: Fr::from(100u64 + i as u64) },
         })
         .collect();
-    World { chain: chain_id(&genesis), genesis, keys, pks, devices, validators, rng }
+    World { chain: chain_id(&genesis), genesis, keys, pks, devices, validators, authority: authority(), rng }
 }
 
 pub fn enrollment(w: &World, d: &Device) -> SignedEnrollment {
@@ -86,8 +94,15 @@ pub fn enrollment(w: &World, d: &Device) -> SignedEnrollment {
         kind: d.opening.params.kind().id(),
         slots: T as u16,
         commitment: FieldElement::new(&commitment(&d.opening)),
+        attestation: attestation(w, d.id(), &d.opening.params),
     };
     SignedEnrollment::new(&d.key, &w.chain, body)
+}
+
+/// The world's authority's attestation of a device with these parameters, valid for the market.
+pub fn attestation(w: &World, device: DeviceId, params: &circuits::model::ModelParams) -> protocol::membership::SignedAttestation {
+    let span = protocol::membership::market_span(&w.genesis.market);
+    protocol::membership::attest(&w.authority, &w.chain, device, params, w.genesis.market.slot_seconds, "meter-1", span)
 }
 
 /// A proven, signed update of device `i` for iteration `k` (the proof made for `proof_k`).

@@ -1,0 +1,326 @@
+//! Membership: enrollment authorities attest devices (DESIGN §3, §10).
+//!
+//! An *enrollment authority* (the DSO, an installer), named in the genesis, signs an
+//! [`Attestation`] for one device: its key, its model kind, the meter point it sits behind, its
+//! public *nameplate* limits and a validity period. A validator admits an enrollment only with
+//! an attestation that an authority of the genesis signed for that device and kind, valid for
+//! the whole market ([`check_attestation`]). The nameplate is public (it is not a preference);
+//! a gateway refuses to commit to private parameters beyond it ([`within_nameplate`]).
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use circuits::model::ModelParams;
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::codec::encode;
+use crate::entry::MarketSpec;
+use crate::ids::DeviceId;
+use crate::sign::{sign, verify, ChainId, Domain, SignatureBytes};
+
+/// Longest meter point id (bytes of UTF-8), e.g. a 33-character EU metering point id.
+pub const MAX_METER_POINT_BYTES: usize = 64;
+
+/// An enrollment authority: its ed25519 public key bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[serde(transparent)]
+pub struct AuthorityId(#[serde(with = "crate::ids::hex32")] pub [u8; 32]);
+
+impl std::fmt::Display for AuthorityId {
+    /// The first 8 bytes in hex.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::ids::hex(&self.0[..8]))
+    }
+}
+
+/// A device's public rated limits, as its installer read them off the nameplate. Which apply
+/// depends on the model: a deferrable load or heat pump has `max_import_w`; a battery all
+/// three; a PV system `max_export_w` (its peak).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Nameplate {
+    /// Rated power drawn from the grid (charging, heating, a load), W.
+    pub max_import_w: u32,
+    /// Rated power fed to the grid (discharging, PV peak), W.
+    pub max_export_w: u32,
+    /// Storage capacity, Wh (batteries).
+    pub capacity_wh: u32,
+}
+
+/// What an authority attests about one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Attestation {
+    /// The device's key.
+    #[serde(with = "device_hex")]
+    pub device: DeviceId,
+    /// `circuits::ModelKind` id.
+    pub kind: u8,
+    /// The meter point the device sits behind (at most [`MAX_METER_POINT_BYTES`]).
+    pub meter_point: String,
+    /// The public limits.
+    pub nameplate: Nameplate,
+    /// Valid from (ms since the Unix epoch, inclusive).
+    pub valid_from_ms: u64,
+    /// Valid until (ms, exclusive).
+    pub valid_until_ms: u64,
+}
+
+/// An attestation signed by an enrollment authority, in the attestation domain of one chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct SignedAttestation {
+    /// The attestation.
+    pub body: Attestation,
+    /// Who signed it.
+    pub authority: AuthorityId,
+    /// Signature by `authority` in [`Domain::Attestation`].
+    #[serde(with = "sig_hex")]
+    pub signature: SignatureBytes,
+}
+
+impl SignedAttestation {
+    /// Signs `body` with an authority's key.
+    pub fn new(key: &SigningKey, chain: &ChainId, body: Attestation) -> SignedAttestation {
+        let signature = sign(key, chain, Domain::Attestation, &encode(&body));
+        SignedAttestation { body, authority: AuthorityId(key.verifying_key().to_bytes()), signature }
+    }
+}
+
+/// Why an attestation does not admit a device. Each has a metrics label ([`Self::label`]).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum AttestationError {
+    /// Signed by a key that is not an enrollment authority of this chain.
+    #[error("attestation of device {device} is signed by {authority}, which is not an enrollment authority of this chain")]
+    NotAnAuthority {
+        /// The device.
+        device: DeviceId,
+        /// The signer.
+        authority: AuthorityId,
+    },
+    /// The signature does not verify.
+    #[error("attestation of device {device}: {reason}")]
+    BadSignature {
+        /// The device.
+        device: DeviceId,
+        /// What failed.
+        reason: String,
+    },
+    /// The attestation is for another device or model kind than the enrollment.
+    #[error("attestation is for device {attested} kind {attested_kind}, the enrollment for device {device} kind {kind}")]
+    Mismatch {
+        /// The enrolling device.
+        device: DeviceId,
+        /// The enrollment's kind.
+        kind: u8,
+        /// The attested device.
+        attested: DeviceId,
+        /// The attested kind.
+        attested_kind: u8,
+    },
+    /// Not valid for the whole market (registration close to the end of execution).
+    #[error("attestation of device {device} is valid [{from_ms}, {until_ms}), the market needs [{needed_from_ms}, {needed_until_ms})")]
+    Expired {
+        /// The device.
+        device: DeviceId,
+        /// Valid from.
+        from_ms: u64,
+        /// Valid until.
+        until_ms: u64,
+        /// The market's registration close.
+        needed_from_ms: u64,
+        /// The end of the market's execution.
+        needed_until_ms: u64,
+    },
+    /// A field is out of its bounds.
+    #[error("attestation of device {device}: {reason}")]
+    Malformed {
+        /// The device.
+        device: DeviceId,
+        /// What is out of bounds.
+        reason: String,
+    },
+}
+
+impl AttestationError {
+    /// The metrics label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            AttestationError::NotAnAuthority { .. } => "unattested",
+            AttestationError::BadSignature { .. } => "bad_attestation",
+            AttestationError::Mismatch { .. } => "attestation_mismatch",
+            AttestationError::Expired { .. } => "attestation_expired",
+            AttestationError::Malformed { .. } => "bad_attestation",
+        }
+    }
+}
+
+/// The span an attestation must cover for a market: from its registration close to the end
+/// of its execution (`execution_start + T · Δ`).
+pub fn market_span(m: &MarketSpec) -> (u64, u64) {
+    let end = m.execution_start_ms.saturating_add(m.slots as u64 * m.slot_seconds as u64 * 1000);
+    (m.registration_close_ms, end)
+}
+
+/// Whether `a` admits `device` of model `kind` to market `m` on `chain`: signed (strictly) by
+/// one of `authorities`, for that device and kind, bounded fields, valid over
+/// [`market_span`]. Checked in this order; the first failure is returned.
+pub fn check_attestation(a: &SignedAttestation, chain: &ChainId, authorities: &[AuthorityId], device: DeviceId, kind: u8, m: &MarketSpec) -> Result<(), AttestationError> {
+    if !authorities.contains(&a.authority) {
+        return Err(AttestationError::NotAnAuthority { device, authority: a.authority });
+    }
+    verify(&a.authority.0, chain, Domain::Attestation, &encode(&a.body), &a.signature).map_err(|e| AttestationError::BadSignature { device, reason: e.to_string() })?;
+    if a.body.device != device || a.body.kind != kind {
+        return Err(AttestationError::Mismatch { device, kind, attested: a.body.device, attested_kind: a.body.kind });
+    }
+    if a.body.meter_point.len() > MAX_METER_POINT_BYTES {
+        return Err(AttestationError::Malformed { device, reason: format!("meter point id of {} bytes (at most {MAX_METER_POINT_BYTES})", a.body.meter_point.len()) });
+    }
+    let (from, until) = market_span(m);
+    if a.body.valid_from_ms > from || a.body.valid_until_ms < until {
+        return Err(AttestationError::Expired { device, from_ms: a.body.valid_from_ms, until_ms: a.body.valid_until_ms, needed_from_ms: from, needed_until_ms: until });
+    }
+    Ok(())
+}
+
+/// Private parameters beyond a nameplate.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{field} = {value} exceeds the nameplate's {limit}")]
+pub struct BeyondNameplate {
+    /// The parameter.
+    pub field: &'static str,
+    /// Its value (in the parameter's unit).
+    pub value: i64,
+    /// The nameplate limit, converted to that unit.
+    pub limit: i64,
+}
+
+/// Whether private parameters lie within a nameplate, for slots of `slot_seconds`: a
+/// deferrable load's or heat pump's `p_max` ≤ import; a battery's charge ≤ import, discharge
+/// ≤ export, capacity (W·slot) ≤ capacity_wh · 3600 / Δ; every PV forecast value ≤ export.
+pub fn within_nameplate(params: &ModelParams, n: &Nameplate, slot_seconds: u32) -> Result<(), BeyondNameplate> {
+    let check = |field, value: i64, limit: i64| if value > limit { Err(BeyondNameplate { field, value, limit }) } else { Ok(()) };
+    let import = n.max_import_w as i64;
+    let export = n.max_export_w as i64;
+    match params {
+        ModelParams::Deferrable(d) => check("p_max (W)", d.get().p_max as i64, import),
+        ModelParams::Thermal(t) => check("p_max (W)", t.get().p_max as i64, import),
+        ModelParams::Battery(b) => {
+            let b = b.get();
+            check("p_charge (W)", b.p_charge as i64, import)?;
+            check("p_discharge (W)", b.p_discharge as i64, export)?;
+            let capacity = n.capacity_wh as i64 * 3600 / slot_seconds.max(1) as i64;
+            check("capacity (W·slot)", b.capacity, capacity)
+        }
+        ModelParams::Producer(p) => p.get().forecast.iter().try_for_each(|&pv| check("forecast (W)", pv as i64, export)),
+    }
+}
+
+/// Serde for a device id as hex.
+mod device_hex {
+    use serde::{Deserializer, Serializer};
+
+    use crate::ids::DeviceId;
+
+    pub fn serialize<S: Serializer>(d: &DeviceId, ser: S) -> Result<S::Ok, S::Error> {
+        crate::ids::hex32::serialize(&d.0, ser)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<DeviceId, D::Error> {
+        crate::ids::hex32::deserialize(de).map(DeviceId)
+    }
+}
+
+/// Serde for signature bytes as hex (attestation files are JSON).
+mod sig_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::sign::SignatureBytes;
+
+    pub fn serialize<S: Serializer>(s: &SignatureBytes, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(&crate::ids::hex(&s.0))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<SignatureBytes, D::Error> {
+        let text = String::deserialize(de)?;
+        let bytes = crate::ids::parse_hex(&text, 64).ok_or_else(|| serde::de::Error::custom("a signature is 128 hex characters"))?;
+        Ok(SignatureBytes(bytes.try_into().expect("64 bytes")))
+    }
+}
+
+/// What a gateway asks an authority to attest for one appliance (`device init` writes these;
+/// `verifier-node attest` signs them after the installer checked the nameplate).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationRequest {
+    /// The appliance's name on its gateway (for people; not signed).
+    pub name: String,
+    /// The device's key.
+    #[serde(with = "device_hex")]
+    pub device: DeviceId,
+    /// `circuits::ModelKind` id.
+    pub kind: u8,
+    /// The meter point.
+    pub meter_point: String,
+    /// The nameplate to attest.
+    pub nameplate: Nameplate,
+}
+
+impl AttestationRequest {
+    /// The attestation of this request, valid over `[from_ms, until_ms)`.
+    pub fn attestation(&self, valid_from_ms: u64, valid_until_ms: u64) -> Attestation {
+        Attestation { device: self.device, kind: self.kind, meter_point: self.meter_point.clone(), nameplate: self.nameplate, valid_from_ms, valid_until_ms }
+    }
+}
+
+/// The smallest nameplate the parameters fit ([`within_nameplate`] holds for it): what a
+/// gateway proposes when its configuration names none (the installer checks it against the
+/// real plate before signing).
+pub fn nameplate_of(params: &ModelParams, slot_seconds: u32) -> Nameplate {
+    let w = |v: i64| v.clamp(0, u32::MAX as i64) as u32;
+    match params {
+        ModelParams::Deferrable(d) => Nameplate { max_import_w: w(d.get().p_max as i64), ..Nameplate::default() },
+        ModelParams::Thermal(t) => Nameplate { max_import_w: w(t.get().p_max as i64), ..Nameplate::default() },
+        ModelParams::Battery(b) => {
+            let b = b.get();
+            // capacity_wh · 3600 / Δ ≥ capacity (W·slot): round the Wh up.
+            let wh = (b.capacity * slot_seconds.max(1) as i64 + 3599) / 3600;
+            Nameplate { max_import_w: w(b.p_charge as i64), max_export_w: w(b.p_discharge as i64), capacity_wh: w(wh) }
+        }
+        ModelParams::Producer(p) => Nameplate { max_export_w: w(p.get().forecast.iter().copied().max().unwrap_or(0) as i64), ..Nameplate::default() },
+    }
+}
+
+/// An attestation of `device` with the nameplate its parameters need ([`nameplate_of`]),
+/// valid over `span` (ms), signed by `authority`: what a development cluster's own authority
+/// issues (`device simulate`, the demo, tests), with no installer in the loop.
+pub fn attest(authority: &SigningKey, chain: &ChainId, device: DeviceId, params: &ModelParams, slot_seconds: u32, meter_point: &str, span: (u64, u64)) -> SignedAttestation {
+    let body = Attestation {
+        device,
+        kind: params.kind().id(),
+        meter_point: meter_point.to_string(),
+        nameplate: nameplate_of(params, slot_seconds),
+        valid_from_ms: span.0,
+        valid_until_ms: span.1,
+    };
+    SignedAttestation::new(authority, chain, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_derived_nameplate_admits_its_parameters_and_one_watt_less_does_not() {
+        for kind in circuits::ModelKind::ALL {
+            let params = circuits::sample::params(kind, circuits::Slots::new(24).unwrap());
+            let n = nameplate_of(&params, 3600);
+            within_nameplate(&params, &n, 3600).unwrap();
+            let smaller = Nameplate { max_import_w: n.max_import_w.saturating_sub(1), max_export_w: n.max_export_w.saturating_sub(1), capacity_wh: n.capacity_wh.saturating_sub(1) };
+            if smaller != n {
+                assert!(within_nameplate(&params, &smaller, 3600).is_err(), "{kind}: {n:?}");
+            }
+        }
+    }
+}
