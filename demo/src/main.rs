@@ -173,7 +173,9 @@ fn run(args: &Args) -> Result<report::Summary, String> {
     let authority = key_from_seed(args.seed, b"authority", 0);
     let validator_keys: Vec<SigningKey> = (0..args.validators).map(|i| key_from_seed(args.seed, b"validator", i as u64)).collect();
     let now = protocol::net::now_ms();
-    let close = now + 6000 + 20 * args.appliances as u64;
+    // Registration: 6 s plus 40 ms per appliance (gateways that enrolled early start proving
+    // at once and compete for the CPU with the ones still dialling and enrolling).
+    let close = now + 6000 + 40 * args.appliances as u64;
     let grid = match args.grid {
         Grid::Valley => {
             let protocol::admm::GridCost::ValleyFilling { gamma, base_load } = scenario.valley_filling() else { unreachable!() };

@@ -478,9 +478,11 @@ fn genesis_market(genesis: &Entry) -> &protocol::entry::MarketSpec {
 }
 
 /// Reads the attestations file (none yet is fine: `device init` comes first) and gives each
-/// appliance the attestation of its device, checked as a validator checks it (an authority of
-/// this genesis, this device and kind, valid for the market) and against its parameters
-/// (within the attested nameplate). Attestations of other devices are ignored.
+/// appliance the first attestation of its device that passes a validator's check (an
+/// authority of this genesis, on this chain, this device and kind, valid for the market).
+/// One that does not pass (another chain's, expired, a non-authority's) is skipped with a
+/// warning, so a stale file never blocks `init`; an appliance whose parameters exceed the
+/// attested nameplate is an error. Attestations of other devices are ignored.
 fn attach_attestations(path: &Path, genesis: &Entry, appliances: &mut [Appliance]) -> Result<(), ConfigError> {
     if !path.exists() {
         return Ok(());
@@ -489,10 +491,18 @@ fn attach_attestations(path: &Path, genesis: &Entry, appliances: &mut [Appliance
     let list: Vec<SignedAttestation> = serde_json::from_str(&text).map_err(|e| invalid(path, e.to_string()))?;
     let Body::Genesis(g) = &genesis.body else { unreachable!("read_genesis checks the body") };
     for a in appliances.iter_mut() {
-        let Some(att) = list.iter().find(|x| x.body.device == a.id()) else { continue };
         let kind = a.opening.params.kind().id();
-        protocol::membership::check_attestation(att, &genesis.chain_id, &g.enrollment_authorities, a.id(), kind, &g.market)
-            .map_err(|e| invalid(path, format!("appliance {}: {e}", a.name)))?;
+        let mut valid = None;
+        for att in list.iter().filter(|x| x.body.device == a.id()) {
+            match protocol::membership::check_attestation(att, &genesis.chain_id, &g.enrollment_authorities, a.id(), kind, &g.market) {
+                Ok(()) => {
+                    valid = Some(att);
+                    break;
+                }
+                Err(e) => tracing::warn!(appliance = a.name, file = %path.display(), "attestation skipped: {e}"),
+            }
+        }
+        let Some(att) = valid else { continue };
         protocol::membership::within_nameplate(&a.opening.params, &att.body.nameplate, g.market.slot_seconds)
             .map_err(|e| invalid(path, format!("appliance {}: its spec is beyond the attested nameplate: {e}", a.name)))?;
         a.attestation = Some(att.clone());

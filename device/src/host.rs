@@ -229,9 +229,6 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
     let overall = tokio::time::Instant::now() + within;
     let mut summary = MarketSummary::default();
     let mut enrolled_sent_at: Option<u64> = None;
-    // Appliances whose enrollment some validator accepted: never sent again (the log brings
-    // it to the others).
-    let mut enroll_accepted: std::collections::BTreeSet<usize> = Default::default();
     let mut rng = ChaCha20Rng::from_entropy();
     let mut feed = Feed::open(&mut links, 0, 0).await;
     // Stall switches since the last accepted entry: when the whole cluster is slow (not one
@@ -242,12 +239,14 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
     // iteration would otherwise leave them out.
     let mut resend: Option<(tokio::time::Instant, Vec<(usize, DeviceRequest)>, tokio::time::Instant)> = None;
     loop {
-        // Enrollments that no validator accepted yet (all were down), again each interval while
-        // registration is open.
+        // Enrollments not yet in the log, to every validator, again each interval while
+        // registration is open: validators do not share their pools, and only the proposer's
+        // goes into a batch, so one that accepted is not enough (an identical re-send is
+        // accepted idempotently).
         let now = protocol::net::now_ms();
         let interval = clock.enrollment_interval(gw.genesis.timestamp_ms);
         if now < spec.registration_close_ms && enrolled_sent_at.is_none_or(|t| now >= t + interval) {
-            send_enrollments(agent, gw, &mut links, &mut enroll_accepted).await;
+            send_enrollments(agent, gw, &mut links).await;
             enrolled_sent_at = Some(now);
         }
         // Wait for the next entry until it is overdue (or the market's time is up).
@@ -320,6 +319,12 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
         feed.since = tokio::time::Instant::now();
         stalls = 0;
         crate::state::save(&state_path, &agent.state)?;
+        if enroll_only && (agent.state.enrolled.len() == gw.appliances.iter().filter(|a| a.attestation.is_some()).count() || build.is_some()) {
+            // Every attested appliance is in, or registration is over (iteration 1 opened).
+            info!(appliances = agent.state.enrolled.len(), height = agent.state.height, "enrolled");
+            links.close();
+            return Ok(summary);
+        }
         let mut updates: Vec<SignedUpdate> = Vec::new();
         if let Some(k) = build {
             // Proving takes the CPU for a while: off the async workers, so the QUIC
@@ -327,11 +332,6 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
             updates = tokio::task::block_in_place(|| agent.prove(k, &mut rng))?;
             // Persist before sending: a crash now skips this iteration rather than sending twice.
             crate::state::save(&state_path, &agent.state)?;
-        }
-        if enroll_only && agent.state.enrolled.len() == gw.appliances.iter().filter(|a| a.attestation.is_some()).count() {
-            info!(appliances = gw.appliances.len(), height = agent.state.height, "all appliances enrolled");
-            links.close();
-            return Ok(summary);
         }
         if let Some(k) = updates.first().map(|u| u.body.iteration) {
             let deadline_ms = clock.deadline(k);
@@ -376,14 +376,12 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
     }
 }
 
-/// Sends the enrollments of the appliances not yet seen enrolled and not yet accepted by any
-/// validator, to every validator; records which were accepted.
-async fn send_enrollments(agent: &Agent, gw: &Gateway, links: &mut Links, accepted: &mut std::collections::BTreeSet<usize>) {
+/// Sends the enrollments of the attested appliances not yet seen enrolled to every validator.
+async fn send_enrollments(agent: &Agent, gw: &Gateway, links: &mut Links) {
     let requests: Vec<(usize, DeviceRequest)> = agent
         .enrollments()
         .into_iter()
         .filter_map(|e| gw.appliances.iter().position(|a| a.id() == e.body.device).map(|i| (i, DeviceRequest::Enroll(e))))
-        .filter(|(i, _)| !accepted.contains(i))
         .collect();
     if requests.is_empty() {
         return;
@@ -391,10 +389,8 @@ async fn send_enrollments(agent: &Agent, gw: &Gateway, links: &mut Links, accept
     let names: Vec<usize> = requests.iter().map(|r| r.0).collect();
     let outcomes = links.submit_all(requests, tokio::time::Instant::now() + crate::links::REQUEST_TIMEOUT).await;
     for (i, o) in names.into_iter().zip(outcomes) {
-        let duplicate = o.refused.iter().filter(|l| *l == "duplicate").count();
-        if o.accepted + duplicate > 0 {
-            accepted.insert(i);
-            info!(appliance = gw.appliances[i].name, accepted_by = o.accepted, already_held_by = duplicate, "enrollment sent");
+        if o.accepted > 0 {
+            info!(appliance = gw.appliances[i].name, accepted_by = o.accepted, "enrollment sent");
         } else {
             warn!(appliance = gw.appliances[i].name, refused = ?o.refused, unreachable = o.failed, "enrollment accepted by no validator");
         }

@@ -150,7 +150,7 @@ fn follow(path: &Path, within: Duration, enroll_only: bool) -> Result<(), String
     }
     let state = device::state::load(&gw.file.state_file).map_err(|e| e.to_string())?;
     if enroll_only {
-        println!("all {} appliances enrolled (height {})", gw.appliances.len(), state.height);
+        println!("{} of {} appliances enrolled (height {})", state.enrolled.len(), gw.appliances.len(), state.height);
         return Ok(());
     }
     println!(

@@ -203,7 +203,8 @@ impl ClockConfig {
     }
 }
 
-/// Most enrollments in one entry (≈ 150 bytes each, so a batch fits one frame).
+/// Most enrollments in one entry (≈ 330 bytes each with the attestation, so a full batch,
+/// ≈ 1.4 MB, fits one 16 MiB peer frame).
 pub const MAX_ENROLLMENTS_PER_ENTRY: usize = 4096;
 
 /// What the tip is while registration runs: it decides when the next batch is due.

@@ -588,8 +588,8 @@ impl<L: Log> Node<L> {
         let (mut entry, mut included, dropped) = match built {
             Ok(b) => b,
             Err(e) => {
-                // Retried at every tick while this round lasts (e.g. between the close of
-                // registration and the first deadline nothing is due).
+                // Retried at every tick while this round lasts (e.g. between the closing
+                // batch and the first deadline nothing is due).
                 debug!(validator = self.cfg.index, height = h, "cannot build an entry yet: {e}");
                 return;
             }
