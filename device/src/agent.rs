@@ -114,7 +114,8 @@ impl Agent {
             }
         }
         let g = &gateway.genesis;
-        let next_due_ms = Some(ClockConfig::from_spec(&gateway.market().market).after_registration_entry(g.timestamp_ms, g.timestamp_ms, RegistrationTip::Genesis));
+        // The first enrollment batch (after a genesis there always is one).
+        let next_due_ms = ClockConfig::from_spec(&gateway.market().market).next_batch_ms(g.timestamp_ms, g.timestamp_ms, RegistrationTip::Genesis);
         Ok(Agent { gateway, keys, client, state, next_due_ms })
     }
 
@@ -186,10 +187,13 @@ impl Agent {
         self.state.height = c.entry.height;
         let g = self.gateway.market().market.clone();
         let clock = ClockConfig::from_spec(&g);
+        // After an enrollment batch: when the next batch is due, `None` once registration is over.
+        let next_batch = match &c.entry.body {
+            Body::Enrollment(list) => clock.next_batch_ms(self.gateway.genesis.timestamp_ms, c.entry.timestamp_ms, RegistrationTip::Batch { enrollments: list.len() }),
+            _ => None,
+        };
         self.next_due_ms = match &c.entry.body {
-            Body::Enrollment(list) => {
-                Some(clock.after_registration_entry(self.gateway.genesis.timestamp_ms, c.entry.timestamp_ms, RegistrationTip::Batch { enrollments: list.len() }))
-            }
+            Body::Enrollment(_) => Some(next_batch.unwrap_or_else(|| clock.deadline(1))),
             Body::Iteration(b) if b.iteration < g.max_iterations => Some(clock.deadline(b.iteration + 1)),
             Body::Iteration(_) => Some(c.entry.timestamp_ms),
             _ => None,
@@ -203,7 +207,7 @@ impl Agent {
                 }
                 // Iteration 1 opens with the variables at zero once every appliance is in, or
                 // with those that are in once the closing batch ended registration.
-                let over = clock.next_batch_ms(self.gateway.genesis.timestamp_ms, c.entry.timestamp_ms, RegistrationTip::Batch { enrollments: list.len() }).is_none();
+                let over = next_batch.is_none();
                 // (Only attested appliances can be in; the others were named at start.)
                 let missing: Vec<&str> =
                     self.gateway.appliances.iter().filter(|a| a.attestation.is_some()).map(|a| a.name.as_str()).filter(|n| !self.state.enrolled.contains(*n)).collect();

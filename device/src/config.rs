@@ -238,7 +238,7 @@ impl Gateway {
     /// Loads the file, the key, the genesis, and checks every appliance against the market.
     pub fn load(path: &Path) -> Result<Gateway, ConfigError> {
         let (file, secret, genesis, validator_keys) = load_market(path)?;
-        let Body::Genesis(g) = &genesis.body else { unreachable!("checked by load_market") };
+        let g = genesis_body(&genesis);
         let mut appliances = appliances(path, &file, g, &secret)?;
         attach_attestations(&file.attestations_file, &genesis, &mut appliances)?;
         Ok(Gateway { file, genesis, appliances, validator_keys, id: secret.verifying_key().to_bytes() })
@@ -252,7 +252,7 @@ impl Gateway {
             return Err(invalid(path, "simulate: --appliances must be at least 1"));
         }
         let (_, _, genesis, _) = load_market(path)?;
-        let Body::Genesis(g) = &genesis.body else { unreachable!("checked by load_market") };
+        let g = genesis_body(&genesis);
         let slots = Slots::new(g.market.slots as usize).map_err(|e| invalid(path, format!("market T: {e}")))?;
         let scenario = protocol::scenario::Scenario::generate(seed, n, slots, g.market.slot_seconds, protocol::scenario::Mix::Household);
         let devices = scenario
@@ -272,6 +272,7 @@ impl Gateway {
     /// gateway secret and each name, as for configured appliances.
     pub fn with_appliances(path: &Path, devices: Vec<Virtual>) -> Result<Gateway, ConfigError> {
         let (mut file, secret, genesis, validator_keys) = load_market(path)?;
+        let slot_seconds = genesis_body(&genesis).market.slot_seconds;
         let mut names = std::collections::BTreeSet::new();
         let mut appliances = Vec::new();
         for d in devices {
@@ -281,7 +282,6 @@ impl Gateway {
             if d.output.is_some() && file.mqtt.is_none() {
                 return Err(invalid(path, format!("virtual appliance {}: an output needs an [mqtt] broker", d.name)));
             }
-            let slot_seconds = genesis_market(&genesis).slot_seconds;
             appliances.push(Appliance { output: d.output, ..Appliance::derive(&secret, &d.name, d.params, d.costs, slot_seconds) });
         }
         attach_attestations(&file.attestations_file, &genesis, &mut appliances)?;
@@ -308,8 +308,7 @@ impl Gateway {
 
     /// The genesis body.
     pub fn market(&self) -> &Genesis {
-        let Body::Genesis(g) = &self.genesis.body else { unreachable!("checked at load") };
-        g
+        genesis_body(&self.genesis)
     }
 
     /// The MQTT client id: configured, or `gridproof-` and the start of the gateway key.
@@ -343,7 +342,7 @@ fn load_market(path: &Path) -> Result<Loaded, ConfigError> {
     let file = read_file(path)?;
     let secret = read_key(&file.key_file)?;
     let genesis = protocol::files::read_genesis(&file.genesis_file)?;
-    let Body::Genesis(g) = &genesis.body else { unreachable!("read_genesis checks the body") };
+    let g = genesis_body(&genesis);
     let validator_keys: Vec<[u8; 32]> = g.validators.iter().map(|v| v.0).collect();
     if file.validators.is_empty() {
         return Err(invalid(path, "validators: at least one validator address is needed"));
@@ -472,9 +471,11 @@ impl Appliance {
     }
 }
 
-fn genesis_market(genesis: &Entry) -> &protocol::entry::MarketSpec {
+/// The body of a genesis entry that `protocol::files::read_genesis` loaded (it checks that
+/// height 0 holds a genesis body).
+fn genesis_body(genesis: &Entry) -> &Genesis {
     let Body::Genesis(g) = &genesis.body else { unreachable!("read_genesis checks the body") };
-    &g.market
+    g
 }
 
 /// Reads the attestations file (none yet is fine: `device init` comes first) and gives each
@@ -489,7 +490,7 @@ fn attach_attestations(path: &Path, genesis: &Entry, appliances: &mut [Appliance
     }
     let text = std::fs::read_to_string(path).map_err(ConfigError::io(path))?;
     let list: Vec<SignedAttestation> = serde_json::from_str(&text).map_err(|e| invalid(path, e.to_string()))?;
-    let Body::Genesis(g) = &genesis.body else { unreachable!("read_genesis checks the body") };
+    let g = genesis_body(genesis);
     for a in appliances.iter_mut() {
         let kind = a.opening.params.kind().id();
         let mut valid = None;

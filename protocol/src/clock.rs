@@ -195,12 +195,6 @@ impl ClockConfig {
         let gap = if full { 1 } else { self.enrollment_interval(genesis_ms) };
         Some(tip_ms.saturating_add(gap).min(self.registration_close_ms).max(tip_ms.saturating_add(1)))
     }
-
-    /// When the entry after a registration-phase tip is due: the next enrollment batch
-    /// ([`Self::next_batch_ms`]) or, once registration is over, iteration 1 at its deadline.
-    pub fn after_registration_entry(&self, genesis_ms: u64, tip_ms: u64, tip: RegistrationTip) -> u64 {
-        self.next_batch_ms(genesis_ms, tip_ms, tip).unwrap_or_else(|| self.deadline(1))
-    }
 }
 
 /// Most enrollments in one entry (≈ 330 bytes each with the attestation, so a full batch,

@@ -722,8 +722,13 @@ impl<L: Log> Node<L> {
 
     /// A device's enrollment, arriving at `now`.
     pub fn on_enrollment(&mut self, now: u64, e: SignedEnrollment) -> Result<(), Reject> {
+        self.admitting(now, |n| n.admit_enrollment(e))
+    }
+
+    /// Advances the clock to `now`, runs one admission and counts its refusal, if any.
+    fn admitting(&mut self, now: u64, admit: impl FnOnce(&mut Self) -> Result<(), Reject>) -> Result<(), Reject> {
         self.now = self.now.max(now);
-        let r = self.admit_enrollment(e);
+        let r = admit(self);
         if let Err(why) = &r {
             self.count(why);
         }
@@ -747,12 +752,7 @@ impl<L: Log> Node<L> {
 
     /// A device's update, arriving at `now`.
     pub fn on_update(&mut self, now: u64, u: SignedUpdate) -> Result<(), Reject> {
-        self.now = self.now.max(now);
-        let r = self.admit_update(u);
-        if let Err(why) = &r {
-            self.count(why);
-        }
-        r
+        self.admitting(now, |n| n.admit_update(u))
     }
 
     fn admit_update(&mut self, u: SignedUpdate) -> Result<(), Reject> {
