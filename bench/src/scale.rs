@@ -271,6 +271,7 @@ pub fn run(s: Scenario, exe: &Path) -> Result<ScaleResult, String> {
         },
         verifying_keys: vec![verifier_node::config::key_hash(&vk, &vk_bytes)],
         enrollment_authorities: vec![protocol::membership::AuthorityId(crate::authority().verifying_key().to_bytes())],
+        market_operators: vec![],
     };
     let chain = chain_id(&genesis);
     let span = protocol::membership::market_span(&genesis.market);
@@ -447,7 +448,7 @@ pub fn run(s: Scenario, exe: &Path) -> Result<ScaleResult, String> {
             let c = item.map_err(|e| e.to_string())?;
             match &c.entry.body {
                 Body::Enrollment(list) => {
-                    enrolled += list.len();
+                    enrolled += list.enrollments.len();
                     if enrolled > s.devices && admit_s.is_none() {
                         admit_s = Some(0.0);
                         continue_submit(&submit_all, &updates, &mut admit_s, enrolled, s.devices, submissions, deadline).await?;

@@ -201,6 +201,7 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         },
         verifying_keys: key_hashes,
         enrollment_authorities: vec![protocol::membership::AuthorityId(authority.verifying_key().to_bytes())],
+        market_operators: vec![],
     };
     println!(
         "market: {} appliances, T = {}, ρ = {}, iteration window {} ms (proving ≈ {:.0} ms per iteration), K_max = {}",

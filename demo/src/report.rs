@@ -63,7 +63,7 @@ pub async fn watch(genesis: &Entry, port: u16, validator: &SigningKey, appliance
         light.accept(&item.entry, &item.certificate).map_err(|e| format!("the watcher refused entry {}: {e}", item.entry.height))?;
         match &item.entry.body {
             Body::Enrollment(list) => {
-                enrolled += list.len();
+                enrolled += list.enrollments.len();
                 bar.set_position(enrolled as u64);
                 if enrolled == appliances {
                     bar.finish();

@@ -186,10 +186,17 @@ impl Agent {
         self.client.accept_certified(c).map_err(refused)?;
         self.state.height = c.entry.height;
         let g = self.gateway.market().market.clone();
+        if c.entry.body.market_id() != Some(g.market_id) {
+            // Another market's entry, an opening or a revocation: this gateway follows its
+            // own market.
+            return Ok(None);
+        }
         let clock = ClockConfig::from_spec(&g);
         // After an enrollment batch: when the next batch is due, `None` once registration is over.
         let next_batch = match &c.entry.body {
-            Body::Enrollment(list) => clock.next_batch_ms(self.gateway.genesis.timestamp_ms, c.entry.timestamp_ms, RegistrationTip::Batch { enrollments: list.len() }),
+            Body::Enrollment(b) => {
+                clock.next_batch_ms(self.gateway.genesis.timestamp_ms, c.entry.timestamp_ms, RegistrationTip::Batch { enrollments: b.enrollments.len() + b.withdrawals.len() })
+            }
             _ => None,
         };
         self.next_due_ms = match &c.entry.body {
@@ -199,8 +206,8 @@ impl Agent {
             _ => None,
         };
         let next = match &c.entry.body {
-            Body::Enrollment(list) => {
-                for e in list {
+            Body::Enrollment(b) => {
+                for e in &b.enrollments {
                     if let Some(name) = ids.get(&e.body.device) {
                         self.state.enrolled.insert(name.clone());
                     }

@@ -202,7 +202,7 @@ fn the_agent_refuses_entries_a_light_client_must_refuse() {
         height: 1,
         prev_hash: m.genesis.hash(),
         timestamp_ms: m.genesis.timestamp_ms + 1,
-        body: Body::Enrollment(enrollment),
+        body: Body::Enrollment(protocol::entry::EnrollmentBatch { market_id: gw.market().market.market_id, enrollments: enrollment, withdrawals: vec![] }),
     };
     let certify = |e: &Entry, signers: &[SigningKey], indices: &[u16]| Certified {
         entry: e.clone(),

@@ -13,6 +13,8 @@ use crate::admm::{AdmmParams, GridCost, Residuals, Variables};
 use crate::codec::encode;
 use crate::ids::{DeviceId, ValidatorId};
 use crate::merkle::Hash;
+use crate::market::{SignedMarketOpen, SignedWithdrawal};
+use crate::membership::SignedRevocation;
 use crate::messages::{SignedEnrollment, SignedUpdate};
 use crate::sign::{sign, verify, ChainId, Domain, SignatureBytes, SignatureError};
 
@@ -104,13 +106,15 @@ pub struct Genesis {
     pub validators: Vec<ValidatorId>,
     /// Largest accepted drift between a proposer's timestamp and a node's clock.
     pub max_clock_drift_ms: u64,
-    /// The market.
+    /// The chain's first market (later ones are opened by market operators).
     pub market: MarketSpec,
     /// Accepted verifying keys.
     pub verifying_keys: Vec<KeyHash>,
     /// Enrollment authorities: the keys whose attestations admit devices
     /// (`membership::check_attestation`). No authority, no enrollment.
     pub enrollment_authorities: Vec<crate::membership::AuthorityId>,
+    /// Market operators: the keys whose `market::SignedMarketOpen`s open further markets.
+    pub market_operators: Vec<crate::market::OperatorId>,
 }
 
 /// One ADMM iteration as decided.
@@ -191,14 +195,31 @@ pub struct SettlementBody {
     pub balances: Vec<(DeviceId, i64)>,
 }
 
+/// One market's registration batch: enrollments admitted and withdrawals, both for
+/// `market_id`.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct EnrollmentBatch {
+    /// The market.
+    pub market_id: u64,
+    /// Enrollments, ascending by device.
+    pub enrollments: Vec<SignedEnrollment>,
+    /// Withdrawals of devices enrolled before, ascending by device.
+    pub withdrawals: Vec<SignedWithdrawal>,
+}
+
 /// What an entry records.
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Body {
     /// Height 0.
     Genesis(Genesis),
-    /// Enrollments accepted in this entry.
-    Enrollment(Vec<SignedEnrollment>),
+    /// A market's registration batch.
+    Enrollment(EnrollmentBatch),
+    /// A market operator opens a market.
+    Open(SignedMarketOpen),
+    /// Enrollment authorities revoke attestations.
+    Revocation(Vec<SignedRevocation>),
     /// An ADMM iteration.
     Iteration(IterationBody),
     /// The final schedule.
@@ -207,6 +228,22 @@ pub enum Body {
     Meter(Vec<MeterReading>),
     /// Settlement.
     Settlement(SettlementBody),
+}
+
+impl Body {
+    /// The market an entry is for (an opening: the market it opens); `None` for the genesis
+    /// and revocations, which concern the whole chain.
+    pub fn market_id(&self) -> Option<u64> {
+        match self {
+            Body::Enrollment(b) => Some(b.market_id),
+            Body::Open(o) => Some(o.market_id()),
+            Body::Iteration(b) => Some(b.market_id),
+            Body::Final(f) => Some(f.market_id),
+            Body::Meter(m) => m.first().map(|r| r.market_id),
+            Body::Settlement(s) => Some(s.market_id),
+            Body::Genesis(_) | Body::Revocation(_) => None,
+        }
+    }
 }
 
 /// One log entry.

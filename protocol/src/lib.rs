@@ -7,7 +7,8 @@
 //! - [`scenario`]: seeded device workloads and base-load profiles.
 //! - [`simulate`]: an in-process ADMM run over a scenario.
 //! - [`ids`]: device and validator identities; [`sign`]: domain-separated ed25519.
-//! - [`membership`]: enrollment authorities' attestations of devices and their nameplates.
+//! - [`membership`]: enrollment authorities' attestations of devices, their nameplates and
+//!   revocations; [`market`]: market operators' openings and devices' withdrawals.
 //! - [`codec`]: the canonical encoding (Borsh with size caps, no trailing bytes, re-encode check).
 //! - [`messages`]: signed enrollments and updates; [`entry`]: log entries, commit certificates,
 //!   the light client; [`merkle`]: schedule roots.
@@ -31,6 +32,7 @@ pub mod entry;
 pub mod files;
 pub mod ids;
 pub mod local;
+pub mod market;
 pub mod membership;
 pub mod merkle;
 pub mod messages;

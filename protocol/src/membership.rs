@@ -11,11 +11,13 @@ use borsh::{BorshDeserialize, BorshSerialize};
 use circuits::model::ModelParams;
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::codec::encode;
 use crate::entry::MarketSpec;
 use crate::ids::DeviceId;
+use crate::merkle::Hash;
 use crate::sign::{sign, verify, ChainId, Domain, SignatureBytes};
 
 /// Longest meter point id (bytes of UTF-8), e.g. a 33-character EU metering point id.
@@ -86,6 +88,94 @@ impl SignedAttestation {
         let signature = sign(key, chain, Domain::Attestation, &encode(&body));
         SignedAttestation { body, authority: AuthorityId(key.verifying_key().to_bytes()), signature }
     }
+
+    /// SHA-256 of the canonical encoding (body, authority and signature): how a revocation
+    /// names it.
+    pub fn digest(&self) -> Hash {
+        Sha256::digest(encode(self)).into()
+    }
+}
+
+/// An enrollment authority withdraws an attestation: from the entry that commits this on, the
+/// attestation admits nothing, and devices enrolled with it leave every market whose
+/// registration is still open.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Revocation {
+    /// The device the attestation is for (for people and logs; the digest decides).
+    pub device: DeviceId,
+    /// [`SignedAttestation::digest`] of the revoked attestation.
+    pub attestation: Hash,
+}
+
+/// A revocation signed by an enrollment authority in [`Domain::Revocation`]. Any authority of
+/// the chain may revoke any attestation (the DSO revokes what an installer signed).
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct SignedRevocation {
+    /// The revocation.
+    pub body: Revocation,
+    /// Who signed it.
+    pub authority: AuthorityId,
+    /// Signature by `authority`.
+    pub signature: SignatureBytes,
+}
+
+impl SignedRevocation {
+    /// Revokes `a`, signed with an authority's key.
+    pub fn new(key: &SigningKey, chain: &ChainId, a: &SignedAttestation) -> SignedRevocation {
+        let body = Revocation { device: a.body.device, attestation: a.digest() };
+        let signature = sign(key, chain, Domain::Revocation, &encode(&body));
+        SignedRevocation { body, authority: AuthorityId(key.verifying_key().to_bytes()), signature }
+    }
+}
+
+/// Why a revocation is refused. Each has a metrics label ([`Self::label`]).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RevocationError {
+    /// Signed by a key that is not an enrollment authority of this chain.
+    #[error("revocation for device {device} is signed by {authority}, which is not an enrollment authority of this chain")]
+    NotAnAuthority {
+        /// The device named.
+        device: DeviceId,
+        /// The signer.
+        authority: AuthorityId,
+    },
+    /// The signature does not verify.
+    #[error("revocation for device {device}: {reason}")]
+    BadSignature {
+        /// The device named.
+        device: DeviceId,
+        /// What failed.
+        reason: String,
+    },
+    /// The attestation is revoked already.
+    #[error("the attestation of device {device} is revoked already")]
+    AlreadyRevoked {
+        /// The device named.
+        device: DeviceId,
+    },
+}
+
+impl RevocationError {
+    /// The metrics label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RevocationError::NotAnAuthority { .. } => "revocation_not_authority",
+            RevocationError::BadSignature { .. } => "bad_revocation",
+            RevocationError::AlreadyRevoked { .. } => "already_revoked",
+        }
+    }
+}
+
+/// Whether `r` is a revocation by one of `authorities` on `chain` (signature checked
+/// strictly).
+pub fn check_revocation(r: &SignedRevocation, chain: &ChainId, authorities: &[AuthorityId]) -> Result<(), RevocationError> {
+    let device = r.body.device;
+    if !authorities.contains(&r.authority) {
+        return Err(RevocationError::NotAnAuthority { device, authority: r.authority });
+    }
+    verify(&r.authority.0, chain, Domain::Revocation, &encode(&r.body), &r.signature).map_err(|e| RevocationError::BadSignature { device, reason: e.to_string() })
 }
 
 /// Why an attestation does not admit a device. Each has a metrics label ([`Self::label`]).
@@ -133,6 +223,14 @@ pub enum AttestationError {
         /// The end of the market's execution.
         needed_until_ms: u64,
     },
+    /// An authority revoked it (a revocation entry names its digest).
+    #[error("attestation of device {device} by {authority} was revoked")]
+    Revoked {
+        /// The device.
+        device: DeviceId,
+        /// Who had signed it.
+        authority: AuthorityId,
+    },
     /// A field is out of its bounds.
     #[error("attestation of device {device}: {reason}")]
     Malformed {
@@ -151,6 +249,7 @@ impl AttestationError {
             AttestationError::BadSignature { .. } => "bad_attestation",
             AttestationError::Mismatch { .. } => "attestation_mismatch",
             AttestationError::Expired { .. } => "attestation_expired",
+            AttestationError::Revoked { .. } => "attestation_revoked",
             AttestationError::Malformed { .. } => "bad_attestation",
         }
     }

@@ -99,7 +99,7 @@ impl SignedUpdate {
     }
 }
 
-/// What a device (or an auditor) asks a validator, one request per QUIC stream.
+/// What a device, an operator, an authority or an auditor asks a validator, one request per QUIC stream.
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum DeviceRequest {
@@ -112,6 +112,12 @@ pub enum DeviceRequest {
         /// First height.
         from: u64,
     },
+    /// Leave a market before its registration closes.
+    Withdraw(crate::market::SignedWithdrawal),
+    /// A market operator opens a market.
+    Open(crate::market::SignedMarketOpen),
+    /// An enrollment authority revokes an attestation.
+    Revoke(crate::membership::SignedRevocation),
 }
 
 /// A validator's answer to an enrollment or update.

@@ -33,6 +33,12 @@ pub enum Domain {
     Consensus = 5,
     /// An enrollment authority's attestation of a device.
     Attestation = 6,
+    /// A market operator's opening of a market.
+    MarketOpen = 7,
+    /// An enrollment authority's revocation of an attestation.
+    Revocation = 8,
+    /// A device's withdrawal from a market before its registration closes.
+    Withdrawal = 9,
 }
 
 /// An ed25519 signature's bytes.

@@ -1,14 +1,14 @@
 //! `verifier-node audit`: replays a stored log from genesis and checks everything a validator
 //! checked — hash links and certificates (as a light client), every enrollment signature,
 //! every update's signature and proof, every aggregate (recomputed by the fixed-point engine),
-//! and the final schedule root and prices — with the same [`MarketApp::validate`] the
+//! and the final schedule root and prices — with the same [`ChainApp::validate`] the
 //! validators ran. The verdict names the first bad height.
 
 use protocol::entry::LightClient;
 use prover::VerifierKeys;
 use rand::{CryptoRng, RngCore};
 
-use crate::app::MarketApp;
+use crate::app::ChainApp;
 use crate::store::{Log, StoreError};
 
 /// The outcome of an audit.
@@ -45,7 +45,7 @@ pub fn audit<L: Log, R: RngCore + CryptoRng>(store: L, keys: VerifierKeys, rng: 
         Ok(c) => c,
         Err(e) => return bad(report, 0, e.to_string()),
     };
-    let mut app = match MarketApp::new(&genesis_entry, keys) {
+    let mut app = match ChainApp::new(&genesis_entry, keys) {
         Ok(a) => a,
         Err(e) => return bad(report, 0, e.to_string()),
     };

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use protocol::codec::{decode, encode};
 use protocol::entry::{Body, Certified};
-use protocol::messages::{DeviceRequest, DeviceResponse, SignedEnrollment, SignedUpdate, MAX_DEVICE_FRAME};
+use protocol::messages::{DeviceRequest, DeviceResponse, MAX_DEVICE_FRAME};
 use protocol::net::{self, now_ms, ALPN_DEVICE, ALPN_PEER};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
@@ -58,8 +58,8 @@ pub enum HostError {
 
 enum Event {
     Peer(u16, PeerMsg),
-    Enroll(SignedEnrollment, oneshot::Sender<DeviceResponse>),
-    Update(SignedUpdate, oneshot::Sender<DeviceResponse>),
+    /// A device's, operator's or authority's request (never a subscription).
+    Request(DeviceRequest, oneshot::Sender<DeviceResponse>),
 }
 
 /// What the HTTP server shows: a copy the node task refreshes.
@@ -67,36 +67,49 @@ enum Event {
 pub struct Snapshot {
     /// Validator index.
     pub index: u16,
-    /// Market id.
-    pub market_id: u64,
     /// Decided height.
     pub height: u64,
     /// Hash of the tip, hex.
     pub tip_hash: String,
-    /// Next entry due: kind and from when (ms).
-    pub next_due: Option<(String, u64)>,
+    /// Next market entry due: market, step and from when (ms).
+    pub next_due: Option<(u64, String, u64)>,
+    /// Whether every market is final.
+    pub idle: bool,
+    /// The markets this validator holds, by id.
+    pub markets: BTreeMap<u64, MarketView>,
+    /// Node counters.
+    pub stats: Stats,
+    /// Updates pooled for the open iterations.
+    pub pooled_updates: usize,
+    /// Of those, the ones still waiting for a batch verification.
+    pub unverified_updates: usize,
+}
+
+/// One market as the status API shows it.
+#[derive(Debug, Clone, Default)]
+pub struct MarketView {
+    /// Market id.
+    pub market_id: u64,
+    /// Slots T.
+    pub slots: u16,
+    /// Registration close (ms).
+    pub registration_close_ms: u64,
+    /// Execution start (ms).
+    pub execution_start_ms: u64,
     /// Enrolled devices.
     pub enrolled: usize,
     /// ADMM iterations decided.
     pub iteration: u32,
-    /// Whether the final entry is in.
+    /// Whether its final entry is in.
     pub is_final: bool,
     /// (k, primal residual, dual residual, ε_pri, ε_dual), raw fixed point.
     pub residuals: Vec<(u32, [i64; 4])>,
-    /// Latest x̄ (W per device), z̄ and u (raw fixed point).
+    /// Latest x̄ (W per device, raw fixed point).
     pub x_bar: Vec<i64>,
     /// Latest u (scaled dual, raw).
     pub u: Vec<i64>,
     /// Final prices (raw), once final.
     pub prices: Vec<i64>,
-    /// Node counters.
-    pub stats: Stats,
-    /// Slots T.
-    pub slots: u16,
-    /// Updates pooled for the open iteration.
-    pub pooled_updates: usize,
-    /// Of those, the ones still waiting for a batch verification.
-    pub unverified_updates: usize,
 }
 
 /// Transport counters.
@@ -247,24 +260,38 @@ fn refresh(node: &Node<Arc<Store>>, shared: &Shared, last: Option<&Certified>) {
     let app = node.app();
     let mut s = shared.snapshot.write().expect("snapshot lock");
     s.index = node.index();
-    s.market_id = app.genesis().market.market_id;
-    s.slots = app.genesis().market.slots;
     s.height = app.tip().height;
     s.tip_hash = protocol::ids::hex(&app.tip().hash);
-    s.next_due = app.next_due().map(|(t, d)| (format!("{d:?}"), t));
-    s.enrolled = app.enrolled().len();
-    s.iteration = app.admm().map_or(0, |a| a.iteration());
-    s.is_final = app.is_final();
+    s.next_due = app.next_due().map(|(t, d)| (d.market_id, format!("{:?}", d.step), t));
+    s.idle = app.is_idle();
     s.stats = node.stats().clone();
     (s.pooled_updates, s.unverified_updates) = node.pool_sizes();
+    s.markets.retain(|id, _| app.market(*id).is_some());
+    for m in app.markets() {
+        let v = s.markets.entry(m.id()).or_default();
+        let spec = m.spec();
+        v.market_id = m.id();
+        v.slots = spec.slots;
+        v.registration_close_ms = spec.registration_close_ms;
+        v.execution_start_ms = spec.execution_start_ms;
+        v.enrolled = m.enrolled().len();
+        v.iteration = m.admm().map_or(0, |a| a.iteration());
+        v.is_final = m.is_final();
+    }
     if let Some(c) = last {
         match &c.entry.body {
             Body::Iteration(b) => {
-                s.residuals.push((b.iteration, b.residuals));
-                s.x_bar = b.x_bar.clone();
-                s.u = b.u.clone();
+                if let Some(v) = s.markets.get_mut(&b.market_id) {
+                    v.residuals.push((b.iteration, b.residuals));
+                    v.x_bar = b.x_bar.clone();
+                    v.u = b.u.clone();
+                }
             }
-            Body::Final(f) => s.prices = f.prices.clone(),
+            Body::Final(f) => {
+                if let Some(v) = s.markets.get_mut(&f.market_id) {
+                    v.prices = f.prices.clone();
+                }
+            }
             _ => {}
         }
     }
@@ -292,12 +319,17 @@ async fn node_loop(
             ev = events.recv() => match ev {
                 None => break Ok(()),
                 Some(Event::Peer(from, msg)) => node.on_peer(now_ms(), from, msg),
-                Some(Event::Enroll(e, reply)) => {
-                    let _ = reply.send(answer(node.on_enrollment(now_ms(), e)));
-                    vec![]
-                }
-                Some(Event::Update(u, reply)) => {
-                    let _ = reply.send(answer(node.on_update(now_ms(), u)));
+                Some(Event::Request(req, reply)) => {
+                    let now = now_ms();
+                    let verdict = match req {
+                        DeviceRequest::Enroll(e) => node.on_enrollment(now, e),
+                        DeviceRequest::Update(u) => node.on_update(now, u),
+                        DeviceRequest::Withdraw(w) => node.on_withdrawal(now, w),
+                        DeviceRequest::Open(o) => node.on_open(now, o),
+                        DeviceRequest::Revoke(r) => node.on_revocation(now, r),
+                        DeviceRequest::Subscribe { .. } => Err(Reject::NotDue("a subscription is not admitted".into())),
+                    };
+                    let _ = reply.send(answer(verdict));
                     vec![]
                 }
             },
@@ -526,12 +558,7 @@ async fn device_inbound(conn: quinn::Connection, key: [u8; 32], events: mpsc::Se
                 }
                 Ok(req) => {
                     let (tx, rx) = oneshot::channel();
-                    let ev = match req {
-                        DeviceRequest::Enroll(e) => Event::Enroll(e, tx),
-                        DeviceRequest::Update(u) => Event::Update(u, tx),
-                        DeviceRequest::Subscribe { .. } => unreachable!("handled above"),
-                    };
-                    if events.try_send(ev).is_err() {
+                    if events.try_send(Event::Request(req, tx)).is_err() {
                         shared.net.dropped_full.fetch_add(1, Ordering::Relaxed);
                         reply("overloaded", "the validator's queue is full".into())
                     } else {
@@ -552,10 +579,12 @@ pub enum DeviceRefusal {
     /// Empty, oversize, not canonical, or not a request.
     #[error("malformed request: {0}")]
     Malformed(String),
-    /// An enrollment or update naming another device than the connection's TLS key.
-    #[error("the message's device {claimed} is not this connection's key")]
+    /// A message signed by another key than the connection's TLS key (the device of an
+    /// enrollment, update or withdrawal; the operator of an opening; the authority of a
+    /// revocation).
+    #[error("the message's signer {claimed} is not this connection's key")]
     WrongSender {
-        /// The device the message names.
+        /// The key the message names as its signer.
         claimed: protocol::ids::DeviceId,
     },
 }
@@ -571,14 +600,17 @@ impl DeviceRefusal {
 }
 
 /// A device's frame as it arrives on a connection whose TLS key is `key`: decoded (capped at
-/// [`MAX_DEVICE_FRAME`], canonical, no trailing bytes) and, for an enrollment or update,
-/// naming exactly that key's device. A subscription may come from any key. What passes goes to
+/// [`MAX_DEVICE_FRAME`], canonical, no trailing bytes) and, for a signed message, signed by
+/// exactly that key (the QUIC client authenticated with it). A subscription may come from any key. What passes goes to
 /// the node's own admission checks (signature, market, timing, proof).
 pub fn parse_device_request(frame: &[u8], key: [u8; 32]) -> Result<DeviceRequest, DeviceRefusal> {
     let request: DeviceRequest = decode("device request", frame, MAX_DEVICE_FRAME).map_err(|e| DeviceRefusal::Malformed(e.to_string()))?;
     let claimed = match &request {
         DeviceRequest::Enroll(e) => e.body.device,
         DeviceRequest::Update(u) => u.body.device,
+        DeviceRequest::Withdraw(w) => w.body.device,
+        DeviceRequest::Open(o) => protocol::ids::DeviceId(o.operator.0),
+        DeviceRequest::Revoke(r) => protocol::ids::DeviceId(r.authority.0),
         DeviceRequest::Subscribe { .. } => return Ok(request),
     };
     if claimed.0 != key {

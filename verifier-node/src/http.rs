@@ -1,6 +1,6 @@
 //! The validator's HTTP API (axum): `/` (a status page: one self-contained HTML file, no
-//! external assets, drawing from the JSON below), `/status`, `/entries/{height}`,
-//! `/markets/{id}` (JSON) and `/metrics` (Prometheus text). Read-only; it never blocks the node task (it reads a
+//! external assets, drawing from the JSON below), `/status`, `/entries/{height}`, `/markets`
+//! (every market held), `/markets/{id}` (JSON) and `/metrics` (Prometheus text). Read-only; it never blocks the node task (it reads a
 //! snapshot and the store).
 
 use std::sync::atomic::Ordering;
@@ -17,28 +17,46 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::app::body_kind;
-use crate::host::Shared;
+use crate::host::{MarketView, Shared};
 
 /// The JSON view of a certified entry.
 pub fn entry_json(c: &Certified) -> Value {
     let e = &c.entry;
+    let spec = |m: &protocol::entry::MarketSpec| {
+        json!({
+            "market_id": m.market_id,
+            "slots": m.slots,
+            "registration_close_ms": m.registration_close_ms,
+            "iteration_ms": m.iteration_ms,
+            "max_iterations": m.max_iterations,
+            "execution_start_ms": m.execution_start_ms,
+        })
+    };
     let body = match &e.body {
         Body::Genesis(g) => json!({
             "validators": g.validators.iter().map(|v| hex(&v.0)).collect::<Vec<_>>(),
-            "market_id": g.market.market_id,
-            "slots": g.market.slots,
-            "registration_close_ms": g.market.registration_close_ms,
-            "iteration_ms": g.market.iteration_ms,
-            "max_iterations": g.market.max_iterations,
+            "market": spec(&g.market),
+            "enrollment_authorities": g.enrollment_authorities.iter().map(|a| hex(&a.0)).collect::<Vec<_>>(),
+            "market_operators": g.market_operators.iter().map(|o| hex(&o.0)).collect::<Vec<_>>(),
         }),
-        Body::Enrollment(list) => json!({ "devices": list.iter().map(|x| hex(&x.body.device.0)).collect::<Vec<_>>() }),
+        Body::Enrollment(b) => json!({
+            "market_id": b.market_id,
+            "devices": b.enrollments.iter().map(|x| hex(&x.body.device.0)).collect::<Vec<_>>(),
+            "withdrawn": b.withdrawals.iter().map(|x| hex(&x.body.device.0)).collect::<Vec<_>>(),
+        }),
+        Body::Open(o) => json!({ "operator": hex(&o.operator.0), "market": spec(&o.body.spec) }),
+        Body::Revocation(list) => json!({
+            "revoked": list.iter().map(|r| json!({ "device": hex(&r.body.device.0), "attestation": hex(&r.body.attestation), "authority": hex(&r.authority.0) })).collect::<Vec<_>>(),
+        }),
         Body::Iteration(b) => json!({
+            "market_id": b.market_id,
             "iteration": b.iteration,
             "updates": b.updates.len(),
             "x_bar": b.x_bar, "z_bar": b.z_bar, "u": b.u,
             "residuals": { "primal": b.residuals[0], "dual": b.residuals[1], "eps_primal": b.residuals[2], "eps_dual": b.residuals[3] },
         }),
         Body::Final(f) => json!({
+            "market_id": f.market_id,
             "iterations": f.iterations, "converged": f.converged, "schedule_root": hex(&f.schedule_root), "prices": f.prices,
         }),
         Body::Meter(m) => json!({ "readings": m.len() }),
@@ -55,17 +73,36 @@ pub fn entry_json(c: &Certified) -> Value {
     })
 }
 
+/// The market the status page shows: the first one not final, else the newest.
+fn shown_market(snap: &crate::host::Snapshot) -> Option<u64> {
+    snap.markets.values().find(|m| !m.is_final).or_else(|| snap.markets.values().max_by_key(|m| m.registration_close_ms)).map(|m| m.market_id)
+}
+
+fn market_summary(m: &MarketView) -> Value {
+    json!({
+        "market_id": m.market_id,
+        "slots": m.slots,
+        "registration_close_ms": m.registration_close_ms,
+        "execution_start_ms": m.execution_start_ms,
+        "enrolled": m.enrolled,
+        "iteration": m.iteration,
+        "final": m.is_final,
+    })
+}
+
 async fn status(State(s): State<Arc<Shared>>) -> Json<Value> {
     let snap = s.snapshot.read().expect("snapshot lock").clone();
+    let shown = shown_market(&snap).and_then(|id| snap.markets.get(&id));
     Json(json!({
         "validator": snap.index,
-        "market_id": snap.market_id,
         "height": snap.height,
         "tip_hash": snap.tip_hash,
-        "next_due": snap.next_due.map(|(kind, at)| json!({ "kind": kind, "from_ms": at })),
-        "enrolled": snap.enrolled,
-        "iteration": snap.iteration,
-        "final": snap.is_final,
+        "next_due": snap.next_due.map(|(market, step, at)| json!({ "market_id": market, "kind": step, "from_ms": at })),
+        "market_id": shown.map(|m| m.market_id),
+        "enrolled": shown.map_or(0, |m| m.enrolled),
+        "iteration": shown.map_or(0, |m| m.iteration),
+        "final": snap.idle,
+        "markets": snap.markets.values().map(market_summary).collect::<Vec<_>>(),
         "peers_connected": s.net.peers_connected.load(Ordering::Relaxed),
         "uptime_s": s.started.elapsed().as_secs(),
     }))
@@ -79,24 +116,24 @@ async fn entry(State(s): State<Arc<Shared>>, Path(height): Path<u64>) -> Respons
     }
 }
 
+async fn markets(State(s): State<Arc<Shared>>) -> Json<Value> {
+    let snap = s.snapshot.read().expect("snapshot lock").clone();
+    Json(json!({ "markets": snap.markets.values().map(market_summary).collect::<Vec<_>>() }))
+}
+
 async fn market(State(s): State<Arc<Shared>>, Path(id): Path<u64>) -> Response {
     let snap = s.snapshot.read().expect("snapshot lock").clone();
-    if id != snap.market_id {
-        return (StatusCode::NOT_FOUND, Json(json!({ "error": format!("this chain runs market {}", snap.market_id) }))).into_response();
-    }
-    Json(json!({
-        "market_id": snap.market_id,
-        "slots": snap.slots,
-        "enrolled": snap.enrolled,
-        "iteration": snap.iteration,
-        "final": snap.is_final,
-        "residuals": snap.residuals.iter().map(|(k, r)| json!({ "k": k, "primal": r[0], "dual": r[1], "eps_primal": r[2], "eps_dual": r[3] })).collect::<Vec<_>>(),
-        "x_bar": snap.x_bar,
-        "u": snap.u,
-        "prices": snap.prices,
-        "fixed_point_scale": circuits::fixed::SCALE,
-    }))
-    .into_response()
+    let Some(m) = snap.markets.get(&id) else {
+        let held: Vec<u64> = snap.markets.keys().copied().collect();
+        return (StatusCode::NOT_FOUND, Json(json!({ "error": format!("this validator holds no market {id} (it holds {held:?})") }))).into_response();
+    };
+    let mut v = market_summary(m);
+    v["residuals"] = m.residuals.iter().map(|(k, r)| json!({ "k": k, "primal": r[0], "dual": r[1], "eps_primal": r[2], "eps_dual": r[3] })).collect();
+    v["x_bar"] = json!(m.x_bar);
+    v["u"] = json!(m.u);
+    v["prices"] = json!(m.prices);
+    v["fixed_point_scale"] = json!(circuits::fixed::SCALE);
+    Json(v).into_response()
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
@@ -109,8 +146,9 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         }
     };
     metric("height", "Decided log height.", "gauge", vec![(String::new(), snap.height as f64)]);
-    metric("iteration", "ADMM iterations decided.", "gauge", vec![(String::new(), snap.iteration as f64)]);
-    metric("enrolled_devices", "Enrolled devices.", "gauge", vec![(String::new(), snap.enrolled as f64)]);
+    let per_market = |f: &dyn Fn(&MarketView) -> f64| snap.markets.values().map(|m| (format!("{{market=\"{}\"}}", m.market_id), f(m))).collect::<Vec<_>>();
+    metric("iteration", "ADMM iterations decided, per market.", "gauge", per_market(&|m| m.iteration as f64));
+    metric("enrolled_devices", "Enrolled devices, per market.", "gauge", per_market(&|m| m.enrolled as f64));
     metric("pooled_updates", "Updates pooled for the open iteration.", "gauge", vec![(String::new(), snap.pooled_updates as f64)]);
     metric(
         "unverified_updates",
@@ -170,6 +208,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/", get(page))
         .route("/status", get(status))
         .route("/entries/{height}", get(entry))
+        .route("/markets", get(markets))
         .route("/markets/{id}", get(market))
         .route("/metrics", get(metrics))
         .with_state(shared)

@@ -154,6 +154,30 @@ struct InitArgs {
     /// one, `init` makes a key for a local authority and writes it to `authority.key`.
     #[arg(long = "authority")]
     authorities: Vec<String>,
+    /// A market operator's public key (64 hex characters; repeat for several): operators open
+    /// the markets after the genesis's. Without one, `init` makes a key for a local operator
+    /// and writes it to `operator.key`.
+    #[arg(long = "operator")]
+    operators: Vec<String>,
+}
+
+/// The public keys given for a role (`--authority`, `--operator`), or, without any, a fresh
+/// local key written to `out/<file>` (mode 0600).
+fn role_keys(given: &[String], flag: &str, role: &str, out: &Path, file: &str, rng: &mut ChaCha20Rng) -> Result<Vec<[u8; 32]>, String> {
+    let mut keys = Vec::new();
+    for k in given {
+        let key = protocol::ids::parse_hex32(k).ok_or_else(|| format!("--{flag} {k}: expected 64 hex characters (an ed25519 public key)"))?;
+        ed25519_dalek::VerifyingKey::from_bytes(&key).map_err(|_| format!("--{flag} {k}: not a valid ed25519 public key"))?;
+        keys.push(key);
+    }
+    if keys.is_empty() {
+        let key = ed25519_dalek::SigningKey::generate(rng);
+        let path = out.join(file);
+        config::write_key(&path, &key).map_err(|e| e.to_string())?;
+        println!("created a local {role} {} (key {}, mode 0600)", protocol::ids::hex(key.verifying_key().as_bytes()), path.display());
+        keys.push(key.verifying_key().to_bytes());
+    }
+    Ok(keys)
 }
 
 fn init(a: &InitArgs) -> Result<ExitCode, String> {
@@ -188,19 +212,8 @@ fn init(a: &InitArgs) -> Result<ExitCode, String> {
         protocol::admm::GridCost::ValleyFilling { gamma, base_load } => GridSpec::ValleyFilling { gamma: gamma.raw(), base_load },
         _ => unreachable!("valley_filling gives a valley-filling cost"),
     };
-    let mut authorities = Vec::new();
-    for a in &a.authorities {
-        let key = protocol::ids::parse_hex32(a).ok_or_else(|| format!("--authority {a}: expected 64 hex characters (an ed25519 public key)"))?;
-        ed25519_dalek::VerifyingKey::from_bytes(&key).map_err(|_| format!("--authority {a}: not a valid ed25519 public key"))?;
-        authorities.push(AuthorityId(key));
-    }
-    if authorities.is_empty() {
-        let authority = ed25519_dalek::SigningKey::generate(&mut rng);
-        let path = a.out.join("authority.key");
-        config::write_key(&path, &authority).map_err(|e| e.to_string())?;
-        println!("created a local enrollment authority {} (key {}, mode 0600)", protocol::ids::hex(authority.verifying_key().as_bytes()), path.display());
-        authorities.push(AuthorityId(authority.verifying_key().to_bytes()));
-    }
+    let authorities = role_keys(&a.authorities, "authority", "enrollment authority", &a.out, "authority.key", &mut rng)?.into_iter().map(AuthorityId).collect();
+    let operators = role_keys(&a.operators, "operator", "market operator", &a.out, "operator.key", &mut rng)?.into_iter().map(protocol::market::OperatorId).collect();
     let genesis = Genesis {
         validators: keys.iter().map(|k| ValidatorId(k.verifying_key().to_bytes())).collect(),
         max_clock_drift_ms: 2000,
@@ -219,6 +232,7 @@ fn init(a: &InitArgs) -> Result<ExitCode, String> {
         },
         verifying_keys: accepted,
         enrollment_authorities: authorities,
+        market_operators: operators,
     };
     let entry = Entry::genesis(genesis, now);
     let genesis_path = a.out.join("genesis.bin");

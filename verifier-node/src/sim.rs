@@ -1,7 +1,8 @@
 //! A deterministic, seeded simulation of a validator cluster: real [`Node`]s over an
 //! in-memory network that drops, duplicates, delays, reorders and partitions messages, with
-//! crashes and restarts (a crashed node keeps its log, as RocksDB would), and devices that
-//! enroll and submit updates. One seed = one run; the same seed replays the same run.
+//! crashes and restarts (a crashed node keeps its log, as RocksDB would), a market operator
+//! that opens further markets, and devices that enroll and submit updates in each. One seed =
+//! one run; the same seed replays the same run.
 //!
 //! Safety checks after each run ([`Sim::check`]): every honest log is a valid hash chain with
 //! valid certificates from genesis, and any two honest logs agree at every height they both
@@ -12,6 +13,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use ed25519_dalek::SigningKey;
 use protocol::entry::{Body, Entry, LightClient};
+use protocol::market::SignedMarketOpen;
 use protocol::messages::{SignedEnrollment, SignedUpdate};
 use prover::VerifierKeys;
 use rand::{Rng, SeedableRng};
@@ -75,20 +77,37 @@ impl NetConfig {
     }
 }
 
-/// What devices do in a run: enrollments sent at start, and for each iteration k the updates
-/// they submit once they see the entry of iteration k − 1 (or registration close).
+/// What the market operator and the devices do in a run: openings sent to every validator at
+/// their time; each market's enrollments sent to a validator once it holds the market (the
+/// genesis's at t = 0); for each market and iteration k the updates devices submit to a
+/// validator once it committed that market's entry before k (a batch or iteration k − 1).
 #[derive(Debug, Clone, Default)]
 pub struct Devices {
-    /// Enrollments, sent to every validator at t = 0.
+    /// Enrollments, of any market.
     pub enrollments: Vec<SignedEnrollment>,
-    /// Updates by iteration.
-    pub updates: BTreeMap<u32, Vec<SignedUpdate>>,
+    /// Updates by (market, iteration).
+    pub updates: BTreeMap<(u64, u32), Vec<SignedUpdate>>,
+    /// Market openings and when the operator sends them (ms).
+    pub opens: Vec<(u64, SignedMarketOpen)>,
+}
+
+impl Devices {
+    /// The markets of the run: the genesis's and every opening's.
+    fn market_ids(&self, genesis: &Entry) -> Vec<u64> {
+        let first = match &genesis.body {
+            Body::Genesis(g) => Some(g.market.market_id),
+            _ => None,
+        };
+        first.into_iter().chain(self.opens.iter().map(|(_, o)| o.market_id())).collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
     Deliver { to: u16, from: u16, msg: Vec<u8> },
-    Update { to: u16, k: u32, i: usize },
+    Update { to: u16, market: u64, k: u32, i: usize },
+    Enroll { to: u16, i: usize },
+    Open(usize),
     Crash(u16),
     Restart(u16),
 }
@@ -107,7 +126,9 @@ pub struct Sim {
     seq: u64,
     rng: ChaCha20Rng,
     now: u64,
-    submitted_for: Vec<u32>,
+    /// The last iteration whose updates were sent, per (validator, market).
+    submitted_for: BTreeMap<(u16, u64), u32>,
+    markets: Vec<u64>,
     /// Messages delivered.
     pub delivered: u64,
 }
@@ -144,17 +165,23 @@ impl Sim {
             seq: 0,
             rng: ChaCha20Rng::seed_from_u64(seed),
             now: 0,
-            submitted_for: vec![],
+            submitted_for: BTreeMap::new(),
+            markets: vec![],
             delivered: 0,
         };
+        sim.markets = sim.devices.market_ids(&sim.genesis);
         for (who, at, back) in sim.net.crashes.clone() {
             sim.push(at, Event::Crash(who));
             sim.push(back, Event::Restart(who));
         }
-        sim.submitted_for = vec![0; sim.nodes.len()];
+        for i in 0..sim.devices.opens.len() {
+            let at = sim.devices.opens[i].0;
+            sim.push(at, Event::Open(i));
+        }
+        let first = sim.markets[0];
         let enrollments = sim.devices.enrollments.clone();
         for node in sim.nodes.iter_mut().flatten() {
-            for e in &enrollments {
+            for e in enrollments.iter().filter(|e| e.body.market_id == first) {
                 let _ = node.on_enrollment(0, e.clone());
             }
         }
@@ -201,19 +228,30 @@ impl Sim {
         }
     }
 
-    /// Devices react to a node's commit: after iteration k − 1 (or the last enrollment
-    /// batch), they send their iteration-k updates to that validator.
+    /// Devices react to a node's commit: once it opened a market they enroll there; after a
+    /// market's iteration k − 1 (or an enrollment batch), they send their iteration-k updates
+    /// to that validator.
     fn on_committed(&mut self, node: u16, entry: &Entry) {
         let Some(n) = self.nodes[node as usize].as_ref() else { return };
-        let Some(k) = n.app().open_iteration() else { return };
-        if !matches!(entry.body, Body::Iteration(_) | Body::Enrollment(_)) || self.submitted_for[node as usize] >= k {
+        let Some(market) = entry.body.market_id() else { return };
+        if let Body::Open(_) = &entry.body {
+            let theirs: Vec<usize> = (0..self.devices.enrollments.len()).filter(|&i| self.devices.enrollments[i].body.market_id == market).collect();
+            for i in theirs {
+                let delay = self.rng.gen_range(1..50);
+                self.push(self.now + delay, Event::Enroll { to: node, i });
+            }
             return;
         }
-        self.submitted_for[node as usize] = k;
-        let count = self.devices.updates.get(&k).map_or(0, Vec::len);
+        let Some(k) = n.app().open_iteration(market) else { return };
+        let sent = self.submitted_for.entry((node, market)).or_default();
+        if !matches!(entry.body, Body::Iteration(_) | Body::Enrollment(_)) || *sent >= k {
+            return;
+        }
+        *sent = k;
+        let count = self.devices.updates.get(&(market, k)).map_or(0, Vec::len);
         for i in 0..count {
             let delay = self.rng.gen_range(1..50);
-            self.push(self.now + delay, Event::Update { to: node, k, i });
+            self.push(self.now + delay, Event::Update { to: node, market, k, i });
         }
     }
 
@@ -253,10 +291,23 @@ impl Sim {
                 let out = node.on_peer(self.now, from, msg);
                 self.handle(to, out);
             }
-            Event::Update { to, k, i } => {
-                let u = self.devices.updates[&k][i].clone();
+            Event::Update { to, market, k, i } => {
+                let u = self.devices.updates[&(market, k)][i].clone();
                 if let Some(node) = self.nodes[to as usize].as_mut() {
                     let _ = node.on_update(self.now, u);
+                }
+            }
+            Event::Enroll { to, i } => {
+                let e = self.devices.enrollments[i].clone();
+                if let Some(node) = self.nodes[to as usize].as_mut() {
+                    let _ = node.on_enrollment(self.now, e);
+                }
+            }
+            Event::Open(i) => {
+                let o = self.devices.opens[i].1.clone();
+                let now = self.now;
+                for node in self.nodes.iter_mut().flatten() {
+                    let _ = node.on_open(now, o.clone());
                 }
             }
             Event::Crash(i) => {
@@ -279,9 +330,9 @@ impl Sim {
         self.nodes.iter().enumerate().filter_map(|(i, n)| n.as_ref().map(|n| (i, n))).filter(|(i, _)| self.configs[*i].byzantine.is_none())
     }
 
-    /// Whether every live honest node applied the final entry.
+    /// Whether every live honest node applied the final entry of every market of the run.
     pub fn all_final(&self) -> bool {
-        self.honest().all(|(_, n)| n.app().is_final())
+        self.honest().all(|(_, n)| self.markets.iter().all(|&m| n.app().market(m).is_some_and(|m| m.is_final())))
     }
 
     /// The live nodes.

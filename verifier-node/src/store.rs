@@ -154,8 +154,8 @@ impl Store {
         for u in updates {
             batch.put_cf(self.cf(CF_UPDATES), u.digest(), encode(u));
         }
-        if let protocol::entry::Body::Enrollment(list) = &entry.body {
-            for e in list {
+        if let protocol::entry::Body::Enrollment(b) = &entry.body {
+            for e in &b.enrollments {
                 batch.put_cf(self.cf(CF_DEVICES), e.body.device.0, encode(e));
             }
         }

@@ -12,13 +12,17 @@ use protocol::messages::{SignedEnrollment, SignedUpdate};
 use protocol::sign::ChainId;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use verifier_node::app::{Due, MarketApp, Reject};
+use verifier_node::app::{Built, ChainApp, Due, Dropped, Reject, Step};
+
+fn due(market_id: u64, step: Step) -> Due {
+    Due { market_id, step }
+}
 
 #[test]
 fn enrollments_are_checked() {
     let w = world();
-    let app = MarketApp::new(&genesis_entry(&w), w.keys.clone()).unwrap();
-    assert_eq!(app.next_due(), Some((75, Due::Enrollment)), "every min(iteration, half the window) ms");
+    let app = ChainApp::new(&genesis_entry(&w), w.keys.clone()).unwrap();
+    assert_eq!(app.next_due(), Some((75, due(7, Step::Enrollment))), "every min(iteration, half the window) ms");
     let good = enrollment(&w, &w.devices[0]);
     let mut forged = good.clone();
     forged.body.slots = 5;
@@ -27,7 +31,7 @@ fn enrollments_are_checked() {
     assert!(matches!(app.admit_enrollment(10, &other_chain), Err(Reject::BadSignature(_))));
     let mut wrong_market = good.body.clone();
     wrong_market.market_id = 8;
-    assert!(matches!(app.admit_enrollment(10, &SignedEnrollment::new(&w.devices[0].key, &w.chain, wrong_market)), Err(Reject::WrongMarket { .. })));
+    assert!(matches!(app.admit_enrollment(10, &SignedEnrollment::new(&w.devices[0].key, &w.chain, wrong_market)), Err(Reject::UnknownMarket(8))));
     let mut producer = good.body.clone();
     producer.kind = ModelKind::Producer.id();
     assert!(matches!(app.admit_enrollment(10, &SignedEnrollment::new(&w.devices[0].key, &w.chain, producer)), Err(Reject::UnknownShape { .. })));
@@ -36,15 +40,14 @@ fn enrollments_are_checked() {
 
     // Once enrolled (decided), the same enrollment is a duplicate; after the closing batch,
     // iteration 1 is due at its deadline and nothing more is admitted.
-    let mut rng = ChaCha20Rng::seed_from_u64(2);
-    let mut one_batch = MarketApp::new(&genesis_entry(&w), w.keys.clone()).unwrap();
-    let (batch, _, _) = one_batch.build(100, std::slice::from_ref(&good), &[], &Default::default(), &mut rng).unwrap();
+    let mut one_batch = ChainApp::new(&genesis_entry(&w), w.keys.clone()).unwrap();
+    let Built { entry: batch, .. } = build(&one_batch, 100, std::slice::from_ref(&good), &[]).unwrap();
     one_batch.apply(&batch, &[]).unwrap();
     assert_eq!(one_batch.admit_enrollment(120, &good).unwrap_err().label(), "duplicate");
     let a = validator(&w);
     assert_eq!(a.admit_enrollment(120, &enrollment(&w, &w.devices[1])).unwrap_err().label(), "late");
-    assert_eq!(a.next_due(), Some((250, Due::Iteration(1))));
-    assert_eq!(a.open_iteration(), Some(1));
+    assert_eq!(a.next_due(), Some((250, due(7, Step::Iteration(1)))));
+    assert_eq!(a.open_iteration(7), Some(1));
 }
 
 /// An enrollment admitted after the last interval's batch but before the close is not lost:
@@ -55,30 +58,30 @@ fn enrollments_are_checked() {
 fn an_enrollment_admitted_just_before_the_close_is_in_the_closing_batch() {
     let w = world();
     let mut rng = ChaCha20Rng::seed_from_u64(8);
-    let mut app = MarketApp::new(&genesis_entry(&w), w.keys.clone()).unwrap();
+    let mut app = ChainApp::new(&genesis_entry(&w), w.keys.clone()).unwrap();
     let early = enrollment(&w, &w.devices[0]);
-    let (first, _, _) = app.build(100, std::slice::from_ref(&early), &[], &Default::default(), &mut rng).unwrap();
+    let Built { entry: first, .. } = build(&app, 100, std::slice::from_ref(&early), &[]).unwrap();
     app.apply(&first, &[]).unwrap();
     // One interval (75 ms) after 100 is past the close (150): the closing batch is due at 150.
-    assert_eq!(app.next_due(), Some((150, Due::Enrollment)));
+    assert_eq!(app.next_due(), Some((150, due(7, Step::Enrollment))));
     let late = enrollment(&w, &w.devices[1]);
     app.admit_enrollment(149, &late).unwrap();
     assert_eq!(app.admit_enrollment(150, &late).unwrap_err().label(), "late", "admission ends at the close");
     // Built 30 ms late (a slow proposer), it is still the closing batch, and it validates.
-    let (closing, _, dropped) = app.build(180, std::slice::from_ref(&late), &[], &Default::default(), &mut rng).unwrap();
+    let Built { entry: closing, dropped, .. } = build(&app, 180, std::slice::from_ref(&late), &[]).unwrap();
     assert!(dropped.is_empty());
     let Body::Enrollment(list) = &closing.body else { panic!("the closing batch is an enrollment batch") };
-    assert_eq!(list.len(), 1);
-    let mut replica = MarketApp::new(&genesis_entry(&w), w.keys.clone()).unwrap();
+    assert_eq!(list.enrollments.len(), 1);
+    let mut replica = ChainApp::new(&genesis_entry(&w), w.keys.clone()).unwrap();
     replica.apply(&first, &[]).unwrap();
     replica.validate(&closing, &[], &Default::default(), &mut rng).unwrap();
     app.apply(&closing, &[]).unwrap();
-    assert_eq!(app.enrolled().len(), 2);
-    assert_eq!(app.next_due(), Some((250, Due::Iteration(1))), "registration is over");
+    assert_eq!(app.market(7).unwrap().enrolled().len(), 2);
+    assert_eq!(app.next_due(), Some((250, due(7, Step::Iteration(1)))), "registration is over");
     let third = enrollment(&w, &w.devices[2]);
     assert_eq!(app.admit_enrollment(140, &third).unwrap_err().label(), "late", "a clock behind the close admits nothing after the closing batch");
     // A batch before the close, once the closing one is due, is still refused after it.
-    let after = app.build(200, std::slice::from_ref(&third), &[], &Default::default(), &mut rng).unwrap_err();
+    let after = build(&app, 200, std::slice::from_ref(&third), &[]).unwrap_err();
     assert_eq!(after.label(), "not_due", "{after}");
 }
 
@@ -113,10 +116,10 @@ fn entries_are_built_validated_and_applied() {
     // The deadline passes: A builds the entry, dropping the bad proof; B validates it.
     let mut rng = ChaCha20Rng::seed_from_u64(5);
     let pool: Vec<SignedUpdate> = good.iter().cloned().chain([bad_proof.clone(), good[0].clone()]).collect();
-    let (entry, included, dropped) = a.build(260, &[], &pool, &Default::default(), &mut rng).unwrap();
+    let Built { entry, updates: included, dropped } = build(&a, 260, &[], &pool).unwrap();
     assert_eq!(included.len(), 2);
     assert_eq!(entry.timestamp_ms, 260);
-    assert_eq!(dropped, vec![(w.devices[2].id(), Reject::BadProof(w.devices[2].id()))]);
+    assert_eq!(dropped, vec![Dropped { market_id: 7, device: w.devices[2].id(), why: Reject::BadProof(w.devices[2].id()) }]);
     b.validate(&entry, &included, &Default::default(), &mut rng).unwrap();
     // Too early: the same body timestamped before the deadline.
     let mut early = entry.clone();
@@ -158,9 +161,9 @@ fn entries_are_built_validated_and_applied() {
     let mut b = b;
     a.apply(&entry, &included).unwrap();
     b.apply(&entry, &included).unwrap();
-    assert_eq!(a.admm().unwrap().variables(), b.admm().unwrap().variables());
+    assert_eq!(a.market(7).unwrap().admm().unwrap().variables(), b.market(7).unwrap().admm().unwrap().variables());
     assert_eq!(a.tip(), b.tip());
-    assert_eq!(a.admm().unwrap().iteration(), 1);
+    assert_eq!(a.market(7).unwrap().admm().unwrap().iteration(), 1);
     assert_eq!(a.admit_update(300, &good[0]).unwrap_err().label(), "stale_iteration");
 }
 
@@ -170,7 +173,7 @@ fn entries_are_built_validated_and_applied() {
 #[test]
 fn a_full_enrollment_batch_makes_the_next_one_due_at_once() {
     let w = world();
-    let mut app = MarketApp::new(&genesis_entry(&w), w.keys.clone()).unwrap();
+    let mut app = ChainApp::new(&genesis_entry(&w), w.keys.clone()).unwrap();
     let n = verifier_node::app::MAX_ENROLLMENTS_PER_ENTRY + 5;
     let template = enrollment(&w, &w.devices[0]);
     let pool: Vec<SignedEnrollment> = (0..n as u64)
@@ -185,26 +188,26 @@ fn a_full_enrollment_batch_makes_the_next_one_due_at_once() {
         })
         .collect();
     let mut rng = ChaCha20Rng::seed_from_u64(5);
-    let verifier = MarketApp::new(&genesis_entry(&w), w.keys.clone()).unwrap();
-    let (full, _, dropped) = app.build(75, &pool, &[], &Default::default(), &mut rng).unwrap();
+    let verifier = ChainApp::new(&genesis_entry(&w), w.keys.clone()).unwrap();
+    let Built { entry: full, dropped, .. } = build(&app, 75, &pool, &[]).unwrap();
     assert!(dropped.is_empty());
     let Body::Enrollment(list) = &full.body else { panic!("an enrollment batch is due") };
-    assert_eq!(list.len(), verifier_node::app::MAX_ENROLLMENTS_PER_ENTRY);
+    assert_eq!(list.enrollments.len(), verifier_node::app::MAX_ENROLLMENTS_PER_ENTRY);
     verifier.validate(&full, &[], &Default::default(), &mut rng).unwrap();
     app.apply(&full, &[]).unwrap();
-    assert_eq!(app.next_due(), Some((76, Due::Enrollment)), "the backlog is due right after a full batch");
+    assert_eq!(app.next_due(), Some((76, due(7, Step::Enrollment))), "the backlog is due right after a full batch");
 
-    let rest: Vec<SignedEnrollment> = pool.iter().filter(|e| !app.enrolled().contains_key(&e.body.device)).cloned().collect();
+    let rest: Vec<SignedEnrollment> = pool.iter().filter(|e| !app.market(7).unwrap().enrolled().contains_key(&e.body.device)).cloned().collect();
     assert_eq!(rest.len(), 5);
-    let (tail, _, _) = app.build(76, &rest, &[], &Default::default(), &mut rng).unwrap();
+    let Built { entry: tail, .. } = build(&app, 76, &rest, &[]).unwrap();
     let mut replica = verifier;
     replica.apply(&full, &[]).unwrap();
     replica.validate(&tail, &[], &Default::default(), &mut rng).unwrap();
     app.apply(&tail, &[]).unwrap();
-    assert_eq!(app.enrolled().len(), n);
+    assert_eq!(app.market(7).unwrap().enrolled().len(), n);
     // A batch that is not full brings back the interval, capped at the close: the closing
     // batch is due at 150.
-    assert_eq!(app.next_due(), Some((150, Due::Enrollment)));
+    assert_eq!(app.next_due(), Some((150, due(7, Step::Enrollment))));
 }
 
 #[test]
@@ -220,7 +223,7 @@ fn a_genesis_with_out_of_range_market_parameters_is_refused_with_a_typed_error()
         let mut w = world();
         f(&mut w.genesis);
         w.chain = chain_id(&w.genesis);
-        match MarketApp::new(&genesis_entry(&w), w.keys.clone()) {
+        match ChainApp::new(&genesis_entry(&w), w.keys.clone()) {
             Err(e @ Reject::Admm(protocol::admm::AdmmError::Params(_))) => {
                 assert!(e.to_string().contains(what), "{e} should name {what}");
                 assert_eq!(e.label(), "market_params");

@@ -145,6 +145,21 @@ fn arbitrary_device_requests_are_parsed_or_refused_with_a_label() {
                                 prop_assert!(!r.label().is_empty());
                             }
                         }
+                        Ok(DeviceRequest::Withdraw(x)) => {
+                            if let Err(r) = node.on_withdrawal(now, x) {
+                                prop_assert!(!r.label().is_empty());
+                            }
+                        }
+                        Ok(DeviceRequest::Open(x)) => {
+                            if let Err(r) = node.on_open(now, x) {
+                                prop_assert!(!r.label().is_empty());
+                            }
+                        }
+                        Ok(DeviceRequest::Revoke(x)) => {
+                            if let Err(r) = node.on_revocation(now, x) {
+                                prop_assert!(!r.label().is_empty());
+                            }
+                        }
                         Ok(DeviceRequest::Subscribe { .. }) => {}
                         Err(e) => prop_assert!(["malformed", "wrong_sender"].contains(&e.label()), "{e}"),
                     }
@@ -152,6 +167,7 @@ fn arbitrary_device_requests_are_parsed_or_refused_with_a_label() {
             }
             node.tick(now + 1);
             prop_assert!(node.held().pooled_enrollments <= 3);
+            prop_assert_eq!(node.held().pooled_other, 0, "arbitrary bytes carry no valid operator or authority signature");
             Ok(())
         })
         .unwrap();

@@ -8,7 +8,7 @@ use protocol::entry::{sign_vote, Body, CommitCertificate, Entry};
 use protocol::messages::SignedUpdate;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use verifier_node::app::{Due, MarketApp};
+use verifier_node::app::{Built, ChainApp, Step};
 use verifier_node::audit::audit;
 use verifier_node::store::{Store, StoreError};
 
@@ -24,11 +24,11 @@ fn chain(w: &mut World) -> Vec<(Entry, CommitCertificate, Vec<SignedUpdate>)> {
     let mut out = vec![];
     let genesis = genesis_entry(w);
     out.push((genesis.clone(), certify(w, &genesis, &[0, 1, 2]), vec![]));
-    let mut app = MarketApp::new(&genesis, w.keys.clone()).unwrap();
+    let mut app = ChainApp::new(&genesis, w.keys.clone()).unwrap();
     let mut rng = ChaCha20Rng::seed_from_u64(8);
     let enrollments: Vec<_> = w.devices.iter().map(|d| enrollment(w, d)).collect();
-    let mut step = |w: &World, app: &mut MarketApp, t: u64, enrollments: &[protocol::messages::SignedEnrollment], updates: &[SignedUpdate], voters: &[u16]| {
-        let (e, included, dropped) = app.build(t, enrollments, updates, &Default::default(), &mut rng).unwrap();
+    let mut step = |w: &World, app: &mut ChainApp, t: u64, enrollments: &[protocol::messages::SignedEnrollment], updates: &[SignedUpdate], voters: &[u16]| {
+        let Built { entry: e, updates: included, dropped } = build(&app, t, enrollments, updates).unwrap();
         assert!(dropped.is_empty(), "{dropped:?}");
         app.validate(&e, &included, &Default::default(), &mut rng).unwrap();
         app.apply(&e, &included).unwrap();
@@ -39,20 +39,20 @@ fn chain(w: &mut World) -> Vec<(Entry, CommitCertificate, Vec<SignedUpdate>)> {
     out.push(step(w, &mut app, 150, &[], &[], &[0, 1, 2]));
     for (k, devices) in [(1u32, vec![0usize, 1]), (2, vec![0, 1, 2])] {
         let updates: Vec<_> = devices.into_iter().map(|i| update(w, i, k, k)).collect();
-        let t = app.deadline(k);
+        let t = app.market(7).unwrap().deadline(k);
         out.push(step(w, &mut app, t, &[], &updates, &[0, 2, 3]));
     }
     // Iterate on to the stopping rule or K_max = 5.
     for k in 3..=5u32 {
         let updates: Vec<_> = (0..3).map(|i| update(w, i, k, k)).collect();
-        let t = app.deadline(k);
+        let t = app.market(7).unwrap().deadline(k);
         out.push(step(w, &mut app, t, &[], &updates, &[0, 1, 2]));
-        if app.next_due().map(|d| d.1) == Some(Due::Final) {
+        if app.next_due().map(|d| d.1.step) == Some(Step::Final) {
             break;
         }
     }
     out.push(step(w, &mut app, 0, &[], &[], &[0, 1, 3]));
-    assert!(app.is_final());
+    assert!(app.is_idle());
     out
 }
 

@@ -37,7 +37,7 @@ fn a_clean_network_reaches_final_with_every_update() {
     sim.check().unwrap();
     assert!(sim.all_final(), "tips {:?}", sim.tips());
     for n in sim.nodes() {
-        assert_eq!(n.app().enrolled().len(), 3);
+        assert_eq!(n.app().market(7).unwrap().enrolled().len(), 3);
         assert_eq!(n.stats().proofs_verified, 9, "every update of 3 devices × 3 iterations is in the log");
     }
 }
@@ -85,14 +85,14 @@ fn byzantine_proposers_never_get_bad_entries_committed() {
     // batch, which validator 2 proposes in round 0) whose proof was made for iteration 2:
     // honest proposers drop it, the Byzantine one includes it.
     let bad = update(&mut w, 2, 3, 2);
-    devices.updates.get_mut(&3).unwrap()[2] = bad.clone();
+    devices.updates.get_mut(&(7, 3)).unwrap()[2] = bad.clone();
     // A reliable network, so that validator 2 is the round-0 proposer of height 6 (iteration 3).
     let net = NetConfig { drop: 0.0, gst_ms: 0, duplicate: 0.05, delay_ms: (1, 30), partitions: vec![], crashes: vec![] };
     for (b, seed) in [(Byzantine::Equivocate, 11), (Byzantine::IncludeInvalidProofs, 12), (Byzantine::WrongAggregates, 13)] {
         let sim = run_net(&w, &genesis, &devices, seed, vec![None, None, Some(b), None], net.clone()).unwrap();
         let honest: Vec<_> = sim.nodes().filter(|n| n.index() != 2).collect();
         for n in &honest {
-            assert!(n.app().is_final(), "{b:?}");
+            assert!(n.app().is_idle(), "{b:?}");
             // The bad update is in no committed entry.
             for c in n.log().entries() {
                 assert!(!c.updates.contains(&bad), "{b:?}");

@@ -68,6 +68,7 @@ fn main() {
         },
         verifying_keys: vec![verifier_node::config::key_hash(&vk, &vk_bytes)],
         enrollment_authorities: vec![protocol::membership::AuthorityId(bench::authority().verifying_key().to_bytes())],
+        market_operators: vec![],
     };
     let genesis_entry = Entry::genesis(genesis, now);
     std::fs::write(dir.join("genesis.bin"), protocol::codec::encode(&genesis_entry)).expect("write genesis");

@@ -92,6 +92,7 @@ pub fn market_with(name: &str, timing: Timing) -> Market {
         },
         verifying_keys,
         enrollment_authorities: vec![protocol::membership::AuthorityId(authority().verifying_key().to_bytes())],
+        market_operators: vec![],
     };
     let entry = Entry::genesis(genesis, now);
     std::fs::write(dir.join("genesis.bin"), protocol::codec::encode(&entry)).unwrap();

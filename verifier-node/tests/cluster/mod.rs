@@ -306,7 +306,7 @@ pub async fn run_devices(cluster: &Cluster, devices: &[Device], follow: u16, wit
         client.accept(&c.entry, &c.certificate).expect("every served entry is certified and linked");
         let next = match &c.entry.body {
             Body::Enrollment(list) => {
-                enrolled.extend(list.iter().map(|e| e.body.device));
+                enrolled.extend(list.enrollments.iter().map(|e| e.body.device));
                 devices.iter().all(|d| enrolled.contains(&d.id())).then_some(1)
             }
             Body::Iteration(b) => Some(b.iteration + 1),

@@ -11,7 +11,9 @@ use protocol::sign::ChainId;
 use prover::{UpdateProvingKey, VerifierKeys};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use verifier_node::app::MarketApp;
+use protocol::entry::MarketSpec as Spec;
+use protocol::market::SignedMarketOpen;
+use verifier_node::app::{Built, ChainApp, Pool};
 
 pub const T: usize = 4;
 
@@ -41,6 +43,11 @@ pub struct World {
 /// The enrollment authority of every test world.
 pub fn authority() -> SigningKey {
     SigningKey::from_bytes(&[77; 32])
+}
+
+/// The market operator of every test world.
+pub fn operator() -> SigningKey {
+    SigningKey::from_bytes(&[88; 32])
 }
 
 pub fn slots() -> Slots {
@@ -75,6 +82,7 @@ pub fn world() -> World {
         },
         verifying_keys: vec![KeyHash { kind: 1, slots: T as u16, sha256: [0; 32] }],
         enrollment_authorities: vec![protocol::membership::AuthorityId(authority().verifying_key().to_bytes())],
+        market_operators: vec![protocol::market::OperatorId(operator().verifying_key().to_bytes())],
     };
     let devices = [ModelKind::Deferrable, ModelKind::Battery, ModelKind::Deferrable]
         .iter()
@@ -88,15 +96,39 @@ pub fn world() -> World {
 }
 
 pub fn enrollment(w: &World, d: &Device) -> SignedEnrollment {
+    enrollment_in(w, d, &w.genesis.market)
+}
+
+/// Device `d`'s enrollment in market `m`, with an attestation covering it.
+pub fn enrollment_in(w: &World, d: &Device, m: &Spec) -> SignedEnrollment {
+    let span = protocol::membership::market_span(m);
+    let attestation = protocol::membership::attest(&w.authority, &w.chain, d.id(), &d.opening.params, m.slot_seconds, "meter-1", span);
     let body = Enrollment {
-        market_id: 7,
+        market_id: m.market_id,
         device: d.id(),
         kind: d.opening.params.kind().id(),
         slots: T as u16,
         commitment: FieldElement::new(&commitment(&d.opening)),
-        attestation: attestation(w, d.id(), &d.opening.params),
+        attestation,
     };
     SignedEnrollment::new(&d.key, &w.chain, body)
+}
+
+/// The genesis market with another id and clock: registration closes at `close_ms`,
+/// execution starts at `execution_start_ms`.
+pub fn market_spec(w: &World, market_id: u64, close_ms: u64, execution_start_ms: u64) -> Spec {
+    Spec { market_id, registration_close_ms: close_ms, execution_start_ms, ..w.genesis.market.clone() }
+}
+
+/// The world operator's opening of `m`.
+pub fn open(w: &World, m: Spec) -> SignedMarketOpen {
+    SignedMarketOpen::new(&operator(), &w.chain, m)
+}
+
+/// Builds with only enrollments and updates in the pool.
+pub fn build(app: &ChainApp, now: u64, enrollments: &[SignedEnrollment], updates: &[SignedUpdate]) -> Result<Built, verifier_node::app::Reject> {
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    app.build(now, Pool { enrollments, updates, ..Default::default() }, &Default::default(), &mut rng)
 }
 
 /// The world's authority's attestation of a device with these parameters, valid for the market.
@@ -107,17 +139,22 @@ pub fn attestation(w: &World, device: DeviceId, params: &circuits::model::ModelP
 
 /// A proven, signed update of device `i` for iteration `k` (the proof made for `proof_k`).
 pub fn update(w: &mut World, i: usize, k: u32, proof_k: u32) -> SignedUpdate {
+    update_in(w, 7, i, k, proof_k)
+}
+
+/// [`update`] in market `market`.
+pub fn update_in(w: &mut World, market: u64, i: usize, k: u32, proof_k: u32) -> SignedUpdate {
     let d = &w.devices[i];
     let kind = d.opening.params.kind();
     let shape = Shape { kind, slots: slots() };
     let witness = circuits::Witness {
         opening: d.opening.clone(),
-        context: Context { market_id: 7, iteration: proof_k, shape },
+        context: Context { market_id: market, iteration: proof_k, shape },
         schedule: sample::schedule(kind, slots(), i as u16),
     };
     let pk = w.pks.iter().find(|pk| pk.shape() == shape).unwrap();
     let (proof, _) = prover::prove(pk, witness.clone(), &mut w.rng).unwrap();
-    let body = Update { market_id: 7, iteration: k, device: d.id(), schedule: witness.schedule, proof: prover::format::encode_proof(&proof) };
+    let body = Update { market_id: market, iteration: k, device: d.id(), schedule: witness.schedule, proof: prover::format::encode_proof(&proof) };
     SignedUpdate::new(&d.key, &w.chain, body)
 }
 
@@ -128,17 +165,17 @@ pub fn genesis_entry(w: &World) -> Entry {
 
 /// A validator after genesis and the one enrollment batch (at t = 100; registration closes
 /// at 150, iteration k's deadline is 150 + 100·k).
-pub fn validator(w: &World) -> MarketApp {
-    let mut app = MarketApp::new(&genesis_entry(w), w.keys.clone()).unwrap();
+pub fn validator(w: &World) -> ChainApp {
+    let mut app = ChainApp::new(&genesis_entry(w), w.keys.clone()).unwrap();
     let enrollments: Vec<SignedEnrollment> = w.devices.iter().map(|d| enrollment(w, d)).collect();
     let mut rng = ChaCha20Rng::seed_from_u64(3);
-    let (entry, _, dropped) = app.build(100, &enrollments, &[], &Default::default(), &mut rng).unwrap();
+    let Built { entry, dropped, .. } = build(&app, 100, &enrollments, &[]).unwrap();
     assert!(dropped.is_empty());
     app.validate(&entry, &[], &Default::default(), &mut rng).unwrap();
     app.apply(&entry, &[]).unwrap();
     // The (empty) closing batch at the close ends registration.
-    let (closing, _, _) = app.build(w.genesis.market.registration_close_ms, &[], &[], &Default::default(), &mut rng).unwrap();
-    assert!(matches!(&closing.body, protocol::entry::Body::Enrollment(l) if l.is_empty()));
+    let closing = build(&app, w.genesis.market.registration_close_ms, &[], &[]).unwrap().entry;
+    assert!(matches!(&closing.body, protocol::entry::Body::Enrollment(b) if b.enrollments.is_empty()));
     app.validate(&closing, &[], &Default::default(), &mut rng).unwrap();
     app.apply(&closing, &[]).unwrap();
     app
@@ -158,7 +195,22 @@ pub fn sim_world(max_iterations: u32) -> (World, Entry, verifier_node::sim::Devi
     let mut devices = verifier_node::sim::Devices { enrollments: w.devices.iter().map(|d| enrollment(&w, d)).collect(), ..Default::default() };
     for k in 1..=max_iterations {
         let us = (0..w.devices.len()).map(|i| update(&mut w, i, k, k)).collect();
-        devices.updates.insert(k, us);
+        devices.updates.insert((7, k), us);
+    }
+    (w, genesis, devices)
+}
+
+/// [`sim_world`] with a second market, 8, that the operator opens at 1 s: it registers until
+/// 9 s while market 7 schedules, and executes after market 7's execution.
+pub fn two_market_sim_world(max_iterations: u32) -> (World, Entry, verifier_node::sim::Devices) {
+    let (mut w, genesis, mut devices) = sim_world(max_iterations);
+    let span = protocol::market::execution_span(&w.genesis.market);
+    let m8 = market_spec(&w, 8, 9000, span.1 + 1000);
+    devices.opens.push((1000, open(&w, m8.clone())));
+    devices.enrollments.extend(w.devices.iter().map(|d| enrollment_in(&w, d, &m8)));
+    for k in 1..=max_iterations {
+        let us = (0..w.devices.len()).map(|i| update_in(&mut w, 8, i, k, k)).collect();
+        devices.updates.insert((8, k), us);
     }
     (w, genesis, devices)
 }

@@ -17,7 +17,7 @@ impl<L: Log> Node<L> {
             Effect::ScheduleTimeout(t, r) => {
                 let mut d = self.cfg.timeouts.duration_for(t).as_millis() as u64;
                 if t.kind == TimeoutKind::Propose {
-                    d += self.app.enrolled().len() as u64 * PROPOSE_US_PER_DEVICE / 1000;
+                    d += self.app.enrolled_live() as u64 * PROPOSE_US_PER_DEVICE / 1000;
                 }
                 self.timers.insert(timeout_key(&t), (t, self.now + d));
                 r.resume_with(())

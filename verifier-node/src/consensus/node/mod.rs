@@ -3,8 +3,9 @@
 //! returning [`Output`]s for the host to send. No sockets, no clocks, no threads: the QUIC
 //! host and the in-memory simulation drive the same code.
 //!
-//! Per height: when the market app says an entry is due (`MarketApp::next_due`) and the host's
-//! clock has reached it, the node starts the height. The round's proposer builds the due entry
+//! Per height: when the chain app says a market entry is due (`ChainApp::next_due`) and the
+//! host's clock has reached it, or an opening or revocation waits in the pools, the node starts
+//! the height. The round's proposer builds the due entry
 //! from its pool, sends the full entry as a [`PeerMsg::Payload`] and lets the core sign and
 //! send the proposal of its hash. Every validator validates a payload it receives (link,
 //! timing, every signature and proof, recomputed aggregates) before the core may prevote for
@@ -29,7 +30,8 @@ use malachitebft_core_types::{
     VoteExtensionPolicy,
 };
 use protocol::entry::{Body, Certified, CommitCertificate, Entry, Vote as LogVote};
-use protocol::ids::DeviceId;
+use protocol::market::{SignedMarketOpen, SignedWithdrawal};
+use protocol::membership::SignedRevocation;
 use protocol::messages::{SignedEnrollment, SignedUpdate};
 use protocol::sign::SignatureBytes;
 use prover::VerifierKeys;
@@ -39,15 +41,16 @@ use tracing::{debug, info, warn};
 
 use super::context::{Address, Decoded, EntryHash, GridContext, Height, PublicKey, Signature, ValidatorSet, WireMsg};
 use super::wire::{PeerMsg, PeerReject, WalRecord, MAX_SYNC_BATCH};
-use crate::app::{body_kind, MarketApp, Reject};
+use crate::app::{body_kind, ChainApp, Reject};
 use crate::store::{Log, StoreError, MAX_WAL_RECORD};
 
 mod effects;
 mod peer;
+mod pool;
 mod wal;
 
-/// Most pooled enrollments (registration).
-pub const MAX_POOLED_ENROLLMENTS: usize = protocol::clock::MAX_ENROLLED;
+pub use pool::{MAX_POOLED_ENROLLMENTS, MAX_POOLED_OPENS, MAX_POOLED_REVOCATIONS};
+
 /// Most payloads held (current and next heights, all rounds).
 pub const MAX_PAYLOADS: usize = 32;
 /// Most payloads held from one proposer (a Byzantine peer cannot fill [`MAX_PAYLOADS`] alone).
@@ -189,6 +192,8 @@ pub struct Held {
     pub unverified: usize,
     /// Pooled enrollments.
     pub pooled_enrollments: usize,
+    /// Pooled withdrawals, market openings and revocations.
+    pub pooled_other: usize,
 }
 
 /// One validator.
@@ -197,7 +202,7 @@ pub struct Node<L: Log> {
     cfg: NodeConfig,
     key: SigningKey,
     validators: ValidatorSet,
-    app: MarketApp,
+    app: ChainApp,
     log: L,
     state: Option<State<GridContext>>,
     /// The height consensus runs, and when its entry was due.
@@ -211,13 +216,8 @@ pub struct Node<L: Log> {
     get_value: Option<Round>,
     /// What this node proposed at (height, round), from memory or the WAL.
     own_proposals: BTreeMap<(u64, i64), EntryHash>,
-    pool_enrollments: BTreeMap<DeviceId, SignedEnrollment>,
-    pool_updates: BTreeMap<DeviceId, SignedUpdate>,
-    /// Pooled updates not yet verified, with their proofs decoded at admission (verified in
-    /// batches while the iteration is open).
-    unverified: Vec<(SignedUpdate, prover::UpdateProof)>,
-    /// Digests verified (signature and proof), for the open iteration.
-    verified: crate::app::Verified,
+    /// What devices, operators and authorities sent, until included.
+    pools: pool::Pools,
     out: Vec<Output>,
     now: u64,
     rng: ChaCha20Rng,
@@ -292,8 +292,8 @@ impl<L: Log> Node<L> {
     /// Opens validator `cfg.index` on `log`: stores `genesis` if the log is empty, checks that
     /// the stored genesis is the same, and replays the stored entries into the market app.
     pub fn open(cfg: NodeConfig, key: SigningKey, genesis: &Entry, keys: VerifierKeys, mut log: L) -> Result<Node<L>, NodeError> {
-        let app = MarketApp::new(genesis, keys).map_err(|e| NodeError::Corrupt(format!("genesis: {e}")))?;
-        let Body::Genesis(g) = &genesis.body else { unreachable!("MarketApp::new checked the genesis") };
+        let app = ChainApp::new(genesis, keys).map_err(|e| NodeError::Corrupt(format!("genesis: {e}")))?;
+        let Body::Genesis(g) = &genesis.body else { unreachable!("ChainApp::new checked the genesis") };
         let validators = ValidatorSet::from_genesis(&g.validators).ok_or(NodeError::Corrupt("a genesis validator key is invalid".into()))?;
         let mine = g.validators.get(cfg.index as usize).ok_or(NodeError::Corrupt(format!("no validator {} in genesis", cfg.index)))?;
         if mine.0 != key.verifying_key().to_bytes() {
@@ -324,10 +324,7 @@ impl<L: Log> Node<L> {
             announced: BTreeSet::new(),
             get_value: None,
             own_proposals: BTreeMap::new(),
-            pool_enrollments: BTreeMap::new(),
-            pool_updates: BTreeMap::new(),
-            unverified: Vec::new(),
-            verified: Default::default(),
+            pools: pool::Pools::default(),
             out: Vec::new(),
             now: 0,
             rng: ChaCha20Rng::seed_from_u64(cfg.rng_seed),
@@ -359,8 +356,8 @@ impl<L: Log> Node<L> {
         State::new(self.ctx.clone(), Height(self.app.tip().height + 1), self.validators.clone(), params, 4096, 1024)
     }
 
-    /// The market app (the state derived from the log).
-    pub fn app(&self) -> &MarketApp {
+    /// The chain app (the state derived from the log).
+    pub fn app(&self) -> &ChainApp {
         &self.app
     }
 
@@ -376,7 +373,7 @@ impl<L: Log> Node<L> {
 
     /// Updates pooled for the open iteration, and how many of them await batch verification.
     pub fn pool_sizes(&self) -> (usize, usize) {
-        (self.pool_updates.len(), self.unverified.len())
+        (self.pools.updates.len(), self.pools.unverified.len())
     }
 
     /// How much the node holds from its peers and devices (each count has a bound).
@@ -384,9 +381,10 @@ impl<L: Log> Node<L> {
         Held {
             payloads: self.payloads.len(),
             announced: self.announced.len(),
-            pooled_updates: self.pool_updates.len(),
-            unverified: self.unverified.len(),
-            pooled_enrollments: self.pool_enrollments.len(),
+            pooled_updates: self.pools.updates.len(),
+            unverified: self.pools.unverified.len(),
+            pooled_enrollments: self.pools.enrollments.len(),
+            pooled_other: self.pools.withdrawals.len() + self.pools.opens.len() + self.pools.revocations.len(),
         }
     }
 
@@ -408,36 +406,32 @@ impl<L: Log> Node<L> {
     /// When the host should call [`Self::tick`] next.
     pub fn next_wakeup(&self) -> u64 {
         let timer = self.timers.values().map(|t| t.1).min().unwrap_or(u64::MAX);
-        let due = match (self.running, self.app.next_due()) {
-            (None, Some((t, _))) => t,
+        let due = match (self.running, self.next_start()) {
+            (None, Some(t)) => t,
             (Some(_), Some(_)) if self.get_value.is_some() => self.app.next_buildable(self.now).unwrap_or(u64::MAX).max(self.now + 1),
             _ => u64::MAX,
         };
-        let verify = if self.unverified.is_empty() { u64::MAX } else { self.now + VERIFY_DELAY_MS };
+        let verify = if self.pools.unverified.is_empty() { u64::MAX } else { self.now + VERIFY_DELAY_MS };
         timer.min(due).min(verify).min(self.last_status + STATUS_INTERVAL_MS)
     }
 
+    /// When the next height may start: when a market entry is due, or now if an opening or
+    /// a revocation waits in the pools. `None` when idle.
+    fn next_start(&self) -> Option<u64> {
+        let chain = self.pools.has_chain_messages().then_some(self.now);
+        match (self.app.next_due().map(|d| d.0), chain) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Batch-verifies up to [`MAX_VERIFY_BATCH`] of the pooled updates that arrived since the
-    /// last call (oldest first); bad ones leave the pool (counted), good ones are remembered
-    /// so the deadline does not verify them again.
+    /// last call; bad ones leave the pool (counted).
     fn verify_pool(&mut self) {
-        let n = self.unverified.len().min(MAX_VERIFY_BATCH);
-        let batch: Vec<(SignedUpdate, prover::UpdateProof)> = self.unverified.drain(..n).collect();
-        let verdicts = self.app.verify_updates(&batch, &mut self.rng);
-        for ((u, _), v) in batch.into_iter().zip(verdicts) {
-            match v {
-                Ok(()) => {
-                    self.verified.insert(u.digest());
-                }
-                Err(why) => {
-                    self.count(&why);
-                    // (A Byzantine proposer that includes bad proofs keeps them.)
-                    let keep = self.cfg.byzantine == Some(Byzantine::IncludeInvalidProofs);
-                    if !keep && self.pool_updates.get(&u.body.device) == Some(&u) {
-                        self.pool_updates.remove(&u.body.device);
-                    }
-                }
-            }
+        // (A Byzantine proposer that includes bad proofs keeps them.)
+        let keep = self.cfg.byzantine == Some(Byzantine::IncludeInvalidProofs);
+        for why in self.pools.verify(&self.app, MAX_VERIFY_BATCH, keep, &mut self.rng) {
+            self.count(&why);
         }
     }
 
@@ -462,11 +456,11 @@ impl<L: Log> Node<L> {
         if self.fatal.is_some() {
             return vec![];
         }
-        if !self.unverified.is_empty() {
+        if !self.pools.unverified.is_empty() {
             self.verify_pool();
         }
         if self.running.is_none() {
-            if let Some((due, _)) = self.app.next_due() {
+            if let Some(due) = self.next_start() {
                 if self.now >= due {
                     self.start_height(due);
                 }
@@ -582,10 +576,9 @@ impl<L: Log> Node<L> {
             }
             return;
         }
-        let enrollments: Vec<SignedEnrollment> = self.pool_enrollments.values().cloned().collect();
-        let updates: Vec<SignedUpdate> = self.pool_updates.values().cloned().collect();
-        let built = self.app.build(self.now, &enrollments, &updates, &self.verified, &mut self.rng);
-        let (mut entry, mut included, dropped) = match built {
+        let snapshot = self.pools.snapshot();
+        let built = self.app.build(self.now, snapshot.view(), &self.pools.verified, &mut self.rng);
+        let crate::app::Built { mut entry, updates: mut included, dropped } = match built {
             Ok(b) => b,
             Err(e) => {
                 // Retried at every tick while this round lasts (e.g. between the closing
@@ -594,23 +587,24 @@ impl<L: Log> Node<L> {
                 return;
             }
         };
-        for (device, why) in &dropped {
-            self.count(why);
-            debug!(validator = self.cfg.index, device = %device, "dropped from the proposal: {why}");
-            if matches!(why, Reject::BadProof(_)) {
+        for d in &dropped {
+            self.count(&d.why);
+            debug!(validator = self.cfg.index, market = d.market_id, device = %d.device, "dropped from the proposal: {}", d.why);
+            if matches!(d.why, Reject::BadProof(_)) {
+                let key = (d.market_id, d.device);
                 if self.cfg.byzantine == Some(Byzantine::IncludeInvalidProofs) {
-                    if let Some(u) = self.pool_updates.get(device) {
+                    if let Some(u) = self.pools.updates.get(&key) {
                         included.push(u.clone());
                     }
                 } else {
-                    self.pool_updates.remove(device);
+                    self.pools.updates.remove(&key);
                 }
             }
         }
         match (self.cfg.byzantine, &mut entry.body) {
             (Some(Byzantine::IncludeInvalidProofs), Body::Iteration(b)) => {
                 included.sort_by_key(SignedUpdate::digest);
-                if let Ok(body) = self.app.iteration_body(b.iteration, &included) {
+                if let Ok(body) = self.app.iteration_body(b.market_id, b.iteration, &included) {
                     *b = body;
                 }
             }
@@ -689,29 +683,7 @@ impl<L: Log> Node<L> {
         if let Body::Iteration(_) = &c.entry.body {
             self.stats.proofs_verified += c.updates.len() as u64;
         }
-        match &c.entry.body {
-            Body::Enrollment(list) => {
-                for e in list {
-                    self.pool_enrollments.remove(&e.body.device);
-                }
-            }
-            Body::Iteration(b) => {
-                let k = b.iteration;
-                self.pool_updates.retain(|_, u| u.body.iteration > k);
-                self.unverified.retain(|(u, _)| u.body.iteration > k);
-                self.verified.clear();
-            }
-            Body::Final(_) => {
-                // The market is over: updates sent for an iteration that will not come go.
-                self.pool_updates.clear();
-                self.unverified.clear();
-                self.verified.clear();
-            }
-            _ => {}
-        }
-        if self.app.admm().is_some() {
-            self.pool_enrollments.clear();
-        }
+        self.pools.after_commit(&self.app, &c.entry.body, self.now);
         self.running = None;
         self.timers.clear();
         self.get_value = None;
@@ -736,42 +708,27 @@ impl<L: Log> Node<L> {
     }
 
     fn admit_enrollment(&mut self, e: SignedEnrollment) -> Result<(), Reject> {
-        if let Some(held) = self.pool_enrollments.get(&e.body.device) {
-            if *held == e {
-                return Ok(()); // The same signed enrollment again: already held.
-            }
-            return Err(protocol::clock::ClockError::DuplicateEnrollment(e.body.device).into());
-        }
-        if self.pool_enrollments.len() >= MAX_POOLED_ENROLLMENTS {
-            return Err(Reject::Overloaded("enrollment pool full"));
-        }
-        self.app.admit_enrollment(self.now, &e)?;
-        self.pool_enrollments.insert(e.body.device, e);
-        Ok(())
+        self.pools.admit_enrollment(&self.app, self.now, e)
     }
 
     /// A device's update, arriving at `now`.
     pub fn on_update(&mut self, now: u64, u: SignedUpdate) -> Result<(), Reject> {
-        self.admitting(now, |n| n.admit_update(u))
+        self.admitting(now, |n| n.pools.admit_update(&n.app, n.now, u))
     }
 
-    fn admit_update(&mut self, u: SignedUpdate) -> Result<(), Reject> {
-        if let Some(held) = self.pool_updates.get(&u.body.device) {
-            if *held == u {
-                // The same signed update again (a gateway re-sends before the deadline in case
-                // a validator lost its pool): already held, nothing changes.
-                return Ok(());
-            }
-            if held.body.iteration == u.body.iteration {
-                return Err(protocol::clock::ClockError::DuplicateUpdate { device: u.body.device, iteration: u.body.iteration }.into());
-            }
-        }
-        let proof = self.app.admit_update(self.now, &u)?;
-        // One update per device is held (the open iteration's): the pool is bounded by the
-        // enrolled set, and so is the queue of updates awaiting verification.
-        self.unverified.push((u.clone(), proof));
-        self.pool_updates.insert(u.body.device, u);
-        Ok(())
+    /// A device's withdrawal from a market, arriving at `now`.
+    pub fn on_withdrawal(&mut self, now: u64, w: SignedWithdrawal) -> Result<(), Reject> {
+        self.admitting(now, |n| n.pools.admit_withdrawal(&n.app, n.now, w))
+    }
+
+    /// A market operator's opening, arriving at `now`.
+    pub fn on_open(&mut self, now: u64, o: SignedMarketOpen) -> Result<(), Reject> {
+        self.admitting(now, |n| n.pools.admit_open(&n.app, n.now, o))
+    }
+
+    /// An enrollment authority's revocation, arriving at `now`.
+    pub fn on_revocation(&mut self, now: u64, r: SignedRevocation) -> Result<(), Reject> {
+        self.admitting(now, |n| n.pools.admit_revocation(&n.app, r))
     }
 
     /// The public key of validator `i`, if any.

@@ -120,7 +120,7 @@ impl<L: Log> Node<L> {
                 let verdict = if entry.timestamp_ms > self.now.saturating_add(drift) {
                     Err(Reject::NotDue(format!("timestamp {} is ahead of this node's clock {}", entry.timestamp_ms, self.now)))
                 } else {
-                    self.app.validate(&entry, &updates, &self.verified, &mut self.rng)
+                    self.app.validate(&entry, &updates, &self.pools.verified, &mut self.rng)
                 };
                 if let Err(why) = &verdict {
                     warn!(validator = self.cfg.index, height = entry.height, proposer, "invalid proposal {hash}: {why}");
@@ -204,7 +204,7 @@ impl<L: Log> Node<L> {
                 *self.stats.rejects.entry("sync_bad_certificate").or_default() += 1;
                 break;
             }
-            if let Err(e) = self.app.validate(&c.entry, &c.updates, &self.verified, &mut self.rng) {
+            if let Err(e) = self.app.validate(&c.entry, &c.updates, &self.pools.verified, &mut self.rng) {
                 warn!(validator = self.cfg.index, height = c.entry.height, "synced entry refused: {e}");
                 self.count(&e);
                 break;

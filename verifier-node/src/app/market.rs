@@ -1,0 +1,231 @@
+//! One market's replicated state: its spec, its enrolled devices, its fixed-point ADMM engine
+//! and where its clock is. [`super::ChainApp`] holds one per market and decides which market's
+//! entry is due; everything here is a function of that market's entries alone.
+
+use std::collections::BTreeMap;
+
+use circuits::{Fr, Shape};
+use protocol::admm::{AdmmError, AdmmState};
+use protocol::clock::{ClockConfig, RegistrationTip};
+use protocol::entry::{FinalBody, IterationBody, MarketSpec};
+use protocol::ids::DeviceId;
+use protocol::merkle::{final_root, Hash};
+use protocol::messages::SignedUpdate;
+
+use super::Reject;
+
+/// An enrolled device: its circuit shape, commitment, and the attestation it enrolled with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enrolled {
+    /// Model and T.
+    pub shape: Shape,
+    /// The commitment C.
+    pub commitment: Fr,
+    /// `SignedAttestation::digest` of its attestation (a revocation names it).
+    pub attestation: Hash,
+}
+
+/// What a market needs next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Step {
+    /// A registration batch (possibly empty), the last one at or after registration closes.
+    Enrollment,
+    /// ADMM iteration k.
+    Iteration(u32),
+    /// The final schedule and prices.
+    Final,
+}
+
+/// One market's state.
+#[derive(Debug, Clone)]
+pub struct Market {
+    spec: MarketSpec,
+    clock: ClockConfig,
+    /// When it was opened (the genesis or opening entry's timestamp).
+    opened_ms: u64,
+    /// The timestamp of its last entry (its opening at first).
+    last_ms: u64,
+    registration_tip: RegistrationTip,
+    enrolled: BTreeMap<DeviceId, Enrolled>,
+    admm: Option<AdmmState>,
+    converged: bool,
+    finalized: bool,
+}
+
+impl Market {
+    /// A market opened at `opened_ms` (its spec checked by `protocol::market::check_spec`).
+    pub fn new(spec: MarketSpec, opened_ms: u64) -> Market {
+        let clock = ClockConfig::from_spec(&spec);
+        Market {
+            spec,
+            clock,
+            opened_ms,
+            last_ms: opened_ms,
+            registration_tip: RegistrationTip::Genesis,
+            enrolled: BTreeMap::new(),
+            admm: None,
+            converged: false,
+            finalized: false,
+        }
+    }
+
+    /// Its id.
+    pub fn id(&self) -> u64 {
+        self.spec.market_id
+    }
+
+    /// Its parameters.
+    pub fn spec(&self) -> &MarketSpec {
+        &self.spec
+    }
+
+    /// When it was opened.
+    pub fn opened_ms(&self) -> u64 {
+        self.opened_ms
+    }
+
+    /// Enrolled devices.
+    pub fn enrolled(&self) -> &BTreeMap<DeviceId, Enrolled> {
+        &self.enrolled
+    }
+
+    /// The ADMM state, once scheduling started.
+    pub fn admm(&self) -> Option<&AdmmState> {
+        self.admm.as_ref()
+    }
+
+    /// Whether its final entry is applied.
+    pub fn is_final(&self) -> bool {
+        self.finalized
+    }
+
+    /// The deadline of iteration k: close + k · iteration length.
+    pub fn deadline(&self, k: u32) -> u64 {
+        self.clock.deadline(k)
+    }
+
+    /// How often registration batches are due (`ClockConfig::enrollment_interval` from the
+    /// opening).
+    pub fn enrollment_interval(&self) -> u64 {
+        self.clock.enrollment_interval(self.opened_ms)
+    }
+
+    /// The earliest timestamp of the next registration batch, `None` once registration is
+    /// over (`ClockConfig::next_batch_ms` after this market's last entry).
+    pub fn next_batch_ms(&self) -> Option<u64> {
+        if self.admm.is_some() || self.finalized {
+            return None;
+        }
+        self.clock.next_batch_ms(self.opened_ms, self.last_ms, self.registration_tip)
+    }
+
+    /// Whether an enrollment or withdrawal arriving at `now_ms` can still be included:
+    /// before the close, and the closing batch not yet applied.
+    pub fn registration_open(&self, now_ms: u64) -> bool {
+        now_ms < self.spec.registration_close_ms && self.next_batch_ms().is_some()
+    }
+
+    /// The step due next and the earliest timestamp it may carry; `None` once final.
+    pub fn next_due(&self) -> Option<(u64, Step)> {
+        if self.finalized {
+            return None;
+        }
+        match &self.admm {
+            None => match self.next_batch_ms() {
+                Some(batch) => Some((batch, Step::Enrollment)),
+                // Nobody enrolled: straight to the (empty) final entry.
+                None if self.enrolled.is_empty() => Some((self.deadline(1), Step::Final)),
+                None => Some((self.deadline(1), Step::Iteration(1))),
+            },
+            Some(a) if self.converged || a.iteration() >= self.spec.max_iterations => Some((self.last_ms + 1, Step::Final)),
+            Some(a) => Some((self.deadline(a.iteration() + 1), Step::Iteration(a.iteration() + 1))),
+        }
+    }
+
+    /// The iteration devices submit for now: the next one to be decided.
+    pub fn open_iteration(&self) -> Option<u32> {
+        match self.next_due()? {
+            (_, Step::Enrollment) if self.admm.is_none() => Some(1),
+            (_, Step::Iteration(k)) => Some(k),
+            _ => None,
+        }
+    }
+
+    /// The body the engine computes for `updates` at iteration k (state unchanged).
+    pub fn iteration_body(&self, k: u32, updates: &[SignedUpdate]) -> Result<IterationBody, Reject> {
+        let mut engine = match &self.admm {
+            Some(a) => a.clone(),
+            None => self.start_engine()?,
+        };
+        let xs: Vec<(DeviceId, Vec<i32>)> = updates.iter().map(|u| (u.body.device, u.body.schedule.clone())).collect();
+        let r = engine.apply_iteration(&xs)?;
+        let digests: Vec<Hash> = updates.iter().map(SignedUpdate::digest).collect();
+        Ok(IterationBody::new(self.id(), k, digests, engine.variables(), &r))
+    }
+
+    fn start_engine(&self) -> Result<AdmmState, Reject> {
+        let params = self.spec.admm().map_err(|e| AdmmError::Params(e.to_string()))?;
+        Ok(AdmmState::new(params, self.enrolled.keys().copied())?)
+    }
+
+    /// The final body of the state as it is.
+    pub fn final_body(&self) -> Result<FinalBody, Reject> {
+        let Some(engine) = self.admm.as_ref() else {
+            // Nobody enrolled: an empty schedule at zero prices.
+            return Ok(FinalBody {
+                market_id: self.id(),
+                iterations: 0,
+                converged: false,
+                schedule_root: final_root(std::iter::empty()),
+                prices: vec![0; self.spec.slots as usize],
+            });
+        };
+        Ok(FinalBody {
+            market_id: self.id(),
+            iterations: engine.iteration(),
+            converged: self.converged,
+            schedule_root: final_root(engine.schedules()),
+            prices: engine.prices()?.iter().map(|p| p.raw()).collect(),
+        })
+    }
+
+    /// Applies a registration batch: `enrolled` join, `withdrawn` leave.
+    pub fn apply_batch(&mut self, timestamp_ms: u64, enrolled: Vec<(DeviceId, Enrolled)>, withdrawn: &[DeviceId]) {
+        for d in withdrawn {
+            self.enrolled.remove(d);
+        }
+        let n = enrolled.len() + withdrawn.len();
+        self.enrolled.extend(enrolled);
+        self.registration_tip = RegistrationTip::Batch { enrollments: n };
+        self.last_ms = timestamp_ms;
+    }
+
+    /// Applies iteration updates (the engine starts at iteration 1).
+    pub fn apply_iteration(&mut self, timestamp_ms: u64, updates: &[SignedUpdate]) -> Result<(), Reject> {
+        if self.admm.is_none() {
+            self.admm = Some(self.start_engine()?);
+        }
+        let engine = self.admm.as_mut().expect("started above");
+        let xs: Vec<(DeviceId, Vec<i32>)> = updates.iter().map(|u| (u.body.device, u.body.schedule.clone())).collect();
+        self.converged = engine.apply_iteration(&xs)?.converged();
+        self.last_ms = timestamp_ms;
+        Ok(())
+    }
+
+    /// Applies the final entry.
+    pub fn apply_final(&mut self, timestamp_ms: u64) {
+        self.finalized = true;
+        self.last_ms = timestamp_ms;
+    }
+
+    /// Removes devices enrolled with a revoked attestation while registration is open (once
+    /// scheduling started the set is fixed). Returns how many left.
+    pub fn revoke(&mut self, revoked: &dyn Fn(&Hash) -> bool) -> usize {
+        if self.admm.is_some() || self.finalized {
+            return 0;
+        }
+        let before = self.enrolled.len();
+        self.enrolled.retain(|_, e| !revoked(&e.attestation));
+        before - self.enrolled.len()
+    }
+}

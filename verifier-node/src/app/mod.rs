@@ -1,0 +1,744 @@
+//! The chain's replicated state machine (DESIGN §6, §7): sans-IO and deterministic.
+//!
+//! [`ChainApp`] is the state every validator derives from the log alone: the markets (one
+//! [`Market`] each: enrolled devices, fixed-point ADMM engine, clock), the revoked
+//! attestations and the tip. It says which entry is due next and from when
+//! ([`ChainApp::next_due`]), builds an entry from a validator's pools ([`ChainApp::build`]),
+//! checks another validator's proposal ([`ChainApp::validate`]) and applies decided entries
+//! ([`ChainApp::apply`]). Nothing here reads a clock: times come from entry timestamps, and
+//! the host passes its `now` only for admission.
+//!
+//! Two kinds of entries extend the log:
+//! - *market entries*, due by a market's clock: registration batches every interval while its
+//!   registration is open (the last one, the closing batch, at or after the close), iteration
+//!   k at or after its deadline `close + k·iteration_ms`, and the final entry right after the
+//!   iteration that met the stopping rule (or K_max). With several markets live, the entry due
+//!   is the one with the earliest due time, ties to the lower market id;
+//! - *chain entries*, carried by signed messages: a market operator's opening and enrollment
+//!   authorities' revocations. One may extend the tip at any time; an honest proposer builds
+//!   the due market entry first.
+//!
+//! Validity of an iteration entry = every included update is signed by a device enrolled in
+//! that market, is for iteration k, appears once, has a schedule of the enrolled T, and its
+//! proof verifies (batch verification) against the public inputs computed from the device's
+//! enrolled commitment; and x̄, z̄, u and the residuals are exactly what the fixed-point engine
+//! computes from those updates.
+
+mod market;
+mod reject;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use circuits::{Context, Fr, ModelKind, Shape, Slots};
+use protocol::admm::AdmmError;
+use protocol::clock::ClockError;
+use protocol::entry::{Body, EnrollmentBatch, Entry, Genesis};
+use protocol::ids::DeviceId;
+use protocol::market::{OpenContext, SignedMarketOpen, SignedWithdrawal};
+use protocol::membership::{AttestationError, RevocationError, SignedRevocation};
+use protocol::merkle::Hash;
+use protocol::messages::{SignedEnrollment, SignedUpdate};
+use protocol::sign::ChainId;
+use prover::{batch_verify, BatchItem, UpdateProof, VerifierKeys};
+use rand::{CryptoRng, RngCore};
+
+pub use market::{Enrolled, Market, Step};
+pub use protocol::clock::MAX_ENROLLMENTS_PER_ENTRY;
+pub use reject::Reject;
+
+/// Most final markets a validator keeps in memory; older ones keep only their id (their
+/// entries stay in the log).
+pub const MAX_FINISHED_MARKETS: usize = 64;
+
+/// Most revocations in one entry.
+pub const MAX_REVOCATIONS_PER_ENTRY: usize = 1024;
+
+/// Most revoked attestations a chain holds.
+pub const MAX_REVOKED: usize = 1 << 20;
+
+/// Digests of updates whose signature and proof this validator verified already (a cache
+/// that saves work, never changes a verdict: the digest covers the whole signed update).
+pub type Verified = BTreeSet<Hash>;
+
+/// The last applied entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tip {
+    /// Its height.
+    pub height: u64,
+    /// Its hash.
+    pub hash: Hash,
+    /// Its timestamp (ms).
+    pub timestamp_ms: u64,
+}
+
+/// The market entry due next: which market, and what it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due {
+    /// The market.
+    pub market_id: u64,
+    /// Its next step.
+    pub step: Step,
+}
+
+/// The admitted messages a proposer builds from (its pools).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pool<'a> {
+    /// Enrollments, of any market.
+    pub enrollments: &'a [SignedEnrollment],
+    /// Withdrawals, of any market.
+    pub withdrawals: &'a [SignedWithdrawal],
+    /// Updates, of any market and iteration.
+    pub updates: &'a [SignedUpdate],
+    /// Market openings.
+    pub opens: &'a [SignedMarketOpen],
+    /// Revocations.
+    pub revocations: &'a [SignedRevocation],
+}
+
+/// A device message left out of a built entry, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    /// The market it was for.
+    pub market_id: u64,
+    /// The device.
+    pub device: DeviceId,
+    /// Why it was left out.
+    pub why: Reject,
+}
+
+/// An entry built to extend the tip.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The entry.
+    pub entry: Entry,
+    /// The update bodies it names (iteration entries), ascending by digest.
+    pub updates: Vec<SignedUpdate>,
+    /// Device messages of the pool that no longer pass, with their reasons.
+    pub dropped: Vec<Dropped>,
+}
+
+/// The chain state machine of one validator.
+#[derive(Debug, Clone)]
+pub struct ChainApp {
+    chain: ChainId,
+    genesis: Genesis,
+    keys: VerifierKeys,
+    markets: BTreeMap<u64, Market>,
+    /// Every market id opened on this chain (those of markets no longer held too).
+    used_ids: BTreeSet<u64>,
+    revoked: BTreeSet<Hash>,
+    tip: Tip,
+}
+
+impl ChainApp {
+    /// A validator's state at a genesis entry, with the verifying keys the genesis names; the
+    /// genesis opens the chain's first market.
+    pub fn new(genesis_entry: &Entry, keys: VerifierKeys) -> Result<ChainApp, Reject> {
+        let Body::Genesis(genesis) = &genesis_entry.body else { return Err(Reject::Link("height 0 is not a genesis entry".into())) };
+        let chain = protocol::entry::chain_id(genesis);
+        if genesis_entry.height != 0 || genesis_entry.chain_id != chain {
+            return Err(Reject::Link("genesis height or chain id is wrong".into()));
+        }
+        protocol::clock::MarketClock::new(protocol::clock::ClockConfig::from_spec(&genesis.market))?;
+        // Every market parameter within the range the fixed-point engine computes without
+        // overflow (ρ, γ, base load, tariff, feeder limit, ε).
+        genesis.market.admm().map_err(|e| AdmmError::Params(e.to_string()))?.check()?;
+        if genesis.enrollment_authorities.is_empty() {
+            return Err(Reject::Genesis("it names no enrollment authority, so no device could enroll".into()));
+        }
+        let tip = Tip { height: 0, hash: genesis_entry.hash(), timestamp_ms: genesis_entry.timestamp_ms };
+        let first = Market::new(genesis.market.clone(), genesis_entry.timestamp_ms);
+        Ok(ChainApp {
+            chain,
+            genesis: genesis.clone(),
+            keys,
+            used_ids: BTreeSet::from([first.id()]),
+            markets: BTreeMap::from([(first.id(), first)]),
+            revoked: BTreeSet::new(),
+            tip,
+        })
+    }
+
+    /// The chain id.
+    pub fn chain(&self) -> ChainId {
+        self.chain
+    }
+
+    /// The genesis.
+    pub fn genesis(&self) -> &Genesis {
+        &self.genesis
+    }
+
+    /// The last applied entry.
+    pub fn tip(&self) -> Tip {
+        self.tip
+    }
+
+    /// A market this validator holds (every live one, and the last [`MAX_FINISHED_MARKETS`]
+    /// final ones).
+    pub fn market(&self, id: u64) -> Option<&Market> {
+        self.markets.get(&id)
+    }
+
+    /// The markets held, ascending by id.
+    pub fn markets(&self) -> impl Iterator<Item = &Market> {
+        self.markets.values()
+    }
+
+    /// The chain's first market (the genesis's).
+    pub fn first_market(&self) -> Option<&Market> {
+        self.markets.get(&self.genesis.market.market_id)
+    }
+
+    /// Devices enrolled over every live market (what a payload to check grows with).
+    pub fn enrolled_live(&self) -> usize {
+        self.markets.values().filter(|m| !m.is_final()).map(|m| m.enrolled().len()).sum()
+    }
+
+    /// Whether every market is final (nothing is due until an operator opens another).
+    pub fn is_idle(&self) -> bool {
+        self.markets.values().all(Market::is_final)
+    }
+
+    /// Whether an attestation is revoked.
+    pub fn is_revoked(&self, attestation: &Hash) -> bool {
+        self.revoked.contains(attestation)
+    }
+
+    fn live_market(&self, id: u64) -> Result<&Market, Reject> {
+        match self.markets.get(&id) {
+            None => Err(Reject::UnknownMarket(id)),
+            Some(m) if m.is_final() => Err(Reject::MarketOver(id)),
+            Some(m) => Ok(m),
+        }
+    }
+
+    /// The market entry due next and the earliest timestamp it may carry: of every live
+    /// market's next step, the earliest, ties to the lower id. `None` when idle.
+    pub fn next_due(&self) -> Option<(u64, Due)> {
+        self.markets.values().filter_map(|m| m.next_due().map(|(t, step)| (t, Due { market_id: m.id(), step }))).min_by_key(|(t, d)| (*t, d.market_id))
+    }
+
+    /// When the host should next try to build an entry, given that nothing could be built at
+    /// `now`: the time the next entry is due, if that is later.
+    pub fn next_buildable(&self, now: u64) -> Option<u64> {
+        let (from, _) = self.next_due()?;
+        (from > now).then_some(from)
+    }
+
+    /// The market entry that may extend the tip with timestamp `t`, if any: what
+    /// [`Self::next_due`] says, from its time on.
+    pub fn due_at(&self, t: u64) -> Option<Due> {
+        if t <= self.tip.timestamp_ms {
+            return None;
+        }
+        self.next_due().and_then(|(from, due)| (t >= from).then_some(due))
+    }
+
+    /// The iteration devices of market `id` submit for now: the next one to be decided.
+    pub fn open_iteration(&self, id: u64) -> Option<u32> {
+        self.markets.get(&id)?.open_iteration()
+    }
+
+    fn shape(&self, kind: u8, slots: u16, market: &Market) -> Result<Shape, Reject> {
+        let unknown = Reject::UnknownShape { kind, slots };
+        let shape = Shape { kind: ModelKind::from_id(kind).ok_or(unknown.clone())?, slots: Slots::new(slots as usize).map_err(|_| unknown.clone())? };
+        if self.keys.get(&shape).is_none() || slots != market.spec().slots {
+            return Err(unknown);
+        }
+        Ok(shape)
+    }
+
+    /// The checks of an enrollment (a bid: the device's fresh commitment for one market)
+    /// shared by admission, building and validation: signature, a live market, a verifying
+    /// key for the shape, an attestation by an authority of this chain that covers the market
+    /// and is not revoked, not enrolled there yet, room left.
+    pub fn check_enrollment(&self, e: &SignedEnrollment) -> Result<Enrolled, Reject> {
+        e.verify(&self.chain).map_err(|err| Reject::BadSignature(err.to_string()))?;
+        let market = self.live_market(e.body.market_id)?;
+        let shape = self.shape(e.body.kind, e.body.slots, market)?;
+        let a = &e.body.attestation;
+        protocol::membership::check_attestation(a, &self.chain, &self.genesis.enrollment_authorities, e.body.device, e.body.kind, market.spec())?;
+        let attestation = a.digest();
+        if self.revoked.contains(&attestation) {
+            return Err(AttestationError::Revoked { device: e.body.device, authority: a.authority }.into());
+        }
+        if market.enrolled().contains_key(&e.body.device) {
+            return Err(ClockError::DuplicateEnrollment(e.body.device).into());
+        }
+        if market.enrolled().len() >= protocol::clock::MAX_ENROLLED {
+            return Err(ClockError::Full.into());
+        }
+        Ok(Enrolled { shape, commitment: e.body.commitment.get(), attestation })
+    }
+
+    fn registration_open(&self, now_ms: u64, id: u64) -> Result<&Market, Reject> {
+        let market = self.live_market(id)?;
+        // (Once the closing batch is in, nothing admitted could be included any more.)
+        if !market.registration_open(now_ms) {
+            return Err(ClockError::RegistrationClosed { now_ms, close_ms: market.spec().registration_close_ms }.into());
+        }
+        Ok(market)
+    }
+
+    /// Admission of an enrollment arriving at `now_ms` (host clock) into a validator's pool.
+    pub fn admit_enrollment(&self, now_ms: u64, e: &SignedEnrollment) -> Result<(), Reject> {
+        self.registration_open(now_ms, e.body.market_id)?;
+        self.check_enrollment(e).map(|_| ())
+    }
+
+    /// The checks of a withdrawal: signature, a live market, the device enrolled there.
+    pub fn check_withdrawal(&self, w: &SignedWithdrawal) -> Result<(), Reject> {
+        w.verify(&self.chain).map_err(|err| Reject::BadSignature(err.to_string()))?;
+        let market = self.live_market(w.body.market_id)?;
+        if !market.enrolled().contains_key(&w.body.device) {
+            return Err(ClockError::UnknownDevice(w.body.device).into());
+        }
+        Ok(())
+    }
+
+    /// Admission of a withdrawal arriving at `now_ms`: before the market's registration
+    /// closes, and [`Self::check_withdrawal`].
+    pub fn admit_withdrawal(&self, now_ms: u64, w: &SignedWithdrawal) -> Result<(), Reject> {
+        self.registration_open(now_ms, w.body.market_id)?;
+        self.check_withdrawal(w)
+    }
+
+    /// The checks of a market opening in an entry timestamped `at_ms`
+    /// (`protocol::market::check_open` against the markets held).
+    pub fn check_open(&self, o: &SignedMarketOpen, at_ms: u64) -> Result<(), Reject> {
+        let others: Vec<&protocol::entry::MarketSpec> = self.markets.values().map(Market::spec).collect();
+        let live = self.markets.values().filter(|m| !m.is_final()).count();
+        let cx = OpenContext { operators: &self.genesis.market_operators, used: &self.used_ids, others: &others, live };
+        Ok(protocol::market::check_open(o, &self.chain, at_ms, &cx)?)
+    }
+
+    /// The checks of a revocation: by an authority of this chain, not revoked already.
+    pub fn check_revocation(&self, r: &SignedRevocation) -> Result<(), Reject> {
+        protocol::membership::check_revocation(r, &self.chain, &self.genesis.enrollment_authorities)?;
+        if self.revoked.contains(&r.body.attestation) {
+            return Err(RevocationError::AlreadyRevoked { device: r.body.device }.into());
+        }
+        if self.revoked.len() >= MAX_REVOKED {
+            return Err(Reject::Overloaded("the chain holds the most revocations it may"));
+        }
+        Ok(())
+    }
+
+    /// The checks shared by admission and validation, short of proof verification: signature,
+    /// market, enrollment, length, and a proof that decodes (returned, so it is decoded once).
+    pub fn check_update(&self, u: &SignedUpdate) -> Result<(Enrolled, UpdateProof), Reject> {
+        let enrolled = self.check_update_fields(u, true)?;
+        Ok((enrolled, decode_update_proof(u)?))
+    }
+
+    /// [`Self::check_update`], skipping the signature and the proof's decoding when `known`
+    /// (the digest, which covers both, passed every check and the proof verification before):
+    /// the proof is `None` then. Decoding a proof (three compressed points) costs about as
+    /// much as verifying the signature, so a payload of known updates is validated in a
+    /// fraction of the time.
+    fn check_update_known(&self, u: &SignedUpdate, known: bool) -> Result<(Enrolled, Option<UpdateProof>), Reject> {
+        let enrolled = self.check_update_fields(u, !known)?;
+        let proof = if known { None } else { Some(decode_update_proof(u)?) };
+        Ok((enrolled, proof))
+    }
+
+    /// Signature (when `signature`), market, enrollment and length of an update.
+    fn check_update_fields(&self, u: &SignedUpdate, signature: bool) -> Result<Enrolled, Reject> {
+        if signature {
+            u.verify(&self.chain).map_err(|err| Reject::BadSignature(err.to_string()))?;
+        }
+        let market = self.live_market(u.body.market_id)?;
+        let enrolled = *market.enrolled().get(&u.body.device).ok_or(Reject::Clock(ClockError::UnknownDevice(u.body.device)))?;
+        if u.body.schedule.len() != enrolled.shape.slots.get() {
+            return Err(Reject::WrongLength { expected: enrolled.shape.slots.get(), got: u.body.schedule.len() });
+        }
+        Ok(enrolled)
+    }
+
+    /// Admission of an update arriving at `now_ms` (host clock): the checks of
+    /// [`Self::check_update`], for its market's open iteration, before its deadline. Returns
+    /// the decoded proof, for [`Self::verify_updates`]; proofs are verified in batches.
+    pub fn admit_update(&self, now_ms: u64, u: &SignedUpdate) -> Result<UpdateProof, Reject> {
+        let id = u.body.market_id;
+        let market = self.live_market(id)?;
+        let current = market.open_iteration().ok_or(Reject::MarketOver(id))?;
+        let k = u.body.iteration;
+        if k < current {
+            return Err(ClockError::StaleIteration { got: k, current }.into());
+        }
+        if k > current {
+            return Err(ClockError::FutureIteration { got: k, current }.into());
+        }
+        if now_ms >= market.deadline(k) {
+            return Err(ClockError::DeadlinePassed { iteration: k, now_ms, deadline_ms: market.deadline(k) }.into());
+        }
+        self.check_update(u).map(|(_, proof)| proof)
+    }
+
+    fn public_inputs(&self, u: &SignedUpdate, e: &Enrolled) -> Result<Vec<Fr>, Reject> {
+        let context = Context { market_id: u.body.market_id, iteration: u.body.iteration, shape: e.shape };
+        circuits::public_inputs(e.commitment, &context, &u.body.schedule).map_err(|err| Reject::MalformedProof(err.to_string()))
+    }
+
+    /// Batch-verifies the proofs of the updates in `checked`, each with its
+    /// [`Self::check_update_known`] result (a known update, without a proof, is skipped), and
+    /// returns the positions of the invalid ones, ascending.
+    fn invalid_proofs<'a, R: RngCore + CryptoRng>(
+        &self,
+        checked: impl IntoIterator<Item = (&'a SignedUpdate, (Enrolled, Option<UpdateProof>))>,
+        rng: &mut R,
+    ) -> Result<Vec<usize>, Reject> {
+        // Group by shape: one verifying key per batch, with each item's index in `updates`.
+        type Batch = (Shape, Vec<usize>, Vec<(UpdateProof, Vec<Fr>)>);
+        let mut by_shape: BTreeMap<(u8, usize), Batch> = BTreeMap::new();
+        for (i, (u, (e, proof))) in checked.into_iter().enumerate() {
+            let Some(proof) = proof else { continue };
+            let inputs = self.public_inputs(u, &e)?;
+            let group = by_shape.entry((e.shape.kind.id(), e.shape.slots.get())).or_insert((e.shape, vec![], vec![]));
+            group.1.push(i);
+            group.2.push((proof, inputs));
+        }
+        let mut invalid = Vec::new();
+        for ((kind, slots), (shape, idx, items)) in by_shape {
+            let vk = self.keys.get(&shape).ok_or(Reject::UnknownShape { kind, slots: slots as u16 })?;
+            let items: Vec<BatchItem> = items.iter().map(|(proof, public_inputs)| BatchItem { public_inputs, proof }).collect();
+            let report = batch_verify(&vk, &items, rng);
+            invalid.extend(report.invalid.into_iter().map(|j| idx[j]));
+        }
+        invalid.sort_unstable();
+        Ok(invalid)
+    }
+
+    /// Verifies the proofs of `updates`, admitted before ([`Self::admit_update`]: signature
+    /// checked, proof decoded), in one batch per shape, returning each one's verdict; the host
+    /// calls this while an iteration is open, so that the deadline finds most proofs checked
+    /// ([`Verified`]).
+    pub fn verify_updates<R: RngCore + CryptoRng>(&self, updates: &[(SignedUpdate, UpdateProof)], rng: &mut R) -> Vec<Result<(), Reject>> {
+        let mut verdicts: Vec<Result<(), Reject>> = Vec::with_capacity(updates.len());
+        let mut ok = Vec::new();
+        let mut checked = Vec::new();
+        for (i, (u, proof)) in updates.iter().enumerate() {
+            // The enrollment is looked up again: admission ran against the same enrolled set.
+            match self.live_market(u.body.market_id).and_then(|m| m.enrolled().get(&u.body.device).copied().ok_or(ClockError::UnknownDevice(u.body.device).into())) {
+                Ok(e) => {
+                    verdicts.push(Ok(()));
+                    ok.push(i);
+                    checked.push((u, (e, Some(proof.clone()))));
+                }
+                Err(r) => verdicts.push(Err(r)),
+            }
+        }
+        match self.invalid_proofs(checked, rng) {
+            Ok(bad) => {
+                for j in bad {
+                    verdicts[ok[j]] = Err(Reject::BadProof(updates[ok[j]].0.body.device));
+                }
+            }
+            Err(r) => {
+                for &i in &ok {
+                    verdicts[i] = Err(r.clone());
+                }
+            }
+        }
+        verdicts
+    }
+
+    /// The body market `id`'s engine computes for `updates` at iteration k (state unchanged).
+    pub fn iteration_body(&self, id: u64, k: u32, updates: &[SignedUpdate]) -> Result<protocol::entry::IterationBody, Reject> {
+        self.live_market(id)?.iteration_body(k, updates)
+    }
+
+    /// Builds the entry to extend the tip, timestamped `now_ms` (raised to the earliest allowed
+    /// time): the market entry due, else an opening or a revocation entry from the pools.
+    /// Messages that no longer pass (already enrolled, bad proof, ...) are left out (device
+    /// messages are returned with their reason); the rest of the entry is valid by
+    /// construction.
+    pub fn build<R: RngCore + CryptoRng>(&self, now_ms: u64, pool: Pool<'_>, verified: &Verified, rng: &mut R) -> Result<Built, Reject> {
+        let timestamp_ms = now_ms.max(self.tip.timestamp_ms + 1);
+        let mut dropped = Vec::new();
+        let mut included = Vec::new();
+        let body = match self.due_at(timestamp_ms) {
+            Some(due) => self.build_market_entry(due, pool, verified, rng, &mut included, &mut dropped)?,
+            None => {
+                if let Some(o) = pool.opens.iter().find(|o| self.check_open(o, timestamp_ms).is_ok()) {
+                    Body::Open(o.clone())
+                } else {
+                    let mut seen = BTreeSet::new();
+                    let mut list: Vec<SignedRevocation> = Vec::new();
+                    for r in pool.revocations {
+                        if list.len() < MAX_REVOCATIONS_PER_ENTRY && self.check_revocation(r).is_ok() && seen.insert(r.body.attestation) {
+                            list.push(r.clone());
+                        }
+                    }
+                    if list.is_empty() {
+                        return Err(match self.next_due() {
+                            None => Reject::NotDue("nothing is due: every market is final".into()),
+                            Some((from, due)) => Reject::NotDue(format!("nothing is due at {timestamp_ms} ({due:?} from {from})")),
+                        });
+                    }
+                    list.sort_by_key(|r| r.body.attestation);
+                    Body::Revocation(list)
+                }
+            }
+        };
+        let entry = Entry { chain_id: self.chain, height: self.tip.height + 1, prev_hash: self.tip.hash, timestamp_ms, body };
+        Ok(Built { entry, updates: included, dropped })
+    }
+
+    fn build_market_entry<R: RngCore + CryptoRng>(
+        &self,
+        due: Due,
+        pool: Pool<'_>,
+        verified: &Verified,
+        rng: &mut R,
+        included: &mut Vec<SignedUpdate>,
+        dropped: &mut Vec<Dropped>,
+    ) -> Result<Body, Reject> {
+        let id = due.market_id;
+        let market = self.live_market(id)?;
+        let drop = |device, why| Dropped { market_id: id, device, why };
+        Ok(match due.step {
+            Step::Enrollment => {
+                let mut seen = BTreeSet::new();
+                let mut withdrawals = Vec::new();
+                for w in pool.withdrawals.iter().filter(|w| w.body.market_id == id) {
+                    if withdrawals.len() == MAX_ENROLLMENTS_PER_ENTRY {
+                        break;
+                    }
+                    match self.check_withdrawal(w) {
+                        Ok(()) if seen.insert(w.body.device) => withdrawals.push(w.clone()),
+                        Ok(()) => dropped.push(drop(w.body.device, Reject::DuplicateInEntry(w.body.device))),
+                        Err(r) => dropped.push(drop(w.body.device, r)),
+                    }
+                }
+                let mut enrollments = Vec::new();
+                for e in pool.enrollments.iter().filter(|e| e.body.market_id == id) {
+                    if enrollments.len() + withdrawals.len() == MAX_ENROLLMENTS_PER_ENTRY {
+                        break;
+                    }
+                    match self.check_enrollment(e) {
+                        Ok(_) if seen.insert(e.body.device) => enrollments.push(e.clone()),
+                        Ok(_) => dropped.push(drop(e.body.device, Reject::DuplicateInEntry(e.body.device))),
+                        Err(r) => dropped.push(drop(e.body.device, r)),
+                    }
+                }
+                enrollments.sort_by_key(|e| e.body.device);
+                withdrawals.sort_by_key(|w| w.body.device);
+                Body::Enrollment(EnrollmentBatch { market_id: id, enrollments, withdrawals })
+            }
+            Step::Iteration(k) => {
+                let mut seen = BTreeSet::new();
+                let mut candidates = Vec::new();
+                let mut checked = Vec::new();
+                for u in pool.updates.iter().filter(|u| u.body.market_id == id && u.body.iteration == k) {
+                    if !seen.insert(u.body.device) {
+                        continue;
+                    }
+                    match self.check_update_known(u, verified.contains(&u.digest())) {
+                        Ok(c) => {
+                            candidates.push(u.clone());
+                            checked.push(c);
+                        }
+                        Err(r) => dropped.push(drop(u.body.device, r)),
+                    }
+                }
+                let invalid = self.invalid_proofs(candidates.iter().zip(checked), rng)?;
+                for (i, u) in candidates.into_iter().enumerate() {
+                    if invalid.binary_search(&i).is_ok() {
+                        dropped.push(drop(u.body.device, Reject::BadProof(u.body.device)));
+                    } else {
+                        included.push(u);
+                    }
+                }
+                included.sort_by_key(SignedUpdate::digest);
+                Body::Iteration(market.iteration_body(k, included)?)
+            }
+            Step::Final => Body::Final(market.final_body()?),
+        })
+    }
+
+    /// Validates an entry proposed to extend the tip, with the update bodies its digests name:
+    /// link, timing, and content (every signature and proof re-verified, aggregates
+    /// recomputed). Deterministic: the same on every validator and in an audit.
+    pub fn validate<R: RngCore + CryptoRng>(&self, entry: &Entry, updates: &[SignedUpdate], verified: &Verified, rng: &mut R) -> Result<(), Reject> {
+        if entry.chain_id != self.chain {
+            return Err(Reject::Link("another chain".into()));
+        }
+        if entry.height != self.tip.height + 1 {
+            return Err(Reject::Link(format!("height {} after tip {}", entry.height, self.tip.height)));
+        }
+        if entry.prev_hash != self.tip.hash {
+            return Err(Reject::Link("previous hash does not match the tip".into()));
+        }
+        if entry.timestamp_ms <= self.tip.timestamp_ms {
+            return Err(Reject::Link(format!("timestamp {} not after the tip's {}", entry.timestamp_ms, self.tip.timestamp_ms)));
+        }
+        if !matches!(entry.body, Body::Iteration(_)) && !updates.is_empty() {
+            return Err(Reject::MissingUpdates);
+        }
+        match &entry.body {
+            Body::Open(o) => return self.check_open(o, entry.timestamp_ms),
+            Body::Revocation(list) => return self.validate_revocations(list),
+            Body::Genesis(_) | Body::Meter(_) | Body::Settlement(_) => return Err(Reject::NotDue(format!("a {} entry", body_kind(&entry.body)))),
+            Body::Enrollment(_) | Body::Iteration(_) | Body::Final(_) => {}
+        }
+        let due = self.due_at(entry.timestamp_ms).ok_or_else(|| match self.next_due() {
+            None => Reject::NotDue("every market is final".into()),
+            Some((from, due)) => Reject::NotDue(format!("timestamp {}: {due:?} is due from {from}", entry.timestamp_ms)),
+        })?;
+        let not_due = || Reject::NotDue(format!("{due:?} is due, got a {} entry for market {:?}", body_kind(&entry.body), entry.body.market_id()));
+        if entry.body.market_id() != Some(due.market_id) {
+            return Err(not_due());
+        }
+        let market = self.live_market(due.market_id)?;
+        match (&entry.body, due.step) {
+            (Body::Enrollment(batch), Step::Enrollment) => {
+                if batch.enrollments.len() + batch.withdrawals.len() > MAX_ENROLLMENTS_PER_ENTRY {
+                    return Err(Reject::Overloaded("too many enrollments in one entry"));
+                }
+                let mut seen = BTreeSet::new();
+                for w in &batch.withdrawals {
+                    if w.body.market_id != due.market_id {
+                        return Err(not_due());
+                    }
+                    self.check_withdrawal(w)?;
+                    if !seen.insert(w.body.device) {
+                        return Err(Reject::DuplicateInEntry(w.body.device));
+                    }
+                }
+                for e in &batch.enrollments {
+                    if e.body.market_id != due.market_id {
+                        return Err(not_due());
+                    }
+                    self.check_enrollment(e)?;
+                    if !seen.insert(e.body.device) {
+                        return Err(Reject::DuplicateInEntry(e.body.device));
+                    }
+                }
+                Ok(())
+            }
+            (Body::Iteration(body), Step::Iteration(k)) => {
+                if body.iteration != k {
+                    return Err(Reject::WrongIteration { got: body.iteration, expected: k });
+                }
+                let digests: Vec<Hash> = updates.iter().map(SignedUpdate::digest).collect();
+                let mut sorted = digests.clone();
+                sorted.sort_unstable();
+                if sorted != body.updates {
+                    return Err(Reject::MissingUpdates);
+                }
+                let mut seen = BTreeSet::new();
+                for u in updates {
+                    if u.body.iteration != k || u.body.market_id != due.market_id {
+                        return Err(Reject::WrongIteration { got: u.body.iteration, expected: k });
+                    }
+                    if !seen.insert(u.body.device) {
+                        return Err(Reject::DuplicateInEntry(u.body.device));
+                    }
+                }
+                let checked = updates.iter().zip(&digests).map(|(u, d)| self.check_update_known(u, verified.contains(d))).collect::<Result<Vec<_>, _>>()?;
+                if let Some(&i) = self.invalid_proofs(updates.iter().zip(checked), rng)?.first() {
+                    return Err(Reject::BadProof(updates[i].body.device));
+                }
+                if &market.iteration_body(k, updates)? != body {
+                    return Err(Reject::WrongAggregates);
+                }
+                Ok(())
+            }
+            (Body::Final(body), Step::Final) => {
+                if body != &market.final_body()? {
+                    return Err(Reject::WrongAggregates);
+                }
+                Ok(())
+            }
+            _ => Err(not_due()),
+        }
+    }
+
+    /// A revocation entry: 1 to [`MAX_REVOCATIONS_PER_ENTRY`] revocations, strictly ascending
+    /// by attestation digest, each valid.
+    fn validate_revocations(&self, list: &[SignedRevocation]) -> Result<(), Reject> {
+        if list.is_empty() || list.len() > MAX_REVOCATIONS_PER_ENTRY {
+            return Err(Reject::Overloaded("a revocation entry holds 1 to 1024 revocations"));
+        }
+        if list.windows(2).any(|w| w[0].body.attestation >= w[1].body.attestation) {
+            return Err(Reject::NotDue("revocations not strictly ascending by attestation digest".into()));
+        }
+        list.iter().try_for_each(|r| self.check_revocation(r))
+    }
+
+    /// Applies a decided entry (already validated, or certified by a quorum that validated
+    /// it). Errors leave the state unchanged only for the link checks; callers treat any error
+    /// on a certified entry as fatal (it means a Byzantine quorum).
+    pub fn apply(&mut self, entry: &Entry, updates: &[SignedUpdate]) -> Result<(), Reject> {
+        if entry.height != self.tip.height + 1 || entry.prev_hash != self.tip.hash {
+            return Err(Reject::Link(format!("entry {} does not extend tip {}", entry.height, self.tip.height)));
+        }
+        let ts = entry.timestamp_ms;
+        match &entry.body {
+            Body::Enrollment(batch) => {
+                let joined = batch.enrollments.iter().map(|e| self.check_enrollment(e).map(|en| (e.body.device, en))).collect::<Result<Vec<_>, _>>()?;
+                let left: Vec<DeviceId> = batch.withdrawals.iter().map(|w| w.body.device).collect();
+                self.market_mut(batch.market_id)?.apply_batch(ts, joined, &left);
+            }
+            Body::Iteration(b) => self.market_mut(b.market_id)?.apply_iteration(ts, updates)?,
+            Body::Final(f) => {
+                self.market_mut(f.market_id)?.apply_final(ts);
+                self.retire_finished();
+            }
+            Body::Open(o) => {
+                let spec = o.body.spec.clone();
+                self.used_ids.insert(spec.market_id);
+                self.markets.insert(spec.market_id, Market::new(spec, ts));
+            }
+            Body::Revocation(list) => {
+                self.revoked.extend(list.iter().map(|r| r.body.attestation));
+                let revoked = &self.revoked;
+                for m in self.markets.values_mut() {
+                    m.revoke(&|h| revoked.contains(h));
+                }
+            }
+            Body::Genesis(_) | Body::Meter(_) | Body::Settlement(_) => {
+                return Err(Reject::NotDue(format!("a {} entry", body_kind(&entry.body))));
+            }
+        }
+        self.tip = Tip { height: entry.height, hash: entry.hash(), timestamp_ms: ts };
+        Ok(())
+    }
+
+    fn market_mut(&mut self, id: u64) -> Result<&mut Market, Reject> {
+        self.markets.get_mut(&id).ok_or(Reject::UnknownMarket(id))
+    }
+
+    /// Keeps the last [`MAX_FINISHED_MARKETS`] final markets (by opening time).
+    fn retire_finished(&mut self) {
+        let mut finished: Vec<(u64, u64)> = self.markets.values().filter(|m| m.is_final()).map(|m| (m.opened_ms(), m.id())).collect();
+        if finished.len() <= MAX_FINISHED_MARKETS {
+            return;
+        }
+        finished.sort_unstable();
+        for (_, id) in &finished[..finished.len() - MAX_FINISHED_MARKETS] {
+            self.markets.remove(id);
+        }
+    }
+}
+
+/// An update's proof, decoded (points on the curve and in the subgroup).
+fn decode_update_proof(u: &SignedUpdate) -> Result<UpdateProof, Reject> {
+    prover::format::decode_proof(&u.body.proof).map_err(|e| Reject::MalformedProof(e.to_string()))
+}
+
+/// A short name of an entry's kind, for messages and logs.
+pub fn body_kind(b: &Body) -> &'static str {
+    match b {
+        Body::Genesis(_) => "genesis",
+        Body::Enrollment(_) => "enrollment",
+        Body::Open(_) => "open",
+        Body::Revocation(_) => "revocation",
+        Body::Iteration(_) => "iteration",
+        Body::Final(_) => "final",
+        Body::Meter(_) => "meter",
+        Body::Settlement(_) => "settlement",
+    }
+}

@@ -1,0 +1,208 @@
+//! What a validator holds from devices, operators and authorities until an entry includes it:
+//! enrollments, withdrawals and updates per (market, device), market openings per market id,
+//! revocations per attestation. Every map has a bound; admission runs the chain app's checks
+//! against the host's clock, and each commit drops what can no longer be included.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use protocol::entry::Body;
+use protocol::ids::DeviceId;
+use protocol::market::{SignedMarketOpen, SignedWithdrawal};
+use protocol::membership::SignedRevocation;
+use protocol::merkle::Hash;
+use protocol::messages::{SignedEnrollment, SignedUpdate};
+use rand::{CryptoRng, RngCore};
+
+use crate::app::{ChainApp, Pool, Reject, Verified};
+
+/// Most pooled enrollments (and, separately, withdrawals) over every market.
+pub const MAX_POOLED_ENROLLMENTS: usize = protocol::clock::MAX_ENROLLED;
+/// Most pooled market openings.
+pub const MAX_POOLED_OPENS: usize = protocol::market::MAX_LIVE_MARKETS;
+/// Most pooled revocations.
+pub const MAX_POOLED_REVOCATIONS: usize = crate::app::MAX_REVOCATIONS_PER_ENTRY;
+
+/// A market and a device: how device messages are keyed.
+type Key = (u64, DeviceId);
+
+/// The pools of one validator.
+#[derive(Debug, Default)]
+pub(super) struct Pools {
+    pub(super) enrollments: BTreeMap<Key, SignedEnrollment>,
+    pub(super) withdrawals: BTreeMap<Key, SignedWithdrawal>,
+    /// One update per (market, device): its open iteration's.
+    pub(super) updates: BTreeMap<Key, SignedUpdate>,
+    pub(super) opens: BTreeMap<u64, SignedMarketOpen>,
+    pub(super) revocations: BTreeMap<Hash, SignedRevocation>,
+    /// Pooled updates not yet verified, with their proofs decoded at admission (verified in
+    /// batches while the iteration is open).
+    pub(super) unverified: Vec<(SignedUpdate, prover::UpdateProof)>,
+    /// Digests of pooled updates verified (signature and proof).
+    pub(super) verified: Verified,
+}
+
+/// Holds `value` under `key` if `admit` passes: the same message again is already held;
+/// another one under the same key is refused with `dup`; a full map refuses with `full`.
+fn hold<K: Ord, V: PartialEq>(
+    map: &mut BTreeMap<K, V>,
+    key: K,
+    value: V,
+    bound: usize,
+    dup: impl FnOnce() -> Reject,
+    full: &'static str,
+    admit: impl FnOnce(&V) -> Result<(), Reject>,
+) -> Result<(), Reject> {
+    if let Some(held) = map.get(&key) {
+        return if *held == value { Ok(()) } else { Err(dup()) };
+    }
+    if map.len() >= bound {
+        return Err(Reject::Overloaded(full));
+    }
+    admit(&value)?;
+    map.insert(key, value);
+    Ok(())
+}
+
+impl Pools {
+    /// Owned copies of the pooled messages, for [`ChainApp::build`].
+    pub(super) fn snapshot(&self) -> PoolSnapshot {
+        PoolSnapshot {
+            enrollments: self.enrollments.values().cloned().collect(),
+            withdrawals: self.withdrawals.values().cloned().collect(),
+            updates: self.updates.values().cloned().collect(),
+            opens: self.opens.values().cloned().collect(),
+            revocations: self.revocations.values().cloned().collect(),
+        }
+    }
+
+    /// Whether a chain entry (an opening or revocations) waits to be proposed.
+    pub(super) fn has_chain_messages(&self) -> bool {
+        !self.opens.is_empty() || !self.revocations.is_empty()
+    }
+
+    pub(super) fn admit_enrollment(&mut self, app: &ChainApp, now: u64, e: SignedEnrollment) -> Result<(), Reject> {
+        let key = (e.body.market_id, e.body.device);
+        let device = e.body.device;
+        hold(&mut self.enrollments, key, e, MAX_POOLED_ENROLLMENTS, || protocol::clock::ClockError::DuplicateEnrollment(device).into(), "enrollment pool full", |e| app.admit_enrollment(now, e))
+    }
+
+    pub(super) fn admit_withdrawal(&mut self, app: &ChainApp, now: u64, w: SignedWithdrawal) -> Result<(), Reject> {
+        let key = (w.body.market_id, w.body.device);
+        let device = w.body.device;
+        hold(&mut self.withdrawals, key, w, MAX_POOLED_ENROLLMENTS, || Reject::DuplicateInEntry(device), "withdrawal pool full", |w| app.admit_withdrawal(now, w))
+    }
+
+    pub(super) fn admit_open(&mut self, app: &ChainApp, now: u64, o: SignedMarketOpen) -> Result<(), Reject> {
+        let id = o.market_id();
+        hold(&mut self.opens, id, o, MAX_POOLED_OPENS, || protocol::market::OpenError::Reused(id).into(), "market opening pool full", |o| app.check_open(o, now))
+    }
+
+    pub(super) fn admit_revocation(&mut self, app: &ChainApp, r: SignedRevocation) -> Result<(), Reject> {
+        let key = r.body.attestation;
+        let device = r.body.device;
+        hold(&mut self.revocations, key, r, MAX_POOLED_REVOCATIONS, || protocol::membership::RevocationError::AlreadyRevoked { device }.into(), "revocation pool full", |r| app.check_revocation(r))
+    }
+
+    /// Admits an update: one per (market, device) is held, the open iteration's, so the pool
+    /// is bounded by the enrolled sets, and so is the queue awaiting verification.
+    pub(super) fn admit_update(&mut self, app: &ChainApp, now: u64, u: SignedUpdate) -> Result<(), Reject> {
+        let key = (u.body.market_id, u.body.device);
+        if let Some(held) = self.updates.get(&key) {
+            if *held == u {
+                // The same signed update again (a gateway re-sends before the deadline in case
+                // a validator lost its pool): already held, nothing changes.
+                return Ok(());
+            }
+            if held.body.iteration == u.body.iteration {
+                return Err(protocol::clock::ClockError::DuplicateUpdate { device: u.body.device, iteration: u.body.iteration }.into());
+            }
+        }
+        let proof = app.admit_update(now, &u)?;
+        self.unverified.push((u.clone(), proof));
+        self.updates.insert(key, u);
+        Ok(())
+    }
+
+    /// Batch-verifies up to `max` of the pooled updates that arrived since the last call
+    /// (oldest first); good ones are remembered so the deadline does not verify them again,
+    /// bad ones leave the pool unless `keep_bad`. Returns the refusals, to be counted.
+    pub(super) fn verify<R: RngCore + CryptoRng>(&mut self, app: &ChainApp, max: usize, keep_bad: bool, rng: &mut R) -> Vec<Reject> {
+        let n = self.unverified.len().min(max);
+        let batch: Vec<(SignedUpdate, prover::UpdateProof)> = self.unverified.drain(..n).collect();
+        let verdicts = app.verify_updates(&batch, rng);
+        let mut refused = Vec::new();
+        for ((u, _), v) in batch.into_iter().zip(verdicts) {
+            match v {
+                Ok(()) => {
+                    self.verified.insert(u.digest());
+                }
+                Err(why) => {
+                    refused.push(why);
+                    let key = (u.body.market_id, u.body.device);
+                    if !keep_bad && self.updates.get(&key) == Some(&u) {
+                        self.updates.remove(&key);
+                    }
+                }
+            }
+        }
+        refused
+    }
+
+    /// After `body` was committed and applied to `app`: drops what it included and what can no
+    /// longer be included (updates of past iterations, enrollments and withdrawals of markets
+    /// whose registration is over, openings and revocations that no longer pass).
+    pub(super) fn after_commit(&mut self, app: &ChainApp, body: &Body, now: u64) {
+        match body {
+            Body::Enrollment(b) => {
+                for e in &b.enrollments {
+                    self.enrollments.remove(&(b.market_id, e.body.device));
+                }
+                for w in &b.withdrawals {
+                    self.withdrawals.remove(&(b.market_id, w.body.device));
+                }
+            }
+            Body::Iteration(b) => {
+                let (id, k) = (b.market_id, b.iteration);
+                self.updates.retain(|key, u| key.0 != id || u.body.iteration > k);
+                self.unverified.retain(|(u, _)| u.body.market_id != id || u.body.iteration > k);
+            }
+            Body::Final(f) => {
+                // The market is over: updates sent for an iteration that will not come go.
+                self.updates.retain(|key, _| key.0 != f.market_id);
+                self.unverified.retain(|(u, _)| u.body.market_id != f.market_id);
+            }
+            Body::Open(o) => {
+                self.opens.remove(&o.market_id());
+            }
+            Body::Revocation(list) => {
+                for r in list {
+                    self.revocations.remove(&r.body.attestation);
+                }
+            }
+            Body::Genesis(_) | Body::Meter(_) | Body::Settlement(_) => {}
+        }
+        let registering = |id: u64| app.market(id).is_some_and(|m| m.next_batch_ms().is_some());
+        self.enrollments.retain(|key, _| registering(key.0));
+        self.withdrawals.retain(|key, _| registering(key.0));
+        self.opens.retain(|_, o| app.check_open(o, now).is_ok());
+        self.revocations.retain(|_, r| app.check_revocation(r).is_ok());
+        let pooled: BTreeSet<Hash> = self.updates.values().map(SignedUpdate::digest).collect();
+        self.verified.retain(|d| pooled.contains(d));
+    }
+}
+
+/// Owned copies of a node's pools (the node's RNG and the app are borrowed while building).
+pub(super) struct PoolSnapshot {
+    enrollments: Vec<SignedEnrollment>,
+    withdrawals: Vec<SignedWithdrawal>,
+    updates: Vec<SignedUpdate>,
+    opens: Vec<SignedMarketOpen>,
+    revocations: Vec<SignedRevocation>,
+}
+
+impl PoolSnapshot {
+    /// The view [`ChainApp::build`] takes.
+    pub(super) fn view(&self) -> Pool<'_> {
+        Pool { enrollments: &self.enrollments, withdrawals: &self.withdrawals, updates: &self.updates, opens: &self.opens, revocations: &self.revocations }
+    }
+}
