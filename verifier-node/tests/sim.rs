@@ -1,6 +1,6 @@
 //! Seeded simulations of a 4-validator cluster over a lossy, reordering, partitioning network
-//! with crashes: at most one decision per height, valid hash chains, agreement, and progress
-//! to the final entry. A failing seed is printed; replay it with
+//! with crashes, running two markets on one chain: at most one decision per height, valid hash
+//! chains, agreement, and progress to the final entry of every market. A failing seed is printed; replay it with
 //! `SIM_SEED=<seed> cargo nextest run -p verifier-node --test sim one_seed`.
 
 mod common;
@@ -42,8 +42,29 @@ fn a_clean_network_reaches_final_with_every_update() {
     }
 }
 
+/// The genesis market and a second one the operator opens at 1 s, registering while the first
+/// schedules: both finalize on every node with every update, in one log.
+#[test]
+fn two_markets_on_a_clean_network_both_finalize() {
+    let (w, genesis, devices) = two_market_sim_world(3);
+    let net = NetConfig { drop: 0.0, gst_ms: 0, duplicate: 0.0, delay_ms: (1, 5), partitions: vec![], crashes: vec![] };
+    let mut sim = Sim::new(1, genesis, w.keys.clone(), w.validators.clone(), vec![], net, devices);
+    sim.run(HORIZON_MS);
+    sim.check().unwrap();
+    assert!(sim.all_final(), "tips {:?}", sim.tips());
+    for n in sim.nodes() {
+        for m in [7, 8] {
+            assert_eq!(n.app().market(m).unwrap().enrolled().len(), 3, "market {m}");
+        }
+        assert_eq!(n.stats().proofs_verified, 18, "every update of 3 devices × 3 iterations × 2 markets is in the log");
+        let opens = n.log().entries().iter().filter(|c| matches!(c.entry.body, protocol::entry::Body::Open(_))).count();
+        assert_eq!(opens, 1);
+    }
+}
+
+/// Every seed runs two markets (the second opened while the first registers).
 fn seeds(range: std::ops::Range<u64>) {
-    let (w, genesis, devices) = sim_world(3);
+    let (w, genesis, devices) = two_market_sim_world(3);
     for seed in range {
         if let Err(e) = run_seed(&w, &genesis, &devices, seed, vec![]) {
             panic!("{e}\nreplay: SIM_SEED={seed} cargo nextest run -p verifier-node --test sim one_seed");
@@ -74,7 +95,7 @@ fn seeds_0750_1000() {
 #[test]
 fn one_seed() {
     let seed = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
-    let (w, genesis, devices) = sim_world(3);
+    let (w, genesis, devices) = two_market_sim_world(3);
     run_seed(&w, &genesis, &devices, seed, vec![]).unwrap();
 }
 

@@ -201,11 +201,12 @@ pub fn sim_world(max_iterations: u32) -> (World, Entry, verifier_node::sim::Devi
 }
 
 /// [`sim_world`] with a second market, 8, that the operator opens at 1 s: it registers until
-/// 9 s while market 7 schedules, and executes after market 7's execution.
+/// 30 s (well past the simulations' 12 s GST: an opening that only commits after its market's
+/// close is refused) while market 7 schedules, and executes after market 7's execution.
 pub fn two_market_sim_world(max_iterations: u32) -> (World, Entry, verifier_node::sim::Devices) {
     let (mut w, genesis, mut devices) = sim_world(max_iterations);
     let span = protocol::market::execution_span(&w.genesis.market);
-    let m8 = market_spec(&w, 8, 9000, span.1 + 1000);
+    let m8 = market_spec(&w, 8, 30_000, span.1 + 1000);
     devices.opens.push((1000, open(&w, m8.clone())));
     devices.enrollments.extend(w.devices.iter().map(|d| enrollment_in(&w, d, &m8)));
     for k in 1..=max_iterations {
