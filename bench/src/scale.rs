@@ -219,6 +219,7 @@ pub fn run(s: Scenario, exe: &Path) -> Result<ScaleResult, String> {
             let witness = circuits::Witness {
                 opening: opening.clone(),
                 context: Context { market_id: 1, iteration: 1, shape },
+                limits: circuits::nameplate::fitting(&opening.params),
                 schedule: sample::schedule(ModelKind::Deferrable, slots, i as u16),
             };
             let (proof, _) = prover::prove(&pk, witness.clone(), &mut ChaCha20Rng::seed_from_u64(i as u64)).expect("a sample witness proves");
@@ -240,7 +241,8 @@ pub fn run(s: Scenario, exe: &Path) -> Result<ScaleResult, String> {
     let inputs: Vec<Vec<Fr>> = proven
         .iter()
         .zip(&commitments)
-        .map(|((schedule, _), c)| circuits::public_inputs(*c, &context, schedule).expect("inputs of a proven witness"))
+        .zip(&openings)
+        .map(|(((schedule, _), c), o)| circuits::public_inputs(*c, &context, &circuits::nameplate::fitting(&o.params), schedule).expect("inputs of a proven witness"))
         .collect();
     eprintln!("{distinct} proofs, {} re-randomized copies in {:.1} s", s.devices, t.elapsed().as_secs_f64());
 

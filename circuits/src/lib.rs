@@ -7,8 +7,10 @@
 //!   native checker naming the first violated constraint, and the R1CS gadget that mirrors it.
 //! - [`spec`]: the same parameters in physical units (kW, kWh, °C) as configuration files
 //!   carry them, with checked conversion.
-//! - [`statement`]: the update statement of DESIGN §5.1 (commitment, context, packed schedule)
-//!   and the [`statement::UpdateCircuit`] Groth16 proves.
+//! - [`statement`]: the update statement of DESIGN §5.1 (commitment, context, nameplate limits,
+//!   packed schedule) and the [`statement::UpdateCircuit`] Groth16 proves.
+//! - [`nameplate`]: the public nameplate limits that bound θ (DESIGN §10), native and enforced
+//!   by the statement.
 //! - [`poseidon`]: circomlib-compatible Poseidon, native and gadget.
 //! - [`field`], [`gadgets`]: field packings and integer range-check gadgets.
 //!
@@ -22,6 +24,7 @@ pub mod fixed;
 pub mod gadgets;
 pub mod limits;
 pub mod model;
+pub mod nameplate;
 pub mod poseidon;
 pub mod sample;
 pub mod spec;

@@ -68,6 +68,7 @@ pub fn schedule(kind: ModelKind, slots: Slots, variant: u16) -> Vec<Watts> {
 pub fn witness(kind: ModelKind, slots: Slots, market_id: u64, iteration: u32, variant: u16) -> Witness {
     let params = params(kind, slots);
     Witness {
+        limits: crate::nameplate::fitting(&params),
         opening: Opening { params, cost_digest: Fr::from(0xC057u64), salt: Fr::from(0x5A17_0000u64 + kind.id() as u64) },
         context: Context { market_id, iteration, shape: Shape { kind, slots } },
         schedule: schedule(kind, slots, variant),

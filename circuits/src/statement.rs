@@ -3,13 +3,15 @@
 //! Public inputs, in order:
 //! 1. the device commitment `C = H*(tag, kind, T, θ…, cost_digest, salt)` ([`commitment`]);
 //! 2. the context element packing (market id, iteration k, T, kind) ([`Context`]);
-//! 3. the schedule as ⌈T/7⌉ elements of seven 32-bit limbs `x_t + 2^31` ([`crate::field`]).
+//! 3. the device's nameplate limits ([`crate::nameplate::Limits`]), which bound θ;
+//! 4. the schedule as ⌈T/7⌉ elements of seven 32-bit limbs `x_t + 2^31` ([`crate::field`]).
 //!
-//! Witness: θ, the cost digest, the salt, the market id and iteration, and x. Every public input
-//! is tied to the witness by a constraint: the commitment is recomputed with Poseidon, the
-//! context is recomposed from range-checked parts and the circuit's constant (T, kind), and each
-//! limb element is recomposed from the very linear combinations the model constrains. So
-//! changing any public input makes the instance unsatisfiable (tested per input).
+//! Witness: θ, the cost digest, the salt, the market id and iteration, the limits, and x. Every
+//! public input is tied to the witness by a constraint: the commitment is recomputed with
+//! Poseidon, the context is recomposed from range-checked parts and the circuit's constant
+//! (T, kind), the limits are recomposed from three 32-bit parts each bounding its parameters,
+//! and each limb element is recomposed from the very linear combinations the model constrains.
+//! So changing any public input makes the instance unsatisfiable (tested per input).
 //!
 //! Verifiers never build the circuit: [`public_inputs`] computes the vector natively.
 
@@ -26,6 +28,7 @@ use crate::fixed::Watts;
 use crate::gadgets::IntVar;
 use crate::limits::{Slots, ITERATION_BITS, LIMBS_PER_ELEMENT, LIMB_BITS, MARKET_ID_BITS};
 use crate::model::{self, CheckError, ModelKind, ModelParams};
+use crate::nameplate::{Bound, Limits, LIMIT_BITS};
 use crate::poseidon::{hash_many, hash_many_var};
 
 /// Domain tag: the first element of every device commitment, the ASCII bytes of
@@ -64,6 +67,9 @@ pub enum StatementError {
         /// Witness T.
         got_slots: Slots,
     },
+    /// A parameter beyond the nameplate.
+    #[error("parameters beyond the nameplate: {0}")]
+    Nameplate(#[from] crate::nameplate::BeyondNameplate),
     /// The public-input vector has the wrong length for the shape.
     #[error("public inputs: expected {expected} elements, got {got}")]
     InstanceLength {
@@ -84,9 +90,9 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// Number of public inputs: commitment, context, ⌈T/7⌉ limb elements.
+    /// Number of public inputs: commitment, context, nameplate limits, ⌈T/7⌉ limb elements.
     pub fn num_public_inputs(&self) -> usize {
-        2 + self.slots.limb_elements()
+        3 + self.slots.limb_elements()
     }
 }
 
@@ -134,8 +140,9 @@ pub fn commitment(opening: &Opening) -> Fr {
     hash_many(&m)
 }
 
-/// The public-input vector for (commitment, context, schedule), as verifiers compute it.
-pub fn public_inputs(commitment: Fr, context: &Context, schedule: &[Watts]) -> Result<Vec<Fr>, StatementError> {
+/// The public-input vector for (commitment, context, nameplate limits, schedule), as verifiers
+/// compute it.
+pub fn public_inputs(commitment: Fr, context: &Context, limits: &Limits, schedule: &[Watts]) -> Result<Vec<Fr>, StatementError> {
     let expected = context.shape.slots.get();
     if schedule.len() != expected {
         return Err(CheckError::Length { expected, got: schedule.len() }.into());
@@ -145,6 +152,7 @@ pub fn public_inputs(commitment: Fr, context: &Context, schedule: &[Watts]) -> R
     let mut out = Vec::with_capacity(context.shape.num_public_inputs());
     out.push(commitment);
     out.push(context.to_field());
+    out.push(limits.to_field());
     out.extend(limbs);
     Ok(out)
 }
@@ -174,6 +182,8 @@ pub struct Witness {
     pub opening: Opening,
     /// Where the update belongs.
     pub context: Context,
+    /// The device's attested nameplate, in circuit units.
+    pub limits: Limits,
     /// The schedule x in W.
     pub schedule: Vec<Watts>,
 }
@@ -187,8 +197,9 @@ impl Witness {
         if p.kind() != shape.kind || p.slots() != shape.slots {
             return Err(StatementError::Shape { kind: shape.kind, slots: shape.slots, got_kind: p.kind(), got_slots: p.slots() });
         }
+        crate::nameplate::check(p, &self.limits)?;
         p.check(&self.schedule)?;
-        public_inputs(commitment(&self.opening), &self.context, &self.schedule)
+        public_inputs(commitment(&self.opening), &self.context, &self.limits, &self.schedule)
     }
 }
 
@@ -247,11 +258,27 @@ impl ConstraintSynthesizer<Fr> for UpdateCircuit {
         let input = |i: usize| FpVar::new_input(cs.clone(), || instance.map(|v| v[i]).ok_or(SynthesisError::AssignmentMissing));
         let commitment_in = input(0)?;
         let context_in = input(1)?;
-        let limbs_in = (0..shape.slots.limb_elements()).map(|j| input(2 + j)).collect::<Result<Vec<_>, _>>()?;
+        let limits_in = input(2)?;
+        let limbs_in = (0..shape.slots.limb_elements()).map(|j| input(3 + j)).collect::<Result<Vec<_>, _>>()?;
 
         // x ∈ X(θ).
         let model_witness = witness.map(|w| (&w.opening.params, w.schedule.as_slice()));
         let vars = model::enforce(&cs, shape.kind, shape.slots, model_witness)?;
+
+        // Nameplate: three 32-bit limits recompose the public element; each bounded parameter
+        // (< 2^18) is ≤ its limit (the difference, when non-negative, is < 2^32).
+        let limit = |f: fn(&Limits) -> u32| IntVar::alloc_unsigned(&cs, witness.map(|w| f(&w.limits) as i128), LIMIT_BITS);
+        let (import, export, capacity) = (limit(|l| l.import_w)?, limit(|l| l.export_w)?, limit(|l| l.capacity)?);
+        let packed = &import.var + &export.var * fr_from_i128(1i128 << LIMIT_BITS) + &capacity.var * fr_from_i128(1i128 << (2 * LIMIT_BITS));
+        packed.enforce_equal(&limits_in)?;
+        for (bound, v) in &vars.bounded {
+            let l = match bound {
+                Bound::Import => &import,
+                Bound::Export => &export,
+                Bound::Capacity => &capacity,
+            };
+            v.enforce_le(&cs, l, LIMIT_BITS)?;
+        }
 
         // Schedule limbs.
         for (packed, public) in pack_limbs_var(&vars.schedule).iter().zip(&limbs_in) {

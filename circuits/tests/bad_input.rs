@@ -108,13 +108,14 @@ fn schedules_of_the_wrong_length_or_shape_are_rejected() {
     let mut other = w.clone();
     other.context = Context { shape: Shape { kind: ModelKind::Battery, slots: Slots::new(4).unwrap() }, ..w.context };
     assert!(matches!(UpdateCircuit::new(other), Err(StatementError::Shape { .. })));
-    assert!(matches!(UpdateCircuit::unchecked(vec![Fr::from(0u64); 2], w.clone()), Err(StatementError::InstanceLength { expected: 3, got: 2 })));
+    assert!(matches!(UpdateCircuit::unchecked(vec![Fr::from(0u64); 2], w.clone()), Err(StatementError::InstanceLength { expected: 4, got: 2 })));
     let mut invalid = w;
     invalid.schedule = vec![0, 101, 0, 0];
     assert!(matches!(UpdateCircuit::new(invalid), Err(StatementError::Schedule(CheckError::Violation(_)))));
     assert!(circuits::public_inputs(
         Fr::from(0u64),
         &Context { market_id: 1, iteration: 1, shape: Shape { kind: ModelKind::Deferrable, slots: Slots::new(4).unwrap() } },
+        &circuits::nameplate::Limits { import_w: 1, export_w: 0, capacity: 0 },
         &[1]
     )
     .is_err());

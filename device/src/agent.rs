@@ -287,7 +287,11 @@ impl Agent {
             let a = &self.gateway.appliances[i];
             let shape = a.shape();
             let pk = &self.keys[&(shape.kind.id(), shape.slots.get())];
-            let witness = Witness { opening: a.opening.clone(), context: Context { market_id: g.market_id, iteration: k, shape }, schedule: x.clone() };
+            // Proven against the attested nameplate, the public input validators compute from
+            // the same attestation (only attested appliances enroll).
+            let attested = a.attestation.as_ref().ok_or_else(|| AgentError::Prove { name: a.name.clone(), reason: "no attestation".into() })?;
+            let limits = attested.body.nameplate.limits(g.slot_seconds);
+            let witness = Witness { opening: a.opening.clone(), context: Context { market_id: g.market_id, iteration: k, shape }, limits, schedule: x.clone() };
             let (proof, _) = prover::prove(pk, witness, rng).map_err(|e| AgentError::Prove { name: a.name.clone(), reason: e.to_string() })?;
             let body = Update { market_id: g.market_id, iteration: k, device: a.id(), schedule: x, proof: prover::format::encode_proof(&proof) };
             out.push(SignedUpdate::new(&a.key, &self.gateway.genesis.chain_id, body));

@@ -283,37 +283,22 @@ pub fn check_attestation(a: &SignedAttestation, chain: &ChainId, authorities: &[
     Ok(())
 }
 
-/// Private parameters beyond a nameplate.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("{field} = {value} exceeds the nameplate's {limit}")]
-pub struct BeyondNameplate {
-    /// The parameter.
-    pub field: &'static str,
-    /// Its value (in the parameter's unit).
-    pub value: i64,
-    /// The nameplate limit, converted to that unit.
-    pub limit: i64,
+pub use circuits::nameplate::BeyondNameplate;
+
+impl Nameplate {
+    /// The nameplate in circuit units for slots of `slot_seconds`: the public input every
+    /// update of the device proves its parameters against (`circuits::nameplate`).
+    pub fn limits(&self, slot_seconds: u32) -> circuits::nameplate::Limits {
+        circuits::nameplate::Limits::from_nameplate(self.max_import_w, self.max_export_w, self.capacity_wh, slot_seconds)
+    }
 }
 
 /// Whether private parameters lie within a nameplate, for slots of `slot_seconds`: a
 /// deferrable load's or heat pump's `p_max` ≤ import; a battery's charge ≤ import, discharge
 /// ≤ export, capacity (W·slot) ≤ capacity_wh · 3600 / Δ; every PV forecast value ≤ export.
+/// The same rule the circuits enforce (`circuits::nameplate::check`).
 pub fn within_nameplate(params: &ModelParams, n: &Nameplate, slot_seconds: u32) -> Result<(), BeyondNameplate> {
-    let check = |field, value: i64, limit: i64| if value > limit { Err(BeyondNameplate { field, value, limit }) } else { Ok(()) };
-    let import = n.max_import_w as i64;
-    let export = n.max_export_w as i64;
-    match params {
-        ModelParams::Deferrable(d) => check("p_max (W)", d.get().p_max as i64, import),
-        ModelParams::Thermal(t) => check("p_max (W)", t.get().p_max as i64, import),
-        ModelParams::Battery(b) => {
-            let b = b.get();
-            check("p_charge (W)", b.p_charge as i64, import)?;
-            check("p_discharge (W)", b.p_discharge as i64, export)?;
-            let capacity = n.capacity_wh as i64 * 3600 / slot_seconds.max(1) as i64;
-            check("capacity (W·slot)", b.capacity, capacity)
-        }
-        ModelParams::Producer(p) => p.get().forecast.iter().try_for_each(|&pv| check("forecast (W)", pv as i64, export)),
-    }
+    circuits::nameplate::check(params, &n.limits(slot_seconds))
 }
 
 /// Serde for a device id as hex.

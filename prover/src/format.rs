@@ -10,7 +10,7 @@
 //! | 0 | 8 | magic `GRIDKEY\0` |
 //! | 8 | 2 | format version ([`KEY_FORMAT_VERSION`]) |
 //! | 10 | 1 | key type: 1 proving, 2 verifying |
-//! | 11 | 4 | circuit id ([`CIRCUIT_ID`]: the update circuit, version 1) |
+//! | 11 | 4 | circuit id ([`CIRCUIT_ID`]: the update circuit, version 2: nameplate limits) |
 //! | 15 | 1 | model kind (1 deferrable, 2 battery, 3 producer, 4 thermal) |
 //! | 16 | 2 | T |
 //! | 18 | 1 | setup: 0 ceremony, 1 development (NOT FOR PRODUCTION) |
@@ -35,7 +35,7 @@ pub const KEY_MAGIC: [u8; 8] = *b"GRIDKEY\0";
 /// The key file format version this build writes and reads.
 pub const KEY_FORMAT_VERSION: u16 = 1;
 /// The circuit id of `circuits::UpdateCircuit` as it is now; bump on any constraint change.
-pub const CIRCUIT_ID: u32 = 1;
+pub const CIRCUIT_ID: u32 = 2;
 /// Length of the key file header.
 pub const KEY_HEADER_BYTES: usize = 59;
 /// Largest key body accepted (a T = 288 thermal proving key is about 20 MiB).

@@ -60,7 +60,7 @@ fn make_items(spec: &[(usize, Fault)]) -> Vec<(UpdateProof, Vec<Fr>)> {
                 Fault::OtherIteration => {
                     let w = sample::witness(ModelKind::Deferrable, Slots::new(24).unwrap(), 9, 2, (k % 8) as u16);
                     let ctx = Context { iteration: 3, ..w.context };
-                    (proof, public_inputs(commitment(&w.opening), &ctx, &w.schedule).unwrap())
+                    (proof, public_inputs(commitment(&w.opening), &ctx, &w.limits, &w.schedule).unwrap())
                 }
                 Fault::SwappedProof => (p.proofs[(k + 1) % p.proofs.len()].0.clone(), inputs),
                 Fault::TamperedLimb => {

@@ -55,23 +55,28 @@ fn proofs_are_bound_to_context_commitment_and_key() {
 
     // Another iteration, another market.
     for ctx in [Context { iteration: 6, ..w.context }, Context { market_id: 43, ..w.context }] {
-        let other = public_inputs(commitment(&w.opening), &ctx, &w.schedule).unwrap();
+        let other = public_inputs(commitment(&w.opening), &ctx, &w.limits, &w.schedule).unwrap();
         assert_eq!(verify(&vk, &other, &proof), Err(VerifyError::Invalid));
     }
     // Another commitment (another salt).
     let mut opening = w.opening.clone();
     opening.salt += circuits::Fr::from(1u64);
-    let other = public_inputs(commitment(&opening), &w.context, &w.schedule).unwrap();
+    let other = public_inputs(commitment(&opening), &w.context, &w.limits, &w.schedule).unwrap();
     assert_eq!(verify(&vk, &other, &proof), Err(VerifyError::Invalid));
     // Another schedule.
     let mut x = w.schedule.clone();
     x[3] += 1;
-    let other = public_inputs(commitment(&w.opening), &w.context, &x).unwrap();
+    let other = public_inputs(commitment(&w.opening), &w.context, &w.limits, &x).unwrap();
+    assert_eq!(verify(&vk, &other, &proof), Err(VerifyError::Invalid));
+    // Another nameplate (a prover claiming more than was attested).
+    let mut limits = w.limits;
+    limits.import_w += 1;
+    let other = public_inputs(commitment(&w.opening), &w.context, &limits, &w.schedule).unwrap();
     assert_eq!(verify(&vk, &other, &proof), Err(VerifyError::Invalid));
     // Another model's key of the same T takes the same number of inputs, and rejects.
     assert_eq!(verify(&battery_vk, &inputs, &proof), Err(VerifyError::Invalid));
     // Wrong input count.
-    assert_eq!(verify(&vk, &inputs[1..], &proof), Err(VerifyError::InputCount { expected: 6, got: 5 }));
+    assert_eq!(verify(&vk, &inputs[1..], &proof), Err(VerifyError::InputCount { expected: 7, got: 6 }));
 }
 
 #[test]

@@ -16,5 +16,6 @@ pub mod config;
 pub mod consensus;
 pub mod host;
 pub mod http;
+pub mod roles;
 pub mod sim;
 pub mod store;

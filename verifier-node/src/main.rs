@@ -6,13 +6,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use protocol::entry::{Body, Entry, Genesis, GridSpec, MarketSpec};
+use protocol::entry::{Body, Entry, Genesis};
+use protocol::messages::{DeviceRequest, DeviceResponse};
 use protocol::ids::ValidatorId;
 use protocol::membership::{AttestationRequest, AuthorityId, SignedAttestation};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use verifier_node::audit::{audit, AuditReport};
 use verifier_node::config::{self, Config, NodeFile, PeerFile};
+use verifier_node::roles::MarketPlan;
 use verifier_node::store::{Log, MemLog, Store};
 
 /// A gridproof validator: verifies device proofs, agrees with the other validators (Malachite
@@ -77,6 +79,48 @@ enum Command {
         #[arg(long, default_value_t = 365)]
         valid_days: u64,
     },
+    /// Opens a market on a running chain as a market operator: signs the market (its id,
+    /// clock and grid cost; times counted from now) and submits it to the validators, who
+    /// commit it as an `Open` entry once they checked it (the signer is an operator of the
+    /// genesis, the id is new, registration closes in the future, scheduling ends before
+    /// execution, and no other market executes over the same span). Succeeds when a quorum
+    /// admitted it.
+    OpenMarket {
+        /// The operator's secret key file (`init` writes `operator.key`).
+        #[arg(long)]
+        operator_key: PathBuf,
+        /// The genesis file of the chain.
+        #[arg(long)]
+        genesis: PathBuf,
+        /// A validator as INDEX=HOST:PORT (its QUIC address; the key comes from the genesis).
+        /// Repeat for every validator.
+        #[arg(long = "peer", required = true, value_parser = verifier_node::roles::parse_peer)]
+        peers: Vec<(u16, SocketAddr)>,
+        /// The market.
+        #[command(flatten)]
+        market: MarketPlan,
+    },
+    /// Revokes attestations as an enrollment authority: each attestation of the file (or only
+    /// those of --device) admits nothing once the validators commit the revocation, and its
+    /// device leaves every market that has not started scheduling. Succeeds when a quorum
+    /// admitted every revocation.
+    Revoke {
+        /// The authority's secret key file.
+        #[arg(long)]
+        authority_key: PathBuf,
+        /// The genesis file of the chain.
+        #[arg(long)]
+        genesis: PathBuf,
+        /// The attestations (JSON, as `attest` writes them).
+        #[arg(long)]
+        attestations: PathBuf,
+        /// Only this device's attestations (64 hex characters).
+        #[arg(long)]
+        device: Option<String>,
+        /// A validator as INDEX=HOST:PORT. Repeat for every validator.
+        #[arg(long = "peer", required = true, value_parser = verifier_node::roles::parse_peer)]
+        peers: Vec<(u16, SocketAddr)>,
+    },
     /// Prints a running validator's status (from its HTTP API).
     Status {
         /// HTTP address.
@@ -97,6 +141,8 @@ fn main() -> ExitCode {
         Command::Run { config } => run(&config),
         Command::Audit { db, peer, validator_key, genesis, keys } => audit_cmd(db, peer, validator_key, genesis, &keys),
         Command::Attest { authority_key, genesis, request, out, valid_days } => attest(&authority_key, &genesis, &request, &out, valid_days),
+        Command::OpenMarket { operator_key, genesis, peers, market } => open_market(&operator_key, &genesis, &peers, &market),
+        Command::Revoke { authority_key, genesis, attestations, device, peers } => revoke(&authority_key, &genesis, &attestations, device.as_deref(), &peers),
         Command::Status { http } => status(http),
     };
     match result {
@@ -129,27 +175,9 @@ struct InitArgs {
     /// HTTP port of validator 0 (validator i uses port + i).
     #[arg(long, default_value_t = 8100)]
     http_port: u16,
-    /// Market id.
-    #[arg(long, default_value_t = 1)]
-    market_id: u64,
-    /// Slots T.
-    #[arg(long, default_value_t = 96)]
-    slots: u16,
-    /// Slot length in seconds.
-    #[arg(long, default_value_t = 900)]
-    slot_seconds: u32,
-    /// Registration stays open this many seconds from now.
-    #[arg(long, default_value_t = 30)]
-    registration_s: u64,
-    /// Length of one ADMM iteration (ms).
-    #[arg(long, default_value_t = 2000)]
-    iteration_ms: u64,
-    /// K_max.
-    #[arg(long, default_value_t = 50)]
-    max_iterations: u32,
-    /// Expected number of devices (sizes the base-load profile of the valley-filling cost).
-    #[arg(long, default_value_t = 200)]
-    devices: usize,
+    /// The genesis's market.
+    #[command(flatten)]
+    market: MarketPlan,
     /// An enrollment authority's public key (64 hex characters; repeat for several). Without
     /// one, `init` makes a key for a local authority and writes it to `authority.key`.
     #[arg(long = "authority")]
@@ -194,42 +222,24 @@ fn init(a: &InitArgs) -> Result<ExitCode, String> {
         }
         let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let vk = prover::UpdateVerifyingKey::from_bytes(&bytes, None).map_err(|e| format!("{}: {e}", path.display()))?;
-        if vk.shape().slots.get() == a.slots as usize {
+        if vk.shape().slots.get() == a.market.slots as usize {
             accepted.push(config::key_hash(&vk, &bytes));
         }
     }
     if accepted.is_empty() {
-        return Err(format!("--keys {}: no verifying key for T = {} (make one with `keys dev-setup --slots {}`)", keys_dir.display(), a.slots, a.slots));
+        return Err(format!("--keys {}: no verifying key for T = {} (make one with `keys dev-setup --slots {}`)", keys_dir.display(), a.market.slots, a.market.slots));
     }
     accepted.sort_by_key(|k| (k.kind, k.slots));
     let mut rng = ChaCha20Rng::from_entropy();
     let keys: Vec<_> = (0..a.validators).map(|_| ed25519_dalek::SigningKey::generate(&mut rng)).collect();
     let now = protocol::net::now_ms();
-    let close = now + a.registration_s * 1000;
-    let slots = circuits::Slots::new(a.slots as usize).map_err(|e| format!("--slots: {e}"))?;
-    let scenario = protocol::scenario::Scenario::generate(1, a.devices.max(1), slots, a.slot_seconds, protocol::scenario::Mix::Household);
-    let grid = match scenario.valley_filling() {
-        protocol::admm::GridCost::ValleyFilling { gamma, base_load } => GridSpec::ValleyFilling { gamma: gamma.raw(), base_load },
-        _ => unreachable!("valley_filling gives a valley-filling cost"),
-    };
+    let market = a.market.spec(now)?;
     let authorities = role_keys(&a.authorities, "authority", "enrollment authority", &a.out, "authority.key", &mut rng)?.into_iter().map(AuthorityId).collect();
     let operators = role_keys(&a.operators, "operator", "market operator", &a.out, "operator.key", &mut rng)?.into_iter().map(protocol::market::OperatorId).collect();
     let genesis = Genesis {
         validators: keys.iter().map(|k| ValidatorId(k.verifying_key().to_bytes())).collect(),
         max_clock_drift_ms: 2000,
-        market: MarketSpec {
-            market_id: a.market_id,
-            slots: a.slots,
-            slot_seconds: a.slot_seconds,
-            rho: circuits::fixed::Fixed::from_f64("rho", 0.02).expect("finite").raw(),
-            eps_abs: circuits::fixed::Fixed::ONE.raw(),
-            eps_rel: circuits::fixed::Fixed::from_f64("eps", 1e-3).expect("finite").raw(),
-            max_iterations: a.max_iterations,
-            grid,
-            registration_close_ms: close,
-            iteration_ms: a.iteration_ms,
-            execution_start_ms: close + a.iteration_ms * (a.max_iterations as u64 + 2) + 60_000,
-        },
+        market,
         verifying_keys: accepted,
         enrollment_authorities: authorities,
         market_operators: operators,
@@ -257,7 +267,7 @@ fn init(a: &InitArgs) -> Result<ExitCode, String> {
     }
     println!("cluster of {} validators in {}", a.validators, a.out.display());
     println!("chain id {}", protocol::ids::hex(&entry.chain_id.0));
-    println!("registration closes in {} s; iterations every {} ms; K_max {}", a.registration_s, a.iteration_ms, a.max_iterations);
+    println!("registration closes in {} s; iterations every {} ms; K_max {}", a.market.registration_s, a.market.iteration_ms, a.market.max_iterations);
     println!("start each with: verifier-node run --config {}/node<i>.toml", a.out.display());
     Ok(ExitCode::SUCCESS)
 }
@@ -287,6 +297,67 @@ fn attest(key: &Path, genesis: &Path, request: &Path, out: &Path, valid_days: u6
     std::fs::write(out, json).map_err(|e| format!("{}: {e}", out.display()))?;
     println!("{} attestations valid for {valid_days} days written to {}", signed.len(), out.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Submits `request` to every peer, prints each answer, and says whether a quorum admitted it.
+fn submit_everywhere(genesis: &Genesis, peers: &[(u16, SocketAddr)], key: &ed25519_dalek::SigningKey, what: &str, request: &DeviceRequest) -> Result<bool, String> {
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let answers = rt.block_on(verifier_node::roles::submit_to_all(&genesis.validators, peers, key, request, Duration::from_secs(10)));
+    for a in &answers {
+        match &a.result {
+            Ok(DeviceResponse::Accepted) => println!("validator {} ({}): {what} accepted", a.index, a.addr),
+            Ok(DeviceResponse::Rejected { label, message }) => println!("validator {} ({}): {what} refused ({label}): {message}", a.index, a.addr),
+            Err(e) => println!("validator {} ({}): {e}", a.index, a.addr),
+        }
+    }
+    let accepted = answers.iter().filter(|a| a.accepted()).count();
+    let quorum = protocol::entry::quorum(genesis.validators.len());
+    println!("{what}: admitted by {accepted} of {} validators (a quorum is {quorum})", genesis.validators.len());
+    Ok(accepted >= quorum)
+}
+
+fn open_market(key: &Path, genesis: &Path, peers: &[(u16, SocketAddr)], plan: &MarketPlan) -> Result<ExitCode, String> {
+    let key = protocol::files::read_key(key).map_err(|e| e.to_string())?;
+    let genesis = config::read_genesis(genesis).map_err(|e| e.to_string())?;
+    let Body::Genesis(g) = &genesis.body else { unreachable!("read_genesis checked") };
+    let me = protocol::market::OperatorId(key.verifying_key().to_bytes());
+    if !g.market_operators.contains(&me) {
+        return Err(format!("key {} is not a market operator of this genesis: validators would refuse its opening", protocol::ids::hex(&me.0)));
+    }
+    let spec = plan.spec(protocol::net::now_ms())?;
+    println!(
+        "market {}: T = {}, Δ = {} s, registration closes at {} ms, {} iterations of {} ms, execution from {} ms",
+        spec.market_id, spec.slots, spec.slot_seconds, spec.registration_close_ms, spec.max_iterations, spec.iteration_ms, spec.execution_start_ms
+    );
+    let open = protocol::market::SignedMarketOpen::new(&key, &genesis.chain_id, spec);
+    let ok = submit_everywhere(g, peers, &key, "opening", &DeviceRequest::Open(open))?;
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn revoke(key: &Path, genesis: &Path, attestations: &Path, device: Option<&str>, peers: &[(u16, SocketAddr)]) -> Result<ExitCode, String> {
+    let key = protocol::files::read_key(key).map_err(|e| e.to_string())?;
+    let genesis = config::read_genesis(genesis).map_err(|e| e.to_string())?;
+    let Body::Genesis(g) = &genesis.body else { unreachable!("read_genesis checked") };
+    if !g.enrollment_authorities.contains(&AuthorityId(key.verifying_key().to_bytes())) {
+        return Err(format!("key {} is not an enrollment authority of this genesis", protocol::ids::hex(key.verifying_key().as_bytes())));
+    }
+    let device = match device {
+        Some(d) => Some(protocol::ids::parse_hex32(d).ok_or_else(|| format!("--device {d}: expected 64 hex characters"))?),
+        None => None,
+    };
+    let text = std::fs::read_to_string(attestations).map_err(|e| format!("{}: {e}", attestations.display()))?;
+    let list: Vec<SignedAttestation> = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", attestations.display()))?;
+    let chosen: Vec<&SignedAttestation> = list.iter().filter(|a| device.is_none_or(|d| a.body.device.0 == d)).collect();
+    if chosen.is_empty() {
+        return Err(format!("{}: no attestation to revoke{}", attestations.display(), if device.is_some() { " for that device" } else { "" }));
+    }
+    let mut all = true;
+    for a in chosen {
+        let r = protocol::membership::SignedRevocation::new(&key, &genesis.chain_id, a);
+        let what = format!("revocation of device {}", a.body.device);
+        all &= submit_everywhere(g, peers, &key, &what, &DeviceRequest::Revoke(r))?;
+    }
+    Ok(if all { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn run(path: &Path) -> Result<ExitCode, String> {

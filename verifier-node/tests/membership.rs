@@ -11,6 +11,7 @@ use protocol::codec::FieldElement;
 use protocol::ids::DeviceId;
 use protocol::membership::{attest, market_span, Attestation, SignedAttestation};
 use protocol::messages::{Enrollment, SignedEnrollment};
+use rand::SeedableRng;
 use verifier_node::consensus::node::{Node, NodeConfig};
 use verifier_node::store::MemLog;
 
@@ -84,4 +85,50 @@ fn a_sybil_flood_of_self_attested_keys_admits_none_and_holds_nothing() {
     assert_eq!(n.stats().rejects.get("unattested").copied(), Some(10_000));
     let held = n.held();
     assert_eq!((held.pooled_enrollments, held.pooled_updates, held.payloads), (0, 0, 0), "{held:?}");
+}
+
+/// A modified gateway that commits beyond its attested nameplate (the native check skipped)
+/// and proves against the nameplate its parameters need: the validators compute the public
+/// inputs from the attestation, so the proof does not verify (`bad_proof`) and no entry
+/// includes it. The same update proven against the attested nameplate cannot exist: the
+/// circuit bounds the parameters by it.
+#[test]
+fn a_proof_made_beyond_the_attested_nameplate_fails_verification() {
+    use protocol::membership::Nameplate;
+    use verifier_node::app::{Built, ChainApp, Pool, Reject};
+    let mut w = world();
+    let d0 = &w.devices[0];
+    let p_max = match &d0.opening.params {
+        circuits::ModelParams::Deferrable(p) => p.get().p_max,
+        _ => unreachable!("device 0 is a deferrable load"),
+    };
+    // The installer attests 1 W less than the parameters the gateway commits to.
+    let span = market_span(&w.genesis.market);
+    let body = Attestation { device: d0.id(), kind: 1, meter_point: "m".into(), nameplate: Nameplate { max_import_w: p_max as u32 - 1, ..Nameplate::default() }, valid_from_ms: span.0, valid_until_ms: span.1 };
+    let small = SignedAttestation::new(&w.authority, &w.chain, body);
+    let mut app = ChainApp::new(&genesis_entry(&w), w.keys.clone()).unwrap();
+    let e = enrollment_with(&w, d0, small);
+    let Built { entry, .. } = build(&app, 100, std::slice::from_ref(&e), &[]).unwrap();
+    app.apply(&entry, &[]).unwrap();
+    assert_eq!(app.market(7).unwrap().enrolled()[&d0.id()].limits.import_w, p_max as u32 - 1);
+    // `update` proves with the nameplate the parameters fit (p_max).
+    let forged = update(&mut w, 0, 1, 1);
+    app.admit_update(120, &forged).unwrap();
+    let verdicts = app.verify_updates(&[(forged.clone(), prover::format::decode_proof(&forged.body.proof).unwrap())], &mut rand_chacha::ChaCha20Rng::from_seed([1; 32]));
+    assert_eq!(verdicts, vec![Err(Reject::BadProof(w.devices[0].id()))]);
+    let closing = build(&app, 150, &[], &[]).unwrap().entry;
+    app.apply(&closing, &[]).unwrap();
+    let Built { entry, updates, dropped } = app.build(250, Pool { updates: std::slice::from_ref(&forged), ..Default::default() }, &Default::default(), &mut rand_chacha::ChaCha20Rng::from_seed([2; 32])).unwrap();
+    assert!(updates.is_empty() && dropped.iter().any(|d| d.why.label() == "bad_proof"), "{dropped:?}");
+    assert!(matches!(entry.body, protocol::entry::Body::Iteration(ref b) if b.updates.is_empty()));
+    // And the circuit has no satisfying assignment for these parameters under the attested
+    // nameplate: the prover refuses before Groth16.
+    let pk = w.pks.iter().find(|pk| pk.shape().kind == circuits::ModelKind::Deferrable).unwrap();
+    let witness = circuits::Witness {
+        opening: w.devices[0].opening.clone(),
+        context: circuits::Context { market_id: 7, iteration: 1, shape: pk.shape() },
+        limits: circuits::nameplate::Limits { import_w: p_max as u32 - 1, export_w: 0, capacity: 0 },
+        schedule: circuits::sample::schedule(circuits::ModelKind::Deferrable, slots(), 0),
+    };
+    assert!(prover::prove(pk, witness, &mut w.rng).is_err());
 }

@@ -27,15 +27,21 @@ fn run_net(w: &World, genesis: &Entry, devices: &Devices, seed: u64, byzantine: 
     Ok(sim)
 }
 
-#[test]
-fn a_clean_network_reaches_final_with_every_update() {
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
-    let (w, genesis, devices) = sim_world(3);
+/// A run on a network that loses nothing, checked safe and final.
+fn clean_run(w: &World, genesis: Entry, devices: Devices) -> Sim {
     let net = NetConfig { drop: 0.0, gst_ms: 0, duplicate: 0.0, delay_ms: (1, 5), partitions: vec![], crashes: vec![] };
     let mut sim = Sim::new(1, genesis, w.keys.clone(), w.validators.clone(), vec![], net, devices);
     sim.run(HORIZON_MS);
     sim.check().unwrap();
     assert!(sim.all_final(), "tips {:?}", sim.tips());
+    sim
+}
+
+#[test]
+fn a_clean_network_reaches_final_with_every_update() {
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    let (w, genesis, devices) = sim_world(3);
+    let sim = clean_run(&w, genesis, devices);
     for n in sim.nodes() {
         assert_eq!(n.app().market(7).unwrap().enrolled().len(), 3);
         assert_eq!(n.stats().proofs_verified, 9, "every update of 3 devices × 3 iterations is in the log");
@@ -47,11 +53,7 @@ fn a_clean_network_reaches_final_with_every_update() {
 #[test]
 fn two_markets_on_a_clean_network_both_finalize() {
     let (w, genesis, devices) = two_market_sim_world(3);
-    let net = NetConfig { drop: 0.0, gst_ms: 0, duplicate: 0.0, delay_ms: (1, 5), partitions: vec![], crashes: vec![] };
-    let mut sim = Sim::new(1, genesis, w.keys.clone(), w.validators.clone(), vec![], net, devices);
-    sim.run(HORIZON_MS);
-    sim.check().unwrap();
-    assert!(sim.all_final(), "tips {:?}", sim.tips());
+    let sim = clean_run(&w, genesis, devices);
     for n in sim.nodes() {
         for m in [7, 8] {
             assert_eq!(n.app().market(m).unwrap().enrolled().len(), 3, "market {m}");

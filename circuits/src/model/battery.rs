@@ -128,6 +128,8 @@ pub(crate) fn enforce(cs: &ConstraintSystemRef<Fr>, slots: Slots, p: Option<&Bat
     // SocFinal: s_T ≥ s_final.
     s_final.enforce_le(cs, &soc, ENERGY_BITS)?;
 
+    use crate::nameplate::Bound;
+    let bounded = vec![(Bound::Import, p_ch.clone()), (Bound::Export, p_dis.clone()), (Bound::Capacity, cap.clone())];
     let theta = vec![p_ch.var, p_dis.var, s_0.var, cap.var, s_final.var];
-    Ok(ModelVars { schedule, theta })
+    Ok(ModelVars { schedule, theta, bounded })
 }

@@ -149,8 +149,9 @@ pub(crate) fn enforce(cs: &ConstraintSystemRef<Fr>, slots: Slots, p: Option<&Def
     energy.enforce_le(cs, &e_max, ENERGY_BITS)?;
 
     let mut theta: Vec<FpVar<Fr>> = available.chunks(BITS_PER_ELEMENT).map(pack_bits_var).collect();
+    let bounded = vec![(crate::nameplate::Bound::Import, p_max.clone())];
     theta.extend([p_max.var, e_min.var, e_max.var, ramp.var]);
-    Ok(ModelVars { schedule, theta })
+    Ok(ModelVars { schedule, theta, bounded })
 }
 
 /// Σ_i a_i·2^i over one chunk of bits, as a field linear combination (weights up to 2^247,

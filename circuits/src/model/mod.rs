@@ -225,11 +225,13 @@ pub enum ModelParams {
     Thermal(ThermalParams),
 }
 
-/// What a model gadget hands back to the statement: the schedule it constrained and the
-/// parameter elements θ that the commitment hashes.
+/// What a model gadget hands back to the statement: the schedule it constrained, the
+/// parameter elements θ that the commitment hashes, and the parameters the nameplate bounds
+/// (in the order of `nameplate::bounded`, each known to lie in `[0, 2^18)`).
 pub(crate) struct ModelVars {
     pub schedule: Vec<IntVar>,
     pub theta: Vec<FpVar<Fr>>,
+    pub bounded: Vec<(crate::nameplate::Bound, IntVar)>,
 }
 
 impl ModelParams {

@@ -86,5 +86,6 @@ pub(crate) fn enforce(cs: &ConstraintSystemRef<Fr>, slots: Slots, p: Option<&Pro
         schedule.push(output.neg());
     }
     let theta = pack_limbs_var(&forecast);
-    Ok(ModelVars { schedule, theta })
+    let bounded = forecast.into_iter().map(|f| (crate::nameplate::Bound::Export, f)).collect();
+    Ok(ModelVars { schedule, theta, bounded })
 }

@@ -176,7 +176,8 @@ pub(crate) fn enforce(cs: &ConstraintSystemRef<Fr>, slots: Slots, p: Option<&The
         temp = next;
     }
 
+    let bounded = vec![(crate::nameplate::Bound::Import, p_max.clone())];
     let mut theta = vec![p_max.var, decay.var, gain.var, temp_0.var, temp_min.var, temp_max.var];
     theta.extend(pack_limbs_var(&drift));
-    Ok(ModelVars { schedule, theta })
+    Ok(ModelVars { schedule, theta, bounded })
 }

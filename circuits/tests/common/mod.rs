@@ -13,6 +13,7 @@ use circuits::{commitment, public_inputs, Context, Fr, ModelParams, Opening, Sha
 pub fn witness(params: ModelParams, x: Vec<i32>) -> Witness {
     let shape = Shape { kind: params.kind(), slots: params.slots() };
     Witness {
+        limits: circuits::nameplate::fitting(&params),
         opening: Opening { params, cost_digest: Fr::from(1234u64), salt: Fr::from(987_654_321u64) },
         context: Context { market_id: 7, iteration: 3, shape },
         schedule: x,
@@ -21,7 +22,7 @@ pub fn witness(params: ModelParams, x: Vec<i32>) -> Witness {
 
 /// The public inputs verifiers would compute for this witness (valid or not).
 pub fn instance(w: &Witness) -> Vec<Fr> {
-    public_inputs(commitment(&w.opening), &w.context, &w.schedule).expect("i32 schedules always pack")
+    public_inputs(commitment(&w.opening), &w.context, &w.limits, &w.schedule).expect("i32 schedules always pack")
 }
 
 /// Whether the circuit accepts `w` against its honest public inputs.

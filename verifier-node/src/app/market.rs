@@ -23,6 +23,9 @@ pub struct Enrolled {
     pub commitment: Fr,
     /// `SignedAttestation::digest` of its attestation (a revocation names it).
     pub attestation: Hash,
+    /// Its attested nameplate in circuit units for this market's Δ: a public input of every
+    /// update proof, so its parameters are proven within it.
+    pub limits: circuits::nameplate::Limits,
 }
 
 /// What a market needs next.

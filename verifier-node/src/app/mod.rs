@@ -269,7 +269,8 @@ impl ChainApp {
         if market.enrolled().len() >= protocol::clock::MAX_ENROLLED {
             return Err(ClockError::Full.into());
         }
-        Ok(Enrolled { shape, commitment: e.body.commitment.get(), attestation })
+        let limits = a.body.nameplate.limits(market.spec().slot_seconds);
+        Ok(Enrolled { shape, commitment: e.body.commitment.get(), attestation, limits })
     }
 
     fn registration_open(&self, now_ms: u64, id: u64) -> Result<&Market, Reject> {
@@ -378,7 +379,7 @@ impl ChainApp {
 
     fn public_inputs(&self, u: &SignedUpdate, e: &Enrolled) -> Result<Vec<Fr>, Reject> {
         let context = Context { market_id: u.body.market_id, iteration: u.body.iteration, shape: e.shape };
-        circuits::public_inputs(e.commitment, &context, &u.body.schedule).map_err(|err| Reject::MalformedProof(err.to_string()))
+        circuits::public_inputs(e.commitment, &context, &e.limits, &u.body.schedule).map_err(|err| Reject::MalformedProof(err.to_string()))
     }
 
     /// Batch-verifies the proofs of the updates in `checked`, each with its
@@ -689,7 +690,9 @@ impl ChainApp {
             }
             Body::Open(o) => {
                 let spec = o.body.spec.clone();
-                self.used_ids.insert(spec.market_id);
+                if !self.used_ids.insert(spec.market_id) {
+                    return Err(protocol::market::OpenError::Reused(spec.market_id).into());
+                }
                 self.markets.insert(spec.market_id, Market::new(spec, ts));
             }
             Body::Revocation(list) => {

@@ -43,6 +43,11 @@ pub fn ports(salt: u16) -> (u16, u16) {
 impl Cluster {
     /// Makes keys (T = 4, deferrable) and a cluster of `n` validators with `init`.
     pub fn init(name: &str, n: u16, salt: u16, registration_s: u64, iteration_ms: u64, max_iterations: u32) -> Cluster {
+        Cluster::init_with(name, n, salt, registration_s, iteration_ms, max_iterations, &["--slot-seconds", "900"])
+    }
+
+    /// [`Cluster::init`] with more `init` arguments (`extra` must give `--slot-seconds`).
+    pub fn init_with(name: &str, n: u16, salt: u16, registration_s: u64, iteration_ms: u64, max_iterations: u32, extra: &[&str]) -> Cluster {
         let dir = std::env::temp_dir().join(format!("gridproof-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("keys")).unwrap();
@@ -55,7 +60,8 @@ impl Cluster {
             .arg(dir.join("cluster"))
             .args(["--validators", &n.to_string(), "--keys"])
             .arg(dir.join("keys"))
-            .args(["--slots", "4", "--slot-seconds", "900", "--devices", "3"])
+            .args(["--slots", "4", "--devices", "3"])
+            .args(extra)
             .args(["--registration-s", &registration_s.to_string(), "--iteration-ms", &iteration_ms.to_string()])
             .args(["--max-iterations", &max_iterations.to_string()])
             .args(["--quic-port", &quic_port.to_string(), "--http-port", &http_port.to_string()])
@@ -227,11 +233,20 @@ impl Device {
     /// Its enrollment in `cluster`'s market, attested by the cluster's authority.
     pub fn enrollment(&self, cluster: &Cluster) -> SignedEnrollment {
         let Body::Genesis(g) = &cluster.genesis.body else { unreachable!() };
+        self.bid(cluster, &g.market, &self.attestation(cluster, protocol::membership::market_span(&g.market)))
+    }
+
+    /// Its attestation by the cluster's authority, valid over `span` (ms).
+    pub fn attestation(&self, cluster: &Cluster, span: (u64, u64)) -> protocol::membership::SignedAttestation {
+        protocol::membership::attest(&cluster.authority, &cluster.chain(), self.id(), &self.opening.params, 900, "meter", span)
+    }
+
+    /// Its bid in market `m`: an enrollment with `attestation`.
+    pub fn bid(&self, cluster: &Cluster, m: &protocol::entry::MarketSpec, attestation: &protocol::membership::SignedAttestation) -> SignedEnrollment {
         let chain = cluster.chain();
-        let span = protocol::membership::market_span(&g.market);
-        let attestation = protocol::membership::attest(&cluster.authority, &chain, self.id(), &self.opening.params, g.market.slot_seconds, "meter", span);
+        let attestation = attestation.clone();
         let body = Enrollment {
-            market_id: g.market.market_id,
+            market_id: m.market_id,
             device: self.id(),
             kind: ModelKind::Deferrable.id(),
             slots: T as u16,
@@ -247,6 +262,7 @@ impl Device {
         let witness = circuits::Witness {
             opening: self.opening.clone(),
             context: Context { market_id, iteration: k, shape },
+            limits: circuits::nameplate::fitting(&self.opening.params),
             schedule: sample::schedule(ModelKind::Deferrable, slots, self.variant),
         };
         let (proof, _) = prover::prove(pk, witness.clone(), &mut ChaCha20Rng::seed_from_u64(k as u64)).unwrap();
@@ -380,4 +396,90 @@ impl Cluster {
         let (tip, _) = store.tip().unwrap().unwrap();
         (0..=tip).map(|h| store.certified(h).unwrap().unwrap()).collect()
     }
+}
+
+/// Runs devices through every market of the chain as it comes: each device registers once
+/// (one attestation covering `span`) and bids in the genesis market at once and in each
+/// opened market when its `Open` entry arrives; after each entry that opens a market's
+/// iteration k it proves and submits to every validator. Returns the certified entries
+/// followed (light-client checked) once `markets` markets are final.
+pub async fn run_markets(cluster: &Cluster, devices: &[Device], span: (u64, u64), markets: usize, follow: u16, within: Duration) -> Vec<Certified> {
+    use std::collections::{BTreeMap, BTreeSet};
+    protocol::net::install_crypto();
+    let endpoint = protocol::net::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+    let chain = cluster.chain();
+    let Body::Genesis(g) = &cluster.genesis.body else { unreachable!() };
+    let mut clients = vec![];
+    for d in devices {
+        let mut per = vec![];
+        for i in 0..cluster.n {
+            let c = ValidatorClient::connect(&endpoint, cluster.quic(i), cluster.validator_key(i), &d.key).await.expect("validators are up");
+            per.push(c);
+        }
+        clients.push(per);
+    }
+    let attestations: Vec<_> = devices.iter().map(|d| d.attestation(cluster, span)).collect();
+    let bid = |spec: protocol::entry::MarketSpec| {
+        let clients = &clients;
+        let attestations = &attestations;
+        async move {
+            for ((d, per), a) in devices.iter().zip(clients).zip(attestations) {
+                let e = d.bid(cluster, &spec, a);
+                for c in per {
+                    let r = c.submit(&DeviceRequest::Enroll(e.clone())).await;
+                    assert!(matches!(r, Ok(DeviceResponse::Accepted)), "bid in market {} at {}: {r:?}", spec.market_id, c.addr());
+                }
+            }
+        }
+    };
+    bid(g.market.clone()).await;
+    let mut specs: BTreeMap<u64, protocol::entry::MarketSpec> = BTreeMap::from([(g.market.market_id, g.market.clone())]);
+    let watcher = SigningKey::from_bytes(&[200; 32]);
+    let sub = ValidatorClient::connect(&endpoint, cluster.quic(follow), cluster.validator_key(follow), &watcher).await.unwrap();
+    let mut rx = sub.subscribe(0).await.unwrap();
+    let mut client = LightClient::new(&cluster.genesis).unwrap();
+    let mut seen = vec![];
+    let mut submitted: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut enrolled: BTreeMap<u64, BTreeSet<DeviceId>> = BTreeMap::new();
+    let mut finals = 0;
+    let deadline = Instant::now() + within;
+    while let Ok(Some(item)) = tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+        let c = item.unwrap();
+        if c.entry.height == 0 {
+            seen.push(c);
+            continue;
+        }
+        client.accept(&c.entry, &c.certificate).expect("every served entry is certified and linked");
+        let mut next = None;
+        match &c.entry.body {
+            Body::Open(o) => {
+                specs.insert(o.market_id(), o.body.spec.clone());
+                bid(o.body.spec.clone()).await;
+            }
+            Body::Enrollment(b) => {
+                let set = enrolled.entry(b.market_id).or_default();
+                set.extend(b.enrollments.iter().map(|e| e.body.device));
+                next = devices.iter().all(|d| set.contains(&d.id())).then_some((b.market_id, 1));
+            }
+            Body::Iteration(b) => next = Some((b.market_id, b.iteration + 1)),
+            Body::Final(_) => finals += 1,
+            _ => {}
+        }
+        seen.push(c);
+        if finals == markets {
+            break;
+        }
+        let Some((m, k)) = next else { continue };
+        let done = submitted.entry(m).or_default();
+        if k > *done && k <= specs[&m].max_iterations {
+            *done = k;
+            for (d, per) in devices.iter().zip(&clients) {
+                let u = d.update(&cluster.pk, &chain, m, k);
+                for c in per {
+                    let _ = c.submit(&DeviceRequest::Update(u.clone())).await;
+                }
+            }
+        }
+    }
+    seen
 }

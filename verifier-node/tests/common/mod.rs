@@ -150,6 +150,8 @@ pub fn update_in(w: &mut World, market: u64, i: usize, k: u32, proof_k: u32) -> 
     let witness = circuits::Witness {
         opening: d.opening.clone(),
         context: Context { market_id: market, iteration: proof_k, shape },
+        // The nameplate validators read from the attestation (`attestation` attests this one).
+        limits: protocol::membership::nameplate_of(&d.opening.params, 900).limits(900),
         schedule: sample::schedule(kind, slots(), i as u16),
     };
     let pk = w.pks.iter().find(|pk| pk.shape() == shape).unwrap();

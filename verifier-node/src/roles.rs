@@ -1,0 +1,132 @@
+//! What market operators and enrollment authorities send to the validators: the market a
+//! `verifier-node init` or `open-market` describes ([`MarketPlan`]), and one signed message
+//! submitted to every validator over the device API ([`submit_to_all`]). The validators admit
+//! such a message only from a connection whose TLS key is its signer.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use protocol::entry::{GridSpec, MarketSpec};
+use protocol::ids::ValidatorId;
+use protocol::messages::{DeviceRequest, DeviceResponse};
+use protocol::net::ValidatorClient;
+
+/// A market day as an operator plans it: counted from `now`, in the units people use.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MarketPlan {
+    /// Market id (unique on the chain).
+    #[arg(long, default_value_t = 1)]
+    pub market_id: u64,
+    /// Slots T.
+    #[arg(long, default_value_t = 96)]
+    pub slots: u16,
+    /// Slot length in seconds.
+    #[arg(long, default_value_t = 900)]
+    pub slot_seconds: u32,
+    /// Registration stays open this many seconds from now.
+    #[arg(long, default_value_t = 30)]
+    pub registration_s: u64,
+    /// Length of one ADMM iteration (ms).
+    #[arg(long, default_value_t = 2000)]
+    pub iteration_ms: u64,
+    /// K_max.
+    #[arg(long, default_value_t = 50)]
+    pub max_iterations: u32,
+    /// Expected number of devices (sizes the base-load profile of the valley-filling cost).
+    #[arg(long, default_value_t = 200)]
+    pub devices: usize,
+    /// Seconds between the last iteration deadline and execution start (ignored with
+    /// --execution-start-ms).
+    #[arg(long, default_value_t = 60)]
+    pub execution_delay_s: u64,
+    /// Execution start, ms since the Unix epoch (e.g. tomorrow 00:00 local time); default: the
+    /// last iteration deadline plus --execution-delay-s.
+    #[arg(long)]
+    pub execution_start_ms: Option<u64>,
+}
+
+impl MarketPlan {
+    /// The spec of this plan made at `now_ms`: ρ = 0.02, ε_abs = 1 W, ε_rel = 10⁻³, a
+    /// valley-filling cost over the base load of a seeded household scenario. Checked with
+    /// `protocol::market::check_spec`.
+    pub fn spec(&self, now_ms: u64) -> Result<MarketSpec, String> {
+        let close = now_ms.saturating_add(self.registration_s.saturating_mul(1000));
+        let slots = circuits::Slots::new(self.slots as usize).map_err(|e| format!("--slots: {e}"))?;
+        let scenario = protocol::scenario::Scenario::generate(1, self.devices.max(1), slots, self.slot_seconds, protocol::scenario::Mix::Household);
+        let grid = match scenario.valley_filling() {
+            protocol::admm::GridCost::ValleyFilling { gamma, base_load } => GridSpec::ValleyFilling { gamma: gamma.raw(), base_load },
+            _ => unreachable!("valley_filling gives a valley-filling cost"),
+        };
+        let last_deadline = close.saturating_add(self.iteration_ms.saturating_mul(self.max_iterations as u64 + 2));
+        let spec = MarketSpec {
+            market_id: self.market_id,
+            slots: self.slots,
+            slot_seconds: self.slot_seconds,
+            rho: circuits::fixed::Fixed::from_f64("rho", 0.02).expect("finite").raw(),
+            eps_abs: circuits::fixed::Fixed::ONE.raw(),
+            eps_rel: circuits::fixed::Fixed::from_f64("eps", 1e-3).expect("finite").raw(),
+            max_iterations: self.max_iterations,
+            grid,
+            registration_close_ms: close,
+            iteration_ms: self.iteration_ms,
+            execution_start_ms: self.execution_start_ms.unwrap_or(last_deadline.saturating_add(self.execution_delay_s.saturating_mul(1000))),
+        };
+        protocol::market::check_spec(&spec).map_err(|e| e.to_string())?;
+        Ok(spec)
+    }
+}
+
+/// Parses `INDEX=HOST:PORT` (a validator's index in the genesis and its QUIC address).
+pub fn parse_peer(s: &str) -> Result<(u16, SocketAddr), String> {
+    let (i, addr) = s.split_once('=').ok_or_else(|| format!("--peer {s}: expected INDEX=HOST:PORT"))?;
+    let i: u16 = i.parse().map_err(|_| format!("--peer {s}: {i:?} is not a validator index"))?;
+    let addr: SocketAddr = addr.parse().map_err(|e| format!("--peer {s}: {e}"))?;
+    Ok((i, addr))
+}
+
+/// One validator's answer: its index and address, and what it said (or why it could not be
+/// asked).
+#[derive(Debug)]
+pub struct Answer {
+    /// The validator's index.
+    pub index: u16,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Accepted, rejected with a label, or a connection error.
+    pub result: Result<DeviceResponse, String>,
+}
+
+impl Answer {
+    /// Whether the validator admitted the message into its pool.
+    pub fn accepted(&self) -> bool {
+        matches!(self.result, Ok(DeviceResponse::Accepted))
+    }
+}
+
+/// Submits `request` to each of `peers` (pinned to the genesis key of its index), signed on
+/// the connection by `key`, each within `timeout`. Every peer is asked, in order.
+pub async fn submit_to_all(validators: &[ValidatorId], peers: &[(u16, SocketAddr)], key: &SigningKey, request: &DeviceRequest, timeout: Duration) -> Vec<Answer> {
+    protocol::net::install_crypto();
+    let endpoint = match protocol::net::client_endpoint("0.0.0.0:0".parse().expect("valid")) {
+        Ok(e) => e,
+        Err(e) => return peers.iter().map(|&(index, addr)| Answer { index, addr, result: Err(e.to_string()) }).collect(),
+    };
+    let mut out = Vec::new();
+    for &(index, addr) in peers {
+        let Some(v) = validators.get(index as usize) else {
+            out.push(Answer { index, addr, result: Err(format!("the genesis has no validator {index}")) });
+            continue;
+        };
+        let ask = async {
+            let c = ValidatorClient::connect(&endpoint, addr, v.0, key).await.map_err(|e| e.to_string())?;
+            let r = c.submit(request).await.map_err(|e| e.to_string());
+            c.close();
+            r
+        };
+        let result = tokio::time::timeout(timeout, ask).await.unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
+        out.push(Answer { index, addr, result });
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    out
+}
