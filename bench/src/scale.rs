@@ -156,7 +156,8 @@ pub fn gateway_process(dir: &Path) -> Result<(), String> {
     let mut gw = device::config::Gateway::load(&dir.join("gateway.toml")).map_err(|e| e.to_string())?;
     gw.self_attest(&crate::authority()).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    let opts = device::host::RunOptions { within: Duration::from_secs(1800), enroll_only: false, execute: false, compressed_slot_ms: None, stop_on_signal: false };
+    let opts =
+        device::host::RunOptions { within: Duration::from_secs(1800), enroll_only: false, execute: false, compressed_slot_ms: None, stop_on_signal: false };
     rt.block_on(device::host::run_gateway(&gw, opts)).map_err(|e| e.to_string())?;
     println!("{}", serde_json::to_string(&GatewayReport { peak_rss_kib: peak_rss_kib() }).map_err(|e| e.to_string())?);
     Ok(())
@@ -242,7 +243,9 @@ pub fn run(s: Scenario, exe: &Path) -> Result<ScaleResult, String> {
         .iter()
         .zip(&commitments)
         .zip(&openings)
-        .map(|(((schedule, _), c), o)| circuits::public_inputs(*c, &context, &circuits::nameplate::fitting(&o.params), schedule).expect("inputs of a proven witness"))
+        .map(|(((schedule, _), c), o)| {
+            circuits::public_inputs(*c, &context, &circuits::nameplate::fitting(&o.params), schedule).expect("inputs of a proven witness")
+        })
         .collect();
     eprintln!("{distinct} proofs, {} re-randomized copies in {:.1} s", s.devices, t.elapsed().as_secs_f64());
 

@@ -85,7 +85,11 @@ pub fn bounded(params: &ModelParams) -> Vec<(&'static str, i64, Bound)> {
         ModelParams::Thermal(t) => vec![("p_max (W)", t.get().p_max as i64, Bound::Import)],
         ModelParams::Battery(b) => {
             let b = b.get();
-            vec![("p_charge (W)", b.p_charge as i64, Bound::Import), ("p_discharge (W)", b.p_discharge as i64, Bound::Export), ("capacity (W·slot)", b.capacity, Bound::Capacity)]
+            vec![
+                ("p_charge (W)", b.p_charge as i64, Bound::Import),
+                ("p_discharge (W)", b.p_discharge as i64, Bound::Export),
+                ("capacity (W·slot)", b.capacity, Bound::Capacity),
+            ]
         }
         ModelParams::Producer(p) => p.get().forecast.iter().map(|&pv| ("forecast (W)", pv as i64, Bound::Export)).collect(),
     }

@@ -194,9 +194,11 @@ impl Agent {
         let clock = ClockConfig::from_spec(&g);
         // After an enrollment batch: when the next batch is due, `None` once registration is over.
         let next_batch = match &c.entry.body {
-            Body::Enrollment(b) => {
-                clock.next_batch_ms(self.gateway.genesis.timestamp_ms, c.entry.timestamp_ms, RegistrationTip::Batch { enrollments: b.enrollments.len() + b.withdrawals.len() })
-            }
+            Body::Enrollment(b) => clock.next_batch_ms(
+                self.gateway.genesis.timestamp_ms,
+                c.entry.timestamp_ms,
+                RegistrationTip::Batch { enrollments: b.enrollments.len() + b.withdrawals.len() },
+            ),
             _ => None,
         };
         self.next_due_ms = match &c.entry.body {
@@ -216,14 +218,24 @@ impl Agent {
                 // with those that are in once the closing batch ended registration.
                 let over = next_batch.is_none();
                 // (Only attested appliances can be in; the others were named at start.)
-                let missing: Vec<&str> =
-                    self.gateway.appliances.iter().filter(|a| a.attestation.is_some()).map(|a| a.name.as_str()).filter(|n| !self.state.enrolled.contains(*n)).collect();
+                let missing: Vec<&str> = self
+                    .gateway
+                    .appliances
+                    .iter()
+                    .filter(|a| a.attestation.is_some())
+                    .map(|a| a.name.as_str())
+                    .filter(|n| !self.state.enrolled.contains(*n))
+                    .collect();
                 if over && !missing.is_empty() {
                     if self.state.enrolled.is_empty() {
                         let all: Vec<&str> = self.gateway.appliances.iter().map(|a| a.name.as_str()).collect();
                         return Err(AgentError::NotEnrolled { height: c.entry.height, names: all.join(", ") });
                     }
-                    tracing::warn!(height = c.entry.height, missing = missing.join(", "), "registration closed without these appliances: they sit this market out");
+                    tracing::warn!(
+                        height = c.entry.height,
+                        missing = missing.join(", "),
+                        "registration closed without these appliances: they sit this market out"
+                    );
                 }
                 (missing.is_empty() || over).then_some(1)
             }

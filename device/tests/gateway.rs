@@ -114,7 +114,14 @@ fn appliances_beyond_their_nameplate_or_unattested_are_refused_before_they_commi
     let ev = device::config::Gateway::load(&cfg).unwrap().appliances[0].clone();
     let protocol::entry::Body::Genesis(g) = &m.genesis.body else { unreachable!() };
     let (from, until) = protocol::membership::market_span(&g.market);
-    let body = Attestation { device: ev.id(), kind: ev.opening.params.kind().id(), meter_point: "DE1".into(), nameplate: Nameplate { max_import_w: 2000, ..Default::default() }, valid_from_ms: from, valid_until_ms: until };
+    let body = Attestation {
+        device: ev.id(),
+        kind: ev.opening.params.kind().id(),
+        meter_point: "DE1".into(),
+        nameplate: Nameplate { max_import_w: 2000, ..Default::default() },
+        valid_from_ms: from,
+        valid_until_ms: until,
+    };
     let file = device::config::read_file(&cfg).unwrap().attestations_file;
     std::fs::write(&file, serde_json::to_string(&[SignedAttestation::new(&authority(), &m.genesis.chain_id, body.clone())]).unwrap()).unwrap();
     let out = device(&["init"], &cfg);

@@ -12,9 +12,9 @@ use circuits::Slots;
 use crate::admm::{AdmmParams, GridCost, Residuals, Variables};
 use crate::codec::encode;
 use crate::ids::{DeviceId, ValidatorId};
-use crate::merkle::Hash;
 use crate::market::{SignedMarketOpen, SignedWithdrawal};
 use crate::membership::SignedRevocation;
+use crate::merkle::Hash;
 use crate::messages::{SignedEnrollment, SignedUpdate};
 use crate::sign::{sign, verify, ChainId, Domain, SignatureBytes, SignatureError};
 

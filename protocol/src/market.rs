@@ -213,7 +213,8 @@ pub fn check_open(o: &SignedMarketOpen, chain: &ChainId, at_ms: u64, cx: &OpenCo
     if !cx.operators.contains(&o.operator) {
         return Err(OpenError::NotAnOperator { market_id: id, operator: o.operator });
     }
-    verify(&o.operator.0, chain, Domain::MarketOpen, &encode(&o.body), &o.signature).map_err(|e| OpenError::BadSignature { market_id: id, reason: e.to_string() })?;
+    verify(&o.operator.0, chain, Domain::MarketOpen, &encode(&o.body), &o.signature)
+        .map_err(|e| OpenError::BadSignature { market_id: id, reason: e.to_string() })?;
     if cx.used.contains(&id) {
         return Err(OpenError::Reused(id));
     }

@@ -175,7 +175,8 @@ pub fn check_revocation(r: &SignedRevocation, chain: &ChainId, authorities: &[Au
     if !authorities.contains(&r.authority) {
         return Err(RevocationError::NotAnAuthority { device, authority: r.authority });
     }
-    verify(&r.authority.0, chain, Domain::Revocation, &encode(&r.body), &r.signature).map_err(|e| RevocationError::BadSignature { device, reason: e.to_string() })
+    verify(&r.authority.0, chain, Domain::Revocation, &encode(&r.body), &r.signature)
+        .map_err(|e| RevocationError::BadSignature { device, reason: e.to_string() })
 }
 
 /// Why an attestation does not admit a device. Each has a metrics label ([`Self::label`]).
@@ -265,20 +266,37 @@ pub fn market_span(m: &MarketSpec) -> (u64, u64) {
 /// Whether `a` admits `device` of model `kind` to market `m` on `chain`: signed (strictly) by
 /// one of `authorities`, for that device and kind, bounded fields, valid over
 /// [`market_span`]. Checked in this order; the first failure is returned.
-pub fn check_attestation(a: &SignedAttestation, chain: &ChainId, authorities: &[AuthorityId], device: DeviceId, kind: u8, m: &MarketSpec) -> Result<(), AttestationError> {
+pub fn check_attestation(
+    a: &SignedAttestation,
+    chain: &ChainId,
+    authorities: &[AuthorityId],
+    device: DeviceId,
+    kind: u8,
+    m: &MarketSpec,
+) -> Result<(), AttestationError> {
     if !authorities.contains(&a.authority) {
         return Err(AttestationError::NotAnAuthority { device, authority: a.authority });
     }
-    verify(&a.authority.0, chain, Domain::Attestation, &encode(&a.body), &a.signature).map_err(|e| AttestationError::BadSignature { device, reason: e.to_string() })?;
+    verify(&a.authority.0, chain, Domain::Attestation, &encode(&a.body), &a.signature)
+        .map_err(|e| AttestationError::BadSignature { device, reason: e.to_string() })?;
     if a.body.device != device || a.body.kind != kind {
         return Err(AttestationError::Mismatch { device, kind, attested: a.body.device, attested_kind: a.body.kind });
     }
     if a.body.meter_point.len() > MAX_METER_POINT_BYTES {
-        return Err(AttestationError::Malformed { device, reason: format!("meter point id of {} bytes (at most {MAX_METER_POINT_BYTES})", a.body.meter_point.len()) });
+        return Err(AttestationError::Malformed {
+            device,
+            reason: format!("meter point id of {} bytes (at most {MAX_METER_POINT_BYTES})", a.body.meter_point.len()),
+        });
     }
     let (from, until) = market_span(m);
     if a.body.valid_from_ms > from || a.body.valid_until_ms < until {
-        return Err(AttestationError::Expired { device, from_ms: a.body.valid_from_ms, until_ms: a.body.valid_until_ms, needed_from_ms: from, needed_until_ms: until });
+        return Err(AttestationError::Expired {
+            device,
+            from_ms: a.body.valid_from_ms,
+            until_ms: a.body.valid_until_ms,
+            needed_from_ms: from,
+            needed_until_ms: until,
+        });
     }
     Ok(())
 }
@@ -379,7 +397,15 @@ pub fn nameplate_of(params: &ModelParams, slot_seconds: u32) -> Nameplate {
 /// An attestation of `device` with the nameplate its parameters need ([`nameplate_of`]),
 /// valid over `span` (ms), signed by `authority`: what a development cluster's own authority
 /// issues (`device simulate`, the demo, tests), with no installer in the loop.
-pub fn attest(authority: &SigningKey, chain: &ChainId, device: DeviceId, params: &ModelParams, slot_seconds: u32, meter_point: &str, span: (u64, u64)) -> SignedAttestation {
+pub fn attest(
+    authority: &SigningKey,
+    chain: &ChainId,
+    device: DeviceId,
+    params: &ModelParams,
+    slot_seconds: u32,
+    meter_point: &str,
+    span: (u64, u64),
+) -> SignedAttestation {
     let body = Attestation {
         device,
         kind: params.kind().id(),
@@ -401,7 +427,11 @@ mod tests {
             let params = circuits::sample::params(kind, circuits::Slots::new(24).unwrap());
             let n = nameplate_of(&params, 3600);
             within_nameplate(&params, &n, 3600).unwrap();
-            let smaller = Nameplate { max_import_w: n.max_import_w.saturating_sub(1), max_export_w: n.max_export_w.saturating_sub(1), capacity_wh: n.capacity_wh.saturating_sub(1) };
+            let smaller = Nameplate {
+                max_import_w: n.max_import_w.saturating_sub(1),
+                max_export_w: n.max_export_w.saturating_sub(1),
+                capacity_wh: n.capacity_wh.saturating_sub(1),
+            };
             if smaller != n {
                 assert!(within_nameplate(&params, &smaller, 3600).is_err(), "{kind}: {n:?}");
             }

@@ -63,7 +63,14 @@ fn update(device: &SigningKey, chain: &ChainId, k: u32) -> SignedUpdate {
 
 fn attestation(chain: &ChainId, device: DeviceId) -> protocol::membership::SignedAttestation {
     use protocol::membership::{Attestation, Nameplate, SignedAttestation};
-    let body = Attestation { device, kind: 2, meter_point: "DE0001".into(), nameplate: Nameplate { max_import_w: 5000, max_export_w: 5000, capacity_wh: 10_000 }, valid_from_ms: 0, valid_until_ms: 1 << 40 };
+    let body = Attestation {
+        device,
+        kind: 2,
+        meter_point: "DE0001".into(),
+        nameplate: Nameplate { max_import_w: 5000, max_export_w: 5000, capacity_wh: 10_000 },
+        valid_from_ms: 0,
+        valid_until_ms: 1 << 40,
+    };
     SignedAttestation::new(&key(50), chain, body)
 }
 

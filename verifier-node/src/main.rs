@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use protocol::entry::{Body, Entry, Genesis};
-use protocol::messages::{DeviceRequest, DeviceResponse};
 use protocol::ids::ValidatorId;
 use protocol::membership::{AttestationRequest, AuthorityId, SignedAttestation};
+use protocol::messages::{DeviceRequest, DeviceResponse};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use verifier_node::audit::{audit, AuditReport};
@@ -227,7 +227,12 @@ fn init(a: &InitArgs) -> Result<ExitCode, String> {
         }
     }
     if accepted.is_empty() {
-        return Err(format!("--keys {}: no verifying key for T = {} (make one with `keys dev-setup --slots {}`)", keys_dir.display(), a.market.slots, a.market.slots));
+        return Err(format!(
+            "--keys {}: no verifying key for T = {} (make one with `keys dev-setup --slots {}`)",
+            keys_dir.display(),
+            a.market.slots,
+            a.market.slots
+        ));
     }
     accepted.sort_by_key(|k| (k.kind, k.slots));
     let mut rng = ChaCha20Rng::from_entropy();
@@ -235,7 +240,8 @@ fn init(a: &InitArgs) -> Result<ExitCode, String> {
     let now = protocol::net::now_ms();
     let market = a.market.spec(now)?;
     let authorities = role_keys(&a.authorities, "authority", "enrollment authority", &a.out, "authority.key", &mut rng)?.into_iter().map(AuthorityId).collect();
-    let operators = role_keys(&a.operators, "operator", "market operator", &a.out, "operator.key", &mut rng)?.into_iter().map(protocol::market::OperatorId).collect();
+    let operators =
+        role_keys(&a.operators, "operator", "market operator", &a.out, "operator.key", &mut rng)?.into_iter().map(protocol::market::OperatorId).collect();
     let genesis = Genesis {
         validators: keys.iter().map(|k| ValidatorId(k.verifying_key().to_bytes())).collect(),
         max_clock_drift_ms: 2000,
@@ -300,7 +306,13 @@ fn attest(key: &Path, genesis: &Path, request: &Path, out: &Path, valid_days: u6
 }
 
 /// Submits `request` to every peer, prints each answer, and says whether a quorum admitted it.
-fn submit_everywhere(genesis: &Genesis, peers: &[(u16, SocketAddr)], key: &ed25519_dalek::SigningKey, what: &str, request: &DeviceRequest) -> Result<bool, String> {
+fn submit_everywhere(
+    genesis: &Genesis,
+    peers: &[(u16, SocketAddr)],
+    key: &ed25519_dalek::SigningKey,
+    what: &str,
+    request: &DeviceRequest,
+) -> Result<bool, String> {
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let answers = rt.block_on(verifier_node::roles::submit_to_all(&genesis.validators, peers, key, request, Duration::from_secs(10)));
     for a in &answers {
@@ -324,7 +336,16 @@ fn open_market(key: &Path, genesis: &Path, peers: &[(u16, SocketAddr)], plan: &M
     if !g.market_operators.contains(&me) {
         return Err(format!("key {} is not a market operator of this genesis: validators would refuse its opening", protocol::ids::hex(&me.0)));
     }
-    let spec = plan.spec(protocol::net::now_ms())?;
+    // Unless given, execution starts after the last market the chain scheduled (read from the
+    // first validator's log).
+    let not_before = match plan.execution_start_ms {
+        Some(_) => 0,
+        None => {
+            let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            rt.block_on(verifier_node::roles::last_execution_end(&genesis, peers[0], Duration::from_millis(1500)))?
+        }
+    };
+    let spec = plan.spec_after(protocol::net::now_ms(), not_before)?;
     println!(
         "market {}: T = {}, Δ = {} s, registration closes at {} ms, {} iterations of {} ms, execution from {} ms",
         spec.market_id, spec.slots, spec.slot_seconds, spec.registration_close_ms, spec.max_iterations, spec.iteration_ms, spec.execution_start_ms

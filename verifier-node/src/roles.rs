@@ -41,7 +41,8 @@ pub struct MarketPlan {
     #[arg(long, default_value_t = 60)]
     pub execution_delay_s: u64,
     /// Execution start, ms since the Unix epoch (e.g. tomorrow 00:00 local time); default: the
-    /// last iteration deadline plus --execution-delay-s.
+    /// last iteration deadline plus --execution-delay-s (for `open-market`: and not before the
+    /// chain's last scheduled execution ends).
     #[arg(long)]
     pub execution_start_ms: Option<u64>,
 }
@@ -51,6 +52,12 @@ impl MarketPlan {
     /// valley-filling cost over the base load of a seeded household scenario. Checked with
     /// `protocol::market::check_spec`.
     pub fn spec(&self, now_ms: u64) -> Result<MarketSpec, String> {
+        self.spec_after(now_ms, 0)
+    }
+
+    /// [`Self::spec`], with a default execution start not before `not_before_ms` (the end of
+    /// the chain's last scheduled execution: executions may not overlap).
+    pub fn spec_after(&self, now_ms: u64, not_before_ms: u64) -> Result<MarketSpec, String> {
         let close = now_ms.saturating_add(self.registration_s.saturating_mul(1000));
         let slots = circuits::Slots::new(self.slots as usize).map_err(|e| format!("--slots: {e}"))?;
         let scenario = protocol::scenario::Scenario::generate(1, self.devices.max(1), slots, self.slot_seconds, protocol::scenario::Mix::Household);
@@ -70,7 +77,7 @@ impl MarketPlan {
             grid,
             registration_close_ms: close,
             iteration_ms: self.iteration_ms,
-            execution_start_ms: self.execution_start_ms.unwrap_or(last_deadline.saturating_add(self.execution_delay_s.saturating_mul(1000))),
+            execution_start_ms: self.execution_start_ms.unwrap_or(last_deadline.saturating_add(self.execution_delay_s.saturating_mul(1000)).max(not_before_ms)),
         };
         protocol::market::check_spec(&spec).map_err(|e| e.to_string())?;
         Ok(spec)
@@ -106,7 +113,13 @@ impl Answer {
 
 /// Submits `request` to each of `peers` (pinned to the genesis key of its index), signed on
 /// the connection by `key`, each within `timeout`. Every peer is asked, in order.
-pub async fn submit_to_all(validators: &[ValidatorId], peers: &[(u16, SocketAddr)], key: &SigningKey, request: &DeviceRequest, timeout: Duration) -> Vec<Answer> {
+pub async fn submit_to_all(
+    validators: &[ValidatorId],
+    peers: &[(u16, SocketAddr)],
+    key: &SigningKey,
+    request: &DeviceRequest,
+    timeout: Duration,
+) -> Vec<Answer> {
     protocol::net::install_crypto();
     let endpoint = match protocol::net::client_endpoint("0.0.0.0:0".parse().expect("valid")) {
         Ok(e) => e,
@@ -129,4 +142,30 @@ pub async fn submit_to_all(validators: &[ValidatorId], peers: &[(u16, SocketAddr
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     out
+}
+
+/// The end of the last execution any market of the chain has scheduled (the genesis market and
+/// every `Open` entry), read from validator `peer`'s log as a light client (every entry
+/// linked and certified by a quorum of the genesis set). A new market's execution must not
+/// overlap it. Stops reading when the log is quiet for `quiet`.
+pub async fn last_execution_end(genesis: &protocol::entry::Entry, peer: (u16, SocketAddr), quiet: Duration) -> Result<u64, String> {
+    use protocol::entry::{Body, LightClient};
+    let protocol::entry::Body::Genesis(g) = &genesis.body else { return Err("not a genesis".into()) };
+    let mut end = protocol::market::execution_span(&g.market).1;
+    let key = g.validators.get(peer.0 as usize).ok_or_else(|| format!("the genesis has no validator {}", peer.0))?;
+    protocol::net::install_crypto();
+    let endpoint = protocol::net::client_endpoint("0.0.0.0:0".parse().expect("valid")).map_err(|e| e.to_string())?;
+    let me = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let client = ValidatorClient::connect(&endpoint, peer.1, key.0, &me).await.map_err(|e| e.to_string())?;
+    let mut rx = client.subscribe(1).await.map_err(|e| e.to_string())?;
+    let mut light = LightClient::new(genesis).map_err(|e| e.to_string())?;
+    while let Ok(Some(item)) = tokio::time::timeout(quiet, rx.recv()).await {
+        let c = item.map_err(|e| e.to_string())?;
+        light.accept(&c.entry, &c.certificate).map_err(|e| format!("validator {} at {}: {e}", peer.0, peer.1))?;
+        if let Body::Open(o) = &c.entry.body {
+            end = end.max(protocol::market::execution_span(&o.body.spec).1);
+        }
+    }
+    client.close();
+    Ok(end)
 }

@@ -12,7 +12,7 @@ use protocol::messages::{SignedEnrollment, SignedUpdate};
 use protocol::sign::ChainId;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use verifier_node::app::{Built, ChainApp, Due, Dropped, Reject, Step};
+use verifier_node::app::{Built, ChainApp, Dropped, Due, Reject, Step};
 
 fn due(market_id: u64, step: Step) -> Due {
     Due { market_id, step }

@@ -135,7 +135,8 @@ fn withdrawals_leave_before_the_close_and_are_refused_after_it() {
     let forged = SignedWithdrawal { signature: withdraw(0).signature, ..withdraw(1) };
     assert_eq!(app.admit_withdrawal(100, &forged).unwrap_err().label(), "bad_signature");
     let stranger = SigningKey::from_bytes(&[66; 32]);
-    let w_unknown = SignedWithdrawal::new(&stranger, &w.chain, Withdrawal { market_id: 7, device: protocol::ids::DeviceId(stranger.verifying_key().to_bytes()) });
+    let w_unknown =
+        SignedWithdrawal::new(&stranger, &w.chain, Withdrawal { market_id: 7, device: protocol::ids::DeviceId(stranger.verifying_key().to_bytes()) });
     assert_eq!(app.admit_withdrawal(100, &w_unknown).unwrap_err().label(), "unknown_device");
     let w_market = SignedWithdrawal::new(&w.devices[1].key, &w.chain, Withdrawal { market_id: 9, device: w.devices[1].id() });
     assert_eq!(app.admit_withdrawal(100, &w_market).unwrap_err().label(), "unknown_market");

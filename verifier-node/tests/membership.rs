@@ -38,13 +38,22 @@ fn every_attestation_failure_is_a_typed_refusal_counted_in_metrics() {
         // Signed by a key that is no authority of this chain.
         ("unattested", enrollment_with(&w, d0, attest(&rogue, &w.chain, d0.id(), &d0.opening.params, 900, "m", span))),
         // The authority named, the signature another key's.
-        ("bad_attestation", enrollment_with(&w, d0, SignedAttestation { authority: good.authority, ..attest(&rogue, &w.chain, d0.id(), &d0.opening.params, 900, "m", span) })),
+        (
+            "bad_attestation",
+            enrollment_with(&w, d0, SignedAttestation { authority: good.authority, ..attest(&rogue, &w.chain, d0.id(), &d0.opening.params, 900, "m", span) }),
+        ),
         // Device 0's attestation used by device 1 (a battery, so the kind differs too).
         ("attestation_mismatch", enrollment_with(&w, d1, good.clone())),
         // Expired before the market's execution ends.
-        ("attestation_expired", enrollment_with(&w, d0, SignedAttestation::new(&w.authority, &w.chain, Attestation { valid_until_ms: span.1 - 1, ..good.body.clone() }))),
+        (
+            "attestation_expired",
+            enrollment_with(&w, d0, SignedAttestation::new(&w.authority, &w.chain, Attestation { valid_until_ms: span.1 - 1, ..good.body.clone() })),
+        ),
         // Not yet valid when registration closes.
-        ("attestation_expired", enrollment_with(&w, d0, SignedAttestation::new(&w.authority, &w.chain, Attestation { valid_from_ms: span.0 + 1, ..good.body.clone() }))),
+        (
+            "attestation_expired",
+            enrollment_with(&w, d0, SignedAttestation::new(&w.authority, &w.chain, Attestation { valid_from_ms: span.0 + 1, ..good.body.clone() })),
+        ),
     ];
     for (label, e) in &cases {
         let r = n.on_enrollment(10, e.clone());
@@ -104,7 +113,14 @@ fn a_proof_made_beyond_the_attested_nameplate_fails_verification() {
     };
     // The installer attests 1 W less than the parameters the gateway commits to.
     let span = market_span(&w.genesis.market);
-    let body = Attestation { device: d0.id(), kind: 1, meter_point: "m".into(), nameplate: Nameplate { max_import_w: p_max as u32 - 1, ..Nameplate::default() }, valid_from_ms: span.0, valid_until_ms: span.1 };
+    let body = Attestation {
+        device: d0.id(),
+        kind: 1,
+        meter_point: "m".into(),
+        nameplate: Nameplate { max_import_w: p_max as u32 - 1, ..Nameplate::default() },
+        valid_from_ms: span.0,
+        valid_until_ms: span.1,
+    };
     let small = SignedAttestation::new(&w.authority, &w.chain, body);
     let mut app = ChainApp::new(&genesis_entry(&w), w.keys.clone()).unwrap();
     let e = enrollment_with(&w, d0, small);
@@ -114,11 +130,19 @@ fn a_proof_made_beyond_the_attested_nameplate_fails_verification() {
     // `update` proves with the nameplate the parameters fit (p_max).
     let forged = update(&mut w, 0, 1, 1);
     app.admit_update(120, &forged).unwrap();
-    let verdicts = app.verify_updates(&[(forged.clone(), prover::format::decode_proof(&forged.body.proof).unwrap())], &mut rand_chacha::ChaCha20Rng::from_seed([1; 32]));
+    let verdicts =
+        app.verify_updates(&[(forged.clone(), prover::format::decode_proof(&forged.body.proof).unwrap())], &mut rand_chacha::ChaCha20Rng::from_seed([1; 32]));
     assert_eq!(verdicts, vec![Err(Reject::BadProof(w.devices[0].id()))]);
     let closing = build(&app, 150, &[], &[]).unwrap().entry;
     app.apply(&closing, &[]).unwrap();
-    let Built { entry, updates, dropped } = app.build(250, Pool { updates: std::slice::from_ref(&forged), ..Default::default() }, &Default::default(), &mut rand_chacha::ChaCha20Rng::from_seed([2; 32])).unwrap();
+    let Built { entry, updates, dropped } = app
+        .build(
+            250,
+            Pool { updates: std::slice::from_ref(&forged), ..Default::default() },
+            &Default::default(),
+            &mut rand_chacha::ChaCha20Rng::from_seed([2; 32]),
+        )
+        .unwrap();
     assert!(updates.is_empty() && dropped.iter().any(|d| d.why.label() == "bad_proof"), "{dropped:?}");
     assert!(matches!(entry.body, protocol::entry::Body::Iteration(ref b) if b.updates.is_empty()));
     // And the circuit has no satisfying assignment for these parameters under the attested

@@ -32,33 +32,37 @@ fn cli(c: &Cluster, args: &[&str]) -> std::process::Output {
     }
 }
 
-fn open_market(c: &Cluster, id: u64, registration_s: u64, execution_start_ms: u64) -> std::process::Output {
+/// `open-market` for market `id` of the test's shape; without `execution_start_ms`, the CLI
+/// places execution after the chain's last one.
+fn open_market(c: &Cluster, id: u64, registration_s: u64, execution_start_ms: Option<u64>) -> std::process::Output {
     let key = c.dir.join("cluster/operator.key");
-    let (id, reg, start) = (id.to_string(), registration_s.to_string(), execution_start_ms.to_string());
-    cli(
-        c,
-        &[
-            "open-market",
-            "--operator-key",
-            key.to_str().unwrap(),
-            "--market-id",
-            &id,
-            "--slots",
-            "4",
-            "--slot-seconds",
-            "60",
-            "--registration-s",
-            &reg,
-            "--iteration-ms",
-            "1500",
-            "--max-iterations",
-            "3",
-            "--devices",
-            "3",
-            "--execution-start-ms",
-            &start,
-        ],
-    )
+    let (id, reg) = (id.to_string(), registration_s.to_string());
+    let start = execution_start_ms.map(|t| t.to_string());
+    let mut args = vec![
+        "open-market",
+        "--operator-key",
+        key.to_str().unwrap(),
+        "--market-id",
+        &id,
+        "--slots",
+        "4",
+        "--slot-seconds",
+        "60",
+        "--registration-s",
+        &reg,
+        "--iteration-ms",
+        "1500",
+        "--max-iterations",
+        "3",
+        "--devices",
+        "3",
+        "--execution-delay-s",
+        "0",
+    ];
+    if let Some(start) = &start {
+        args.extend(["--execution-start-ms", start]);
+    }
+    cli(c, &args)
 }
 
 #[test]
@@ -81,18 +85,25 @@ fn four_validators_run_three_overlapping_markets_on_one_chain() {
     let seen = std::thread::scope(|scope| {
         let operator = scope.spawn(|| {
             let t0 = Instant::now();
-            let out = open_market(&c, 2, 16, end1);
+            let out = open_market(&c, 2, 16, Some(end1));
             let text = String::from_utf8_lossy(&out.stdout).to_string();
             assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
             assert!(text.contains("admitted by 4 of 4 validators"), "{text}");
             eprintln!("open-market took {:?}", t0.elapsed());
-            let out = open_market(&c, 3, 24, end2);
+            // Market 3's execution is placed by the CLI after the chain's last one, market 2's,
+            // once market 2's opening is committed.
+            let t0 = Instant::now();
+            while c.get(1, "/markets/2").is_none_or(|m| m.contains("error")) {
+                assert!(t0.elapsed() < Duration::from_secs(10), "market 2 is not opened");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let out = open_market(&c, 3, 24, None);
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
             // A reused id and an overlapping execution are refused, with their labels.
-            let again = open_market(&c, 2, 30, end2 + 4 * 60_000);
+            let again = open_market(&c, 2, 30, None);
             let text = String::from_utf8_lossy(&again.stdout);
             assert!(!again.status.success() && text.contains("market_id_reused"), "{text}");
-            let overlap = open_market(&c, 4, 30, end1 - 60_000);
+            let overlap = open_market(&c, 4, 30, Some(end1 - 60_000));
             let text = String::from_utf8_lossy(&overlap.stdout);
             assert!(!overlap.status.success() && text.contains("market_overlap"), "{text}");
         });
@@ -104,13 +115,19 @@ fn four_validators_run_three_overlapping_markets_on_one_chain() {
     assert_eq!(finals, vec![1, 2, 3], "the three markets finalize in order");
     let opens: Vec<&MarketSpec> = seen.iter().filter_map(|c| if let Body::Open(o) = &c.entry.body { Some(&o.body.spec) } else { None }).collect();
     assert_eq!(opens.len(), 2);
+    assert_eq!(opens[1].execution_start_ms, end2, "the CLI starts market 3 when market 2's execution ends");
     for id in [1, 2, 3] {
         let full = seen.iter().any(|c| matches!(&c.entry.body, Body::Iteration(b) if b.market_id == id && b.updates.len() == 3));
         assert!(full, "market {id} has an iteration with all three devices' proven updates");
     }
     // Market 2 scheduled while market 1 executed.
-    let m2_iterations: Vec<u64> = seen.iter().filter(|c| matches!(&c.entry.body, Body::Iteration(b) if b.market_id == 2)).map(|c| c.entry.timestamp_ms).collect();
-    assert!(m2_iterations.iter().all(|&t| t >= m1.execution_start_ms && t < end1), "market 2's iterations {m2_iterations:?} within market 1's execution [{}, {end1})", m1.execution_start_ms);
+    let m2_iterations: Vec<u64> =
+        seen.iter().filter(|c| matches!(&c.entry.body, Body::Iteration(b) if b.market_id == 2)).map(|c| c.entry.timestamp_ms).collect();
+    assert!(
+        m2_iterations.iter().all(|&t| t >= m1.execution_start_ms && t < end1),
+        "market 2's iterations {m2_iterations:?} within market 1's execution [{}, {end1})",
+        m1.execution_start_ms
+    );
     c.wait_final(Duration::from_secs(20));
     let markets: serde_json::Value = serde_json::from_str(&c.get(0, "/markets").unwrap()).unwrap();
     assert_eq!(markets["markets"].as_array().unwrap().len(), 3, "{markets}");
@@ -123,7 +140,7 @@ fn four_validators_run_three_overlapping_markets_on_one_chain() {
     let key = c.dir.join("cluster/authority.key");
     let out = cli(&c, &["revoke", "--authority-key", key.to_str().unwrap(), "--attestations", attestations.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    let out = open_market(&c, 4, 30, end2 + 4 * 60_000);
+    let out = open_market(&c, 4, 30, None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let refused = rt.block_on(async {
         protocol::net::install_crypto();

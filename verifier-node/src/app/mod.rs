@@ -421,7 +421,10 @@ impl ChainApp {
         let mut checked = Vec::new();
         for (i, (u, proof)) in updates.iter().enumerate() {
             // The enrollment is looked up again: admission ran against the same enrolled set.
-            match self.live_market(u.body.market_id).and_then(|m| m.enrolled().get(&u.body.device).copied().ok_or(ClockError::UnknownDevice(u.body.device).into())) {
+            match self
+                .live_market(u.body.market_id)
+                .and_then(|m| m.enrolled().get(&u.body.device).copied().ok_or(ClockError::UnknownDevice(u.body.device).into()))
+            {
                 Ok(e) => {
                     verdicts.push(Ok(()));
                     ok.push(i);

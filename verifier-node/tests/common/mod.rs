@@ -4,15 +4,15 @@
 use circuits::{commitment, sample, Context, Fr, ModelKind, Opening, Shape, Slots};
 use ed25519_dalek::SigningKey;
 use protocol::codec::FieldElement;
+use protocol::entry::MarketSpec as Spec;
 use protocol::entry::{chain_id, Body, Entry, Genesis, GridSpec, KeyHash, MarketSpec};
 use protocol::ids::{DeviceId, ValidatorId};
+use protocol::market::SignedMarketOpen;
 use protocol::messages::{Enrollment, SignedEnrollment, SignedUpdate, Update};
 use protocol::sign::ChainId;
 use prover::{UpdateProvingKey, VerifierKeys};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use protocol::entry::MarketSpec as Spec;
-use protocol::market::SignedMarketOpen;
 use verifier_node::app::{Built, ChainApp, Pool};
 
 pub const T: usize = 4;

@@ -613,7 +613,8 @@ impl<L: Log> Node<L> {
             (Some(Byzantine::Equivocate), _) => {
                 let mut twin = entry.clone();
                 twin.timestamp_ms += 1;
-                let held = HeldPayload { entry: twin.clone(), updates: included.clone(), validity: Some(true), proposer: self.cfg.index, round: round.as_i64() };
+                let held =
+                    HeldPayload { entry: twin.clone(), updates: included.clone(), validity: Some(true), proposer: self.cfg.index, round: round.as_i64() };
                 self.payloads.insert(EntryHash(twin.hash()), held);
                 self.twin = Some((round.as_i64(), twin, included.clone()));
             }
@@ -634,7 +635,10 @@ impl<L: Log> Node<L> {
         self.wal_append(h, &record);
         self.wal_append(h, &WalRecord::Proposed { round: round.as_i64(), value: hash.0 });
         self.own_proposals.insert((h, round.as_i64()), hash);
-        self.payloads.insert(hash, HeldPayload { entry: entry.clone(), updates: included.clone(), validity: Some(true), proposer: self.cfg.index, round: round.as_i64() });
+        self.payloads.insert(
+            hash,
+            HeldPayload { entry: entry.clone(), updates: included.clone(), validity: Some(true), proposer: self.cfg.index, round: round.as_i64() },
+        );
         if self.twin.is_none() {
             self.out.push(Output::Broadcast(PeerMsg::Payload { round: round.as_i64(), valid_round: -1, proposer: self.cfg.index, entry, updates: included }));
         } else {

@@ -24,7 +24,9 @@ impl<L: Log> Node<L> {
                 }
             }
             PeerMsg::Payload { round, valid_round, proposer, entry, updates } => {
-                if let Err(why) = self.on_payload(Announcement { height: entry.height, round, hash: EntryHash(entry.hash()), valid_round, proposer }, entry, updates) {
+                if let Err(why) =
+                    self.on_payload(Announcement { height: entry.height, round, hash: EntryHash(entry.hash()), valid_round, proposer }, entry, updates)
+                {
                     self.refuse_peer(from, &why);
                 }
             }

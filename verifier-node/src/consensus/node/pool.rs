@@ -83,24 +83,56 @@ impl Pools {
     pub(super) fn admit_enrollment(&mut self, app: &ChainApp, now: u64, e: SignedEnrollment) -> Result<(), Reject> {
         let key = (e.body.market_id, e.body.device);
         let device = e.body.device;
-        hold(&mut self.enrollments, key, e, MAX_POOLED_ENROLLMENTS, || protocol::clock::ClockError::DuplicateEnrollment(device).into(), "enrollment pool full", |e| app.admit_enrollment(now, e))
+        hold(
+            &mut self.enrollments,
+            key,
+            e,
+            MAX_POOLED_ENROLLMENTS,
+            || protocol::clock::ClockError::DuplicateEnrollment(device).into(),
+            "enrollment pool full",
+            |e| app.admit_enrollment(now, e),
+        )
     }
 
     pub(super) fn admit_withdrawal(&mut self, app: &ChainApp, now: u64, w: SignedWithdrawal) -> Result<(), Reject> {
         let key = (w.body.market_id, w.body.device);
         let device = w.body.device;
-        hold(&mut self.withdrawals, key, w, MAX_POOLED_ENROLLMENTS, || Reject::DuplicateInEntry(device), "withdrawal pool full", |w| app.admit_withdrawal(now, w))
+        hold(
+            &mut self.withdrawals,
+            key,
+            w,
+            MAX_POOLED_ENROLLMENTS,
+            || Reject::DuplicateInEntry(device),
+            "withdrawal pool full",
+            |w| app.admit_withdrawal(now, w),
+        )
     }
 
     pub(super) fn admit_open(&mut self, app: &ChainApp, now: u64, o: SignedMarketOpen) -> Result<(), Reject> {
         let id = o.market_id();
-        hold(&mut self.opens, id, o, MAX_POOLED_OPENS, || protocol::market::OpenError::Reused(id).into(), "market opening pool full", |o| app.check_open(o, now))
+        hold(
+            &mut self.opens,
+            id,
+            o,
+            MAX_POOLED_OPENS,
+            || protocol::market::OpenError::Reused(id).into(),
+            "market opening pool full",
+            |o| app.check_open(o, now),
+        )
     }
 
     pub(super) fn admit_revocation(&mut self, app: &ChainApp, r: SignedRevocation) -> Result<(), Reject> {
         let key = r.body.attestation;
         let device = r.body.device;
-        hold(&mut self.revocations, key, r, MAX_POOLED_REVOCATIONS, || protocol::membership::RevocationError::AlreadyRevoked { device }.into(), "revocation pool full", |r| app.check_revocation(r))
+        hold(
+            &mut self.revocations,
+            key,
+            r,
+            MAX_POOLED_REVOCATIONS,
+            || protocol::membership::RevocationError::AlreadyRevoked { device }.into(),
+            "revocation pool full",
+            |r| app.check_revocation(r),
+        )
     }
 
     /// Admits an update: one per (market, device) is held, the open iteration's, so the pool
