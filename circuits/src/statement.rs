@@ -266,7 +266,7 @@ impl ConstraintSynthesizer<Fr> for UpdateCircuit {
         let vars = model::enforce(&cs, shape.kind, shape.slots, model_witness)?;
 
         // Nameplate: three 32-bit limits recompose the public element; each bounded parameter
-        // (< 2^18) is ≤ its limit (the difference, when non-negative, is < 2^32).
+        // (< 2^26: powers < 2^18, a battery capacity < 2^26) is ≤ its limit (the difference, when non-negative, is < 2^32).
         let limit = |f: fn(&Limits) -> u32| IntVar::alloc_unsigned(&cs, witness.map(|w| f(&w.limits) as i128), LIMIT_BITS);
         let (import, export, capacity) = (limit(|l| l.import_w)?, limit(|l| l.export_w)?, limit(|l| l.capacity)?);
         let packed = &import.var + &export.var * fr_from_i128(1i128 << LIMIT_BITS) + &capacity.var * fr_from_i128(1i128 << (2 * LIMIT_BITS));

@@ -41,7 +41,7 @@ fn household_day_is_provable_for_every_model() {
         let params = spec.to_params(day, 900).unwrap();
         params.check(&x).unwrap_or_else(|e| panic!("{:?}: {e}", params.kind()));
         let circuit = UpdateCircuit::new(witness(params.clone(), x)).unwrap();
-        assert_eq!(circuit.public_inputs().unwrap().len(), 2 + 14);
+        assert_eq!(circuit.public_inputs().unwrap().len(), 3 + 14);
         assert!(is_satisfied(circuit).unwrap(), "{:?}", params.kind());
     }
 }

@@ -40,7 +40,7 @@ fn prove_with(dir: &Path, shape: Shape) {
 #[test]
 fn three_party_ceremony_through_the_cli() {
     let d = scratch("ceremony");
-    let shape = Shape { kind: ModelKind::Producer, slots: Slots::new(8).unwrap() };
+    let shape = Shape { kind: ModelKind::Producer, slots: Slots::new(4).unwrap() };
     keys(&d, &["ptau", "new", "--power", "10", "--out", "p0.ptau"]);
     let mut hashes = vec![];
     for (i, name) in ["alice", "bob", "carol"].iter().enumerate() {
@@ -52,7 +52,7 @@ fn three_party_ceremony_through_the_cli() {
     for h in &hashes {
         assert!(verified.contains(h), "contribution hash {h} not listed:\n{verified}");
     }
-    keys(&d, &["phase2", "new", "--ptau", "final.ptau", "--model", "producer", "--slots", "8", "--out", "k0.ph2"]);
+    keys(&d, &["phase2", "new", "--ptau", "final.ptau", "--model", "producer", "--slots", "4", "--out", "k0.ph2"]);
     for (i, name) in ["dave", "erin", "frank"].iter().enumerate() {
         keys(&d, &["phase2", "contribute", "--in", &format!("k{i}.ph2"), "--out", &format!("k{}.ph2", i + 1), "--name", name]);
     }
@@ -100,10 +100,10 @@ fn snarkjs_ptau_imports_and_yields_working_keys() {
     sj(&["powersoftau", "prepare", "phase2", "pot1.ptau", "pot.ptau"]);
     keys(&d, &["ptau", "import", "--snarkjs", "pot.ptau", "--out", "imported.ptau"]);
     keys(&d, &["ptau", "contribute", "--in", "imported.ptau", "--out", "ours.ptau", "--name", "local"]);
-    keys(&d, &["phase2", "new", "--ptau", "ours.ptau", "--model", "producer", "--slots", "8", "--out", "k0.ph2"]);
+    keys(&d, &["phase2", "new", "--ptau", "ours.ptau", "--model", "producer", "--slots", "4", "--out", "k0.ph2"]);
     keys(&d, &["phase2", "contribute", "--in", "k0.ph2", "--out", "k1.ph2"]);
     keys(&d, &["phase2", "export", "--in", "k1.ph2", "--ptau", "ours.ptau", "--out", "out"]);
-    prove_with(&d.join("out"), Shape { kind: ModelKind::Producer, slots: Slots::new(8).unwrap() });
+    prove_with(&d.join("out"), Shape { kind: ModelKind::Producer, slots: Slots::new(4).unwrap() });
     // A corrupted [tau^i]1 point (section 2 starts after an 80-byte prefix) is refused.
     let mut bytes = std::fs::read(d.join("pot.ptau")).unwrap();
     bytes[200] ^= 0x55;

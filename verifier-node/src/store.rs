@@ -30,7 +30,7 @@ pub const CF_ENTRIES: &str = "entries";
 pub const CF_CERTIFICATES: &str = "certificates";
 /// Update bodies.
 pub const CF_UPDATES: &str = "updates";
-/// Enrollments.
+/// Each device's latest enrollment (of any market).
 pub const CF_DEVICES: &str = "devices";
 /// Consensus WAL and tip.
 pub const CF_CONSENSUS: &str = "consensus";

@@ -179,3 +179,60 @@ fn a_revoked_attestation_admits_nothing_and_removes_its_device_before_scheduling
     let bad = Entry { chain_id: w.chain, height: tip.height + 1, prev_hash: tip.hash, timestamp_ms: tip.timestamp_ms + 1, body: Body::Revocation(vec![]) };
     assert!(replica.validate(&bad, &[], &Default::default(), &mut rng).is_err());
 }
+
+/// A proof verified while the pool held it counts only for the enrollment it was verified
+/// against: after the device withdraws and bids again with another commitment, the cached
+/// update is verified again (and fails), both when building and when validating, so no
+/// validator certifies what an auditor would refuse.
+#[test]
+fn a_cached_proof_counts_only_for_the_enrollment_it_was_verified_against() {
+    let mut w = world();
+    w.genesis.market.registration_close_ms = 400;
+    w.chain = protocol::entry::chain_id(&w.genesis);
+    let (mut app, mut replica) = two(&w);
+    let first = enrollment(&w, &w.devices[0]);
+    commit(&mut app, &mut replica, 100, Pool { enrollments: std::slice::from_ref(&first), ..Default::default() });
+    let u = update(&mut w, 0, 1, 1);
+    let proof = prover::format::decode_proof(&u.body.proof).unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    let enrolled = app.verify_updates(&[(u.clone(), proof)], &mut rng).remove(0).unwrap();
+    let verified: verifier_node::app::Verified = [(u.digest(), enrolled)].into();
+    // Withdraw, then bid again with another commitment (a fresh salt).
+    let d0 = &w.devices[0];
+    let withdrawal = SignedWithdrawal::new(&d0.key, &w.chain, Withdrawal { market_id: 7, device: d0.id() });
+    commit(&mut app, &mut replica, 200, Pool { withdrawals: std::slice::from_ref(&withdrawal), ..Default::default() });
+    let rebid = Device { key: d0.key.clone(), opening: circuits::Opening { salt: circuits::Fr::from(4242u64), ..d0.opening.clone() } };
+    let second = enrollment(&w, &rebid);
+    commit(&mut app, &mut replica, 300, Pool { enrollments: std::slice::from_ref(&second), ..Default::default() });
+    commit(&mut app, &mut replica, 400, Pool::default());
+    assert_ne!(app.market(7).unwrap().enrolled()[&d0.id()], enrolled, "the enrollment changed");
+    // Building with the cache: the stale update is verified again and dropped.
+    let built = app.build(500, Pool { updates: std::slice::from_ref(&u), ..Default::default() }, &verified, &mut rng).unwrap();
+    assert!(built.updates.is_empty() && built.dropped.iter().any(|d| d.why.label() == "bad_proof"), "{:?}", built.dropped);
+    // Validating an entry that includes it, with the cache: refused.
+    let tip = replica.tip();
+    let body = replica.iteration_body(7, 1, std::slice::from_ref(&u)).unwrap();
+    let entry = Entry { chain_id: w.chain, height: tip.height + 1, prev_hash: tip.hash, timestamp_ms: 500, body: Body::Iteration(body) };
+    assert_eq!(replica.validate(&entry, std::slice::from_ref(&u), &verified, &mut rng), Err(Reject::BadProof(d0.id())));
+}
+
+/// An opening whose registration closed while it waited in a pool is dropped at the next
+/// tick (it could never be built, and would keep a height running).
+#[test]
+fn an_opening_that_went_stale_in_the_pool_is_dropped() {
+    let w = world();
+    let mut node = verifier_node::consensus::node::Node::open(
+        verifier_node::consensus::node::NodeConfig { rng_seed: 7, ..verifier_node::consensus::node::NodeConfig::new(0) },
+        w.validators[0].clone(),
+        &genesis_entry(&w),
+        w.keys.clone(),
+        verifier_node::store::MemLog::default(),
+    )
+    .unwrap();
+    node.on_open(10, open(&w, second(&w))).unwrap();
+    assert_eq!(node.held().pooled_other, 1);
+    node.tick(20);
+    assert_eq!(node.held().pooled_other, 1, "still buildable at 20");
+    let _ = node.tick(401);
+    assert_eq!(node.held().pooled_other, 0, "market 8's registration closed at 400");
+}

@@ -167,3 +167,81 @@ fn four_validators_run_three_overlapping_markets_on_one_chain() {
         assert!(ok && out.contains("verdict: PASS"), "audit of validator {i}: {out}");
     }
 }
+
+/// The Sybil flood at a validator process: 10,000 self-made keys each dial in with their own
+/// TLS identity and bid with an attestation signed by a key that is no authority (what anyone
+/// can make). None is admitted, each refusal is counted as `unattested`, and the validator's
+/// resident memory stays bounded (the figure is printed for BENCHMARKS.md).
+#[test]
+fn a_sybil_flood_of_ten_thousand_self_made_keys_is_refused_in_bounded_memory() {
+    let c = Cluster::init("sybil", 4, 7, 60, 1500, 3);
+    c.start_all();
+    let Body::Genesis(g) = &c.genesis.body else { unreachable!() };
+    let m1 = g.market.clone();
+    let rogue = ed25519_dalek::SigningKey::from_bytes(&[201; 32]);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (labels, before, after) = rt.block_on(async {
+        protocol::net::install_crypto();
+        let endpoint = protocol::net::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+        // Wait for validator 1, then measure.
+        let t0 = Instant::now();
+        while c.status(1).is_none() {
+            assert!(t0.elapsed() < Duration::from_secs(10));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let before = rss_kb(c.pid(1));
+        let span = protocol::membership::market_span(&m1);
+        let mut labels = std::collections::BTreeMap::<String, u64>::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        const N: u64 = 10_000;
+        const WORKERS: u64 = 16;
+        for w in 0..WORKERS {
+            let (endpoint, rogue, m1, key1, addr1, chain) = (endpoint.clone(), rogue.clone(), m1.clone(), c.validator_key(1), c.quic(1), c.chain());
+            tasks.spawn(async move {
+                let mut local = std::collections::BTreeMap::<String, u64>::new();
+                for i in (w..N).step_by(WORKERS as usize) {
+                    let mut seed = [0u8; 32];
+                    seed[..8].copy_from_slice(&(i + 1_000_000).to_le_bytes());
+                    let sybil = Device { key: ed25519_dalek::SigningKey::from_bytes(&seed), ..Device::new(0) };
+                    let attestation = protocol::membership::attest(&rogue, &chain, sybil.id(), &sybil.opening.params, 900, "fake", span);
+                    let bid = sybil.bid_on(&chain, &m1, &attestation);
+                    let label = match protocol::net::ValidatorClient::connect(&endpoint, addr1, key1, &sybil.key).await {
+                        Ok(client) => {
+                            let r = client.submit(&DeviceRequest::Enroll(bid)).await;
+                            client.close();
+                            match r {
+                                Ok(DeviceResponse::Rejected { label, .. }) => label,
+                                Ok(DeviceResponse::Accepted) => panic!("a self-attested bid was accepted"),
+                                Err(e) => format!("transport: {e}"),
+                            }
+                        }
+                        Err(e) => format!("connect: {e}"),
+                    };
+                    *local.entry(label).or_default() += 1;
+                }
+                local
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            for (k, v) in r.unwrap() {
+                *labels.entry(k).or_default() += v;
+            }
+        }
+        let after = rss_kb(c.pid(1));
+        (labels, before, after)
+    });
+    eprintln!("sybil flood: {labels:?}; validator 1 RSS {before} kB before, {after} kB after 10,000 keys");
+    assert!(labels.get("unattested").copied().unwrap_or(0) >= 9_000, "{labels:?}");
+    assert!(after < before + 100_000, "RSS grew from {before} kB to {after} kB");
+    // Nothing is held, everything is counted, and the validator still answers.
+    let metrics = c.get(1, "/metrics").unwrap();
+    let count: f64 = metrics.lines().find(|l| l.starts_with("gridproof_rejects_total{reason=\"unattested\"}")).and_then(|l| l.split(' ').nth(1)).unwrap().parse().unwrap();
+    assert!(count >= 9_000.0, "{metrics}");
+    let status = c.status(1).unwrap();
+    assert_eq!(status["enrolled"], 0);
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
+}

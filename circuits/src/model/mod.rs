@@ -227,7 +227,7 @@ pub enum ModelParams {
 
 /// What a model gadget hands back to the statement: the schedule it constrained, the
 /// parameter elements θ that the commitment hashes, and the parameters the nameplate bounds
-/// (in the order of `nameplate::bounded`, each known to lie in `[0, 2^18)`).
+/// (in the order of `nameplate::bounded`, each known to lie in `[0, 2^26)`).
 pub(crate) struct ModelVars {
     pub schedule: Vec<IntVar>,
     pub theta: Vec<FpVar<Fr>>,

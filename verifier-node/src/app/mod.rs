@@ -56,9 +56,12 @@ pub const MAX_REVOCATIONS_PER_ENTRY: usize = 1024;
 /// Most revoked attestations a chain holds.
 pub const MAX_REVOKED: usize = 1 << 20;
 
-/// Digests of updates whose signature and proof this validator verified already (a cache
-/// that saves work, never changes a verdict: the digest covers the whole signed update).
-pub type Verified = BTreeSet<Hash>;
+/// Updates whose signature and proof this validator verified already, by digest, with the
+/// enrollment (commitment, nameplate limits, attestation) the proof was verified against. A
+/// cache that saves work and never changes a verdict: an entry counts only while the device's
+/// enrollment in that market is still the same (a withdrawal and a new bid, or a revocation,
+/// change the public inputs the digest does not cover).
+pub type Verified = BTreeMap<Hash, Enrolled>;
 
 /// The last applied entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -329,26 +332,34 @@ impl ChainApp {
     /// The checks shared by admission and validation, short of proof verification: signature,
     /// market, enrollment, length, and a proof that decodes (returned, so it is decoded once).
     pub fn check_update(&self, u: &SignedUpdate) -> Result<(Enrolled, UpdateProof), Reject> {
-        let enrolled = self.check_update_fields(u, true)?;
+        let enrolled = self.check_update_fields(u)?;
         Ok((enrolled, decode_update_proof(u)?))
     }
 
-    /// [`Self::check_update`], skipping the signature and the proof's decoding when `known`
-    /// (the digest, which covers both, passed every check and the proof verification before):
-    /// the proof is `None` then. Decoding a proof (three compressed points) costs about as
-    /// much as verifying the signature, so a payload of known updates is validated in a
-    /// fraction of the time.
-    fn check_update_known(&self, u: &SignedUpdate, known: bool) -> Result<(Enrolled, Option<UpdateProof>), Reject> {
-        let enrolled = self.check_update_fields(u, !known)?;
+    /// [`Self::check_update`], skipping the signature and the proof's decoding when
+    /// `verified` holds the update's digest with the device's current enrollment (the digest,
+    /// which covers both, passed every check and the proof verification against that
+    /// enrollment before): the proof is `None` then. Decoding a proof (three compressed
+    /// points) costs about as much as verifying the signature, so a payload of known updates
+    /// is validated in a fraction of the time.
+    fn check_update_known(&self, u: &SignedUpdate, digest: &Hash, verified: &Verified) -> Result<(Enrolled, Option<UpdateProof>), Reject> {
+        let enrolled = self.enrolled_for(u)?;
+        let known = verified.get(digest) == Some(&enrolled);
+        if !known {
+            u.verify(&self.chain).map_err(|err| Reject::BadSignature(err.to_string()))?;
+        }
         let proof = if known { None } else { Some(decode_update_proof(u)?) };
         Ok((enrolled, proof))
     }
 
-    /// Signature (when `signature`), market, enrollment and length of an update.
-    fn check_update_fields(&self, u: &SignedUpdate, signature: bool) -> Result<Enrolled, Reject> {
-        if signature {
-            u.verify(&self.chain).map_err(|err| Reject::BadSignature(err.to_string()))?;
-        }
+    /// Signature, market, enrollment and length of an update.
+    fn check_update_fields(&self, u: &SignedUpdate) -> Result<Enrolled, Reject> {
+        u.verify(&self.chain).map_err(|err| Reject::BadSignature(err.to_string()))?;
+        self.enrolled_for(u)
+    }
+
+    /// The enrollment an update's market holds for its device, with the length checked.
+    fn enrolled_for(&self, u: &SignedUpdate) -> Result<Enrolled, Reject> {
         let market = self.live_market(u.body.market_id)?;
         let enrolled = *market.enrolled().get(&u.body.device).ok_or(Reject::Clock(ClockError::UnknownDevice(u.body.device)))?;
         if u.body.schedule.len() != enrolled.shape.slots.get() {
@@ -412,11 +423,11 @@ impl ChainApp {
     }
 
     /// Verifies the proofs of `updates`, admitted before ([`Self::admit_update`]: signature
-    /// checked, proof decoded), in one batch per shape, returning each one's verdict; the host
-    /// calls this while an iteration is open, so that the deadline finds most proofs checked
-    /// ([`Verified`]).
-    pub fn verify_updates<R: RngCore + CryptoRng>(&self, updates: &[(SignedUpdate, UpdateProof)], rng: &mut R) -> Vec<Result<(), Reject>> {
-        let mut verdicts: Vec<Result<(), Reject>> = Vec::with_capacity(updates.len());
+    /// checked, proof decoded), in one batch per shape, returning each one's verdict (with the
+    /// enrollment it was verified against); the host calls this while an iteration is open, so
+    /// that the deadline finds most proofs checked ([`Verified`]).
+    pub fn verify_updates<R: RngCore + CryptoRng>(&self, updates: &[(SignedUpdate, UpdateProof)], rng: &mut R) -> Vec<Result<Enrolled, Reject>> {
+        let mut verdicts: Vec<Result<Enrolled, Reject>> = Vec::with_capacity(updates.len());
         let mut ok = Vec::new();
         let mut checked = Vec::new();
         for (i, (u, proof)) in updates.iter().enumerate() {
@@ -426,7 +437,7 @@ impl ChainApp {
                 .and_then(|m| m.enrolled().get(&u.body.device).copied().ok_or(ClockError::UnknownDevice(u.body.device).into()))
             {
                 Ok(e) => {
-                    verdicts.push(Ok(()));
+                    verdicts.push(Ok(e));
                     ok.push(i);
                     checked.push((u, (e, Some(proof.clone()))));
                 }
@@ -517,8 +528,11 @@ impl ChainApp {
                     }
                 }
                 let mut enrollments = Vec::new();
+                // Room left in the market once the withdrawals are out (check_enrollment checks
+                // the set before the batch).
+                let room = protocol::clock::MAX_ENROLLED.saturating_sub(market.enrolled().len().saturating_sub(withdrawals.len()));
                 for e in pool.enrollments.iter().filter(|e| e.body.market_id == id) {
-                    if enrollments.len() + withdrawals.len() == MAX_ENROLLMENTS_PER_ENTRY {
+                    if enrollments.len() + withdrawals.len() == MAX_ENROLLMENTS_PER_ENTRY || enrollments.len() == room {
                         break;
                     }
                     match self.check_enrollment(e) {
@@ -539,7 +553,7 @@ impl ChainApp {
                     if !seen.insert(u.body.device) {
                         continue;
                     }
-                    match self.check_update_known(u, verified.contains(&u.digest())) {
+                    match self.check_update_known(u, &u.digest(), verified) {
                         Ok(c) => {
                             candidates.push(u.clone());
                             checked.push(c);
@@ -601,6 +615,11 @@ impl ChainApp {
                 if batch.enrollments.len() + batch.withdrawals.len() > MAX_ENROLLMENTS_PER_ENTRY {
                     return Err(Reject::Overloaded("too many enrollments in one entry"));
                 }
+                // (Withdrawals are of enrolled devices, checked below, so this cannot underflow
+                // for a valid batch; saturating keeps a hostile one from panicking.)
+                if (market.enrolled().len().saturating_sub(batch.withdrawals.len())).saturating_add(batch.enrollments.len()) > protocol::clock::MAX_ENROLLED {
+                    return Err(ClockError::Full.into());
+                }
                 let mut seen = BTreeSet::new();
                 for w in &batch.withdrawals {
                     if w.body.market_id != due.market_id {
@@ -641,7 +660,7 @@ impl ChainApp {
                         return Err(Reject::DuplicateInEntry(u.body.device));
                     }
                 }
-                let checked = updates.iter().zip(&digests).map(|(u, d)| self.check_update_known(u, verified.contains(d))).collect::<Result<Vec<_>, _>>()?;
+                let checked = updates.iter().zip(&digests).map(|(u, d)| self.check_update_known(u, d, verified)).collect::<Result<Vec<_>, _>>()?;
                 if let Some(&i) = self.invalid_proofs(updates.iter().zip(checked), rng)?.first() {
                     return Err(Reject::BadProof(updates[i].body.device));
                 }

@@ -243,7 +243,12 @@ impl Device {
 
     /// Its bid in market `m`: an enrollment with `attestation`.
     pub fn bid(&self, cluster: &Cluster, m: &protocol::entry::MarketSpec, attestation: &protocol::membership::SignedAttestation) -> SignedEnrollment {
-        let chain = cluster.chain();
+        self.bid_on(&cluster.chain(), m, attestation)
+    }
+
+    /// Its bid in market `m` of chain `chain` with `attestation`.
+    pub fn bid_on(&self, chain: &ChainId, m: &protocol::entry::MarketSpec, attestation: &protocol::membership::SignedAttestation) -> SignedEnrollment {
+        let chain = *chain;
         let attestation = attestation.clone();
         let body = Enrollment {
             market_id: m.market_id,

@@ -459,6 +459,7 @@ impl<L: Log> Node<L> {
         if !self.pools.unverified.is_empty() {
             self.verify_pool();
         }
+        self.pools.drop_stale_opens(self.now.max(self.app.tip().timestamp_ms + 1));
         if self.running.is_none() {
             if let Some(due) = self.next_start() {
                 if self.now >= due {

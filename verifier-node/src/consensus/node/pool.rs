@@ -80,6 +80,13 @@ impl Pools {
         !self.opens.is_empty() || !self.revocations.is_empty()
     }
 
+    /// Drops the openings whose registration closes at or before `at` (the earliest timestamp
+    /// the next entry may carry): they can no longer be built, and a held one would start
+    /// heights that cannot end. (Their other checks depend on the log, rechecked per commit.)
+    pub(super) fn drop_stale_opens(&mut self, at: u64) {
+        self.opens.retain(|_, o| o.body.spec.registration_close_ms > at);
+    }
+
     pub(super) fn admit_enrollment(&mut self, app: &ChainApp, now: u64, e: SignedEnrollment) -> Result<(), Reject> {
         let key = (e.body.market_id, e.body.device);
         let device = e.body.device;
@@ -165,8 +172,8 @@ impl Pools {
         let mut refused = Vec::new();
         for ((u, _), v) in batch.into_iter().zip(verdicts) {
             match v {
-                Ok(()) => {
-                    self.verified.insert(u.digest());
+                Ok(enrolled) => {
+                    self.verified.insert(u.digest(), enrolled);
                 }
                 Err(why) => {
                     refused.push(why);
@@ -186,12 +193,15 @@ impl Pools {
     pub(super) fn after_commit(&mut self, app: &ChainApp, body: &Body, now: u64) {
         match body {
             Body::Enrollment(b) => {
-                for e in &b.enrollments {
-                    self.enrollments.remove(&(b.market_id, e.body.device));
+                // A device that enrolled anew or withdrew has another commitment (or none):
+                // updates it sent before are for the enrollment it no longer has.
+                let changed: BTreeSet<DeviceId> = b.enrollments.iter().map(|e| e.body.device).chain(b.withdrawals.iter().map(|w| w.body.device)).collect();
+                for d in &changed {
+                    self.enrollments.remove(&(b.market_id, *d));
+                    self.withdrawals.remove(&(b.market_id, *d));
+                    self.updates.remove(&(b.market_id, *d));
                 }
-                for w in &b.withdrawals {
-                    self.withdrawals.remove(&(b.market_id, w.body.device));
-                }
+                self.unverified.retain(|(u, _)| u.body.market_id != b.market_id || !changed.contains(&u.body.device));
             }
             Body::Iteration(b) => {
                 let (id, k) = (b.market_id, b.iteration);
@@ -219,7 +229,7 @@ impl Pools {
         self.opens.retain(|_, o| app.check_open(o, now).is_ok());
         self.revocations.retain(|_, r| app.check_revocation(r).is_ok());
         let pooled: BTreeSet<Hash> = self.updates.values().map(SignedUpdate::digest).collect();
-        self.verified.retain(|d| pooled.contains(d));
+        self.verified.retain(|d, _| pooled.contains(d));
     }
 }
 
