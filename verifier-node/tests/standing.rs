@@ -88,7 +88,9 @@ fn four_validators_run_three_overlapping_markets_on_one_chain() {
             let out = open_market(&c, 2, 16, Some(end1));
             let text = String::from_utf8_lossy(&out.stdout).to_string();
             assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-            assert!(text.contains("admitted by 4 of 4 validators"), "{text}");
+            // (A quorum is enough; a validator still starting may miss it and learn the market
+            // from the log.)
+            assert!(text.contains("admitted by 4 of 4 validators") || text.contains("admitted by 3 of 4 validators"), "{text}");
             eprintln!("open-market took {:?}", t0.elapsed());
             // Market 3's execution is placed by the CLI after the chain's last one, market 2's,
             // once market 2's opening is committed.

@@ -431,7 +431,18 @@ pub async fn run_markets(cluster: &Cluster, devices: &[Device], span: (u64, u64)
             for ((d, per), a) in devices.iter().zip(clients).zip(attestations) {
                 let e = d.bid(cluster, &spec, a);
                 for c in per {
-                    let r = c.submit(&DeviceRequest::Enroll(e.clone())).await;
+                    // A validator that has not applied the opening yet (it lags the one
+                    // followed) answers unknown_market: ask again, as a gateway would.
+                    let t0 = Instant::now();
+                    let r = loop {
+                        let r = c.submit(&DeviceRequest::Enroll(e.clone())).await;
+                        match &r {
+                            Ok(DeviceResponse::Rejected { label, .. }) if label == "unknown_market" && t0.elapsed() < Duration::from_secs(10) => {
+                                tokio::time::sleep(Duration::from_millis(100)).await
+                            }
+                            _ => break r,
+                        }
+                    };
                     assert!(matches!(r, Ok(DeviceResponse::Accepted)), "bid in market {} at {}: {r:?}", spec.market_id, c.addr());
                 }
             }
