@@ -55,6 +55,16 @@ fn the_status_page_renders_the_market_in_headless_chromium() {
     assert!(dom.contains("data-loaded=\"true\""), "the script ran and loaded the API: {dom}");
     assert!(dom.contains(&format!("id=\"height\">{height}<")), "committed height {height} shown: {dom}");
     assert!(dom.contains("id=\"phase\">final<"), "{dom}");
+    // The markets table lists the chain's one market, final, with its three devices.
+    let markets = &dom[dom.find("id=\"markets\"").unwrap()..];
+    let markets = &markets[..markets.find("</tbody>").unwrap()];
+    assert_eq!(markets.matches("<tr").count(), 1, "{markets}");
+    let api: serde_json::Value = serde_json::from_str(&c.get(0, "/markets").unwrap()).unwrap();
+    let m = &api["markets"][0];
+    assert_eq!(m["enrolled"], 3);
+    let cells = format!("<td>{}</td><td>{T}</td>", m["market_id"]);
+    let tail = format!("<td>3</td><td>{}</td><td>final</td>", m["iteration"]);
+    assert!(markets.contains(&cells) && markets.contains(&tail), "{cells} … {tail} in {markets}");
     let residuals = &dom[dom.find("id=\"residuals\"").unwrap()..];
     assert!(residuals[..residuals.find("</svg>").unwrap()].contains("<polyline"), "a residual curve is drawn");
     let load = &dom[dom.find("id=\"load\"").unwrap()..];
