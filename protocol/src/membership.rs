@@ -380,18 +380,11 @@ impl AttestationRequest {
 /// gateway proposes when its configuration names none (the installer checks it against the
 /// real plate before signing).
 pub fn nameplate_of(params: &ModelParams, slot_seconds: u32) -> Nameplate {
-    let w = |v: i64| v.clamp(0, u32::MAX as i64) as u32;
-    match params {
-        ModelParams::Deferrable(d) => Nameplate { max_import_w: w(d.get().p_max as i64), ..Nameplate::default() },
-        ModelParams::Thermal(t) => Nameplate { max_import_w: w(t.get().p_max as i64), ..Nameplate::default() },
-        ModelParams::Battery(b) => {
-            let b = b.get();
-            // capacity_wh · 3600 / Δ ≥ capacity (W·slot): round the Wh up.
-            let wh = (b.capacity * slot_seconds.max(1) as i64 + 3599) / 3600;
-            Nameplate { max_import_w: w(b.p_charge as i64), max_export_w: w(b.p_discharge as i64), capacity_wh: w(wh) }
-        }
-        ModelParams::Producer(p) => Nameplate { max_export_w: w(p.get().forecast.iter().copied().max().unwrap_or(0) as i64), ..Nameplate::default() },
-    }
+    // The powers as the circuits bound them; the capacity back from W·slot to Wh, rounded up
+    // so that capacity_wh · 3600 / Δ ≥ capacity.
+    let fit = circuits::nameplate::fitting(params);
+    let wh = (fit.capacity as u64 * slot_seconds.max(1) as u64).div_ceil(3600);
+    Nameplate { max_import_w: fit.import_w, max_export_w: fit.export_w, capacity_wh: wh.min(u32::MAX as u64) as u32 }
 }
 
 /// An attestation of `device` with the nameplate its parameters need ([`nameplate_of`]),

@@ -278,14 +278,27 @@ fn init(a: &InitArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn attest(key: &Path, genesis: &Path, request: &Path, out: &Path, valid_days: u64) -> Result<ExitCode, String> {
+/// A signer's secret key and the genesis of its chain (the entry and its body), the key
+/// checked to hold `role` there (`holds`): validators would refuse its messages otherwise.
+fn role_signer(key: &Path, genesis: &Path, role: &str, holds: impl Fn(&Genesis, [u8; 32]) -> bool) -> Result<(ed25519_dalek::SigningKey, Entry, Genesis), String> {
     let key = protocol::files::read_key(key).map_err(|e| e.to_string())?;
-    let genesis = config::read_genesis(genesis).map_err(|e| e.to_string())?;
-    let Body::Genesis(g) = &genesis.body else { unreachable!("read_genesis checked") };
-    let me = AuthorityId(key.verifying_key().to_bytes());
-    if !g.enrollment_authorities.contains(&me) {
-        return Err(format!("key {} is not an enrollment authority of this genesis: validators would refuse its attestations", protocol::ids::hex(&me.0)));
+    let entry = config::read_genesis(genesis).map_err(|e| e.to_string())?;
+    let Body::Genesis(g) = &entry.body else { unreachable!("read_genesis checked") };
+    let me = key.verifying_key().to_bytes();
+    if !holds(g, me) {
+        return Err(format!("key {} is not {role} of this genesis: validators would refuse what it signs", protocol::ids::hex(&me)));
     }
+    let g = g.clone();
+    Ok((key, entry, g))
+}
+
+/// [`role_signer`] for an enrollment authority.
+fn authority_signer(key: &Path, genesis: &Path) -> Result<(ed25519_dalek::SigningKey, Entry, Genesis), String> {
+    role_signer(key, genesis, "an enrollment authority", |g, k| g.enrollment_authorities.contains(&AuthorityId(k)))
+}
+
+fn attest(key: &Path, genesis: &Path, request: &Path, out: &Path, valid_days: u64) -> Result<ExitCode, String> {
+    let (key, genesis, _) = authority_signer(key, genesis)?;
     let text = std::fs::read_to_string(request).map_err(|e| format!("{}: {e}", request.display()))?;
     let requests: Vec<AttestationRequest> = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", request.display()))?;
     let now = protocol::net::now_ms();
@@ -307,13 +320,13 @@ fn attest(key: &Path, genesis: &Path, request: &Path, out: &Path, valid_days: u6
 
 /// Submits `request` to every peer, prints each answer, and says whether a quorum admitted it.
 fn submit_everywhere(
+    rt: &tokio::runtime::Runtime,
     genesis: &Genesis,
     peers: &[(u16, SocketAddr)],
     key: &ed25519_dalek::SigningKey,
     what: &str,
     request: &DeviceRequest,
 ) -> Result<bool, String> {
-    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let answers = rt.block_on(verifier_node::roles::submit_to_all(&genesis.validators, peers, key, request, Duration::from_secs(10)));
     for a in &answers {
         match &a.result {
@@ -329,21 +342,13 @@ fn submit_everywhere(
 }
 
 fn open_market(key: &Path, genesis: &Path, peers: &[(u16, SocketAddr)], plan: &MarketPlan) -> Result<ExitCode, String> {
-    let key = protocol::files::read_key(key).map_err(|e| e.to_string())?;
-    let genesis = config::read_genesis(genesis).map_err(|e| e.to_string())?;
-    let Body::Genesis(g) = &genesis.body else { unreachable!("read_genesis checked") };
-    let me = protocol::market::OperatorId(key.verifying_key().to_bytes());
-    if !g.market_operators.contains(&me) {
-        return Err(format!("key {} is not a market operator of this genesis: validators would refuse its opening", protocol::ids::hex(&me.0)));
-    }
+    let (key, genesis, g) = role_signer(key, genesis, "a market operator", |g, k| g.market_operators.contains(&protocol::market::OperatorId(k)))?;
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     // Unless given, execution starts after the last market the chain scheduled (read from the
     // first validator's log).
     let not_before = match plan.execution_start_ms {
         Some(_) => 0,
-        None => {
-            let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-            rt.block_on(verifier_node::roles::last_execution_end(&genesis, peers[0], Duration::from_millis(1500)))?
-        }
+        None => rt.block_on(verifier_node::roles::last_execution_end(&genesis, peers[0], Duration::from_millis(1500)))?,
     };
     let spec = plan.spec_after(protocol::net::now_ms(), not_before)?;
     println!(
@@ -351,17 +356,12 @@ fn open_market(key: &Path, genesis: &Path, peers: &[(u16, SocketAddr)], plan: &M
         spec.market_id, spec.slots, spec.slot_seconds, spec.registration_close_ms, spec.max_iterations, spec.iteration_ms, spec.execution_start_ms
     );
     let open = protocol::market::SignedMarketOpen::new(&key, &genesis.chain_id, spec);
-    let ok = submit_everywhere(g, peers, &key, "opening", &DeviceRequest::Open(open))?;
+    let ok = submit_everywhere(&rt, &g, peers, &key, "opening", &DeviceRequest::Open(open))?;
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn revoke(key: &Path, genesis: &Path, attestations: &Path, device: Option<&str>, peers: &[(u16, SocketAddr)]) -> Result<ExitCode, String> {
-    let key = protocol::files::read_key(key).map_err(|e| e.to_string())?;
-    let genesis = config::read_genesis(genesis).map_err(|e| e.to_string())?;
-    let Body::Genesis(g) = &genesis.body else { unreachable!("read_genesis checked") };
-    if !g.enrollment_authorities.contains(&AuthorityId(key.verifying_key().to_bytes())) {
-        return Err(format!("key {} is not an enrollment authority of this genesis", protocol::ids::hex(key.verifying_key().as_bytes())));
-    }
+    let (key, genesis, g) = authority_signer(key, genesis)?;
     let device = match device {
         Some(d) => Some(protocol::ids::parse_hex32(d).ok_or_else(|| format!("--device {d}: expected 64 hex characters"))?),
         None => None,
@@ -372,11 +372,12 @@ fn revoke(key: &Path, genesis: &Path, attestations: &Path, device: Option<&str>,
     if chosen.is_empty() {
         return Err(format!("{}: no attestation to revoke{}", attestations.display(), if device.is_some() { " for that device" } else { "" }));
     }
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let mut all = true;
     for a in chosen {
         let r = protocol::membership::SignedRevocation::new(&key, &genesis.chain_id, a);
         let what = format!("revocation of device {}", a.body.device);
-        all &= submit_everywhere(g, peers, &key, &what, &DeviceRequest::Revoke(r))?;
+        all &= submit_everywhere(&rt, &g, peers, &key, &what, &DeviceRequest::Revoke(r))?;
     }
     Ok(if all { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -102,15 +102,15 @@ impl Market {
         self.finalized
     }
 
+    /// How many enrollments a registration batch that withdraws `withdrawn` enrolled devices
+    /// may carry without taking the market past `MAX_ENROLLED`.
+    pub fn room(&self, withdrawn: usize) -> usize {
+        protocol::clock::MAX_ENROLLED.saturating_sub(self.enrolled.len().saturating_sub(withdrawn))
+    }
+
     /// The deadline of iteration k: close + k · iteration length.
     pub fn deadline(&self, k: u32) -> u64 {
         self.clock.deadline(k)
-    }
-
-    /// How often registration batches are due (`ClockConfig::enrollment_interval` from the
-    /// opening).
-    pub fn enrollment_interval(&self) -> u64 {
-        self.clock.enrollment_interval(self.opened_ms)
     }
 
     /// The earliest timestamp of the next registration batch, `None` once registration is

@@ -188,11 +188,6 @@ impl ChainApp {
         self.markets.values()
     }
 
-    /// The chain's first market (the genesis's).
-    pub fn first_market(&self) -> Option<&Market> {
-        self.markets.get(&self.genesis.market.market_id)
-    }
-
     /// Devices enrolled over every live market (what a payload to check grows with).
     pub fn enrolled_live(&self) -> usize {
         self.markets.values().filter(|m| !m.is_final()).map(|m| m.enrolled().len()).sum()
@@ -201,11 +196,6 @@ impl ChainApp {
     /// Whether every market is final (nothing is due until an operator opens another).
     pub fn is_idle(&self) -> bool {
         self.markets.values().all(Market::is_final)
-    }
-
-    /// Whether an attestation is revoked.
-    pub fn is_revoked(&self, attestation: &Hash) -> bool {
-        self.revoked.contains(attestation)
     }
 
     fn live_market(&self, id: u64) -> Result<&Market, Reject> {
@@ -528,9 +518,9 @@ impl ChainApp {
                     }
                 }
                 let mut enrollments = Vec::new();
-                // Room left in the market once the withdrawals are out (check_enrollment checks
-                // the set before the batch).
-                let room = protocol::clock::MAX_ENROLLED.saturating_sub(market.enrolled().len().saturating_sub(withdrawals.len()));
+                // Room left once the withdrawals are out (check_enrollment checks the set before
+                // the batch).
+                let room = market.room(withdrawals.len());
                 for e in pool.enrollments.iter().filter(|e| e.body.market_id == id) {
                     if enrollments.len() + withdrawals.len() == MAX_ENROLLMENTS_PER_ENTRY || enrollments.len() == room {
                         break;
@@ -615,9 +605,7 @@ impl ChainApp {
                 if batch.enrollments.len() + batch.withdrawals.len() > MAX_ENROLLMENTS_PER_ENTRY {
                     return Err(Reject::Overloaded("too many enrollments in one entry"));
                 }
-                // (Withdrawals are of enrolled devices, checked below, so this cannot underflow
-                // for a valid batch; saturating keeps a hostile one from panicking.)
-                if (market.enrolled().len().saturating_sub(batch.withdrawals.len())).saturating_add(batch.enrollments.len()) > protocol::clock::MAX_ENROLLED {
+                if batch.enrollments.len() > market.room(batch.withdrawals.len()) {
                     return Err(ClockError::Full.into());
                 }
                 let mut seen = BTreeSet::new();
