@@ -94,6 +94,65 @@ impl ApplianceSpec {
         }
     }
 
+    /// The spec of integer parameters in slots of `slot_seconds` (powers in kW, energies in
+    /// kWh, fixed-point values as decimals): what a gateway's configuration or overrides file
+    /// would state for them. [`ApplianceSpec::to_params`] with the same T and Δ gives them back.
+    pub fn from_params(params: &ModelParams, slot_seconds: u32) -> ApplianceSpec {
+        let kw = |w: i32| w as f64 / 1000.0;
+        let kwh = |ws: i64| ws as f64 * slot_seconds as f64 / 3600.0 / 1000.0;
+        match params {
+            ModelParams::Deferrable(p) => {
+                let d = p.get();
+                let mut windows = Vec::new();
+                let mut start = None;
+                for (t, &on) in d.available.iter().chain([&false]).enumerate() {
+                    match (on, start) {
+                        (true, None) => start = Some(t),
+                        (false, Some(s)) => {
+                            windows.push([s, t]);
+                            start = None;
+                        }
+                        _ => {}
+                    }
+                }
+                // All slots available is stated as no windows.
+                if windows == [[0, d.available.len()]] {
+                    windows.clear();
+                }
+                ApplianceSpec::Deferrable {
+                    max_power_kw: kw(d.p_max),
+                    energy_min_kwh: kwh(d.e_min),
+                    energy_max_kwh: kwh(d.e_max),
+                    windows,
+                    ramp_kw: d.ramp.map(kw),
+                }
+            }
+            ModelParams::Battery(p) => {
+                let b = p.get();
+                ApplianceSpec::Battery {
+                    capacity_kwh: kwh(b.capacity),
+                    max_charge_kw: kw(b.p_charge),
+                    max_discharge_kw: kw(b.p_discharge),
+                    initial_kwh: kwh(b.soc_initial),
+                    final_min_kwh: kwh(b.soc_final_min),
+                }
+            }
+            ModelParams::Producer(p) => ApplianceSpec::Producer { forecast_kw: p.get().forecast.iter().map(|&w| kw(w)).collect() },
+            ModelParams::Thermal(p) => {
+                let h = p.get();
+                ApplianceSpec::Thermal {
+                    max_power_kw: kw(h.p_max),
+                    decay: h.decay.to_f64(),
+                    gain_c_per_kw: h.gain.to_f64() * 1000.0,
+                    drift_c: h.drift.iter().map(|d| d.to_f64()).collect(),
+                    initial_c: h.temp_initial.to_f64(),
+                    min_c: h.temp_min.to_f64(),
+                    max_c: h.temp_max.to_f64(),
+                }
+            }
+        }
+    }
+
     /// Converts to validated integer parameters for a market of `slots` slots of
     /// `slot_seconds` each.
     pub fn to_params(&self, slots: Slots, slot_seconds: u32) -> Result<ModelParams, ParamError> {
@@ -159,5 +218,25 @@ impl ApplianceSpec {
                 })?)
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a gateway writes for parameters (an overrides file made from a day's parameters)
+    /// reads back as the same parameters, for every model and slot length.
+    #[test]
+    fn a_spec_made_from_parameters_converts_back_to_them() {
+        for kind in ModelKind::ALL {
+            for (t, slot_seconds) in [(24, 3600), (96, 900), (7, 60)] {
+                let slots = Slots::new(t).unwrap();
+                let params = crate::sample::params(kind, slots);
+                let spec = ApplianceSpec::from_params(&params, slot_seconds);
+                assert_eq!(spec.kind(), kind);
+                assert_eq!(spec.to_params(slots, slot_seconds).unwrap(), params, "{kind} T = {t} Δ = {slot_seconds}: {spec:?}");
+            }
+        }
     }
 }

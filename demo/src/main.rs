@@ -67,7 +67,12 @@ pub struct Args {
     /// Execution: wall-clock length of one slot, ms (the day is time-compressed).
     #[arg(long, default_value_t = 500)]
     pub slot_ms: u64,
-    /// Where the logs, databases, summary.json and chart.svg go (default: a new temp dir).
+    /// Market days on one chain: the genesis opens the first, the market operator opens each
+    /// next one when the previous is final (its execution a day later, its preferences
+    /// changed, one appliance withdrawn on day 2, an unattested device refused).
+    #[arg(long, default_value_t = 2)]
+    pub days: u32,
+    /// Where the logs, databases, summary.json and the charts go (default: a new temp dir).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// First port: validators' QUIC from here, their HTTP from +100, the broker at +200.
@@ -112,6 +117,12 @@ fn step(msg: &str) -> ProgressBar {
     pb
 }
 
+/// The seed of day `d`'s appliance mix (day 0 is `seed`): the same appliances (kinds follow
+/// the index) with that day's preferences.
+fn day_seed(seed: u64, d: u32) -> u64 {
+    seed.wrapping_add(7919 * d as u64)
+}
+
 fn run(args: &Args) -> Result<report::Summary, String> {
     if args.appliances == 0 || args.gateways == 0 || args.gateways > args.appliances {
         return Err("need 1 ≤ --gateways ≤ --appliances".into());
@@ -121,6 +132,9 @@ fn run(args: &Args) -> Result<report::Summary, String> {
     }
     if args.validators < 4 {
         return Err("--validators: at least 4 (3f + 1 with f ≥ 1)".into());
+    }
+    if !(1..=7).contains(&args.days) {
+        return Err(format!("--days: 1 to 7, got {}", args.days));
     }
     let slots = Slots::new(args.slots).map_err(|e| format!("--slots: {e}"))?;
     let started = Instant::now();
@@ -162,50 +176,68 @@ fn run(args: &Args) -> Result<report::Summary, String> {
     pb.finish_and_clear();
     println!("keys ready; proving throughput {}", prove_ms.iter().map(|(k, ms)| format!("{k} {ms:.0} ms/proof")).collect::<Vec<_>>().join(", "));
 
-    // 2. The appliances and the market.
+    // 2. The appliances of each day (the same appliances, each day's preferences) and the
+    //    first market.
     let mix = if args.grid == Grid::Exchange { Mix::Exchange } else { Mix::Household };
-    let scenario = Scenario::generate(args.seed, args.appliances, slots, slot_seconds, mix);
-    let proving_per_iteration_ms: f64 = scenario.devices.iter().map(|d| prove_ms[&d.params.kind()]).sum();
+    let scenarios: Vec<Scenario> = (0..args.days).map(|d| Scenario::generate(day_seed(args.seed, d), args.appliances, slots, slot_seconds, mix)).collect();
+    let proving_per_iteration_ms: f64 = scenarios[0].devices.iter().map(|d| prove_ms[&d.params.kind()]).sum();
     // Every appliance proves once per iteration; the window leaves a quarter more plus the
     // time to submit, verify and commit.
     let iteration_ms = (proving_per_iteration_ms * 1.25 + 800.0).max(1200.0) as u64;
-    // The grid operator's enrollment authority, which attests every appliance of the demo.
+    // The grid operator's enrollment authority, which attests every appliance of the demo,
+    // and the market operator, which opens each day after the first.
     let authority = key_from_seed(args.seed, b"authority", 0);
+    let operator = key_from_seed(args.seed, b"operator", 0);
     let validator_keys: Vec<SigningKey> = (0..args.validators).map(|i| key_from_seed(args.seed, b"validator", i as u64)).collect();
-    let now = protocol::net::now_ms();
     // Registration: 6 s plus 40 ms per appliance (gateways that enrolled early start proving
     // at once and compete for the CPU with the ones still dialling and enrolling).
-    let close = now + 6000 + 40 * args.appliances as u64;
-    let grid = match args.grid {
-        Grid::Valley => {
-            let protocol::admm::GridCost::ValleyFilling { gamma, base_load } = scenario.valley_filling() else { unreachable!() };
-            GridSpec::ValleyFilling { gamma: gamma.raw(), base_load }
+    let registration_ms = 6000 + 40 * args.appliances as u64;
+    let grid_of = |sc: &Scenario| -> GridSpec {
+        match args.grid {
+            Grid::Valley => {
+                let protocol::admm::GridCost::ValleyFilling { gamma, base_load } = sc.valley_filling() else { unreachable!() };
+                GridSpec::ValleyFilling { gamma: gamma.raw(), base_load }
+            }
+            Grid::Exchange => GridSpec::Exchange,
         }
-        Grid::Exchange => GridSpec::Exchange,
+    };
+    let rho = circuits::fixed::Fixed::from_f64("rho", args.rho).map_err(|e| e.to_string())?.raw();
+    let eps_rel = circuits::fixed::Fixed::from_f64("eps_rel", args.eps_rel).map_err(|e| e.to_string())?.raw();
+    // Day d executes one day after day d − 1 (executions never overlap).
+    let now = protocol::net::now_ms();
+    let close = now + registration_ms;
+    let first_execution_ms = close + iteration_ms * (args.max_iterations as u64 + 2);
+    let spec_of = |d: u32, close: u64| MarketSpec {
+        market_id: d as u64 + 1,
+        slots: args.slots as u16,
+        slot_seconds,
+        rho,
+        eps_abs: circuits::fixed::Fixed::ONE.raw(),
+        eps_rel,
+        max_iterations: args.max_iterations,
+        grid: grid_of(&scenarios[d as usize]),
+        registration_close_ms: close,
+        iteration_ms,
+        execution_start_ms: first_execution_ms + d as u64 * 86_400_000,
     };
     let genesis = Genesis {
         validators: validator_keys.iter().map(|k| ValidatorId(k.verifying_key().to_bytes())).collect(),
         max_clock_drift_ms: 2000,
-        market: MarketSpec {
-            market_id: 1,
-            slots: args.slots as u16,
-            slot_seconds,
-            rho: circuits::fixed::Fixed::from_f64("rho", args.rho).map_err(|e| e.to_string())?.raw(),
-            eps_abs: circuits::fixed::Fixed::ONE.raw(),
-            eps_rel: circuits::fixed::Fixed::from_f64("eps_rel", args.eps_rel).map_err(|e| e.to_string())?.raw(),
-            max_iterations: args.max_iterations,
-            grid,
-            registration_close_ms: close,
-            iteration_ms,
-            execution_start_ms: close + iteration_ms * (args.max_iterations as u64 + 2),
-        },
+        market: spec_of(0, close),
         verifying_keys: key_hashes,
         enrollment_authorities: vec![protocol::membership::AuthorityId(authority.verifying_key().to_bytes())],
-        market_operators: vec![],
+        market_operators: vec![protocol::market::OperatorId(operator.verifying_key().to_bytes())],
     };
     println!(
-        "market: {} appliances, T = {}, ρ = {}, iteration window {} ms (proving ≈ {:.0} ms per iteration), K_max = {}",
-        args.appliances, args.slots, args.rho, iteration_ms, proving_per_iteration_ms, args.max_iterations
+        "{} market day{}: {} appliances, T = {}, ρ = {}, iteration window {} ms (proving ≈ {:.0} ms per iteration), K_max = {}",
+        args.days,
+        if args.days > 1 { "s" } else { "" },
+        args.appliances,
+        args.slots,
+        args.rho,
+        iteration_ms,
+        proving_per_iteration_ms,
+        args.max_iterations
     );
     let genesis_entry = Entry::genesis(genesis, now);
     std::fs::write(out.join("genesis.bin"), protocol::codec::encode(&genesis_entry)).map_err(|e| e.to_string())?;
@@ -223,9 +255,13 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         args.port + 100
     );
 
-    // 4. The gateways: a gateway.toml each, appliances dealt round-robin, setpoint outputs.
+    // 4. The gateways: a gateway.toml each, appliances dealt round-robin, setpoint outputs;
+    //    every later day's preferences in the gateway's overrides file, as a household (or its
+    //    Home Assistant) would write them.
     let mut gateways = vec![];
     let per: Vec<Vec<usize>> = (0..args.gateways).map(|g| (g..args.appliances).step_by(args.gateways).collect()).collect();
+    let name_of = |i: usize| format!("{}-{i:04}", scenarios[0].devices[i].params.kind());
+    let mut overrides: Vec<serde_json::Map<String, serde_json::Value>> = vec![];
     for (g, members) in per.iter().enumerate() {
         let dir = out.join(format!("gw{g:02}"));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -238,18 +274,46 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         let devices = members
             .iter()
             .map(|&i| {
-                let d = &scenario.devices[i];
-                let name = format!("{}-{i:04}", d.params.kind());
+                let d = &scenarios[0].devices[i];
+                let name = name_of(i);
                 let output = Some(OutputFile::Setpoint { topic: format!("home/gw{g:02}/{name}/setpoint_w"), retain: false });
                 Virtual { name, params: d.params.clone(), costs: d.costs.clone(), output }
             })
             .collect();
         let mut gw = Gateway::with_appliances(&dir.join("gateway.toml"), devices).map_err(|e| e.to_string())?;
+        // The plate an installer attests holds every day's needs.
+        for (a, &i) in gw.appliances.iter_mut().zip(members) {
+            for sc in &scenarios {
+                let n = protocol::membership::nameplate_of(&sc.devices[i].params, slot_seconds);
+                let p = &mut a.nameplate;
+                (p.max_import_w, p.max_export_w, p.capacity_wh) = (p.max_import_w.max(n.max_import_w), p.max_export_w.max(n.max_export_w), p.capacity_wh.max(n.capacity_wh));
+            }
+        }
         gw.self_attest(&authority).map_err(|e| e.to_string())?;
+        let mut file = serde_json::Map::new();
+        for (d, sc) in scenarios.iter().enumerate().skip(1) {
+            let day: serde_json::Map<String, serde_json::Value> = members
+                .iter()
+                .map(|&i| (name_of(i), serde_json::to_value(circuits::spec::ApplianceSpec::from_params(&sc.devices[i].params, slot_seconds)).expect("spec json")))
+                .collect();
+            file.insert(format!("market-{}", d + 1), day.into());
+        }
+        std::fs::write(&gw.file.overrides_file, serde_json::to_string_pretty(&file).expect("json")).map_err(|e| e.to_string())?;
+        overrides.push(file);
         gateways.push(gw);
     }
+    // On day 2 the household of gateway 0 changes its mind about its first appliance after
+    // bidding: the day turns "off" in its overrides file and the gateway withdraws the bid.
+    let withdrawn = (args.days > 1).then(|| (gateways[0].appliances[0].id(), gateways[0].appliances[0].name.clone()));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-    let opts = RunOptions { within: Duration::from_secs(3600), enroll_only: false, execute: true, compressed_slot_ms: Some(args.slot_ms), stop_on_signal: false };
+    let opts = RunOptions {
+        within: Some(Duration::from_secs(3600)),
+        enroll_only: false,
+        execute: true,
+        compressed_slot_ms: Some(args.slot_ms),
+        stop_on_signal: false,
+        markets: Some(args.days),
+    };
     let threads: Vec<_> = gateways
         .iter()
         .cloned()
@@ -267,8 +331,43 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         })
         .collect();
 
-    // 5. Follow the log as a watcher, with a progress bar.
-    let market = rt.block_on(report::watch(&genesis_entry, args.port, &validator_keys[0], args.appliances))?;
+    // 5. Follow the log as a watcher, day by day, with a progress bar; open each next day when
+    //    the previous one is final.
+    let peers: Vec<(u16, std::net::SocketAddr)> = (0..args.validators).map(|i| (i, std::net::SocketAddr::from(([127, 0, 0, 1], args.port + i)))).collect();
+    let validator_ids: Vec<ValidatorId> = validator_keys.iter().map(|k| ValidatorId(k.verifying_key().to_bytes())).collect();
+    let mut watcher = rt.block_on(report::Watcher::connect(&genesis_entry, args.port, &validator_keys[0]))?;
+    let mut markets = vec![];
+    let mut refused = None;
+    for d in 0..args.days {
+        let spec = if d == 0 {
+            spec_of(0, close)
+        } else {
+            let spec = spec_of(d, protocol::net::now_ms() + registration_ms);
+            let open = protocol::market::SignedMarketOpen::new(&operator, &genesis_entry.chain_id, spec.clone());
+            let answers = rt.block_on(verifier_node::roles::submit_to_all(&validator_ids, &peers, &operator, &protocol::messages::DeviceRequest::Open(open), Duration::from_secs(5)));
+            if answers.iter().filter(|a| a.accepted()).count() < answers.len() * 2 / 3 + 1 {
+                return Err(format!("opening market {} was not admitted by a quorum: {:?}", spec.market_id, answers.iter().map(|a| &a.result).collect::<Vec<_>>()));
+            }
+            if d == 1 {
+                refused = Some(rt.block_on(intrude(&genesis_entry, &validator_ids, &peers, &spec, slots, slot_seconds)));
+            }
+            spec
+        };
+        let bidders = args.appliances;
+        let market = rt.block_on(watcher.market(&spec, bidders, |device| {
+            // The withdrawal: the household turns the day off once its bid is in the log.
+            if d == 1 && withdrawn.as_ref().is_some_and(|(id, _)| *id == device) {
+                let (_, name) = withdrawn.as_ref().expect("checked");
+                let mut file = overrides[0].clone();
+                if let Some(day) = file.get_mut("market-2").and_then(|v| v.as_object_mut()) {
+                    day.insert(name.clone(), serde_json::Value::String("off".into()));
+                }
+                let _ = std::fs::write(&gateways[0].file.overrides_file, serde_json::to_string_pretty(&file).expect("json"));
+            }
+        }))?;
+        markets.push((spec, market));
+    }
+    watcher.close();
     let pb = step(&format!("executing the schedules over MQTT ({} slots × {} ms)", args.slots, args.slot_ms));
     for t in threads {
         let _ = t.join();
@@ -291,18 +390,51 @@ fn run(args: &Args) -> Result<report::Summary, String> {
     let summary = report::summarize(report::Inputs {
         args: args.clone(),
         out: out.clone(),
-        scenario: &scenario,
+        scenario: &scenarios[0],
         gateways: &gateways,
         states: &states,
-        market,
+        markets,
         stats: &stats,
         setpoints_seen: seen.lock().expect("lock").values().sum(),
         wall: started.elapsed(),
         iteration_ms,
+        withdrawn: withdrawn.map(|w| w.1),
+        refused,
     })?;
     std::fs::write(out.join("summary.json"), serde_json::to_string_pretty(&summary.json).expect("json")).map_err(|e| e.to_string())?;
-    report::chart(&out.join("chart.svg"), &summary)?;
+    for (d, day) in summary.days.iter().enumerate() {
+        report::chart(&out.join(report::chart_name(d)), day, d + 1)?;
+    }
     Ok(summary)
+}
+
+/// A device nobody attested tries to bid in `spec`'s market: a fresh key with an
+/// "attestation" signed by itself. Returns what the validators answered (each must refuse).
+async fn intrude(genesis: &Entry, validators: &[ValidatorId], peers: &[(u16, std::net::SocketAddr)], spec: &MarketSpec, slots: Slots, slot_seconds: u32) -> String {
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let device = protocol::ids::DeviceId(key.verifying_key().to_bytes());
+    let params = circuits::sample::params(ModelKind::Deferrable, slots);
+    let attestation = protocol::membership::attest(&key, &genesis.chain_id, device, &params, slot_seconds, "self-made", protocol::membership::market_span(spec));
+    let opening = circuits::Opening { params, cost_digest: protocol::local::Costs { linear: vec![], quadratic: circuits::fixed::Fixed::ZERO }.digest(), salt: circuits::Fr::from(7u64) };
+    let body = protocol::messages::Enrollment {
+        market_id: spec.market_id,
+        device,
+        kind: ModelKind::Deferrable.id(),
+        slots: spec.slots,
+        commitment: protocol::codec::FieldElement::new(&circuits::commitment(&opening)),
+        attestation,
+    };
+    let request = protocol::messages::DeviceRequest::Enroll(protocol::messages::SignedEnrollment::new(&key, &genesis.chain_id, body));
+    let answers = verifier_node::roles::submit_to_all(validators, peers, &key, &request, Duration::from_secs(5)).await;
+    let refusals: Vec<String> = answers
+        .iter()
+        .map(|a| match &a.result {
+            Ok(protocol::messages::DeviceResponse::Rejected { label, message }) => format!("{label}: {message}"),
+            Ok(protocol::messages::DeviceResponse::Accepted) => "ACCEPTED".to_string(),
+            Err(e) => format!("no answer: {e}"),
+        })
+        .collect();
+    refusals.first().cloned().unwrap_or_default()
 }
 
 /// A deterministic ed25519 key for role `tag` and index `i` (demo only).

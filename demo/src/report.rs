@@ -10,14 +10,15 @@ use device::config::Gateway;
 use ed25519_dalek::SigningKey;
 use indicatif::{ProgressBar, ProgressStyle};
 use protocol::admm::GridCost;
-use protocol::entry::{Body, Entry, FinalBody};
+use protocol::entry::{Body, Entry, FinalBody, MarketSpec};
+use protocol::ids::DeviceId;
 use protocol::net::ValidatorClient;
-use protocol::scenario::Scenario;
+use protocol::scenario::{Device, Scenario};
 use verifier_node::consensus::node::Stats;
 
 use crate::Args;
 
-/// The log as the watcher saw it.
+/// One market day's log as the watcher saw it.
 pub struct Market {
     /// Per iteration: k, included updates, r, s, ε_pri, ε_dual (W).
     pub iterations: Vec<(u32, usize, [f64; 4])>,
@@ -27,66 +28,97 @@ pub struct Market {
     pub height: u64,
     /// Per iteration: its deadline → the committed entry reaching the watcher, ms.
     pub latency_ms: Vec<u64>,
+    /// Enrollments (bids) committed.
+    pub enrolled: usize,
+    /// Withdrawals committed.
+    pub withdrawn: usize,
 }
 
 fn fixed(v: i64) -> f64 {
     Fixed(v).to_f64()
 }
 
-/// Follows validator 0's log from the genesis to the final entry, drawing progress.
-pub async fn watch(genesis: &Entry, port: u16, validator: &SigningKey, appliances: usize) -> Result<Market, String> {
-    let Body::Genesis(g) = &genesis.body else { return Err("not a genesis entry".into()) };
-    let (max_iterations, iteration_ms) = (g.market.max_iterations, g.market.iteration_ms);
-    let clock = protocol::clock::ClockConfig::from_spec(&g.market);
-    let mut latency_ms = vec![];
-    protocol::net::install_crypto();
-    let endpoint = protocol::net::client_endpoint("127.0.0.1:0".parse().expect("addr")).map_err(|e| e.to_string())?;
-    let watcher = SigningKey::from_bytes(&[0x77; 32]);
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let client = ValidatorClient::connect(&endpoint, addr, validator.verifying_key().to_bytes(), &watcher).await.map_err(|e| e.to_string())?;
-    let mut rx = client.subscribe(0).await.map_err(|e| e.to_string())?;
-    let mut light = protocol::entry::LightClient::new(genesis).map_err(|e| e.to_string())?;
-    let bar = ProgressBar::new(appliances as u64);
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} ({elapsed})").expect("template"));
-    bar.set_message("appliances enrolled");
-    let mut enrolled = 0;
-    let mut iterations = vec![];
-    loop {
-        let item = tokio::time::timeout(Duration::from_millis(iteration_ms * 3 + 60_000), rx.recv())
-            .await
-            .map_err(|_| "no entry committed for too long".to_string())?
-            .ok_or("the validator closed the subscription")?
-            .map_err(|e| e.to_string())?;
-        if item.entry.height == 0 {
-            continue;
-        }
-        light.accept(&item.entry, &item.certificate).map_err(|e| format!("the watcher refused entry {}: {e}", item.entry.height))?;
-        match &item.entry.body {
-            Body::Enrollment(list) => {
-                enrolled += list.enrollments.len();
-                bar.set_position(enrolled as u64);
-                if enrolled == appliances {
-                    bar.finish();
-                    bar.reset();
-                    bar.set_length(max_iterations as u64);
-                    bar.set_position(0);
-                    bar.set_message(format!("ADMM iterations (window {iteration_ms} ms: solve, prove, submit, verify, commit)"));
+/// A light client over validator 0's log, followed market by market.
+pub struct Watcher {
+    client: ValidatorClient,
+    rx: tokio::sync::mpsc::Receiver<Result<protocol::entry::Certified, protocol::net::NetError>>,
+    light: protocol::entry::LightClient,
+}
+
+impl Watcher {
+    /// Subscribes to validator 0's log from the genesis.
+    pub async fn connect(genesis: &Entry, port: u16, validator: &SigningKey) -> Result<Watcher, String> {
+        protocol::net::install_crypto();
+        let endpoint = protocol::net::client_endpoint("127.0.0.1:0".parse().expect("addr")).map_err(|e| e.to_string())?;
+        let watcher = SigningKey::from_bytes(&[0x77; 32]);
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let client = ValidatorClient::connect(&endpoint, addr, validator.verifying_key().to_bytes(), &watcher).await.map_err(|e| e.to_string())?;
+        let rx = client.subscribe(0).await.map_err(|e| e.to_string())?;
+        let light = protocol::entry::LightClient::new(genesis).map_err(|e| e.to_string())?;
+        Ok(Watcher { client, rx, light })
+    }
+
+    /// Follows the log to `spec`'s final entry, drawing progress (`appliances` bids expected),
+    /// and calls `on_enrolled` with each device whose bid in it commits.
+    pub async fn market(&mut self, spec: &MarketSpec, appliances: usize, mut on_enrolled: impl FnMut(DeviceId)) -> Result<Market, String> {
+        let (max_iterations, iteration_ms) = (spec.max_iterations, spec.iteration_ms);
+        let clock = protocol::clock::ClockConfig::from_spec(spec);
+        let mut latency_ms = vec![];
+        let bar = ProgressBar::new(appliances as u64);
+        bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} ({elapsed})").expect("template"));
+        bar.set_message(format!("day {}: bids committed", spec.market_id));
+        let (mut enrolled, mut withdrawn) = (0, 0);
+        let mut iterations = vec![];
+        loop {
+            let item = tokio::time::timeout(Duration::from_millis(iteration_ms * 3 + 60_000), self.rx.recv())
+                .await
+                .map_err(|_| "no entry committed for too long".to_string())?
+                .ok_or("the validator closed the subscription")?
+                .map_err(|e| e.to_string())?;
+            if item.entry.height == 0 {
+                continue;
+            }
+            self.light.accept(&item.entry, &item.certificate).map_err(|e| format!("the watcher refused entry {}: {e}", item.entry.height))?;
+            if item.entry.body.market_id() != Some(spec.market_id) || matches!(item.entry.body, Body::Open(_)) {
+                continue;
+            }
+            match &item.entry.body {
+                Body::Enrollment(list) => {
+                    enrolled += list.enrollments.len();
+                    withdrawn += list.withdrawals.len();
+                    list.enrollments.iter().for_each(|e| on_enrolled(e.body.device));
+                    bar.set_position(enrolled.saturating_sub(withdrawn) as u64);
                 }
+                Body::Iteration(b) => {
+                    if b.iteration == 1 {
+                        bar.finish();
+                        bar.reset();
+                        bar.set_length(max_iterations as u64);
+                        bar.set_message(format!("day {}: ADMM iterations (window {iteration_ms} ms: solve, prove, submit, verify, commit)", spec.market_id));
+                    }
+                    latency_ms.push(protocol::net::now_ms().saturating_sub(clock.deadline(b.iteration)));
+                    let r = b.residuals.map(fixed);
+                    iterations.push((b.iteration, b.updates.len(), r));
+                    bar.set_position(b.iteration as u64);
+                    bar.set_message(format!("day {} iteration {}: r = {:.0} W (ε {:.0}), s = {:.0} W (ε {:.0})", spec.market_id, b.iteration, r[0], r[2], r[1], r[3]));
+                }
+                Body::Final(f) => {
+                    bar.finish_with_message(format!(
+                        "day {}: final schedule after {} iterations{}",
+                        spec.market_id,
+                        f.iterations,
+                        if f.converged { ", converged" } else { " (K_max)" }
+                    ));
+                    return Ok(Market { iterations, final_body: f.clone(), height: item.entry.height, latency_ms, enrolled, withdrawn });
+                }
+                _ => {}
             }
-            Body::Iteration(b) => {
-                latency_ms.push(protocol::net::now_ms().saturating_sub(clock.deadline(b.iteration)));
-                let r = b.residuals.map(fixed);
-                iterations.push((b.iteration, b.updates.len(), r));
-                bar.set_position(b.iteration as u64);
-                bar.set_message(format!("iteration {}: r = {:.0} W (ε {:.0}), s = {:.0} W (ε {:.0})", b.iteration, r[0], r[2], r[1], r[3]));
-            }
-            Body::Final(f) => {
-                bar.finish_with_message(format!("final schedule after {} iterations{}", f.iterations, if f.converged { ", converged" } else { " (K_max)" }));
-                client.close();
-                return Ok(Market { iterations, final_body: f.clone(), height: item.entry.height, latency_ms });
-            }
-            _ => {}
         }
+    }
+
+    /// Ends the subscription.
+    pub fn close(&self) {
+        self.client.close();
     }
 }
 
@@ -96,14 +128,14 @@ pub struct Inputs<'a> {
     pub args: Args,
     /// The output directory.
     pub out: PathBuf,
-    /// The appliances (private data, known here because the demo generated it).
+    /// Day 1's appliances (private data, known here because the demo generated it).
     pub scenario: &'a Scenario,
     /// The gateways.
     pub gateways: &'a [Gateway],
     /// Their final states.
     pub states: &'a [AgentState],
-    /// The log.
-    pub market: Market,
+    /// Each day's market and its log.
+    pub markets: Vec<(MarketSpec, Market)>,
     /// Each validator's counters.
     pub stats: &'a [Stats],
     /// Setpoint messages the observer saw.
@@ -112,20 +144,39 @@ pub struct Inputs<'a> {
     pub wall: Duration,
     /// The iteration window.
     pub iteration_ms: u64,
+    /// The appliance withdrawn on day 2.
+    pub withdrawn: Option<String>,
+    /// What the validators answered the unattested device.
+    pub refused: Option<String>,
 }
 
-/// The summary.
-pub struct Summary {
-    /// Machine-readable, as written to summary.json.
-    pub json: serde_json::Value,
+/// One day of the summary, for its chart.
+pub struct DaySummary {
     /// Base load (W) per slot, if the grid has one.
     pub base: Vec<f64>,
     /// Aggregate flexible load (W) per slot.
     pub aggregate: Vec<f64>,
     /// Prices (€/MWh) per slot.
     pub prices: Vec<f64>,
+}
+
+/// The summary.
+pub struct Summary {
+    /// Machine-readable, as written to summary.json.
+    pub json: serde_json::Value,
+    /// Each day's curves.
+    pub days: Vec<DaySummary>,
     /// The output directory.
     pub out: PathBuf,
+}
+
+/// The chart file of day `d` (0-based): `chart.svg` for the first, `chart-day<n>.svg` after.
+pub fn chart_name(d: usize) -> String {
+    if d == 0 {
+        "chart.svg".to_string()
+    } else {
+        format!("chart-day{}.svg", d + 1)
+    }
 }
 
 fn par(load: &[f64]) -> f64 {
@@ -138,26 +189,30 @@ fn par(load: &[f64]) -> f64 {
     }
 }
 
-/// Computes the summary: ADMM against the centralised optimum, peak-to-average, proofs,
-/// latency, execution.
-pub fn summarize(i: Inputs<'_>) -> Result<Summary, String> {
-    let t = i.args.slots;
-    // Each appliance's committed schedule, in scenario order (names end in the index).
-    let mut schedules = vec![vec![0i32; t]; i.scenario.devices.len()];
-    let mut found = 0;
-    for state in i.states {
-        for (name, s) in &state.schedules {
+/// One day: ADMM against the centralised optimum over the bids the gateways made that day,
+/// peak-to-average, proofs, latency.
+fn summarize_day(i: &Inputs<'_>, spec: &MarketSpec, market: &Market) -> Result<(serde_json::Value, DaySummary, usize), String> {
+    // Each bidding appliance's parameters and committed schedule, in scenario order (names
+    // end in the index).
+    let mut bidders: Vec<(usize, Device, Vec<i32>)> = vec![];
+    for (state, gw) in i.states.iter().zip(i.gateways) {
+        let Some(m) = state.markets.get(&spec.market_id) else { continue };
+        for (name, s) in &m.schedules {
             let idx: usize = name.rsplit('-').next().and_then(|n| n.parse().ok()).ok_or(format!("appliance name {name}"))?;
-            schedules[idx] = s.clone();
-            found += 1;
+            let bid = m.bids.get(name).ok_or(format!("{name} has a schedule but no bid"))?;
+            let id = gw.appliances.iter().find(|a| &a.name == name).map(|a| a.id()).ok_or(format!("appliance {name}"))?;
+            bidders.push((idx, Device { id, params: bid.params.clone(), costs: bid.costs.clone() }, s.clone()));
         }
     }
-    let spec = &i.gateways[0].market().market;
+    bidders.sort_by_key(|b| b.0);
+    let devices: Vec<Device> = bidders.iter().map(|b| b.1.clone()).collect();
+    let schedules: Vec<Vec<i32>> = bidders.iter().map(|b| b.2.clone()).collect();
     let grid = spec.admm().map_err(|e| e.to_string())?.grid;
-    let admm_objective = protocol::central::objective(&i.scenario.devices, &grid, &schedules);
-    let central = protocol::central::solve_central(&i.scenario.devices, &grid).map_err(|e| format!("central solve: {e}"))?;
+    let admm_objective = protocol::central::objective(&devices, &grid, &schedules);
+    let central = protocol::central::solve_central(&devices, &grid).map_err(|e| format!("central solve: {e}"))?;
     let gap = (admm_objective - central.objective) / central.objective.abs().max(1e-9);
-    let aggregate: Vec<f64> = protocol::central::total_load(&schedules).into_iter().map(|w| w as f64).collect();
+    let mut aggregate: Vec<f64> = protocol::central::total_load(&schedules).into_iter().map(|w| w as f64).collect();
+    aggregate.resize(spec.slots as usize, 0.0);
     let base: Vec<f64> = match &grid {
         GridCost::ValleyFilling { base_load, .. } => base_load.iter().map(|&b| b as f64).collect(),
         _ => vec![],
@@ -168,19 +223,52 @@ pub fn summarize(i: Inputs<'_>) -> Result<Summary, String> {
         let after: Vec<f64> = base.iter().zip(&aggregate).map(|(b, x)| b + x).collect();
         (Some(par(&base)), Some(par(&after)))
     };
-    let prices: Vec<f64> = i.market.final_body.prices.iter().map(|&p| fixed(p)).collect();
-    let proofs_included: usize = i.market.iterations.iter().map(|it| it.1).sum();
-    let proofs_verified = i.stats.iter().map(|s| s.proofs_verified).min().unwrap_or(0);
-    let bad_proofs: u64 =
-        i.stats.iter().map(|s| s.rejects.get("bad_proof").copied().unwrap_or(0) + s.rejects.get("malformed_proof").copied().unwrap_or(0)).sum();
-    let node_latency: Vec<f64> = i.stats.iter().filter(|s| s.commits > 0).map(|s| s.commit_latency_sum_ms as f64 / s.commits as f64).collect();
-    let node_latency = node_latency.iter().sum::<f64>() / node_latency.len().max(1) as f64;
-    let latency = &i.market.latency_ms;
+    let prices: Vec<f64> = market.final_body.prices.iter().map(|&p| fixed(p)).collect();
+    let proofs_included: usize = market.iterations.iter().map(|it| it.1).sum();
+    let latency = &market.latency_ms;
     let mean_latency = latency.iter().sum::<u64>() as f64 / latency.len().max(1) as f64;
     let max_latency = latency.iter().copied().max().unwrap_or(0);
-    let expected_setpoints = (i.scenario.devices.len() * (t + 1)) as u64;
-    let executed = i.states.iter().all(|s| s.executed_until_ms > 0) && i.setpoints_seen >= expected_setpoints;
-    let last = i.market.iterations.last().map(|it| it.2).unwrap_or([0.0; 4]);
+    let last = market.iterations.last().map(|it| it.2).unwrap_or([0.0; 4]);
+    let json = serde_json::json!({
+        "market_id": spec.market_id,
+        "bids": market.enrolled,
+        "withdrawals": market.withdrawn,
+        "iterations": market.final_body.iterations,
+        "converged": market.final_body.converged,
+        "final_height": market.height,
+        "residuals_w": {"primal": last[0], "dual": last[1], "eps_primal": last[2], "eps_dual": last[3]},
+        "residual_curve": market.iterations.iter().map(|it| serde_json::json!({"k": it.0, "r": it.2[0], "s": it.2[1]})).collect::<Vec<_>>(),
+        "peak_to_average": {"before": par_before, "after": par_after},
+        "objective": {"admm": admm_objective, "central": central.objective, "gap": gap},
+        "schedules_committed": schedules.len(),
+        "proofs_included": proofs_included,
+        "commit_latency_ms": {"mean": mean_latency, "max": max_latency},
+        "aggregate_w": aggregate,
+        "base_load_w": base,
+        "prices_eur_mwh": prices,
+    });
+    Ok((json, DaySummary { base, aggregate, prices }, schedules.len()))
+}
+
+/// Computes the summary: each day's ADMM against the centralised optimum, peak-to-average,
+/// proofs, latency; execution, the refused device and the validators' counters.
+pub fn summarize(i: Inputs<'_>) -> Result<Summary, String> {
+    let t = i.args.slots;
+    let mut days_json = vec![];
+    let mut days = vec![];
+    let mut expected_setpoints = 0u64;
+    for (spec, market) in &i.markets {
+        let (json, day, committed) = summarize_day(&i, spec, market)?;
+        expected_setpoints += (committed * (t + 1)) as u64;
+        days_json.push(json);
+        days.push(day);
+    }
+    let proofs_verified = i.stats.iter().map(|s| s.proofs_verified).min().unwrap_or(0);
+    let reject = |label: &str| i.stats.iter().map(|s| s.rejects.get(label).copied().unwrap_or(0)).sum::<u64>();
+    let bad_proofs = reject("bad_proof") + reject("malformed_proof");
+    let node_latency: Vec<f64> = i.stats.iter().filter(|s| s.commits > 0).map(|s| s.commit_latency_sum_ms as f64 / s.commits as f64).collect();
+    let node_latency = node_latency.iter().sum::<f64>() / node_latency.len().max(1) as f64;
+    let executed = i.states.iter().all(|s| s.markets.values().all(|m| m.executed)) && i.setpoints_seen >= expected_setpoints;
     let json = serde_json::json!({
         "appliances": i.scenario.devices.len(),
         "gateways": i.gateways.len(),
@@ -188,25 +276,17 @@ pub fn summarize(i: Inputs<'_>) -> Result<Summary, String> {
         "slots": t,
         "grid": format!("{:?}", i.args.grid).to_lowercase(),
         "seed": i.args.seed,
-        "iterations": i.market.final_body.iterations,
-        "converged": i.market.final_body.converged,
-        "final_height": i.market.height,
-        "residuals_w": {"primal": last[0], "dual": last[1], "eps_primal": last[2], "eps_dual": last[3]},
-        "residual_curve": i.market.iterations.iter().map(|it| serde_json::json!({"k": it.0, "r": it.2[0], "s": it.2[1]})).collect::<Vec<_>>(),
-        "peak_to_average": {"before": par_before, "after": par_after},
-        "objective": {"admm": admm_objective, "central": central.objective, "gap": gap},
-        "schedules_committed": found,
-        "proofs": {"included": proofs_included, "verified_per_validator": proofs_verified, "rejected_invalid": bad_proofs},
-        "commit_latency_ms": {"mean": mean_latency, "max": max_latency, "validators_due_to_commit_mean": node_latency},
+        "days": days_json,
+        "withdrawn": i.withdrawn,
+        "unattested_refused": {"answer": i.refused, "refusals_counted_by_validators": reject("unattested")},
+        "proofs": {"verified_per_validator": proofs_verified, "rejected_invalid": bad_proofs},
+        "validators_due_to_commit_mean_ms": node_latency,
         "iteration_window_ms": i.iteration_ms,
         "execution": {"setpoints_seen": i.setpoints_seen, "setpoints_expected": expected_setpoints, "executed": executed},
-        "aggregate_w": aggregate,
-        "base_load_w": base,
-        "prices_eur_mwh": prices,
         "wall_s": i.wall.as_secs_f64(),
         "out": i.out.display().to_string(),
     });
-    Ok(Summary { json, base, aggregate, prices, out: i.out })
+    Ok(Summary { json, days, out: i.out })
 }
 
 /// The summary as text.
@@ -214,51 +294,66 @@ pub fn render(s: &Summary) -> String {
     let j = &s.json;
     let f = |v: &serde_json::Value| v.as_f64().map_or("n/a".to_string(), |x| format!("{x:.3}"));
     let mut out = String::new();
+    let days = j["days"].as_array().map_or(0, |d| d.len());
     out += &format!(
-        "\ngridproof market day: {} appliances in {} gateways, {} validators, T = {}, grid {}\n",
+        "\ngridproof: {days} market day{} on one chain, {} appliances in {} gateways, {} validators, T = {}, grid {}\n",
+        if days == 1 { "" } else { "s" },
         j["appliances"],
         j["gateways"],
         j["validators"],
         j["slots"],
         j["grid"].as_str().unwrap_or("")
     );
+    for (d, day) in j["days"].as_array().into_iter().flatten().enumerate() {
+        out += &format!("day {} (market {})\n", d + 1, day["market_id"]);
+        out += &format!("  bids                {} committed, {} withdrawn before the close\n", day["bids"], day["withdrawals"]);
+        out += &format!(
+            "  iterations          {} ({}), final entry at height {}\n",
+            day["iterations"],
+            if day["converged"] == true { "converged" } else { "K_max reached" },
+            day["final_height"]
+        );
+        let r = &day["residuals_w"];
+        out += &format!(
+            "  residuals           r = {:.1} W (ε_pri {:.1}), s = {:.1} W (ε_dual {:.1})\n",
+            r["primal"].as_f64().unwrap_or(0.0),
+            r["eps_primal"].as_f64().unwrap_or(0.0),
+            r["dual"].as_f64().unwrap_or(0.0),
+            r["eps_dual"].as_f64().unwrap_or(0.0)
+        );
+        out += &format!("  peak-to-average     {} before → {} after\n", f(&day["peak_to_average"]["before"]), f(&day["peak_to_average"]["after"]));
+        out += &format!(
+            "  objective gap       {:+.3} % to the centralised optimum (clarabel, all private data in one place)\n",
+            100.0 * day["objective"]["gap"].as_f64().unwrap_or(f64::NAN)
+        );
+        out += &format!("  proofs              {} included\n", day["proofs_included"]);
+        out += &format!(
+            "  commit latency      {:.0} ms mean, {} ms max: iteration deadline → committed entry at a client (window {} ms)\n",
+            day["commit_latency_ms"]["mean"].as_f64().unwrap_or(0.0),
+            day["commit_latency_ms"]["max"],
+            j["iteration_window_ms"]
+        );
+        out += &format!("  chart               {}\n", s.out.join(chart_name(d)).display());
+    }
+    if let Some(w) = j["withdrawn"].as_str() {
+        out += &format!("withdrawn on day 2    {w} (its day turned \"off\" in the gateway's overrides file after it bid)\n");
+    }
+    if let Some(a) = j["unattested_refused"]["answer"].as_str() {
+        out += &format!("unattested device    refused by every validator ({}): {a}\n", j["unattested_refused"]["refusals_counted_by_validators"]);
+    }
     out += &format!(
-        "  iterations          {} ({}), final entry at height {}\n",
-        j["iterations"],
-        if j["converged"] == true { "converged" } else { "K_max reached" },
-        j["final_height"]
+        "proofs               verified by every validator: {}; {} rejected as invalid\n",
+        j["proofs"]["verified_per_validator"], j["proofs"]["rejected_invalid"]
     );
-    let r = &j["residuals_w"];
-    out += &format!(
-        "  residuals           r = {:.1} W (ε_pri {:.1}), s = {:.1} W (ε_dual {:.1})\n",
-        r["primal"].as_f64().unwrap_or(0.0),
-        r["eps_primal"].as_f64().unwrap_or(0.0),
-        r["dual"].as_f64().unwrap_or(0.0),
-        r["eps_dual"].as_f64().unwrap_or(0.0)
-    );
-    out += &format!("  peak-to-average     {} before → {} after\n", f(&j["peak_to_average"]["before"]), f(&j["peak_to_average"]["after"]));
-    out += &format!(
-        "  objective gap       {:+.3} % to the centralised optimum (clarabel, all private data in one place)\n",
-        100.0 * j["objective"]["gap"].as_f64().unwrap_or(f64::NAN)
-    );
-    out += &format!(
-        "  proofs              {} included and verified by every validator; {} rejected as invalid\n",
-        j["proofs"]["included"], j["proofs"]["rejected_invalid"]
-    );
-    out += &format!(
-        "  commit latency      {:.0} ms mean, {} ms max: iteration deadline → committed entry at a client (window {} ms)\n",
-        j["commit_latency_ms"]["mean"].as_f64().unwrap_or(0.0),
-        j["commit_latency_ms"]["max"],
-        j["iteration_window_ms"]
-    );
-    out += &format!("  execution           {} of {} setpoints published over MQTT\n", j["execution"]["setpoints_seen"], j["execution"]["setpoints_expected"]);
-    out += &format!("  wall time           {:.0} s\n", j["wall_s"].as_f64().unwrap_or(0.0));
-    out += &format!("  data                {}\n  chart               {}\n", s.out.join("summary.json").display(), s.out.join("chart.svg").display());
+    out += &format!("execution            {} of {} setpoints published over MQTT\n", j["execution"]["setpoints_seen"], j["execution"]["setpoints_expected"]);
+    out += &format!("wall time            {:.0} s\n", j["wall_s"].as_f64().unwrap_or(0.0));
+    out += &format!("data                 {}\n", s.out.join("summary.json").display());
     out
 }
 
-/// Draws the base load, the load with the committed flexible schedules, and the prices.
-pub fn chart(path: &Path, s: &Summary) -> Result<(), String> {
+/// Draws day `day`'s base load, the load with the committed flexible schedules, and the
+/// prices.
+pub fn chart(path: &Path, s: &DaySummary, day: usize) -> Result<(), String> {
     use plotters::prelude::*;
     let t = s.aggregate.len();
     let total: Vec<f64> = if s.base.is_empty() { s.aggregate.clone() } else { s.base.iter().zip(&s.aggregate).map(|(b, x)| b + x).collect() };
@@ -268,7 +363,7 @@ pub fn chart(path: &Path, s: &Summary) -> Result<(), String> {
     let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("gridproof: committed day-ahead schedule", ("sans-serif", 22))
+        .caption(format!("gridproof: committed day-ahead schedule, day {day}"), ("sans-serif", 22))
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(70)

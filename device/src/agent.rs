@@ -1,29 +1,35 @@
 //! The gateway's decision core, sans-IO: it follows the log as a light client (DESIGN §6) —
 //! every entry must extend the last accepted one and carry a valid quorum certificate from the
-//! genesis validators, or the agent refuses it and acts on nothing — and answers each accepted
-//! entry with what to submit: enrollments first, then, for each iteration it may join, every
-//! appliance's local step (clarabel), rounded to circuit-exact watts and proven (Groth16).
+//! genesis validators, or the agent refuses it and acts on nothing — and takes part in every
+//! market of the chain it can: the genesis market and each one a `MarketOpen` entry opens.
 //!
-//! What it did is in [`AgentState`], which the host persists after every step, so a restarted
-//! agent neither submits an iteration twice nor forgets the final schedule.
-
+//! For each market whose registration is open it decides every appliance's bid from the
+//! gateway's plan (weekly pattern, overrides; [`Agent::plan`]), enrolls the bids with fresh
+//! commitments, withdraws those whose day turned "off" before the close, and answers each
+//! accepted entry with what to solve and prove: every enrolled appliance's local step
+//! (clarabel), rounded to circuit-exact watts and proven (Groth16).
+//!
+//! What it did is in [`AgentState`] (one [`MarketState`] per market), which the host persists
+//! after every step, so a restarted agent neither submits an iteration twice nor forgets a
+//! final schedule.
 use std::collections::{BTreeMap, BTreeSet};
 
 use circuits::fixed::{Fixed, Watts};
-use circuits::{Context, Witness};
+use circuits::{Context, Shape, Slots, Witness};
 use protocol::admm::Variables;
 use protocol::clock::{ClockConfig, RegistrationTip};
 use protocol::codec::FieldElement;
-use protocol::entry::{Body, Certified, LightClient, LogError};
+use protocol::entry::{Body, Certified, LightClient, LogError, MarketSpec};
 use protocol::ids::DeviceId;
 use protocol::local::local_step;
+use protocol::market::{SignedWithdrawal, Withdrawal};
 use protocol::messages::{Enrollment, SignedEnrollment, SignedUpdate, Update};
 use prover::UpdateProvingKey;
 use rand::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::config::Gateway;
+use crate::config::{Appliance, Bid, Gateway, Overrides};
 
 /// Why the agent stopped following or could not act.
 #[derive(Debug, Error)]
@@ -39,21 +45,11 @@ pub enum AgentError {
     /// The genesis does not start a light client.
     #[error("genesis: {0}")]
     Genesis(LogError),
-    /// A proving key for an appliance's shape is missing.
-    #[error("no proving key for {0}")]
-    MissingKey(String),
-    /// Registration closed (the closing enrollment batch is in the log) and not one of this
-    /// gateway's appliances was enrolled: it has no part in the market.
-    #[error("registration closed at height {height} without any of this gateway's appliances ({names}); was the gateway started after the close, or were its enrollments refused?")]
-    NotEnrolled {
-        /// The closing batch's height.
-        height: u64,
-        /// The appliances, comma-separated.
-        names: String,
-    },
     /// Proving failed (the local step produced a schedule the circuit refuses).
-    #[error("appliance {name}: {reason}")]
+    #[error("market {market_id}, appliance {name}: {reason}")]
     Prove {
+        /// The market.
+        market_id: u64,
         /// The appliance.
         name: String,
         /// What failed.
@@ -61,13 +57,22 @@ pub enum AgentError {
     },
 }
 
-/// What the agent has done, persisted by the host.
+/// What the gateway did in one market, persisted by the host.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct AgentState {
-    /// Highest height accepted.
-    pub height: u64,
-    /// Appliances seen enrolled in the log.
+pub struct MarketState {
+    /// Each appliance's bid for the day (parameters and costs; the salt derives from the
+    /// market id). A bid once sent is kept as sent: a later change of plan cannot change what
+    /// the commitment binds, only withdraw it.
+    pub bids: BTreeMap<String, Bid>,
+    /// Appliances whose enrollment was sent.
+    pub sent: BTreeSet<String>,
+    /// Appliances whose plan for the day turned "off" after they bid: withdrawn while
+    /// registration is open.
+    pub off: BTreeSet<String>,
+    /// Appliances enrolled in the log (withdrawals and revocations taken out).
     pub enrolled: BTreeSet<String>,
+    /// The closing enrollment batch is in: nobody enrolls or withdraws any more.
+    pub registration_over: bool,
     /// Highest iteration whose updates were built (never built twice).
     pub submitted_through: u32,
     /// Each appliance's latest schedule as the validators hold it (W per slot).
@@ -78,16 +83,62 @@ pub struct AgentState {
     pub final_prices: Option<Vec<i64>>,
     /// Whether ADMM converged (else K_max).
     pub converged: bool,
+    /// Height of the final entry.
+    pub final_height: u64,
     /// Execution: every slot command due at or before this time (ms) has been published.
     #[serde(default)]
     pub executed_until_ms: u64,
+    /// The whole schedule was executed (or there was nothing to execute).
+    #[serde(default)]
+    pub executed: bool,
 }
 
-impl AgentState {
+impl MarketState {
     /// The final prices in €/MWh, for reports (empty until the final entry is in).
     pub fn prices_eur_mwh(&self) -> Vec<f64> {
         self.final_prices.iter().flatten().map(|&p| Fixed(p).to_f64()).collect()
     }
+
+    /// Whether the final entry is in.
+    pub fn is_final(&self) -> bool {
+        self.final_prices.is_some()
+    }
+
+    /// Registration closed without one of this gateway's appliances: it sits the market out.
+    pub fn sat_out(&self) -> bool {
+        self.registration_over && self.enrolled.is_empty() && self.submitted_through == 0
+    }
+}
+
+/// What the agent has done, persisted by the host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentState {
+    /// Highest height accepted.
+    pub height: u64,
+    /// Every market this gateway bid in, by id.
+    pub markets: BTreeMap<u64, MarketState>,
+    /// Markets it does not take part in, and why (opened too late to bid, nothing to bid).
+    #[serde(default)]
+    pub skipped: BTreeMap<u64, String>,
+    /// Digests (hex) of this gateway's attestations that an authority revoked.
+    #[serde(default)]
+    pub revoked: BTreeSet<String>,
+}
+
+impl AgentState {
+    /// The market with the highest id that has a final schedule, if any.
+    pub fn last_final(&self) -> Option<(u64, &MarketState)> {
+        self.markets.iter().rev().find(|(_, m)| m.is_final()).map(|(id, m)| (*id, m))
+    }
+}
+
+/// A market the log opened: its spec and when (the entry's time), as the validators hold it.
+#[derive(Debug, Clone)]
+struct Known {
+    spec: MarketSpec,
+    opened_ms: u64,
+    /// When its next entry is due by its clock (`None` once final).
+    next_due_ms: Option<u64>,
 }
 
 /// The agent.
@@ -95,9 +146,8 @@ pub struct Agent {
     gateway: Gateway,
     keys: BTreeMap<(u8, usize), UpdateProvingKey>,
     client: LightClient,
-    /// When the entry after the last accepted one is due by the market clock (`None` once
-    /// final): what a host compares with its clock to tell a stalled subscription.
-    next_due_ms: Option<u64>,
+    /// Every market the log opened so far (from the genesis and replayed `Open` entries).
+    known: BTreeMap<u64, Known>,
     /// Persisted state.
     pub state: AgentState,
 }
@@ -105,18 +155,14 @@ pub struct Agent {
 impl Agent {
     /// An agent for `gateway` with its proving keys, resuming from `state`. The light client
     /// starts at the genesis; entries up to `state.height` are checked again when replayed.
+    /// The genesis market is known at once; call [`Agent::plan`] to bid in it.
     pub fn new(gateway: Gateway, keys: BTreeMap<(u8, usize), UpdateProvingKey>, state: AgentState) -> Result<Agent, AgentError> {
         let client = LightClient::new(&gateway.genesis).map_err(AgentError::Genesis)?;
-        for a in &gateway.appliances {
-            let s = a.shape();
-            if !keys.contains_key(&(s.kind.id(), s.slots.get())) {
-                return Err(AgentError::MissingKey(format!("{} with T = {}", s.kind, s.slots.get())));
-            }
-        }
         let g = &gateway.genesis;
-        // The first enrollment batch (after a genesis there always is one).
-        let next_due_ms = ClockConfig::from_spec(&gateway.market().market).next_batch_ms(g.timestamp_ms, g.timestamp_ms, RegistrationTip::Genesis);
-        Ok(Agent { gateway, keys, client, state, next_due_ms })
+        let spec = gateway.market().market.clone();
+        let next_due_ms = ClockConfig::from_spec(&spec).next_batch_ms(g.timestamp_ms, g.timestamp_ms, RegistrationTip::Genesis);
+        let known = BTreeMap::from([(spec.market_id, Known { spec, opened_ms: g.timestamp_ms, next_due_ms })]);
+        Ok(Agent { gateway, keys, client, known, state })
     }
 
     /// The gateway.
@@ -129,49 +175,202 @@ impl Agent {
         self.client.next_height()
     }
 
-    /// When the next entry is due by the market clock (the next enrollment batch, iteration
-    /// or final entry), `None` once the final entry is in. An entry that has not arrived well
-    /// after this time is late at the validator serving it.
+    /// The spec of market `id`, once the log (or the genesis) opened it.
+    pub fn spec(&self, id: u64) -> Option<&MarketSpec> {
+        self.known.get(&id).map(|k| &k.spec)
+    }
+
+    /// When the next entry of a market this gateway takes part in is due by that market's
+    /// clock (the next enrollment batch, iteration or final entry); `None` while it waits for
+    /// no entry (between markets). An entry that has not arrived well after this time is late
+    /// at the validator serving it.
     pub fn next_entry_due_ms(&self) -> Option<u64> {
-        self.next_due_ms
-    }
-
-    /// Signed enrollments of the attested appliances not yet seen enrolled (an appliance
-    /// without an attestation cannot enroll).
-    pub fn enrollments(&self) -> Vec<SignedEnrollment> {
-        let g = self.gateway.market();
-        self.gateway
-            .appliances
+        self.known
             .iter()
-            .filter(|a| !self.state.enrolled.contains(&a.name))
-            .filter_map(|a| {
-                let body = Enrollment {
-                    market_id: g.market.market_id,
-                    device: a.id(),
-                    kind: a.opening.params.kind().id(),
-                    slots: g.market.slots,
-                    commitment: FieldElement::new(&a.commitment()),
-                    attestation: a.attestation.clone()?,
-                };
-                Some(SignedEnrollment::new(&a.key, &self.gateway.genesis.chain_id, body))
-            })
-            .collect()
+            .filter(|(id, _)| self.state.markets.get(id).is_some_and(|m| !m.is_final() && !m.sat_out()))
+            .filter_map(|(_, k)| k.next_due_ms)
+            .min()
     }
 
-    /// Whether the final entry is in.
-    pub fn is_final(&self) -> bool {
-        self.state.final_prices.is_some()
+    /// Markets whose registration is open at `now_ms` and that this gateway bids in.
+    fn registering(&self, now_ms: u64) -> impl Iterator<Item = (u64, &Known, &MarketState)> {
+        self.known
+            .iter()
+            .filter(move |(_, k)| now_ms < k.spec.registration_close_ms)
+            .filter_map(|(id, k)| self.state.markets.get(id).filter(|m| !m.registration_over).map(|m| (*id, k, m)))
+    }
+
+    /// Whether registration is open at `now_ms` in a market this gateway bids in.
+    pub fn is_registering(&self, now_ms: u64) -> bool {
+        self.registering(now_ms).next().is_some()
+    }
+
+    /// How often enrollments and withdrawals are sent again while registration is open: the
+    /// shortest enrollment interval of the markets registering.
+    pub fn enrollment_interval_ms(&self, now_ms: u64) -> Option<u64> {
+        self.registering(now_ms).map(|(_, k, _)| ClockConfig::from_spec(&k.spec).enrollment_interval(k.opened_ms)).min()
+    }
+
+    /// The appliance's attestation for market `spec`, unless revoked.
+    fn attestation<'a>(&self, a: &'a Appliance, spec: &MarketSpec) -> Option<&'a protocol::membership::SignedAttestation> {
+        a.attestations
+            .iter()
+            .filter(|att| !self.state.revoked.contains(&protocol::ids::hex(&att.digest())))
+            .find(|att| protocol::membership::check_covers(att, spec).is_ok())
+    }
+
+    /// Decides the bids of every market whose registration is open at `now_ms`, from the
+    /// plan (weekly pattern and `overrides`): a market seen for the first time is joined with
+    /// the bids of its day (or skipped if none fits: no attestation covering it, no proving
+    /// key for its T, every appliance off); in a market already joined, a bid not yet sent
+    /// follows the plan, and an appliance whose day turned "off" is withdrawn. Appliances
+    /// whose plan does not fit the market are left out with a warning.
+    pub fn plan(&mut self, overrides: &Overrides, now_ms: u64) {
+        let offset = self.gateway.file.utc_offset_minutes;
+        // Markets whose registration closed before this gateway bid in them.
+        let missed: Vec<(u64, u64, u64)> = self
+            .known
+            .iter()
+            .filter(|(id, k)| now_ms >= k.spec.registration_close_ms && !self.state.markets.contains_key(id) && !self.state.skipped.contains_key(id))
+            .map(|(id, k)| (*id, k.spec.registration_close_ms, protocol::market::execution_span(&k.spec).1))
+            .collect();
+        for (id, close, end) in missed {
+            let names: Vec<&str> = self.gateway.appliances.iter().map(|a| a.name.as_str()).collect();
+            let why = format!("registration closed at {} before this gateway could bid ({})", crate::actuation::rfc3339(close), names.join(", "));
+            if now_ms < end {
+                tracing::warn!(market = id, "sitting this market out: {why}");
+            } else {
+                tracing::debug!(market = id, "past market: {why}");
+            }
+            self.state.skipped.insert(id, why);
+        }
+        let open: Vec<(u64, MarketSpec)> =
+            self.known.iter().filter(|(_, k)| now_ms < k.spec.registration_close_ms).map(|(id, k)| (*id, k.spec.clone())).collect();
+        for (id, spec) in open {
+            if self.state.skipped.contains_key(&id) || self.state.markets.get(&id).is_some_and(|m| m.registration_over) {
+                continue;
+            }
+            let mut wanted: BTreeMap<String, Option<Bid>> = BTreeMap::new();
+            for a in &self.gateway.appliances {
+                let Some(att) = self.attestation(a, &spec) else { continue };
+                if !self.keys.contains_key(&(a.kind().id(), spec.slots as usize)) {
+                    continue;
+                }
+                match a.bid_for(&spec, offset, overrides, &att.body.nameplate) {
+                    Ok(bid) => {
+                        wanted.insert(a.name.clone(), bid);
+                    }
+                    Err(e) => tracing::warn!(market = id, appliance = a.name, "not bidding: {e}"),
+                }
+            }
+            match self.state.markets.get_mut(&id) {
+                None => {
+                    let bids: BTreeMap<String, Bid> = wanted.into_iter().filter_map(|(n, b)| b.map(|b| (n, b))).collect();
+                    if bids.is_empty() {
+                        let why = "no appliance bids (none attested for it, no proving key for its T, or all off that day)".to_string();
+                        tracing::info!(market = id, "sitting this market out: {why}");
+                        self.state.skipped.insert(id, why);
+                        continue;
+                    }
+                    let (date, _) = crate::config::market_day(&spec, offset);
+                    tracing::info!(market = id, day = date, appliances = bids.keys().cloned().collect::<Vec<_>>().join(", "), "bidding");
+                    self.state.markets.insert(id, MarketState { bids, ..MarketState::default() });
+                }
+                Some(m) => {
+                    for (name, bid) in wanted {
+                        match bid {
+                            None => {
+                                if m.bids.contains_key(&name) && m.off.insert(name.clone()) {
+                                    tracing::info!(market = id, appliance = name, "off for this day: withdrawing the bid");
+                                }
+                                if !m.sent.contains(&name) {
+                                    m.bids.remove(&name);
+                                }
+                            }
+                            Some(b) => {
+                                if m.off.remove(&name) {
+                                    tracing::info!(market = id, appliance = name, "on again for this day");
+                                }
+                                if !m.sent.contains(&name) {
+                                    m.bids.insert(name, b);
+                                } else if m.bids.get(&name) != Some(&b) {
+                                    tracing::debug!(market = id, appliance = name, "plan changed after the bid was sent: set the day \"off\" to withdraw it");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Signed enrollments (bids) of every market whose registration is open at `now_ms`: the
+    /// appliances with a bid that are not enrolled and not off. Each is recorded as sent.
+    pub fn enrollments(&mut self, now_ms: u64) -> Vec<SignedEnrollment> {
+        let chain = self.gateway.genesis.chain_id;
+        let mut out = Vec::new();
+        let mut sent = Vec::new();
+        for (id, k, m) in self.registering(now_ms) {
+            for a in &self.gateway.appliances {
+                let Some(bid) = m.bids.get(&a.name) else { continue };
+                if m.enrolled.contains(&a.name) || m.off.contains(&a.name) {
+                    continue;
+                }
+                let Some(att) = self.attestation(a, &k.spec) else { continue };
+                let body = Enrollment {
+                    market_id: id,
+                    device: a.id(),
+                    kind: a.kind().id(),
+                    slots: k.spec.slots,
+                    commitment: FieldElement::new(&circuits::commitment(&a.opening_for(id, bid))),
+                    attestation: att.clone(),
+                };
+                out.push(SignedEnrollment::new(&a.key, &chain, body));
+                sent.push((id, a.name.clone()));
+            }
+        }
+        for (id, name) in sent {
+            self.state.markets.get_mut(&id).expect("registering").sent.insert(name);
+        }
+        out
+    }
+
+    /// Signed withdrawals of enrolled appliances whose day turned "off", in every market
+    /// whose registration is open at `now_ms`.
+    pub fn withdrawals(&self, now_ms: u64) -> Vec<SignedWithdrawal> {
+        let chain = self.gateway.genesis.chain_id;
+        let mut out = Vec::new();
+        for (id, _, m) in self.registering(now_ms) {
+            for a in self.gateway.appliances.iter().filter(|a| m.enrolled.contains(&a.name) && m.off.contains(&a.name)) {
+                out.push(SignedWithdrawal::new(&a.key, &chain, Withdrawal { market_id: id, device: a.id() }));
+            }
+        }
+        out
+    }
+
+    /// Whether every market this gateway bids in is past registration or has all its bids
+    /// (not off) enrolled.
+    pub fn all_enrolled(&self) -> bool {
+        self.state.markets.values().all(|m| m.registration_over || m.bids.keys().all(|n| m.enrolled.contains(n) || m.off.contains(n)))
+    }
+
+    /// Markets whose final schedule is in and not yet executed, by id.
+    pub fn executable(&self) -> Vec<u64> {
+        self.state.markets.iter().filter(|(_, m)| m.is_final() && !m.executed).map(|(id, _)| *id).collect()
     }
 
     /// Accepts the next certified entry (light-client checks: link, quorum certificate, and
-    /// update bodies that are exactly the ones the entry's digests name) and says which iteration the
-    /// gateway should now solve and prove ([`Agent::prove`]), if any: one it has not built
-    /// yet whose submission window is still open at `now_ms` (so replaying an old log after a
-    /// restart builds nothing stale). An entry that fails the checks changes nothing.
+    /// update bodies that are exactly the ones the entry's digests name) and says which
+    /// market's iteration the gateway should now solve and prove ([`Agent::prove`]), if any:
+    /// one it has not built yet whose submission window is still open at `now_ms` (so
+    /// replaying an old log after a restart builds nothing stale). An entry that fails the
+    /// checks changes nothing. An `Open` entry makes its market known (bid in it with
+    /// [`Agent::plan`]); a revocation of one of this gateway's attestations takes the
+    /// appliance out of every market still registering, as validators do.
     ///
     /// The host persists the state between this call and [`Agent::prove`]: a crash while
     /// proving then resumes knowing what the log already holds (no second enrollment).
-    pub fn on_entry(&mut self, c: &Certified, now_ms: u64) -> Result<Option<u32>, AgentError> {
+    pub fn on_entry(&mut self, c: &Certified, now_ms: u64) -> Result<Option<(u64, u32)>, AgentError> {
         if c.entry.height == 0 {
             return Ok(None);
         }
@@ -185,23 +384,46 @@ impl Agent {
         }
         self.client.accept_certified(c).map_err(refused)?;
         self.state.height = c.entry.height;
-        let g = self.gateway.market().market.clone();
-        if c.entry.body.market_id() != Some(g.market_id) {
-            // Another market's entry, an opening or a revocation: this gateway follows its
-            // own market.
-            return Ok(None);
+        match &c.entry.body {
+            Body::Open(o) => {
+                let spec = o.body.spec.clone();
+                let next_due_ms = ClockConfig::from_spec(&spec).next_batch_ms(c.entry.timestamp_ms, c.entry.timestamp_ms, RegistrationTip::Genesis);
+                self.known.insert(spec.market_id, Known { spec, opened_ms: c.entry.timestamp_ms, next_due_ms });
+                return Ok(None);
+            }
+            Body::Revocation(revocations) => {
+                for r in revocations {
+                    let digest = protocol::ids::hex(&r.body.attestation);
+                    let own = self.gateway.appliances.iter().find(|a| a.attestations.iter().any(|att| protocol::ids::hex(&att.digest()) == digest));
+                    let Some(a) = own else { continue };
+                    tracing::warn!(appliance = a.name, height = c.entry.height, "an authority revoked this appliance's attestation");
+                    let name = a.name.clone();
+                    self.state.revoked.insert(digest);
+                    for m in self.state.markets.values_mut().filter(|m| !m.registration_over) {
+                        m.enrolled.remove(&name);
+                        m.bids.remove(&name);
+                    }
+                }
+                return Ok(None);
+            }
+            _ => {}
         }
+        let Some(id) = c.entry.body.market_id() else { return Ok(None) };
+        let (Some(known), Some(m)) = (self.known.get_mut(&id), self.state.markets.get_mut(&id)) else {
+            return Ok(None); // A market this gateway does not take part in.
+        };
+        let g = known.spec.clone();
         let clock = ClockConfig::from_spec(&g);
         // After an enrollment batch: when the next batch is due, `None` once registration is over.
         let next_batch = match &c.entry.body {
             Body::Enrollment(b) => clock.next_batch_ms(
-                self.gateway.genesis.timestamp_ms,
+                known.opened_ms,
                 c.entry.timestamp_ms,
                 RegistrationTip::Batch { enrollments: b.enrollments.len() + b.withdrawals.len() },
             ),
             _ => None,
         };
-        self.next_due_ms = match &c.entry.body {
+        known.next_due_ms = match &c.entry.body {
             Body::Enrollment(_) => Some(next_batch.unwrap_or_else(|| clock.deadline(1))),
             Body::Iteration(b) if b.iteration < g.max_iterations => Some(clock.deadline(b.iteration + 1)),
             Body::Iteration(_) => Some(c.entry.timestamp_ms),
@@ -211,101 +433,102 @@ impl Agent {
             Body::Enrollment(b) => {
                 for e in &b.enrollments {
                     if let Some(name) = ids.get(&e.body.device) {
-                        self.state.enrolled.insert(name.clone());
+                        m.enrolled.insert(name.clone());
                     }
                 }
-                // Iteration 1 opens with the variables at zero once every appliance is in, or
-                // with those that are in once the closing batch ended registration.
-                let over = next_batch.is_none();
-                // (Only attested appliances can be in; the others were named at start.)
-                let missing: Vec<&str> = self
-                    .gateway
-                    .appliances
-                    .iter()
-                    .filter(|a| a.attestation.is_some())
-                    .map(|a| a.name.as_str())
-                    .filter(|n| !self.state.enrolled.contains(*n))
-                    .collect();
-                if over && !missing.is_empty() {
-                    if self.state.enrolled.is_empty() {
-                        let all: Vec<&str> = self.gateway.appliances.iter().map(|a| a.name.as_str()).collect();
-                        return Err(AgentError::NotEnrolled { height: c.entry.height, names: all.join(", ") });
+                for w in &b.withdrawals {
+                    if let Some(name) = ids.get(&w.body.device) {
+                        m.enrolled.remove(name);
+                        tracing::info!(market = id, appliance = name, height = c.entry.height, "withdrawal committed");
                     }
-                    tracing::warn!(
-                        height = c.entry.height,
-                        missing = missing.join(", "),
-                        "registration closed without these appliances: they sit this market out"
-                    );
+                }
+                // Iteration 1 opens with the variables at zero once every bid is in, or with
+                // those that are in once the closing batch ended registration.
+                let over = next_batch.is_none();
+                m.registration_over |= over;
+                let missing: Vec<&str> = m.bids.keys().filter(|n| !m.enrolled.contains(*n) && !m.off.contains(*n)).map(|n| n.as_str()).collect();
+                if over && m.enrolled.is_empty() {
+                    tracing::warn!(market = id, height = c.entry.height, "registration closed without any of this gateway's appliances: sitting this market out");
+                    return Ok(None);
+                }
+                if over && !missing.is_empty() {
+                    tracing::warn!(market = id, height = c.entry.height, missing = missing.join(", "), "registration closed without these appliances: they sit this market out");
                 }
                 (missing.is_empty() || over).then_some(1)
             }
             Body::Iteration(b) => {
                 for u in &c.updates {
                     if let Some(name) = ids.get(&u.body.device) {
-                        self.state.schedules.insert(name.clone(), u.body.schedule.clone());
+                        m.schedules.insert(name.clone(), u.body.schedule.clone());
                     }
                 }
-                self.state.variables = Some((b.x_bar.clone(), b.z_bar.clone(), b.u.clone()));
+                m.variables = Some((b.x_bar.clone(), b.z_bar.clone(), b.u.clone()));
                 Some(b.iteration + 1)
             }
             Body::Final(f) => {
-                self.state.final_prices = Some(f.prices.clone());
-                self.state.converged = f.converged;
+                m.final_prices = Some(f.prices.clone());
+                m.converged = f.converged;
+                m.final_height = c.entry.height;
                 None
             }
             _ => None,
         };
         let open = |k: u32| now_ms < clock.deadline(k);
-        Ok(next.filter(|&k| k > self.state.submitted_through && k <= g.max_iterations && !self.is_final() && open(k)))
+        let m = &self.state.markets[&id];
+        Ok(next.filter(|&k| k > m.submitted_through && k <= g.max_iterations && !m.is_final() && !m.enrolled.is_empty() && open(k)).map(|k| (id, k)))
     }
 
-    /// Solves and proves iteration `k` for every enrolled appliance. Records `k` as built
-    /// first, so that it is never built (and submitted) twice, even across restarts.
-    pub fn prove<R: RngCore + CryptoRng>(&mut self, k: u32, rng: &mut R) -> Result<Vec<SignedUpdate>, AgentError> {
-        assert!(k > self.state.submitted_through, "iteration {k} already built");
-        self.state.submitted_through = k;
-        tracing::info!(iteration = k, appliances = self.state.enrolled.len(), "solving and proving");
-        let solved = self.solve()?;
-        self.sign_proven(k, solved, rng)
+    /// Solves and proves iteration `k` of market `market_id` for every enrolled appliance.
+    /// Records `k` as built first, so that it is never built (and submitted) twice, even
+    /// across restarts.
+    pub fn prove<R: RngCore + CryptoRng>(&mut self, market_id: u64, k: u32, rng: &mut R) -> Result<Vec<SignedUpdate>, AgentError> {
+        let m = self.state.markets.get_mut(&market_id).expect("a market the agent asked to prove");
+        assert!(k > m.submitted_through, "iteration {k} of market {market_id} already built");
+        m.submitted_through = k;
+        tracing::info!(market = market_id, iteration = k, appliances = m.enrolled.len(), "solving and proving");
+        let solved = self.solve(market_id)?;
+        self.sign_proven(market_id, k, solved, rng)
     }
 
-    /// The local step (clarabel) of every enrolled appliance against the last decided
-    /// variables, rounded to circuit-exact watts: `(appliance index, schedule)`.
-    pub fn solve(&self) -> Result<Vec<(usize, Vec<Watts>)>, AgentError> {
-        let g = &self.gateway.market().market;
+    /// The local step (clarabel) of every appliance enrolled in market `market_id` against
+    /// its last decided variables, rounded to circuit-exact watts: `(appliance index,
+    /// schedule)`.
+    pub fn solve(&self, market_id: u64) -> Result<Vec<(usize, Vec<Watts>)>, AgentError> {
+        let (Some(g), Some(m)) = (self.spec(market_id), self.state.markets.get(&market_id)) else { return Ok(vec![]) };
         let t = g.slots as usize;
-        let vars = match &self.state.variables {
+        let vars = match &m.variables {
             Some((x, z, u)) => Variables { x_bar: x.clone(), z_bar: z.clone(), u: u.clone() },
             None => Variables { x_bar: vec![0; t], z_bar: vec![0; t], u: vec![0; t] },
         };
         let mut out = Vec::new();
         for (i, a) in self.gateway.appliances.iter().enumerate() {
-            if !self.state.enrolled.contains(&a.name) {
-                continue;
-            }
-            let previous = self.state.schedules.get(&a.name).cloned().unwrap_or_else(|| vec![0; t]);
-            let x = local_step(&a.opening.params, &a.costs, Fixed(g.rho), &vars, &previous)
-                .map_err(|e| AgentError::Prove { name: a.name.clone(), reason: format!("local step: {e}") })?;
+            let Some(bid) = m.bids.get(&a.name).filter(|_| m.enrolled.contains(&a.name)) else { continue };
+            let previous = m.schedules.get(&a.name).cloned().unwrap_or_else(|| vec![0; t]);
+            let x = local_step(&bid.params, &bid.costs, Fixed(g.rho), &vars, &previous)
+                .map_err(|e| AgentError::Prove { market_id, name: a.name.clone(), reason: format!("local step: {e}") })?;
             out.push((i, x));
         }
         Ok(out)
     }
 
-    /// Proves (Groth16) and signs each solved schedule as an update for iteration `k`.
-    pub fn sign_proven<R: RngCore + CryptoRng>(&self, k: u32, solved: Vec<(usize, Vec<Watts>)>, rng: &mut R) -> Result<Vec<SignedUpdate>, AgentError> {
-        let g = &self.gateway.market().market;
+    /// Proves (Groth16) and signs each solved schedule as an update for iteration `k` of
+    /// market `market_id`, against the bid's opening and the attested nameplate (the public
+    /// input validators compute from the same attestation).
+    pub fn sign_proven<R: RngCore + CryptoRng>(&self, market_id: u64, k: u32, solved: Vec<(usize, Vec<Watts>)>, rng: &mut R) -> Result<Vec<SignedUpdate>, AgentError> {
+        let (Some(g), Some(m)) = (self.spec(market_id), self.state.markets.get(&market_id)) else { return Ok(vec![]) };
         let mut out = Vec::new();
         for (i, x) in solved {
             let a = &self.gateway.appliances[i];
-            let shape = a.shape();
-            let pk = &self.keys[&(shape.kind.id(), shape.slots.get())];
-            // Proven against the attested nameplate, the public input validators compute from
-            // the same attestation (only attested appliances enroll).
-            let attested = a.attestation.as_ref().ok_or_else(|| AgentError::Prove { name: a.name.clone(), reason: "no attestation".into() })?;
+            let fail = |reason: String| AgentError::Prove { market_id, name: a.name.clone(), reason };
+            let bid = m.bids.get(&a.name).ok_or_else(|| fail("no bid".into()))?;
+            let slots = Slots::new(g.slots as usize).map_err(|e| fail(e.to_string()))?;
+            let shape = Shape { kind: a.kind(), slots };
+            let pk = self.keys.get(&(shape.kind.id(), slots.get())).ok_or_else(|| fail(format!("no proving key for {} with T = {}", shape.kind, slots.get())))?;
+            let attested = self.attestation(a, g).ok_or_else(|| fail("no attestation covering the market".into()))?;
             let limits = attested.body.nameplate.limits(g.slot_seconds);
-            let witness = Witness { opening: a.opening.clone(), context: Context { market_id: g.market_id, iteration: k, shape }, limits, schedule: x.clone() };
-            let (proof, _) = prover::prove(pk, witness, rng).map_err(|e| AgentError::Prove { name: a.name.clone(), reason: e.to_string() })?;
-            let body = Update { market_id: g.market_id, iteration: k, device: a.id(), schedule: x, proof: prover::format::encode_proof(&proof) };
+            let witness = Witness { opening: a.opening_for(market_id, bid), context: Context { market_id, iteration: k, shape }, limits, schedule: x.clone() };
+            let (proof, _) = prover::prove(pk, witness, rng).map_err(|e| fail(e.to_string()))?;
+            let body = Update { market_id, iteration: k, device: a.id(), schedule: x, proof: prover::format::encode_proof(&proof) };
             out.push(SignedUpdate::new(&a.key, &self.gateway.genesis.chain_id, body));
         }
         Ok(out)

@@ -14,7 +14,7 @@ use circuits::fixed::Fixed;
 use circuits::spec::ApplianceSpec;
 use circuits::{commitment, Fr, ModelParams, Opening, Shape, Slots};
 use ed25519_dalek::SigningKey;
-use protocol::entry::{Body, Entry, Genesis};
+use protocol::entry::{Body, Entry, Genesis, MarketSpec};
 use protocol::ids::DeviceId;
 use protocol::local::Costs;
 use protocol::membership::{AttestationRequest, Nameplate, SignedAttestation};
@@ -71,6 +71,148 @@ pub struct ApplianceFile {
     /// nameplate the spec fits, for the installer to check).
     #[serde(default)]
     pub nameplate: Option<NameplateFile>,
+    /// The weekly pattern: a weekday's entry replaces `spec` for markets executing on that
+    /// day (`"off"`: no bid that day). Days without an entry use `spec`.
+    #[serde(default)]
+    pub week: WeekFile,
+}
+
+/// One day's plan for an appliance, in `[appliances.week]` or the overrides file: `"off"`
+/// (the appliance does not bid in that market, and withdraws a bid already made while the
+/// market's registration is open) or a spec that replaces `spec` (same model).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DayFile {
+    /// `"off"`.
+    Off(OffKeyword),
+    /// That day's parameters.
+    Spec(ApplianceSpec),
+}
+
+/// The keyword `"off"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OffKeyword {
+    /// No bid.
+    #[serde(rename = "off")]
+    Off,
+}
+
+/// `[appliances.week]`: an entry per weekday, Monday first (the weekday of a market is that of
+/// its execution start, in the gateway's `utc_offset_minutes`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeekFile {
+    /// Monday.
+    #[serde(default)]
+    pub mon: Option<DayFile>,
+    /// Tuesday.
+    #[serde(default)]
+    pub tue: Option<DayFile>,
+    /// Wednesday.
+    #[serde(default)]
+    pub wed: Option<DayFile>,
+    /// Thursday.
+    #[serde(default)]
+    pub thu: Option<DayFile>,
+    /// Friday.
+    #[serde(default)]
+    pub fri: Option<DayFile>,
+    /// Saturday.
+    #[serde(default)]
+    pub sat: Option<DayFile>,
+    /// Sunday.
+    #[serde(default)]
+    pub sun: Option<DayFile>,
+}
+
+impl WeekFile {
+    /// The entry of `weekday` (0 = Monday … 6 = Sunday).
+    pub fn day(&self, weekday: usize) -> Option<&DayFile> {
+        [&self.mon, &self.tue, &self.wed, &self.thu, &self.fri, &self.sat, &self.sun].get(weekday).and_then(|d| d.as_ref())
+    }
+
+    fn days(&self) -> impl Iterator<Item = (&'static str, &DayFile)> {
+        let all = [("mon", &self.mon), ("tue", &self.tue), ("wed", &self.wed), ("thu", &self.thu), ("fri", &self.fri), ("sat", &self.sat), ("sun", &self.sun)];
+        all.into_iter().filter_map(|(n, d)| d.as_ref().map(|d| (n, d)))
+    }
+}
+
+/// The day a market is for: the date (`YYYY-MM-DD`) and weekday (0 = Monday) of its execution
+/// start at UTC + `utc_offset_minutes`.
+pub fn market_day(spec: &MarketSpec, utc_offset_minutes: i32) -> (String, usize) {
+    let local_ms = (spec.execution_start_ms as i64).saturating_add(utc_offset_minutes as i64 * 60_000).max(0) as u64;
+    let date = crate::actuation::rfc3339(local_ms)[..10].to_string();
+    // 1970-01-01 was a Thursday (weekday 3).
+    let weekday = ((local_ms / 86_400_000 + 3) % 7) as usize;
+    (date, weekday)
+}
+
+/// The overrides file (JSON, written by the user or Home Assistant, read again before every
+/// bid and while registration is open): per market, each appliance's plan, replacing the
+/// weekly pattern. Keys are a date `"YYYY-MM-DD"` (the market's day, see [`market_day`]) or
+/// `"market-<id>"`; a market id entry wins over a date entry.
+///
+/// ```json
+/// { "2026-12-02": { "ev": { "model": "deferrable", "max_power_kw": 7.4, "energy_min_kwh": 30, "energy_max_kwh": 40 } },
+///   "market-7": { "boiler": "off" } }
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    by_market: BTreeMap<u64, BTreeMap<String, DayFile>>,
+    by_date: BTreeMap<String, BTreeMap<String, DayFile>>,
+}
+
+impl Overrides {
+    /// Reads the file; none is no override. Every key must be a date or `market-<id>`, and
+    /// every appliance named must be one of `names`.
+    pub fn load(path: &Path, names: &[String]) -> Result<Overrides, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Overrides::default()),
+            Err(e) => return Err(ConfigError::io(path)(e)),
+        };
+        Overrides::parse(&text, names).map_err(|e| invalid(path, e))
+    }
+
+    /// Parses the file's text (see [`Overrides::load`]).
+    pub fn parse(text: &str, names: &[String]) -> Result<Overrides, String> {
+        let raw: BTreeMap<String, BTreeMap<String, DayFile>> = serde_json::from_str(text).map_err(|e| format!("overrides: {e}"))?;
+        let mut out = Overrides::default();
+        for (key, plans) in raw {
+            if let Some(name) = plans.keys().find(|n| !names.contains(n)) {
+                return Err(format!("overrides[{key:?}]: no appliance named {name:?} on this gateway"));
+            }
+            if let Some(id) = key.strip_prefix("market-") {
+                let id: u64 = id.parse().map_err(|_| format!("overrides: key {key:?}: market-<id> needs a number"))?;
+                out.by_market.insert(id, plans);
+            } else if is_date(&key) {
+                out.by_date.insert(key, plans);
+            } else {
+                return Err(format!("overrides: key {key:?} is neither a date YYYY-MM-DD nor market-<id>"));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The override of `name` for market `market_id` on `date`, if any.
+    pub fn get(&self, market_id: u64, date: &str, name: &str) -> Option<&DayFile> {
+        self.by_market.get(&market_id).and_then(|m| m.get(name)).or_else(|| self.by_date.get(date).and_then(|m| m.get(name)))
+    }
+}
+
+fn is_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 10 && b[4] == b'-' && b[7] == b'-' && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+}
+
+/// What an appliance bids in one market: its parameters and costs for that day (the salt is
+/// derived per market, so no two days' commitments can be linked).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bid {
+    /// θ for that day.
+    pub params: ModelParams,
+    /// Costs for that day.
+    pub costs: Costs,
 }
 
 /// `[appliances.nameplate]`: rated limits in kW and kWh.
@@ -131,12 +273,48 @@ pub struct GatewayFile {
     /// attest` writes), relative to this file. An appliance without one is not enrolled.
     #[serde(default = "default_attestations_file")]
     pub attestations_file: PathBuf,
+    /// Per-market plans that replace the weekly pattern (JSON, see [`Overrides`]), relative
+    /// to this file; a missing file is no override.
+    #[serde(default = "default_overrides_file")]
+    pub overrides_file: PathBuf,
+    /// The home's offset from UTC in minutes (60 for CET): which date and weekday a market
+    /// is for.
+    #[serde(default)]
+    pub utc_offset_minutes: i32,
     /// The appliances.
     pub appliances: Vec<ApplianceFile>,
 }
 
+fn default_overrides_file() -> PathBuf {
+    "overrides.json".into()
+}
+
 fn default_attestations_file() -> PathBuf {
     "attestations.json".into()
+}
+
+/// Where an appliance's daily parameters come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// `gateway.toml`: `spec` every day, replaced by the weekly pattern's entry of the day.
+    Configured {
+        /// The everyday spec.
+        spec: ApplianceSpec,
+        /// The weekly pattern.
+        week: WeekFile,
+        /// Costs in €/MWh.
+        costs: CostFile,
+    },
+    /// Given in code (simulations, the demo): the same parameters every day, for markets of
+    /// the T and Δ they were made for.
+    Fixed {
+        /// θ.
+        params: ModelParams,
+        /// Costs.
+        costs: Costs,
+        /// The slot length θ is in.
+        slot_seconds: u32,
+    },
 }
 
 /// An appliance ready to take part: identity, committed opening, costs.
@@ -146,17 +324,23 @@ pub struct Appliance {
     pub name: String,
     /// Its signing key (derived).
     pub key: SigningKey,
-    /// θ, cost digest and salt.
+    /// θ, cost digest and salt of its everyday plan in the genesis market (what `init`
+    /// prints and the attestation request sizes the nameplate from).
     pub opening: Opening,
-    /// Private costs.
+    /// Private costs of the everyday plan.
     pub costs: Costs,
+    /// Where each day's parameters come from.
+    pub plan: Plan,
+    /// Seeds the per-market salts (derived from the gateway secret and the name).
+    salt_seed: [u8; 32],
     /// How it is switched, if at all.
     pub output: Option<OutputFile>,
     /// The nameplate it asks to be attested with.
     pub nameplate: Nameplate,
-    /// Its attestation, once the authority signed one (checked against the market and the
-    /// parameters at load).
-    pub attestation: Option<SignedAttestation>,
+    /// Its attestations by an authority of the genesis (signature, device and kind checked,
+    /// its everyday parameters within their nameplates); each market takes one whose validity
+    /// covers it ([`Appliance::attestation_for`]).
+    pub attestations: Vec<SignedAttestation>,
 }
 
 impl Appliance {
@@ -174,6 +358,93 @@ impl Appliance {
     pub fn commitment(&self) -> Fr {
         commitment(&self.opening)
     }
+
+    /// Whether any authority attested it.
+    pub fn is_attested(&self) -> bool {
+        !self.attestations.is_empty()
+    }
+
+    /// Its model kind.
+    pub fn kind(&self) -> circuits::ModelKind {
+        self.opening.params.kind()
+    }
+
+    /// The first attestation whose validity covers market `m`.
+    pub fn attestation_for(&self, m: &MarketSpec) -> Option<&SignedAttestation> {
+        self.attestations.iter().find(|a| protocol::membership::check_covers(a, m).is_ok())
+    }
+
+    /// The blinding salt of its commitment in market `market_id`: fresh per market.
+    pub fn salt_for(&self, market_id: u64) -> Fr {
+        let mut h = Sha256::new();
+        h.update(b"gridproof/v1/market-salt");
+        h.update(self.salt_seed);
+        h.update(market_id.to_le_bytes());
+        let bytes: [u8; 32] = h.finalize().into();
+        circuits::field::fr_from_i128(i128::from_le_bytes(bytes[..16].try_into().expect("16 bytes")) >> 8)
+    }
+
+    /// The opening of `bid` in market `market_id`.
+    pub fn opening_for(&self, market_id: u64, bid: &Bid) -> Opening {
+        Opening { params: bid.params.clone(), cost_digest: bid.costs.digest(), salt: self.salt_for(market_id) }
+    }
+
+    /// What it bids in market `m` after `overrides` and the weekly pattern (`None`: off that
+    /// day), checked against the market (T, Δ) and the attested `nameplate`. A plan that does
+    /// not fit is an error naming the day's source; the appliance then sits the market out.
+    pub fn bid_for(&self, m: &MarketSpec, utc_offset_minutes: i32, overrides: &Overrides, nameplate: &Nameplate) -> Result<Option<Bid>, String> {
+        let (date, weekday) = market_day(m, utc_offset_minutes);
+        let slots = Slots::new(m.slots as usize).map_err(|e| format!("market {} T: {e}", m.market_id))?;
+        let from_spec = |spec: &ApplianceSpec, costs: Result<Costs, String>, source: &str| -> Result<Bid, String> {
+            if spec.kind() != self.kind() {
+                return Err(format!("{source}: model {} but the appliance is attested as {}", spec.kind(), self.kind()));
+            }
+            let params = spec.to_params(slots, m.slot_seconds).map_err(|e| format!("{source}: {e}"))?;
+            Ok(Bid { params, costs: costs? })
+        };
+        let bid = match (overrides.get(m.market_id, &date, &self.name), &self.plan) {
+            (Some(DayFile::Off(_)), _) => return Ok(None),
+            (Some(DayFile::Spec(spec)), Plan::Configured { costs, .. }) => from_spec(spec, costs_of(costs, slots.get()), &format!("overrides for {date}"))?,
+            (Some(DayFile::Spec(spec)), Plan::Fixed { costs, .. }) => from_spec(spec, fit_costs(costs, slots.get()), &format!("overrides for {date}"))?,
+            (None, Plan::Configured { spec, week, costs }) => match week.day(weekday) {
+                Some(DayFile::Off(_)) => return Ok(None),
+                Some(DayFile::Spec(day)) => from_spec(day, costs_of(costs, slots.get()), "week")?,
+                None => from_spec(spec, costs_of(costs, slots.get()), "spec")?,
+            },
+            (None, Plan::Fixed { params, costs, slot_seconds }) => {
+                if params.slots().get() != slots.get() || *slot_seconds != m.slot_seconds {
+                    return Err(format!("its parameters are for T = {}, Δ = {slot_seconds} s; market {} has T = {}, Δ = {} s", params.slots(), m.market_id, m.slots, m.slot_seconds));
+                }
+                Bid { params: params.clone(), costs: costs.clone() }
+            }
+        };
+        protocol::membership::within_nameplate(&bid.params, nameplate, m.slot_seconds).map_err(|e| format!("beyond the attested nameplate: {e}"))?;
+        Ok(Some(bid))
+    }
+}
+
+/// Costs in fixed point from the file's €/MWh, for a market of `t` slots.
+fn costs_of(c: &CostFile, t: usize) -> Result<Costs, String> {
+    if !c.linear_eur_mwh.is_empty() && c.linear_eur_mwh.len() != t {
+        return Err(format!("costs.linear_eur_mwh has {} entries, the market has T = {t}", c.linear_eur_mwh.len()));
+    }
+    let fixed = |field: &str, v: f64| Fixed::from_f64("cost", v).map_err(|e| format!("costs.{field}: {e}"));
+    let costs = Costs {
+        linear: c.linear_eur_mwh.iter().map(|&v| fixed("linear_eur_mwh", v)).collect::<Result<_, _>>()?,
+        quadratic: fixed("quadratic", c.quadratic)?,
+    };
+    if costs.quadratic.raw() < 0 {
+        return Err("costs.quadratic must be ≥ 0".into());
+    }
+    Ok(costs)
+}
+
+/// Fixed costs, if their per-slot part fits a market of `t` slots.
+fn fit_costs(c: &Costs, t: usize) -> Result<Costs, String> {
+    if !c.linear.is_empty() && c.linear.len() != t {
+        return Err(format!("its costs have {} slots, the market has T = {t}", c.linear.len()));
+    }
+    Ok(c.clone())
 }
 
 /// An appliance given in code rather than in `gateway.toml` (simulations, the demo).
@@ -219,7 +490,7 @@ pub fn read_file(path: &Path) -> Result<GatewayFile, ConfigError> {
     let mut file: GatewayFile = toml::from_str(&text).map_err(|e| invalid(path, e.to_string()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let password = file.mqtt.as_mut().and_then(|m| m.password_file.as_mut());
-    for p in [&mut file.key_file, &mut file.state_file, &mut file.genesis_file, &mut file.keys_dir, &mut file.attestations_file].into_iter().chain(password) {
+    for p in [&mut file.key_file, &mut file.state_file, &mut file.genesis_file, &mut file.keys_dir, &mut file.attestations_file, &mut file.overrides_file].into_iter().chain(password) {
         if p.is_relative() {
             *p = base.join(&*p);
         }
@@ -272,7 +543,7 @@ impl Gateway {
     /// gateway secret and each name, as for configured appliances.
     pub fn with_appliances(path: &Path, devices: Vec<Virtual>) -> Result<Gateway, ConfigError> {
         let (mut file, secret, genesis, validator_keys) = load_market(path)?;
-        let slot_seconds = genesis_body(&genesis).market.slot_seconds;
+        let market = genesis_body(&genesis).market.clone();
         let mut names = std::collections::BTreeSet::new();
         let mut appliances = Vec::new();
         for d in devices {
@@ -282,16 +553,17 @@ impl Gateway {
             if d.output.is_some() && file.mqtt.is_none() {
                 return Err(invalid(path, format!("virtual appliance {}: an output needs an [mqtt] broker", d.name)));
             }
-            appliances.push(Appliance { output: d.output, ..Appliance::derive(&secret, &d.name, d.params, d.costs, slot_seconds) });
+            appliances.push(Appliance { output: d.output, ..Appliance::derive(&secret, &d.name, d.params, d.costs, &market) });
         }
         attach_attestations(&file.attestations_file, &genesis, &mut appliances)?;
         file.appliances.clear();
         Ok(Gateway { file, genesis, appliances, validator_keys, id: secret.verifying_key().to_bytes() })
     }
 
-    /// Attests every appliance with `authority`'s key (the nameplate its parameters need, valid
-    /// for the market): for a development cluster whose authority key is at hand (`device
-    /// simulate --authority-key`, the demo). Refused if the key is not an authority of the genesis.
+    /// Attests every appliance with `authority`'s key (its [`Appliance::nameplate`], valid
+    /// from the genesis market's registration close for [`SELF_ATTESTATION_DAYS`] days): for a
+    /// development cluster whose authority key is at hand (`device simulate --authority-key`,
+    /// the demo). Refused if the key is not an authority of the genesis.
     pub fn self_attest(&mut self, authority: &SigningKey) -> Result<(), ConfigError> {
         let g = self.market().clone();
         let me = protocol::membership::AuthorityId(authority.verifying_key().to_bytes());
@@ -299,9 +571,10 @@ impl Gateway {
             return Err(invalid(&self.file.genesis_file, format!("key {} is not an enrollment authority of this genesis", protocol::ids::hex(&me.0))));
         }
         let meter = self.file.meter_point.clone().unwrap_or_else(|| format!("gateway-{}", &protocol::ids::hex(&self.id)[..12]));
-        let span = protocol::membership::market_span(&g.market);
+        let (from, until) = protocol::membership::market_span(&g.market);
+        let span = (from, until.max(from.saturating_add(SELF_ATTESTATION_DAYS * 86_400_000)));
         for a in &mut self.appliances {
-            a.attestation = Some(protocol::membership::attest(authority, &self.genesis.chain_id, a.id(), &a.opening.params, g.market.slot_seconds, &meter, span));
+            a.attestations = vec![protocol::membership::attest_nameplate(authority, &self.genesis.chain_id, a.id(), a.kind().id(), a.nameplate, &meter, span)];
         }
         Ok(())
     }
@@ -365,24 +638,38 @@ fn appliances(path: &Path, file: &GatewayFile, g: &Genesis, secret: &SigningKey)
             return Err(at("duplicate name".into()));
         }
         let params: ModelParams = a.spec.to_params(slots, g.market.slot_seconds).map_err(|e| at(e.to_string()))?;
-        if !a.costs.linear_eur_mwh.is_empty() && a.costs.linear_eur_mwh.len() != slots.get() {
-            return Err(at(format!("costs.linear_eur_mwh has {} entries, the market has T = {}", a.costs.linear_eur_mwh.len(), slots.get())));
-        }
-        let fixed = |field: &str, v: f64| Fixed::from_f64("cost", v).map_err(|e| at(format!("costs.{field}: {e}")));
-        let costs = Costs {
-            linear: a.costs.linear_eur_mwh.iter().map(|&c| fixed("linear_eur_mwh", c)).collect::<Result<_, _>>()?,
-            quadratic: fixed("quadratic", a.costs.quadratic)?,
-        };
-        if costs.quadratic.raw() < 0 {
-            return Err(at("costs.quadratic must be ≥ 0".into()));
-        }
+        let costs = costs_of(&a.costs, slots.get()).map_err(at)?;
         check_output(a, file).map_err(at)?;
-        let mut appliance = Appliance { output: a.output.clone(), ..Appliance::derive(secret, &a.name, params, costs, g.market.slot_seconds) };
-        if let Some(n) = &a.nameplate {
-            let n = n.to_nameplate().map_err(at)?;
-            // Native refusal: the private parameters must fit the public nameplate.
-            protocol::membership::within_nameplate(&appliance.opening.params, &n, g.market.slot_seconds).map_err(|e| at(format!("spec beyond the nameplate: {e}")))?;
-            appliance.nameplate = n;
+        let mut appliance = Appliance { output: a.output.clone(), ..Appliance::derive(secret, &a.name, params, costs, &g.market) };
+        appliance.plan = Plan::Configured { spec: a.spec.clone(), week: a.week.clone(), costs: a.costs.clone() };
+        // Each day of the week must be a spec of the same model that fits the market.
+        let mut days = vec![("spec", appliance.opening.params.clone())];
+        for (day, plan) in a.week.days() {
+            if let DayFile::Spec(spec) = plan {
+                if spec.kind() != a.spec.kind() {
+                    return Err(at(format!("week.{day}: model {} but spec is {}", spec.kind(), a.spec.kind())));
+                }
+                days.push((day, spec.to_params(slots, g.market.slot_seconds).map_err(|e| at(format!("week.{day}: {e}")))?));
+            }
+        }
+        match &a.nameplate {
+            Some(n) => {
+                let n = n.to_nameplate().map_err(at)?;
+                // Native refusal: the private parameters must fit the public nameplate.
+                for (day, params) in &days {
+                    let field = if *day == "spec" { "spec".to_string() } else { format!("week.{day}") };
+                    protocol::membership::within_nameplate(params, &n, g.market.slot_seconds).map_err(|e| at(format!("{field} beyond the nameplate: {e}")))?;
+                }
+                appliance.nameplate = n;
+            }
+            // The smallest nameplate every day of the week fits.
+            None => {
+                for (_, params) in &days {
+                    let n = protocol::membership::nameplate_of(params, g.market.slot_seconds);
+                    let p = &mut appliance.nameplate;
+                    (p.max_import_w, p.max_export_w, p.capacity_wh) = (p.max_import_w.max(n.max_import_w), p.max_export_w.max(n.max_export_w), p.capacity_wh.max(n.capacity_wh));
+                }
+            }
         }
         out.push(appliance);
     }
@@ -452,17 +739,33 @@ fn check_output(a: &ApplianceFile, file: &GatewayFile) -> Result<(), String> {
     Ok(())
 }
 
+/// How long the attestations of [`Gateway::self_attest`] are valid.
+pub const SELF_ATTESTATION_DAYS: u64 = 365;
+
 impl Appliance {
-    /// An appliance whose key and salt derive from the gateway secret and its name.
-    /// Its nameplate is the smallest one its parameters fit (slots of `slot_seconds`), and it
-    /// has no attestation yet.
-    pub fn derive(secret: &SigningKey, name: &str, params: ModelParams, costs: Costs, slot_seconds: u32) -> Appliance {
+    /// An appliance whose key and salt seed derive from the gateway secret and its name, with
+    /// `params` and `costs` every day ([`Plan::Fixed`]); its opening is the one for `genesis`'s
+    /// market. Its nameplate is the smallest one its parameters fit, and it has no attestation
+    /// yet.
+    pub fn derive(secret: &SigningKey, name: &str, params: ModelParams, costs: Costs, genesis: &MarketSpec) -> Appliance {
         let secret_bytes = secret.to_bytes();
         let key = SigningKey::from_bytes(&derive("appliance-key", &secret_bytes, name));
-        let salt = circuits::field::fr_from_i128(i128::from_le_bytes(derive("appliance-salt", &secret_bytes, name)[..16].try_into().expect("16 bytes")) >> 8);
-        let nameplate = protocol::membership::nameplate_of(&params, slot_seconds);
-        let opening = Opening { params, cost_digest: costs.digest(), salt };
-        Appliance { name: name.to_string(), key, opening, costs, output: None, nameplate, attestation: None }
+        let salt_seed = derive("appliance-salt", &secret_bytes, name);
+        let nameplate = protocol::membership::nameplate_of(&params, genesis.slot_seconds);
+        let plan = Plan::Fixed { params: params.clone(), costs: costs.clone(), slot_seconds: genesis.slot_seconds };
+        let mut a = Appliance {
+            name: name.to_string(),
+            key,
+            opening: Opening { params, cost_digest: costs.digest(), salt: Fr::from(0u64) },
+            costs,
+            plan,
+            salt_seed,
+            output: None,
+            nameplate,
+            attestations: vec![],
+        };
+        a.opening.salt = a.salt_for(genesis.market_id);
+        a
     }
 
     /// What the gateway asks the authority to attest for it.
@@ -479,11 +782,12 @@ fn genesis_body(genesis: &Entry) -> &Genesis {
 }
 
 /// Reads the attestations file (none yet is fine: `device init` comes first) and gives each
-/// appliance the first attestation of its device that passes a validator's check (an
-/// authority of this genesis, on this chain, this device and kind, valid for the market).
-/// One that does not pass (another chain's, expired, a non-authority's) is skipped with a
-/// warning, so a stale file never blocks `init`; an appliance whose parameters exceed the
-/// attested nameplate is an error. Attestations of other devices are ignored.
+/// appliance the attestations of its device that pass a validator's check but for the time
+/// (an authority of this genesis, on this chain, this device and kind); each market later
+/// takes one whose validity covers it. One that does not pass (another chain's, a
+/// non-authority's) is skipped with a warning, so a stale file never blocks `init`; an
+/// appliance whose everyday parameters exceed an attested nameplate is an error.
+/// Attestations of other devices are ignored.
 fn attach_attestations(path: &Path, genesis: &Entry, appliances: &mut [Appliance]) -> Result<(), ConfigError> {
     if !path.exists() {
         return Ok(());
@@ -493,20 +797,16 @@ fn attach_attestations(path: &Path, genesis: &Entry, appliances: &mut [Appliance
     let g = genesis_body(genesis);
     for a in appliances.iter_mut() {
         let kind = a.opening.params.kind().id();
-        let mut valid = None;
-        for att in list.iter().filter(|x| x.body.device == a.id()) {
-            match protocol::membership::check_attestation(att, &genesis.chain_id, &g.enrollment_authorities, a.id(), kind, &g.market) {
-                Ok(()) => {
-                    valid = Some(att);
-                    break;
-                }
-                Err(e) => tracing::warn!(appliance = a.name, file = %path.display(), "attestation skipped: {e}"),
+        let id = a.id();
+        for att in list.iter().filter(|x| x.body.device == id) {
+            if let Err(e) = protocol::membership::check_attested(att, &genesis.chain_id, &g.enrollment_authorities, id, kind) {
+                tracing::warn!(appliance = a.name, file = %path.display(), "attestation skipped: {e}");
+                continue;
             }
+            protocol::membership::within_nameplate(&a.opening.params, &att.body.nameplate, g.market.slot_seconds)
+                .map_err(|e| invalid(path, format!("appliance {}: its spec is beyond the attested nameplate: {e}", a.name)))?;
+            a.attestations.push(att.clone());
         }
-        let Some(att) = valid else { continue };
-        protocol::membership::within_nameplate(&a.opening.params, &att.body.nameplate, g.market.slot_seconds)
-            .map_err(|e| invalid(path, format!("appliance {}: its spec is beyond the attested nameplate: {e}", a.name)))?;
-        a.attestation = Some(att.clone());
     }
     Ok(())
 }

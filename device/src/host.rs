@@ -12,11 +12,11 @@ use prover::UpdateProvingKey;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use thiserror::Error;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::actuation::{self, AppliancePlan, Executor, Publish, Timing};
 use crate::agent::{Agent, AgentError};
-use crate::config::{ConfigError, Gateway};
+use crate::config::{ConfigError, Gateway, Overrides};
 use crate::links::Links;
 use crate::mqtt::{Broker, MqttError};
 
@@ -68,18 +68,22 @@ pub enum RunError {
 /// How a gateway runs.
 #[derive(Debug, Clone, Copy)]
 pub struct RunOptions {
-    /// Give up on the market after this long.
-    pub within: Duration,
-    /// Stop once every appliance is enrolled.
+    /// Give up after this long (none: run until stopped or `markets` are done).
+    pub within: Option<Duration>,
+    /// Stop once every bid of the markets registering is enrolled.
     pub enroll_only: bool,
-    /// After the final schedule, execute it (if a broker is configured).
+    /// After each final schedule, execute it (if a broker is configured).
     pub execute: bool,
-    /// Execute with this slot length (ms) starting when the schedule is final, instead of the
-    /// market's own execution clock (time-compressed demos).
+    /// Execute with this slot length (ms) starting when a schedule is final (or the previous
+    /// one executed), instead of the market's own execution clock (time-compressed demos).
     pub compressed_slot_ms: Option<u64>,
     /// Stop cleanly on SIGINT or SIGTERM ([`RunError::Interrupted`], MQTT closed): a gateway
     /// process sets it; gateways inside a larger process (the demo) leave signals to it.
     pub stop_on_signal: bool,
+    /// Stop after this many markets the gateway took part in have ended during this run
+    /// (final and, when executing, executed; or sat out); none: follow every market until
+    /// stopped.
+    pub markets: Option<u32>,
 }
 
 /// Resolves on a shutdown signal if `enabled`, never otherwise.
@@ -91,19 +95,19 @@ async fn signal_if(enabled: bool) -> &'static str {
     }
 }
 
-/// Follows the market to the final schedule (or, with `enroll_only`, to enrollment), then,
-/// if `execute` and a broker is configured, carries the schedule out slot by slot. Resumes
-/// from the state file: mid-market (no second submission) or mid-execution.
+/// Follows every market of the chain the gateway can take part in — bids, iterations,
+/// final schedule — and, if `execute` and a broker is configured, carries each final
+/// schedule out slot by slot while it already schedules the next market. Resumes from the
+/// state file: mid-market (no second submission) or mid-execution.
 pub async fn run_gateway(gw: &Gateway, opts: RunOptions) -> Result<(), RunError> {
     run_gateway_with_keys(gw, gw.proving_keys()?, opts).await
 }
 
 /// [`run_gateway`] with proving keys already loaded: a host that runs several gateways in one
 /// process (the demo) decodes each key file once instead of once per gateway, so a gateway
-/// enrolls within milliseconds of starting. Every shape an appliance needs must be present
-/// ([`AgentError::MissingKey`] otherwise).
+/// enrolls within milliseconds of starting. A market whose T has no key here is sat out.
 pub async fn run_gateway_with_keys(gw: &Gateway, keys: BTreeMap<(u8, usize), UpdateProvingKey>, opts: RunOptions) -> Result<(), RunError> {
-    let unattested: Vec<&str> = gw.appliances.iter().filter(|a| a.attestation.is_none()).map(|a| a.name.as_str()).collect();
+    let unattested: Vec<&str> = gw.appliances.iter().filter(|a| !a.is_attested()).map(|a| a.name.as_str()).collect();
     if unattested.len() == gw.appliances.len() {
         return Err(RunError::Unattested { names: unattested.join(", "), file: gw.file.attestations_file.display().to_string() });
     }
@@ -115,45 +119,122 @@ pub async fn run_gateway_with_keys(gw: &Gateway, keys: BTreeMap<(u8, usize), Upd
     // The broker first: an unreachable one is a configuration error, found before the market.
     let ha = gw.file.home_assistant.clone();
     let offline = ha.as_ref().map(|h| Publish { topic: actuation::availability_topic(h), payload: "offline".into(), retain: true });
-    let broker = match (&gw.file.mqtt, opts.execute) {
+    let broker = match (&gw.file.mqtt, opts.execute && !opts.enroll_only) {
         (Some(m), true) => Some(Broker::connect(m, &gw.client_id(), offline.clone(), Duration::from_secs(10)).await?),
         _ => None,
     };
-    if !agent.is_final() {
-        tokio::select! {
-            r = follow_market(&mut agent, gw, opts.within, opts.enroll_only) => { r?; }
-            signal = signal_if(opts.stop_on_signal) => {
-                info!(height = agent.state.height, "{signal}: stopping; the state file is saved and `run` resumes");
-                if let Some(b) = broker {
-                    b.close(offline).await;
-                }
-                return Err(RunError::Interrupted(signal));
-            }
-        }
-        if opts.enroll_only {
-            return Ok(());
-        }
-    } else {
-        info!(height = agent.state.height, "final schedule already committed; resuming execution");
-    }
-    let Some(mut broker) = broker else { return Ok(()) };
-    let spec = &gw.market().market;
-    let timing = match opts.compressed_slot_ms {
-        Some(slot_ms) => Timing { start_ms: protocol::net::now_ms() + slot_ms, slot_ms },
-        None => Timing { start_ms: spec.execution_start_ms, slot_ms: spec.slot_seconds as u64 * 1000 },
-    };
-    let interrupted = tokio::select! {
-        r = execute_schedule(&mut agent, gw, &mut broker, timing) => { r?; None }
-        signal = signal_if(opts.stop_on_signal) => Some(signal),
-    };
-    // A clean close either way: the last publications flushed, "offline" published.
-    broker.close(offline).await;
-    match interrupted {
-        Some(signal) => {
-            info!(executed_until_ms = agent.state.executed_until_ms, "{signal}: stopped execution; `run` resumes it");
+    let mut execution = broker.map(|b| Execution::start(b, ha, offline, opts.compressed_slot_ms));
+    let result = tokio::select! {
+        r = follow(&mut agent, gw, opts, execution.as_mut()) => r,
+        signal = signal_if(opts.stop_on_signal) => {
+            info!(height = agent.state.height, "{signal}: stopping; the state file is saved and `run` resumes");
             Err(RunError::Interrupted(signal))
         }
-        None => Ok(()),
+    };
+    if let Some(e) = execution {
+        // A clean close either way: the last publications flushed, "offline" published.
+        e.stop().await;
+    }
+    result
+}
+
+/// The execution edge: a task that owns the MQTT connection and carries out final schedules
+/// one after the other, reporting how far it got.
+struct Execution {
+    jobs: tokio::sync::mpsc::UnboundedSender<Job>,
+    progress: tokio::sync::mpsc::UnboundedReceiver<Progress>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    /// Markets handed to the task.
+    queued: std::collections::BTreeSet<u64>,
+}
+
+/// One final schedule to carry out.
+struct Job {
+    market_id: u64,
+    /// The market's own execution clock (ignored when compressed).
+    timing: Timing,
+    plans: Vec<AppliancePlan>,
+    prices: Vec<f64>,
+    done_until_ms: u64,
+}
+
+/// How far execution got.
+enum Progress {
+    /// Every command due at or before `done_ms` is published.
+    At { market_id: u64, done_ms: u64 },
+    /// The whole schedule is carried out.
+    Done { market_id: u64, slots: usize },
+}
+
+impl Execution {
+    fn start(mut broker: Broker, ha: Option<actuation::HomeAssistantFile>, offline: Option<Publish>, compressed_slot_ms: Option<u64>) -> Execution {
+        let (jobs, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
+        let (progress_tx, progress) = tokio::sync::mpsc::unbounded_channel();
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                let job = tokio::select! {
+                    j = rx.recv() => j,
+                    _ = stopped.changed() => None,
+                };
+                let Some(job) = job else { break };
+                let timing = match compressed_slot_ms {
+                    Some(slot_ms) => Timing { start_ms: protocol::net::now_ms() + slot_ms, slot_ms },
+                    None => job.timing,
+                };
+                let mut on_connect = Vec::new();
+                if let Some(h) = &ha {
+                    on_connect.push(Publish { topic: actuation::availability_topic(h), payload: "online".into(), retain: true });
+                    on_connect.extend(actuation::discovery(h, &job.plans));
+                }
+                let slots = job.plans.iter().map(|p| p.schedule.len()).max().unwrap_or(0);
+                let mut executor = Executor::new(actuation::timeline(timing, &job.plans, &job.prices, ha.as_ref()), job.done_until_ms);
+                let now = protocol::net::now_ms();
+                if job.done_until_ms > 0 && !executor.is_done() {
+                    info!(market = job.market_id, "resuming execution");
+                } else if now < timing.start_ms {
+                    info!(market = job.market_id, in_s = (timing.start_ms - now) / 1000, "execution starts at {}", actuation::rfc3339(timing.start_ms));
+                }
+                let market_id = job.market_id;
+                let done = tokio::select! {
+                    _ = crate::mqtt::execute(&mut broker, &mut executor, &on_connect, |done_ms| {
+                        let _ = progress_tx.send(Progress::At { market_id, done_ms });
+                    }) => true,
+                    _ = stopped.changed() => false,
+                };
+                if !done {
+                    break;
+                }
+                let _ = progress_tx.send(Progress::Done { market_id, slots });
+            }
+            broker.close(offline).await;
+        });
+        Execution { jobs, progress, stop, task, queued: Default::default() }
+    }
+
+    /// Hands market `id`'s final schedule to the task (once).
+    fn queue(&mut self, agent: &Agent, id: u64) {
+        let (Some(spec), Some(m)) = (agent.spec(id), agent.state.markets.get(&id)) else { return };
+        if !self.queued.insert(id) {
+            return;
+        }
+        let plans = agent
+            .gateway()
+            .appliances
+            .iter()
+            .filter(|a| m.schedules.contains_key(&a.name))
+            .map(|a| AppliancePlan { name: a.name.clone(), output: a.output.clone(), schedule: m.schedules[&a.name].clone() })
+            .collect();
+        let timing = Timing { start_ms: spec.execution_start_ms, slot_ms: spec.slot_seconds as u64 * 1000 };
+        let _ = self.jobs.send(Job { market_id: id, timing, plans, prices: m.prices_eur_mwh(), done_until_ms: m.executed_until_ms });
+    }
+
+    /// Stops the task (mid-schedule if need be) and closes the broker cleanly.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        drop(self.jobs);
+        let _ = self.task.await;
     }
 }
 
@@ -207,15 +288,19 @@ impl Feed {
     }
 }
 
-/// Enrolls what is not enrolled, then answers every certified entry until the final one.
+/// Follows the log and takes part in every market the agent bids in, until `opts.markets`
+/// of them have ended (or, with `enroll_only`, until every bid of the markets registering is
+/// enrolled); execution progress from `execution` is persisted as it comes.
 ///
 /// The log is followed through one validator at a time. The gateway moves to the next one
 /// when the stream ends or fails, when the light client refuses an entry it served (a forged
 /// update body, a bad certificate), or when an entry is [`stall_grace_ms`] past its due time.
 /// Connections that are gone are dialled again with backoff; every submission goes to all
-/// validators at once, each with a deadline (the iteration's). The market fails with
-/// [`RunError::NothingAccepted`] if not one update of the day was accepted.
-pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, enroll_only: bool) -> Result<MarketSummary, RunError> {
+/// validators at once, each with a deadline (the iteration's). Bids and withdrawals are
+/// decided again (the overrides file re-read) and sent each enrollment interval while a
+/// market registers. A market in which not one of the gateway's updates was accepted is
+/// logged as an error; the run then ends with [`RunError::NothingAccepted`].
+async fn follow(agent: &mut Agent, gw: &Gateway, opts: RunOptions, mut execution: Option<&mut Execution>) -> Result<(), RunError> {
     let state_path = gw.file.state_file.clone();
     protocol::net::install_crypto();
     let endpoint = protocol::net::client_endpoint("0.0.0.0:0".parse().expect("valid")).map_err(|e| RunError::Net(e.to_string()))?;
@@ -223,12 +308,20 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
     if links.dial_all().await == 0 {
         return Err(RunError::Unreachable(gw.file.validators.iter().map(|v| v.addr.to_string()).collect::<Vec<_>>().join(", ")));
     }
-    let spec = gw.market().market.clone();
-    let clock = protocol::clock::ClockConfig::from_spec(&spec);
-    let grace = stall_grace_ms(spec.iteration_ms);
-    let overall = tokio::time::Instant::now() + within;
-    let mut summary = MarketSummary::default();
-    let mut enrolled_sent_at: Option<u64> = None;
+    let names: Vec<String> = gw.appliances.iter().map(|a| a.name.clone()).collect();
+    let load_overrides = || Overrides::load(&gw.file.overrides_file, &names);
+    let mut overrides = load_overrides()?;
+    let mut overrides_stamp = modified(&gw.file.overrides_file);
+    agent.plan(&overrides, protocol::net::now_ms());
+    let ended_at_start: std::collections::BTreeSet<u64> = agent.state.markets.iter().filter(|(_, m)| ended(m, opts, execution.is_some())).map(|(id, _)| *id).collect();
+    let overall = opts.within.map(|w| tokio::time::Instant::now() + w);
+    let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+    let mut summaries: BTreeMap<u64, MarketSummary> = BTreeMap::new();
+    let mut total = MarketSummary::default();
+    let mut bids_sent_at: Option<u64> = None;
+    // Whether a market this gateway bids in registered during this run (`enroll_only` waits
+    // for one).
+    let mut saw_registration = false;
     let mut rng = ChaCha20Rng::from_entropy();
     let mut feed = Feed::open(&mut links, 0, 0).await;
     // Stall switches since the last accepted entry: when the whole cluster is slow (not one
@@ -239,28 +332,65 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
     // iteration would otherwise leave them out.
     let mut resend: Option<(tokio::time::Instant, Vec<(usize, DeviceRequest)>, tokio::time::Instant)> = None;
     loop {
-        // Enrollments not yet in the log, to every validator, again each interval while
-        // registration is open: validators do not share their pools, and only the proposer's
-        // goes into a batch, so one that accepted is not enough (an identical re-send is
-        // accepted idempotently).
+        // Bids not yet in the log, and withdrawals, to every validator, again each interval
+        // while registration is open: validators do not share their pools, and only the
+        // proposer's goes into a batch, so one that accepted is not enough (an identical
+        // re-send is accepted idempotently).
+        // An edit of the overrides file takes effect within a second.
         let now = protocol::net::now_ms();
-        let interval = clock.enrollment_interval(gw.genesis.timestamp_ms);
-        if now < spec.registration_close_ms && enrolled_sent_at.is_none_or(|t| now >= t + interval) {
-            send_enrollments(agent, gw, &mut links).await;
-            enrolled_sent_at = Some(now);
+        if let Some(interval) = agent.enrollment_interval_ms(now) {
+            saw_registration = true;
+            let stamp = modified(&gw.file.overrides_file);
+            if stamp != overrides_stamp {
+                overrides_stamp = stamp;
+                bids_sent_at = None;
+            }
+            if bids_sent_at.is_none_or(|t| now >= t + interval) {
+                match load_overrides() {
+                    Ok(o) => overrides = o,
+                    Err(e) => warn!("{e}; keeping the overrides read before"),
+                }
+                agent.plan(&overrides, now);
+                send_bids(agent, gw, &mut links, now).await;
+                crate::state::save(&state_path, &agent.state)?;
+                bids_sent_at = Some(now);
+            }
         }
-        // Wait for the next entry until it is overdue (or the market's time is up).
+        // Wait for the next entry until it is overdue (or the run's time is up).
+        let grace = current_grace(agent);
         let patience = grace << stalls.min(4);
-        let overdue = agent.next_entry_due_ms().map(|t| t + patience).unwrap_or(u64::MAX);
+        let overdue = agent.next_entry_due_ms().map(|t| t + patience);
         let now = protocol::net::now_ms();
-        let stall_at = tokio::time::Instant::now() + Duration::from_millis(overdue.saturating_sub(now).min(3_600_000));
-        // A fresh subscription gets that long of its own to catch up.
-        let stall_at = stall_at.max(feed.since + Duration::from_millis(patience));
-        let resend_at = resend.as_ref().map_or(overall, |r| r.0);
+        let stall_at = match overdue {
+            Some(overdue) => (tokio::time::Instant::now() + Duration::from_millis(overdue.saturating_sub(now).min(3_600_000))).max(feed.since + Duration::from_millis(patience)),
+            None => far,
+        };
+        // While a market registers, wake up for the next bid interval and to look at the
+        // overrides file.
+        let bids_at = agent
+            .enrollment_interval_ms(now)
+            .map_or(far, |i| tokio::time::Instant::now() + Duration::from_millis((bids_sent_at.unwrap_or(0) + i).saturating_sub(now).min(OVERRIDES_POLL_MS)));
+        let resend_at = resend.as_ref().map_or(far, |r| r.0);
+        let end = overall.unwrap_or(far);
         let item = match feed.rx.as_mut() {
             Some(rx) => tokio::select! {
                 item = rx.recv() => Some(item),
-                _ = tokio::time::sleep_until(stall_at.min(overall)) => None,
+                _ = tokio::time::sleep_until(stall_at.min(end)) => None,
+                _ = tokio::time::sleep_until(bids_at) => continue,
+                p = async {
+                    match execution.as_mut() {
+                        Some(e) => e.progress.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let Some(p) = p else { return Err(RunError::Net("the MQTT execution task stopped".into())) };
+                    on_progress(agent, p)?;
+                    crate::state::save(&state_path, &agent.state)?;
+                    if run_is_over(agent, opts, execution.is_some(), &ended_at_start) {
+                        return finish(&links, &summaries);
+                    }
+                    continue;
+                }
                 _ = tokio::time::sleep_until(resend_at), if resend.is_some() => {
                     let (_, requests, deadline) = resend.take().expect("checked");
                     let outcomes = links.submit_all(requests, deadline).await;
@@ -270,13 +400,13 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
                 }
             },
             None => {
-                tokio::time::sleep_until((tokio::time::Instant::now() + Duration::from_millis(500)).min(overall)).await;
+                tokio::time::sleep_until((tokio::time::Instant::now() + Duration::from_millis(500)).min(end)).await;
                 None
             }
         };
-        if tokio::time::Instant::now() >= overall {
+        if overall.is_some_and(|o| tokio::time::Instant::now() >= o) {
             links.close();
-            return Err(RunError::Timeout { within, height: agent.state.height });
+            return Err(RunError::Timeout { within: opts.within.unwrap_or_default(), height: agent.state.height });
         }
         let c = match item {
             Some(Some(Ok(c))) => c,
@@ -291,7 +421,7 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
                     }
                 };
                 warn!(validator = %links.addr(feed.turn), height = agent.next_height(), "{why}; following another validator");
-                summary.switches += 1;
+                total.switches += 1;
                 // A stream that ends at once (a validator accepting and closing) must not spin.
                 if feed.since.elapsed() < Duration::from_millis(200) {
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -308,8 +438,8 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
             Ok(b) => b,
             Err(e @ AgentError::Refused { .. }) => {
                 warn!(validator = %links.addr(feed.turn), "{e}; nothing of it is used, following another validator");
-                summary.entries_refused += 1;
-                summary.switches += 1;
+                total.entries_refused += 1;
+                total.switches += 1;
                 let next = (feed.turn + 1) % links.validator_count();
                 feed = Feed::open(&mut links, next, agent.next_height()).await;
                 continue;
@@ -318,23 +448,31 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
         };
         feed.since = tokio::time::Instant::now();
         stalls = 0;
+        if matches!(c.entry.body, protocol::entry::Body::Open(_)) {
+            // A new market: decide and send its bids at once.
+            bids_sent_at = None;
+            agent.plan(&overrides, protocol::net::now_ms());
+        }
         crate::state::save(&state_path, &agent.state)?;
-        if enroll_only && (agent.state.enrolled.len() == gw.appliances.iter().filter(|a| a.attestation.is_some()).count() || build.is_some()) {
-            // Every attested appliance is in, or registration is over (iteration 1 opened).
-            info!(appliances = agent.state.enrolled.len(), height = agent.state.height, "enrolled");
+        if opts.enroll_only && saw_registration && (agent.all_enrolled() || build.is_some()) {
+            // Every bid is in, or registration is over (iteration 1 opened).
+            let enrolled: usize = agent.state.markets.values().map(|m| m.enrolled.len()).sum();
+            info!(appliances = enrolled, height = agent.state.height, "enrolled");
             links.close();
-            return Ok(summary);
+            return Ok(());
         }
         let mut updates: Vec<SignedUpdate> = Vec::new();
-        if let Some(k) = build {
+        if let Some((market_id, k)) = build {
             // Proving takes the CPU for a while: off the async workers, so the QUIC
             // connections (keep-alives, the subscription) stay serviced meanwhile.
-            updates = tokio::task::block_in_place(|| agent.prove(k, &mut rng))?;
+            updates = tokio::task::block_in_place(|| agent.prove(market_id, k, &mut rng))?;
             // Persist before sending: a crash now skips this iteration rather than sending twice.
             crate::state::save(&state_path, &agent.state)?;
         }
-        if let Some(k) = updates.first().map(|u| u.body.iteration) {
-            let deadline_ms = clock.deadline(k);
+        if let Some(u) = updates.first() {
+            let (market_id, k) = (u.body.market_id, u.body.iteration);
+            let spec = agent.spec(market_id).expect("a market the agent proved in").clone();
+            let deadline_ms = protocol::clock::ClockConfig::from_spec(&spec).deadline(k);
             let left = Duration::from_millis(deadline_ms.saturating_sub(protocol::net::now_ms()));
             let requests: Vec<(usize, DeviceRequest)> = updates
                 .into_iter()
@@ -342,96 +480,135 @@ pub async fn follow_market(agent: &mut Agent, gw: &Gateway, within: Duration, en
                 .collect();
             let names: Vec<usize> = requests.iter().map(|r| r.0).collect();
             let deadline = tokio::time::Instant::now() + left;
-            let again = deadline.checked_sub(Duration::from_millis(grace)).filter(|t| *t > tokio::time::Instant::now());
+            let again = deadline.checked_sub(Duration::from_millis(stall_grace_ms(spec.iteration_ms))).filter(|t| *t > tokio::time::Instant::now());
             resend = again.map(|t| (t, requests.clone(), deadline));
             let outcomes = links.submit_all(requests, deadline).await;
+            let summary = summaries.entry(market_id).or_default();
             for (i, o) in names.into_iter().zip(outcomes) {
                 summary.updates_built += 1;
                 let name = &gw.appliances[i].name;
                 if o.accepted > 0 {
                     summary.updates_accepted += 1;
-                    info!(appliance = name, iteration = k, accepted_by = o.accepted, "update submitted");
+                    info!(market = market_id, appliance = name, iteration = k, accepted_by = o.accepted, "update submitted");
                 } else {
-                    warn!(appliance = name, iteration = k, refused = ?o.refused, unreachable = o.failed, "update accepted by no validator");
+                    warn!(market = market_id, appliance = name, iteration = k, refused = ?o.refused, unreachable = o.failed, "update accepted by no validator");
                 }
             }
         }
-        if agent.is_final() {
-            links.close();
-            info!(
-                height = agent.state.height,
-                iterations = agent.state.submitted_through,
-                converged = agent.state.converged,
-                updates_built = summary.updates_built,
-                updates_accepted = summary.updates_accepted,
-                entries_refused = summary.entries_refused,
-                switches = summary.switches,
-                "final schedule committed"
-            );
-            if summary.updates_built > 0 && summary.updates_accepted == 0 {
-                return Err(RunError::NothingAccepted { built: summary.updates_built });
+        if let protocol::entry::Body::Final(f) = &c.entry.body {
+            if let Some(m) = agent.state.markets.get(&f.market_id) {
+                let s = summaries.get(&f.market_id).cloned().unwrap_or_default();
+                info!(
+                    market = f.market_id,
+                    height = agent.state.height,
+                    iterations = m.submitted_through,
+                    converged = m.converged,
+                    updates_built = s.updates_built,
+                    updates_accepted = s.updates_accepted,
+                    entries_refused = total.entries_refused,
+                    switches = total.switches,
+                    "final schedule committed"
+                );
+                if s.updates_built > 0 && s.updates_accepted == 0 {
+                    error!(market = f.market_id, built = s.updates_built, "not one update of this gateway was accepted in this market");
+                }
             }
-            return Ok(summary);
+        }
+        // Final schedules to carry out (also those replayed after a restart).
+        for id in agent.executable() {
+            match execution.as_mut() {
+                Some(e) => e.queue(agent, id),
+                None => {
+                    let m = agent.state.markets.get_mut(&id).expect("executable");
+                    m.executed = true;
+                }
+            }
+        }
+        crate::state::save(&state_path, &agent.state)?;
+        if run_is_over(agent, opts, execution.is_some(), &ended_at_start) {
+            return finish(&links, &summaries);
         }
     }
 }
 
-/// Sends the enrollments of the attested appliances not yet seen enrolled to every validator.
-async fn send_enrollments(agent: &Agent, gw: &Gateway, links: &mut Links) {
-    let requests: Vec<(usize, DeviceRequest)> = agent
-        .enrollments()
-        .into_iter()
-        .filter_map(|e| gw.appliances.iter().position(|a| a.id() == e.body.device).map(|i| (i, DeviceRequest::Enroll(e))))
-        .collect();
+/// How often the overrides file is looked at while a market registers, ms.
+pub const OVERRIDES_POLL_MS: u64 = 1000;
+
+/// When a file was last modified (`None`: it does not exist).
+fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The stall grace of the markets the gateway is in (the shortest iteration window's).
+fn current_grace(agent: &Agent) -> u64 {
+    agent.state.markets.keys().filter_map(|id| agent.spec(*id)).map(|s| stall_grace_ms(s.iteration_ms)).min().unwrap_or(500)
+}
+
+/// Whether market `m` has ended for the gateway: sat out, or final and (when executing)
+/// executed.
+fn ended(m: &crate::agent::MarketState, opts: RunOptions, executing: bool) -> bool {
+    m.sat_out() || (m.is_final() && (m.executed || !(executing && opts.execute)))
+}
+
+/// Whether `opts.markets` markets have ended during this run.
+fn run_is_over(agent: &Agent, opts: RunOptions, executing: bool, ended_at_start: &std::collections::BTreeSet<u64>) -> bool {
+    let Some(n) = opts.markets else { return false };
+    let ended_now = agent.state.markets.iter().filter(|(id, m)| !ended_at_start.contains(id) && ended(m, opts, executing)).count();
+    ended_now >= n as usize
+}
+
+/// Applies execution progress to the state.
+fn on_progress(agent: &mut Agent, p: Progress) -> Result<(), RunError> {
+    match p {
+        Progress::At { market_id, done_ms } => {
+            if let Some(m) = agent.state.markets.get_mut(&market_id) {
+                m.executed_until_ms = m.executed_until_ms.max(done_ms);
+            }
+        }
+        Progress::Done { market_id, slots } => {
+            if let Some(m) = agent.state.markets.get_mut(&market_id) {
+                m.executed = true;
+            }
+            info!(market = market_id, slots, "schedule executed");
+        }
+    }
+    Ok(())
+}
+
+/// Ends the run: connections closed; an error if a market had not one update accepted.
+fn finish(links: &Links, summaries: &BTreeMap<u64, MarketSummary>) -> Result<(), RunError> {
+    links.close();
+    match summaries.values().find(|s| s.updates_built > 0 && s.updates_accepted == 0) {
+        Some(s) => Err(RunError::NothingAccepted { built: s.updates_built }),
+        None => Ok(()),
+    }
+}
+
+/// Sends the bids (enrollments) not yet in the log and the withdrawals of appliances whose
+/// day turned off, to every validator.
+async fn send_bids(agent: &mut Agent, gw: &Gateway, links: &mut Links, now_ms: u64) {
+    let position = |d: protocol::ids::DeviceId| gw.appliances.iter().position(|a| a.id() == d);
+    let mut requests: Vec<(usize, DeviceRequest, &'static str)> = Vec::new();
+    for e in agent.enrollments(now_ms) {
+        if let Some(i) = position(e.body.device) {
+            requests.push((i, DeviceRequest::Enroll(e), "bid"));
+        }
+    }
+    for w in agent.withdrawals(now_ms) {
+        if let Some(i) = position(w.body.device) {
+            requests.push((i, DeviceRequest::Withdraw(w), "withdrawal"));
+        }
+    }
     if requests.is_empty() {
         return;
     }
-    let names: Vec<usize> = requests.iter().map(|r| r.0).collect();
-    let outcomes = links.submit_all(requests, tokio::time::Instant::now() + crate::links::REQUEST_TIMEOUT).await;
-    for (i, o) in names.into_iter().zip(outcomes) {
+    let what: Vec<(usize, &'static str)> = requests.iter().map(|r| (r.0, r.2)).collect();
+    let outcomes = links.submit_all(requests.into_iter().map(|(i, r, _)| (i, r)).collect(), tokio::time::Instant::now() + crate::links::REQUEST_TIMEOUT).await;
+    for ((i, kind), o) in what.into_iter().zip(outcomes) {
         if o.accepted > 0 {
-            info!(appliance = gw.appliances[i].name, accepted_by = o.accepted, "enrollment sent");
+            info!(appliance = gw.appliances[i].name, accepted_by = o.accepted, "{kind} sent");
         } else {
-            warn!(appliance = gw.appliances[i].name, refused = ?o.refused, unreachable = o.failed, "enrollment accepted by no validator");
+            warn!(appliance = gw.appliances[i].name, refused = ?o.refused, unreachable = o.failed, "{kind} accepted by no validator");
         }
     }
-}
-
-/// Carries out the committed schedule through the configured outputs, persisting progress.
-pub async fn execute_schedule(agent: &mut Agent, gw: &Gateway, broker: &mut Broker, timing: Timing) -> Result<(), RunError> {
-    let prices = agent.state.prices_eur_mwh();
-    let plans: Vec<AppliancePlan> = gw
-        .appliances
-        .iter()
-        .map(|a| AppliancePlan { name: a.name.clone(), output: a.output.clone(), schedule: agent.state.schedules.get(&a.name).cloned().unwrap_or_default() })
-        .collect();
-    let ha = gw.file.home_assistant.as_ref();
-    let mut on_connect = Vec::new();
-    if let Some(h) = ha {
-        on_connect.push(Publish { topic: actuation::availability_topic(h), payload: "online".into(), retain: true });
-        on_connect.extend(actuation::discovery(h, &plans));
-    }
-    let mut executor = Executor::new(actuation::timeline(timing, &plans, &prices, ha), agent.state.executed_until_ms);
-    if executor.is_done() {
-        info!("schedule already executed");
-        return Ok(());
-    }
-    let now = protocol::net::now_ms();
-    if now < timing.start_ms {
-        info!(in_s = (timing.start_ms - now) / 1000, "execution starts at {}", actuation::rfc3339(timing.start_ms));
-    }
-    let state_path = gw.file.state_file.clone();
-    let mut save_error = None;
-    crate::mqtt::execute(broker, &mut executor, &on_connect, |done| {
-        agent.state.executed_until_ms = done;
-        if let Err(e) = crate::state::save(&state_path, &agent.state) {
-            save_error.get_or_insert(e);
-        }
-    })
-    .await;
-    if let Some(e) = save_error {
-        return Err(e.into());
-    }
-    info!(slots = plans.iter().map(|p| p.schedule.len()).max().unwrap_or(0), "schedule executed");
-    Ok(())
 }

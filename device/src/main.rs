@@ -40,17 +40,26 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         timeout_s: u64,
     },
-    /// Follows the market: enrolls, then solves, proves and submits each iteration until the
-    /// final schedule is committed; then, if `[mqtt]` is configured, switches the appliances
-    /// slot by slot through their outputs. Resumes from the state file after a restart,
-    /// mid-market or mid-execution.
+    /// Takes part in every market of the chain, day after day: when a market opens (the
+    /// genesis market, then each one an operator opens), bids each attested appliance with
+    /// that day's parameters (the weekly pattern in `[appliances.week]`, replaced by the
+    /// overrides file, re-read while registration is open; a day "off" withdraws the bid),
+    /// then solves, proves and submits each iteration until the final schedule is committed;
+    /// if `[mqtt]` is configured, switches the appliances slot by slot through their outputs
+    /// while it already schedules the next market. Resumes from the state file after a
+    /// restart, mid-market or mid-execution. Runs until stopped (SIGINT/SIGTERM) unless
+    /// `--markets` or `--timeout-s` is given.
     Run {
         /// The gateway configuration.
         #[arg(long)]
         config: PathBuf,
+        /// Stop after this many markets this gateway took part in have ended (final and
+        /// executed, or sat out).
+        #[arg(long)]
+        markets: Option<u32>,
         /// Give up after this many seconds.
-        #[arg(long, default_value_t = 3600)]
-        timeout_s: u64,
+        #[arg(long)]
+        timeout_s: Option<u64>,
     },
     /// Runs many virtual appliances (a seeded household mix: EVs, water heaters, batteries, PV,
     /// heat pumps) in one process against the configured cluster, with no MQTT broker: each
@@ -79,11 +88,14 @@ enum Command {
         #[arg(long)]
         authority_key: PathBuf,
     },
-    /// Prints the committed schedule and prices.
+    /// Prints a committed schedule and its prices: the latest market's, or `--market`'s.
     Schedule {
         /// The gateway configuration.
         #[arg(long)]
         config: PathBuf,
+        /// The market id (default: the latest with a final schedule).
+        #[arg(long)]
+        market: Option<u64>,
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -98,12 +110,12 @@ fn main() -> ExitCode {
         .init();
     let result = match Cli::parse().command {
         Command::Init { config } => init(&config),
-        Command::Enroll { config, timeout_s } => follow(&config, Duration::from_secs(timeout_s), true),
-        Command::Run { config, timeout_s } => follow(&config, Duration::from_secs(timeout_s), false),
+        Command::Enroll { config, timeout_s } => follow(&config, Some(Duration::from_secs(timeout_s)), true, None),
+        Command::Run { config, markets, timeout_s } => follow(&config, timeout_s.map(Duration::from_secs), false, markets),
         Command::Simulate { config, appliances, seed, timeout_s, summary, authority_key } => {
             simulate(&config, appliances, seed, Duration::from_secs(timeout_s), summary.as_deref(), &authority_key)
         }
-        Command::Schedule { config, json } => schedule(&config, json),
+        Command::Schedule { config, market, json } => schedule(&config, market, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -123,7 +135,7 @@ fn init(path: &Path) -> Result<(), String> {
     let gw = Gateway::load(path).map_err(|e| e.to_string())?;
     for a in &gw.appliances {
         let c = prover::format::encode_fr(&a.commitment());
-        let status = if a.attestation.is_some() { "attested" } else { "not attested" };
+        let status = if a.is_attested() { "attested" } else { "not attested" };
         println!("{:<16} {:<10} device {} commitment {} {status}", a.name, a.opening.params.kind(), hex(&a.id().0), hex(&c));
     }
     let meter = gw.file.meter_point.clone().unwrap_or_default();
@@ -137,10 +149,10 @@ fn init(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn follow(path: &Path, within: Duration, enroll_only: bool) -> Result<(), String> {
+fn follow(path: &Path, within: Option<Duration>, enroll_only: bool, markets: Option<u32>) -> Result<(), String> {
     let gw = Gateway::load(path).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    let opts = RunOptions { within, enroll_only, execute: !enroll_only, compressed_slot_ms: None, stop_on_signal: true };
+    let opts = RunOptions { within, enroll_only, execute: !enroll_only, compressed_slot_ms: None, stop_on_signal: true, markets };
     match rt.block_on(device::host::run_gateway(&gw, opts)) {
         Err(device::host::RunError::Interrupted(signal)) => {
             eprintln!("stopped by {signal}; the state file is saved and `device run` resumes");
@@ -149,18 +161,22 @@ fn follow(path: &Path, within: Duration, enroll_only: bool) -> Result<(), String
         r => r.map_err(|e| e.to_string())?,
     }
     let state = device::state::load(&gw.file.state_file).map_err(|e| e.to_string())?;
-    if enroll_only {
-        println!("{} of {} appliances enrolled (height {})", state.enrolled.len(), gw.appliances.len(), state.height);
-        return Ok(());
-    }
-    println!(
-        "final schedule committed at height {} ({} iterations{})",
-        state.height,
-        state.submitted_through,
-        if state.converged { ", converged" } else { "" }
-    );
-    if gw.file.mqtt.is_some() {
-        println!("schedule executed ({} slots)", gw.market().market.slots);
+    for (id, m) in &state.markets {
+        if enroll_only {
+            if !m.registration_over {
+                println!("market {id}: {} of {} bids enrolled (height {})", m.enrolled.len(), m.bids.len(), state.height);
+            }
+            continue;
+        }
+        if m.is_final() {
+            println!(
+                "market {id}: final schedule committed at height {} ({} iterations{}){}",
+                m.final_height,
+                m.submitted_through,
+                if m.converged { ", converged" } else { "" },
+                if m.executed && gw.file.mqtt.is_some() { ", executed" } else { "" }
+            );
+        }
     }
     Ok(())
 }
@@ -171,9 +187,10 @@ fn simulate(path: &Path, n: usize, seed: u64, within: Duration, summary: Option<
     gw.self_attest(&authority).map_err(|e| e.to_string())?;
     info!(appliances = n, seed, "simulating virtual appliances");
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    let opts = RunOptions { within, enroll_only: false, execute: false, compressed_slot_ms: None, stop_on_signal: true };
+    let opts = RunOptions { within: Some(within), enroll_only: false, execute: false, compressed_slot_ms: None, stop_on_signal: true, markets: Some(1) };
     rt.block_on(device::host::run_gateway(&gw, opts)).map_err(|e| e.to_string())?;
     let state = device::state::load(&gw.file.state_file).map_err(|e| e.to_string())?;
+    let (market_id, state) = state.last_final().ok_or("no market reached a final schedule")?;
     let prices = state.prices_eur_mwh();
     let mut total = protocol::central::total_load(&state.schedules.values().cloned().collect::<Vec<_>>());
     total.resize(prices.len(), 0);
@@ -183,11 +200,12 @@ fn simulate(path: &Path, n: usize, seed: u64, within: Duration, summary: Option<
     }
     if let Some(out) = summary {
         let v = serde_json::json!({
+            "market_id": market_id,
             "appliances": n,
             "seed": seed,
             "iterations": state.submitted_through,
             "converged": state.converged,
-            "height": state.height,
+            "height": state.final_height,
             "aggregate_w": total,
             "prices_eur_mwh": prices,
         });
@@ -196,15 +214,21 @@ fn simulate(path: &Path, n: usize, seed: u64, within: Duration, summary: Option<
     Ok(())
 }
 
-fn schedule(path: &Path, json: bool) -> Result<(), String> {
+fn schedule(path: &Path, market: Option<u64>, json: bool) -> Result<(), String> {
     let file = config::read_file(path).map_err(|e| e.to_string())?;
-    let state = device::state::load(&file.state_file).map_err(|e| e.to_string())?;
-    if state.final_prices.is_none() {
-        return Err(format!("no final schedule yet ({} is at height {})", file.state_file.display(), state.height));
-    }
+    let all = device::state::load(&file.state_file).map_err(|e| e.to_string())?;
+    let found = match market {
+        Some(id) => all.markets.get(&id).filter(|m| m.is_final()).map(|m| (id, m)),
+        None => all.last_final(),
+    };
+    let Some((market_id, state)) = found else {
+        let which = market.map_or("any market".to_string(), |id| format!("market {id}"));
+        return Err(format!("no final schedule of {which} yet ({} is at height {})", file.state_file.display(), all.height));
+    };
     let prices = state.prices_eur_mwh();
     if json {
         let v = serde_json::json!({
+            "market_id": market_id,
             "converged": state.converged,
             "prices_eur_mwh": prices,
             "schedules_w": state.schedules,

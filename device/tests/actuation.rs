@@ -181,7 +181,7 @@ fn tasmota_shelly_and_home_assistant_follow_the_committed_schedule_slot_by_slot(
     init(&m, &cfg);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let validators = rt.block_on(start_validators(&m));
-    let out = Command::new(BIN).args(["run", "--timeout-s", "120", "--config"]).arg(&cfg).output().unwrap();
+    let out = Command::new(BIN).args(["run", "--markets", "1", "--timeout-s", "120", "--config"]).arg(&cfg).output().unwrap();
     assert!(out.status.success(), "device run failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("schedule executed (6 slots)"), "{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(duplicate_rejections(&validators), 0);
@@ -265,7 +265,7 @@ fn watch_stderr(child: &mut Child, needle: &'static str) -> (Arc<Mutex<Vec<Strin
 }
 
 fn spawn_run(cfg: &Path) -> Child {
-    Command::new(BIN).args(["run", "--timeout-s", "120", "--config"]).arg(cfg).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+    Command::new(BIN).args(["run", "--markets", "1", "--timeout-s", "120", "--config"]).arg(cfg).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
 }
 
 fn kill9(child: &mut Child) {
@@ -311,8 +311,8 @@ fn kill_9_while_proving_and_while_executing_and_a_broker_restart_lose_no_slot() 
     log.extend(lines.lock().unwrap().clone());
     assert!(submissions(&log).is_empty(), "killed while proving, before anything was sent: {}", log.join("\n"));
     let state: serde_json::Value = serde_json::from_slice(&std::fs::read(m.dir.join("gw.state.json")).unwrap()).unwrap();
-    assert_eq!(state["enrolled"].as_array().unwrap().len(), 3, "what the log holds was saved before proving");
-    assert_eq!(state["submitted_through"], 0, "the iteration being proven was not recorded as sent");
+    assert_eq!(state["markets"]["5"]["enrolled"].as_array().unwrap().len(), 3, "what the log holds was saved before proving");
+    assert_eq!(state["markets"]["5"]["submitted_through"], 0, "the iteration being proven was not recorded as sent");
 
     // 2. Restarted: it resumes the market; killed again once slot 2 has been commanded.
     let (start, slot) = execution(&m);

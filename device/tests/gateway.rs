@@ -38,7 +38,7 @@ fn two_gateways_follow_a_market_to_the_final_schedule() {
     let validators = rt.block_on(start_validators(&m));
     let runs: Vec<_> = [&a, &b]
         .iter()
-        .map(|cfg| Command::new(BIN).args(["run", "--timeout-s", "90", "--config"]).arg(cfg).stderr(std::process::Stdio::piped()).spawn().unwrap())
+        .map(|cfg| Command::new(BIN).args(["run", "--markets", "1", "--timeout-s", "90", "--config"]).arg(cfg).stderr(std::process::Stdio::piped()).spawn().unwrap())
         .collect();
     for r in runs {
         let out = r.wait_with_output().unwrap();
@@ -64,9 +64,8 @@ fn two_gateways_follow_a_market_to_the_final_schedule() {
     assert!(String::from_utf8_lossy(&table.stdout).contains("€/MWh"));
 }
 
-/// A gateway started after registration closed: its enrollments are refused as late, and
-/// once it has followed the log to the closing batch it stops with an error naming its
-/// appliances, instead of following a market it has no part in.
+/// A gateway started after registration closed says it sits the market out, naming its
+/// appliances, and bids in none (here it then times out waiting for a market to bid in).
 #[test]
 fn a_gateway_started_after_the_close_fails_naming_its_appliances() {
     let m = market("late", 1500);
@@ -79,10 +78,11 @@ fn a_gateway_started_after_the_close_fails_naming_its_appliances() {
         _ => unreachable!(),
     };
     std::thread::sleep(std::time::Duration::from_millis(close.saturating_sub(protocol::net::now_ms()) + 1000));
-    let out = Command::new(BIN).args(["run", "--timeout-s", "30", "--config"]).arg(&cfg).output().unwrap();
+    let out = Command::new(BIN).args(["run", "--markets", "1", "--timeout-s", "8", "--config"]).arg(&cfg).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a gateway with no enrolled appliance must not succeed: {err}");
-    assert!(err.contains("registration closed") && err.contains("ev, boiler"), "{err}");
+    assert!(err.contains("sitting this market out") && err.contains("registration closed") && err.contains("ev, boiler"), "{err}");
+    assert!(!err.contains("bid sent"), "{err}");
     rt.block_on(async {
         for v in validators {
             v.stop().await.unwrap();
@@ -107,7 +107,7 @@ fn appliances_beyond_their_nameplate_or_unattested_are_refused_before_they_commi
     // Not attested yet: `run` refuses to start and says what to do.
     let cfg = gateway_toml(&m, "unattested", EV);
     assert!(device(&["init"], &cfg).status.success());
-    let out = device(&["run", "--timeout-s", "5"], &cfg);
+    let out = device(&["run", "--markets", "1", "--timeout-s", "5"], &cfg);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("no appliance has an attestation") && err.contains("verifier-node attest"), "{err}");
     // The authority attested 2 kW; the configuration says 3 kW.
@@ -173,7 +173,7 @@ fn bad_configurations_fail_naming_the_field_or_host() {
     let at = text.find("[[appliances]]").unwrap();
     std::fs::write(&cfg, format!("{}[mqtt]\nhost = \"127.0.0.1\"\nport = {closed}\n\n{}", &text[..at], &text[at..])).unwrap();
     init(&m, &cfg);
-    let out = device(&["run", "--timeout-s", "5"], &cfg);
+    let out = device(&["run", "--markets", "1", "--timeout-s", "5"], &cfg);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("MQTT broker 127.0.0.1:{closed} unreachable")), "{err}");
@@ -203,7 +203,10 @@ fn the_agent_refuses_entries_a_light_client_must_refuse() {
     let gw = device::config::Gateway::load(&cfg).unwrap();
     let keys = gw.proving_keys().unwrap();
     let mut agent = device::agent::Agent::new(gw.clone(), keys, Default::default()).unwrap();
-    let enrollment = agent.enrollments();
+    let id = gw.market().market.market_id;
+    agent.plan(&Default::default(), m.genesis.timestamp_ms);
+    let enrollment = agent.enrollments(m.genesis.timestamp_ms);
+    assert_eq!(enrollment.len(), 1, "the attested EV bids");
     let entry = Entry {
         chain_id: m.genesis.chain_id,
         height: 1,
@@ -235,16 +238,16 @@ fn the_agent_refuses_entries_a_light_client_must_refuse() {
     let mut unlinked = entry.clone();
     unlinked.prev_hash[0] ^= 1;
     assert!(agent.on_entry(&certify(&unlinked, &m.validators[..3], &[0, 1, 2]), now).is_err());
-    assert!(agent.state.enrolled.is_empty(), "nothing refused was acted on");
+    assert!(agent.state.markets[&id].enrolled.is_empty(), "nothing refused was acted on");
     // The real entry is accepted; a fork at the same height afterwards is refused.
     let build = agent.on_entry(&certify(&entry, &m.validators[..3], &[0, 1, 2]), now).unwrap();
-    assert!(agent.state.enrolled.contains("ev"));
-    assert_eq!(build, Some(1), "iteration 1 opens once the appliance is enrolled");
-    assert_eq!(agent.prove(1, &mut rng).unwrap().len(), 1);
+    assert!(agent.state.markets[&id].enrolled.contains("ev"));
+    assert_eq!(build, Some((id, 1)), "iteration 1 opens once the appliance is enrolled");
+    assert_eq!(agent.prove(id, 1, &mut rng).unwrap().len(), 1);
     let mut fork = entry.clone();
     fork.timestamp_ms += 1;
     assert!(agent.on_entry(&certify(&fork, &m.validators[1..4], &[1, 2, 3]), now).is_err());
-    assert_eq!(agent.state.submitted_through, 1, "no second submission");
+    assert_eq!(agent.state.markets[&id].submitted_through, 1, "no second submission");
 }
 
 #[test]
@@ -276,7 +279,7 @@ fn simulate_runs_many_virtual_appliances_of_every_model_to_the_final_schedule() 
     let proofs: u64 = validators.iter().map(|v| v.shared.snapshot.read().unwrap().stats.proofs_verified).max().unwrap();
     assert!(proofs >= 10, "{proofs} proofs committed");
     let state: serde_json::Value = serde_json::from_slice(&std::fs::read(m.dir.join("sim.state.json")).unwrap()).unwrap();
-    assert_eq!(state["enrolled"].as_array().unwrap().len(), 10);
+    assert_eq!(state["markets"]["5"]["enrolled"].as_array().unwrap().len(), 10);
     rt.block_on(async {
         for v in validators {
             v.stop().await.unwrap();
@@ -359,7 +362,7 @@ fn a_forged_update_body_is_refused_and_the_gateway_follows_another_validator() {
         honest
     });
     let log = std::fs::File::create(m.dir.join("fg.log")).unwrap();
-    let status = Command::new(BIN).args(["run", "--timeout-s", "90", "--config"]).arg(&cfg).env("RUST_LOG", "info").stderr(log).status().unwrap();
+    let status = Command::new(BIN).args(["run", "--markets", "1", "--timeout-s", "90", "--config"]).arg(&cfg).env("RUST_LOG", "info").stderr(log).status().unwrap();
     let err = std::fs::read_to_string(m.dir.join("fg.log")).unwrap();
     assert!(status.success(), "device run failed: {err}");
     assert!(err.contains("refused entry") && err.contains("following another validator"), "{err}");
@@ -373,7 +376,7 @@ fn a_forged_update_body_is_refused_and_the_gateway_follows_another_validator() {
         .last()
         .expect("the gateway's update is in the log");
     let state: serde_json::Value = serde_json::from_slice(&std::fs::read(m.dir.join("fg.state.json")).unwrap()).unwrap();
-    let held: Vec<i32> = state["schedules"]["ev"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32).collect();
+    let held: Vec<i32> = state["markets"]["5"]["schedules"]["ev"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32).collect();
     assert_eq!(held, committed);
     assert_ne!(held, vec![3000; T]);
     rt.block_on(async {

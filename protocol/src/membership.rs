@@ -274,6 +274,14 @@ pub fn check_attestation(
     kind: u8,
     m: &MarketSpec,
 ) -> Result<(), AttestationError> {
+    check_attested(a, chain, authorities, device, kind)?;
+    check_covers(a, m)
+}
+
+/// [`check_attestation`] without the time: signed (strictly) by one of `authorities`, for
+/// `device` and `kind`, bounded fields. A gateway keeps the attestations that pass this and
+/// picks, per market, one that also passes [`check_covers`].
+pub fn check_attested(a: &SignedAttestation, chain: &ChainId, authorities: &[AuthorityId], device: DeviceId, kind: u8) -> Result<(), AttestationError> {
     if !authorities.contains(&a.authority) {
         return Err(AttestationError::NotAnAuthority { device, authority: a.authority });
     }
@@ -288,6 +296,12 @@ pub fn check_attestation(
             reason: format!("meter point id of {} bytes (at most {MAX_METER_POINT_BYTES})", a.body.meter_point.len()),
         });
     }
+    Ok(())
+}
+
+/// Whether `a`'s validity period covers market `m`'s [`market_span`].
+pub fn check_covers(a: &SignedAttestation, m: &MarketSpec) -> Result<(), AttestationError> {
+    let device = a.body.device;
     let (from, until) = market_span(m);
     if a.body.valid_from_ms > from || a.body.valid_until_ms < until {
         return Err(AttestationError::Expired {
@@ -399,14 +413,21 @@ pub fn attest(
     meter_point: &str,
     span: (u64, u64),
 ) -> SignedAttestation {
-    let body = Attestation {
-        device,
-        kind: params.kind().id(),
-        meter_point: meter_point.to_string(),
-        nameplate: nameplate_of(params, slot_seconds),
-        valid_from_ms: span.0,
-        valid_until_ms: span.1,
-    };
+    attest_nameplate(authority, chain, device, params.kind().id(), nameplate_of(params, slot_seconds), meter_point, span)
+}
+
+/// An attestation of `device` of model `kind` with `nameplate`, valid over `span` (ms),
+/// signed by `authority`.
+pub fn attest_nameplate(
+    authority: &SigningKey,
+    chain: &ChainId,
+    device: DeviceId,
+    kind: u8,
+    nameplate: Nameplate,
+    meter_point: &str,
+    span: (u64, u64),
+) -> SignedAttestation {
+    let body = Attestation { device, kind, meter_point: meter_point.to_string(), nameplate, valid_from_ms: span.0, valid_until_ms: span.1 };
     SignedAttestation::new(authority, chain, body)
 }
 

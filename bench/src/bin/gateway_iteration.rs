@@ -78,6 +78,8 @@ fn main() {
     gw.self_attest(&bench::authority()).expect("the bench authority attests");
     let keys = gw.proving_keys().expect("proving keys");
     let mut agent = device::agent::Agent::new(gw.clone(), keys, Default::default()).expect("agent");
+    agent.plan(&Default::default(), protocol::net::now_ms());
+    let market_id = gw.market().market.market_id;
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let rows: Vec<(u32, f64, f64, f64)> = rt.block_on(async {
@@ -91,7 +93,7 @@ fn main() {
         for v in &gw.file.validators {
             conns.push(ValidatorClient::connect(&endpoint, v.addr, gw.validator_keys[v.index as usize], &ev.key).await.expect("connect"));
         }
-        for e in agent.enrollments() {
+        for e in agent.enrollments(protocol::net::now_ms()) {
             for c in &conns {
                 assert!(matches!(c.submit(&DeviceRequest::Enroll(e.clone())).await, Ok(DeviceResponse::Accepted)));
             }
@@ -101,16 +103,16 @@ fn main() {
         let mut rows = vec![];
         while let Some(item) = rx.recv().await {
             let item = item.expect("entry");
-            let Some(k) = agent.on_entry(&item, protocol::net::now_ms()).expect("light client") else {
-                if agent.is_final() {
+            let Some((_, k)) = agent.on_entry(&item, protocol::net::now_ms()).expect("light client") else {
+                if agent.state.markets.get(&market_id).is_some_and(|m| m.is_final()) {
                     break;
                 }
                 continue;
             };
             let t0 = Instant::now();
-            let solved = agent.solve().expect("solve");
+            let solved = agent.solve(market_id).expect("solve");
             let t1 = Instant::now();
-            let updates = agent.sign_proven(k, solved, &mut rng).expect("prove");
+            let updates = agent.sign_proven(market_id, k, solved, &mut rng).expect("prove");
             let t2 = Instant::now();
             for u in updates {
                 for c in &conns {
@@ -119,7 +121,7 @@ fn main() {
                 }
             }
             let t3 = Instant::now();
-            agent.state.submitted_through = k;
+            agent.state.markets.get_mut(&market_id).expect("bidding").submitted_through = k;
             let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1000.0;
             eprintln!("iteration {k}: solve {:.0} ms, prove {:.0} ms, submit {:.0} ms", ms(t0, t1), ms(t1, t2), ms(t2, t3));
             rows.push((k, ms(t0, t1), ms(t1, t2), ms(t2, t3)));

@@ -92,7 +92,7 @@ pub fn market_with(name: &str, timing: Timing) -> Market {
         },
         verifying_keys,
         enrollment_authorities: vec![protocol::membership::AuthorityId(authority().verifying_key().to_bytes())],
-        market_operators: vec![],
+        market_operators: vec![protocol::market::OperatorId(operator().verifying_key().to_bytes())],
     };
     let entry = Entry::genesis(genesis, now);
     std::fs::write(dir.join("genesis.bin"), protocol::codec::encode(&entry)).unwrap();
@@ -126,6 +126,30 @@ pub fn device(args: &[&str], config: &Path) -> std::process::Output {
 /// The enrollment authority of every test market (its key is also at `<dir>/authority.key`).
 pub fn authority() -> SigningKey {
     SigningKey::from_bytes(&[90; 32])
+}
+
+/// The market operator of every test market.
+pub fn operator() -> SigningKey {
+    SigningKey::from_bytes(&[91; 32])
+}
+
+/// The genesis market.
+pub fn spec(m: &Market) -> MarketSpec {
+    let protocol::entry::Body::Genesis(g) = &m.genesis.body else { unreachable!() };
+    g.market.clone()
+}
+
+/// Like [`init`], with attestations valid from the genesis market's close for `days` days.
+pub fn init_for_days(m: &Market, cfg: &Path, days: u64) {
+    let out = device(&["init"], cfg);
+    assert!(out.status.success(), "device init: {}", String::from_utf8_lossy(&out.stderr));
+    let requests: Vec<protocol::membership::AttestationRequest> =
+        serde_json::from_slice(&std::fs::read(cfg.with_extension("attestation-request.json")).unwrap()).unwrap();
+    let file = device::config::read_file(cfg).unwrap().attestations_file;
+    let (from, _) = protocol::membership::market_span(&spec(m));
+    let mut list: Vec<protocol::membership::SignedAttestation> = std::fs::read(&file).map(|b| serde_json::from_slice(&b).unwrap()).unwrap_or_default();
+    list.extend(requests.iter().map(|r| protocol::membership::SignedAttestation::new(&authority(), &m.genesis.chain_id, r.attestation(from, from + days * 86_400_000))));
+    std::fs::write(&file, serde_json::to_string(&list).unwrap()).unwrap();
 }
 
 /// `device init`, then the authority signs the request it wrote (as `verifier-node attest`
