@@ -174,7 +174,11 @@ fn follow(path: &Path, within: Option<Duration>, enroll_only: bool, markets: Opt
                 m.final_height,
                 m.submitted_through,
                 if m.converged { ", converged" } else { "" },
-                if m.executed && gw.file.mqtt.is_some() { ", executed" } else { "" }
+                if m.executed && gw.file.mqtt.is_some() {
+                    format!(", schedule executed ({} slots)", m.schedules.values().map(|s| s.len()).max().unwrap_or(0))
+                } else {
+                    String::new()
+                }
             );
         }
     }

@@ -159,3 +159,57 @@ fn byzantine_and_damaged_logs_are_flagged_at_the_first_bad_height() {
     });
     assert_eq!(r.first_bad.as_ref().map(|b| b.0), Some(last as u64), "{r:?}");
 }
+
+/// A height range is audited in full while the entries before it are only followed (fewer
+/// proofs verified); wrong aggregates certified by a Byzantine quorum are flagged at their
+/// height by a range that holds them, not by one that ends before them.
+#[test]
+fn a_height_range_is_audited_in_full_after_following_the_entries_before_it() {
+    let mut w = world();
+    let log = chain(&mut w);
+    let last = log.len() as u64 - 1;
+    let dir = scratch(&format!("range-{}", rand::random::<u32>()));
+    let store = Store::open(&dir).unwrap();
+    for (e, c, u) in &log {
+        store.decide(e, c, u).unwrap();
+    }
+    let full = audit(&store, w.keys.clone(), &mut ChaCha20Rng::seed_from_u64(3)).unwrap();
+    let tail = verifier_node::audit::audit_range(&store, w.keys.clone(), 4, None, &mut ChaCha20Rng::seed_from_u64(3)).unwrap();
+    assert!(tail.passed(), "{tail:?}");
+    assert_eq!((tail.entries_followed, tail.entries_ok, tail.range), (4, last - 3, (4, last)));
+    assert!(tail.proofs_verified < full.proofs_verified);
+    let window = verifier_node::audit::audit_range(&store, w.keys.clone(), 2, Some(3), &mut ChaCha20Rng::seed_from_u64(3)).unwrap();
+    assert!(window.passed() && window.entries_ok == 2 && window.range == (2, 3), "{window:?}");
+    let empty = verifier_node::audit::audit_range(&store, w.keys.clone(), last + 1, None, &mut ChaCha20Rng::seed_from_u64(3)).unwrap();
+    assert_eq!(empty.first_bad.map(|b| b.0), Some(last + 1));
+    drop(store);
+    std::fs::remove_dir_all(&dir).ok();
+
+    // Wrong aggregates at height 3, certified anyway: flagged by a range that holds it.
+    let mut damaged = log.clone();
+    let Body::Iteration(b) = &mut damaged[3].0.body else { panic!("height 3 is iteration 1") };
+    b.u[0] += 1;
+    for i in 3..damaged.len() {
+        if i > 3 {
+            damaged[i].0.prev_hash = damaged[i - 1].0.hash();
+        }
+        let e = damaged[i].0.clone();
+        damaged[i].1 = CommitCertificate {
+            height: e.height,
+            round: 0,
+            hash: e.hash(),
+            votes: [0u16, 1, 2].iter().map(|&v| sign_vote(&w.validators[v as usize], &w.chain, v, e.height, 0, &e.hash())).collect(),
+        };
+    }
+    let dir = scratch(&format!("range-bad-{}", rand::random::<u32>()));
+    let store = Store::open(&dir).unwrap();
+    for (e, c, u) in &damaged {
+        store.decide(e, c, u).unwrap();
+    }
+    let inside = verifier_node::audit::audit_range(&store, w.keys.clone(), 2, Some(last), &mut ChaCha20Rng::seed_from_u64(4)).unwrap();
+    assert_eq!(inside.first_bad.as_ref().map(|b| b.0), Some(3), "{inside:?}");
+    let before = verifier_node::audit::audit_range(&store, w.keys.clone(), 2, Some(2), &mut ChaCha20Rng::seed_from_u64(4)).unwrap();
+    assert!(before.passed(), "the damage is after the range: {before:?}");
+    drop(store);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -168,6 +168,13 @@ fn four_validators_run_three_overlapping_markets_on_one_chain() {
         let (ok, out) = c.audit(i);
         assert!(ok && out.contains("verdict: PASS"), "audit of validator {i}: {out}");
     }
+    // The later half of the log alone, the earlier entries followed as a light client.
+    let from = (n as u64 / 2).to_string();
+    let (ok, out) = c.audit_args(0, &["--from", &from]);
+    assert!(ok && out.contains("verdict: PASS") && out.contains(&format!("heights checked in full: {from}..=")), "{out}");
+    assert!(out.contains(&format!("entries followed before them: {from}")), "{out}");
+    let (ok, out) = c.audit_args(0, &["--from", "5", "--to", "3"]);
+    assert!(!ok && out.contains("no heights to audit"), "{out}");
 }
 
 /// The Sybil flood at a validator process: 10,000 self-made keys each dial in with their own

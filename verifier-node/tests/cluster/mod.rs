@@ -194,7 +194,13 @@ impl Cluster {
 
     /// `verifier-node audit --db` on validator `i`'s database.
     pub fn audit(&self, i: u16) -> (bool, String) {
-        let out = Command::new(BIN).args(["audit", "--db"]).arg(self.db(i)).args(["--keys"]).arg(self.dir.join("keys")).output().unwrap();
+        self.audit_args(i, &[])
+    }
+
+    /// `verifier-node audit --db` on validator `i`'s database with more arguments
+    /// (`--from H`, `--to H`).
+    pub fn audit_args(&self, i: u16, args: &[&str]) -> (bool, String) {
+        let out = Command::new(BIN).args(["audit", "--db"]).arg(self.db(i)).args(["--keys"]).arg(self.dir.join("keys")).args(args).output().unwrap();
         (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
     }
 }
