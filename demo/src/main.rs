@@ -39,13 +39,13 @@ use rand_chacha::ChaCha20Rng;
 #[derive(Parser, Debug, Clone)]
 #[command(name = "gridproof", version, about, long_about)]
 pub struct Args {
-    /// Appliances (split over the gateways). Each proves once per ADMM iteration (≈ 50 ms of
-    /// a 2-core machine at T = 24), which sets the iteration window: 80 finish two days in
+    /// Appliances (split over the gateways). Each proves once per ADMM iteration (≈ 100 ms of
+    /// a 2-core machine at T = 24), which sets the iteration window: 40 finish two days in
     /// under five minutes there.
-    #[arg(long, default_value_t = 80)]
+    #[arg(long, default_value_t = 40)]
     pub appliances: usize,
     /// Gateways (homes); each runs in its own thread with its own QUIC and MQTT connections.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 5)]
     pub gateways: usize,
     /// Slots T of the day (24 = hourly).
     #[arg(long, default_value_t = 24)]
@@ -358,7 +358,10 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         let spec = if d == 0 {
             spec_of(0, close)
         } else {
-            let spec = spec_of(d, protocol::net::now_ms() + registration_ms);
+            // One iteration window longer than day 1's: the gateways prove iteration 1 as soon
+            // as all their bids are in, and a household's late change of mind (the withdrawal
+            // below) must still reach the validators before the close.
+            let spec = spec_of(d, protocol::net::now_ms() + registration_ms + iteration_ms);
             let open = protocol::market::SignedMarketOpen::new(&operator, &genesis_entry.chain_id, spec.clone());
             let answers = rt.block_on(verifier_node::roles::submit_to_all(&validator_ids, &peers, &operator, &protocol::messages::DeviceRequest::Open(open), Duration::from_secs(5)));
             if answers.iter().filter(|a| a.accepted()).count() < answers.len() * 2 / 3 + 1 {

@@ -132,6 +132,13 @@ impl AgentState {
     }
 }
 
+/// Whether an iteration entry's residuals meet the stopping rule (the validators' final entry
+/// follows it).
+fn converged(b: &protocol::entry::IterationBody) -> bool {
+    let [primal, dual, eps_primal, eps_dual] = b.residuals;
+    protocol::admm::Residuals { primal, dual, eps_primal, eps_dual }.converged()
+}
+
 /// A market the log opened: its spec and when (the entry's time), as the validators hold it.
 #[derive(Debug, Clone)]
 struct Known {
@@ -425,7 +432,7 @@ impl Agent {
         };
         known.next_due_ms = match &c.entry.body {
             Body::Enrollment(_) => Some(next_batch.unwrap_or_else(|| clock.deadline(1))),
-            Body::Iteration(b) if b.iteration < g.max_iterations => Some(clock.deadline(b.iteration + 1)),
+            Body::Iteration(b) if b.iteration < g.max_iterations && !converged(b) => Some(clock.deadline(b.iteration + 1)),
             Body::Iteration(_) => Some(c.entry.timestamp_ms),
             _ => None,
         };
@@ -463,7 +470,8 @@ impl Agent {
                     }
                 }
                 m.variables = Some((b.x_bar.clone(), b.z_bar.clone(), b.u.clone()));
-                Some(b.iteration + 1)
+                // After a converged iteration the final entry comes next: nothing to build.
+                (!converged(b)).then_some(b.iteration + 1)
             }
             Body::Final(f) => {
                 m.final_prices = Some(f.prices.clone());
@@ -502,7 +510,8 @@ impl Agent {
         };
         let mut out = Vec::new();
         for (i, a) in self.gateway.appliances.iter().enumerate() {
-            let Some(bid) = m.bids.get(&a.name).filter(|_| m.enrolled.contains(&a.name)) else { continue };
+            // An appliance whose withdrawal is under way proves nothing.
+            let Some(bid) = m.bids.get(&a.name).filter(|_| m.enrolled.contains(&a.name) && !m.off.contains(&a.name)) else { continue };
             let previous = m.schedules.get(&a.name).cloned().unwrap_or_else(|| vec![0; t]);
             let x = local_step(&bid.params, &bid.costs, Fixed(g.rho), &vars, &previous)
                 .map_err(|e| AgentError::Prove { market_id, name: a.name.clone(), reason: format!("local step: {e}") })?;

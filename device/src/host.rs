@@ -173,12 +173,29 @@ impl Execution {
         let (progress_tx, progress) = tokio::sync::mpsc::unbounded_channel();
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
-            loop {
-                let job = tokio::select! {
-                    j = rx.recv() => j,
-                    _ = stopped.changed() => None,
+            // Final schedules waiting, earliest execution first (on the market's own clock;
+            // compressed, in the order they became final).
+            let mut pending: BTreeMap<(u64, u64), Job> = BTreeMap::new();
+            let order = |j: &Job, seq: u64| if compressed_slot_ms.is_some() { (seq, j.market_id) } else { (j.timing.start_ms, j.market_id) };
+            let mut seq = 0u64;
+            let mut open = true;
+            'jobs: loop {
+                let Some((_, job)) = pending.pop_first() else {
+                    if !open {
+                        break;
+                    }
+                    tokio::select! {
+                        j = rx.recv() => match j {
+                            Some(j) => {
+                                seq += 1;
+                                pending.insert(order(&j, seq), j);
+                            }
+                            None => open = false,
+                        },
+                        _ = stopped.changed() => break,
+                    }
+                    continue;
                 };
-                let Some(job) = job else { break };
                 let timing = match compressed_slot_ms {
                     Some(slot_ms) => Timing { start_ms: protocol::net::now_ms() + slot_ms, slot_ms },
                     None => job.timing,
@@ -197,14 +214,28 @@ impl Execution {
                     info!(market = job.market_id, in_s = (timing.start_ms - now) / 1000, "execution starts at {}", actuation::rfc3339(timing.start_ms));
                 }
                 let market_id = job.market_id;
-                let done = tokio::select! {
-                    _ = crate::mqtt::execute(&mut broker, &mut executor, &on_connect, |done_ms| {
-                        let _ = progress_tx.send(Progress::At { market_id, done_ms });
-                    }) => true,
-                    _ = stopped.changed() => false,
-                };
-                if !done {
-                    break;
+                loop {
+                    tokio::select! {
+                        _ = crate::mqtt::execute(&mut broker, &mut executor, &on_connect, |done_ms| {
+                            let _ = progress_tx.send(Progress::At { market_id, done_ms });
+                        }) => break,
+                        _ = stopped.changed() => break 'jobs,
+                        j = rx.recv(), if open => match j {
+                            // A schedule that executes earlier, final later: it goes first
+                            // while this one has not started.
+                            Some(j) if compressed_slot_ms.is_none() && j.timing.start_ms < timing.start_ms && protocol::net::now_ms() < timing.start_ms => {
+                                info!(market = market_id, before = j.market_id, "execution waits for an earlier market's");
+                                pending.insert(order(&j, 0), j);
+                                pending.insert(order(&job, 0), job);
+                                continue 'jobs;
+                            }
+                            Some(j) => {
+                                seq += 1;
+                                pending.insert(order(&j, seq), j);
+                            }
+                            None => open = false,
+                        },
+                    }
                 }
                 let _ = progress_tx.send(Progress::Done { market_id, slots });
             }
@@ -452,6 +483,11 @@ async fn follow(agent: &mut Agent, gw: &Gateway, opts: RunOptions, mut execution
             // A new market: decide and send its bids at once.
             bids_sent_at = None;
             agent.plan(&overrides, protocol::net::now_ms());
+        }
+        if matches!(c.entry.body, protocol::entry::Body::Enrollment(_)) && !agent.withdrawals(protocol::net::now_ms()).is_empty() {
+            // A bid whose day turned off is in the log now: withdraw it at once, not an
+            // interval later (that may be after the close).
+            bids_sent_at = None;
         }
         crate::state::save(&state_path, &agent.state)?;
         if opts.enroll_only && saw_registration && (agent.all_enrolled() || build.is_some()) {
