@@ -1,12 +1,13 @@
 //! The demo end to end, small: 10 appliances of every model in 3 gateways, T = 8, four
-//! validators, the embedded broker. Its summary must say what a newcomer is promised: the
-//! market converged, every proof was valid and verified by every validator, every schedule was
-//! executed over MQTT, and ADMM's objective is within 1 % of the centralised optimum.
+//! validators, the embedded broker, two market days on one chain. Its summary must say what a
+//! newcomer is promised: both days converged, day 1 within 1 % of the centralised optimum,
+//! day 2 with one bid withdrawn, the unattested device refused by every validator, every proof
+//! valid and verified by every validator, every schedule executed over MQTT.
 
 use std::process::Command;
 
 #[test]
-fn a_small_market_day_converges_proves_executes_and_matches_the_central_optimum() {
+fn two_small_market_days_on_one_chain_converge_withdraw_refuse_and_execute() {
     let out = std::env::temp_dir().join(format!("gridproof-demo-test-{}", std::process::id()));
     // Above the ephemeral range (32768–60999), so no outgoing socket holds one of these.
     let port = 61_000 + (std::process::id() % 21) as u16 * 210;
@@ -20,23 +21,40 @@ fn a_small_market_day_converges_proves_executes_and_matches_the_central_optimum(
     assert!(run.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&run.stderr));
     assert!(stdout.contains("objective gap"), "{stdout}");
     let s: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
-    assert_eq!(s["converged"], true, "{s}");
-    assert_eq!(s["schedules_committed"], 10);
+    let (d1, d2) = (&s["days"][0], &s["days"][1]);
+    // Day 1: every appliance, converged near the central optimum, valleys filled.
+    assert_eq!(d1["converged"], true, "{s}");
+    assert_eq!(d1["schedules_committed"], 10);
+    let included = d1["proofs_included"].as_u64().unwrap();
+    assert!(included >= 10 * d1["iterations"].as_u64().unwrap() - 10, "every appliance proved nearly every iteration: {s}");
+    let gap = d1["objective"]["gap"].as_f64().unwrap();
+    assert!(gap.abs() < 0.01, "objective gap {gap}");
+    let (before, after) = (d1["peak_to_average"]["before"].as_f64().unwrap(), d1["peak_to_average"]["after"].as_f64().unwrap());
+    assert!(after < before, "valley filling lowers the peak-to-average ratio: {before} → {after}");
+    // Day 2, opened by the operator on the same chain: ten bids, one withdrawn before the
+    // close, nine schedules.
+    assert_eq!((d2["market_id"].as_u64(), d2["bids"].as_u64(), d2["withdrawals"].as_u64()), (Some(2), Some(10), Some(1)), "{s}");
+    assert_eq!(d2["converged"], true, "{s}");
+    assert_eq!(d2["schedules_committed"], 9);
+    assert!(d2["final_height"].as_u64() > d1["final_height"].as_u64());
+    assert_eq!(s["withdrawn"], "deferrable-0000");
+    // Every validator verified every included proof of both days; none was invalid.
     assert_eq!(s["proofs"]["rejected_invalid"], 0);
-    let included = s["proofs"]["included"].as_u64().unwrap();
-    assert!(included >= 10 * s["iterations"].as_u64().unwrap() - 10, "every appliance proved nearly every iteration: {s}");
-    assert_eq!(s["proofs"]["verified_per_validator"], included, "every validator verified every included proof");
+    assert_eq!(s["proofs"]["verified_per_validator"], included + d2["proofs_included"].as_u64().unwrap());
+    // The device nobody attested was refused by all four validators.
+    assert_eq!(s["unattested_refused"]["refusals_counted_by_validators"], 4, "{s}");
+    assert!(s["unattested_refused"]["answer"].as_str().unwrap().starts_with("unattested"), "{s}");
     assert_eq!(s["execution"]["executed"], true, "{s}");
     assert_eq!(s["execution"]["setpoints_seen"], s["execution"]["setpoints_expected"]);
-    let gap = s["objective"]["gap"].as_f64().unwrap();
-    assert!(gap.abs() < 0.01, "objective gap {gap}");
-    let (before, after) = (s["peak_to_average"]["before"].as_f64().unwrap(), s["peak_to_average"]["after"].as_f64().unwrap());
-    assert!(after < before, "valley filling lowers the peak-to-average ratio: {before} → {after}");
+    assert_eq!(s["execution"]["setpoints_expected"], (10 + 9) * (8 + 1));
     // Consensus takes time: the validators' own due → commit latency is positive and below
     // the client's (which adds delivery).
-    let node = s["commit_latency_ms"]["validators_due_to_commit_mean"].as_f64().unwrap();
-    assert!(node > 0.0 && node <= s["commit_latency_ms"]["max"].as_f64().unwrap(), "{s}");
-    let svg = std::fs::read_to_string(out.join("chart.svg")).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("price"), "an SVG chart with a price series");
+    let node = s["validators_due_to_commit_mean_ms"].as_f64().unwrap();
+    let client_max = d1["commit_latency_ms"]["max"].as_f64().unwrap().max(d2["commit_latency_ms"]["max"].as_f64().unwrap());
+    assert!(node > 0.0 && node <= client_max, "{s}");
+    for chart in ["chart.svg", "chart-day2.svg"] {
+        let svg = std::fs::read_to_string(out.join(chart)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("price") && svg.contains("day"), "{chart}: an SVG chart with a price series");
+    }
     let _ = std::fs::remove_dir_all(&out);
 }

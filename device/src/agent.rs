@@ -207,11 +207,6 @@ impl Agent {
             .filter_map(|(id, k)| self.state.markets.get(id).filter(|m| !m.registration_over).map(|m| (*id, k, m)))
     }
 
-    /// Whether registration is open at `now_ms` in a market this gateway bids in.
-    pub fn is_registering(&self, now_ms: u64) -> bool {
-        self.registering(now_ms).next().is_some()
-    }
-
     /// How often enrollments and withdrawals are sent again while registration is open: the
     /// shortest enrollment interval of the markets registering.
     pub fn enrollment_interval_ms(&self, now_ms: u64) -> Option<u64> {
@@ -242,7 +237,12 @@ impl Agent {
             .map(|(id, k)| (*id, k.spec.registration_close_ms, protocol::market::execution_span(&k.spec).1))
             .collect();
         for (id, close, end) in missed {
-            let names: Vec<&str> = self.gateway.appliances.iter().map(|a| a.name.as_str()).collect();
+            // The names, the first eight of them (a simulated gateway holds thousands).
+            let all = &self.gateway.appliances;
+            let mut names: Vec<String> = all.iter().take(8).map(|a| a.name.clone()).collect();
+            if all.len() > 8 {
+                names.push(format!("and {} more", all.len() - 8));
+            }
             let why = format!("registration closed at {} before this gateway could bid ({})", crate::actuation::rfc3339(close), names.join(", "));
             if now_ms < end {
                 tracing::warn!(market = id, "sitting this market out: {why}");

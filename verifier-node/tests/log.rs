@@ -93,15 +93,9 @@ fn a_certified_log_survives_restart_and_audits_clean() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// Stores `log` with `mutate` applied to one height's (entry, certificate, updates), with the
-/// following entries re-linked and re-certified by the same quorum (a Byzantine majority).
-fn audit_with(
-    w: &World,
-    mut log: Vec<(Entry, CommitCertificate, Vec<SignedUpdate>)>,
-    h: usize,
-    mutate: impl Fn(&mut (Entry, CommitCertificate, Vec<SignedUpdate>)),
-) -> verifier_node::audit::AuditReport {
-    mutate(&mut log[h]);
+/// Re-links the entries from height `h` on and re-certifies each that had a quorum by the
+/// same three validators (a Byzantine majority signing whatever `h` now holds).
+fn recertify(w: &World, log: &mut [(Entry, CommitCertificate, Vec<SignedUpdate>)], h: usize) {
     for i in h..log.len() {
         if i > h {
             let prev = log[i - 1].0.hash();
@@ -117,6 +111,18 @@ fn audit_with(
             };
         }
     }
+}
+
+/// Stores `log` with `mutate` applied to one height's (entry, certificate, updates), with the
+/// following entries re-linked and re-certified by the same quorum (a Byzantine majority).
+fn audit_with(
+    w: &World,
+    mut log: Vec<(Entry, CommitCertificate, Vec<SignedUpdate>)>,
+    h: usize,
+    mutate: impl Fn(&mut (Entry, CommitCertificate, Vec<SignedUpdate>)),
+) -> verifier_node::audit::AuditReport {
+    mutate(&mut log[h]);
+    recertify(w, &mut log, h);
     let dir = scratch(&format!("bad{h}-{}", rand::random::<u32>()));
     let store = Store::open(&dir).unwrap();
     for (e, c, u) in &log {
@@ -189,18 +195,7 @@ fn a_height_range_is_audited_in_full_after_following_the_entries_before_it() {
     let mut damaged = log.clone();
     let Body::Iteration(b) = &mut damaged[3].0.body else { panic!("height 3 is iteration 1") };
     b.u[0] += 1;
-    for i in 3..damaged.len() {
-        if i > 3 {
-            damaged[i].0.prev_hash = damaged[i - 1].0.hash();
-        }
-        let e = damaged[i].0.clone();
-        damaged[i].1 = CommitCertificate {
-            height: e.height,
-            round: 0,
-            hash: e.hash(),
-            votes: [0u16, 1, 2].iter().map(|&v| sign_vote(&w.validators[v as usize], &w.chain, v, e.height, 0, &e.hash())).collect(),
-        };
-    }
+    recertify(&w, &mut damaged, 3);
     let dir = scratch(&format!("range-bad-{}", rand::random::<u32>()));
     let store = Store::open(&dir).unwrap();
     for (e, c, u) in &damaged {
