@@ -174,7 +174,9 @@ fn state_topic(ha: &HomeAssistantFile, appliance: &str, what: &str) -> String {
 
 /// Home Assistant's RFC 3339 timestamp for ms since the epoch.
 pub fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    // humantime formats years up to 9999 (a time from the log may be anything).
+    const LAST_MS: u64 = 253_402_300_799_000;
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms.min(LAST_MS))).to_string()
 }
 
 /// The retained discovery configs: three sensors per appliance (planned power, price, next

@@ -73,6 +73,10 @@ pub struct MarketState {
     pub enrolled: BTreeSet<String>,
     /// The closing enrollment batch is in: nobody enrolls or withdraws any more.
     pub registration_over: bool,
+    /// The height of that closing batch (0 while registration is open): a revocation
+    /// replayed after a restart applies to the market if it came before it.
+    #[serde(default)]
+    pub closed_at: u64,
     /// Highest iteration whose updates were built (never built twice).
     pub submitted_through: u32,
     /// Each appliance's latest schedule as the validators hold it (W per slot).
@@ -115,7 +119,9 @@ impl MarketState {
 pub struct AgentState {
     /// Highest height accepted.
     pub height: u64,
-    /// Every market this gateway bid in, by id.
+    /// Every market this gateway bid in, by id (a state file of the single-market format
+    /// before it loads with none: the log's replay rebuilds what is still open).
+    #[serde(default)]
     pub markets: BTreeMap<u64, MarketState>,
     /// Markets it does not take part in, and why (opened too late to bid, nothing to bid).
     #[serde(default)]
@@ -272,15 +278,21 @@ impl Agent {
             }
             match self.state.markets.get_mut(&id) {
                 None => {
-                    let bids: BTreeMap<String, Bid> = wanted.into_iter().filter_map(|(n, b)| b.map(|b| (n, b))).collect();
-                    if bids.is_empty() {
-                        let why = "no appliance bids (none attested for it, no proving key for its T, or all off that day)".to_string();
+                    if wanted.is_empty() {
+                        let why = "no appliance can bid (none attested for it, or no proving key for its T)".to_string();
                         tracing::info!(market = id, "sitting this market out: {why}");
                         self.state.skipped.insert(id, why);
                         continue;
                     }
+                    // Joined even if every appliance is off that day: an appliance turned on
+                    // before the close still bids, and at the close the market is sat out.
+                    let bids: BTreeMap<String, Bid> = wanted.into_iter().filter_map(|(n, b)| b.map(|b| (n, b))).collect();
                     let (date, _) = crate::config::market_day(&spec, offset);
-                    tracing::info!(market = id, day = date, appliances = bids.keys().cloned().collect::<Vec<_>>().join(", "), "bidding");
+                    if bids.is_empty() {
+                        tracing::info!(market = id, day = date, "every appliance is off that day: no bid");
+                    } else {
+                        tracing::info!(market = id, day = date, appliances = bids.keys().cloned().collect::<Vec<_>>().join(", "), "bidding");
+                    }
                     self.state.markets.insert(id, MarketState { bids, ..MarketState::default() });
                 }
                 Some(m) => {
@@ -406,7 +418,8 @@ impl Agent {
                     tracing::warn!(appliance = a.name, height = c.entry.height, "an authority revoked this appliance's attestation");
                     let name = a.name.clone();
                     self.state.revoked.insert(digest);
-                    for m in self.state.markets.values_mut().filter(|m| !m.registration_over) {
+                    let h = c.entry.height;
+                    for m in self.state.markets.values_mut().filter(|m| m.closed_at == 0 || h < m.closed_at) {
                         m.enrolled.remove(&name);
                         m.bids.remove(&name);
                     }
@@ -453,6 +466,9 @@ impl Agent {
                 // those that are in once the closing batch ended registration.
                 let over = next_batch.is_none();
                 m.registration_over |= over;
+                if over && m.closed_at == 0 {
+                    m.closed_at = c.entry.height;
+                }
                 let missing: Vec<&str> = m.bids.keys().filter(|n| !m.enrolled.contains(*n) && !m.off.contains(*n)).map(|n| n.as_str()).collect();
                 if over && m.enrolled.is_empty() {
                     tracing::warn!(market = id, height = c.entry.height, "registration closed without any of this gateway's appliances: sitting this market out");

@@ -214,11 +214,16 @@ impl Execution {
                     info!(market = job.market_id, in_s = (timing.start_ms - now) / 1000, "execution starts at {}", actuation::rfc3339(timing.start_ms));
                 }
                 let market_id = job.market_id;
+                // One run of the executor per job: a job arriving meanwhile is queued without
+                // interrupting it.
+                let progress_tx = &progress_tx;
+                let run = crate::mqtt::execute(&mut broker, &mut executor, &on_connect, move |done_ms| {
+                    let _ = progress_tx.send(Progress::At { market_id, done_ms });
+                });
+                tokio::pin!(run);
                 loop {
                     tokio::select! {
-                        _ = crate::mqtt::execute(&mut broker, &mut executor, &on_connect, |done_ms| {
-                            let _ = progress_tx.send(Progress::At { market_id, done_ms });
-                        }) => break,
+                        _ = &mut run => break,
                         _ = stopped.changed() => break 'jobs,
                         j = rx.recv(), if open => match j {
                             // A schedule that executes earlier, final later: it goes first
@@ -361,7 +366,8 @@ async fn follow(agent: &mut Agent, gw: &Gateway, opts: RunOptions, mut execution
     // The open iteration's updates, sent once more two thirds into its window: a validator
     // that restarted after the first submission (its pool is in memory) and proposes the
     // iteration would otherwise leave them out.
-    let mut resend: Option<(tokio::time::Instant, Vec<(usize, DeviceRequest)>, tokio::time::Instant)> = None;
+    // One per market: iterations of two markets may interleave.
+    let mut resend: BTreeMap<u64, (tokio::time::Instant, Vec<(usize, DeviceRequest)>, tokio::time::Instant)> = BTreeMap::new();
     loop {
         // Bids not yet in the log, and withdrawals, to every validator, again each interval
         // while registration is open: validators do not share their pools, and only the
@@ -401,7 +407,8 @@ async fn follow(agent: &mut Agent, gw: &Gateway, opts: RunOptions, mut execution
         let bids_at = agent
             .enrollment_interval_ms(now)
             .map_or(far, |i| tokio::time::Instant::now() + Duration::from_millis((bids_sent_at.unwrap_or(0) + i).saturating_sub(now).min(OVERRIDES_POLL_MS)));
-        let resend_at = resend.as_ref().map_or(far, |r| r.0);
+        let next_resend = resend.iter().min_by_key(|(_, r)| r.0).map(|(id, r)| (*id, r.0));
+        let resend_at = next_resend.map_or(far, |r| r.1);
         let end = overall.unwrap_or(far);
         let item = match feed.rx.as_mut() {
             Some(rx) => tokio::select! {
@@ -422,8 +429,8 @@ async fn follow(agent: &mut Agent, gw: &Gateway, opts: RunOptions, mut execution
                     }
                     continue;
                 }
-                _ = tokio::time::sleep_until(resend_at), if resend.is_some() => {
-                    let (_, requests, deadline) = resend.take().expect("checked");
+                _ = tokio::time::sleep_until(resend_at), if next_resend.is_some() => {
+                    let (_, requests, deadline) = resend.remove(&next_resend.expect("checked").0).expect("checked");
                     let outcomes = links.submit_all(requests, deadline).await;
                     let newly: usize = outcomes.iter().map(|o| o.accepted).sum();
                     debug!(newly_accepted_by = newly, "updates sent again");
@@ -517,7 +524,10 @@ async fn follow(agent: &mut Agent, gw: &Gateway, opts: RunOptions, mut execution
             let names: Vec<usize> = requests.iter().map(|r| r.0).collect();
             let deadline = tokio::time::Instant::now() + left;
             let again = deadline.checked_sub(Duration::from_millis(stall_grace_ms(spec.iteration_ms))).filter(|t| *t > tokio::time::Instant::now());
-            resend = again.map(|t| (t, requests.clone(), deadline));
+            match again {
+                Some(t) => resend.insert(market_id, (t, requests.clone(), deadline)),
+                None => resend.remove(&market_id),
+            };
             let outcomes = links.submit_all(requests, deadline).await;
             let summary = summaries.entry(market_id).or_default();
             for (i, o) in names.into_iter().zip(outcomes) {

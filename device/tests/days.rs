@@ -114,6 +114,21 @@ fn the_agent_bids_each_days_plan_with_fresh_commitments_and_withdraws_what_turne
     assert!(agent.withdrawals(now).is_empty(), "nothing to withdraw any more");
     assert_eq!(agent.state.markets[&day1.market_id].enrolled.len(), expected, "day 1 untouched");
 
+    // Day 3 opens with every appliance off: joined without a bid, and an appliance turned on
+    // again before the close bids.
+    let day3 = next_day(&day2, day2.registration_close_ms + 1);
+    let open3 = chain.next(Body::Open(SignedMarketOpen::new(&operator(), &m.genesis.chain_id, day3.clone())));
+    agent.on_entry(&open3, now).unwrap();
+    // (The file keeps day 2's "off": without it the boiler would bid day 2 again.)
+    let all_off = Overrides::parse(r#"{"market-6": {"boiler": "off"}, "market-7": {"ev": "off", "boiler": "off"}}"#, &names).unwrap();
+    agent.plan(&all_off, now);
+    assert!(agent.enrollments(now).is_empty());
+    assert!(agent.state.markets.contains_key(&day3.market_id) && !agent.state.skipped.contains_key(&day3.market_id));
+    let boiler_on = Overrides::parse(r#"{"market-6": {"boiler": "off"}, "market-7": {"ev": "off"}}"#, &names).unwrap();
+    agent.plan(&boiler_on, now);
+    let bids3 = agent.enrollments(now);
+    assert_eq!(bids3.iter().map(|e| (e.body.market_id, e.body.device)).collect::<Vec<_>>(), vec![(day3.market_id, boiler.id())]);
+
     // The overrides file is checked at the door: unknown appliances and keys are named.
     let err = Overrides::parse(r#"{"market-6": {"heater": "off"}}"#, &names).unwrap_err();
     assert!(err.contains("heater"), "{err}");

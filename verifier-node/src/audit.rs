@@ -83,17 +83,21 @@ pub fn audit_range<L: Log, R: RngCore + CryptoRng>(store: L, keys: VerifierKeys,
             // A missing update body shows up as a corrupt store.
             Err(e) => return bad(report, h, e.to_string()),
         };
-        let (entry, updates) = (c.entry, c.updates);
-        if let Err(e) = client.accept(&entry, &c.certificate) {
-            return bad(report, h, e.to_string());
-        }
         if h < from {
+            // Link, certificate, and the bodies against the entry's digests.
+            if let Err(e) = client.accept_certified(&c) {
+                return bad(report, h, e.to_string());
+            }
             // Trusted as certified: applied for the state the range is checked against.
-            if let Err(r) = app.apply(&entry, &updates) {
+            if let Err(r) = app.apply(&c.entry, &c.updates) {
                 return bad(report, h, format!("before the range, could not apply: {r}"));
             }
             report.entries_followed += 1;
             continue;
+        }
+        let (entry, updates) = (c.entry, c.updates);
+        if let Err(e) = client.accept(&entry, &c.certificate) {
+            return bad(report, h, e.to_string());
         }
         if let Err(r) = app.validate(&entry, &updates, &Default::default(), rng).and_then(|()| app.apply(&entry, &updates)) {
             return bad(report, h, r.to_string());
