@@ -300,9 +300,7 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         // The plate an installer attests holds every day's needs.
         for (a, &i) in gw.appliances.iter_mut().zip(members) {
             for sc in &scenarios {
-                let n = protocol::membership::nameplate_of(&sc.devices[i].params, slot_seconds);
-                let p = &mut a.nameplate;
-                (p.max_import_w, p.max_export_w, p.capacity_wh) = (p.max_import_w.max(n.max_import_w), p.max_export_w.max(n.max_export_w), p.capacity_wh.max(n.capacity_wh));
+                a.nameplate = a.nameplate.cover(&protocol::membership::nameplate_of(&sc.devices[i].params, slot_seconds));
             }
         }
         gw.self_attest(&authority).map_err(|e| e.to_string())?;

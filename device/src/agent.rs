@@ -71,10 +71,9 @@ pub struct MarketState {
     pub off: BTreeSet<String>,
     /// Appliances enrolled in the log (withdrawals and revocations taken out).
     pub enrolled: BTreeSet<String>,
-    /// The closing enrollment batch is in: nobody enrolls or withdraws any more.
-    pub registration_over: bool,
-    /// The height of that closing batch (0 while registration is open): a revocation
-    /// replayed after a restart applies to the market if it came before it.
+    /// The height of the closing enrollment batch, 0 while registration is open: after it
+    /// nobody enrolls or withdraws, and a revocation replayed after a restart applies to the
+    /// market if it came before it.
     #[serde(default)]
     pub closed_at: u64,
     /// Highest iteration whose updates were built (never built twice).
@@ -108,9 +107,14 @@ impl MarketState {
         self.final_prices.is_some()
     }
 
+    /// Whether the closing enrollment batch is in.
+    pub fn registration_over(&self) -> bool {
+        self.closed_at > 0
+    }
+
     /// Registration closed without one of this gateway's appliances: it sits the market out.
     pub fn sat_out(&self) -> bool {
-        self.registration_over && self.enrolled.is_empty() && self.submitted_through == 0
+        self.registration_over() && self.enrolled.is_empty() && self.submitted_through == 0
     }
 }
 
@@ -210,7 +214,7 @@ impl Agent {
         self.known
             .iter()
             .filter(move |(_, k)| now_ms < k.spec.registration_close_ms)
-            .filter_map(|(id, k)| self.state.markets.get(id).filter(|m| !m.registration_over).map(|m| (*id, k, m)))
+            .filter_map(|(id, k)| self.state.markets.get(id).filter(|m| !m.registration_over()).map(|m| (*id, k, m)))
     }
 
     /// How often enrollments and withdrawals are sent again while registration is open: the
@@ -260,7 +264,7 @@ impl Agent {
         let open: Vec<(u64, MarketSpec)> =
             self.known.iter().filter(|(_, k)| now_ms < k.spec.registration_close_ms).map(|(id, k)| (*id, k.spec.clone())).collect();
         for (id, spec) in open {
-            if self.state.skipped.contains_key(&id) || self.state.markets.get(&id).is_some_and(|m| m.registration_over) {
+            if self.state.skipped.contains_key(&id) || self.state.markets.get(&id).is_some_and(|m| m.registration_over()) {
                 continue;
             }
             let mut wanted: BTreeMap<String, Option<Bid>> = BTreeMap::new();
@@ -370,7 +374,7 @@ impl Agent {
     /// Whether every market this gateway bids in is past registration or has all its bids
     /// (not off) enrolled.
     pub fn all_enrolled(&self) -> bool {
-        self.state.markets.values().all(|m| m.registration_over || m.bids.keys().all(|n| m.enrolled.contains(n) || m.off.contains(n)))
+        self.state.markets.values().all(|m| m.registration_over() || m.bids.keys().all(|n| m.enrolled.contains(n) || m.off.contains(n)))
     }
 
     /// Markets whose final schedule is in and not yet executed, by id.
@@ -465,7 +469,6 @@ impl Agent {
                 // Iteration 1 opens with the variables at zero once every bid is in, or with
                 // those that are in once the closing batch ended registration.
                 let over = next_batch.is_none();
-                m.registration_over |= over;
                 if over && m.closed_at == 0 {
                     m.closed_at = c.entry.height;
                 }

@@ -402,14 +402,18 @@ impl Appliance {
             let params = spec.to_params(slots, m.slot_seconds).map_err(|e| format!("{source}: {e}"))?;
             Ok(Bid { params, costs: costs? })
         };
+        // The appliance's costs for a market of this T.
+        let costs = || match &self.plan {
+            Plan::Configured { costs, .. } => costs_of(costs, slots.get()),
+            Plan::Fixed { costs, .. } => fit_costs(costs, slots.get()),
+        };
         let bid = match (overrides.get(m.market_id, &date, &self.name), &self.plan) {
             (Some(DayFile::Off(_)), _) => return Ok(None),
-            (Some(DayFile::Spec(spec)), Plan::Configured { costs, .. }) => from_spec(spec, costs_of(costs, slots.get()), &format!("overrides for {date}"))?,
-            (Some(DayFile::Spec(spec)), Plan::Fixed { costs, .. }) => from_spec(spec, fit_costs(costs, slots.get()), &format!("overrides for {date}"))?,
-            (None, Plan::Configured { spec, week, costs }) => match week.day(weekday) {
+            (Some(DayFile::Spec(spec)), _) => from_spec(spec, costs(), &format!("overrides for {date}"))?,
+            (None, Plan::Configured { spec, week, .. }) => match week.day(weekday) {
                 Some(DayFile::Off(_)) => return Ok(None),
-                Some(DayFile::Spec(day)) => from_spec(day, costs_of(costs, slots.get()), "week")?,
-                None => from_spec(spec, costs_of(costs, slots.get()), "spec")?,
+                Some(DayFile::Spec(day)) => from_spec(day, costs(), "week")?,
+                None => from_spec(spec, costs(), "spec")?,
             },
             (None, Plan::Fixed { params, costs, slot_seconds }) => {
                 if params.slots().get() != slots.get() || *slot_seconds != m.slot_seconds {
@@ -665,9 +669,7 @@ fn appliances(path: &Path, file: &GatewayFile, g: &Genesis, secret: &SigningKey)
             // The smallest nameplate every day of the week fits.
             None => {
                 for (_, params) in &days {
-                    let n = protocol::membership::nameplate_of(params, g.market.slot_seconds);
-                    let p = &mut appliance.nameplate;
-                    (p.max_import_w, p.max_export_w, p.capacity_wh) = (p.max_import_w.max(n.max_import_w), p.max_export_w.max(n.max_export_w), p.capacity_wh.max(n.capacity_wh));
+                    appliance.nameplate = appliance.nameplate.cover(&protocol::membership::nameplate_of(params, g.market.slot_seconds));
                 }
             }
         }

@@ -163,7 +163,7 @@ fn follow(path: &Path, within: Option<Duration>, enroll_only: bool, markets: Opt
     let state = device::state::load(&gw.file.state_file).map_err(|e| e.to_string())?;
     for (id, m) in &state.markets {
         if enroll_only {
-            if !m.registration_over {
+            if !m.registration_over() {
                 println!("market {id}: {} of {} bids enrolled (height {})", m.enrolled.len(), m.bids.len(), state.height);
             }
             continue;

@@ -318,6 +318,15 @@ pub fn check_covers(a: &SignedAttestation, m: &MarketSpec) -> Result<(), Attesta
 pub use circuits::nameplate::BeyondNameplate;
 
 impl Nameplate {
+    /// The smallest nameplate that `self` and `other` both fit within: each field the larger.
+    pub fn cover(&self, other: &Nameplate) -> Nameplate {
+        Nameplate {
+            max_import_w: self.max_import_w.max(other.max_import_w),
+            max_export_w: self.max_export_w.max(other.max_export_w),
+            capacity_wh: self.capacity_wh.max(other.capacity_wh),
+        }
+    }
+
     /// The nameplate in circuit units for slots of `slot_seconds`: the public input every
     /// update of the device proves its parameters against (`circuits::nameplate`).
     pub fn limits(&self, slot_seconds: u32) -> circuits::nameplate::Limits {

@@ -141,28 +141,24 @@ pub fn spec(m: &Market) -> MarketSpec {
 
 /// Like [`init`], with attestations valid from the genesis market's close for `days` days.
 pub fn init_for_days(m: &Market, cfg: &Path, days: u64) {
-    let out = device(&["init"], cfg);
-    assert!(out.status.success(), "device init: {}", String::from_utf8_lossy(&out.stderr));
-    let requests: Vec<protocol::membership::AttestationRequest> =
-        serde_json::from_slice(&std::fs::read(cfg.with_extension("attestation-request.json")).unwrap()).unwrap();
-    let file = device::config::read_file(cfg).unwrap().attestations_file;
     let (from, _) = protocol::membership::market_span(&spec(m));
-    let mut list: Vec<protocol::membership::SignedAttestation> = std::fs::read(&file).map(|b| serde_json::from_slice(&b).unwrap()).unwrap_or_default();
-    list.extend(requests.iter().map(|r| protocol::membership::SignedAttestation::new(&authority(), &m.genesis.chain_id, r.attestation(from, from + days * 86_400_000))));
-    std::fs::write(&file, serde_json::to_string(&list).unwrap()).unwrap();
+    init_valid(m, cfg, (from, from + days * 86_400_000));
 }
 
 /// `device init`, then the authority signs the request it wrote (as `verifier-node attest`
 /// does) into the attestations file the configuration names, next to any already there.
 pub fn init(m: &Market, cfg: &Path) {
+    init_valid(m, cfg, protocol::membership::market_span(&spec(m)));
+}
+
+/// `device init`, then attestations of its request valid over `(from, until)` ms.
+fn init_valid(m: &Market, cfg: &Path, (from, until): (u64, u64)) {
     let out = device(&["init"], cfg);
     assert!(out.status.success(), "device init: {}", String::from_utf8_lossy(&out.stderr));
     let requests: Vec<protocol::membership::AttestationRequest> =
         serde_json::from_slice(&std::fs::read(cfg.with_extension("attestation-request.json")).unwrap()).unwrap();
     let file = device::config::read_file(cfg).unwrap().attestations_file;
     let mut list: Vec<protocol::membership::SignedAttestation> = std::fs::read(&file).map(|b| serde_json::from_slice(&b).unwrap()).unwrap_or_default();
-    let protocol::entry::Body::Genesis(g) = &m.genesis.body else { unreachable!() };
-    let (from, until) = protocol::membership::market_span(&g.market);
     list.extend(requests.iter().map(|r| protocol::membership::SignedAttestation::new(&authority(), &m.genesis.chain_id, r.attestation(from, until))));
     std::fs::write(&file, serde_json::to_string(&list).unwrap()).unwrap();
 }
