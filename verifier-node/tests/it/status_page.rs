@@ -4,13 +4,11 @@
 //! committed height, the residual curve and the load chart; a screenshot must be a real
 //! rendering. The page loads nothing from outside the validator.
 
-mod cluster;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use cluster::*;
+use crate::cluster::*;
 
 fn chromium() -> &'static str {
     for p in ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"] {

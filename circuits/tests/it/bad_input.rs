@@ -1,7 +1,5 @@
 //! Bad input gets a typed error naming what was wrong, never a panic.
 
-mod common;
-
 use circuits::fixed::{CodecError, Fixed};
 use circuits::limits::{Slots, SlotsError};
 use circuits::model::battery::Battery;
@@ -11,7 +9,7 @@ use circuits::model::{BatteryParams, CheckError, DeferrableParams, ModelKind, Pa
 use circuits::spec::ApplianceSpec;
 use circuits::statement::StatementError;
 use circuits::{Context, Fr, Shape, UpdateCircuit};
-use common::*;
+use crate::common::*;
 use proptest::prelude::*;
 
 const DAY: Slots = Slots::DAY_15_MIN;

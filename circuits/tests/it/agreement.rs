@@ -3,12 +3,10 @@
 //! by one watt in one slot are accepted by both or rejected by both. With tight bounds most of
 //! those one-watt moves cross a bound, so both sides of every bound are exercised.
 
-mod common;
-
 use circuits::fixed::Fixed;
 use circuits::model::thermal::Thermal;
 use circuits::ModelParams;
-use common::*;
+use crate::common::*;
 use proptest::prelude::*;
 
 /// A slack that is 0 (bound exactly met) a third of the time.

@@ -5,15 +5,13 @@
 //! subscriber on `#` records what a home would see. Kill -9 while proving and while
 //! executing, and a broker restart, neither duplicate a submission nor miss a slot.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use protocol::entry::Body;
 
 /// A mosquitto broker on a port of the test's own; killed on drop.

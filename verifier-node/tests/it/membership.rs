@@ -3,9 +3,7 @@
 //! market. Each failure is a typed refusal with its own metrics label, and a flood of
 //! self-made identities is admitted nowhere and held nowhere.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use ed25519_dalek::SigningKey;
 use protocol::codec::FieldElement;
 use protocol::ids::DeviceId;

@@ -5,12 +5,10 @@
 //! node's log is byte-identical and `audit` passes on each database. The authority revokes a
 //! device with `verifier-node revoke`, and its next bid is refused.
 
-mod cluster;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cluster::*;
+use crate::cluster::*;
 use protocol::entry::{Body, MarketSpec};
 use protocol::market::execution_span;
 use protocol::messages::{DeviceRequest, DeviceResponse};

@@ -2,12 +2,10 @@
 //! exactly that family, and the circuit is unsatisfied. Removing a family from a gadget makes
 //! its row here fail.
 
-mod common;
-
 use circuits::fixed::Fixed;
 use circuits::model::thermal::Thermal;
 use circuits::model::{Family, ModelParams, ThermalParams};
-use common::*;
+use crate::common::*;
 
 struct Case {
     name: &'static str,

@@ -8,12 +8,10 @@
 //!   operator opening the second market while the first schedules, the overrides file edited
 //!   after the bid is in the log.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use device::config::Overrides;
 use ed25519_dalek::SigningKey;
 use protocol::entry::{sign_vote, Body, Certified, CommitCertificate, EnrollmentBatch, Entry, MarketSpec};

@@ -59,12 +59,12 @@ fn run_file(text: &str) {
 
 #[test]
 fn clock_cases() {
-    run_file(include_str!("testdata/clock.txt"));
+    run_file(include_str!("../testdata/clock.txt"));
 }
 
 #[test]
 fn clock_convergence_cases() {
-    run_file(include_str!("testdata/clock_converged.txt"));
+    run_file(include_str!("../testdata/clock_converged.txt"));
 }
 
 #[test]

@@ -5,12 +5,10 @@
 //! input panics, every node stays within its bounds, and a corrupt WAL is a typed error.
 //!
 //! 10,000 cases in all (4,000 + 3,000 + 3,000), from a fixed seed; replay another with
-//! `FUZZ_SEED=<u64> cargo nextest run -p verifier-node --test fuzz`.
-
-mod common;
+//! `FUZZ_SEED=<u64> cargo nextest run --workspace -E 'test(/^fuzz::/)'`.
 
 use arbitrary::{Arbitrary, Unstructured};
-use common::*;
+use crate::common::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use protocol::codec::{decode, encode};

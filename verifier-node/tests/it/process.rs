@@ -4,12 +4,10 @@
 //! flood of 100,000 bad updates that is counted and leaves memory bounded; and the annotated
 //! `examples/node.toml` against what `init` writes.
 
-mod cluster;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cluster::*;
+use crate::cluster::*;
 use protocol::entry::{Body, Certified};
 use protocol::messages::{DeviceRequest, DeviceResponse};
 

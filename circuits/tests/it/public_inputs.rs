@@ -2,11 +2,9 @@
 //! any schedule limb of a valid statement leaves the instance unsatisfied (DESIGN §5.1), and
 //! parameters beyond the nameplate satisfy no instance that names it (DESIGN §10).
 
-mod common;
-
 use circuits::statement::is_satisfied;
 use circuits::{commitment, Context, Fr, ModelParams, Shape, Slots, UpdateCircuit, Witness};
-use common::*;
+use crate::common::*;
 
 fn valid_witnesses() -> Vec<Witness> {
     // T = 9 makes two limb elements, the second one partly filled.

@@ -1,12 +1,10 @@
 //! A realistic household at T = 96 (15-minute slots), from configuration-style specs to a
 //! satisfied update circuit for each model.
 
-mod common;
-
 use circuits::spec::ApplianceSpec;
 use circuits::statement::is_satisfied;
 use circuits::{Slots, UpdateCircuit};
-use common::*;
+use crate::common::*;
 
 #[test]
 fn household_day_is_provable_for_every_model() {

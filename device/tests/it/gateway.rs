@@ -4,11 +4,9 @@
 //! --json` shows it. Bad configurations fail with the field or host named. The agent refuses
 //! entries a light client must refuse.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use ed25519_dalek::SigningKey;
 use protocol::entry::{sign_vote, Body, Certified, CommitCertificate, Entry};
 use rand::SeedableRng;

@@ -1,11 +1,9 @@
 //! Seeded simulations of a 4-validator cluster over a lossy, reordering, partitioning network
 //! with crashes, running two markets on one chain: at most one decision per height, valid hash
 //! chains, agreement, and progress to the final entry of every market. A failing seed is printed; replay it with
-//! `SIM_SEED=<seed> cargo nextest run -p verifier-node --test sim one_seed`.
+//! `SIM_SEED=<seed> cargo nextest run --workspace -E 'test(=sim::one_seed)'`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use protocol::entry::Entry;
 use verifier_node::consensus::node::Byzantine;
 use verifier_node::sim::{Devices, NetConfig, Sim};
@@ -69,7 +67,7 @@ fn seeds(range: std::ops::Range<u64>) {
     let (w, genesis, devices) = two_market_sim_world(3);
     for seed in range {
         if let Err(e) = run_seed(&w, &genesis, &devices, seed, vec![]) {
-            panic!("{e}\nreplay: SIM_SEED={seed} cargo nextest run -p verifier-node --test sim one_seed");
+            panic!("{e}\nreplay: SIM_SEED={seed} cargo nextest run --workspace -E 'test(=sim::one_seed)'");
         }
     }
 }

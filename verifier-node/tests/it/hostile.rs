@@ -2,9 +2,7 @@
 //! deciding (and are counted), a log whose WAL append fails makes the node send no vote or
 //! proposal, and a corrupt WAL record stops the node with an error naming where it is.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use protocol::entry::Entry;
 use protocol::ids::hex;
 use verifier_node::consensus::node::{Node, NodeConfig, Output};

@@ -1,10 +1,8 @@
 //! The validator core end to end with real signatures and proofs: admission, building an
 //! entry, validation by another validator, and every rejection reason.
 
-mod common;
-
 use circuits::ModelKind;
-use common::*;
+use crate::common::*;
 use ed25519_dalek::SigningKey;
 use protocol::entry::Body;
 use protocol::ids::DeviceId;

@@ -2,9 +2,7 @@
 //! operator opens a market while another schedules, devices bid (enroll with a fresh
 //! commitment) and withdraw, an authority revokes an attestation, and every refusal is typed.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use ed25519_dalek::SigningKey;
 use protocol::entry::{Body, Entry};
 use protocol::market::{execution_span, SignedMarketOpen, SignedWithdrawal, Withdrawal};

@@ -1,9 +1,7 @@
 //! The RocksDB log and the audit: a certified market log is stored atomically, survives a
 //! restart, and audits clean; Byzantine or damaged logs are flagged at the first bad height.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use protocol::entry::{sign_vote, Body, CommitCertificate, Entry};
 use protocol::messages::SignedUpdate;
 use rand::SeedableRng;

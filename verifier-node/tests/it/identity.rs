@@ -3,11 +3,9 @@
 //! the real one (in its serial number, which precedes the issuer, subject and key), is refused
 //! by a device dialling that validator and by a validator's peer admission.
 
-mod cluster;
-
 use std::time::Duration;
 
-use cluster::Cluster;
+use crate::cluster::Cluster;
 use ed25519_dalek::SigningKey;
 use protocol::net::{self, Identity};
 

@@ -1,0 +1,7 @@
+//! The prover crate's integration tests, one binary (one link of the whole dependency tree
+//! instead of one per file); each file is a module named after what it tests.
+
+mod batch;
+mod decoders;
+mod roundtrip;
+mod snarkjs_cli;
