@@ -141,9 +141,32 @@ fn combine<A: AffineRepr<ScalarField = Fr>>(bases: &[A], entries: &[(usize, Fr)]
     acc
 }
 
+/// Most initial keys a process keeps (at T = 96 one is about 30 MB).
+const INITIAL_KEY_CACHE: usize = 2;
+
 /// The initial key (γ = δ = 1) for `shape` from `acc`, as ark-groth16's LibsnarkReduction
-/// would compute it at the accumulator's secret τ, α, β.
+/// would compute it at the accumulator's secret τ, α, β. A function of the accumulator and
+/// the shape alone, so the last [`INITIAL_KEY_CACHE`] are kept, keyed by the accumulator's
+/// hash and the shape: starting a transcript, verifying it and exporting its keys compute it
+/// once per process.
 pub fn initial_key(acc: &Accumulator, shape: Shape) -> Result<ProvingKey<Bn254>, Phase2Error> {
+    use std::sync::Mutex;
+    type Cache = Mutex<Vec<((Hash, u8, usize), ProvingKey<Bn254>)>>;
+    static CACHE: Cache = Mutex::new(Vec::new());
+    let key = (accumulator_hash(acc), shape.kind.id(), shape.slots.get());
+    if let Some((_, k)) = CACHE.lock().expect("initial key cache").iter().find(|(k, _)| *k == key) {
+        return Ok(k.clone());
+    }
+    let computed = compute_initial_key(acc, shape)?;
+    let mut cache = CACHE.lock().expect("initial key cache");
+    if cache.len() == INITIAL_KEY_CACHE {
+        cache.remove(0);
+    }
+    cache.push((key, computed.clone()));
+    Ok(computed)
+}
+
+fn compute_initial_key(acc: &Accumulator, shape: Shape) -> Result<ProvingKey<Bn254>, Phase2Error> {
     let cs = ConstraintSystem::<Fr>::new_ref();
     cs.set_optimization_goal(OptimizationGoal::Constraints);
     cs.set_mode(SynthesisMode::Setup);
@@ -158,16 +181,8 @@ pub fn initial_key(acc: &Accumulator, shape: Shape) -> Result<ProvingKey<Bn254>,
     if m > acc.tau_g2.len() {
         return Err(Phase2Error::TooFewPowers { needed, have: acc.power });
     }
-    // Lagrange bases [L_j(τ)], [L_j(τ)]₂, [αL_j(τ)], [βL_j(τ)] by inverse FFT in the exponent.
-    let ifft1 = |v: &[G1Affine]| {
-        let p: Vec<G1Projective> = v[..m].iter().map(|a| a.into_group()).collect();
-        G1Projective::normalize_batch(&domain.ifft(&p))
-    };
-    let lag = ifft1(&acc.tau_g1);
-    let lag_alpha = ifft1(&acc.alpha_tau_g1);
-    let lag_beta = ifft1(&acc.beta_tau_g1);
-    let p2: Vec<G2Projective> = acc.tau_g2[..m].iter().map(|a| a.into_group()).collect();
-    let lag2 = G2Projective::normalize_batch(&domain.ifft(&p2));
+    let bases = lagrange_bases(acc, &domain);
+    let (lag, lag_alpha, lag_beta, lag2) = (&bases.tau_g1, &bases.alpha_tau_g1, &bases.beta_tau_g1, &bases.tau_g2);
 
     // Per variable: its entries (row, coefficient) in A, B, C; inputs also get row
     // num_constraints + i in A (the reduction's input-consistency rows).
@@ -190,8 +205,8 @@ pub fn initial_key(acc: &Accumulator, shape: Shape) -> Result<ProvingKey<Bn254>,
     let per_var: Vec<(G1Projective, G1Projective, G2Projective, G1Projective)> = cols
         .par_iter()
         .map(|(a, b, c): &Col| {
-            let abc = combine(&lag_beta, a) + combine(&lag_alpha, b) + combine(&lag, c);
-            (combine(&lag, a), combine(&lag, b), combine(&lag2, b), abc)
+            let abc = combine(lag_beta, a) + combine(lag_alpha, b) + combine(lag, c);
+            (combine(lag, a), combine(lag, b), combine(lag2, b), abc)
         })
         .collect();
     let a_query = G1Projective::normalize_batch(&per_var.iter().map(|v| v.0).collect::<Vec<_>>());
@@ -217,6 +232,52 @@ pub fn initial_key(acc: &Accumulator, shape: Shape) -> Result<ProvingKey<Bn254>,
         h_query: G1Projective::normalize_batch(&h),
         l_query: abc[num_inputs..].to_vec(),
     })
+}
+
+/// An accumulator's Lagrange bases on one evaluation domain: [L_j(τ)]₁, [αL_j(τ)]₁,
+/// [βL_j(τ)]₁ and [L_j(τ)]₂ for j < m.
+#[derive(Debug)]
+struct LagrangeBases {
+    tau_g1: Vec<G1Affine>,
+    alpha_tau_g1: Vec<G1Affine>,
+    beta_tau_g1: Vec<G1Affine>,
+    tau_g2: Vec<G2Affine>,
+}
+
+/// Most Lagrange bases a process keeps (at T = 96 one set is about 40 MB).
+const LAGRANGE_CACHE: usize = 2;
+
+/// The Lagrange bases of `acc` on `domain`, by inverse FFT in the exponent — the costly part of
+/// an initial key (m·log m scalar multiplications, most of them in G2). They depend only on
+/// the accumulator and the domain size, so the last [`LAGRANGE_CACHE`] sets are kept, keyed
+/// by the accumulator's hash and m: verifying a transcript, exporting its keys and setting up
+/// several circuits of one size compute them once per process.
+fn lagrange_bases(acc: &Accumulator, domain: &Radix2EvaluationDomain<Fr>) -> std::sync::Arc<LagrangeBases> {
+    use std::sync::{Arc, Mutex};
+    type Cache = Mutex<Vec<((Hash, usize), Arc<LagrangeBases>)>>;
+    static CACHE: Cache = Mutex::new(Vec::new());
+    let m = domain.size();
+    let key = (accumulator_hash(acc), m);
+    if let Some((_, b)) = CACHE.lock().expect("lagrange cache").iter().find(|(k, _)| *k == key) {
+        return b.clone();
+    }
+    let ifft1 = |v: &[G1Affine]| {
+        let p: Vec<G1Projective> = v[..m].iter().map(|a| a.into_group()).collect();
+        G1Projective::normalize_batch(&domain.ifft(&p))
+    };
+    let p2: Vec<G2Projective> = acc.tau_g2[..m].iter().map(|a| a.into_group()).collect();
+    let bases = Arc::new(LagrangeBases {
+        tau_g1: ifft1(&acc.tau_g1),
+        alpha_tau_g1: ifft1(&acc.alpha_tau_g1),
+        beta_tau_g1: ifft1(&acc.beta_tau_g1),
+        tau_g2: G2Projective::normalize_batch(&domain.ifft(&p2)),
+    });
+    let mut cache = CACHE.lock().expect("lagrange cache");
+    if cache.len() == LAGRANGE_CACHE {
+        cache.remove(0);
+    }
+    cache.push((key, bases.clone()));
+    bases
 }
 
 fn key_hash(key: &ProvingKey<Bn254>) -> Hash {
