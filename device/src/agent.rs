@@ -19,7 +19,7 @@ use circuits::{Context, Shape, Slots, Witness};
 use protocol::admm::Variables;
 use protocol::clock::{ClockConfig, RegistrationTip};
 use protocol::codec::FieldElement;
-use protocol::entry::{Body, Certified, LightClient, LogError, MarketSpec};
+use protocol::entry::{iteration_converged, Body, Certified, LightClient, LogError, MarketSpec};
 use protocol::ids::DeviceId;
 use protocol::local::local_step;
 use protocol::market::{SignedWithdrawal, Withdrawal};
@@ -144,11 +144,6 @@ impl AgentState {
 
 /// Whether an iteration entry's residuals meet the stopping rule (the validators' final entry
 /// follows it).
-fn converged(b: &protocol::entry::IterationBody) -> bool {
-    let [primal, dual, eps_primal, eps_dual] = b.residuals;
-    protocol::admm::Residuals { primal, dual, eps_primal, eps_dual }.converged()
-}
-
 /// A market the log opened: its spec and when (the entry's time), as the validators hold it.
 #[derive(Debug, Clone)]
 struct Known {
@@ -405,7 +400,19 @@ impl Agent {
             u.verify(&self.client.chain())
                 .map_err(|e| refused(LogError::Bodies { height: c.entry.height, reason: format!("update of own device {}: {e}", u.body.device) }))?;
         }
-        self.client.accept_certified(c).map_err(refused)?;
+        if c.is_pruned() {
+            // Validators prune a market's bodies only after it executed: a pruned entry of a
+            // market this gateway could still act on is withheld data (ask another validator).
+            let id = c.entry.body.market_id().unwrap_or_default();
+            let end = self.known.get(&id).map(|k| protocol::market::execution_span(&k.spec).1);
+            if end.is_none_or(|end| now_ms < end) {
+                let reason = format!("iteration entry of market {id} served without its bodies before the market executed");
+                return Err(refused(LogError::Bodies { height: c.entry.height, reason }));
+            }
+            self.client.accept_pruned(c).map_err(refused)?;
+        } else {
+            self.client.accept_certified(c).map_err(refused)?;
+        }
         self.state.height = c.entry.height;
         match &c.entry.body {
             Body::Open(o) => {
@@ -449,7 +456,7 @@ impl Agent {
         };
         known.next_due_ms = match &c.entry.body {
             Body::Enrollment(_) => Some(next_batch.unwrap_or_else(|| clock.deadline(1))),
-            Body::Iteration(b) if b.iteration < g.max_iterations && !converged(b) => Some(clock.deadline(b.iteration + 1)),
+            Body::Iteration(b) if b.iteration < g.max_iterations && !iteration_converged(b) => Some(clock.deadline(b.iteration + 1)),
             Body::Iteration(_) => Some(c.entry.timestamp_ms),
             _ => None,
         };
@@ -490,7 +497,7 @@ impl Agent {
                 }
                 m.variables = Some((b.x_bar.clone(), b.z_bar.clone(), b.u.clone()));
                 // After a converged iteration the final entry comes next: nothing to build.
-                (!converged(b)).then_some(b.iteration + 1)
+                (!iteration_converged(b)).then_some(b.iteration + 1)
             }
             Body::Final(f) => {
                 m.final_prices = Some(f.prices.clone());

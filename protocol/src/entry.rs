@@ -396,6 +396,22 @@ pub struct Certified {
     pub updates: Vec<SignedUpdate>,
 }
 
+impl Certified {
+    /// Whether this is an iteration entry served without the update bodies it names: its
+    /// market's bodies were pruned after the market executed (docs/protocol.md §6.4). The
+    /// entry and certificate are whole; only the proofs and schedules are gone.
+    pub fn is_pruned(&self) -> bool {
+        matches!(&self.entry.body, Body::Iteration(b) if !b.updates.is_empty()) && self.updates.is_empty()
+    }
+}
+
+/// Whether an iteration body meets the stopping rule (primal ≤ ε_primal and dual ≤ ε_dual):
+/// after it, the market's final entry is due.
+pub fn iteration_converged(b: &IterationBody) -> bool {
+    let [primal, dual, eps_primal, eps_dual] = b.residuals;
+    crate::admm::Residuals { primal, dual, eps_primal, eps_dual }.converged()
+}
+
 /// The quorum: more than two thirds of the n validators, ⌊2n/3⌋ + 1 (2f + 1 for n = 3f + 1).
 /// Consensus decides with exactly this many precommits, and any two sets of this size share
 /// more than n/3 validators, so at least one honest one: two certificates for different
@@ -466,6 +482,17 @@ impl LightClient {
         check_bodies(c)?;
         self.advance(&c.entry);
         Ok(())
+    }
+
+    /// Accepts a pruned iteration entry ([`Certified::is_pruned`]): link and certificate as
+    /// [`LightClient::accept`], no bodies. The caller decides whether a pruned entry is
+    /// acceptable (its market executed already, by the caller's clock): a server that
+    /// withholds bodies it should hold costs the client data, never a false one.
+    pub fn accept_pruned(&mut self, c: &Certified) -> Result<(), LogError> {
+        if !c.is_pruned() {
+            return Err(LogError::Bodies { height: c.entry.height, reason: "not a pruned iteration entry".into() });
+        }
+        self.accept(&c.entry, &c.certificate)
     }
 
     /// Accepts `entry` if it links to the last accepted entry and `cert` certifies it.

@@ -8,6 +8,10 @@
 //! light client (hash links, certificates, bodies against their digests) and applied without
 //! re-verifying their proofs and aggregates, which is what a later range's aggregates are
 //! computed from; the entries after it are not read.
+//!
+//! A market whose update bodies were pruned (after its retention) cannot be re-checked: its
+//! entries are followed by link and certificate and counted in
+//! [`AuditReport::entries_pruned`], in the range or before it.
 
 use protocol::entry::LightClient;
 use prover::VerifierKeys;
@@ -23,6 +27,9 @@ pub struct AuditReport {
     pub entries_ok: u64,
     /// Entries before the range, followed as a light client and applied unchecked.
     pub entries_followed: u64,
+    /// Entries of pruned markets (in or before the range): link and certificate checked, no
+    /// proofs or aggregates, which need the deleted bodies.
+    pub entries_pruned: u64,
     /// The heights checked in full (the end clamped to the tip).
     pub range: (u64, u64),
     /// Update proofs re-verified.
@@ -47,7 +54,7 @@ pub fn audit<L: Log, R: RngCore + CryptoRng>(store: L, keys: VerifierKeys, rng: 
 /// following the entries before `from` as a light client. A range that starts past the tip,
 /// or ends before it starts, fails at `from`.
 pub fn audit_range<L: Log, R: RngCore + CryptoRng>(store: L, keys: VerifierKeys, from: u64, to: Option<u64>, rng: &mut R) -> Result<AuditReport, StoreError> {
-    let mut report = AuditReport { entries_ok: 0, entries_followed: 0, range: (from, to.unwrap_or(u64::MAX)), proofs_verified: 0, first_bad: None };
+    let mut report = AuditReport { entries_ok: 0, entries_followed: 0, entries_pruned: 0, range: (from, to.unwrap_or(u64::MAX)), proofs_verified: 0, first_bad: None };
     let Some((tip, _)) = store.tip()? else {
         report.first_bad = Some((0, "the log is empty".into()));
         return Ok(report);
@@ -83,6 +90,18 @@ pub fn audit_range<L: Log, R: RngCore + CryptoRng>(store: L, keys: VerifierKeys,
             // A missing update body shows up as a corrupt store.
             Err(e) => return bad(report, h, e.to_string()),
         };
+        let market_pruned = c.entry.body.market_id().and_then(|id| app.market(id)).is_some_and(|m| m.is_pruned());
+        if c.is_pruned() || market_pruned {
+            let followed = if c.is_pruned() { client.accept_pruned(&c) } else { client.accept_certified(&c) };
+            if let Err(e) = followed {
+                return bad(report, h, e.to_string());
+            }
+            if let Err(r) = app.apply(&c.entry, &c.updates) {
+                return bad(report, h, format!("pruned history, could not apply: {r}"));
+            }
+            report.entries_pruned += 1;
+            continue;
+        }
         if h < from {
             // Link, certificate, and the bodies against the entry's digests.
             if let Err(e) = client.accept_certified(&c) {

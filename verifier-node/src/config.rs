@@ -49,7 +49,15 @@ pub struct NodeFile {
     pub http: SocketAddr,
     /// The other validators.
     pub peers: Vec<PeerFile>,
+    /// How long after a market's execution ends its update bodies (proofs and schedules) are
+    /// kept, in seconds; then they are pruned, its entries and certificates kept. Absent: kept
+    /// forever. `verifier-node init` writes [`DEFAULT_RETENTION_S`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_s: Option<u64>,
 }
+
+/// The retention `verifier-node init` writes: 30 days.
+pub const DEFAULT_RETENTION_S: u64 = 30 * 86_400;
 
 /// A loaded, checked configuration.
 #[derive(Debug, Clone)]

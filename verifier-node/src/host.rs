@@ -127,6 +127,10 @@ pub struct NetCounters {
     pub rate_limited: AtomicU64,
     /// Enrollments or updates naming another device than their connection's key.
     pub wrong_sender: AtomicU64,
+    /// Markets whose update bodies this validator pruned.
+    pub pruned_markets: AtomicU64,
+    /// Update bodies pruned.
+    pub pruned_bodies: AtomicU64,
 }
 
 /// State shared between the node task, QUIC tasks and HTTP.
@@ -199,6 +203,7 @@ pub fn local_configs(
                 listen: addr(quic_port + i),
                 http: addr(http_port + i),
                 peers: (0..n).filter(|&j| j != i).map(|j| PeerFile { index: j, addr: addr(quic_port + j) }).collect(),
+                retention_s: None,
             };
             Config { file, key: keys[i as usize].clone(), genesis: genesis.clone(), keys: vks.clone() }
         })
@@ -252,7 +257,8 @@ pub async fn start(cfg: Config) -> Result<Running, HostError> {
     tokio::spawn(accept_loop(endpoint.clone(), validators, events_tx, shared.clone(), shutdown_rx.clone()));
     tokio::spawn(crate::http::serve(http, shared.clone(), shutdown_rx.clone()));
     info!(validator = cfg.file.index, %quic_addr, %http_addr, peers = cfg.file.peers.len(), "validator started");
-    let node_task = tokio::spawn(node_loop(node, events_rx, links, shared.clone(), shutdown_rx, endpoint));
+    let retention_ms = cfg.file.retention_s.map(|s| s.saturating_mul(1000));
+    let node_task = tokio::spawn(node_loop(node, events_rx, links, shared.clone(), shutdown_rx, endpoint, retention_ms));
     Ok(Running { shared, quic_addr, http_addr, shutdown, node_task })
 }
 
@@ -304,7 +310,9 @@ async fn node_loop(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
     endpoint: quinn::Endpoint,
+    retention_ms: Option<u64>,
 ) -> Result<(), HostError> {
+    let mut last_prune_check = 0u64;
     // The residual history of a restarted node comes from its log.
     for h in 1..=node.app().tip().height {
         if let Some(c) = node.log().certified(h)? {
@@ -372,9 +380,38 @@ async fn node_loop(
         if let Some(why) = node.fatal() {
             break Err(HostError::Fatal(why.to_string()));
         }
+        if let Some(retention) = retention_ms {
+            let now = now_ms();
+            if now >= last_prune_check + PRUNE_CHECK_MS {
+                last_prune_check = now;
+                prune_due(&node, &shared, retention, now)?;
+            }
+        }
     };
     endpoint.close(0u32.into(), b"shutdown");
     result
+}
+
+/// How often a validator with a retention looks for markets to prune.
+const PRUNE_CHECK_MS: u64 = 1000;
+
+/// Prunes the update bodies of every final market held whose execution ended `retention` ms
+/// before `now` and that is not pruned yet (`Store::prune_market`, one synced batch each).
+/// Markets retired from memory ([`crate::app::MAX_FINISHED_MARKETS`]) before their retention
+/// passed are not looked at again: the retention should span fewer markets than that.
+fn prune_due(node: &Node<Arc<Store>>, shared: &Shared, retention: u64, now: u64) -> Result<(), HostError> {
+    for m in node.app().markets().filter(|m| m.is_final()) {
+        let (opened, Some(final_height)) = m.heights() else { continue };
+        let end = protocol::market::execution_span(m.spec()).1;
+        if now < end.saturating_add(retention) || shared.store.is_pruned(m.id())? {
+            continue;
+        }
+        let p = shared.store.prune_market(m.id(), opened, final_height)?;
+        shared.net.pruned_markets.fetch_add(1, Ordering::Relaxed);
+        shared.net.pruned_bodies.fetch_add(p.bodies, Ordering::Relaxed);
+        info!(validator = node.index(), market = m.id(), bodies = p.bodies, bytes = p.bytes, heights = %format!("{opened}..={final_height}"), "pruned the update bodies of a market past its retention");
+    }
+    Ok(())
 }
 
 fn answer(r: Result<(), Reject>) -> DeviceResponse {

@@ -175,6 +175,8 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     );
     metric("peers_connected", "Outgoing peer links up.", "gauge", vec![(String::new(), s.net.peers_connected.load(Ordering::Relaxed) as f64)]);
     metric("dropped_full_total", "Messages dropped on a full queue.", "counter", vec![(String::new(), s.net.dropped_full.load(Ordering::Relaxed) as f64)]);
+    metric("pruned_markets_total", "Markets whose update bodies were pruned after their retention.", "counter", vec![(String::new(), s.net.pruned_markets.load(Ordering::Relaxed) as f64)]);
+    metric("pruned_bodies_total", "Update bodies pruned.", "counter", vec![(String::new(), s.net.pruned_bodies.load(Ordering::Relaxed) as f64)]);
     metric(
         "bad_frames_total",
         "Frames refused (oversize, malformed, unknown peer).",

@@ -274,6 +274,7 @@ fn init(a: &InitArgs) -> Result<ExitCode, String> {
             listen: addr(a.quic_port, i)?,
             http: addr(a.http_port, i)?,
             peers: (0..a.validators).filter(|&j| j != i).map(|j| Ok(PeerFile { index: j, addr: addr(a.quic_port, j)? })).collect::<Result<_, String>>()?,
+            retention_s: Some(config::DEFAULT_RETENTION_S),
         };
         let path = a.out.join(format!("node{i}.toml"));
         std::fs::write(&path, toml::to_string_pretty(&file).map_err(|e| e.to_string())?).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -419,6 +420,9 @@ fn print_report(r: &AuditReport) -> ExitCode {
         println!("entries followed before them: {}", r.entries_followed);
     }
     println!("entries checked: {}", r.entries_ok);
+    if r.entries_pruned > 0 {
+        println!("entries of pruned markets (link and certificate only): {}", r.entries_pruned);
+    }
     println!("proofs verified: {}", r.proofs_verified);
     match &r.first_bad {
         None => {

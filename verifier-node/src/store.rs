@@ -6,8 +6,14 @@
 //! - `updates`: update digest → canonical `SignedUpdate` (the bodies with proofs that iteration
 //!   entries name by digest);
 //! - `devices`: device id → canonical `SignedEnrollment`;
-//! - `consensus`: the tip (`b"tip"` → height ‖ hash) and the consensus write-ahead log
-//!   (`wal/` ‖ height ‖ sequence → record), dropped for a height once it is decided.
+//! - `consensus`: the tip (`b"tip"` → height ‖ hash), the consensus write-ahead log
+//!   (`wal/` ‖ height ‖ sequence → record), dropped for a height once it is decided, and the
+//!   markets whose update bodies are pruned (`pruned/` ‖ market id → empty).
+//!
+//! Pruning ([`Store::prune_market`]) deletes a final market's update bodies in one synced
+//! batch with its `pruned/` marker; its entries and certificates stay. From then on
+//! [`Store::certified`] serves that market's iteration entries without bodies
+//! (`Certified::is_pruned`), and the chain state is rebuilt from them by certificate.
 //!
 //! A decision is one synced `WriteBatch` (entry + certificate + updates + tip), so a crash
 //! leaves either all of it or none. The store refuses an entry that does not extend its tip:
@@ -154,6 +160,13 @@ impl Store {
         for u in updates {
             batch.put_cf(self.cf(CF_UPDATES), u.digest(), encode(u));
         }
+        // A pruned entry (synced from a validator that pruned it) marks its market pruned here
+        // too, so that the store serves and replays it the same way.
+        if let Body::Iteration(b) = &entry.body {
+            if updates.is_empty() && !b.updates.is_empty() {
+                batch.put_cf(self.cf(CF_CONSENSUS), pruned_key(b.market_id), []);
+            }
+        }
         if let protocol::entry::Body::Enrollment(b) = &entry.body {
             for e in &b.enrollments {
                 batch.put_cf(self.cf(CF_DEVICES), e.body.device.0, encode(e));
@@ -195,11 +208,63 @@ impl Store {
         self.decide(&c.entry, &c.certificate, &c.updates)
     }
 
-    /// A certified entry with its update bodies.
+    /// Whether market `id`'s update bodies are pruned.
+    pub fn is_pruned(&self, id: u64) -> Result<bool, StoreError> {
+        Ok(self.db.get_cf(self.cf(CF_CONSENSUS), pruned_key(id))?.is_some())
+    }
+
+    /// Deletes the update bodies of market `id`'s iteration entries at heights `from ..= to`
+    /// (its opening to its final entry) and marks the market pruned, in one synced batch.
+    /// Entries and certificates stay. Returns how many bodies and bytes were deleted.
+    pub fn prune_market(&self, id: u64, from: u64, to: u64) -> Result<Pruned, StoreError> {
+        let mut batch = WriteBatch::default();
+        let mut done = Pruned { market_id: id, bodies: 0, bytes: 0 };
+        for h in from..=to {
+            let Some(entry) = self.entry(h)? else { break };
+            let Body::Iteration(b) = &entry.body else { continue };
+            if b.market_id != id {
+                continue;
+            }
+            for d in &b.updates {
+                if let Some(v) = self.db.get_cf(self.cf(CF_UPDATES), d)? {
+                    done.bodies += 1;
+                    done.bytes += v.len() as u64;
+                    batch.delete_cf(self.cf(CF_UPDATES), d);
+                }
+            }
+        }
+        batch.put_cf(self.cf(CF_CONSENSUS), pruned_key(id), []);
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts)?;
+        // Give the space back now rather than at RocksDB's next compaction of the range.
+        self.db.flush_cf(self.cf(CF_UPDATES))?;
+        self.db.compact_range_cf(self.cf(CF_UPDATES), None::<&[u8]>, None::<&[u8]>);
+        Ok(done)
+    }
+
+    /// The bytes of each column family's SST files after flushing its memtable: what the
+    /// store holds on disk (RocksDB's own logs and manifest come on top). Flushes, so it is
+    /// for measurements and operators, not for a hot path.
+    pub fn flushed_bytes(&self) -> Result<Vec<(&'static str, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for name in ALL_CFS {
+            let cf = self.cf(name);
+            self.db.flush_cf(cf)?;
+            out.push((name, self.db.property_int_value_cf(cf, "rocksdb.total-sst-files-size")?.unwrap_or(0)));
+        }
+        Ok(out)
+    }
+
+    /// A certified entry with its update bodies; an iteration entry of a pruned market comes
+    /// without them.
     pub fn certified(&self, height: u64) -> Result<Option<Certified>, StoreError> {
         let (Some(entry), Some(certificate)) = (self.entry(height)?, self.certificate(height)?) else { return Ok(None) };
         let mut updates = Vec::new();
         if let Body::Iteration(b) = &entry.body {
+            if self.is_pruned(b.market_id)? {
+                return Ok(Some(Certified { entry, certificate, updates }));
+            }
             for d in &b.updates {
                 let u = self.update(d)?.ok_or_else(|| StoreError::Corrupt {
                     cf: CF_UPDATES,
@@ -256,6 +321,23 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// What [`Store::prune_market`] deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    /// The market.
+    pub market_id: u64,
+    /// Update bodies deleted.
+    pub bodies: u64,
+    /// Their stored bytes.
+    pub bytes: u64,
+}
+
+fn pruned_key(id: u64) -> Vec<u8> {
+    let mut k = b"pruned/".to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
 }
 
 /// The sequence number of `key` if it is a WAL key of `height`.

@@ -46,6 +46,13 @@ pub struct Market {
     clock: ClockConfig,
     /// When it was opened (the genesis or opening entry's timestamp).
     opened_ms: u64,
+    /// The height of its genesis or opening entry.
+    opened_height: u64,
+    /// The height of its final entry, once applied.
+    final_height: Option<u64>,
+    /// Set when an iteration entry was applied without its bodies (pruned): the last such
+    /// iteration and whether it met the stopping rule. The engine is gone from then on.
+    pruned: Option<(u32, bool)>,
     /// The timestamp of its last entry (its opening at first).
     last_ms: u64,
     registration_tip: RegistrationTip,
@@ -57,12 +64,15 @@ pub struct Market {
 
 impl Market {
     /// A market opened at `opened_ms` (its spec checked by `protocol::market::check_spec`).
-    pub fn new(spec: MarketSpec, opened_ms: u64) -> Market {
+    pub fn new(spec: MarketSpec, opened_ms: u64, opened_height: u64) -> Market {
         let clock = ClockConfig::from_spec(&spec);
         Market {
             spec,
             clock,
             opened_ms,
+            opened_height,
+            final_height: None,
+            pruned: None,
             last_ms: opened_ms,
             registration_tip: RegistrationTip::Genesis,
             enrolled: BTreeMap::new(),
@@ -85,6 +95,17 @@ impl Market {
     /// When it was opened.
     pub fn opened_ms(&self) -> u64 {
         self.opened_ms
+    }
+
+    /// The heights of its opening (or the genesis) and of its final entry once applied: every
+    /// entry of the market lies between them.
+    pub fn heights(&self) -> (u64, Option<u64>) {
+        (self.opened_height, self.final_height)
+    }
+
+    /// Whether its iteration entries were applied without bodies (pruned history).
+    pub fn is_pruned(&self) -> bool {
+        self.pruned.is_some()
     }
 
     /// Enrolled devices.
@@ -116,7 +137,7 @@ impl Market {
     /// The earliest timestamp of the next registration batch, `None` once registration is
     /// over (`ClockConfig::next_batch_ms` after this market's last entry).
     pub fn next_batch_ms(&self) -> Option<u64> {
-        if self.admm.is_some() || self.finalized {
+        if self.admm.is_some() || self.finalized || self.pruned.is_some() {
             return None;
         }
         self.clock.next_batch_ms(self.opened_ms, self.last_ms, self.registration_tip)
@@ -132,6 +153,15 @@ impl Market {
     pub fn next_due(&self) -> Option<(u64, Step)> {
         if self.finalized {
             return None;
+        }
+        // Pruned history: the same clock, from the iteration and stopping rule the entries
+        // carry.
+        if let Some((k, converged)) = self.pruned {
+            return Some(if converged || k >= self.spec.max_iterations {
+                (self.last_ms + 1, Step::Final)
+            } else {
+                (self.deadline(k + 1), Step::Iteration(k + 1))
+            });
         }
         match &self.admm {
             None => match self.next_batch_ms() {
@@ -156,6 +186,9 @@ impl Market {
 
     /// The body the engine computes for `updates` at iteration k (state unchanged).
     pub fn iteration_body(&self, k: u32, updates: &[SignedUpdate]) -> Result<IterationBody, Reject> {
+        if self.is_pruned() {
+            return Err(Reject::Pruned(self.id()));
+        }
         let mut engine = match &self.admm {
             Some(a) => a.clone(),
             None => self.start_engine()?,
@@ -173,6 +206,9 @@ impl Market {
 
     /// The final body of the state as it is.
     pub fn final_body(&self) -> Result<FinalBody, Reject> {
+        if self.is_pruned() {
+            return Err(Reject::Pruned(self.id()));
+        }
         let Some(engine) = self.admm.as_ref() else {
             // Nobody enrolled: an empty schedule at zero prices.
             return Ok(FinalBody {
@@ -215,16 +251,25 @@ impl Market {
         Ok(())
     }
 
-    /// Applies the final entry.
-    pub fn apply_final(&mut self, timestamp_ms: u64) {
+    /// Applies an iteration entry served without its bodies (pruned after the market
+    /// executed): the clock advances as the entry says; the engine is dropped.
+    pub fn apply_pruned_iteration(&mut self, timestamp_ms: u64, body: &IterationBody) {
+        self.pruned = Some((body.iteration, protocol::entry::iteration_converged(body)));
+        self.admm = None;
+        self.last_ms = timestamp_ms;
+    }
+
+    /// Applies the final entry, at `height`.
+    pub fn apply_final(&mut self, timestamp_ms: u64, height: u64) {
         self.finalized = true;
+        self.final_height = Some(height);
         self.last_ms = timestamp_ms;
     }
 
     /// Removes devices enrolled with a revoked attestation while registration is open (once
     /// scheduling started the set is fixed). Returns how many left.
     pub fn revoke(&mut self, revoked: &dyn Fn(&Hash) -> bool) -> usize {
-        if self.admm.is_some() || self.finalized {
+        if self.admm.is_some() || self.finalized || self.pruned.is_some() {
             return 0;
         }
         let before = self.enrolled.len();

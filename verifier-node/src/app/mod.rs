@@ -150,7 +150,7 @@ impl ChainApp {
             return Err(Reject::Genesis("it names no enrollment authority, so no device could enroll".into()));
         }
         let tip = Tip { height: 0, hash: genesis_entry.hash(), timestamp_ms: genesis_entry.timestamp_ms };
-        let first = Market::new(genesis.market.clone(), genesis_entry.timestamp_ms);
+        let first = Market::new(genesis.market.clone(), genesis_entry.timestamp_ms, 0);
         Ok(ChainApp {
             chain,
             genesis: genesis.clone(),
@@ -693,9 +693,18 @@ impl ChainApp {
                 let left: Vec<DeviceId> = batch.withdrawals.iter().map(|w| w.body.device).collect();
                 self.market_mut(batch.market_id)?.apply_batch(ts, joined, &left);
             }
-            Body::Iteration(b) => self.market_mut(b.market_id)?.apply_iteration(ts, updates)?,
+            Body::Iteration(b) => {
+                let market = self.market_mut(b.market_id)?;
+                // Served without its bodies (pruned history, accepted by certificate): the
+                // clock follows the entry; the engine is gone.
+                if market.is_pruned() || (updates.is_empty() && !b.updates.is_empty()) {
+                    market.apply_pruned_iteration(ts, b);
+                } else {
+                    market.apply_iteration(ts, updates)?;
+                }
+            }
             Body::Final(f) => {
-                self.market_mut(f.market_id)?.apply_final(ts);
+                self.market_mut(f.market_id)?.apply_final(ts, entry.height);
                 self.retire_finished();
             }
             Body::Open(o) => {
@@ -703,7 +712,7 @@ impl ChainApp {
                 if !self.used_ids.insert(spec.market_id) {
                     return Err(protocol::market::OpenError::Reused(spec.market_id).into());
                 }
-                self.markets.insert(spec.market_id, Market::new(spec, ts));
+                self.markets.insert(spec.market_id, Market::new(spec, ts, entry.height));
             }
             Body::Revocation(list) => {
                 self.revoked.extend(list.iter().map(|r| r.body.attestation));

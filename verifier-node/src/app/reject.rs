@@ -84,6 +84,10 @@ pub enum Reject {
     /// The market takes no more messages.
     #[error("market {0} is over")]
     MarketOver(u64),
+    /// The market's update bodies were pruned (or withheld from this validator), so its
+    /// engine state is gone: it can neither build nor check another of its entries.
+    #[error("market {0}'s update bodies are pruned: its entries can only be followed by certificate")]
+    Pruned(u64),
     /// The genesis cannot start a market.
     #[error("genesis: {0}")]
     Genesis(String),
@@ -119,6 +123,7 @@ impl Reject {
             Reject::Admm(_) => "admm",
             Reject::Overloaded(_) => "overloaded",
             Reject::MarketOver(_) => "market_over",
+            Reject::Pruned(_) => "pruned",
             Reject::Genesis(_) => "genesis",
         }
     }

@@ -6,7 +6,7 @@ use protocol::entry::{sign_vote, Body, CommitCertificate, Entry};
 use protocol::messages::SignedUpdate;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use verifier_node::app::{Built, ChainApp, Step};
+use verifier_node::app::{Built, ChainApp, Pool, Step};
 use verifier_node::audit::audit;
 use verifier_node::store::{Store, StoreError};
 
@@ -204,5 +204,148 @@ fn a_height_range_is_audited_in_full_after_following_the_entries_before_it() {
     let before = verifier_node::audit::audit_range(&store, w.keys.clone(), 2, Some(2), &mut ChaCha20Rng::seed_from_u64(4)).unwrap();
     assert!(before.passed(), "the damage is after the range: {before:?}");
     drop(store);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// What the store holds on disk, in all and in update bodies.
+fn live(store: &Store) -> (u64, u64) {
+    let per_cf = store.flushed_bytes().unwrap();
+    (per_cf.iter().map(|c| c.1).sum(), per_cf.iter().find(|c| c.0 == "updates").unwrap().1)
+}
+
+/// Ten market days on one chain (each opened while the previous one schedules, so their
+/// entries interleave), every entry certified into a RocksDB store; then the first eight
+/// markets are pruned as a validator does after their retention.
+#[test]
+fn pruned_markets_keep_entries_and_certificates_replay_by_certificate_and_audit() {
+    let mut w = world();
+    let dir = scratch("prune");
+    let store = Store::open(&dir).unwrap();
+    let genesis = genesis_entry(&w);
+    let certify = |w: &World, e: &Entry| CommitCertificate {
+        height: e.height,
+        round: 0,
+        hash: e.hash(),
+        votes: [0u16, 1, 2].iter().map(|&i| sign_vote(&w.validators[i as usize], &w.chain, i, e.height, 0, &e.hash())).collect(),
+    };
+    store.decide(&genesis, &certify(&w, &genesis), &[]).unwrap();
+    let mut app = ChainApp::new(&genesis, w.keys.clone()).unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(8);
+    let mut commit = |w: &World, app: &mut ChainApp, built: Built| {
+        assert!(built.dropped.is_empty(), "{:?}", built.dropped);
+        app.validate(&built.entry, &built.updates, &Default::default(), &mut rng).unwrap();
+        app.apply(&built.entry, &built.updates).unwrap();
+        store.decide(&built.entry, &certify(w, &built.entry), &built.updates).unwrap();
+    };
+    let span = |m: &protocol::entry::MarketSpec| protocol::market::execution_span(m);
+    let mut specs = vec![w.genesis.market.clone()];
+    let mut enrollments: Vec<protocol::messages::SignedEnrollment> = w.devices.iter().map(|d| enrollment(&w, d)).collect();
+    let mut updates: Vec<SignedUpdate> = Vec::new();
+    for k in 1..=5 {
+        updates.extend((0..3).map(|i| update(&mut w, i, k, k)));
+    }
+    let mut now = 0;
+    let mut opens = Vec::new();
+    while !app.is_idle() || specs.len() < 10 {
+        // Open the next day once the latest market schedules and nothing is due yet.
+        let latest = specs.last().unwrap().clone();
+        let scheduling = app.market(latest.market_id).is_some_and(|m| m.admm().is_some());
+        if scheduling && specs.len() < 10 && opens.is_empty() {
+            let id = latest.market_id + 1;
+            let spec = market_spec(&w, id, now + 250, span(&latest).1);
+            enrollments.extend(w.devices.iter().map(|d| enrollment_in(&w, d, &spec)));
+            for k in 1..=5 {
+                for i in 0..3 {
+                    updates.push(update_in(&mut w, id, i, k, k));
+                }
+            }
+            opens.push(open(&w, spec.clone()));
+            specs.push(spec);
+        }
+        let t = now + 1;
+        if !opens.is_empty() && app.due_at(t).is_none() {
+            let built = app.build(t, Pool { opens: &opens, ..Default::default() }, &Default::default(), &mut ChaCha20Rng::seed_from_u64(2)).unwrap();
+            assert!(matches!(built.entry.body, Body::Open(_)));
+            commit(&w, &mut app, built);
+            opens.clear();
+            now = t;
+            continue;
+        }
+        let (from, _) = app.next_due().unwrap();
+        now = now.max(from);
+        let pending: Vec<_> = enrollments.iter().filter(|e| app.market(e.body.market_id).is_some_and(|m| !m.enrolled().contains_key(&e.body.device))).cloned().collect();
+        let open_now: Vec<_> = updates.iter().filter(|u| app.open_iteration(u.body.market_id) == Some(u.body.iteration)).cloned().collect();
+        let built = build(&app, now, &pending, &open_now).unwrap();
+        commit(&w, &mut app, built);
+    }
+    let tip = app.tip().height;
+    let ids: Vec<u64> = specs.iter().map(|s| s.market_id).collect();
+    assert_eq!(ids.len(), 10);
+    // The days interleave: a registration batch of day 2 lies between day 1's iterations.
+    let (open8, _) = app.market(8).unwrap().heights();
+    assert!(open8 < app.market(7).unwrap().heights().1.unwrap());
+    let before = live(&store);
+
+    // Prune the first eight days, as the validator's host does once their retention passed.
+    let kept_root = app.market(16).unwrap().final_body().unwrap();
+    let mut pruned_bodies = 0;
+    for id in &ids[..8] {
+        let (from, to) = app.market(*id).unwrap().heights();
+        let p = store.prune_market(*id, from, to.unwrap()).unwrap();
+        assert!(p.bodies >= 3, "{p:?}");
+        pruned_bodies += p.bodies;
+        assert!(store.is_pruned(*id).unwrap());
+    }
+    let after = live(&store);
+    eprintln!("10 markets, 3 devices, T = 4, {tip} entries: {before:?} bytes (all, update bodies) before pruning 8 markets ({pruned_bodies} bodies), {after:?} after");
+    // What is left of the update bodies is the two kept markets' (within a file's overhead).
+    assert!(after.1 * 3 < before.1, "{before:?} → {after:?}");
+    assert!(after.0 < before.0, "{before:?} → {after:?}");
+
+    // Entries and certificates stay; pruned iteration entries come without bodies, the kept
+    // markets' with theirs.
+    let mut client = protocol::entry::LightClient::new(&genesis).unwrap();
+    let mut replayed = ChainApp::new(&genesis, w.keys.clone()).unwrap();
+    let (mut served_pruned, mut served_whole) = (0, 0);
+    for h in 1..=tip {
+        let c = store.certified(h).unwrap().unwrap();
+        let market = c.entry.body.market_id();
+        if let Body::Iteration(_) = &c.entry.body {
+            let pruned_market = ids[..8].contains(&market.unwrap());
+            assert_eq!(c.is_pruned(), pruned_market, "height {h}");
+            if c.is_pruned() {
+                served_pruned += 1;
+                // A light client refuses missing bodies as a whole entry and takes them as a
+                // pruned one.
+                assert!(client.clone().accept_certified(&c).is_err());
+                client.accept_pruned(&c).unwrap();
+            } else {
+                served_whole += 1;
+                client.accept_certified(&c).unwrap();
+            }
+        } else {
+            assert!(client.accept_pruned(&c).is_err(), "only a bodiless iteration entry is pruned");
+            client.accept_certified(&c).unwrap();
+        }
+        // A restarted validator rebuilds its state from what its store serves.
+        replayed.apply(&c.entry, &c.updates).unwrap();
+    }
+    assert!(served_pruned >= 8 && served_whole >= 2, "{served_pruned} {served_whole}");
+    assert_eq!(replayed.tip(), app.tip());
+    for id in &ids[..8] {
+        let m = replayed.market(*id).unwrap();
+        assert!(m.is_final() && m.is_pruned());
+        assert_eq!(m.final_body().unwrap_err().label(), "pruned");
+    }
+    // The kept markets' state is whole: their final body is recomputed exactly.
+    assert_eq!(replayed.market(16).unwrap().final_body().unwrap(), kept_root);
+
+    // The audit checks the kept markets in full and follows the pruned ones by certificate.
+    let report = audit(&store, w.keys.clone(), &mut ChaCha20Rng::seed_from_u64(1)).unwrap();
+    assert!(report.passed(), "{report:?}");
+    let kept_proofs = updates.iter().filter(|u| ids[8..].contains(&u.body.market_id)).count();
+    assert!(report.entries_pruned >= 8 * 3, "{report:?}");
+    assert_eq!(report.entries_ok + report.entries_pruned, tip + 1);
+    assert!(report.proofs_verified > 0 && report.proofs_verified <= kept_proofs, "{report:?}");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -206,7 +206,19 @@ impl<L: Log> Node<L> {
                 *self.stats.rejects.entry("sync_bad_certificate").or_default() += 1;
                 break;
             }
-            if let Err(e) = self.app.validate(&c.entry, &c.updates, &self.pools.verified, &mut self.rng) {
+            // Pruned history (a market's bodies deleted after it executed) is followed by
+            // certificate alone: its proofs and aggregates cannot be re-checked without the
+            // bodies. Only for a market whose execution is over by this node's clock, the
+            // earliest any honest validator prunes: bodies withheld earlier are refused.
+            let market = c.entry.body.market_id().and_then(|id| self.app.market(id));
+            if c.is_pruned() || market.is_some_and(|m| m.is_pruned()) {
+                let executed = market.is_some_and(|m| protocol::market::execution_span(m.spec()).1 <= self.now);
+                if !executed {
+                    warn!(validator = self.cfg.index, height = c.entry.height, "synced entry without its update bodies refused: its market has not executed yet");
+                    *self.stats.rejects.entry("sync_pruned_early").or_default() += 1;
+                    break;
+                }
+            } else if let Err(e) = self.app.validate(&c.entry, &c.updates, &self.pools.verified, &mut self.rng) {
                 warn!(validator = self.cfg.index, height = c.entry.height, "synced entry refused: {e}");
                 self.count(&e);
                 break;
