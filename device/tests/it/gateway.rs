@@ -241,11 +241,33 @@ fn the_agent_refuses_entries_a_light_client_must_refuse() {
     let build = agent.on_entry(&certify(&entry, &m.validators[..3], &[0, 1, 2]), now).unwrap();
     assert!(agent.state.markets[&id].enrolled.contains("ev"));
     assert_eq!(build, Some((id, 1)), "iteration 1 opens once the appliance is enrolled");
-    assert_eq!(agent.prove(id, 1, &mut rng).unwrap().len(), 1);
+    let proven = agent.prove(id, 1, &mut rng).unwrap();
+    assert_eq!(proven.len(), 1);
     let mut fork = entry.clone();
     fork.timestamp_ms += 1;
     assert!(agent.on_entry(&certify(&fork, &m.validators[1..4], &[1, 2, 3]), now).is_err());
     assert_eq!(agent.state.markets[&id].submitted_through, 1, "no second submission");
+    // Iteration 1 served without its bodies, as a validator serves a pruned market: withheld
+    // data while the market has not executed (refused), pruned history once it has.
+    let t = gw.market().market.slots as usize;
+    let body = protocol::entry::IterationBody {
+        market_id: id,
+        iteration: 1,
+        updates: vec![proven[0].digest()],
+        x_bar: vec![0; t],
+        z_bar: vec![0; t],
+        u: vec![0; t],
+        residuals: [1, 1, 0, 0],
+    };
+    let iteration = Entry { chain_id: entry.chain_id, height: 2, prev_hash: entry.hash(), timestamp_ms: entry.timestamp_ms + 100, body: Body::Iteration(body) };
+    let pruned = certify(&iteration, &m.validators[..3], &[0, 1, 2]);
+    assert!(pruned.is_pruned());
+    let refused = agent.on_entry(&pruned, now).unwrap_err().to_string();
+    assert!(refused.contains("without its bodies before the market executed"), "{refused}");
+    assert_eq!(agent.state.height, 1, "nothing refused was acted on");
+    let executed = protocol::market::execution_span(&gw.market().market).1;
+    agent.on_entry(&pruned, executed).unwrap();
+    assert_eq!(agent.state.height, 2);
 }
 
 #[test]
