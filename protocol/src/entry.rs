@@ -398,7 +398,7 @@ pub struct Certified {
 
 impl Certified {
     /// Whether this is an iteration entry served without the update bodies it names: its
-    /// market's bodies were pruned after the market executed (docs/protocol.md §6.4). The
+    /// market's bodies were pruned after the market executed (docs/protocol.md §6.9). The
     /// entry and certificate are whole; only the proofs and schedules are gone.
     pub fn is_pruned(&self) -> bool {
         matches!(&self.entry.body, Body::Iteration(b) if !b.updates.is_empty()) && self.updates.is_empty()
