@@ -54,6 +54,48 @@ fn four_validators_run_a_market_to_final_and_every_database_audits_clean() {
     }
 }
 
+/// A market on 1 s slots whose proofs every validator keeps for 0 s after execution: each
+/// prunes them once the market executed; a validator whose database is wiped then syncs the
+/// whole log from its peers, the pruned market by certificate, and every database audits.
+#[test]
+fn a_market_past_its_retention_is_pruned_and_a_wiped_validator_syncs_it_by_certificate() {
+    let c = Cluster::init_with("prune", 4, 5, 4, 1500, 3, &["--slot-seconds", "1", "--execution-delay-s", "0"]);
+    for i in 0..4 {
+        let text = std::fs::read_to_string(c.config(i)).unwrap();
+        assert!(text.contains("retention_s = 2592000"), "init writes 30 days: {text}");
+        std::fs::write(c.config(i), text.replace("retention_s = 2592000", "retention_s = 0")).unwrap();
+    }
+    c.start_all();
+    let devices: Vec<Device> = (0..3).map(Device::new).collect();
+    let seen = rt().block_on(run_devices(&c, &devices, 2, Duration::from_secs(60)));
+    assert!(matches!(seen.last().map(|c| &c.entry.body), Some(Body::Final(_))), "devices saw no final entry");
+    let proofs: usize = seen.iter().map(|c| c.updates.len()).sum();
+    assert!(proofs >= 3, "{proofs}");
+    c.wait_final(Duration::from_secs(20));
+    let Body::Genesis(g) = &c.genesis.body else { unreachable!() };
+    let executed = protocol::market::execution_span(&g.market).1;
+    let t0 = Instant::now();
+    let pruned = |i| c.get(i, "/metrics").is_some_and(|m| m.contains("gridproof_pruned_markets_total 1\n") && m.contains(&format!("gridproof_pruned_bodies_total {proofs}\n")));
+    while !(0..4).all(pruned) {
+        assert!(t0.elapsed() < Duration::from_secs(30), "not pruned (execution ends at {executed}); metrics: {:?}", c.get(0, "/metrics"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(protocol::net::now_ms() >= executed, "nothing is pruned before the market executed");
+    assert!(c.log(1).contains("pruned the update bodies of a market past its retention"), "{}", c.log(1));
+    // Validator 3 loses its database and starts again: it syncs every entry from its peers.
+    c.kill(3);
+    std::fs::remove_dir_all(c.db(3)).unwrap();
+    c.start(3);
+    c.wait_final(Duration::from_secs(30));
+    c.stop_all();
+    assert_eq!(c.assert_identical_logs(), seen.len());
+    for i in 0..4 {
+        let (ok, out) = c.audit(i);
+        assert!(ok, "audit of validator {i}: {out}");
+        assert!(out.contains("entries of pruned markets (link and certificate only)"), "{out}");
+    }
+}
+
 #[test]
 fn a_validator_killed_mid_market_catches_up_and_one_frozen_rejoins() {
     let c = Cluster::init("faults", 4, 1, 4, 1500, 4);
