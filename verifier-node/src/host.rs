@@ -102,6 +102,8 @@ pub struct MarketView {
     pub iteration: u32,
     /// Whether its final entry is in.
     pub is_final: bool,
+    /// Whether its update bodies are pruned (its entries are followed by certificate).
+    pub pruned: bool,
     /// (k, primal residual, dual residual, ε_pri, ε_dual), raw fixed point.
     pub residuals: Vec<(u32, [i64; 4])>,
     /// Latest x̄ (W per device, raw fixed point).
@@ -281,7 +283,9 @@ fn refresh(node: &Node<Arc<Store>>, shared: &Shared, last: Option<&Certified>) {
         v.registration_close_ms = spec.registration_close_ms;
         v.execution_start_ms = spec.execution_start_ms;
         v.enrolled = m.enrolled().len();
-        v.iteration = m.admm().map_or(0, |a| a.iteration());
+        v.iteration = m.iterations();
+        // (Set by `prune_due` when this node pruned it; from replay after a restart.)
+        v.pruned |= m.is_pruned();
         v.is_final = m.is_final();
     }
     if let Some(c) = last {
@@ -407,6 +411,9 @@ fn prune_due(node: &Node<Arc<Store>>, shared: &Shared, retention: u64, now: u64)
             continue;
         }
         let p = shared.store.prune_market(m.id(), opened, final_height)?;
+        if let Some(v) = shared.snapshot.write().expect("snapshot lock").markets.get_mut(&m.id()) {
+            v.pruned = true;
+        }
         shared.net.pruned_markets.fetch_add(1, Ordering::Relaxed);
         shared.net.pruned_bodies.fetch_add(p.bodies, Ordering::Relaxed);
         info!(validator = node.index(), market = m.id(), bodies = p.bodies, bytes = p.bytes, heights = %format!("{opened}..={final_height}"), "pruned the update bodies of a market past its retention");

@@ -87,6 +87,7 @@ fn market_summary(m: &MarketView) -> Value {
         "enrolled": m.enrolled,
         "iteration": m.iteration,
         "final": m.is_final,
+        "pruned": m.pruned,
     })
 }
 

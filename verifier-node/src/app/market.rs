@@ -108,6 +108,15 @@ impl Market {
         self.pruned.is_some()
     }
 
+    /// ADMM iterations decided (also for a pruned market, from its entries).
+    pub fn iterations(&self) -> u32 {
+        match (&self.admm, self.pruned) {
+            (Some(a), _) => a.iteration(),
+            (None, Some((k, _))) => k,
+            (None, None) => 0,
+        }
+    }
+
     /// Enrolled devices.
     pub fn enrolled(&self) -> &BTreeMap<DeviceId, Enrolled> {
         &self.enrolled

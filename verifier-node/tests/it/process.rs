@@ -82,6 +82,8 @@ fn a_market_past_its_retention_is_pruned_and_a_wiped_validator_syncs_it_by_certi
     }
     assert!(protocol::net::now_ms() >= executed, "nothing is pruned before the market executed");
     assert!(c.log(1).contains("pruned the update bodies of a market past its retention"), "{}", c.log(1));
+    let markets: serde_json::Value = serde_json::from_str(&c.get(2, "/markets").unwrap()).unwrap();
+    assert!(markets.to_string().contains("\"pruned\":true"), "{markets}");
     // Validator 3 loses its database and starts again: it syncs every entry from its peers.
     c.kill(3);
     std::fs::remove_dir_all(c.db(3)).unwrap();
