@@ -404,6 +404,7 @@ const PRUNE_CHECK_MS: u64 = 1000;
 /// Markets retired from memory ([`crate::app::MAX_FINISHED_MARKETS`]) before their retention
 /// passed are not looked at again: the retention should span fewer markets than that.
 fn prune_due(node: &Node<Arc<Store>>, shared: &Shared, retention: u64, now: u64) -> Result<(), HostError> {
+    let mut any = false;
     for m in node.app().markets().filter(|m| m.is_final()) {
         let (opened, Some(final_height)) = m.heights() else { continue };
         let end = protocol::market::execution_span(m.spec()).1;
@@ -417,6 +418,16 @@ fn prune_due(node: &Node<Arc<Store>>, shared: &Shared, retention: u64, now: u64)
         shared.net.pruned_markets.fetch_add(1, Ordering::Relaxed);
         shared.net.pruned_bodies.fetch_add(p.bodies, Ordering::Relaxed);
         info!(validator = node.index(), market = m.id(), bodies = p.bodies, bytes = p.bytes, heights = %format!("{opened}..={final_height}"), "pruned the update bodies of a market past its retention");
+        any = true;
+    }
+    if any {
+        // The space comes back by compaction, off the node's task.
+        let store = shared.store.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.compact_updates() {
+                warn!("compacting after pruning: {e}");
+            }
+        });
     }
     Ok(())
 }

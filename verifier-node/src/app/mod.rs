@@ -695,10 +695,10 @@ impl ChainApp {
             }
             Body::Iteration(b) => {
                 let market = self.market_mut(b.market_id)?;
-                // Served without its bodies (pruned history, accepted by certificate): the
-                // clock follows the entry; the engine is gone.
-                if market.is_pruned() || (updates.is_empty() && !b.updates.is_empty()) {
+                if market.is_pruned() {
                     market.apply_pruned_iteration(ts, b);
+                } else if updates.len() != b.updates.len() {
+                    return Err(Reject::MissingUpdates);
                 } else {
                     market.apply_iteration(ts, updates)?;
                 }
@@ -726,6 +726,20 @@ impl ChainApp {
             }
         }
         self.tip = Tip { height: entry.height, hash: entry.hash(), timestamp_ms: ts };
+        Ok(())
+    }
+
+    /// Applies a certified entry as pruned history: an iteration entry without its bodies
+    /// (the caller checked link, certificate and that its market executed, or it comes from
+    /// this validator's own pruned store) sets its market's clock from the entry and drops the
+    /// engine ([`Market::apply_pruned_iteration`]); any other entry is [`Self::apply`]'d.
+    pub fn apply_pruned(&mut self, entry: &Entry) -> Result<(), Reject> {
+        let Body::Iteration(b) = &entry.body else { return self.apply(entry, &[]) };
+        if entry.height != self.tip.height + 1 || entry.prev_hash != self.tip.hash {
+            return Err(Reject::Link(format!("entry {} does not extend tip {}", entry.height, self.tip.height)));
+        }
+        self.market_mut(b.market_id)?.apply_pruned_iteration(entry.timestamp_ms, b);
+        self.tip = Tip { height: entry.height, hash: entry.hash(), timestamp_ms: entry.timestamp_ms };
         Ok(())
     }
 

@@ -339,7 +339,9 @@ impl<L: Log> Node<L> {
         let tip = node.log.tip()?.map(|t| t.0).unwrap_or(0);
         for h in 1..=tip {
             let c = node.log.certified(h)?.ok_or(NodeError::Corrupt(format!("stored entry {h} missing")))?;
-            node.app.apply(&c.entry, &c.updates).map_err(|e| NodeError::Corrupt(format!("stored entry {h}: {e}")))?;
+            // The store serves a pruned market's iteration entries without bodies.
+            let applied = if c.is_pruned() { node.app.apply_pruned(&c.entry) } else { node.app.apply(&c.entry, &c.updates) };
+            applied.map_err(|e| NodeError::Corrupt(format!("stored entry {h}: {e}")))?;
         }
         node.state = Some(node.new_state());
         // A restarted node asks its peers for what it missed at once, instead of waiting for
@@ -669,6 +671,16 @@ impl<L: Log> Node<L> {
         let round = cert.round.as_u32().unwrap_or(0);
         let certificate = CommitCertificate { height: h, round, hash: cert.value_id.0, votes };
         let certified = Certified { entry, certificate, updates };
+        // The payload held is the first copy that arrived under this hash, and the hash covers
+        // the bodies' digests only: a Byzantine proposer may have sent this node other bodies
+        // (or none) than the quorum validated. Commit only the bodies the entry names.
+        if let Err(e) = protocol::entry::check_bodies(&certified) {
+            warn!(validator = self.cfg.index, height = h, "decided {} but the payload held here does not carry its bodies ({e}); syncing", cert.value_id);
+            *self.stats.rejects.entry("decided_without_bodies").or_default() += 1;
+            self.payloads.remove(&cert.value_id);
+            self.request_sync(None);
+            return;
+        }
         // When this height was due, read before `commit` clears the running height.
         let due = self.running.filter(|r| r.0 == h).map(|r| r.1).unwrap_or(self.now);
         if let Err(e) = self.commit(&certified) {
@@ -684,7 +696,9 @@ impl<L: Log> Node<L> {
     /// Stores a certified entry, applies it, prunes the pools, and announces it.
     fn commit(&mut self, c: &Certified) -> Result<(), String> {
         self.log.decide(c).map_err(|e| e.to_string())?;
-        self.app.apply(&c.entry, &c.updates).map_err(|e| format!("a certified entry does not apply: {e}"))?;
+        // (A pruned entry comes only from sync, after its checks there.)
+        let applied = if c.is_pruned() { self.app.apply_pruned(&c.entry) } else { self.app.apply(&c.entry, &c.updates) };
+        applied.map_err(|e| format!("a certified entry does not apply: {e}"))?;
         if let Body::Iteration(_) = &c.entry.body {
             self.stats.proofs_verified += c.updates.len() as u64;
         }

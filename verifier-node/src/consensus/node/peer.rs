@@ -189,7 +189,7 @@ impl<L: Log> Node<L> {
     pub(super) fn on_sync_response(&mut self, entries: Vec<Certified>) {
         self.sync_sent = None;
         let mut advanced = false;
-        for c in entries.into_iter().take(MAX_SYNC_BATCH) {
+        for mut c in entries.into_iter().take(MAX_SYNC_BATCH) {
             let next = self.app.tip().height + 1;
             if c.entry.height < next {
                 continue;
@@ -218,6 +218,8 @@ impl<L: Log> Node<L> {
                     *self.stats.rejects.entry("sync_pruned_early").or_default() += 1;
                     break;
                 }
+                // Kept as pruned history: bodies a peer sends along are not checked, so not kept.
+                c.updates.clear();
             } else if let Err(e) = self.app.validate(&c.entry, &c.updates, &self.pools.verified, &mut self.rng) {
                 warn!(validator = self.cfg.index, height = c.entry.height, "synced entry refused: {e}");
                 self.count(&e);
