@@ -357,5 +357,20 @@ fn pruned_markets_keep_entries_and_certificates_replay_by_certificate_and_audit(
     assert!(report.entries_pruned >= 8 * 3, "{report:?}");
     assert_eq!(report.entries_ok + report.entries_pruned, tip + 1);
     assert!(report.proofs_verified > 0 && report.proofs_verified <= kept_proofs, "{report:?}");
+
+    // Bodies deleted from a market that has no final entry were not pruned by the rule: the
+    // same log cut before day 10's final entry, with day 10's bodies deleted, fails the audit.
+    let (open16, final16) = app.market(16).unwrap().heights();
+    let cut_dir = scratch("prune-cut");
+    let cut = Store::open(&cut_dir).unwrap();
+    for h in 0..final16.unwrap() {
+        let c = store.certified(h).unwrap().unwrap();
+        cut.decide(&c.entry, &c.certificate, &c.updates).unwrap();
+    }
+    cut.prune_market(16, open16, final16.unwrap() - 1).unwrap();
+    let report = audit(&cut, w.keys.clone(), &mut ChaCha20Rng::seed_from_u64(1)).unwrap();
+    let (_, why) = report.first_bad.clone().expect("the cut log fails");
+    assert!(why.contains("market 16 has no update bodies but no final entry"), "{report:?}");
+    std::fs::remove_dir_all(&cut_dir).ok();
     std::fs::remove_dir_all(&dir).ok();
 }
