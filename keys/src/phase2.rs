@@ -20,6 +20,7 @@ use circuits::{ModelKind, Shape, Slots, UpdateCircuit};
 use prover::{SetupKind, UpdateProvingKey, UpdateVerifyingKey};
 use rand::{CryptoRng, Rng, RngCore};
 use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
@@ -150,20 +151,26 @@ const INITIAL_KEY_CACHE: usize = 2;
 /// hash and the shape: starting a transcript, verifying it and exporting its keys compute it
 /// once per process.
 pub fn initial_key(acc: &Accumulator, shape: Shape) -> Result<ProvingKey<Bn254>, Phase2Error> {
-    use std::sync::Mutex;
-    type Cache = Mutex<Vec<((Hash, u8, usize), ProvingKey<Bn254>)>>;
-    static CACHE: Cache = Mutex::new(Vec::new());
-    let key = (accumulator_hash(acc), shape.kind.id(), shape.slots.get());
-    if let Some((_, k)) = CACHE.lock().expect("initial key cache").iter().find(|(k, _)| *k == key) {
-        return Ok(k.clone());
+    static CACHE: Memo<(Hash, u8, usize), ProvingKey<Bn254>> = Mutex::new(Vec::new());
+    memo(&CACHE, INITIAL_KEY_CACHE, (accumulator_hash(acc), shape.kind.id(), shape.slots.get()), || compute_initial_key(acc, shape))
+}
+
+/// A process-wide cache of the last few values of a pure function, oldest first.
+type Memo<K, V> = Mutex<Vec<(K, V)>>;
+
+/// The value for `key` from `cache`, else `compute`d and kept (dropping the oldest beyond
+/// `cap`). The lock is not held while computing: two threads may both compute a missing value.
+fn memo<K: PartialEq, V: Clone, E>(cache: &Memo<K, V>, cap: usize, key: K, compute: impl FnOnce() -> Result<V, E>) -> Result<V, E> {
+    if let Some((_, v)) = cache.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(k, _)| *k == key) {
+        return Ok(v.clone());
     }
-    let computed = compute_initial_key(acc, shape)?;
-    let mut cache = CACHE.lock().expect("initial key cache");
-    if cache.len() == INITIAL_KEY_CACHE {
+    let value = compute()?;
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.len() == cap {
         cache.remove(0);
     }
-    cache.push((key, computed.clone()));
-    Ok(computed)
+    cache.push((key, value.clone()));
+    Ok(value)
 }
 
 fn compute_initial_key(acc: &Accumulator, shape: Shape) -> Result<ProvingKey<Bn254>, Phase2Error> {
@@ -252,32 +259,27 @@ const LAGRANGE_CACHE: usize = 2;
 /// the accumulator and the domain size, so the last [`LAGRANGE_CACHE`] sets are kept, keyed
 /// by the accumulator's hash and m: verifying a transcript, exporting its keys and setting up
 /// several circuits of one size compute them once per process.
-fn lagrange_bases(acc: &Accumulator, domain: &Radix2EvaluationDomain<Fr>) -> std::sync::Arc<LagrangeBases> {
-    use std::sync::{Arc, Mutex};
-    type Cache = Mutex<Vec<((Hash, usize), Arc<LagrangeBases>)>>;
-    static CACHE: Cache = Mutex::new(Vec::new());
+fn lagrange_bases(acc: &Accumulator, domain: &Radix2EvaluationDomain<Fr>) -> Arc<LagrangeBases> {
+    static CACHE: Memo<(Hash, usize), Arc<LagrangeBases>> = Mutex::new(Vec::new());
     let m = domain.size();
-    let key = (accumulator_hash(acc), m);
-    if let Some((_, b)) = CACHE.lock().expect("lagrange cache").iter().find(|(k, _)| *k == key) {
-        return b.clone();
-    }
+    let computed: Result<_, std::convert::Infallible> = memo(&CACHE, LAGRANGE_CACHE, (accumulator_hash(acc), m), || Ok(Arc::new(ifft_bases(acc, domain))));
+    computed.unwrap_or_else(|never| match never {})
+}
+
+/// [`LagrangeBases`] by inverse FFT in the exponent.
+fn ifft_bases(acc: &Accumulator, domain: &Radix2EvaluationDomain<Fr>) -> LagrangeBases {
+    let m = domain.size();
     let ifft1 = |v: &[G1Affine]| {
         let p: Vec<G1Projective> = v[..m].iter().map(|a| a.into_group()).collect();
         G1Projective::normalize_batch(&domain.ifft(&p))
     };
     let p2: Vec<G2Projective> = acc.tau_g2[..m].iter().map(|a| a.into_group()).collect();
-    let bases = Arc::new(LagrangeBases {
+    LagrangeBases {
         tau_g1: ifft1(&acc.tau_g1),
         alpha_tau_g1: ifft1(&acc.alpha_tau_g1),
         beta_tau_g1: ifft1(&acc.beta_tau_g1),
         tau_g2: G2Projective::normalize_batch(&domain.ifft(&p2)),
-    });
-    let mut cache = CACHE.lock().expect("lagrange cache");
-    if cache.len() == LAGRANGE_CACHE {
-        cache.remove(0);
     }
-    cache.push((key, bases.clone()));
-    bases
 }
 
 fn key_hash(key: &ProvingKey<Bn254>) -> Hash {

@@ -401,8 +401,14 @@ impl Certified {
     /// market's bodies were pruned after the market executed (docs/protocol.md §6.9). The
     /// entry and certificate are whole; only the proofs and schedules are gone.
     pub fn is_pruned(&self) -> bool {
-        matches!(&self.entry.body, Body::Iteration(b) if !b.updates.is_empty()) && self.updates.is_empty()
+        bodies_pruned(&self.entry.body, &self.updates)
     }
+}
+
+/// Whether `body` with these `updates` is a pruned iteration entry: ≥ 1 digest and no body
+/// ([`Certified::is_pruned`], for callers that hold the parts).
+pub fn bodies_pruned(body: &Body, updates: &[SignedUpdate]) -> bool {
+    matches!(body, Body::Iteration(b) if !b.updates.is_empty()) && updates.is_empty()
 }
 
 /// Whether an iteration body meets the stopping rule (primal ≤ ε_primal and dual ≤ ε_dual):

@@ -111,6 +111,13 @@ pub fn execution_span(m: &MarketSpec) -> (u64, u64) {
     (m.execution_start_ms, m.execution_start_ms.saturating_add(m.slots as u64 * m.slot_seconds as u64 * 1000))
 }
 
+/// Whether market `m`'s execution is over at `now_ms`: from then on a validator may prune its
+/// update bodies, so a receiver accepts its iteration entries without bodies (docs/protocol.md
+/// §6.9); before, bodies missing are withheld.
+pub fn executed(m: &MarketSpec, now_ms: u64) -> bool {
+    execution_span(m).1 <= now_ms
+}
+
 /// Why a market opening is refused. Each has a metrics label ([`Self::label`]).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum OpenError {

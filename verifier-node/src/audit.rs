@@ -96,8 +96,7 @@ pub fn audit_range<L: Log, R: RngCore + CryptoRng>(store: L, keys: VerifierKeys,
             if let Err(e) = followed {
                 return bad(report, h, e.to_string());
             }
-            let applied = if c.is_pruned() { app.apply_pruned(&c.entry) } else { app.apply(&c.entry, &c.updates) };
-            if let Err(r) = applied {
+            if let Err(r) = app.apply_certified(&c) {
                 return bad(report, h, format!("pruned history, could not apply: {r}"));
             }
             report.entries_pruned += 1;

@@ -162,10 +162,8 @@ impl Store {
         }
         // A pruned entry (synced from a validator that pruned it) marks its market pruned here
         // too, so that the store serves and replays it the same way.
-        if let Body::Iteration(b) = &entry.body {
-            if updates.is_empty() && !b.updates.is_empty() {
-                batch.put_cf(self.cf(CF_CONSENSUS), pruned_key(b.market_id), []);
-            }
+        if let (Body::Iteration(b), true) = (&entry.body, protocol::entry::bodies_pruned(&entry.body, updates)) {
+            batch.put_cf(self.cf(CF_CONSENSUS), pruned_key(b.market_id), []);
         }
         if let protocol::entry::Body::Enrollment(b) = &entry.body {
             for e in &b.enrollments {

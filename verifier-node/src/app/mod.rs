@@ -729,6 +729,18 @@ impl ChainApp {
         Ok(())
     }
 
+    /// Applies a certified entry as served: [`Self::apply_pruned`] when it is pruned
+    /// (`Certified::is_pruned`), else [`Self::apply`] with its bodies. For entries whose
+    /// certificate (and, when pruned, market execution) the caller checked, or from this
+    /// validator's own store.
+    pub fn apply_certified(&mut self, c: &protocol::entry::Certified) -> Result<(), Reject> {
+        if c.is_pruned() {
+            self.apply_pruned(&c.entry)
+        } else {
+            self.apply(&c.entry, &c.updates)
+        }
+    }
+
     /// Applies a certified entry as pruned history: an iteration entry without its bodies
     /// (the caller checked link, certificate and that its market executed, or it comes from
     /// this validator's own pruned store) sets its market's clock from the entry and drops the

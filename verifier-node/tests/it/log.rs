@@ -10,15 +10,19 @@ use verifier_node::app::{Built, ChainApp, Pool, Step};
 use verifier_node::audit::audit;
 use verifier_node::store::{Store, StoreError};
 
-/// (entry, certificate, update bodies): genesis, enrollments, iterations with real proofs up to
-/// convergence or K_max, final.
-fn chain(w: &mut World) -> Vec<(Entry, CommitCertificate, Vec<SignedUpdate>)> {
-    let certify = |w: &World, e: &Entry, voters: &[u16]| CommitCertificate {
+/// A certificate of `e` signed by the world's validators `voters`.
+fn certify(w: &World, e: &Entry, voters: &[u16]) -> CommitCertificate {
+    CommitCertificate {
         height: e.height,
         round: 0,
         hash: e.hash(),
         votes: voters.iter().map(|&i| sign_vote(&w.validators[i as usize], &w.chain, i, e.height, 0, &e.hash())).collect(),
-    };
+    }
+}
+
+/// (entry, certificate, update bodies): genesis, enrollments, iterations with real proofs up to
+/// convergence or K_max, final.
+fn chain(w: &mut World) -> Vec<(Entry, CommitCertificate, Vec<SignedUpdate>)> {
     let mut out = vec![];
     let genesis = genesis_entry(w);
     out.push((genesis.clone(), certify(w, &genesis, &[0, 1, 2]), vec![]));
@@ -99,14 +103,8 @@ fn recertify(w: &World, log: &mut [(Entry, CommitCertificate, Vec<SignedUpdate>)
             let prev = log[i - 1].0.hash();
             log[i].0.prev_hash = prev;
         }
-        let e = &log[i].0;
         if log[i].1.votes.len() >= 3 {
-            log[i].1 = CommitCertificate {
-                height: e.height,
-                round: 0,
-                hash: e.hash(),
-                votes: [0u16, 1, 2].iter().map(|&v| sign_vote(&w.validators[v as usize], &w.chain, v, e.height, 0, &e.hash())).collect(),
-            };
+            log[i].1 = certify(w, &log[i].0, &[0, 1, 2]);
         }
     }
 }
@@ -222,20 +220,14 @@ fn pruned_markets_keep_entries_and_certificates_replay_by_certificate_and_audit(
     let dir = scratch("prune");
     let store = Store::open(&dir).unwrap();
     let genesis = genesis_entry(&w);
-    let certify = |w: &World, e: &Entry| CommitCertificate {
-        height: e.height,
-        round: 0,
-        hash: e.hash(),
-        votes: [0u16, 1, 2].iter().map(|&i| sign_vote(&w.validators[i as usize], &w.chain, i, e.height, 0, &e.hash())).collect(),
-    };
-    store.decide(&genesis, &certify(&w, &genesis), &[]).unwrap();
+    store.decide(&genesis, &certify(&w, &genesis, &[0, 1, 2]), &[]).unwrap();
     let mut app = ChainApp::new(&genesis, w.keys.clone()).unwrap();
     let mut rng = ChaCha20Rng::seed_from_u64(8);
     let mut commit = |w: &World, app: &mut ChainApp, built: Built| {
         assert!(built.dropped.is_empty(), "{:?}", built.dropped);
         app.validate(&built.entry, &built.updates, &Default::default(), &mut rng).unwrap();
         app.apply(&built.entry, &built.updates).unwrap();
-        store.decide(&built.entry, &certify(w, &built.entry), &built.updates).unwrap();
+        store.decide(&built.entry, &certify(w, &built.entry, &[0, 1, 2]), &built.updates).unwrap();
     };
     let span = |m: &protocol::entry::MarketSpec| protocol::market::execution_span(m);
     let mut specs = vec![w.genesis.market.clone()];

@@ -340,8 +340,7 @@ impl<L: Log> Node<L> {
         for h in 1..=tip {
             let c = node.log.certified(h)?.ok_or(NodeError::Corrupt(format!("stored entry {h} missing")))?;
             // The store serves a pruned market's iteration entries without bodies.
-            let applied = if c.is_pruned() { node.app.apply_pruned(&c.entry) } else { node.app.apply(&c.entry, &c.updates) };
-            applied.map_err(|e| NodeError::Corrupt(format!("stored entry {h}: {e}")))?;
+            node.app.apply_certified(&c).map_err(|e| NodeError::Corrupt(format!("stored entry {h}: {e}")))?;
         }
         node.state = Some(node.new_state());
         // A restarted node asks its peers for what it missed at once, instead of waiting for
@@ -697,8 +696,7 @@ impl<L: Log> Node<L> {
     fn commit(&mut self, c: &Certified) -> Result<(), String> {
         self.log.decide(c).map_err(|e| e.to_string())?;
         // (A pruned entry comes only from sync, after its checks there.)
-        let applied = if c.is_pruned() { self.app.apply_pruned(&c.entry) } else { self.app.apply(&c.entry, &c.updates) };
-        applied.map_err(|e| format!("a certified entry does not apply: {e}"))?;
+        self.app.apply_certified(c).map_err(|e| format!("a certified entry does not apply: {e}"))?;
         if let Body::Iteration(_) = &c.entry.body {
             self.stats.proofs_verified += c.updates.len() as u64;
         }
