@@ -327,6 +327,7 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         compressed_slot_ms: Some(args.slot_ms),
         stop_on_signal: false,
         markets: Some(args.days),
+        checkpoint: None,
     };
     let threads: Vec<_> = gateways
         .iter()

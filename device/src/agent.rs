@@ -177,6 +177,42 @@ impl Agent {
         Ok(Agent { gateway, keys, client, known, state })
     }
 
+    /// An agent that follows the log from a trusted checkpoint instead of the genesis
+    /// (docs/protocol.md §6.10): `entry` is the checkpoint entry and `snapshot` the state it
+    /// extends, both checked by `protocol::snapshot::verify_checkpoint`. The light client
+    /// accepts the checkpoint entry next (served again by the validator, link and certificate
+    /// checked as any other); the markets it knows are those the snapshot holds that are not
+    /// final, and the snapshot's revocations of this gateway's attestations count.
+    pub fn at_checkpoint(
+        gateway: Gateway,
+        keys: BTreeMap<(u8, usize), UpdateProvingKey>,
+        mut state: AgentState,
+        entry: &Certified,
+        snapshot: &protocol::snapshot::ChainSnapshot,
+    ) -> Result<Agent, AgentError> {
+        let before = protocol::snapshot::Checkpoint { height: entry.entry.height.saturating_sub(1), hash: entry.entry.prev_hash };
+        let client = LightClient::at_checkpoint(&gateway.genesis, &before).map_err(AgentError::Genesis)?;
+        let mut known = BTreeMap::new();
+        for m in snapshot.live_markets() {
+            let clock = ClockConfig::from_spec(&m.spec);
+            let next_due_ms = match &m.progress {
+                protocol::snapshot::Progress::Registration => {
+                    let tip = m.last_batch.map_or(RegistrationTip::Genesis, |n| RegistrationTip::Batch { enrollments: n as usize });
+                    Some(clock.next_batch_ms(m.opened_ms, m.last_ms, tip).unwrap_or_else(|| clock.deadline(1)))
+                }
+                protocol::snapshot::Progress::Scheduling(e) if e.converged || e.iteration >= m.spec.max_iterations => Some(m.last_ms),
+                protocol::snapshot::Progress::Scheduling(protocol::snapshot::EngineSnapshot { iteration, .. })
+                | protocol::snapshot::Progress::Pruned { iteration, .. } => Some(clock.deadline(iteration + 1)),
+                protocol::snapshot::Progress::Final { .. } => None,
+            };
+            known.insert(m.spec.market_id, Known { spec: m.spec.clone(), opened_ms: m.opened_ms, next_due_ms });
+        }
+        let own: BTreeSet<String> = gateway.appliances.iter().flat_map(|a| a.attestations.iter().map(|att| protocol::ids::hex(&att.digest()))).collect();
+        state.revoked.extend(snapshot.revoked.iter().map(|d| protocol::ids::hex(d)).filter(|d| own.contains(d)));
+        state.height = state.height.max(before.height);
+        Ok(Agent { gateway, keys, client, known, state })
+    }
+
     /// The gateway.
     pub fn gateway(&self) -> &Gateway {
         &self.gateway

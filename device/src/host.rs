@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use protocol::entry::{Body, Certified};
 use protocol::messages::{DeviceRequest, SignedUpdate};
+use protocol::snapshot::{ChainSnapshot, Checkpoint};
 use prover::UpdateProvingKey;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -84,6 +86,41 @@ pub struct RunOptions {
     /// (final and, when executing, executed; or sat out); none: follow every market until
     /// stopped.
     pub markets: Option<u32>,
+    /// Follow the log from this trusted checkpoint instead of the genesis (a gateway that
+    /// started from one keeps following from it without this).
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// The checkpoint this gateway follows the log from (docs/protocol.md §6.10), if any: the one
+/// given (fetched from the validators unless the saved one is it), or else the one saved by
+/// an earlier start. Either is checked against the checkpoint and the genesis validators
+/// before use, and a fetched one is saved next to the state file.
+async fn start_checkpoint(gw: &Gateway, given: Option<Checkpoint>) -> Result<Option<(Certified, ChainSnapshot)>, RunError> {
+    let path = crate::state::checkpoint_path(&gw.file.state_file);
+    let saved = crate::state::load_checkpoint(&path)?;
+    let Body::Genesis(g) = &gw.genesis.body else { unreachable!("the config checked the genesis") };
+    let check = |cp: &Checkpoint, entry: &Certified, state: &[u8]| {
+        protocol::snapshot::verify_checkpoint(&gw.genesis.chain_id, &g.validators, cp, entry, state).map_err(|e| ConfigError::invalid(&path, format!("checkpoint {cp}: {e}")))
+    };
+    let checkpoint = match (given, &saved) {
+        (Some(cp), _) => cp,
+        (None, Some((entry, _))) => Checkpoint { height: entry.entry.height, hash: entry.entry.hash() },
+        (None, None) => return Ok(None),
+    };
+    if let Some((entry, state)) = saved.filter(|(e, _)| e.entry.height == checkpoint.height && e.entry.hash() == checkpoint.hash) {
+        let snapshot = check(&checkpoint, &entry, &state)?;
+        info!(%checkpoint, "following the log from the saved checkpoint");
+        return Ok(Some((entry, snapshot)));
+    }
+    protocol::net::install_crypto();
+    let endpoint = protocol::net::client_endpoint("0.0.0.0:0".parse().expect("valid")).map_err(|e| RunError::Net(e.to_string()))?;
+    let validators: Vec<(std::net::SocketAddr, [u8; 32])> = gw.file.validators.iter().map(|v| (v.addr, gw.validator_keys[v.index as usize])).collect();
+    info!(%checkpoint, validators = validators.len(), "starting from a checkpoint: fetching its snapshot");
+    let fetched = protocol::net::fetch_checkpoint(&endpoint, &validators, &ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng), &gw.genesis, &checkpoint, 4).await.map_err(|e| RunError::Net(e.to_string()))?;
+    endpoint.close(0u32.into(), b"done");
+    crate::state::save_checkpoint(&path, &fetched.entry, &fetched.state)?;
+    info!(%checkpoint, from = %fetched.from, markets = fetched.snapshot.live_markets().count(), "checkpoint snapshot verified and saved");
+    Ok(Some((fetched.entry, fetched.snapshot)))
 }
 
 /// Resolves on a shutdown signal if `enabled`, never otherwise.
@@ -115,7 +152,10 @@ pub async fn run_gateway_with_keys(gw: &Gateway, keys: BTreeMap<(u8, usize), Upd
         warn!(appliance = name, file = %gw.file.attestations_file.display(), "no attestation: this appliance is not enrolled (send `device init`'s request to the enrollment authority)");
     }
     let state = crate::state::load(&gw.file.state_file)?;
-    let mut agent = Agent::new(gw.clone(), keys, state)?;
+    let mut agent = match start_checkpoint(gw, opts.checkpoint).await? {
+        None => Agent::new(gw.clone(), keys, state)?,
+        Some((entry, snapshot)) => Agent::at_checkpoint(gw.clone(), keys, state, &entry, &snapshot)?,
+    };
     // The broker first: an unreachable one is a configuration error, found before the market.
     let ha = gw.file.home_assistant.clone();
     let offline = ha.as_ref().map(|h| Publish { topic: actuation::availability_topic(h), payload: "offline".into(), retain: true });

@@ -60,6 +60,13 @@ enum Command {
         /// Give up after this many seconds.
         #[arg(long)]
         timeout_s: Option<u64>,
+        /// Follow the log from this trusted checkpoint, `<height>:<entry hash>` (`GET
+        /// /checkpoint` on a validator you trust prints one), instead of from the genesis: the
+        /// snapshot there is fetched from the validators, checked against the checkpoint and
+        /// the validators' certificate, and saved next to the state file, which later runs
+        /// follow from without this flag.
+        #[arg(long)]
+        checkpoint: Option<protocol::snapshot::Checkpoint>,
     },
     /// Runs many virtual appliances (a seeded household mix: EVs, water heaters, batteries, PV,
     /// heat pumps) in one process against the configured cluster, with no MQTT broker: each
@@ -110,8 +117,8 @@ fn main() -> ExitCode {
         .init();
     let result = match Cli::parse().command {
         Command::Init { config } => init(&config),
-        Command::Enroll { config, timeout_s } => follow(&config, Some(Duration::from_secs(timeout_s)), true, None),
-        Command::Run { config, markets, timeout_s } => follow(&config, timeout_s.map(Duration::from_secs), false, markets),
+        Command::Enroll { config, timeout_s } => follow(&config, Some(Duration::from_secs(timeout_s)), true, None, None),
+        Command::Run { config, markets, timeout_s, checkpoint } => follow(&config, timeout_s.map(Duration::from_secs), false, markets, checkpoint),
         Command::Simulate { config, appliances, seed, timeout_s, summary, authority_key } => {
             simulate(&config, appliances, seed, Duration::from_secs(timeout_s), summary.as_deref(), &authority_key)
         }
@@ -149,10 +156,10 @@ fn init(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn follow(path: &Path, within: Option<Duration>, enroll_only: bool, markets: Option<u32>) -> Result<(), String> {
+fn follow(path: &Path, within: Option<Duration>, enroll_only: bool, markets: Option<u32>, checkpoint: Option<protocol::snapshot::Checkpoint>) -> Result<(), String> {
     let gw = Gateway::load(path).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    let opts = RunOptions { within, enroll_only, execute: !enroll_only, compressed_slot_ms: None, stop_on_signal: true, markets };
+    let opts = RunOptions { within, enroll_only, execute: !enroll_only, compressed_slot_ms: None, stop_on_signal: true, markets, checkpoint };
     match rt.block_on(device::host::run_gateway(&gw, opts)) {
         Err(device::host::RunError::Interrupted(signal)) => {
             eprintln!("stopped by {signal}; the state file is saved and `device run` resumes");
@@ -191,7 +198,7 @@ fn simulate(path: &Path, n: usize, seed: u64, within: Duration, summary: Option<
     gw.self_attest(&authority).map_err(|e| e.to_string())?;
     info!(appliances = n, seed, "simulating virtual appliances");
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    let opts = RunOptions { within: Some(within), enroll_only: false, execute: false, compressed_slot_ms: None, stop_on_signal: true, markets: Some(1) };
+    let opts = RunOptions { within: Some(within), enroll_only: false, execute: false, compressed_slot_ms: None, stop_on_signal: true, markets: Some(1), checkpoint: None };
     rt.block_on(device::host::run_gateway(&gw, opts)).map_err(|e| e.to_string())?;
     let state = device::state::load(&gw.file.state_file).map_err(|e| e.to_string())?;
     let (market_id, state) = state.last_final().ok_or("no market reached a final schedule")?;

@@ -246,6 +246,25 @@ impl AdmmState {
         Ok(AdmmState { vars: Variables::zero(params.slots), params, latest, residuals: None, k: 0 })
     }
 
+    /// The engine as a snapshot held it (docs/protocol.md §6.10): `params` from the market's
+    /// spec, each enrolled device's latest schedule, the variables and residuals after
+    /// iteration `k` ≥ 1. Refuses parameters out of range, a device count out of range and
+    /// vectors that are not T long.
+    pub fn restore(params: AdmmParams, latest: BTreeMap<DeviceId, Vec<Watts>>, vars: Variables, residuals: Option<Residuals>, k: u32) -> Result<AdmmState, AdmmError> {
+        params.check()?;
+        let t = params.slots.get();
+        if latest.is_empty() || latest.len() > MAX_DEVICES {
+            return Err(AdmmError::DeviceCount(latest.len()));
+        }
+        if let Some((d, x)) = latest.iter().find(|(_, x)| x.len() != t) {
+            return Err(AdmmError::Length { device: *d, expected: t, got: x.len() });
+        }
+        if vars.x_bar.len() != t || vars.z_bar.len() != t || vars.u.len() != t {
+            return Err(AdmmError::Params(format!("restored variables are not {t} slots long")));
+        }
+        Ok(AdmmState { params, latest, vars, residuals, k })
+    }
+
     /// The market parameters.
     pub fn params(&self) -> &AdmmParams {
         &self.params

@@ -256,6 +256,11 @@ pub struct Entry {
     pub height: u64,
     /// Hash of the entry at height − 1 (zero for genesis).
     pub prev_hash: Hash,
+    /// The state root: SHA-256 of the canonical encoding of the chain state this entry
+    /// extends, the `snapshot::ChainSnapshot` after height − 1 (zero for genesis). Every
+    /// validator checks it against its own state, so a certificate certifies the state too and
+    /// a snapshot fetched from anyone can be checked against it (docs/protocol.md §6.10).
+    pub state_root: Hash,
     /// The proposer's timestamp, ms since the Unix epoch.
     pub timestamp_ms: u64,
     /// The body.
@@ -266,7 +271,7 @@ impl Entry {
     /// The genesis entry of a market: height 0, no predecessor, the chain id derived from
     /// the genesis body.
     pub fn genesis(genesis: Genesis, timestamp_ms: u64) -> Entry {
-        Entry { chain_id: chain_id(&genesis), height: 0, prev_hash: [0; 32], timestamp_ms, body: Body::Genesis(genesis) }
+        Entry { chain_id: chain_id(&genesis), height: 0, prev_hash: [0; 32], state_root: [0; 32], timestamp_ms, body: Body::Genesis(genesis) }
     }
 
     /// SHA-256 of the canonical encoding.
@@ -470,9 +475,24 @@ impl LightClient {
         Ok(LightClient { chain: genesis.chain_id, validators: g.validators.clone(), next_height: 1, last_hash: genesis.hash() })
     }
 
+    /// Starts right after a trusted checkpoint (docs/protocol.md §6.10): the next entry it
+    /// accepts is the one at `checkpoint.height + 1` that links to `checkpoint.hash`. The
+    /// genesis (trusted out of band) still names the validators whose certificates count.
+    pub fn at_checkpoint(genesis: &Entry, checkpoint: &crate::snapshot::Checkpoint) -> Result<LightClient, LogError> {
+        let mut client = LightClient::new(genesis)?;
+        client.next_height = checkpoint.height + 1;
+        client.last_hash = checkpoint.hash;
+        Ok(client)
+    }
+
     /// The chain id.
     pub fn chain(&self) -> ChainId {
         self.chain
+    }
+
+    /// The genesis validators, in index order (whose certificates it accepts).
+    pub fn validators(&self) -> &[ValidatorId] {
+        &self.validators
     }
 
     /// The next height it expects.

@@ -11,7 +11,8 @@
 //!   revocations; [`market`]: market operators' openings and devices' withdrawals.
 //! - [`codec`]: the canonical encoding (Borsh with size caps, no trailing bytes, re-encode check).
 //! - [`messages`]: signed enrollments and updates; [`entry`]: log entries, commit certificates,
-//!   the light client; [`merkle`]: schedule roots.
+//!   the light client; [`merkle`]: schedule roots; [`snapshot`]: chain-state snapshots and
+//!   trusted checkpoints.
 //! - `net` (feature `net`): the QUIC edge shared by validators and devices — TLS identities
 //!   derived from ed25519 keys, pinned peers, capped frames, and the device client.
 //! - `files` (feature `files`): secret key and genesis files, and `ConfigError`, the error of
@@ -42,5 +43,6 @@ mod qp;
 pub mod scenario;
 pub mod sign;
 pub mod simulate;
+pub mod snapshot;
 
 pub use qp::QpError;

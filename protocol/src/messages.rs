@@ -118,6 +118,12 @@ pub enum DeviceRequest {
     Open(crate::market::SignedMarketOpen),
     /// An enrollment authority revokes an attestation.
     Revoke(crate::membership::SignedRevocation),
+    /// The snapshot at `height` and the entry there, for a start from a checkpoint: answered
+    /// with one `snapshot::SnapshotReply` frame.
+    Snapshot {
+        /// The checkpoint's height.
+        height: u64,
+    },
 }
 
 /// A validator's answer to an enrollment or update.

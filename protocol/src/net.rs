@@ -69,6 +69,75 @@ pub enum NetError {
     /// A frame that does not decode.
     #[error(transparent)]
     Codec(#[from] crate::codec::CodecError),
+    /// No validator served a snapshot that matches the checkpoint.
+    #[error("no validator served checkpoint {checkpoint}: {reasons}")]
+    Checkpoint {
+        /// The checkpoint.
+        checkpoint: crate::snapshot::Checkpoint,
+        /// What each validator answered, last attempt.
+        reasons: String,
+    },
+}
+
+/// A snapshot that matched a trusted checkpoint ([`fetch_checkpoint`]).
+#[derive(Debug, Clone)]
+pub struct FetchedCheckpoint {
+    /// The checkpoint entry, certified, with its bodies.
+    pub entry: Certified,
+    /// The encoded snapshot its state root hashes.
+    pub state: Vec<u8>,
+    /// The snapshot, decoded and checked.
+    pub snapshot: crate::snapshot::ChainSnapshot,
+    /// The validator that served it.
+    pub from: SocketAddr,
+}
+
+/// Fetches the snapshot at `checkpoint` from `validators` (address and pinned key), each in
+/// turn, for `rounds` rounds with the one backoff between them: the first reply that
+/// [`crate::snapshot::verify_checkpoint`] accepts against `genesis` (chain and validator set)
+/// is returned. A validator that answers wrong is only skipped — the checkpoint, not the
+/// server, is trusted.
+pub async fn fetch_checkpoint(
+    endpoint: &quinn::Endpoint,
+    validators: &[(SocketAddr, [u8; 32])],
+    key: &SigningKey,
+    genesis: &crate::entry::Entry,
+    checkpoint: &crate::snapshot::Checkpoint,
+    rounds: u32,
+) -> Result<FetchedCheckpoint, NetError> {
+    let crate::entry::Body::Genesis(g) = &genesis.body else {
+        return Err(NetError::Checkpoint { checkpoint: *checkpoint, reasons: "the given genesis is not a genesis entry".into() });
+    };
+    let mut backoff = crate::backoff::Backoff::new(std::time::Duration::from_millis(250), std::time::Duration::from_secs(4));
+    let mut reasons = Vec::new();
+    for round in 0..rounds.max(1) {
+        if round > 0 {
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+        reasons.clear();
+        for (addr, server_key) in validators {
+            let attempt = async {
+                let client = ValidatorClient::connect(endpoint, *addr, *server_key, key).await?;
+                let reply = client.snapshot(checkpoint.height).await;
+                client.close();
+                match reply? {
+                    crate::snapshot::SnapshotReply::Held { entry, state } => {
+                        let snapshot = crate::snapshot::verify_checkpoint(&genesis.chain_id, &g.validators, checkpoint, &entry, &state)
+                            .map_err(|e| NetError::Stream(e.to_string()))?;
+                        Ok(FetchedCheckpoint { entry, state, snapshot, from: *addr })
+                    }
+                    crate::snapshot::SnapshotReply::NotHeld { held } => {
+                        Err(NetError::Stream(crate::snapshot::SnapshotError::NotHeld { height: checkpoint.height, held }.to_string()))
+                    }
+                }
+            };
+            match attempt.await {
+                Ok(f) => return Ok(f),
+                Err(e) => reasons.push(format!("{addr}: {e}")),
+            }
+        }
+    }
+    Err(NetError::Checkpoint { checkpoint: *checkpoint, reasons: reasons.join("; ") })
 }
 
 /// Wall-clock milliseconds since the Unix epoch: the one clock reading every host (validator,
@@ -392,6 +461,17 @@ impl ValidatorClient {
         send.finish().map_err(|e| NetError::Stream(e.to_string()))?;
         let bytes = read_frame(&mut recv, MAX_DEVICE_FRAME).await?.ok_or(NetError::Stream("no answer".into()))?;
         Ok(decode("device response", &bytes, MAX_DEVICE_FRAME)?)
+    }
+
+    /// Asks for the snapshot at `height` (a checkpoint's): the reply is *not* checked here,
+    /// `snapshot::verify_checkpoint` must check it.
+    pub async fn snapshot(&self, height: u64) -> Result<crate::snapshot::SnapshotReply, NetError> {
+        let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| NetError::Stream(e.to_string()))?;
+        write_frame(&mut send, &encode(&DeviceRequest::Snapshot { height })).await?;
+        send.finish().map_err(|e| NetError::Stream(e.to_string()))?;
+        let max = crate::snapshot::MAX_SNAPSHOT_REPLY;
+        let bytes = read_frame(&mut recv, max).await?.ok_or(NetError::Stream("no answer".into()))?;
+        Ok(decode("snapshot reply", &bytes, max)?)
     }
 
     /// Subscribes to certified entries from `from` on; returns a receiver fed by a task.

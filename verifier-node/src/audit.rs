@@ -9,6 +9,10 @@
 //! re-verifying their proofs and aggregates, which is what a later range's aggregates are
 //! computed from; the entries after it are not read.
 //!
+//! A database started from a checkpoint is audited from its base: the stored snapshot must
+//! hash to the base entry's state root, and the base entry and everything after it are checked
+//! in full on the restored state.
+//!
 //! A market whose update bodies were pruned (after its retention) cannot be re-checked: its
 //! entries are followed by link and certificate and counted in
 //! [`AuditReport::entries_pruned`], in the range or before it.
@@ -36,6 +40,9 @@ pub struct AuditReport {
     pub proofs_verified: usize,
     /// The first height that failed, and why.
     pub first_bad: Option<(u64, String)>,
+    /// The checkpoint height the database starts from (its snapshot checked against that
+    /// entry's state root), if it does not start at the genesis.
+    pub base: Option<u64>,
 }
 
 impl AuditReport {
@@ -54,7 +61,10 @@ pub fn audit<L: Log, R: RngCore + CryptoRng>(store: L, keys: VerifierKeys, rng: 
 /// following the entries before `from` as a light client. A range that starts past the tip,
 /// or ends before it starts, fails at `from`.
 pub fn audit_range<L: Log, R: RngCore + CryptoRng>(store: L, keys: VerifierKeys, from: u64, to: Option<u64>, rng: &mut R) -> Result<AuditReport, StoreError> {
-    let mut report = AuditReport { entries_ok: 0, entries_followed: 0, entries_pruned: 0, range: (from, to.unwrap_or(u64::MAX)), proofs_verified: 0, first_bad: None };
+    let mut report = AuditReport { entries_ok: 0, entries_followed: 0, entries_pruned: 0, range: (from, to.unwrap_or(u64::MAX)), proofs_verified: 0, first_bad: None, base: None };
+    let base = store.base()?;
+    // A database started from a checkpoint is audited from its base.
+    let from = base.map_or(from, |b| from.max(b));
     let Some((tip, _)) = store.tip()? else {
         report.first_bad = Some((0, "the log is empty".into()));
         return Ok(report);
@@ -83,7 +93,29 @@ pub fn audit_range<L: Log, R: RngCore + CryptoRng>(store: L, keys: VerifierKeys,
     } else {
         report.entries_followed = 1;
     }
-    for h in 1..=last {
+    let mut first = 1;
+    if let Some(b) = base {
+        // The snapshot the base entry extends, checked against its state root; the base entry
+        // itself is then checked in full like any other.
+        let (Some(c), Some(bytes)) = (store.certified(b)?, store.snapshot(b)?) else { return bad(report, b, "the checkpoint entry or its snapshot is missing".into()) };
+        if protocol::snapshot::state_root(&bytes) != c.entry.state_root {
+            return bad(report, b, "the stored snapshot does not hash to the checkpoint entry's state root".into());
+        }
+        let restored = protocol::codec::decode::<protocol::snapshot::ChainSnapshot>("chain snapshot", &bytes, protocol::snapshot::MAX_SNAPSHOT_BYTES)
+            .map_err(|e| e.to_string())
+            .and_then(|snap| ChainApp::from_snapshot(&genesis_entry, app.keys().clone(), &snap).map_err(|e| e.to_string()));
+        app = match restored {
+            Ok(a) => a,
+            Err(e) => return bad(report, b, format!("the checkpoint snapshot: {e}")),
+        };
+        client = match LightClient::at_checkpoint(&genesis_entry, &protocol::snapshot::Checkpoint { height: b - 1, hash: c.entry.prev_hash }) {
+            Ok(cl) => cl,
+            Err(e) => return bad(report, b, e.to_string()),
+        };
+        report.base = Some(b);
+        first = b;
+    }
+    for h in first..=last {
         let c = match store.certified(h) {
             Ok(Some(c)) => c,
             Ok(None) => return bad(report, h, "entry or certificate missing".into()),

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use protocol::files::read;
 pub use protocol::files::{read_genesis, read_key, ConfigError};
+use protocol::snapshot::Checkpoint;
 
 fn invalid(path: &Path, reason: impl Into<String>) -> ConfigError {
     ConfigError::invalid(path, reason)
@@ -54,6 +55,16 @@ pub struct NodeFile {
     /// forever. `verifier-node init` writes [`DEFAULT_RETENTION_S`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_s: Option<u64>,
+    /// Every how many heights the snapshot of the chain state is stored, for validators and
+    /// gateways that start from a checkpoint there (0: never). Absent:
+    /// `consensus::DEFAULT_SNAPSHOT_INTERVAL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_interval: Option<u64>,
+    /// A trusted checkpoint, `<height>:<entry hash>`, to start an empty database from instead
+    /// of the genesis (`GET /checkpoint` on a validator you trust prints one). Ignored once
+    /// the database holds entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
 }
 
 /// The retention `verifier-node init` writes: 30 days.
@@ -70,6 +81,8 @@ pub struct Config {
     pub genesis: Entry,
     /// The accepted verifying keys.
     pub keys: VerifierKeys,
+    /// The checkpoint to start an empty database from (`NodeFile::checkpoint`, parsed).
+    pub checkpoint: Option<Checkpoint>,
 }
 
 /// Writes a secret key as hex, readable by the owner only (replacing the file).
@@ -137,6 +150,7 @@ impl Config {
             }
         }
         let keys = read_verifying_keys(&file.keys_dir, &g.verifying_keys)?;
-        Ok(Config { file, key, genesis, keys })
+        let checkpoint = file.checkpoint.as_deref().map(str::parse::<Checkpoint>).transpose().map_err(|e| invalid(path, format!("checkpoint: {e}")))?;
+        Ok(Config { file, key, genesis, keys, checkpoint })
     }
 }

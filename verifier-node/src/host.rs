@@ -13,6 +13,7 @@ use protocol::codec::{decode, encode};
 use protocol::entry::{Body, Certified};
 use protocol::messages::{DeviceRequest, DeviceResponse, MAX_DEVICE_FRAME};
 use protocol::net::{self, now_ms, ALPN_DEVICE, ALPN_PEER};
+use protocol::snapshot::{Checkpoint, SnapshotReply};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
@@ -54,6 +55,14 @@ pub enum HostError {
     /// The node stopped on a fatal error.
     #[error("node stopped: {0}")]
     Fatal(String),
+    /// Starting from a checkpoint failed.
+    #[error("checkpoint {checkpoint}: {why}")]
+    Checkpoint {
+        /// The checkpoint.
+        checkpoint: Checkpoint,
+        /// Why.
+        why: String,
+    },
 }
 
 enum Event {
@@ -133,6 +142,8 @@ pub struct NetCounters {
     pub pruned_markets: AtomicU64,
     /// Update bodies pruned.
     pub pruned_bodies: AtomicU64,
+    /// Snapshots served to nodes and gateways starting from a checkpoint.
+    pub snapshots_served: AtomicU64,
 }
 
 /// State shared between the node task, QUIC tasks and HTTP.
@@ -206,8 +217,10 @@ pub fn local_configs(
                 http: addr(http_port + i),
                 peers: (0..n).filter(|&j| j != i).map(|j| PeerFile { index: j, addr: addr(quic_port + j) }).collect(),
                 retention_s: None,
+                snapshot_interval: None,
+                checkpoint: None,
             };
-            Config { file, key: keys[i as usize].clone(), genesis: genesis.clone(), keys: vks.clone() }
+            Config { file, key: keys[i as usize].clone(), genesis: genesis.clone(), keys: vks.clone(), checkpoint: None }
         })
         .collect())
 }
@@ -232,7 +245,11 @@ pub async fn start_local(
 pub async fn start(cfg: Config) -> Result<Running, HostError> {
     net::install_crypto();
     let store = Arc::new(Store::open(&cfg.file.db)?);
-    let node_cfg = NodeConfig::new(cfg.file.index);
+    if let Some(checkpoint) = cfg.checkpoint {
+        start_at_checkpoint(&store, &cfg, &checkpoint).await?;
+    }
+    let mut node_cfg = NodeConfig::new(cfg.file.index);
+    node_cfg.snapshot_interval = cfg.file.snapshot_interval.unwrap_or(crate::consensus::node::DEFAULT_SNAPSHOT_INTERVAL);
     let node = Node::open(node_cfg, cfg.key.clone(), &cfg.genesis, cfg.keys.clone(), store.clone())?;
     let Body::Genesis(genesis) = &cfg.genesis.body else { unreachable!("config checked the genesis") };
     let validators: Vec<[u8; 32]> = genesis.validators.iter().map(|v| v.0).collect();
@@ -262,6 +279,45 @@ pub async fn start(cfg: Config) -> Result<Running, HostError> {
     let retention_ms = cfg.file.retention_s.map(|s| s.saturating_mul(1000));
     let node_task = tokio::spawn(node_loop(node, events_rx, links, shared.clone(), shutdown_rx, endpoint, retention_ms));
     Ok(Running { shared, quic_addr, http_addr, shutdown, node_task })
+}
+
+/// Rounds of asking every peer for the checkpoint's snapshot before a start gives up.
+pub const CHECKPOINT_ROUNDS: u32 = 8;
+
+/// Starts an empty database from a trusted checkpoint (docs/protocol.md §6.10): fetches the
+/// snapshot at it from the peers, checks it against the checkpoint and the genesis
+/// validators' certificate, and stores it as the database's base. A database that already
+/// holds entries keeps them (the checkpoint must then not contradict them).
+async fn start_at_checkpoint(store: &Store, cfg: &Config, checkpoint: &Checkpoint) -> Result<(), HostError> {
+    let refuse = |why: String| HostError::Checkpoint { checkpoint: *checkpoint, why };
+    if let Some((tip, _)) = store.tip()? {
+        match store.entry(checkpoint.height)? {
+            Some(e) if e.hash() != checkpoint.hash => return Err(refuse("the database holds another entry at that height".into())),
+            _ => info!(tip, %checkpoint, "the database holds entries: starting from them, not from the checkpoint"),
+        }
+        return Ok(());
+    }
+    let Body::Genesis(g) = &cfg.genesis.body else { unreachable!("config checked the genesis") };
+    let peers: Vec<(SocketAddr, [u8; 32])> = cfg.file.peers.iter().map(|p| (p.addr, g.validators[p.index as usize].0)).collect();
+    if peers.is_empty() {
+        return Err(refuse("no peers are configured to fetch it from".into()));
+    }
+    let bind: SocketAddr = if cfg.file.listen.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("valid");
+    let endpoint = net::client_endpoint(bind)?;
+    info!(%checkpoint, peers = peers.len(), "starting from a checkpoint: fetching its snapshot");
+    let fetched = net::fetch_checkpoint(&endpoint, &peers, &cfg.key, &cfg.genesis, checkpoint, CHECKPOINT_ROUNDS).await?;
+    endpoint.close(0u32.into(), b"done");
+    store.start_at_checkpoint(&cfg.genesis, &fetched.entry, &fetched.state)?;
+    info!(%checkpoint, from = %fetched.from, bytes = fetched.state.len(), markets = fetched.snapshot.markets.len(), "checkpoint snapshot verified and stored");
+    Ok(())
+}
+
+/// The answer to a snapshot request: the snapshot at `height` and the entry there, if held.
+fn snapshot_reply(store: &Store, height: u64) -> Result<SnapshotReply, crate::store::StoreError> {
+    if let (Some(state), Some(entry)) = (store.snapshot(height)?, store.certified(height)?) {
+        return Ok(SnapshotReply::Held { entry, state });
+    }
+    Ok(SnapshotReply::NotHeld { held: store.snapshot_heights()? })
 }
 
 fn refresh(node: &Node<Arc<Store>>, shared: &Shared, last: Option<&Certified>) {
@@ -339,7 +395,7 @@ async fn node_loop(
                         DeviceRequest::Withdraw(w) => node.on_withdrawal(now, w),
                         DeviceRequest::Open(o) => node.on_open(now, o),
                         DeviceRequest::Revoke(r) => node.on_revocation(now, r),
-                        DeviceRequest::Subscribe { .. } => Err(Reject::NotDue("a subscription is not admitted".into())),
+                        DeviceRequest::Subscribe { .. } | DeviceRequest::Snapshot { .. } => Err(Reject::NotDue("a subscription or snapshot request is not admitted".into())),
                     };
                     let _ = reply.send(answer(verdict));
                     vec![]
@@ -607,6 +663,24 @@ async fn device_inbound(conn: quinn::Connection, key: [u8; 32], events: mpsc::Se
                     reply(e.label(), e.to_string())
                 }
                 Ok(DeviceRequest::Subscribe { from }) => return subscribe(send, from, shared).await,
+                Ok(DeviceRequest::Snapshot { height }) if bucket.lock().expect("bucket").take() => {
+                    let store = shared.store.clone();
+                    let reply = tokio::task::spawn_blocking(move || snapshot_reply(&store, height)).await;
+                    let reply = match reply {
+                        Ok(Ok(r)) => r,
+                        Ok(Err(e)) => {
+                            warn!(height, "reading a snapshot: {e}");
+                            SnapshotReply::NotHeld { held: vec![] }
+                        }
+                        Err(_) => SnapshotReply::NotHeld { held: vec![] },
+                    };
+                    if matches!(reply, SnapshotReply::Held { .. }) {
+                        shared.net.snapshots_served.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = net::write_frame(&mut send, &encode(&reply)).await;
+                    let _ = send.finish();
+                    return;
+                }
                 Ok(_) if !bucket.lock().expect("bucket").take() => {
                     shared.net.rate_limited.fetch_add(1, Ordering::Relaxed);
                     reply("rate_limited", format!("more than {DEVICE_RATE} requests per second"))
@@ -666,7 +740,7 @@ pub fn parse_device_request(frame: &[u8], key: [u8; 32]) -> Result<DeviceRequest
         DeviceRequest::Withdraw(w) => w.body.device,
         DeviceRequest::Open(o) => protocol::ids::DeviceId(o.operator.0),
         DeviceRequest::Revoke(r) => protocol::ids::DeviceId(r.authority.0),
-        DeviceRequest::Subscribe { .. } => return Ok(request),
+        DeviceRequest::Subscribe { .. } | DeviceRequest::Snapshot { .. } => return Ok(request),
     };
     if claimed.0 != key {
         return Err(DeviceRefusal::WrongSender { claimed });
@@ -676,6 +750,12 @@ pub fn parse_device_request(frame: &[u8], key: [u8; 32]) -> Result<DeviceRequest
 
 /// Streams certified entries from `from`, then new ones as they commit.
 async fn subscribe(mut send: quinn::SendStream, from: u64, shared: Arc<Shared>) {
+    // A database started from a checkpoint holds nothing between the genesis and its base:
+    // the stream ends at once, and the subscriber asks another validator.
+    if shared.store.base().ok().flatten().is_some_and(|base| from < base) {
+        let _ = send.finish();
+        return;
+    }
     let mut live = shared.commits.subscribe();
     let mut next = from;
     loop {

@@ -66,6 +66,7 @@ pub fn entry_json(c: &Certified) -> Value {
         "height": e.height,
         "hash": hex(&e.hash()),
         "prev_hash": hex(&e.prev_hash),
+        "state_root": hex(&e.state_root),
         "timestamp_ms": e.timestamp_ms,
         "kind": body_kind(&e.body),
         "body": body,
@@ -113,6 +114,25 @@ async fn entry(State(s): State<Arc<Shared>>, Path(height): Path<u64>) -> Respons
     match s.store.certified(height) {
         Ok(Some(c)) => Json(entry_json(&c)).into_response(),
         Ok(None) => (StatusCode::NOT_FOUND, Json(json!({ "error": format!("no entry at height {height}") }))).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "error": e.to_string() }))).into_response(),
+    }
+}
+
+/// The newest checkpoint this validator can serve: the highest height it holds a snapshot
+/// and the entry of, as `<height>:<hash>` for `checkpoint =` in node.toml or a gateway's
+/// `--checkpoint`. Trust it only as far as you trust this validator.
+async fn checkpoint(State(s): State<Arc<Shared>>) -> Response {
+    let found = (|| {
+        for h in s.store.snapshot_heights()?.into_iter().rev() {
+            if let Some(e) = s.store.entry(h)? {
+                return Ok(Some(protocol::snapshot::Checkpoint { height: h, hash: e.hash() }));
+            }
+        }
+        Ok::<_, crate::store::StoreError>(None)
+    })();
+    match found {
+        Ok(Some(c)) => Json(json!({ "height": c.height, "hash": protocol::ids::hex(&c.hash), "checkpoint": c.to_string() })).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, Json(json!({ "error": "this validator holds no snapshot yet (one is stored every snapshot_interval heights)" }))).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "error": e.to_string() }))).into_response(),
     }
 }
@@ -178,6 +198,8 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     metric("dropped_full_total", "Messages dropped on a full queue.", "counter", vec![(String::new(), s.net.dropped_full.load(Ordering::Relaxed) as f64)]);
     metric("pruned_markets_total", "Markets whose update bodies were pruned after their retention.", "counter", vec![(String::new(), s.net.pruned_markets.load(Ordering::Relaxed) as f64)]);
     metric("pruned_bodies_total", "Update bodies pruned.", "counter", vec![(String::new(), s.net.pruned_bodies.load(Ordering::Relaxed) as f64)]);
+    metric("snapshots_written_total", "Chain-state snapshots stored (for checkpoints).", "counter", vec![(String::new(), snap.stats.snapshots_written as f64)]);
+    metric("snapshots_served_total", "Snapshots served to nodes and gateways starting from a checkpoint.", "counter", vec![(String::new(), s.net.snapshots_served.load(Ordering::Relaxed) as f64)]);
     metric(
         "bad_frames_total",
         "Frames refused (oversize, malformed, unknown peer).",
@@ -214,6 +236,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/markets", get(markets))
         .route("/markets/{id}", get(market))
         .route("/metrics", get(metrics))
+        .route("/checkpoint", get(checkpoint))
         .with_state(shared)
 }
 

@@ -37,6 +37,12 @@ enum Command {
         /// The node's configuration file.
         #[arg(long)]
         config: PathBuf,
+        /// Start an empty database from this trusted checkpoint, `<height>:<entry hash>`
+        /// (`GET /checkpoint` on a validator you trust prints one), instead of syncing from
+        /// the genesis; overrides `checkpoint` in the file. Ignored once the database holds
+        /// entries.
+        #[arg(long)]
+        checkpoint: Option<protocol::snapshot::Checkpoint>,
     },
     /// Replays a log from genesis: hash links, certificates, every enrollment, every proof,
     /// every aggregate, the final root and prices. Prints a verdict; exit code 1 names the first
@@ -145,7 +151,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Init(args) => init(&args),
-        Command::Run { config } => run(&config),
+        Command::Run { config, checkpoint } => run(&config, checkpoint),
         Command::Audit { db, peer, validator_key, genesis, keys, from, to } => audit_cmd(db, peer, validator_key, genesis, &keys, from, to),
         Command::Attest { authority_key, genesis, request, out, valid_days } => attest(&authority_key, &genesis, &request, &out, valid_days),
         Command::OpenMarket { operator_key, genesis, peers, market } => open_market(&operator_key, &genesis, &peers, &market),
@@ -275,6 +281,8 @@ fn init(a: &InitArgs) -> Result<ExitCode, String> {
             http: addr(a.http_port, i)?,
             peers: (0..a.validators).filter(|&j| j != i).map(|j| Ok(PeerFile { index: j, addr: addr(a.quic_port, j)? })).collect::<Result<_, String>>()?,
             retention_s: Some(config::DEFAULT_RETENTION_S),
+            snapshot_interval: Some(verifier_node::consensus::node::DEFAULT_SNAPSHOT_INTERVAL),
+            checkpoint: None,
         };
         let path = a.out.join(format!("node{i}.toml"));
         std::fs::write(&path, toml::to_string_pretty(&file).map_err(|e| e.to_string())?).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -390,8 +398,9 @@ fn revoke(key: &Path, genesis: &Path, attestations: &Path, device: Option<&str>,
     Ok(if all { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-fn run(path: &Path) -> Result<ExitCode, String> {
-    let cfg = Config::load(path).map_err(|e| e.to_string())?;
+fn run(path: &Path, checkpoint: Option<protocol::snapshot::Checkpoint>) -> Result<ExitCode, String> {
+    let mut cfg = Config::load(path).map_err(|e| e.to_string())?;
+    cfg.checkpoint = checkpoint.or(cfg.checkpoint);
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     rt.block_on(async {
         let mut running = verifier_node::host::start(cfg).await.map_err(|e| e.to_string())?;
@@ -415,6 +424,9 @@ fn run(path: &Path) -> Result<ExitCode, String> {
 }
 
 fn print_report(r: &AuditReport) -> ExitCode {
+    if let Some(b) = r.base {
+        println!("the database starts from the checkpoint at height {b} (its snapshot matches the entry's state root)");
+    }
     println!("heights checked in full: {}..={}", r.range.0, r.range.1);
     if r.entries_followed > 0 {
         println!("entries followed before them: {}", r.entries_followed);

@@ -23,6 +23,9 @@ use crate::consensus::node::{Byzantine, Node, NodeConfig, Output};
 use crate::consensus::wire::PeerMsg;
 use crate::store::{Log, MemLog};
 
+/// Snapshot interval of simulated nodes: short chains store several.
+pub const SIM_SNAPSHOT_INTERVAL: u64 = 4;
+
 /// Network behaviour of a run, in the partial-synchrony model: before the global
 /// stabilisation time (GST) messages are lost, partitions cut links and nodes crash; after it
 /// every message between live nodes arrives (still delayed, duplicated and reordered).
@@ -145,7 +148,7 @@ impl Sim {
         devices: Devices,
     ) -> Sim {
         let configs: Vec<NodeConfig> = (0..keys.len() as u16)
-            .map(|i| NodeConfig { byzantine: byzantine.get(i as usize).copied().flatten(), rng_seed: seed * 31 + i as u64, ..NodeConfig::new(i) })
+            .map(|i| NodeConfig { byzantine: byzantine.get(i as usize).copied().flatten(), rng_seed: seed * 31 + i as u64, snapshot_interval: SIM_SNAPSHOT_INTERVAL, ..NodeConfig::new(i) })
             .collect();
         let nodes = configs
             .iter()
@@ -340,11 +343,18 @@ impl Sim {
         self.nodes.iter().flatten()
     }
 
-    /// Safety: every honest log is a certified hash chain, and honest logs agree.
+    /// Safety: every honest log is a certified hash chain, honest logs agree, and every
+    /// snapshot an honest node stored hashes to the state root of the entry at its height.
     pub fn check(&self) -> Result<(), String> {
         let mut by_height: BTreeMap<u64, (usize, protocol::merkle::Hash)> = BTreeMap::new();
         for (i, n) in self.honest() {
             let entries = n.log().entries();
+            for (h, bytes) in n.log().snapshots() {
+                let root = entries.get(*h as usize).map(|c| c.entry.state_root);
+                if root != Some(protocol::snapshot::state_root(bytes)) {
+                    return Err(format!("node {i}: the snapshot stored at height {h} does not hash to that entry's state root"));
+                }
+            }
             let mut client = LightClient::new(&entries[0].entry).map_err(|e| format!("node {i}: genesis: {e}"))?;
             for c in &entries[1..] {
                 client.accept(&c.entry, &c.certificate).map_err(|e| format!("node {i}: height {}: {e}", c.entry.height))?;

@@ -8,7 +8,14 @@
 //! - `devices`: device id → canonical `SignedEnrollment`;
 //! - `consensus`: the tip (`b"tip"` → height ‖ hash), the consensus write-ahead log
 //!   (`wal/` ‖ height ‖ sequence → record), dropped for a height once it is decided, and the
-//!   markets whose update bodies are pruned (`pruned/` ‖ market id → empty).
+//!   markets whose update bodies are pruned (`pruned/` ‖ market id → empty), chain-state
+//!   snapshots (`snapshot/` ‖ height → the encoded `ChainSnapshot` that entry's state root
+//!   hashes; the newest [`KEEP_SNAPSHOTS`] kept) and, for a store started from a checkpoint,
+//!   its base height (`b"base"` → height).
+//!
+//! A store started from a checkpoint ([`Store::start_at_checkpoint`]) holds the genesis, the
+//! checkpoint entry with the snapshot it extends, and every entry after it; the heights in
+//! between are not held ([`Store::certified`] answers `None`).
 //!
 //! Pruning ([`Store::prune_market`]) deletes a final market's update bodies in one synced
 //! batch with its `pruned/` marker; its entries and certificates stay. From then on
@@ -42,6 +49,9 @@ pub const CF_DEVICES: &str = "devices";
 pub const CF_CONSENSUS: &str = "consensus";
 const ALL_CFS: [&str; 5] = [CF_ENTRIES, CF_CERTIFICATES, CF_UPDATES, CF_DEVICES, CF_CONSENSUS];
 const TIP: &[u8] = b"tip";
+const BASE: &[u8] = b"base";
+/// Snapshots a store keeps (the newest; a checkpoint store's base snapshot is kept too).
+pub const KEEP_SNAPSHOTS: usize = 2;
 /// Largest stored value (an iteration entry for 100,000 devices is about 3.3 MB).
 pub const MAX_STORED_BYTES: usize = 16 << 20;
 /// Largest WAL record: a payload record holds what one peer frame carries, plus its tag.
@@ -206,6 +216,85 @@ impl Store {
         self.decide(&c.entry, &c.certificate, &c.updates)
     }
 
+    /// Starts an empty store at a checkpoint: the genesis, the checkpoint entry (certificate
+    /// and bodies as verified by `protocol::snapshot::verify_checkpoint`) and the encoded
+    /// snapshot its state root hashes, as one synced batch. From then on the store's base is
+    /// that height and its tip that entry.
+    pub fn start_at_checkpoint(&self, genesis: &Entry, checkpoint: &Certified, state: &[u8]) -> Result<(), StoreError> {
+        let height = checkpoint.entry.height;
+        if let Some((tip, _)) = self.tip()? {
+            return Err(StoreError::NotNext { height, tip: Some(tip), reason: "a store starts from a checkpoint only when empty" });
+        }
+        check_extends(None, genesis, &CommitCertificate { height: 0, round: 0, hash: genesis.hash(), votes: vec![] })?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_ENTRIES), 0u64.to_be_bytes(), encode(genesis));
+        batch.put_cf(self.cf(CF_CERTIFICATES), 0u64.to_be_bytes(), encode(&CommitCertificate { height: 0, round: 0, hash: genesis.hash(), votes: vec![] }));
+        let key = height.to_be_bytes();
+        batch.put_cf(self.cf(CF_ENTRIES), key, encode(&checkpoint.entry));
+        batch.put_cf(self.cf(CF_CERTIFICATES), key, encode(&checkpoint.certificate));
+        for u in &checkpoint.updates {
+            batch.put_cf(self.cf(CF_UPDATES), u.digest(), encode(u));
+        }
+        if let (Body::Iteration(b), true) = (&checkpoint.entry.body, checkpoint.is_pruned()) {
+            batch.put_cf(self.cf(CF_CONSENSUS), pruned_key(b.market_id), []);
+        }
+        batch.put_cf(self.cf(CF_CONSENSUS), snapshot_key(height), state);
+        batch.put_cf(self.cf(CF_CONSENSUS), BASE, key);
+        let mut tip_value = key.to_vec();
+        tip_value.extend_from_slice(&checkpoint.entry.hash());
+        batch.put_cf(self.cf(CF_CONSENSUS), TIP, tip_value);
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts)?;
+        Ok(())
+    }
+
+    /// The checkpoint height this store started from, if it did not start at genesis.
+    pub fn base(&self) -> Result<Option<u64>, StoreError> {
+        match self.db.get_cf(self.cf(CF_CONSENSUS), BASE)? {
+            None => Ok(None),
+            Some(b) => match <[u8; 8]>::try_from(b.as_slice()) {
+                Ok(h) => Ok(Some(u64::from_be_bytes(h))),
+                Err(_) => Err(StoreError::Corrupt { cf: CF_CONSENSUS, key: "base".into(), reason: format!("{} bytes", b.len()) }),
+            },
+        }
+    }
+
+    /// Stores the encoded snapshot that the entry at `height` extends, and deletes all but the
+    /// newest [`KEEP_SNAPSHOTS`] (and the base's).
+    pub fn put_snapshot(&self, height: u64, state: &[u8]) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_CONSENSUS), snapshot_key(height), state);
+        let base = self.base()?;
+        let mut held = self.snapshot_heights()?;
+        held.push(height);
+        held.sort_unstable();
+        held.dedup();
+        let old = held.len().saturating_sub(KEEP_SNAPSHOTS);
+        for h in held[..old].iter().filter(|h| Some(**h) != base) {
+            batch.delete_cf(self.cf(CF_CONSENSUS), snapshot_key(*h));
+        }
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// The encoded snapshot the entry at `height` extends, if held.
+    pub fn snapshot(&self, height: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(CF_CONSENSUS), snapshot_key(height))?)
+    }
+
+    /// The heights snapshots are held at, ascending.
+    pub fn snapshot_heights(&self) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator_cf(self.cf(CF_CONSENSUS), SNAPSHOT_PREFIX) {
+            let (k, _) = item?;
+            let Some(rest) = k.strip_prefix(SNAPSHOT_PREFIX) else { break };
+            let Ok(h) = <[u8; 8]>::try_from(rest) else { break };
+            out.push(u64::from_be_bytes(h));
+        }
+        Ok(out)
+    }
+
     /// Whether market `id`'s update bodies are pruned.
     pub fn is_pruned(&self, id: u64) -> Result<bool, StoreError> {
         Ok(self.db.get_cf(self.cf(CF_CONSENSUS), pruned_key(id))?.is_some())
@@ -344,6 +433,14 @@ pub struct Pruned {
     pub bytes: u64,
 }
 
+const SNAPSHOT_PREFIX: &[u8] = b"snapshot/";
+
+fn snapshot_key(height: u64) -> Vec<u8> {
+    let mut k = SNAPSHOT_PREFIX.to_vec();
+    k.extend_from_slice(&height.to_be_bytes());
+    k
+}
+
 fn pruned_key(id: u64) -> Vec<u8> {
     let mut k = b"pruned/".to_vec();
     k.extend_from_slice(&id.to_be_bytes());
@@ -377,6 +474,12 @@ pub trait Log {
     fn wal_append(&mut self, height: u64, record: &[u8]) -> Result<(), StoreError>;
     /// The WAL records of `height`, in append order.
     fn wal(&self, height: u64) -> Result<Vec<WalItem>, StoreError>;
+    /// The checkpoint height the log starts from (`None`: from genesis).
+    fn base(&self) -> Result<Option<u64>, StoreError>;
+    /// Stores the encoded snapshot the entry at `height` extends.
+    fn put_snapshot(&mut self, height: u64, state: &[u8]) -> Result<(), StoreError>;
+    /// The encoded snapshot the entry at `height` extends, if held.
+    fn snapshot(&self, height: u64) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
 /// An in-memory [`Log`] with the same extension checks as [`Store`].
@@ -384,12 +487,18 @@ pub trait Log {
 pub struct MemLog {
     entries: Vec<Certified>,
     wal: std::collections::BTreeMap<u64, Vec<Vec<u8>>>,
+    snapshots: std::collections::BTreeMap<u64, Vec<u8>>,
 }
 
 impl MemLog {
     /// All stored entries, from genesis.
     pub fn entries(&self) -> &[Certified] {
         &self.entries
+    }
+
+    /// The stored snapshots (encoded), by the height of the entry they precede.
+    pub fn snapshots(&self) -> &std::collections::BTreeMap<u64, Vec<u8>> {
+        &self.snapshots
     }
 }
 
@@ -420,6 +529,22 @@ impl Log for MemLog {
     fn wal(&self, height: u64) -> Result<Vec<WalItem>, StoreError> {
         let records = self.wal.get(&height).map(Vec::as_slice).unwrap_or_default();
         Ok(records.iter().enumerate().map(|(i, b)| WalItem { seq: i as u32, bytes: b.clone() }).collect())
+    }
+
+    fn base(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
+    fn put_snapshot(&mut self, height: u64, state: &[u8]) -> Result<(), StoreError> {
+        self.snapshots.insert(height, state.to_vec());
+        while self.snapshots.len() > KEEP_SNAPSHOTS {
+            self.snapshots.pop_first();
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self, height: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.snapshots.get(&height).cloned())
     }
 }
 
@@ -459,5 +584,17 @@ impl<T: std::ops::Deref<Target = Store>> Log for T {
 
     fn wal(&self, height: u64) -> Result<Vec<WalItem>, StoreError> {
         Store::wal(self, height)
+    }
+
+    fn base(&self) -> Result<Option<u64>, StoreError> {
+        Store::base(self)
+    }
+
+    fn put_snapshot(&mut self, height: u64, state: &[u8]) -> Result<(), StoreError> {
+        Store::put_snapshot(self, height, state)
+    }
+
+    fn snapshot(&self, height: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Store::snapshot(self, height)
     }
 }

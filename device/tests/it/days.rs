@@ -28,7 +28,7 @@ struct Chain {
 
 impl Chain {
     fn next(&mut self, body: Body) -> Certified {
-        let e = Entry { chain_id: self.tip.chain_id, height: self.tip.height + 1, prev_hash: self.tip.hash(), timestamp_ms: self.tip.timestamp_ms + 1, body };
+        let e = Entry { chain_id: self.tip.chain_id, height: self.tip.height + 1, prev_hash: self.tip.hash(), state_root: [0; 32], timestamp_ms: self.tip.timestamp_ms + 1, body };
         self.tip = e.clone();
         let votes = self.validators[..3].iter().enumerate().map(|(i, k)| sign_vote(k, &e.chain_id, i as u16, e.height, 0, &e.hash())).collect();
         Certified { certificate: CommitCertificate { height: e.height, round: 0, hash: e.hash(), votes }, entry: e, updates: vec![] }

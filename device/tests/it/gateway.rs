@@ -209,6 +209,7 @@ fn the_agent_refuses_entries_a_light_client_must_refuse() {
         chain_id: m.genesis.chain_id,
         height: 1,
         prev_hash: m.genesis.hash(),
+        state_root: [0; 32],
         timestamp_ms: m.genesis.timestamp_ms + 1,
         body: Body::Enrollment(protocol::entry::EnrollmentBatch { market_id: gw.market().market.market_id, enrollments: enrollment, withdrawals: vec![] }),
     };
@@ -259,7 +260,7 @@ fn the_agent_refuses_entries_a_light_client_must_refuse() {
         u: vec![0; t],
         residuals: [1, 1, 0, 0],
     };
-    let iteration = Entry { chain_id: entry.chain_id, height: 2, prev_hash: entry.hash(), timestamp_ms: entry.timestamp_ms + 100, body: Body::Iteration(body) };
+    let iteration = Entry { chain_id: entry.chain_id, height: 2, prev_hash: entry.hash(), state_root: [0; 32], timestamp_ms: entry.timestamp_ms + 100, body: Body::Iteration(body) };
     let pruned = certify(&iteration, &m.validators[..3], &[0, 1, 2]);
     assert!(pruned.is_pruned());
     let refused = agent.on_entry(&pruned, now).unwrap_err().to_string();

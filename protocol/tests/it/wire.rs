@@ -115,7 +115,7 @@ fn attestations_admit_only_what_an_authority_signed_for_the_market() {
 }
 
 fn next(prev: &Entry, body: Body) -> Entry {
-    Entry { chain_id: prev.chain_id, height: prev.height + 1, prev_hash: prev.hash(), timestamp_ms: prev.timestamp_ms + 500, body }
+    Entry { chain_id: prev.chain_id, height: prev.height + 1, prev_hash: prev.hash(), state_root: [0; 32], timestamp_ms: prev.timestamp_ms + 500, body }
 }
 
 #[test]
@@ -297,7 +297,7 @@ fn final_entry() -> Entry {
         schedule_root: final_root(r.state.schedules()),
         prices: r.state.prices().unwrap().iter().map(|p| p.raw()).collect(),
     };
-    Entry { chain_id: g.chain_id, height: 1 + r.iterations as u64, prev_hash: [0; 32], timestamp_ms: 42, body: Body::Final(body) }
+    Entry { chain_id: g.chain_id, height: 1 + r.iterations as u64, prev_hash: [0; 32], state_root: [0; 32], timestamp_ms: 42, body: Body::Final(body) }
 }
 
 #[test]

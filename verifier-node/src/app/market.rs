@@ -11,6 +11,7 @@ use protocol::entry::{FinalBody, IterationBody, MarketSpec};
 use protocol::ids::DeviceId;
 use protocol::merkle::{final_root, Hash};
 use protocol::messages::SignedUpdate;
+use protocol::snapshot::{EngineSnapshot, EnrolledSnapshot, MarketSnapshot, Progress};
 
 use super::Reject;
 
@@ -273,6 +274,90 @@ impl Market {
         self.finalized = true;
         self.final_height = Some(height);
         self.last_ms = timestamp_ms;
+    }
+
+    /// The market as a snapshot holds it: canonical, so a final market keeps its outcome but
+    /// no engine (a validator that pruned it holds none).
+    pub fn snapshot(&self) -> MarketSnapshot {
+        let progress = match (&self.admm, self.pruned) {
+            _ if self.finalized => Progress::Final {
+                final_height: self.final_height.unwrap_or_default(),
+                iterations: self.iterations(),
+                converged: self.pruned.map_or(self.converged, |(_, c)| c),
+            },
+            (_, Some((iteration, converged))) => Progress::Pruned { iteration, converged },
+            (Some(a), None) => Progress::Scheduling(EngineSnapshot {
+                iteration: a.iteration(),
+                latest: a.schedules().iter().map(|(d, x)| (*d, x.clone())).collect(),
+                x_bar: a.variables().x_bar.clone(),
+                z_bar: a.variables().z_bar.clone(),
+                u: a.variables().u.clone(),
+                residuals: a.residuals().map(|r| [r.primal, r.dual, r.eps_primal, r.eps_dual]),
+                converged: self.converged,
+            }),
+            (None, None) => Progress::Registration,
+        };
+        MarketSnapshot {
+            spec: self.spec.clone(),
+            opened_ms: self.opened_ms,
+            opened_height: self.opened_height,
+            last_ms: self.last_ms,
+            last_batch: match self.registration_tip {
+                RegistrationTip::Genesis => None,
+                RegistrationTip::Batch { enrollments } => Some(enrollments as u64),
+            },
+            enrolled: self
+                .enrolled
+                .iter()
+                .map(|(d, e)| EnrolledSnapshot {
+                    device: *d,
+                    kind: e.shape.kind.id(),
+                    commitment: protocol::codec::FieldElement::new(&e.commitment),
+                    attestation: e.attestation,
+                    import_w: e.limits.import_w,
+                    export_w: e.limits.export_w,
+                    capacity: e.limits.capacity,
+                })
+                .collect(),
+            progress,
+        }
+    }
+
+    /// The market a snapshot holds (the snapshot checked by `ChainSnapshot::check`). A final
+    /// market comes back without engine, like pruned history: it answers its outcome, and
+    /// the bodies of its entries are not held here.
+    pub fn from_snapshot(m: &MarketSnapshot) -> Result<Market, Reject> {
+        let mut market = Market::new(m.spec.clone(), m.opened_ms, m.opened_height);
+        let bad = |what: String| Reject::Snapshot(format!("market {}: {what}", m.spec.market_id));
+        let slots = circuits::Slots::new(m.spec.slots as usize).map_err(|e| bad(e.to_string()))?;
+        for e in &m.enrolled {
+            let kind = circuits::ModelKind::from_id(e.kind).ok_or_else(|| bad(format!("unknown model kind {}", e.kind)))?;
+            let limits = circuits::nameplate::Limits { import_w: e.import_w, export_w: e.export_w, capacity: e.capacity };
+            market.enrolled.insert(e.device, Enrolled { shape: Shape { kind, slots }, commitment: e.commitment.get(), attestation: e.attestation, limits });
+        }
+        market.last_ms = m.last_ms;
+        market.registration_tip = match m.last_batch {
+            None => RegistrationTip::Genesis,
+            Some(n) => RegistrationTip::Batch { enrollments: usize::try_from(n).map_err(|_| bad(format!("batch size {n}")))? },
+        };
+        match &m.progress {
+            Progress::Registration => {}
+            Progress::Scheduling(e) => {
+                let params = m.spec.admm().map_err(|e| AdmmError::Params(e.to_string()))?;
+                let vars = protocol::admm::Variables { x_bar: e.x_bar.clone(), z_bar: e.z_bar.clone(), u: e.u.clone() };
+                let residuals = e.residuals.map(|[primal, dual, eps_primal, eps_dual]| protocol::admm::Residuals { primal, dual, eps_primal, eps_dual });
+                market.admm = Some(AdmmState::restore(params, e.latest.iter().cloned().collect(), vars, residuals, e.iteration)?);
+                market.converged = e.converged;
+            }
+            Progress::Final { final_height, iterations, converged } => {
+                market.finalized = true;
+                market.final_height = Some(*final_height);
+                market.pruned = Some((*iterations, *converged));
+                market.converged = *converged;
+            }
+            Progress::Pruned { iteration, converged } => market.pruned = Some((*iteration, *converged)),
+        }
+        Ok(market)
     }
 
     /// Removes devices enrolled with a revoked attestation while registration is open (once

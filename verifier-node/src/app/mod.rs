@@ -28,6 +28,7 @@ mod market;
 mod reject;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
 
 use circuits::{Context, Fr, ModelKind, Shape, Slots};
 use protocol::admm::AdmmError;
@@ -39,6 +40,7 @@ use protocol::membership::{AttestationError, RevocationError, SignedRevocation};
 use protocol::merkle::Hash;
 use protocol::messages::{SignedEnrollment, SignedUpdate};
 use protocol::sign::ChainId;
+use protocol::snapshot::ChainSnapshot;
 use prover::{batch_verify, BatchItem, UpdateProof, VerifierKeys};
 use rand::{CryptoRng, RngCore};
 
@@ -131,6 +133,9 @@ pub struct ChainApp {
     used_ids: BTreeSet<u64>,
     revoked: BTreeSet<Hash>,
     tip: Tip,
+    /// The state root at the tip, computed when first asked (building or checking the next
+    /// entry), cleared by every apply.
+    root: OnceLock<Hash>,
 }
 
 impl ChainApp {
@@ -159,12 +164,56 @@ impl ChainApp {
             markets: BTreeMap::from([(first.id(), first)]),
             revoked: BTreeSet::new(),
             tip,
+            root: OnceLock::new(),
         })
+    }
+
+    /// The state a snapshot restores (docs/protocol.md §6.10), on top of the genesis (which
+    /// names the chain, the roles and the keys): the caller checked the snapshot against a
+    /// certified state root (`protocol::snapshot::verify_checkpoint`).
+    pub fn from_snapshot(genesis_entry: &Entry, keys: VerifierKeys, snap: &ChainSnapshot) -> Result<ChainApp, Reject> {
+        let mut app = ChainApp::new(genesis_entry, keys)?;
+        snap.check().map_err(|e| Reject::Snapshot(e.to_string()))?;
+        app.markets = snap.markets.iter().map(|m| Market::from_snapshot(m).map(|m| (m.id(), m))).collect::<Result<_, _>>()?;
+        app.used_ids = snap.used_ids.iter().copied().collect();
+        app.revoked = snap.revoked.iter().copied().collect();
+        app.tip = Tip { height: snap.height, hash: snap.tip_hash, timestamp_ms: snap.tip_timestamp_ms };
+        Ok(app)
+    }
+
+    /// The state at the tip as a snapshot: canonical, what every validator derives from the
+    /// log alone ([`Market::snapshot`]).
+    pub fn snapshot(&self) -> ChainSnapshot {
+        ChainSnapshot {
+            height: self.tip.height,
+            tip_hash: self.tip.hash,
+            tip_timestamp_ms: self.tip.timestamp_ms,
+            used_ids: self.used_ids.iter().copied().collect(),
+            revoked: self.revoked.iter().copied().collect(),
+            markets: self.markets.values().map(Market::snapshot).collect(),
+        }
+    }
+
+    /// The state root at the tip: what the next entry must carry
+    /// (`protocol::snapshot::state_root` of the encoded [`Self::snapshot`]). `None` while a
+    /// market followed from pruned history has no final entry yet: without its engine the
+    /// state is not the one validators hashed (only a node that syncs or replays a stalled
+    /// market's pruned entries passes through this; docs/protocol.md §6.10).
+    pub fn state_root(&self) -> Option<Hash> {
+        if self.markets.values().any(|m| m.is_pruned() && !m.is_final()) {
+            return None;
+        }
+        Some(*self.root.get_or_init(|| protocol::snapshot::state_root(&protocol::codec::encode(&self.snapshot()))))
     }
 
     /// The chain id.
     pub fn chain(&self) -> ChainId {
         self.chain
+    }
+
+    /// The verifying keys it checks proofs with.
+    pub fn keys(&self) -> &VerifierKeys {
+        &self.keys
     }
 
     /// The genesis.
@@ -487,7 +536,10 @@ impl ChainApp {
                 }
             }
         };
-        let entry = Entry { chain_id: self.chain, height: self.tip.height + 1, prev_hash: self.tip.hash, timestamp_ms, body };
+        let Some(state_root) = self.state_root() else {
+            return Err(Reject::Snapshot("this validator follows a market from pruned history and cannot compute the state root".into()));
+        };
+        let entry = Entry { chain_id: self.chain, height: self.tip.height + 1, prev_hash: self.tip.hash, state_root, timestamp_ms, body };
         Ok(Built { entry, updates: included, dropped })
     }
 
@@ -581,6 +633,10 @@ impl ChainApp {
         }
         if entry.timestamp_ms <= self.tip.timestamp_ms {
             return Err(Reject::Link(format!("timestamp {} not after the tip's {}", entry.timestamp_ms, self.tip.timestamp_ms)));
+        }
+        // (Unchecked only where this validator cannot compute it: see `state_root`.)
+        if let Some(root) = self.state_root().filter(|r| *r != entry.state_root) {
+            return Err(Reject::StateRoot { got: protocol::ids::hex(&entry.state_root[..8]), expected: protocol::ids::hex(&root[..8]) });
         }
         if !matches!(entry.body, Body::Iteration(_)) && !updates.is_empty() {
             return Err(Reject::MissingUpdates);
@@ -686,6 +742,7 @@ impl ChainApp {
         if entry.height != self.tip.height + 1 || entry.prev_hash != self.tip.hash {
             return Err(Reject::Link(format!("entry {} does not extend tip {}", entry.height, self.tip.height)));
         }
+        self.root = OnceLock::new();
         let ts = entry.timestamp_ms;
         match &entry.body {
             Body::Enrollment(batch) => {
@@ -750,6 +807,7 @@ impl ChainApp {
         if entry.height != self.tip.height + 1 || entry.prev_hash != self.tip.hash {
             return Err(Reject::Link(format!("entry {} does not extend tip {}", entry.height, self.tip.height)));
         }
+        self.root = OnceLock::new();
         self.market_mut(b.market_id)?.apply_pruned_iteration(entry.timestamp_ms, b);
         self.tip = Tip { height: entry.height, hash: entry.hash(), timestamp_ms: entry.timestamp_ms };
         Ok(())

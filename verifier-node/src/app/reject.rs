@@ -91,6 +91,17 @@ pub enum Reject {
     /// The genesis cannot start a market.
     #[error("genesis: {0}")]
     Genesis(String),
+    /// An entry whose state root is not the hash of this validator's state at the tip.
+    #[error("state root {got} is not the hash of the state at the tip, {expected}")]
+    StateRoot {
+        /// The entry's root (first 8 bytes, hex).
+        got: String,
+        /// This validator's (first 8 bytes, hex).
+        expected: String,
+    },
+    /// A snapshot (from a checkpoint) that does not restore a state.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
 }
 
 impl Reject {
@@ -125,6 +136,8 @@ impl Reject {
             Reject::MarketOver(_) => "market_over",
             Reject::Pruned(_) => "pruned",
             Reject::Genesis(_) => "genesis",
+            Reject::StateRoot { .. } => "state_root",
+            Reject::Snapshot(_) => "snapshot",
         }
     }
 }

@@ -69,6 +69,15 @@ impl Log for FailingWal {
     fn wal(&self, height: u64) -> Result<Vec<WalItem>, StoreError> {
         self.0.wal(height)
     }
+    fn base(&self) -> Result<Option<u64>, StoreError> {
+        self.0.base()
+    }
+    fn put_snapshot(&mut self, height: u64, state: &[u8]) -> Result<(), StoreError> {
+        self.0.put_snapshot(height, state)
+    }
+    fn snapshot(&self, height: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.snapshot(height)
+    }
 }
 
 fn is_consensus(o: &Output) -> bool {

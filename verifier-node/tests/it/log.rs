@@ -22,7 +22,7 @@ fn certify(w: &World, e: &Entry, voters: &[u16]) -> CommitCertificate {
 
 /// (entry, certificate, update bodies): genesis, enrollments, iterations with real proofs up to
 /// convergence or K_max, final.
-fn chain(w: &mut World) -> Vec<(Entry, CommitCertificate, Vec<SignedUpdate>)> {
+pub(crate) fn chain(w: &mut World) -> Vec<(Entry, CommitCertificate, Vec<SignedUpdate>)> {
     let mut out = vec![];
     let genesis = genesis_entry(w);
     out.push((genesis.clone(), certify(w, &genesis, &[0, 1, 2]), vec![]));
@@ -58,7 +58,7 @@ fn chain(w: &mut World) -> Vec<(Entry, CommitCertificate, Vec<SignedUpdate>)> {
     out
 }
 
-fn scratch(name: &str) -> std::path::PathBuf {
+pub(crate) fn scratch(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("gridproof-log-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d

@@ -4,6 +4,7 @@
 mod common;
 mod cluster;
 mod app;
+mod checkpoint;
 mod fuzz;
 mod hostile;
 mod identity;

@@ -174,8 +174,8 @@ fn a_revoked_attestation_admits_nothing_and_removes_its_device_before_scheduling
     // A revocation entry that repeats one, or is empty, is refused by a replica.
     let mut rng = ChaCha20Rng::seed_from_u64(1);
     let tip = app.tip();
-    let bad = Entry { chain_id: w.chain, height: tip.height + 1, prev_hash: tip.hash, timestamp_ms: tip.timestamp_ms + 1, body: Body::Revocation(vec![]) };
-    assert!(replica.validate(&bad, &[], &Default::default(), &mut rng).is_err());
+    let bad = Entry { chain_id: w.chain, height: tip.height + 1, prev_hash: tip.hash, state_root: replica.state_root().unwrap(), timestamp_ms: tip.timestamp_ms + 1, body: Body::Revocation(vec![]) };
+    assert_eq!(replica.validate(&bad, &[], &Default::default(), &mut rng).unwrap_err().label(), "overloaded");
 }
 
 /// A proof verified while the pool held it counts only for the enrollment it was verified
@@ -210,7 +210,7 @@ fn a_cached_proof_counts_only_for_the_enrollment_it_was_verified_against() {
     // Validating an entry that includes it, with the cache: refused.
     let tip = replica.tip();
     let body = replica.iteration_body(7, 1, std::slice::from_ref(&u)).unwrap();
-    let entry = Entry { chain_id: w.chain, height: tip.height + 1, prev_hash: tip.hash, timestamp_ms: 500, body: Body::Iteration(body) };
+    let entry = Entry { chain_id: w.chain, height: tip.height + 1, prev_hash: tip.hash, state_root: replica.state_root().unwrap(), timestamp_ms: 500, body: Body::Iteration(body) };
     assert_eq!(replica.validate(&entry, std::slice::from_ref(&u), &verified, &mut rng), Err(Reject::BadProof(d0.id())));
 }
 

@@ -59,6 +59,11 @@ fn two_markets_on_a_clean_network_both_finalize() {
         assert_eq!(n.stats().proofs_verified, 18, "every update of 3 devices × 3 iterations × 2 markets is in the log");
         let opens = n.log().entries().iter().filter(|c| matches!(c.entry.body, protocol::entry::Body::Open(_))).count();
         assert_eq!(opens, 1);
+        // A snapshot every 4 heights, the newest two kept; `check` found each to hash to its
+        // entry's state root.
+        let tip = n.log().entries().len() as u64 - 1;
+        assert_eq!(n.stats().snapshots_written, tip / verifier_node::sim::SIM_SNAPSHOT_INTERVAL, "tip {tip}");
+        assert_eq!(n.log().snapshots().len(), 2);
     }
 }
 

@@ -14,7 +14,7 @@ use protocol::market::execution_span;
 use protocol::messages::{DeviceRequest, DeviceResponse};
 
 /// `verifier-node <args> --genesis G --peer i=addr...`, retried while validators start.
-fn cli(c: &Cluster, args: &[&str]) -> std::process::Output {
+pub(crate) fn cli(c: &Cluster, args: &[&str]) -> std::process::Output {
     let t0 = Instant::now();
     loop {
         let mut cmd = Command::new(BIN);

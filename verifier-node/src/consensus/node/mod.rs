@@ -23,10 +23,10 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use malachitebft_core_consensus::{
-    process, Effect, Input, LivenessMsg, LocallyProposedValue, Params, ProposedValue, Resumable, Resume, SignedConsensusMsg, State,
+    process, Effect, Input, LivenessMsg, LocallyProposedValue, ProposedValue, Resumable, Resume, SignedConsensusMsg, State,
 };
 use malachitebft_core_types::{
-    CertificateError, CommitCertificate as McCert, LinearTimeouts, Round, SignedMessage, Timeout, TimeoutKind, Validity, ValueOrigin, ValuePayload,
+    CertificateError, CommitCertificate as McCert, LinearTimeouts, Round, SignedMessage, Timeout, TimeoutKind, Validity, ValueOrigin,
     VoteExtensionPolicy,
 };
 use protocol::entry::{Body, Certified, CommitCertificate, Entry, Vote as LogVote};
@@ -34,8 +34,6 @@ use protocol::market::{SignedMarketOpen, SignedWithdrawal};
 use protocol::membership::SignedRevocation;
 use protocol::messages::{SignedEnrollment, SignedUpdate};
 use protocol::sign::SignatureBytes;
-use prover::VerifierKeys;
-use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tracing::{debug, info, warn};
 
@@ -47,6 +45,7 @@ use crate::store::{Log, StoreError, MAX_WAL_RECORD};
 mod effects;
 mod peer;
 mod pool;
+mod restore;
 mod wal;
 
 pub use pool::{MAX_POOLED_ENROLLMENTS, MAX_POOLED_OPENS, MAX_POOLED_REVOCATIONS};
@@ -72,6 +71,8 @@ pub const MAX_VERIFY_BATCH: usize = 1024;
 pub const PROPOSE_US_PER_DEVICE: u64 = 400;
 /// How long a sync request is outstanding before another is sent.
 pub const SYNC_RETRY_MS: u64 = 1000;
+/// Heights between stored snapshots unless configured: a few market days of entries.
+pub const DEFAULT_SNAPSHOT_INTERVAL: u64 = 200;
 
 /// Misbehaviour for fault tests: a Byzantine validator (f of them at most) does one of these
 /// whenever it proposes.
@@ -97,6 +98,9 @@ pub struct NodeConfig {
     pub byzantine: Option<Byzantine>,
     /// Seed of the batch-verification randomness (a real node seeds from the OS).
     pub rng_seed: u64,
+    /// Every this many heights the node stores the snapshot that height's entry extends, for
+    /// nodes and gateways starting from a checkpoint there (0: never).
+    pub snapshot_interval: u64,
 }
 
 impl NodeConfig {
@@ -116,6 +120,7 @@ impl NodeConfig {
             },
             byzantine: None,
             rng_seed: rand::random(),
+            snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL,
         }
     }
 }
@@ -176,6 +181,8 @@ pub struct Stats {
     pub extra_rounds: u64,
     /// Payloads found invalid.
     pub invalid_payloads: u64,
+    /// Chain-state snapshots written (every `NodeConfig::snapshot_interval` heights).
+    pub snapshots_written: u64,
 }
 
 /// What a node holds from outside, by kind: each is bounded ([`MAX_PAYLOADS`], the validator
@@ -289,74 +296,6 @@ fn signed_to_wire(msg: &SignedConsensusMsg<GridContext>) -> (WireMsg, [u8; 64]) 
 }
 
 impl<L: Log> Node<L> {
-    /// Opens validator `cfg.index` on `log`: stores `genesis` if the log is empty, checks that
-    /// the stored genesis is the same, and replays the stored entries into the market app.
-    pub fn open(cfg: NodeConfig, key: SigningKey, genesis: &Entry, keys: VerifierKeys, mut log: L) -> Result<Node<L>, NodeError> {
-        let app = ChainApp::new(genesis, keys).map_err(|e| NodeError::Corrupt(format!("genesis: {e}")))?;
-        let Body::Genesis(g) = &genesis.body else { unreachable!("ChainApp::new checked the genesis") };
-        let validators = ValidatorSet::from_genesis(&g.validators).ok_or(NodeError::Corrupt("a genesis validator key is invalid".into()))?;
-        let mine = g.validators.get(cfg.index as usize).ok_or(NodeError::Corrupt(format!("no validator {} in genesis", cfg.index)))?;
-        if mine.0 != key.verifying_key().to_bytes() {
-            return Err(NodeError::Corrupt(format!("this key is not validator {}'s key in the genesis", cfg.index)));
-        }
-        match log.certified(0)? {
-            None => log.decide(&Certified {
-                entry: genesis.clone(),
-                certificate: CommitCertificate { height: 0, round: 0, hash: genesis.hash(), votes: vec![] },
-                updates: vec![],
-            })?,
-            Some(stored) if stored.entry != *genesis => {
-                return Err(NodeError::Corrupt("the database holds another chain's genesis".into()));
-            }
-            Some(_) => {}
-        }
-        let ctx = GridContext { chain: app.chain() };
-        let mut node = Node {
-            ctx,
-            key,
-            validators,
-            app,
-            log,
-            state: None,
-            running: None,
-            timers: BTreeMap::new(),
-            payloads: BTreeMap::new(),
-            announced: BTreeSet::new(),
-            get_value: None,
-            own_proposals: BTreeMap::new(),
-            pools: pool::Pools::default(),
-            out: Vec::new(),
-            now: 0,
-            rng: ChaCha20Rng::seed_from_u64(cfg.rng_seed),
-            stats: Stats::default(),
-            replaying: false,
-            last_status: 0,
-            sync_sent: None,
-            fatal: None,
-            twin: None,
-            cfg,
-        };
-        let tip = node.log.tip()?.map(|t| t.0).unwrap_or(0);
-        for h in 1..=tip {
-            let c = node.log.certified(h)?.ok_or(NodeError::Corrupt(format!("stored entry {h} missing")))?;
-            // The store serves a pruned market's iteration entries without bodies.
-            node.app.apply_certified(&c).map_err(|e| NodeError::Corrupt(format!("stored entry {h}: {e}")))?;
-        }
-        node.state = Some(node.new_state());
-        // A restarted node asks its peers for what it missed at once, instead of waiting for
-        // a status announcement or the next height's votes.
-        if tip > 0 {
-            node.request_sync(None);
-        }
-        Ok(node)
-    }
-
-    fn new_state(&self) -> State<GridContext> {
-        let params =
-            Params { address: Address(self.cfg.index), threshold_params: Default::default(), value_payload: ValuePayload::ProposalAndParts, enabled: true };
-        State::new(self.ctx.clone(), Height(self.app.tip().height + 1), self.validators.clone(), params, 4096, 1024)
-    }
-
     /// The chain app (the state derived from the log).
     pub fn app(&self) -> &ChainApp {
         &self.app
@@ -695,6 +634,7 @@ impl<L: Log> Node<L> {
     /// Stores a certified entry, applies it, prunes the pools, and announces it.
     fn commit(&mut self, c: &Certified) -> Result<(), String> {
         self.log.decide(c).map_err(|e| e.to_string())?;
+        self.maybe_snapshot(&c.entry).map_err(|e| e.to_string())?;
         // (A pruned entry comes only from sync, after its checks there.)
         self.app.apply_certified(c).map_err(|e| format!("a certified entry does not apply: {e}"))?;
         if let Body::Iteration(_) = &c.entry.body {

@@ -82,10 +82,16 @@ impl Cluster {
     }
 
     pub fn start(&self, i: u16) {
+        self.start_with(i, &[]);
+    }
+
+    /// Starts validator `i` with more arguments to `run` (`--checkpoint H:HASH`).
+    pub fn start_with(&self, i: u16, args: &[&str]) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("node{i}.log"))).unwrap();
         let child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(self.config(i))
+            .args(args)
             .env("RUST_LOG", "info,arc_malachitebft_core_consensus=warn")
             .stdout(Stdio::null())
             .stderr(log)

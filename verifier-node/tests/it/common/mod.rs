@@ -162,7 +162,7 @@ pub fn update_in(w: &mut World, market: u64, i: usize, k: u32, proof_k: u32) -> 
 
 /// Height 0 of the test market (timestamp 0).
 pub fn genesis_entry(w: &World) -> Entry {
-    Entry { chain_id: w.chain, height: 0, prev_hash: [0; 32], timestamp_ms: 0, body: Body::Genesis(w.genesis.clone()) }
+    Entry { chain_id: w.chain, height: 0, prev_hash: [0; 32], state_root: [0; 32], timestamp_ms: 0, body: Body::Genesis(w.genesis.clone()) }
 }
 
 /// A validator after genesis and the one enrollment batch (at t = 100; registration closes
