@@ -158,7 +158,7 @@ fn a_validator_and_a_gateway_start_from_a_checkpoint() {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
-    let c = Cluster::init_with("checkpoint", 4, 8, 6, 1500, 3, &["--slot-seconds", "1", "--execution-delay-s", "0"]);
+    let c = Cluster::init_with("checkpoint", 4, 8, 6, 1500, 3, &["--slot-seconds", "900", "--execution-delay-s", "0"]);
     for i in 0..4 {
         let text = std::fs::read_to_string(c.config(i)).unwrap();
         assert!(text.contains("snapshot_interval = 200"), "init writes the default: {text}");
@@ -202,7 +202,7 @@ fn a_validator_and_a_gateway_start_from_a_checkpoint() {
         .stderr(std::fs::File::create(&gw_log).unwrap())
         .spawn()
         .unwrap();
-    // (Slots of 15 min, so that the gateway's EV can charge its energy within the day.)
+    // (Slots of 15 min, as the genesis market's, so that the gateway's EV can charge its energy.)
     let key = c.dir.join("cluster/operator.key");
     let args = ["open-market", "--operator-key", key.to_str().unwrap(), "--market-id", "2", "--slots", "4", "--slot-seconds", "900"];
     let more = ["--registration-s", "8", "--iteration-ms", "1500", "--max-iterations", "3", "--devices", "3", "--execution-delay-s", "0"];
