@@ -144,3 +144,38 @@ fn a_corrupt_wal_record_stops_the_node_naming_height_and_sequence() {
     let fatal = node.fatal().expect("an out-of-range WAL record is fatal");
     assert!(fatal.contains("WAL record 0 of height 1") && fatal.contains("round"), "{fatal} ({})", hex(&bad));
 }
+
+/// A peer that serves a market's iteration entry without its bodies before the market executed
+/// (withholding proofs no honest validator has pruned yet) is refused at that height and
+/// counted (`sync_pruned_early`); the same entries with their bodies are taken, and after the
+/// market's execution the bodiless copy is followed as pruned history.
+#[test]
+fn a_peer_withholding_bodies_of_a_market_not_yet_executed_is_refused_at_sync() {
+    let mut w = world();
+    let log = crate::log::chain(&mut w);
+    let genesis = log[0].0.clone();
+    let certified: Vec<protocol::entry::Certified> =
+        log.iter().map(|(e, c, u)| protocol::entry::Certified { entry: e.clone(), certificate: c.clone(), updates: u.clone() }).collect();
+    let first_iteration = certified.iter().position(|c| matches!(c.entry.body, protocol::entry::Body::Iteration(_))).unwrap();
+    let mut withheld = certified[1..=first_iteration].to_vec();
+    withheld.last_mut().unwrap().updates.clear();
+    assert!(withheld.last().unwrap().is_pruned());
+    let open = || Node::open(NodeConfig { rng_seed: 1, ..NodeConfig::new(0) }, w.validators[0].clone(), &genesis, w.keys.clone(), MemLog::default()).unwrap();
+    let end = protocol::market::execution_span(&w.genesis.market).1;
+
+    let mut node = open();
+    node.on_peer(end - 1, 1, PeerMsg::SyncResponse { entries: withheld.clone() });
+    assert_eq!(node.app().tip().height, first_iteration as u64 - 1, "the batches before it are taken");
+    assert_eq!(node.stats().rejects.get("sync_pruned_early"), Some(&1), "{:?}", node.stats().rejects);
+    assert!(node.fatal().is_none());
+    // From an honest peer, with the bodies: taken, checked in full.
+    node.on_peer(end - 1, 2, PeerMsg::SyncResponse { entries: certified[first_iteration..].to_vec() });
+    assert_eq!(node.app().tip().height, certified.len() as u64 - 1);
+    assert!(node.app().is_idle() && !node.app().market(7).unwrap().is_pruned());
+
+    // Once the market executed, the bodiless copy is pruned history, followed by certificate.
+    let mut late = open();
+    late.on_peer(end, 1, PeerMsg::SyncResponse { entries: withheld });
+    assert_eq!(late.app().tip().height, first_iteration as u64);
+    assert!(late.app().market(7).unwrap().is_pruned() && late.stats().rejects.get("sync_pruned_early").is_none());
+}
