@@ -273,6 +273,7 @@ pub fn run(s: Scenario, exe: &Path) -> Result<ScaleResult, String> {
             registration_close_ms: close,
             iteration_ms,
             execution_start_ms: close + 2 * iteration_ms + 60_000,
+            settlement: None,
         },
         verifying_keys: vec![verifier_node::config::key_hash(&vk, &vk_bytes)],
         enrollment_authorities: vec![protocol::membership::AuthorityId(crate::authority().verifying_key().to_bytes())],

@@ -235,6 +235,7 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         registration_close_ms: close,
         iteration_ms,
         execution_start_ms: first_execution_ms + d as u64 * 86_400_000,
+        settlement: None,
     };
     let genesis = Genesis {
         validators: validator_keys.iter().map(|k| ValidatorId(k.verifying_key().to_bytes())).collect(),

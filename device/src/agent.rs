@@ -179,16 +179,20 @@ impl Agent {
 
     /// An agent that follows the log from a trusted checkpoint instead of the genesis
     /// (docs/protocol.md §6.10): `entry` is the checkpoint entry and `snapshot` the state it
-    /// extends, both checked by `protocol::snapshot::verify_checkpoint`. The light client
-    /// accepts the checkpoint entry next (served again by the validator, link and certificate
-    /// checked as any other); the markets it knows are those the snapshot holds that are not
-    /// final, and the snapshot's revocations of this gateway's attestations count.
+    /// extends, both checked by `protocol::snapshot::verify_checkpoint`. The markets it knows
+    /// are those the snapshot holds that are not final; the snapshot's revocations of this
+    /// gateway's attestations count (and take the appliance out of markets still
+    /// registering); then the checkpoint entry itself is accepted at `now_ms`, so the light
+    /// client's anchor is exactly the checkpoint's hash and the next entry it takes is the one
+    /// after. It takes part in markets that register from then on; one already past its
+    /// registration is sat out.
     pub fn at_checkpoint(
         gateway: Gateway,
         keys: BTreeMap<(u8, usize), UpdateProvingKey>,
         mut state: AgentState,
         entry: &Certified,
         snapshot: &protocol::snapshot::ChainSnapshot,
+        now_ms: u64,
     ) -> Result<Agent, AgentError> {
         let before = protocol::snapshot::Checkpoint { height: entry.entry.height.saturating_sub(1), hash: entry.entry.prev_hash };
         let client = LightClient::at_checkpoint(&gateway.genesis, &before).map_err(AgentError::Genesis)?;
@@ -207,10 +211,22 @@ impl Agent {
             };
             known.insert(m.spec.market_id, Known { spec: m.spec.clone(), opened_ms: m.opened_ms, next_due_ms });
         }
-        let own: BTreeSet<String> = gateway.appliances.iter().flat_map(|a| a.attestations.iter().map(|att| protocol::ids::hex(&att.digest()))).collect();
-        state.revoked.extend(snapshot.revoked.iter().map(|d| protocol::ids::hex(d)).filter(|d| own.contains(d)));
+        let revoked: BTreeSet<String> = snapshot.revoked.iter().map(|d| protocol::ids::hex(d)).collect();
+        for a in &gateway.appliances {
+            if a.attestations.iter().any(|att| revoked.contains(&protocol::ids::hex(&att.digest()))) {
+                state.revoked.extend(a.attestations.iter().map(|att| protocol::ids::hex(&att.digest())).filter(|d| revoked.contains(d)));
+                for m in state.markets.values_mut().filter(|m| m.closed_at == 0) {
+                    m.enrolled.remove(&a.name);
+                    m.bids.remove(&a.name);
+                }
+            }
+        }
         state.height = state.height.max(before.height);
-        Ok(Agent { gateway, keys, client, known, state })
+        let mut agent = Agent { gateway, keys, client, known, state };
+        if let Some((market, k)) = agent.on_entry(entry, now_ms)? {
+            tracing::warn!(market, iteration = k, "started from a checkpoint while an iteration is open: this gateway does not build it");
+        }
+        Ok(agent)
     }
 
     /// The gateway.

@@ -100,7 +100,7 @@ async fn start_checkpoint(gw: &Gateway, given: Option<Checkpoint>) -> Result<Opt
     let saved = crate::state::load_checkpoint(&path)?;
     let Body::Genesis(g) = &gw.genesis.body else { unreachable!("the config checked the genesis") };
     let check = |cp: &Checkpoint, entry: &Certified, state: &[u8]| {
-        protocol::snapshot::verify_checkpoint(&gw.genesis.chain_id, &g.validators, cp, entry, state).map_err(|e| ConfigError::invalid(&path, format!("checkpoint {cp}: {e}")))
+        protocol::snapshot::verify_checkpoint(&gw.genesis.chain_id, &g.validators, cp, entry, state, protocol::net::now_ms()).map_err(|e| ConfigError::invalid(&path, format!("checkpoint {cp}: {e}")))
     };
     let checkpoint = match (given, &saved) {
         (Some(cp), _) => cp,
@@ -154,7 +154,7 @@ pub async fn run_gateway_with_keys(gw: &Gateway, keys: BTreeMap<(u8, usize), Upd
     let state = crate::state::load(&gw.file.state_file)?;
     let mut agent = match start_checkpoint(gw, opts.checkpoint).await? {
         None => Agent::new(gw.clone(), keys, state)?,
-        Some((entry, snapshot)) => Agent::at_checkpoint(gw.clone(), keys, state, &entry, &snapshot)?,
+        Some((entry, snapshot)) => Agent::at_checkpoint(gw.clone(), keys, state, &entry, &snapshot, protocol::net::now_ms())?,
     };
     // The broker first: an unreachable one is a configuration error, found before the market.
     let ha = gw.file.home_assistant.clone();

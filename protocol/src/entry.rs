@@ -11,7 +11,7 @@ use circuits::Slots;
 
 use crate::admm::{AdmmParams, GridCost, Residuals, Variables};
 use crate::codec::encode;
-use crate::ids::{DeviceId, ValidatorId};
+use crate::ids::ValidatorId;
 use crate::market::{SignedMarketOpen, SignedWithdrawal};
 use crate::membership::SignedRevocation;
 use crate::merkle::Hash;
@@ -66,6 +66,9 @@ pub struct MarketSpec {
     pub iteration_ms: u64,
     /// When slot 0 starts.
     pub execution_start_ms: u64,
+    /// How the market settles (meter window, imbalance premium); `None`: it ends at its final
+    /// entry, unsettled.
+    pub settlement: Option<crate::settlement::SettlementSpec>,
 }
 
 impl MarketSpec {
@@ -169,31 +172,7 @@ pub struct FinalBody {
     pub prices: Vec<i64>,
 }
 
-/// A signed meter reading of one device for one slot.
-#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
-pub struct MeterReading {
-    /// The market.
-    pub market_id: u64,
-    /// The device.
-    pub device: DeviceId,
-    /// The slot.
-    pub slot: u32,
-    /// Metered energy in W·slot.
-    pub energy: i64,
-    /// Signature by the device key in the meter domain over the fields above.
-    pub signature: SignatureBytes,
-}
-
-/// Balances after settlement (DESIGN §9), in milli-euro; positive = owes.
-#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
-pub struct SettlementBody {
-    /// The market.
-    pub market_id: u64,
-    /// (device, balance), ascending by device.
-    pub balances: Vec<(DeviceId, i64)>,
-}
+pub use crate::settlement::{MeterBatch, SettlementBody};
 
 /// One market's registration batch: enrollments admitted and withdrawals, both for
 /// `market_id`.
@@ -225,7 +204,7 @@ pub enum Body {
     /// The final schedule.
     Final(FinalBody),
     /// Meter readings.
-    Meter(Vec<MeterReading>),
+    Meter(MeterBatch),
     /// Settlement.
     Settlement(SettlementBody),
 }
@@ -239,7 +218,7 @@ impl Body {
             Body::Open(o) => Some(o.market_id()),
             Body::Iteration(b) => Some(b.market_id),
             Body::Final(f) => Some(f.market_id),
-            Body::Meter(m) => m.first().map(|r| r.market_id),
+            Body::Meter(m) => Some(m.market_id),
             Body::Settlement(s) => Some(s.market_id),
             Body::Genesis(_) | Body::Revocation(_) => None,
         }

@@ -12,7 +12,7 @@
 //! - [`codec`]: the canonical encoding (Borsh with size caps, no trailing bytes, re-encode check).
 //! - [`messages`]: signed enrollments and updates; [`entry`]: log entries, commit certificates,
 //!   the light client; [`merkle`]: schedule roots; [`snapshot`]: chain-state snapshots and
-//!   trusted checkpoints.
+//!   trusted checkpoints; [`settlement`]: meter readings and bills.
 //! - `net` (feature `net`): the QUIC edge shared by validators and devices — TLS identities
 //!   derived from ed25519 keys, pinned peers, capped frames, and the device client.
 //! - `files` (feature `files`): secret key and genesis files, and `ConfigError`, the error of
@@ -42,6 +42,7 @@ pub mod net;
 mod qp;
 pub mod scenario;
 pub mod sign;
+pub mod settlement;
 pub mod simulate;
 pub mod snapshot;
 

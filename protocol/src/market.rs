@@ -197,6 +197,9 @@ pub fn check_spec(m: &MarketSpec) -> Result<(), OpenError> {
     let params = |reason: String| OpenError::Params { market_id: m.market_id, reason };
     MarketClock::new(ClockConfig::from_spec(m)).map_err(|e| params(e.to_string()))?;
     m.admm().map_err(|e| params(e.to_string()))?.check().map_err(|e| params(e.to_string()))?;
+    if let Some(rule) = &m.settlement {
+        rule.check().map_err(params)?;
+    }
     Ok(())
 }
 

@@ -118,6 +118,9 @@ pub enum DeviceRequest {
     Open(crate::market::SignedMarketOpen),
     /// An enrollment authority revokes an attestation.
     Revoke(crate::membership::SignedRevocation),
+    /// One appliance's meter readings of one market (1 to
+    /// `settlement::MAX_READINGS_PER_REQUEST`, ascending by slot), signed by its key.
+    Meter(Vec<crate::settlement::SignedReading>),
     /// The snapshot at `height` and the entry there, for a start from a checkpoint: answered
     /// with one `snapshot::SnapshotReply` frame.
     Snapshot {

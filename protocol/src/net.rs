@@ -79,6 +79,9 @@ pub enum NetError {
     },
 }
 
+/// How long one validator may take to connect and serve a snapshot before the next is asked.
+pub const CHECKPOINT_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A snapshot that matched a trusted checkpoint ([`fetch_checkpoint`]).
 #[derive(Debug, Clone)]
 pub struct FetchedCheckpoint {
@@ -118,22 +121,25 @@ pub async fn fetch_checkpoint(
         for (addr, server_key) in validators {
             let attempt = async {
                 let client = ValidatorClient::connect(endpoint, *addr, *server_key, key).await?;
+                let now_ms = now_ms();
                 let reply = client.snapshot(checkpoint.height).await;
                 client.close();
                 match reply? {
                     crate::snapshot::SnapshotReply::Held { entry, state } => {
-                        let snapshot = crate::snapshot::verify_checkpoint(&genesis.chain_id, &g.validators, checkpoint, &entry, &state)
+                        let snapshot = crate::snapshot::verify_checkpoint(&genesis.chain_id, &g.validators, checkpoint, &entry, &state, now_ms)
                             .map_err(|e| NetError::Stream(e.to_string()))?;
                         Ok(FetchedCheckpoint { entry, state, snapshot, from: *addr })
                     }
+                    crate::snapshot::SnapshotReply::Busy => Err(NetError::Stream(crate::snapshot::SnapshotError::Busy.to_string())),
                     crate::snapshot::SnapshotReply::NotHeld { held } => {
                         Err(NetError::Stream(crate::snapshot::SnapshotError::NotHeld { height: checkpoint.height, held }.to_string()))
                     }
                 }
             };
-            match attempt.await {
-                Ok(f) => return Ok(f),
-                Err(e) => reasons.push(format!("{addr}: {e}")),
+            match tokio::time::timeout(CHECKPOINT_FETCH_TIMEOUT, attempt).await {
+                Ok(Ok(f)) => return Ok(f),
+                Ok(Err(e)) => reasons.push(format!("{addr}: {e}")),
+                Err(_) => reasons.push(format!("{addr}: no snapshot within {CHECKPOINT_FETCH_TIMEOUT:?}")),
             }
         }
     }

@@ -51,6 +51,30 @@ pub struct ChainSnapshot {
     pub revoked: Vec<Hash>,
     /// The markets held (every live one and the last final ones), ascending by id.
     pub markets: Vec<MarketSnapshot>,
+    /// The ledger: every settled device's account, ascending by device.
+    pub accounts: Vec<AccountSnapshot>,
+}
+
+/// A device's account in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct AccountSnapshot {
+    /// The device.
+    pub device: DeviceId,
+    /// Its balance (µ€; positive = it owes).
+    pub balance: i64,
+    /// Its latest bills with their market ids, in settlement order.
+    pub bills: Vec<(u64, crate::settlement::Bill)>,
+}
+
+/// A final market awaiting its settlement entry, in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct SettlingSnapshot {
+    /// The final prices (raw €/MWh).
+    pub prices: Vec<i64>,
+    /// Every device's final schedule, ascending by device.
+    pub schedules: Vec<(DeviceId, Vec<i32>)>,
+    /// Committed readings (device, slot, W·slot), ascending by (device, slot).
+    pub readings: Vec<(DeviceId, u32, i64)>,
 }
 
 /// One market in a [`ChainSnapshot`].
@@ -71,6 +95,10 @@ pub struct MarketSnapshot {
     pub enrolled: Vec<EnrolledSnapshot>,
     /// Where it is.
     pub progress: Progress,
+    /// Between its final and settlement entries (a market that settles): what settles it.
+    pub settling: Option<SettlingSnapshot>,
+    /// Its settlement entry is applied.
+    pub settled: bool,
 }
 
 /// A market's phase in a snapshot.
@@ -195,6 +223,8 @@ pub enum SnapshotReply {
         /// The encoded [`ChainSnapshot`].
         state: Vec<u8>,
     },
+    /// This validator serves as many snapshots as it may at once: ask again or elsewhere.
+    Busy,
     /// This validator holds no snapshot at that height.
     NotHeld {
         /// The heights it holds snapshots at, ascending.
@@ -243,6 +273,16 @@ pub enum SnapshotError {
     /// The snapshot decodes but breaks an invariant (order, lengths, ranges).
     #[error("snapshot: {0}")]
     Invalid(String),
+    /// The checkpoint entry came without the bodies of a market that has not executed yet:
+    /// withheld, not pruned.
+    #[error("the checkpoint entry came without the update bodies of market {market_id}, which has not executed yet")]
+    PrunedEarly {
+        /// The market.
+        market_id: u64,
+    },
+    /// The validator is serving as many snapshots as it may at once: ask another.
+    #[error("the validator is busy serving other snapshots")]
+    Busy,
     /// The validator holds no snapshot at the checkpoint.
     #[error("the validator holds no snapshot at height {height} (it holds {held:?})")]
     NotHeld {
@@ -255,10 +295,18 @@ pub enum SnapshotError {
 
 /// Checks a served snapshot against a trusted checkpoint and decodes it: the entry is the
 /// checkpoint's (height and hash), of `chain`, certified by a quorum of `validators`, with the
-/// update bodies it names (or none, if its market was pruned); the bytes hash to its state
-/// root and decode canonically to the state at the height before it, with markets, ids and
-/// revocations ascending. Nothing else is trusted: the server may be anyone.
-pub fn verify_checkpoint(chain: &ChainId, validators: &[ValidatorId], checkpoint: &Checkpoint, entry: &Certified, state: &[u8]) -> Result<ChainSnapshot, SnapshotError> {
+/// update bodies it names — or none, only if its market's execution ended by `now_ms` (no
+/// honest validator prunes earlier: §6.9); the bytes hash to its state root and decode
+/// canonically to the state at the height before it, with markets, ids and revocations
+/// ascending. Nothing else is trusted: the server may be anyone.
+pub fn verify_checkpoint(
+    chain: &ChainId,
+    validators: &[ValidatorId],
+    checkpoint: &Checkpoint,
+    entry: &Certified,
+    state: &[u8],
+    now_ms: u64,
+) -> Result<ChainSnapshot, SnapshotError> {
     let e: &Entry = &entry.entry;
     let hash = e.hash();
     if e.height != checkpoint.height || hash != checkpoint.hash {
@@ -283,6 +331,13 @@ pub fn verify_checkpoint(chain: &ChainId, validators: &[ValidatorId], checkpoint
         return Err(SnapshotError::Height { height: snap.height, expected: e.height - 1 });
     }
     snap.check()?;
+    if entry.is_pruned() {
+        let id = e.body.market_id().unwrap_or_default();
+        let executed = snap.markets.iter().find(|m| m.spec.market_id == id).is_some_and(|m| crate::market::executed(&m.spec, now_ms));
+        if !executed {
+            return Err(SnapshotError::PrunedEarly { market_id: id });
+        }
+    }
     Ok(snap)
 }
 
@@ -301,8 +356,22 @@ impl ChainSnapshot {
         if !self.markets.windows(2).all(|w| w[0].spec.market_id < w[1].spec.market_id) {
             return bad("markets not strictly ascending by id".into());
         }
+        if !self.accounts.windows(2).all(|w| w[0].device < w[1].device) {
+            return bad("accounts not strictly ascending by device".into());
+        }
         for m in &self.markets {
             let id = m.spec.market_id;
+            if let Some(st) = &m.settling {
+                let t = m.spec.slots as usize;
+                let ok = st.prices.len() == t
+                    && st.schedules.iter().all(|(_, x)| x.len() == t)
+                    && st.schedules.windows(2).all(|w| w[0].0 < w[1].0)
+                    && st.readings.windows(2).all(|w| (w[0].0, w[0].1) < (w[1].0, w[1].1))
+                    && st.readings.iter().all(|r| (r.1 as usize) < t);
+                if !ok {
+                    return bad(format!("market {id}: its settlement state does not match its T = {t} or is not ascending"));
+                }
+            }
             if self.used_ids.binary_search(&id).is_err() {
                 return bad(format!("market {id} is not among the used ids"));
             }

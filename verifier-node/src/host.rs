@@ -158,7 +158,12 @@ pub struct Shared {
     pub commits: broadcast::Sender<Arc<Certified>>,
     /// When the process started.
     pub started: Instant,
+    /// Snapshots being read and sent at once (at most [`SNAPSHOTS_AT_ONCE`]).
+    pub snapshot_permits: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most snapshot requests a validator serves at once; others are answered "busy".
+pub const SNAPSHOTS_AT_ONCE: usize = 2;
 
 /// A running validator's handles.
 pub struct Running {
@@ -261,7 +266,7 @@ pub async fn start(cfg: Config) -> Result<Running, HostError> {
     let http_addr = http.local_addr().map_err(|e| HostError::Bind { addr: cfg.file.http, reason: e.to_string() })?;
 
     let (commits, _) = broadcast::channel(1024);
-    let shared = Arc::new(Shared { snapshot: RwLock::new(Snapshot::default()), net: NetCounters::default(), store, commits, started: Instant::now() });
+    let shared = Arc::new(Shared { snapshot: RwLock::new(Snapshot::default()), net: NetCounters::default(), store, commits, started: Instant::now(), snapshot_permits: Arc::new(tokio::sync::Semaphore::new(SNAPSHOTS_AT_ONCE)) });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
 
@@ -395,6 +400,7 @@ async fn node_loop(
                         DeviceRequest::Withdraw(w) => node.on_withdrawal(now, w),
                         DeviceRequest::Open(o) => node.on_open(now, o),
                         DeviceRequest::Revoke(r) => node.on_revocation(now, r),
+                        DeviceRequest::Meter(list) => node.on_readings(now, list),
                         DeviceRequest::Subscribe { .. } | DeviceRequest::Snapshot { .. } => Err(Reject::NotDue("a subscription or snapshot request is not admitted".into())),
                     };
                     let _ = reply.send(answer(verdict));
@@ -663,22 +669,35 @@ async fn device_inbound(conn: quinn::Connection, key: [u8; 32], events: mpsc::Se
                     reply(e.label(), e.to_string())
                 }
                 Ok(DeviceRequest::Subscribe { from }) => return subscribe(send, from, shared).await,
-                Ok(DeviceRequest::Snapshot { height }) if bucket.lock().expect("bucket").take() => {
-                    let store = shared.store.clone();
-                    let reply = tokio::task::spawn_blocking(move || snapshot_reply(&store, height)).await;
-                    let reply = match reply {
-                        Ok(Ok(r)) => r,
-                        Ok(Err(e)) => {
-                            warn!(height, "reading a snapshot: {e}");
-                            SnapshotReply::NotHeld { held: vec![] }
+                Ok(DeviceRequest::Snapshot { height }) => {
+                    // One token like any request, and at most SNAPSHOTS_AT_ONCE being read and
+                    // sent at a time (each is up to 32 MiB in memory): else "busy".
+                    let permit = if bucket.lock().expect("bucket").take() {
+                        shared.snapshot_permits.clone().try_acquire_owned().ok()
+                    } else {
+                        shared.net.rate_limited.fetch_add(1, Ordering::Relaxed);
+                        None
+                    };
+                    let reply = match permit {
+                        None => SnapshotReply::Busy,
+                        Some(_) => {
+                            let store = shared.store.clone();
+                            match tokio::task::spawn_blocking(move || snapshot_reply(&store, height)).await {
+                                Ok(Ok(r)) => r,
+                                Ok(Err(e)) => {
+                                    warn!(height, "reading a snapshot: {e}");
+                                    SnapshotReply::NotHeld { held: vec![] }
+                                }
+                                Err(_) => SnapshotReply::NotHeld { held: vec![] },
+                            }
                         }
-                        Err(_) => SnapshotReply::NotHeld { held: vec![] },
                     };
                     if matches!(reply, SnapshotReply::Held { .. }) {
                         shared.net.snapshots_served.fetch_add(1, Ordering::Relaxed);
                     }
                     let _ = net::write_frame(&mut send, &encode(&reply)).await;
                     let _ = send.finish();
+                    drop(permit);
                     return;
                 }
                 Ok(_) if !bucket.lock().expect("bucket").take() => {
@@ -740,6 +759,10 @@ pub fn parse_device_request(frame: &[u8], key: [u8; 32]) -> Result<DeviceRequest
         DeviceRequest::Withdraw(w) => w.body.device,
         DeviceRequest::Open(o) => protocol::ids::DeviceId(o.operator.0),
         DeviceRequest::Revoke(r) => protocol::ids::DeviceId(r.authority.0),
+        DeviceRequest::Meter(list) => match list.iter().find(|r| r.body.device.0 != key) {
+            Some(other) => other.body.device,
+            None => protocol::ids::DeviceId(key),
+        },
         DeviceRequest::Subscribe { .. } | DeviceRequest::Snapshot { .. } => return Ok(request),
     };
     if claimed.0 != key {

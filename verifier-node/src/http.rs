@@ -59,8 +59,12 @@ pub fn entry_json(c: &Certified) -> Value {
             "market_id": f.market_id,
             "iterations": f.iterations, "converged": f.converged, "schedule_root": hex(&f.schedule_root), "prices": f.prices,
         }),
-        Body::Meter(m) => json!({ "readings": m.len() }),
-        Body::Settlement(s) => json!({ "balances": s.balances.len() }),
+        Body::Meter(m) => json!({ "market_id": m.market_id, "readings": m.readings.len() }),
+        Body::Settlement(s) => json!({
+            "market_id": s.market_id,
+            "bills": s.bills.iter().map(|b| json!({ "device": hex(&b.device.0), "energy_micro_eur": b.energy, "imbalance_micro_eur": b.imbalance, "total_micro_eur": b.total(), "metered_slots": b.metered_slots })).collect::<Vec<_>>(),
+            "totals": s.totals,
+        }),
     };
     json!({
         "height": e.height,

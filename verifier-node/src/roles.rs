@@ -78,6 +78,7 @@ impl MarketPlan {
             registration_close_ms: close,
             iteration_ms: self.iteration_ms,
             execution_start_ms: self.execution_start_ms.unwrap_or(last_deadline.saturating_add(self.execution_delay_s.saturating_mul(1000)).max(not_before_ms)),
+            settlement: None,
         };
         protocol::market::check_spec(&spec).map_err(|e| e.to_string())?;
         Ok(spec)

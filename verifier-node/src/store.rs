@@ -306,6 +306,8 @@ impl Store {
     pub fn prune_market(&self, id: u64, from: u64, to: u64) -> Result<Pruned, StoreError> {
         let mut batch = WriteBatch::default();
         let mut done = Pruned { market_id: id, bodies: 0, bytes: 0 };
+        // (A store started from a checkpoint holds the market's entries from its base on.)
+        let from = from.max(self.base()?.unwrap_or(0));
         for h in from..=to {
             let Some(entry) = self.entry(h)? else { break };
             let Body::Iteration(b) = &entry.body else { continue };

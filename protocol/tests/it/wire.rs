@@ -34,6 +34,7 @@ fn market_spec(market_id: u64) -> MarketSpec {
         registration_close_ms: 1_000 * market_id,
         iteration_ms: 500,
         execution_start_ms: 100_000 * market_id,
+        settlement: None,
     }
 }
 
@@ -155,8 +156,19 @@ fn every_type_round_trips() {
             residuals: [1, 2, 3, 4],
         }),
         Body::Final(FinalBody { market_id: 1, iterations: 9, converged: true, schedule_root: [5; 32], prices: vec![-1, 1] }),
-        Body::Meter(vec![MeterReading { market_id: 1, device: enrollment.body.device, slot: 3, energy: 900, signature: u.signature }]),
-        Body::Settlement(SettlementBody { market_id: 1, balances: vec![(enrollment.body.device, -12)] }),
+        Body::Meter(protocol::settlement::MeterBatch {
+            market_id: 1,
+            readings: vec![protocol::settlement::SignedReading::new(
+                &dev,
+                &chain,
+                protocol::settlement::Reading { market_id: 1, device: enrollment.body.device, slot: 3, energy: 900 },
+            )],
+        }),
+        Body::Settlement(SettlementBody {
+            market_id: 1,
+            bills: vec![protocol::settlement::Bill { device: enrollment.body.device, energy: -12, imbalance: 3, metered_slots: 2 }],
+            totals: protocol::settlement::Totals { consumers_pay: 0, producers_receive: 9, imbalance_revenue: 3, network_revenue: -12 },
+        }),
     ];
     let mut prev = g.clone();
     for body in bodies {

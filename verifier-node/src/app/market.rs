@@ -38,6 +38,20 @@ pub enum Step {
     Iteration(u32),
     /// The final schedule and prices.
     Final,
+    /// The bills, at the meter deadline (markets that settle).
+    Settlement,
+}
+
+/// What settles a final market whose spec settles it, until its settlement entry: the final
+/// prices and schedules, and the readings committed so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settling {
+    /// λ_t raw (€/MWh), T of them.
+    pub prices: Vec<i64>,
+    /// Every device's final schedule, ascending by device.
+    pub schedules: BTreeMap<DeviceId, Vec<i32>>,
+    /// Committed readings by (device, slot): metered W·slot.
+    pub readings: BTreeMap<(DeviceId, u32), i64>,
 }
 
 /// One market's state.
@@ -61,6 +75,11 @@ pub struct Market {
     admm: Option<AdmmState>,
     converged: bool,
     finalized: bool,
+    /// From the final entry to the settlement entry, for a market that settles (none if its
+    /// engine was pruned: the log's settlement entry then applies as written).
+    settling: Option<Settling>,
+    /// Its settlement entry is applied.
+    settled: bool,
 }
 
 impl Market {
@@ -80,6 +99,8 @@ impl Market {
             admm: None,
             converged: false,
             finalized: false,
+            settling: None,
+            settled: false,
         }
     }
 
@@ -133,6 +154,27 @@ impl Market {
         self.finalized
     }
 
+    /// Whether nothing more is due: final, and settled if its spec settles it.
+    pub fn is_over(&self) -> bool {
+        self.finalized && (self.spec.settlement.is_none() || self.settled)
+    }
+
+    /// Whether its settlement entry is applied.
+    pub fn is_settled(&self) -> bool {
+        self.settled
+    }
+
+    /// The settlement state between its final and settlement entries (when its engine's
+    /// schedules were held at the final entry).
+    pub fn settling(&self) -> Option<&Settling> {
+        self.settling.as_ref()
+    }
+
+    /// When its settlement entry is due: execution end + meter window (markets that settle).
+    pub fn meter_deadline(&self) -> Option<u64> {
+        protocol::settlement::meter_deadline(&self.spec)
+    }
+
     /// How many enrollments a registration batch that withdraws `withdrawn` enrolled devices
     /// may carry without taking the market past `MAX_ENROLLED`.
     pub fn room(&self, withdrawn: usize) -> usize {
@@ -162,7 +204,10 @@ impl Market {
     /// The step due next and the earliest timestamp it may carry; `None` once final.
     pub fn next_due(&self) -> Option<(u64, Step)> {
         if self.finalized {
-            return None;
+            return match self.meter_deadline() {
+                Some(deadline) if !self.settled => Some((deadline.max(self.last_ms + 1), Step::Settlement)),
+                _ => None,
+            };
         }
         // Pruned history: the same clock, from the iteration and stopping rule the entries
         // carry.
@@ -269,10 +314,40 @@ impl Market {
         self.last_ms = timestamp_ms;
     }
 
-    /// Applies the final entry, at `height`.
-    pub fn apply_final(&mut self, timestamp_ms: u64, height: u64) {
+    /// The settlement body of the readings committed so far (state unchanged): every device
+    /// of the final schedule billed by `protocol::settlement::settle`.
+    pub fn settlement_body(&self) -> Result<protocol::settlement::SettlementBody, Reject> {
+        let (Some(rule), Some(s)) = (&self.spec.settlement, &self.settling) else {
+            return Err(if self.is_pruned() { Reject::Pruned(self.id()) } else { Reject::NotDue(format!("market {} does not settle", self.id())) });
+        };
+        let m = protocol::settlement::Market { slot_seconds: self.spec.slot_seconds, rule, prices: &s.prices, schedules: &s.schedules, readings: &s.readings };
+        protocol::settlement::settle(self.id(), m).map_err(|e| Reject::Settlement(e.to_string()))
+    }
+
+    /// Applies the final entry, at `height`, with its prices: a market that settles keeps its
+    /// final schedules (the engine's latest) and prices until its settlement entry.
+    pub fn apply_final(&mut self, timestamp_ms: u64, height: u64, prices: &[i64]) {
         self.finalized = true;
         self.final_height = Some(height);
+        self.last_ms = timestamp_ms;
+        if self.spec.settlement.is_some() && !self.is_pruned() {
+            let schedules = self.admm.as_ref().map(|a| a.schedules().clone()).unwrap_or_default();
+            self.settling = Some(Settling { prices: prices.to_vec(), schedules, readings: BTreeMap::new() });
+        }
+    }
+
+    /// Applies readings of a meter entry (already checked); pruned history keeps none.
+    pub fn apply_readings(&mut self, timestamp_ms: u64, readings: &[protocol::settlement::SignedReading]) {
+        if let Some(s) = &mut self.settling {
+            s.readings.extend(readings.iter().map(|r| ((r.body.device, r.body.slot), r.body.energy)));
+        }
+        self.last_ms = timestamp_ms;
+    }
+
+    /// Applies its settlement entry: it is over.
+    pub fn apply_settlement(&mut self, timestamp_ms: u64) {
+        self.settled = true;
+        self.settling = None;
         self.last_ms = timestamp_ms;
     }
 
@@ -320,6 +395,12 @@ impl Market {
                 })
                 .collect(),
             progress,
+            settling: self.settling.as_ref().map(|st| protocol::snapshot::SettlingSnapshot {
+                prices: st.prices.clone(),
+                schedules: st.schedules.iter().map(|(d, x)| (*d, x.clone())).collect(),
+                readings: st.readings.iter().map(|((d, slot), e)| (*d, *slot, *e)).collect(),
+            }),
+            settled: self.settled,
         }
     }
 
@@ -357,6 +438,12 @@ impl Market {
             }
             Progress::Pruned { iteration, converged } => market.pruned = Some((*iteration, *converged)),
         }
+        market.settling = m.settling.as_ref().map(|st| Settling {
+            prices: st.prices.clone(),
+            schedules: st.schedules.iter().cloned().collect(),
+            readings: st.readings.iter().map(|(d, slot, e)| ((*d, *slot), *e)).collect(),
+        });
+        market.settled = m.settled;
         Ok(market)
     }
 

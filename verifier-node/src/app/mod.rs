@@ -26,6 +26,7 @@
 
 mod market;
 mod reject;
+mod settle;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
@@ -44,7 +45,8 @@ use protocol::snapshot::ChainSnapshot;
 use prover::{batch_verify, BatchItem, UpdateProof, VerifierKeys};
 use rand::{CryptoRng, RngCore};
 
-pub use market::{Enrolled, Market, Step};
+pub use market::{Enrolled, Market, Settling, Step};
+pub use settle::{Account, MAX_BILLS_PER_ACCOUNT};
 pub use protocol::clock::MAX_ENROLLMENTS_PER_ENTRY;
 pub use reject::Reject;
 
@@ -98,6 +100,8 @@ pub struct Pool<'a> {
     pub opens: &'a [SignedMarketOpen],
     /// Revocations.
     pub revocations: &'a [SignedRevocation],
+    /// Meter readings, of any settling market.
+    pub readings: &'a [protocol::settlement::SignedReading],
 }
 
 /// A device message left out of a built entry, and why.
@@ -132,6 +136,8 @@ pub struct ChainApp {
     /// Every market id opened on this chain (those of markets no longer held too).
     used_ids: BTreeSet<u64>,
     revoked: BTreeSet<Hash>,
+    /// Every settled device's balance and latest bills.
+    accounts: BTreeMap<DeviceId, Account>,
     tip: Tip,
     /// The state root at the tip, computed when first asked (building or checking the next
     /// entry), cleared by every apply.
@@ -163,6 +169,7 @@ impl ChainApp {
             used_ids: BTreeSet::from([first.id()]),
             markets: BTreeMap::from([(first.id(), first)]),
             revoked: BTreeSet::new(),
+            accounts: BTreeMap::new(),
             tip,
             root: OnceLock::new(),
         })
@@ -177,6 +184,7 @@ impl ChainApp {
         app.markets = snap.markets.iter().map(|m| Market::from_snapshot(m).map(|m| (m.id(), m))).collect::<Result<_, _>>()?;
         app.used_ids = snap.used_ids.iter().copied().collect();
         app.revoked = snap.revoked.iter().copied().collect();
+        app.accounts = snap.accounts.iter().map(|a| (a.device, Account { balance: a.balance, bills: a.bills.clone() })).collect();
         app.tip = Tip { height: snap.height, hash: snap.tip_hash, timestamp_ms: snap.tip_timestamp_ms };
         Ok(app)
     }
@@ -191,6 +199,11 @@ impl ChainApp {
             used_ids: self.used_ids.iter().copied().collect(),
             revoked: self.revoked.iter().copied().collect(),
             markets: self.markets.values().map(Market::snapshot).collect(),
+            accounts: self
+                .accounts
+                .iter()
+                .map(|(d, a)| protocol::snapshot::AccountSnapshot { device: *d, balance: a.balance, bills: a.bills.clone() })
+                .collect(),
         }
     }
 
@@ -244,7 +257,7 @@ impl ChainApp {
 
     /// Whether every market is final (nothing is due until an operator opens another).
     pub fn is_idle(&self) -> bool {
-        self.markets.values().all(Market::is_final)
+        self.markets.values().all(Market::is_over)
     }
 
     fn live_market(&self, id: u64) -> Result<&Market, Reject> {
@@ -525,14 +538,17 @@ impl ChainApp {
                             list.push(r.clone());
                         }
                     }
-                    if list.is_empty() {
+                    if !list.is_empty() {
+                        list.sort_by_key(|r| r.body.attestation);
+                        Body::Revocation(list)
+                    } else if let Some(meter) = self.build_meter(timestamp_ms, pool.readings) {
+                        meter
+                    } else {
                         return Err(match self.next_due() {
-                            None => Reject::NotDue("nothing is due: every market is final".into()),
+                            None => Reject::NotDue("nothing is due: every market is over".into()),
                             Some((from, due)) => Reject::NotDue(format!("nothing is due at {timestamp_ms} ({due:?} from {from})")),
                         });
                     }
-                    list.sort_by_key(|r| r.body.attestation);
-                    Body::Revocation(list)
                 }
             }
         };
@@ -553,6 +569,10 @@ impl ChainApp {
         dropped: &mut Vec<Dropped>,
     ) -> Result<Body, Reject> {
         let id = due.market_id;
+        if due.step == Step::Settlement {
+            let market = self.markets.get(&id).ok_or(Reject::UnknownMarket(id))?;
+            return Ok(Body::Settlement(market.settlement_body()?));
+        }
         let market = self.live_market(id)?;
         let drop = |device, why| Dropped { market_id: id, device, why };
         Ok(match due.step {
@@ -615,6 +635,7 @@ impl ChainApp {
                 Body::Iteration(market.iteration_body(k, included)?)
             }
             Step::Final => Body::Final(market.final_body()?),
+            Step::Settlement => unreachable!("built above"),
         })
     }
 
@@ -644,8 +665,9 @@ impl ChainApp {
         match &entry.body {
             Body::Open(o) => return self.check_open(o, entry.timestamp_ms),
             Body::Revocation(list) => return self.validate_revocations(list),
-            Body::Genesis(_) | Body::Meter(_) | Body::Settlement(_) => return Err(Reject::NotDue(format!("a {} entry", body_kind(&entry.body)))),
-            Body::Enrollment(_) | Body::Iteration(_) | Body::Final(_) => {}
+            Body::Meter(batch) => return self.validate_meter(batch, entry.timestamp_ms),
+            Body::Genesis(_) => return Err(Reject::NotDue("a genesis entry".into())),
+            Body::Enrollment(_) | Body::Iteration(_) | Body::Final(_) | Body::Settlement(_) => {}
         }
         let due = self.due_at(entry.timestamp_ms).ok_or_else(|| match self.next_due() {
             None => Reject::NotDue("every market is final".into()),
@@ -654,6 +676,10 @@ impl ChainApp {
         let not_due = || Reject::NotDue(format!("{due:?} is due, got a {} entry for market {:?}", body_kind(&entry.body), entry.body.market_id()));
         if entry.body.market_id() != Some(due.market_id) {
             return Err(not_due());
+        }
+        if let (Body::Settlement(body), Step::Settlement) = (&entry.body, due.step) {
+            let market = self.markets.get(&due.market_id).ok_or(Reject::UnknownMarket(due.market_id))?;
+            return self.validate_settlement(market, body);
         }
         let market = self.live_market(due.market_id)?;
         match (&entry.body, due.step) {
@@ -761,7 +787,7 @@ impl ChainApp {
                 }
             }
             Body::Final(f) => {
-                self.market_mut(f.market_id)?.apply_final(ts, entry.height);
+                self.market_mut(f.market_id)?.apply_final(ts, entry.height, &f.prices);
                 self.retire_finished();
             }
             Body::Open(o) => {
@@ -778,9 +804,12 @@ impl ChainApp {
                     m.revoke(&|h| revoked.contains(h));
                 }
             }
-            Body::Genesis(_) | Body::Meter(_) | Body::Settlement(_) => {
-                return Err(Reject::NotDue(format!("a {} entry", body_kind(&entry.body))));
+            Body::Meter(batch) => self.apply_meter(ts, batch)?,
+            Body::Settlement(body) => {
+                self.apply_settlement(ts, body)?;
+                self.retire_finished();
             }
+            Body::Genesis(_) => return Err(Reject::NotDue("a genesis entry".into())),
         }
         self.tip = Tip { height: entry.height, hash: entry.hash(), timestamp_ms: ts };
         Ok(())
@@ -817,9 +846,9 @@ impl ChainApp {
         self.markets.get_mut(&id).ok_or(Reject::UnknownMarket(id))
     }
 
-    /// Keeps the last [`MAX_FINISHED_MARKETS`] final markets (by opening time).
+    /// Keeps the last [`MAX_FINISHED_MARKETS`] markets that are over (by opening time).
     fn retire_finished(&mut self) {
-        let mut finished: Vec<(u64, u64)> = self.markets.values().filter(|m| m.is_final()).map(|m| (m.opened_ms(), m.id())).collect();
+        let mut finished: Vec<(u64, u64)> = self.markets.values().filter(|m| m.is_over()).map(|m| (m.opened_ms(), m.id())).collect();
         if finished.len() <= MAX_FINISHED_MARKETS {
             return;
         }

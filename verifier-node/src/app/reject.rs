@@ -102,6 +102,12 @@ pub enum Reject {
     /// A snapshot (from a checkpoint) that does not restore a state.
     #[error("snapshot: {0}")]
     Snapshot(String),
+    /// A meter reading refused.
+    #[error(transparent)]
+    Reading(#[from] protocol::settlement::ReadingError),
+    /// A market that cannot be settled as its state stands (an overflow).
+    #[error("settlement: {0}")]
+    Settlement(String),
 }
 
 impl Reject {
@@ -138,6 +144,8 @@ impl Reject {
             Reject::Genesis(_) => "genesis",
             Reject::StateRoot { .. } => "state_root",
             Reject::Snapshot(_) => "snapshot",
+            Reject::Reading(e) => e.label(),
+            Reject::Settlement(_) => "settlement",
         }
     }
 }

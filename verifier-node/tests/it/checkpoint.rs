@@ -89,7 +89,7 @@ fn a_store_started_from_a_checkpoint_replays_and_audits_from_its_base_and_refuse
     assert_eq!(checkpoint.to_string().parse::<Checkpoint>().unwrap(), checkpoint);
 
     // What a node starting from the checkpoint accepts, and what it refuses.
-    let check = |cp: &Checkpoint, c: &Certified, s: &[u8]| verify_checkpoint(&w.chain, &g.validators, cp, c, s);
+    let check = |cp: &Checkpoint, c: &Certified, s: &[u8]| verify_checkpoint(&w.chain, &g.validators, cp, c, s, 0);
     assert_eq!(check(&checkpoint, &cp_entry, &state).unwrap(), app.snapshot());
     let other = Checkpoint { height: base as u64, hash: log[base - 1].0.hash() };
     assert!(matches!(check(&other, &cp_entry, &state), Err(SnapshotError::NotCheckpoint { .. })));
@@ -102,6 +102,12 @@ fn a_store_started_from_a_checkpoint_replays_and_audits_from_its_base_and_refuse
     let mut stripped = cp_entry.clone();
     stripped.updates.pop();
     assert!(matches!(check(&checkpoint, &stripped, &state), Err(SnapshotError::Entry(_))));
+    // Every body withheld: taken for pruned history only once the market executed.
+    stripped.updates.clear();
+    assert!(stripped.is_pruned());
+    assert_eq!(check(&checkpoint, &stripped, &state), Err(SnapshotError::PrunedEarly { market_id: 7 }));
+    let executed = protocol::market::execution_span(&g.market).1;
+    assert!(verify_checkpoint(&w.chain, &g.validators, &checkpoint, &stripped, &state, executed).is_ok());
     let mut earlier = ChainApp::new(&genesis, w.keys.clone()).unwrap();
     for (e, _, u) in &log[1..base - 1] {
         earlier.apply(e, u).unwrap();

@@ -158,6 +158,11 @@ fn arbitrary_device_requests_are_parsed_or_refused_with_a_label() {
                                 prop_assert!(!r.label().is_empty());
                             }
                         }
+                        Ok(DeviceRequest::Meter(x)) => {
+                            if let Err(r) = node.on_readings(now, x) {
+                                prop_assert!(!r.label().is_empty());
+                            }
+                        }
                         Ok(DeviceRequest::Subscribe { .. } | DeviceRequest::Snapshot { .. }) => {}
                         Err(e) => prop_assert!(["malformed", "wrong_sender"].contains(&e.label()), "{e}"),
                     }

@@ -89,6 +89,7 @@ pub fn market_with(name: &str, timing: Timing) -> Market {
             registration_close_ms: close,
             iteration_ms: 2500,
             execution_start_ms: close + 2500 * 3 + execution_gap_ms,
+            settlement: None,
         },
         verifying_keys,
         enrollment_authorities: vec![protocol::membership::AuthorityId(authority().verifying_key().to_bytes())],

@@ -201,6 +201,8 @@ pub struct Held {
     pub pooled_enrollments: usize,
     /// Pooled withdrawals, market openings and revocations.
     pub pooled_other: usize,
+    /// Pooled meter readings.
+    pub pooled_readings: usize,
 }
 
 /// One validator.
@@ -325,6 +327,7 @@ impl<L: Log> Node<L> {
             unverified: self.pools.unverified.len(),
             pooled_enrollments: self.pools.enrollments.len(),
             pooled_other: self.pools.withdrawals.len() + self.pools.opens.len() + self.pools.revocations.len(),
+            pooled_readings: self.pools.readings.len(),
         }
     }
 
@@ -676,6 +679,11 @@ impl<L: Log> Node<L> {
     /// A device's withdrawal from a market, arriving at `now`.
     pub fn on_withdrawal(&mut self, now: u64, w: SignedWithdrawal) -> Result<(), Reject> {
         self.admitting(now, |n| n.pools.admit_withdrawal(&n.app, n.now, w))
+    }
+
+    /// One device's meter readings, arriving at `now`.
+    pub fn on_readings(&mut self, now: u64, list: Vec<protocol::settlement::SignedReading>) -> Result<(), Reject> {
+        self.admitting(now, |n| n.pools.admit_readings(&n.app, n.now, &list))
     }
 
     /// A market operator's opening, arriving at `now`.

@@ -11,6 +11,7 @@ use protocol::market::{SignedMarketOpen, SignedWithdrawal};
 use protocol::membership::SignedRevocation;
 use protocol::merkle::Hash;
 use protocol::messages::{SignedEnrollment, SignedUpdate};
+use protocol::settlement::SignedReading;
 use rand::{CryptoRng, RngCore};
 
 use crate::app::{ChainApp, Pool, Reject, Verified};
@@ -21,6 +22,9 @@ pub const MAX_POOLED_ENROLLMENTS: usize = protocol::clock::MAX_ENROLLED;
 pub const MAX_POOLED_OPENS: usize = protocol::market::MAX_LIVE_MARKETS;
 /// Most pooled revocations.
 pub const MAX_POOLED_REVOCATIONS: usize = crate::app::MAX_REVOCATIONS_PER_ENTRY;
+
+/// Most pooled meter readings over every market.
+pub const MAX_POOLED_READINGS: usize = 1 << 18;
 
 /// A market and a device: how device messages are keyed.
 type Key = (u64, DeviceId);
@@ -34,6 +38,8 @@ pub(super) struct Pools {
     pub(super) updates: BTreeMap<Key, SignedUpdate>,
     pub(super) opens: BTreeMap<u64, SignedMarketOpen>,
     pub(super) revocations: BTreeMap<Hash, SignedRevocation>,
+    /// Meter readings by (market, device, slot).
+    pub(super) readings: BTreeMap<(u64, DeviceId, u32), SignedReading>,
     /// Pooled updates not yet verified, with their proofs decoded at admission (verified in
     /// batches while the iteration is open).
     pub(super) unverified: Vec<(SignedUpdate, prover::UpdateProof)>,
@@ -72,12 +78,27 @@ impl Pools {
             updates: self.updates.values().cloned().collect(),
             opens: self.opens.values().cloned().collect(),
             revocations: self.revocations.values().cloned().collect(),
+            readings: self.readings.values().copied().collect(),
         }
     }
 
     /// Whether a chain entry (an opening or revocations) waits to be proposed.
     pub(super) fn has_chain_messages(&self) -> bool {
-        !self.opens.is_empty() || !self.revocations.is_empty()
+        !self.opens.is_empty() || !self.revocations.is_empty() || !self.readings.is_empty()
+    }
+
+    /// Admits one device's readings (all checked first: one bad reading refuses the request);
+    /// the same reading again is already held.
+    pub(super) fn admit_readings(&mut self, app: &ChainApp, now: u64, list: &[SignedReading]) -> Result<(), Reject> {
+        app.admit_readings(now, list)?;
+        let new = list.iter().filter(|r| !self.readings.contains_key(&(r.body.market_id, r.body.device, r.body.slot))).count();
+        if self.readings.len() + new > MAX_POOLED_READINGS {
+            return Err(Reject::Overloaded("meter reading pool full"));
+        }
+        for r in list {
+            self.readings.entry((r.body.market_id, r.body.device, r.body.slot)).or_insert(*r);
+        }
+        Ok(())
     }
 
     /// Drops the openings whose registration closes at or before `at` (the earliest timestamp
@@ -228,6 +249,7 @@ impl Pools {
         self.withdrawals.retain(|key, _| registering(key.0));
         self.opens.retain(|_, o| app.check_open(o, now).is_ok());
         self.revocations.retain(|_, r| app.check_revocation(r).is_ok());
+        self.readings.retain(|_, r| app.reading_pending(r));
         let pooled: BTreeSet<Hash> = self.updates.values().map(SignedUpdate::digest).collect();
         self.verified.retain(|d, _| pooled.contains(d));
     }
@@ -240,11 +262,12 @@ pub(super) struct PoolSnapshot {
     updates: Vec<SignedUpdate>,
     opens: Vec<SignedMarketOpen>,
     revocations: Vec<SignedRevocation>,
+    readings: Vec<SignedReading>,
 }
 
 impl PoolSnapshot {
     /// The view [`ChainApp::build`] takes.
     pub(super) fn view(&self) -> Pool<'_> {
-        Pool { enrollments: &self.enrollments, withdrawals: &self.withdrawals, updates: &self.updates, opens: &self.opens, revocations: &self.revocations }
+        Pool { enrollments: &self.enrollments, withdrawals: &self.withdrawals, updates: &self.updates, opens: &self.opens, revocations: &self.revocations, readings: &self.readings }
     }
 }

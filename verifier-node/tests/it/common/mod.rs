@@ -79,6 +79,7 @@ pub fn world() -> World {
             registration_close_ms: 150,
             iteration_ms: 100,
             execution_start_ms: 10_000,
+            settlement: None,
         },
         verifying_keys: vec![KeyHash { kind: 1, slots: T as u16, sha256: [0; 32] }],
         enrollment_authorities: vec![protocol::membership::AuthorityId(authority().verifying_key().to_bytes())],
