@@ -121,6 +121,12 @@ pub struct MarketView {
     pub u: Vec<i64>,
     /// Final prices (raw), once final.
     pub prices: Vec<i64>,
+    /// Whether it settles (its spec states a meter window and imbalance premium).
+    pub settles: bool,
+    /// Meter readings committed (while it settles).
+    pub readings: usize,
+    /// Its settlement totals, once settled.
+    pub totals: Option<protocol::settlement::Totals>,
 }
 
 /// Transport counters.
@@ -160,6 +166,8 @@ pub struct Shared {
     pub started: Instant,
     /// Snapshots being read and sent at once (at most [`SNAPSHOTS_AT_ONCE`]).
     pub snapshot_permits: Arc<tokio::sync::Semaphore>,
+    /// The ledger as of the last settlement (copied from the app when one commits).
+    pub accounts: RwLock<Option<BTreeMap<protocol::ids::DeviceId, crate::app::Account>>>,
 }
 
 /// Most snapshot requests a validator serves at once; others are answered "busy".
@@ -266,7 +274,9 @@ pub async fn start(cfg: Config) -> Result<Running, HostError> {
     let http_addr = http.local_addr().map_err(|e| HostError::Bind { addr: cfg.file.http, reason: e.to_string() })?;
 
     let (commits, _) = broadcast::channel(1024);
-    let shared = Arc::new(Shared { snapshot: RwLock::new(Snapshot::default()), net: NetCounters::default(), store, commits, started: Instant::now(), snapshot_permits: Arc::new(tokio::sync::Semaphore::new(SNAPSHOTS_AT_ONCE)) });
+    let shared = Arc::new(Shared { snapshot: RwLock::new(Snapshot::default()), net: NetCounters::default(), store, commits, started: Instant::now(), snapshot_permits: Arc::new(tokio::sync::Semaphore::new(SNAPSHOTS_AT_ONCE)),
+        accounts: RwLock::new(None),
+    });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
 
@@ -348,7 +358,25 @@ fn refresh(node: &Node<Arc<Store>>, shared: &Shared, last: Option<&Certified>) {
         // (Set by `prune_due` when this node pruned it; from replay after a restart.)
         v.pruned |= m.is_pruned();
         v.is_final = m.is_final();
+        v.settles = spec.settlement.is_some();
+        v.readings = m.settling().map_or(0, |st| st.readings.len());
     }
+    drop(s);
+    // The ledger: copied once, then each settled device's account when a settlement commits.
+    let mut accounts = shared.accounts.write().expect("accounts lock");
+    match (accounts.as_mut(), last.map(|c| &c.entry.body)) {
+        (None, _) => *accounts = Some(app.accounts().clone()),
+        (Some(held), Some(Body::Settlement(b))) => {
+            for bill in &b.bills {
+                if let Some(a) = app.accounts().get(&bill.device) {
+                    held.insert(bill.device, a.clone());
+                }
+            }
+        }
+        _ => {}
+    }
+    drop(accounts);
+    let mut s = shared.snapshot.write().expect("snapshot lock");
     if let Some(c) = last {
         match &c.entry.body {
             Body::Iteration(b) => {
@@ -361,6 +389,11 @@ fn refresh(node: &Node<Arc<Store>>, shared: &Shared, last: Option<&Certified>) {
             Body::Final(f) => {
                 if let Some(v) = s.markets.get_mut(&f.market_id) {
                     v.prices = f.prices.clone();
+                }
+            }
+            Body::Settlement(b) => {
+                if let Some(v) = s.markets.get_mut(&b.market_id) {
+                    v.totals = Some(b.totals);
                 }
             }
             _ => {}
@@ -467,7 +500,8 @@ const PRUNE_CHECK_MS: u64 = 1000;
 /// passed are not looked at again: the retention should span fewer markets than that.
 fn prune_due(node: &Node<Arc<Store>>, shared: &Shared, retention: u64, now: u64) -> Result<(), HostError> {
     let mut any = false;
-    for m in node.app().markets().filter(|m| m.is_final()) {
+    // (Only markets that are over: a settling market's schedules are still needed.)
+    for m in node.app().markets().filter(|m| m.is_over()) {
         let (opened, Some(final_height)) = m.heights() else { continue };
         let end = protocol::market::execution_span(m.spec()).1;
         if now < end.saturating_add(retention) || shared.store.is_pruned(m.id())? {

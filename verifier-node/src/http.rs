@@ -93,7 +93,28 @@ fn market_summary(m: &MarketView) -> Value {
         "iteration": m.iteration,
         "final": m.is_final,
         "pruned": m.pruned,
+        "settles": m.settles,
+        "readings": m.readings,
+        "settlement": m.totals,
     })
+}
+
+/// A device's account on the ledger: its balance (µ€; positive = it owes) over every settled
+/// market and its latest bills.
+async fn account(State(s): State<Arc<Shared>>, Path(device): Path<String>) -> Response {
+    let Some(key) = protocol::ids::parse_hex32(&device) else {
+        return (StatusCode::BAD_REQUEST, Json(json!({ "error": format!("{device:?} is not a device id (64 hex characters)") }))).into_response();
+    };
+    let accounts = s.accounts.read().expect("accounts lock");
+    let Some(a) = accounts.as_ref().and_then(|m| m.get(&protocol::ids::DeviceId(key))) else {
+        return (StatusCode::NOT_FOUND, Json(json!({ "error": format!("device {device} has no settled bill on this chain") }))).into_response();
+    };
+    let bills: Vec<Value> = a
+        .bills
+        .iter()
+        .map(|(m, b)| json!({ "market_id": m, "energy_micro_eur": b.energy, "imbalance_micro_eur": b.imbalance, "total_micro_eur": b.total(), "metered_slots": b.metered_slots }))
+        .collect();
+    Json(json!({ "device": device, "balance_micro_eur": a.balance, "bills": bills })).into_response()
 }
 
 async fn status(State(s): State<Arc<Shared>>) -> Json<Value> {
@@ -241,6 +262,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/markets/{id}", get(market))
         .route("/metrics", get(metrics))
         .route("/checkpoint", get(checkpoint))
+        .route("/accounts/{device}", get(account))
         .with_state(shared)
 }
 

@@ -45,6 +45,15 @@ pub struct MarketPlan {
     /// chain's last scheduled execution ends).
     #[arg(long)]
     pub execution_start_ms: Option<u64>,
+    /// Seconds after execution ends during which meter readings are committed; then the
+    /// market settles (every device's bill, docs/protocol.md §9). 0: the market does not
+    /// settle and ends at its final schedule.
+    #[arg(long, default_value_t = 0)]
+    pub meter_window_s: u64,
+    /// The premium over |λ_t| (€/MWh) at which every W·slot metered off schedule is charged
+    /// (with --meter-window-s).
+    #[arg(long, default_value_t = 50.0)]
+    pub imbalance_premium_eur_mwh: f64,
 }
 
 impl MarketPlan {
@@ -78,7 +87,13 @@ impl MarketPlan {
             registration_close_ms: close,
             iteration_ms: self.iteration_ms,
             execution_start_ms: self.execution_start_ms.unwrap_or(last_deadline.saturating_add(self.execution_delay_s.saturating_mul(1000)).max(not_before_ms)),
-            settlement: None,
+            settlement: match self.meter_window_s {
+                0 => None,
+                s => Some(protocol::settlement::SettlementSpec {
+                    meter_window_ms: s.saturating_mul(1000),
+                    imbalance_premium: circuits::fixed::Fixed::from_f64("imbalance premium", self.imbalance_premium_eur_mwh).map_err(|e| format!("--imbalance-premium-eur-mwh: {e}"))?.raw(),
+                }),
+            },
         };
         protocol::market::check_spec(&spec).map_err(|e| e.to_string())?;
         Ok(spec)

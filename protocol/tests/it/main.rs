@@ -4,4 +4,5 @@
 mod admm;
 mod clock;
 mod local_step;
+mod settlement;
 mod wire;

@@ -12,6 +12,7 @@ mod log;
 mod markets;
 mod membership;
 mod process;
+mod settle;
 mod sim;
 mod standing;
 mod status_page;

@@ -1,0 +1,188 @@
+//! Metering and settlement in the chain app (docs/protocol.md §9): a market that settles takes
+//! signed readings after its final entry, refuses bad ones with typed reasons, and settles
+//! at its meter deadline with every device's bill (a follower pays exactly Σ λ·x·Δ); the
+//! ledger books them; a proposal that alters one bill is refused; the settling state survives
+//! a snapshot.
+
+use crate::common::*;
+use circuits::fixed::SCALE;
+use protocol::entry::{chain_id, Body, Entry};
+use protocol::ids::DeviceId;
+use protocol::settlement::{amount, Reading, SettlementSpec, SignedReading};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use verifier_node::app::{ChainApp, Pool, Step};
+
+/// The test world with its genesis market settling: readings for 5 s after execution ends,
+/// 50 €/MWh imbalance premium.
+fn settling_world() -> World {
+    let mut w = world();
+    w.genesis.market.settlement = Some(SettlementSpec { meter_window_ms: 5_000, imbalance_premium: 50 * SCALE });
+    w.chain = chain_id(&w.genesis);
+    w
+}
+
+/// Validates and applies the entry built at `t` from `pool`.
+fn step(app: &mut ChainApp, t: u64, pool: Pool<'_>) -> Entry {
+    let mut rng = ChaCha20Rng::seed_from_u64(4);
+    let built = app.build(t, pool, &Default::default(), &mut rng).unwrap();
+    assert!(built.dropped.is_empty(), "{:?}", built.dropped);
+    app.validate(&built.entry, &built.updates, &Default::default(), &mut rng).unwrap();
+    app.apply(&built.entry, &built.updates).unwrap();
+    built.entry
+}
+
+/// The market scheduled to its final entry, every device updating every iteration.
+fn final_market(w: &mut World) -> ChainApp {
+    let mut app = validator(w);
+    for k in 1..=w.genesis.market.max_iterations {
+        if app.next_due().map(|d| d.1.step) == Some(Step::Final) {
+            break;
+        }
+        let updates: Vec<_> = (0..3).map(|i| update(w, i, k, k)).collect();
+        let t = app.market(7).unwrap().deadline(k);
+        step(&mut app, t, Pool { updates: &updates, ..Default::default() });
+    }
+    let t = app.next_due().unwrap().0;
+    assert!(matches!(step(&mut app, t, Pool::default()).body, Body::Final(_)));
+    app
+}
+
+fn reading(w: &World, i: usize, slot: u32, energy: i64) -> SignedReading {
+    let d = &w.devices[i];
+    SignedReading::new(&d.key, &w.chain, Reading { market_id: 7, device: d.id(), slot, energy })
+}
+
+#[test]
+fn readings_settle_at_the_meter_deadline_and_the_ledger_books_every_bill() {
+    let mut w = settling_world();
+    let mut app = final_market(&mut w);
+    let m = app.market(7).unwrap();
+    assert!(m.is_final() && !m.is_over() && !app.is_idle(), "a settling market is not over at its final entry");
+    let (_, exec_end) = protocol::market::execution_span(&w.genesis.market);
+    let deadline = m.meter_deadline().unwrap();
+    assert_eq!(deadline, exec_end + 5_000);
+    assert_eq!(app.next_due().map(|d| (d.0, d.1.step)), Some((deadline, Step::Settlement)));
+    let settling = m.settling().unwrap().clone();
+    let x = |i: usize| settling.schedules[&w.devices[i].id()].clone();
+    let prices = settling.prices.clone();
+
+    // Device 0 follows its schedule; device 1 draws 500 W more in slot 0; device 2 sends
+    // nothing (settled by the default).
+    let mut readings: Vec<SignedReading> = (0..T as u32).map(|t| reading(&w, 0, t, x(0)[t as usize] as i64)).collect();
+    readings.extend((0..T as u32).map(|t| reading(&w, 1, t, x(1)[t as usize] as i64 + if t == 0 { 500 } else { 0 })));
+    for list in [&readings[..T], &readings[T..]] {
+        app.admit_readings(exec_end, list).unwrap();
+    }
+    let e = step(&mut app, exec_end, Pool { readings: &readings, ..Default::default() });
+    let Body::Meter(batch) = &e.body else { panic!("a meter entry: {:?}", e.body) };
+    assert_eq!(batch.readings.len(), 2 * T);
+    assert_eq!(app.market(7).unwrap().settling().unwrap().readings.len(), 2 * T);
+    // The same readings again are duplicates; nothing more to build before the deadline.
+    assert_eq!(app.admit_readings(exec_end + 1, &readings[..1]).unwrap_err().label(), "duplicate");
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    assert_eq!(app.build(exec_end + 1, Pool { readings: &readings, ..Default::default() }, &Default::default(), &mut rng).unwrap_err().label(), "not_due");
+
+    // At the deadline: the settlement entry.
+    let e = step(&mut app, deadline, Pool::default());
+    let Body::Settlement(s) = &e.body else { panic!("a settlement entry: {:?}", e.body) };
+    let slot_s = w.genesis.market.slot_seconds;
+    let follower: i64 = (0..T).map(|t| amount(prices[t], x(0)[t] as i64, slot_s).unwrap()).sum();
+    let bill = |i: usize| *s.bills.iter().find(|b| b.device == w.devices[i].id()).unwrap();
+    assert_eq!((bill(0).energy, bill(0).imbalance, bill(0).metered_slots), (follower, 0, T as u32), "the follower pays exactly Σ λ·x·Δ");
+    let q = prices[0].abs() + 50 * SCALE;
+    assert_eq!(bill(1).imbalance, amount(q, 500, slot_s).unwrap(), "500 W over one slot at |λ| + premium");
+    assert_eq!(bill(2).metered_slots, 0);
+    assert_eq!(s.bills.len(), 3);
+    let t = s.totals;
+    assert_eq!(t.consumers_pay, t.producers_receive + t.imbalance_revenue + t.network_revenue);
+    let m = app.market(7).unwrap();
+    assert!(m.is_over() && m.is_settled() && app.is_idle());
+    for i in 0..3 {
+        let a = &app.accounts()[&w.devices[i].id()];
+        assert_eq!(a.balance, bill(i).total());
+        assert_eq!(a.bills, vec![(7, bill(i))]);
+    }
+    // Nothing is taken after the settlement.
+    assert_eq!(app.check_reading(&reading(&w, 2, 0, 0), deadline - 1).unwrap_err().label(), "not_settling");
+}
+
+#[test]
+fn bad_readings_are_refused_with_typed_reasons_and_an_altered_bill_is_not_accepted() {
+    let mut w = settling_world();
+    let before_final = validator(&w);
+    let r0 = reading(&w, 0, 0, 100);
+    let (_, exec_end) = protocol::market::execution_span(&w.genesis.market);
+    assert_eq!(before_final.check_reading(&r0, exec_end).unwrap_err().label(), "not_settling", "no readings before the final entry");
+    let app = final_market(&mut w);
+    let deadline = app.market(7).unwrap().meter_deadline().unwrap();
+    let label = |r: &SignedReading, at: u64| app.check_reading(r, at).unwrap_err().label();
+    // Signed by another key.
+    let mut forged = r0;
+    forged.signature = SignedReading::new(&w.devices[1].key, &w.chain, r0.body).signature;
+    assert_eq!(label(&forged, exec_end), "bad_signature");
+    // An unknown market; a device not in the market.
+    let other = SignedReading::new(&w.devices[0].key, &w.chain, Reading { market_id: 99, ..r0.body });
+    assert_eq!(label(&other, exec_end), "unknown_market");
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[77; 32]);
+    let unknown = SignedReading::new(&stranger, &w.chain, Reading { device: DeviceId(stranger.verifying_key().to_bytes()), ..r0.body });
+    assert_eq!(label(&unknown, exec_end), "unknown_device");
+    // A slot beyond T; a slot not over yet; after the deadline.
+    assert_eq!(label(&reading(&w, 0, T as u32, 100), exec_end), "slot_out_of_range");
+    let slot0_end = protocol::settlement::slot_end_ms(&w.genesis.market, 0);
+    assert_eq!(label(&r0, slot0_end - 1), "slot_not_executed");
+    assert!(app.check_reading(&r0, slot0_end).is_ok());
+    assert_eq!(label(&r0, deadline), "late");
+    // Beyond the attested nameplate (the battery's rated export, the EV's rated import).
+    let limits = app.market(7).unwrap().enrolled()[&w.devices[0].id()].limits;
+    assert_eq!(label(&reading(&w, 0, 0, limits.import_w as i64 + 1), exec_end), "implausible_reading");
+    let battery = app.market(7).unwrap().enrolled()[&w.devices[1].id()].limits;
+    assert_eq!(label(&reading(&w, 1, 0, -(battery.export_w as i64) - 1), exec_end), "implausible_reading");
+    assert!(app.check_reading(&reading(&w, 1, 0, -(battery.export_w as i64)), exec_end).is_ok());
+    // A request mixing devices, or slots out of order.
+    assert_eq!(app.admit_readings(exec_end, &[r0, reading(&w, 1, 1, 0)]).unwrap_err().label(), "meter_batch");
+    assert_eq!(app.admit_readings(exec_end, &[reading(&w, 0, 1, 0), r0]).unwrap_err().label(), "meter_batch");
+
+    // A meter entry repeating a reading, and one of another market's reading, are refused.
+    let mut rng = ChaCha20Rng::seed_from_u64(6);
+    let tip = app.tip();
+    let meter = |readings: Vec<SignedReading>| Entry {
+        chain_id: w.chain,
+        height: tip.height + 1,
+        prev_hash: tip.hash,
+        state_root: app.state_root().unwrap(),
+        timestamp_ms: exec_end,
+        body: Body::Meter(protocol::settlement::MeterBatch { market_id: 7, readings }),
+    };
+    assert_eq!(app.validate(&meter(vec![r0, r0]), &[], &Default::default(), &mut rng).unwrap_err().label(), "meter_batch");
+    assert_eq!(app.validate(&meter(vec![forged]), &[], &Default::default(), &mut rng).unwrap_err().label(), "bad_signature");
+    assert!(app.validate(&meter(vec![r0]), &[], &Default::default(), &mut rng).is_ok());
+
+    // At the deadline a proposer that alters one bill (or the totals to match) is refused.
+    let mut honest = app.clone();
+    let built = honest.build(deadline, Pool::default(), &Default::default(), &mut rng).unwrap();
+    let Body::Settlement(s) = &built.entry.body else { panic!() };
+    let mut altered = s.clone();
+    altered.bills[0].energy -= 1;
+    altered.totals.network_revenue -= 1;
+    altered.totals.consumers_pay -= 1;
+    let bad = Entry { body: Body::Settlement(altered), ..built.entry.clone() };
+    assert_eq!(honest.validate(&bad, &[], &Default::default(), &mut rng).unwrap_err().label(), "wrong_aggregates");
+    honest.validate(&built.entry, &[], &Default::default(), &mut rng).unwrap();
+
+    // The settling state (readings included) survives a snapshot: the restored validator
+    // builds the same settlement.
+    let mut with_reading = app.clone();
+    let e = {
+        let built = with_reading.build(exec_end, Pool { readings: &[r0], ..Default::default() }, &Default::default(), &mut rng).unwrap();
+        with_reading.apply(&built.entry, &[]).unwrap();
+        built.entry
+    };
+    assert!(matches!(e.body, Body::Meter(_)));
+    let snap = with_reading.snapshot();
+    let restored = ChainApp::from_snapshot(&genesis_entry(&w), w.keys.clone(), &snap).unwrap();
+    assert_eq!(restored.snapshot(), snap);
+    assert_eq!(restored.market(7).unwrap().settlement_body().unwrap(), with_reading.market(7).unwrap().settlement_body().unwrap());
+    honest.apply(&built.entry, &[]).unwrap();
+    assert!(honest.is_idle());
+}
