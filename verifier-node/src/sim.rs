@@ -92,6 +92,9 @@ pub struct Devices {
     pub updates: BTreeMap<(u64, u32), Vec<SignedUpdate>>,
     /// Market openings and when the operator sends them (ms).
     pub opens: Vec<(u64, SignedMarketOpen)>,
+    /// Meter readings (one device's each) and when its gateway sends them to every
+    /// validator (ms).
+    pub readings: Vec<(u64, Vec<protocol::settlement::SignedReading>)>,
 }
 
 impl Devices {
@@ -111,6 +114,7 @@ enum Event {
     Update { to: u16, market: u64, k: u32, i: usize },
     Enroll { to: u16, i: usize },
     Open(usize),
+    Meter(usize),
     Crash(u16),
     Restart(u16),
 }
@@ -180,6 +184,10 @@ impl Sim {
         for i in 0..sim.devices.opens.len() {
             let at = sim.devices.opens[i].0;
             sim.push(at, Event::Open(i));
+        }
+        for i in 0..sim.devices.readings.len() {
+            let at = sim.devices.readings[i].0;
+            sim.push(at, Event::Meter(i));
         }
         let first = sim.markets[0];
         let enrollments = sim.devices.enrollments.clone();
@@ -313,6 +321,13 @@ impl Sim {
                     let _ = node.on_open(now, o.clone());
                 }
             }
+            Event::Meter(i) => {
+                let list = self.devices.readings[i].1.clone();
+                let now = self.now;
+                for node in self.nodes.iter_mut().flatten() {
+                    let _ = node.on_readings(now, list.clone());
+                }
+            }
             Event::Crash(i) => {
                 if let Some(node) = self.nodes[i as usize].take() {
                     self.logs[i as usize] = Some(node.log().clone());
@@ -333,9 +348,10 @@ impl Sim {
         self.nodes.iter().enumerate().filter_map(|(i, n)| n.as_ref().map(|n| (i, n))).filter(|(i, _)| self.configs[*i].byzantine.is_none())
     }
 
-    /// Whether every live honest node applied the final entry of every market of the run.
+    /// Whether every live honest node applied the final entry of every market of the run (and,
+    /// for a market that settles, its settlement entry).
     pub fn all_final(&self) -> bool {
-        self.honest().all(|(_, n)| self.markets.iter().all(|&m| n.app().market(m).is_some_and(|m| m.is_final())))
+        self.honest().all(|(_, n)| self.markets.iter().all(|&m| n.app().market(m).is_some_and(|m| m.is_over())))
     }
 
     /// The live nodes.

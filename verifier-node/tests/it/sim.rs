@@ -4,7 +4,7 @@
 //! `SIM_SEED=<seed> cargo nextest run --workspace -E 'test(=sim::one_seed)'`.
 
 use crate::common::*;
-use protocol::entry::Entry;
+use protocol::entry::{Body, Entry};
 use verifier_node::consensus::node::Byzantine;
 use verifier_node::sim::{Devices, NetConfig, Sim};
 
@@ -15,12 +15,16 @@ fn run_seed(w: &World, genesis: &Entry, devices: &Devices, seed: u64, byzantine:
 }
 
 fn run_net(w: &World, genesis: &Entry, devices: &Devices, seed: u64, byzantine: Vec<Option<Byzantine>>, net: NetConfig) -> Result<Sim, String> {
+    run_until(w, genesis, devices, seed, byzantine, net, HORIZON_MS)
+}
+
+fn run_until(w: &World, genesis: &Entry, devices: &Devices, seed: u64, byzantine: Vec<Option<Byzantine>>, net: NetConfig, horizon_ms: u64) -> Result<Sim, String> {
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
     let mut sim = Sim::new(seed, genesis.clone(), w.keys.clone(), w.validators.clone(), byzantine, net.clone(), devices.clone());
-    sim.run(HORIZON_MS);
+    sim.run(horizon_ms);
     sim.check().map_err(|e| format!("seed {seed} ({net:?}): {e}"))?;
     if !sim.all_final() {
-        return Err(format!("seed {seed} ({net:?}): not final by {HORIZON_MS} ms; tips {:?}", sim.tips()));
+        return Err(format!("seed {seed} ({net:?}): not final by {horizon_ms} ms; tips {:?}", sim.tips()));
     }
     Ok(sim)
 }
@@ -128,6 +132,51 @@ fn byzantine_proposers_never_get_bad_entries_committed() {
             // Every proposal of the Byzantine node was refused by someone.
             let refused: u64 = honest.iter().map(|n| n.stats().invalid_payloads).sum();
             assert!(refused > 0, "{b:?}: no honest node saw an invalid proposal");
+        }
+    }
+}
+
+/// A market that settles: after its execution every device's gateway sends readings that
+/// follow the schedule (device 1 draws 400 W more in slot 2); every honest node commits the
+/// same settlement at the meter deadline, and with a Byzantine proposer that adds 1,000 µ€ to
+/// the first bill it proposes, the committed bills are still the rule's (the follower pays
+/// exactly Σ λ·x·Δ).
+#[test]
+fn a_settling_market_settles_alike_on_every_node_and_an_altered_bill_is_never_committed() {
+    use protocol::settlement::{amount, Reading, SettlementSpec, SignedReading};
+    let (w, genesis, mut devices) = sim_world_with(3, |m| {
+        m.execution_start_ms = 20_000;
+        m.settlement = Some(SettlementSpec { meter_window_ms: 10_000, imbalance_premium: 50 * circuits::fixed::SCALE });
+    });
+    let end = protocol::market::execution_span(&w.genesis.market).1;
+    for (i, d) in w.devices.iter().enumerate() {
+        let x = circuits::sample::schedule(d.opening.params.kind(), slots(), i as u16);
+        let list = (0..T as u32)
+            .map(|t| {
+                let extra = if i == 1 && t == 2 { 400 } else { 0 };
+                SignedReading::new(&d.key, &w.chain, Reading { market_id: 7, device: d.id(), slot: t, energy: x[t as usize] as i64 + extra })
+            })
+            .collect();
+        devices.readings.push((end + 100 + i as u64, list));
+    }
+    let net = NetConfig { drop: 0.0, gst_ms: 0, duplicate: 0.05, delay_ms: (1, 30), partitions: vec![], crashes: vec![] };
+    for byzantine in [None, Some(Byzantine::WrongAggregates)] {
+        let sim = run_until(&w, &genesis, &devices, 21, vec![None, None, byzantine, None], net.clone(), end + 60_000).unwrap();
+        for n in sim.nodes().filter(|n| byzantine.is_none() || n.index() != 2) {
+            let settlement = n.log().entries().iter().find_map(|c| if let Body::Settlement(s) = &c.entry.body { Some(s.clone()) } else { None }).expect("settled");
+            let Some(Body::Final(f)) = n.log().entries().iter().map(|c| &c.entry.body).find(|b| matches!(b, Body::Final(_))).cloned() else { panic!("final") };
+            let x0 = circuits::sample::schedule(w.devices[0].opening.params.kind(), slots(), 0);
+            let follower: i64 = (0..T).map(|t| amount(f.prices[t], x0[t] as i64, w.genesis.market.slot_seconds).unwrap()).sum();
+            let bill = |i: usize| *settlement.bills.iter().find(|b| b.device == w.devices[i].id()).unwrap();
+            assert_eq!((bill(0).energy, bill(0).imbalance, bill(0).metered_slots), (follower, 0, T as u32), "{byzantine:?}");
+            assert!(bill(1).imbalance > 0, "{byzantine:?}");
+            assert_eq!(n.app().accounts()[&w.devices[0].id()].balance, follower);
+            let meters = n.log().entries().iter().filter(|c| matches!(c.entry.body, Body::Meter(_))).count();
+            assert!(meters >= 1, "the readings are in the log");
+        }
+        if byzantine.is_some() {
+            let refused: u64 = sim.nodes().filter(|n| n.index() != 2).map(|n| n.stats().invalid_payloads).sum();
+            assert!(refused > 0, "no honest node saw the altered proposal");
         }
     }
 }

@@ -554,6 +554,11 @@ impl<L: Log> Node<L> {
             }
             (Some(Byzantine::WrongAggregates), Body::Iteration(b)) => b.u[0] = b.u[0].wrapping_add(1000),
             (Some(Byzantine::WrongAggregates), Body::Final(f)) => f.prices[0] = f.prices[0].wrapping_add(1000),
+            (Some(Byzantine::WrongAggregates), Body::Settlement(s)) => {
+                if let Some(b) = s.bills.first_mut() {
+                    b.energy = b.energy.wrapping_add(1000);
+                }
+            }
             (Some(Byzantine::Equivocate), _) => {
                 let mut twin = entry.clone();
                 twin.timestamp_ms += 1;

@@ -188,11 +188,17 @@ pub fn validator(w: &World) -> ChainApp {
 /// `max_iterations`; the genesis entry and the devices' enrollments and updates (every
 /// device in every iteration).
 pub fn sim_world(max_iterations: u32) -> (World, Entry, verifier_node::sim::Devices) {
+    sim_world_with(max_iterations, |_| {})
+}
+
+/// [`sim_world`] with the genesis market changed by `change` before anything is signed.
+pub fn sim_world_with(max_iterations: u32, change: impl FnOnce(&mut MarketSpec)) -> (World, Entry, verifier_node::sim::Devices) {
     let mut w = world();
     w.genesis.market.registration_close_ms = 6000;
     w.genesis.market.iteration_ms = 2000;
     w.genesis.market.max_iterations = max_iterations;
     w.genesis.market.execution_start_ms = 1_000_000;
+    change(&mut w.genesis.market);
     w.chain = chain_id(&w.genesis);
     let genesis = genesis_entry(&w);
     let mut devices = verifier_node::sim::Devices { enrollments: w.devices.iter().map(|d| enrollment(&w, d)).collect(), ..Default::default() };
