@@ -94,6 +94,13 @@ pub struct MarketState {
     /// The whole schedule was executed (or there was nothing to execute).
     #[serde(default)]
     pub executed: bool,
+    /// Each appliance's bill from the market's settlement entry (µ€), once settled.
+    #[serde(default)]
+    pub bills: BTreeMap<String, protocol::settlement::Bill>,
+    /// The settlement rule and slot length the bills were computed with: (imbalance premium
+    /// raw €/MWh, Δ in seconds), for `device bill`'s per-slot lines.
+    #[serde(default)]
+    pub settlement_rule: Option<(i64, u32)>,
 }
 
 impl MarketState {
@@ -554,6 +561,19 @@ impl Agent {
                 m.final_prices = Some(f.prices.clone());
                 m.converged = f.converged;
                 m.final_height = c.entry.height;
+                None
+            }
+            Body::Settlement(s) => {
+                for b in &s.bills {
+                    if let Some(name) = ids.get(&b.device) {
+                        m.bills.insert(name.clone(), *b);
+                    }
+                }
+                m.settlement_rule = g.settlement.as_ref().map(|r| (r.imbalance_premium, g.slot_seconds));
+                if !m.bills.is_empty() {
+                    let total: i64 = m.bills.values().map(protocol::settlement::Bill::total).sum();
+                    tracing::info!(market = id, appliances = m.bills.len(), total_eur = total as f64 / 1e6, "settled: bills committed");
+                }
                 None
             }
             _ => None,

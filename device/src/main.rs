@@ -107,6 +107,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Prints an appliance's bill in a settled market, per slot and in total (µ€ shown as €):
+    /// the energy billed at the slot's price, and the imbalance charge on what was metered off
+    /// schedule, as the market's settlement entry committed it.
+    Bill {
+        /// The gateway configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// The market id (default: the latest settled one).
+        #[arg(long)]
+        market: Option<u64>,
+        /// Only this appliance (default: every one with a bill).
+        #[arg(long)]
+        appliance: Option<String>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -123,6 +140,7 @@ fn main() -> ExitCode {
             simulate(&config, appliances, seed, Duration::from_secs(timeout_s), summary.as_deref(), &authority_key)
         }
         Command::Schedule { config, market, json } => schedule(&config, market, json),
+        Command::Bill { config, market, appliance, json } => bill(&config, market, appliance.as_deref(), json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -221,6 +239,66 @@ fn simulate(path: &Path, n: usize, seed: u64, within: Duration, summary: Option<
             "prices_eur_mwh": prices,
         });
         std::fs::write(out, serde_json::to_string_pretty(&v).expect("json")).map_err(|e| format!("{}: {e}", out.display()))?;
+    }
+    Ok(())
+}
+
+fn bill(path: &Path, market: Option<u64>, appliance: Option<&str>, json: bool) -> Result<(), String> {
+    let file = config::read_file(path).map_err(|e| e.to_string())?;
+    let all = device::state::load(&file.state_file).map_err(|e| e.to_string())?;
+    let settled = |m: &device::agent::MarketState| !m.bills.is_empty();
+    let found = match market {
+        Some(id) => all.markets.get(&id).filter(|m| settled(m)).map(|m| (id, m)),
+        None => all.markets.iter().rev().find(|(_, m)| settled(m)).map(|(id, m)| (*id, m)),
+    };
+    let Some((market_id, m)) = found else {
+        let which = market.map_or("any market".to_string(), |id| format!("market {id}"));
+        return Err(format!("no settled bill of {which} yet ({} is at height {})", file.state_file.display(), all.height));
+    };
+    let (premium, slot_seconds) = m.settlement_rule.ok_or("the state file holds bills without their settlement rule")?;
+    let prices = m.final_prices.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    for (name, b) in m.bills.iter().filter(|(n, _)| appliance.is_none_or(|a| a == n.as_str())) {
+        let x = m.schedules.get(name).cloned().unwrap_or_else(|| vec![0; prices.len()]);
+        let lines: Vec<protocol::settlement::SlotBill> = x
+            .iter()
+            .zip(&prices)
+            .map(|(&x, &p)| protocol::settlement::slot_bill(x, None, p, premium, slot_seconds).ok_or("an amount overflows"))
+            .collect::<Result<_, _>>()?;
+        out.push((name.clone(), *b, x, lines));
+    }
+    if out.is_empty() {
+        return Err(format!("market {market_id} has no bill for appliance {}", appliance.unwrap_or("?")));
+    }
+    let eur = |micro: i64| micro as f64 / 1e6;
+    if json {
+        let v: Vec<serde_json::Value> = out
+            .iter()
+            .map(|(name, b, x, lines)| {
+                serde_json::json!({
+                    "appliance": name, "market_id": market_id, "bill_micro_eur": b, "total_eur": eur(b.total()),
+                    "slots": lines.iter().enumerate().map(|(t, l)| serde_json::json!({
+                        "slot": t, "scheduled_w": x[t], "price_eur_mwh": circuits::fixed::Fixed(prices[t]).to_f64(), "line_micro_eur": l,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    for (name, b, x, lines) in &out {
+        println!("market {market_id}, appliance {name}: {} of {} slots metered", b.metered_slots, x.len());
+        println!("{:>5} {:>10} {:>10} {:>12} {:>12}", "slot", "W", "€/MWh", "energy €", "imbalance €");
+        for (t, l) in lines.iter().enumerate() {
+            println!("{t:>5} {:>10} {:>10.2} {:>12.6} {:>12.6}", x[t], circuits::fixed::Fixed(prices[t]).to_f64(), eur(l.energy), eur(l.imbalance));
+        }
+        println!("total: energy {:.6} €, imbalance {:.6} €, owed {:.6} € (negative: credited)", eur(b.energy), eur(b.imbalance), eur(b.total()));
+        if b.metered_slots == 0 {
+            let energy: i64 = lines.iter().map(|l| l.energy).sum();
+            if energy != b.energy {
+                println!("note: the committed energy amount differs from the unmetered lines above");
+            }
+        }
     }
     Ok(())
 }

@@ -116,7 +116,7 @@ pub struct MeterBatch {
 }
 
 /// One device's bill in a market (µ€; positive = the device pays).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, BorshSerialize, BorshDeserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, BorshSerialize, BorshDeserialize, serde::Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Bill {
     /// The device.
@@ -198,6 +198,33 @@ pub fn amount(price: i64, energy: i64, slot_seconds: u32) -> Option<i64> {
     i64::try_from(q).ok()
 }
 
+/// One slot of a device's bill (µ€).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SlotBill {
+    /// The energy billed at λ (W·slot): consumption as scheduled, production only as
+    /// delivered up to the schedule.
+    pub billed_w: i64,
+    /// The metered energy the slot settled on (a missing reading: max(x, 0)).
+    pub metered_w: i64,
+    /// The energy amount.
+    pub energy: i64,
+    /// The imbalance charge.
+    pub imbalance: i64,
+}
+
+/// The rule of one slot (module doc): scheduled `x` W·slot, the reading if any, price λ and
+/// imbalance premium (raw €/MWh), Δ. `None` on an overflow. [`settle`] sums these; a gateway
+/// prints them (`device bill`).
+pub fn slot_bill(x: i32, metered: Option<i64>, price: i64, premium: i64, slot_seconds: u32) -> Option<SlotBill> {
+    let s = x as i64;
+    let m = metered.unwrap_or(s.max(0));
+    let delivered = (-m).max(0);
+    let billed_w = s.max(0) - (-s).max(0).min(delivered);
+    let q = price.checked_abs()?.checked_add(premium)?;
+    let deviation = m.checked_sub(s)?.checked_abs()?;
+    Some(SlotBill { billed_w, metered_w: m, energy: amount(price, billed_w, slot_seconds)?, imbalance: amount(q, deviation, slot_seconds)? })
+}
+
 /// The inputs of one market's settlement.
 #[derive(Debug, Clone, Copy)]
 pub struct Market<'a> {
@@ -225,18 +252,11 @@ pub fn settle(market_id: u64, m: Market<'_>) -> Result<SettlementBody, Settlemen
         let mut bill = Bill { device, energy: 0, imbalance: 0, metered_slots: 0 };
         for (slot, (&s, &price)) in x.iter().zip(m.prices).enumerate() {
             let overflow = || SettlementError::Overflow { device, slot };
-            let s = s as i64;
             let metered = m.readings.get(&(device, slot as u32)).copied();
             bill.metered_slots += metered.is_some() as u32;
-            let m_ = metered.unwrap_or(s.max(0));
-            let delivered = (-m_).max(0);
-            let billed = s.max(0) - (-s).max(0).min(delivered);
-            let q = price.checked_abs().and_then(|p| p.checked_add(m.rule.imbalance_premium)).ok_or_else(overflow)?;
-            let deviation = m_.checked_sub(s).and_then(i64::checked_abs).ok_or_else(overflow)?;
-            let e = amount(price, billed, m.slot_seconds).ok_or_else(overflow)?;
-            let i = amount(q, deviation, m.slot_seconds).ok_or_else(overflow)?;
-            bill.energy = bill.energy.checked_add(e).ok_or_else(overflow)?;
-            bill.imbalance = bill.imbalance.checked_add(i).ok_or_else(overflow)?;
+            let line = slot_bill(s, metered, price, m.rule.imbalance_premium, m.slot_seconds).ok_or_else(overflow)?;
+            bill.energy = bill.energy.checked_add(line.energy).ok_or_else(overflow)?;
+            bill.imbalance = bill.imbalance.checked_add(line.imbalance).ok_or_else(overflow)?;
         }
         let overflow = || SettlementError::Overflow { device, slot: t };
         let total = bill.energy.checked_add(bill.imbalance).ok_or_else(overflow)?;

@@ -186,3 +186,68 @@ fn bad_readings_are_refused_with_typed_reasons_and_an_altered_bill_is_not_accept
     honest.apply(&built.entry, &[]).unwrap();
     assert!(honest.is_idle());
 }
+
+/// Real processes: 4 validators run a market that settles (`init --meter-window-s`); after
+/// its execution the devices' gateways submit signed readings over QUIC (one follows its
+/// schedule, one draws 300 W less in one slot, one sends none), a reading for a slot beyond T
+/// is refused with its label; every validator commits the same settlement at the meter
+/// deadline, `/accounts/{device}` shows the follower's balance as exactly Σ λ·x·Δ, and the
+/// audit passes on every database (it recomputes the bills).
+#[test]
+fn four_validators_settle_a_market_from_readings_submitted_over_quic() {
+    use crate::cluster::*;
+    use protocol::messages::{DeviceRequest, DeviceResponse};
+    use protocol::net::ValidatorClient;
+    use std::time::Duration;
+
+    let c = Cluster::init_with("settle", 4, 9, 4, 1500, 3, &["--slot-seconds", "1", "--execution-delay-s", "0", "--meter-window-s", "4"]);
+    c.start_all();
+    let devices: Vec<Device> = (0..3).map(Device::new).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let seen = rt.block_on(run_devices(&c, &devices, 0, Duration::from_secs(60)));
+    let Some(Body::Final(f)) = seen.last().map(|c| c.entry.body.clone()) else { panic!("no final entry") };
+    let Body::Genesis(g) = &c.genesis.body else { unreachable!() };
+    assert!(g.market.settlement.is_some(), "init wrote the settlement rule");
+    let (_, end) = protocol::market::execution_span(&g.market);
+    let slots = circuits::Slots::new(T).unwrap();
+    let x = |d: &Device| circuits::sample::schedule(circuits::ModelKind::Deferrable, slots, d.variant);
+    let busiest = (0..T).max_by_key(|&t| x(&devices[1])[t]).unwrap();
+    let refused = rt.block_on(async {
+        std::thread::sleep(Duration::from_millis(end.saturating_sub(protocol::net::now_ms()) + 100));
+        let endpoint = protocol::net::client_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut refused = vec![];
+        for (i, d) in devices.iter().enumerate().take(2) {
+            let energy = |t: usize| x(d)[t] as i64 - if i == 1 && t == busiest { 300.min(x(d)[t] as i64) } else { 0 };
+            let list: Vec<SignedReading> =
+                (0..T).map(|t| SignedReading::new(&d.key, &c.chain(), Reading { market_id: g.market.market_id, device: d.id(), slot: t as u32, energy: energy(t) })).collect();
+            let beyond = SignedReading::new(&d.key, &c.chain(), Reading { market_id: g.market.market_id, device: d.id(), slot: T as u32, energy: 0 });
+            for v in 0..c.n {
+                let client = ValidatorClient::connect(&endpoint, c.quic(v), c.validator_key(v), &d.key).await.unwrap();
+                let r = client.submit(&DeviceRequest::Meter(list.clone())).await.unwrap();
+                assert_eq!(r, DeviceResponse::Accepted, "validator {v}");
+                if let DeviceResponse::Rejected { label, .. } = client.submit(&DeviceRequest::Meter(vec![beyond])).await.unwrap() {
+                    refused.push(label);
+                }
+            }
+        }
+        refused
+    });
+    assert_eq!(refused, vec!["slot_out_of_range"; 8]);
+    c.wait_final(Duration::from_secs(30));
+    let follower: i64 = (0..T).map(|t| amount(f.prices[t], x(&devices[0])[t] as i64, g.market.slot_seconds).unwrap()).sum();
+    for v in 0..c.n {
+        let a: serde_json::Value = serde_json::from_str(&c.get(v, &format!("/accounts/{}", protocol::ids::hex(&devices[0].id().0))).unwrap()).unwrap();
+        assert_eq!(a["balance_micro_eur"].as_i64(), Some(follower), "validator {v}: {a}");
+        assert_eq!(a["bills"][0]["metered_slots"].as_u64(), Some(T as u64), "{a}");
+        let b: serde_json::Value = serde_json::from_str(&c.get(v, &format!("/accounts/{}", protocol::ids::hex(&devices[1].id().0))).unwrap()).unwrap();
+        assert!(b["bills"][0]["imbalance_micro_eur"].as_i64().unwrap() > 0, "{b}");
+        let m: serde_json::Value = serde_json::from_str(&c.get(v, "/markets").unwrap()).unwrap();
+        assert!(m["markets"][0]["settlement"]["consumers_pay"].as_i64().is_some(), "{m}");
+    }
+    c.stop_all();
+    c.assert_identical_logs();
+    for i in 0..c.n {
+        let (ok, out) = c.audit(i);
+        assert!(ok, "audit of validator {i}: {out}");
+    }
+}
