@@ -319,7 +319,7 @@ fn a_fixed_scenario_gives_a_pinned_final_entry() {
     let hex: String = a.hash().iter().map(|b| format!("{b:02x}")).collect();
     // Pinned: any change to the ADMM maths, the local step, rounding, the scenario or the
     // encoding changes this hash. Update it only together with a note on what changed.
-    // Last change: entries gained `state_root` (32 bytes after `prev_hash`, zero here); the
-    // ADMM maths and rounding are unchanged.
-    assert_eq!(hex, "9e6ac9e163343403d0cbdaa1da19c8e8e9981a3fa80e68a8a79f2bf4e4284da2");
+    // Last change: a market spec gained `settlement` (a new chain id); before it, entries
+    // gained `state_root`. The ADMM maths and rounding are unchanged.
+    assert_eq!(hex, "ffc3cbc76cc22288a0c75234efb18607a4888622c3913a6b68dd9790a93ee331");
 }

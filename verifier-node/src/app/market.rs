@@ -78,6 +78,9 @@ pub struct Market {
     /// From the final entry to the settlement entry, for a market that settles (none if its
     /// engine was pruned: the log's settlement entry then applies as written).
     settling: Option<Settling>,
+    /// A final market restored from a snapshot (which holds no engine of a final market):
+    /// its iterations and whether the last met the stopping rule.
+    outcome: Option<(u32, bool)>,
     /// Its settlement entry is applied.
     settled: bool,
 }
@@ -101,6 +104,7 @@ impl Market {
             finalized: false,
             settling: None,
             settled: false,
+            outcome: None,
         }
     }
 
@@ -132,7 +136,7 @@ impl Market {
 
     /// ADMM iterations decided (also for a pruned market, from its entries).
     pub fn iterations(&self) -> u32 {
-        match (&self.admm, self.pruned) {
+        match (&self.admm, self.pruned.or(self.outcome)) {
             (Some(a), _) => a.iteration(),
             (None, Some((k, _))) => k,
             (None, None) => 0,
@@ -358,7 +362,7 @@ impl Market {
             _ if self.finalized => Progress::Final {
                 final_height: self.final_height.unwrap_or_default(),
                 iterations: self.iterations(),
-                converged: self.pruned.map_or(self.converged, |(_, c)| c),
+                converged: self.pruned.or(self.outcome).map_or(self.converged, |(_, c)| c),
             },
             (_, Some((iteration, converged))) => Progress::Pruned { iteration, converged },
             (Some(a), None) => Progress::Scheduling(EngineSnapshot {
@@ -405,8 +409,8 @@ impl Market {
     }
 
     /// The market a snapshot holds (the snapshot checked by `ChainSnapshot::check`). A final
-    /// market comes back without engine, like pruned history: it answers its outcome, and
-    /// the bodies of its entries are not held here.
+    /// market comes back without engine: it answers its outcome (and, while it settles, what
+    /// settles it).
     pub fn from_snapshot(m: &MarketSnapshot) -> Result<Market, Reject> {
         let mut market = Market::new(m.spec.clone(), m.opened_ms, m.opened_height);
         let bad = |what: String| Reject::Snapshot(format!("market {}: {what}", m.spec.market_id));
@@ -433,7 +437,7 @@ impl Market {
             Progress::Final { final_height, iterations, converged } => {
                 market.finalized = true;
                 market.final_height = Some(*final_height);
-                market.pruned = Some((*iterations, *converged));
+                market.outcome = Some((*iterations, *converged));
                 market.converged = *converged;
             }
             Progress::Pruned { iteration, converged } => market.pruned = Some((*iteration, *converged)),

@@ -209,11 +209,12 @@ impl ChainApp {
 
     /// The state root at the tip: what the next entry must carry
     /// (`protocol::snapshot::state_root` of the encoded [`Self::snapshot`]). `None` while a
-    /// market followed from pruned history has no final entry yet: without its engine the
+    /// market followed from pruned history is not over yet (its final or settlement entry
+    /// still to come): without its engine the
     /// state is not the one validators hashed (only a node that syncs or replays a stalled
     /// market's pruned entries passes through this; docs/protocol.md §6.10).
     pub fn state_root(&self) -> Option<Hash> {
-        if self.markets.values().any(|m| m.is_pruned() && !m.is_final()) {
+        if self.markets.values().any(|m| m.is_pruned() && !m.is_over()) {
             return None;
         }
         Some(*self.root.get_or_init(|| protocol::snapshot::state_root(&protocol::codec::encode(&self.snapshot()))))
