@@ -218,7 +218,7 @@ pub struct SlotBill {
 pub fn slot_bill(x: i32, metered: Option<i64>, price: i64, premium: i64, slot_seconds: u32) -> Option<SlotBill> {
     let s = x as i64;
     let m = metered.unwrap_or(s.max(0));
-    let delivered = (-m).max(0);
+    let delivered = m.checked_neg()?.max(0);
     let billed_w = s.max(0) - (-s).max(0).min(delivered);
     let q = price.checked_abs()?.checked_add(premium)?;
     let deviation = m.checked_sub(s)?.checked_abs()?;

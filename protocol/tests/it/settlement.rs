@@ -108,3 +108,11 @@ fn an_amount_is_price_times_energy_times_duration_in_micro_euro() {
     assert_eq!(amount(3 * SCALE / 2, 1, 3600), Some(2));
     assert_eq!(amount(i64::MAX, i64::MAX, 3600), None);
 }
+
+#[test]
+fn extreme_readings_are_an_overflow_not_a_panic() {
+    use protocol::settlement::slot_bill;
+    assert_eq!(slot_bill(-5, Some(i64::MIN), SCALE, 0, 900), None);
+    assert_eq!(slot_bill(5, Some(i64::MAX), i64::MAX, 0, 900), None);
+    assert!(slot_bill(i32::MIN, Some(i32::MAX as i64), 3000 * SCALE, 200 * SCALE, 3600).is_some());
+}
