@@ -463,7 +463,7 @@ impl Agent {
             // Validators prune a market's bodies only after it executed: a pruned entry of a
             // market this gateway could still act on is withheld data (ask another validator).
             let id = c.entry.body.market_id().unwrap_or_default();
-            if !self.known.get(&id).is_some_and(|k| protocol::market::executed(&k.spec, now_ms)) {
+            if !self.known.get(&id).is_some_and(|k| protocol::market::over_by_clock(&k.spec, now_ms)) {
                 let reason = format!("iteration entry of market {id} served without its bodies before the market executed");
                 return Err(refused(LogError::Bodies { height: c.entry.height, reason }));
             }

@@ -111,11 +111,17 @@ pub fn execution_span(m: &MarketSpec) -> (u64, u64) {
     (m.execution_start_ms, m.execution_start_ms.saturating_add(m.slots as u64 * m.slot_seconds as u64 * 1000))
 }
 
-/// Whether market `m`'s execution is over at `now_ms`: from then on a validator may prune its
-/// update bodies, so a receiver accepts its iteration entries without bodies (docs/protocol.md
-/// §6.9); before, bodies missing are withheld.
-pub fn executed(m: &MarketSpec, now_ms: u64) -> bool {
-    execution_span(m).1 <= now_ms
+/// When market `m` is over by its own clock: its execution end, or, if it settles, its meter
+/// deadline (docs/protocol.md §9). No honest validator prunes its update bodies earlier.
+pub fn over_ms(m: &MarketSpec) -> u64 {
+    crate::settlement::meter_deadline(m).unwrap_or(execution_span(m).1)
+}
+
+/// Whether market `m` is over by its clock at `now_ms` ([`over_ms`]): from then on a validator
+/// may prune its update bodies, so a receiver accepts its iteration entries without bodies
+/// (docs/protocol.md §6.9); before, bodies missing are withheld.
+pub fn over_by_clock(m: &MarketSpec, now_ms: u64) -> bool {
+    over_ms(m) <= now_ms
 }
 
 /// Why a market opening is refused. Each has a metrics label ([`Self::label`]).

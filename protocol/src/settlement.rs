@@ -15,8 +15,10 @@
 //!     delivered, up to what it was scheduled for (escrow until delivery);
 //!   - imbalance: |m − s| at the imbalance price q_t = |λ_t| + premium;
 //! - an amount is `amount(price, energy, Δ)` = price · energy · Δ / (2^20 · 3600) µ€, rounded
-//!   half to even once per device and slot (price raw €/MWh at scale 2^20, energy in W·slot,
-//!   Δ in seconds: 1 €/MWh · 1 W · 3600 s = 1 µ€);
+//!   half to even (price raw €/MWh at scale 2^20, energy in W·slot, Δ in seconds: 1 €/MWh ·
+//!   1 W · 3600 s = 1 µ€): the energy and the imbalance amount of each device and slot are
+//!   each rounded once; bills saturate at the i64 bounds and totals are summed in i128, so a
+//!   settlement can always be built;
 //! - the market's totals satisfy, exactly, consumers pay = producers receive + imbalance
 //!   revenue + network revenue (Σ of the positive totals, Σ of the negative ones, Σ of the
 //!   imbalance charges, Σ of the energy amounts). [`settle`] checks it before it returns.
@@ -131,24 +133,25 @@ pub struct Bill {
 }
 
 impl Bill {
-    /// What the device owes (negative: what it receives).
+    /// What the device owes (negative: what it receives), saturating.
     pub fn total(&self) -> i64 {
-        self.energy + self.imbalance
+        self.energy.saturating_add(self.imbalance)
     }
 }
 
-/// The market's totals (µ€): consumers pay = producers receive + imbalance + network revenue.
+/// The market's totals (µ€, in i128 so that no market's sum can overflow): consumers pay =
+/// producers receive + imbalance + network revenue.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize, serde::Serialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Totals {
     /// Σ of the positive bill totals.
-    pub consumers_pay: i64,
+    pub consumers_pay: i128,
     /// Σ of the negative bill totals, negated.
-    pub producers_receive: i64,
+    pub producers_receive: i128,
     /// Σ of the imbalance charges.
-    pub imbalance_revenue: i64,
+    pub imbalance_revenue: i128,
     /// Σ of the energy amounts: what the grid keeps of the energy traded.
-    pub network_revenue: i64,
+    pub network_revenue: i128,
 }
 
 /// A `Settlement` entry's body: every enrolled device's bill, ascending by device, and the
@@ -164,17 +167,11 @@ pub struct SettlementBody {
     pub totals: Totals,
 }
 
-/// Why a market cannot be settled as given.
+/// Why a market cannot be settled as given (never for state a validator holds: schedules and
+/// prices are T long by construction, and amounts saturate instead of failing, so a
+/// settlement is always buildable).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum SettlementError {
-    /// An amount or a sum left i64.
-    #[error("settlement overflow at device {device}, slot {slot}")]
-    Overflow {
-        /// The device.
-        device: DeviceId,
-        /// The slot.
-        slot: usize,
-    },
     /// Prices or a schedule of another length than T.
     #[error("{what} has {got} slots, the market has {t}")]
     Length {
@@ -198,6 +195,21 @@ pub fn amount(price: i64, energy: i64, slot_seconds: u32) -> Option<i64> {
     i64::try_from(q).ok()
 }
 
+/// [`amount`] of an i128 price, saturating at the i64 bounds instead of failing (what bills
+/// use, so that a market with absurd prices or nameplates still settles, deterministically).
+fn amount_saturating(price: i128, energy: i128, slot_seconds: u32) -> i64 {
+    let sign = price.signum() * energy.signum();
+    let q = price
+        .checked_mul(energy)
+        .and_then(|n| n.checked_mul(slot_seconds as i128))
+        .and_then(|n| div_round_half_even(n, SCALE as i128 * 3600).ok());
+    match q {
+        Some(q) => q.clamp(i64::MIN as i128, i64::MAX as i128) as i64,
+        None if sign < 0 => i64::MIN,
+        None => i64::MAX,
+    }
+}
+
 /// One slot of a device's bill (µ€).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct SlotBill {
@@ -213,16 +225,22 @@ pub struct SlotBill {
 }
 
 /// The rule of one slot (module doc): scheduled `x` W·slot, the reading if any, price λ and
-/// imbalance premium (raw €/MWh), Δ. `None` on an overflow. [`settle`] sums these; a gateway
-/// prints them (`device bill`).
-pub fn slot_bill(x: i32, metered: Option<i64>, price: i64, premium: i64, slot_seconds: u32) -> Option<SlotBill> {
+/// imbalance premium (raw €/MWh), Δ; amounts saturate at the i64 bounds. [`settle`] sums
+/// these; a gateway prints them (`device bill`).
+pub fn slot_bill(x: i32, metered: Option<i64>, price: i64, premium: i64, slot_seconds: u32) -> SlotBill {
     let s = x as i64;
     let m = metered.unwrap_or(s.max(0));
-    let delivered = m.checked_neg()?.max(0);
-    let billed_w = s.max(0) - (-s).max(0).min(delivered);
-    let q = price.checked_abs()?.checked_add(premium)?;
-    let deviation = m.checked_sub(s)?.checked_abs()?;
-    Some(SlotBill { billed_w, metered_w: m, energy: amount(price, billed_w, slot_seconds)?, imbalance: amount(q, deviation, slot_seconds)? })
+    let delivered = (-(m as i128)).max(0);
+    // (min(s⁻, d) ≤ s⁻ ≤ 2^31: billed fits i64.)
+    let billed_w = s.max(0) - ((-s).max(0) as i128).min(delivered) as i64;
+    let q = (price as i128).abs() + premium as i128;
+    let deviation = (m as i128 - s as i128).abs();
+    SlotBill {
+        billed_w,
+        metered_w: m,
+        energy: amount_saturating(price as i128, billed_w as i128, slot_seconds),
+        imbalance: amount_saturating(q, deviation, slot_seconds),
+    }
 }
 
 /// The inputs of one market's settlement.
@@ -240,7 +258,8 @@ pub struct Market<'a> {
     pub readings: &'a BTreeMap<(DeviceId, u32), i64>,
 }
 
-/// Every device's bill and the totals, by the rules of the module doc.
+/// Every device's bill and the totals, by the rules of the module doc. Fails only on inputs
+/// of the wrong length.
 pub fn settle(market_id: u64, m: Market<'_>) -> Result<SettlementBody, SettlementError> {
     let t = m.prices.len();
     let mut bills = Vec::with_capacity(m.schedules.len());
@@ -251,27 +270,23 @@ pub fn settle(market_id: u64, m: Market<'_>) -> Result<SettlementBody, Settlemen
         }
         let mut bill = Bill { device, energy: 0, imbalance: 0, metered_slots: 0 };
         for (slot, (&s, &price)) in x.iter().zip(m.prices).enumerate() {
-            let overflow = || SettlementError::Overflow { device, slot };
             let metered = m.readings.get(&(device, slot as u32)).copied();
             bill.metered_slots += metered.is_some() as u32;
-            let line = slot_bill(s, metered, price, m.rule.imbalance_premium, m.slot_seconds).ok_or_else(overflow)?;
-            bill.energy = bill.energy.checked_add(line.energy).ok_or_else(overflow)?;
-            bill.imbalance = bill.imbalance.checked_add(line.imbalance).ok_or_else(overflow)?;
+            let line = slot_bill(s, metered, price, m.rule.imbalance_premium, m.slot_seconds);
+            bill.energy = bill.energy.saturating_add(line.energy);
+            bill.imbalance = bill.imbalance.saturating_add(line.imbalance);
         }
-        let overflow = || SettlementError::Overflow { device, slot: t };
-        let total = bill.energy.checked_add(bill.imbalance).ok_or_else(overflow)?;
+        let total = bill.energy as i128 + bill.imbalance as i128;
         if total >= 0 {
-            totals.consumers_pay = totals.consumers_pay.checked_add(total).ok_or_else(overflow)?;
+            totals.consumers_pay += total;
         } else {
-            totals.producers_receive = totals.producers_receive.checked_add(-total).ok_or_else(overflow)?;
+            totals.producers_receive -= total;
         }
-        totals.imbalance_revenue = totals.imbalance_revenue.checked_add(bill.imbalance).ok_or_else(overflow)?;
-        totals.network_revenue = totals.network_revenue.checked_add(bill.energy).ok_or_else(overflow)?;
+        totals.imbalance_revenue += bill.imbalance as i128;
+        totals.network_revenue += bill.energy as i128;
         bills.push(bill);
     }
-    let lhs = totals.consumers_pay as i128;
-    let rhs = totals.producers_receive as i128 + totals.imbalance_revenue as i128 + totals.network_revenue as i128;
-    if lhs != rhs {
+    if totals.consumers_pay != totals.producers_receive + totals.imbalance_revenue + totals.network_revenue {
         return Err(SettlementError::Conservation(totals));
     }
     Ok(SettlementBody { market_id, bills, totals })

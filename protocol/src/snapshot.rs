@@ -333,7 +333,7 @@ pub fn verify_checkpoint(
     snap.check()?;
     if entry.is_pruned() {
         let id = e.body.market_id().unwrap_or_default();
-        let executed = snap.markets.iter().find(|m| m.spec.market_id == id).is_some_and(|m| crate::market::executed(&m.spec, now_ms));
+        let executed = snap.markets.iter().find(|m| m.spec.market_id == id).is_some_and(|m| crate::market::over_by_clock(&m.spec, now_ms));
         if !executed {
             return Err(SnapshotError::PrunedEarly { market_id: id });
         }

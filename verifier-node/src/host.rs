@@ -494,7 +494,8 @@ async fn node_loop(
 /// How often a validator with a retention looks for markets to prune.
 const PRUNE_CHECK_MS: u64 = 1000;
 
-/// Prunes the update bodies of every final market held whose execution ended `retention` ms
+/// Prunes the update bodies of every market held that is over (final, and settled if it
+/// settles) and whose execution ended (its meter deadline passed, if it settles) `retention` ms
 /// before `now` and that is not pruned yet (`Store::prune_market`, one synced batch each).
 /// Markets retired from memory ([`crate::app::MAX_FINISHED_MARKETS`]) before their retention
 /// passed are not looked at again: the retention should span fewer markets than that.
@@ -503,7 +504,7 @@ fn prune_due(node: &Node<Arc<Store>>, shared: &Shared, retention: u64, now: u64)
     // (Only markets that are over: a settling market's schedules are still needed.)
     for m in node.app().markets().filter(|m| m.is_over()) {
         let (opened, Some(final_height)) = m.heights() else { continue };
-        let end = protocol::market::execution_span(m.spec()).1;
+        let end = protocol::market::over_ms(m.spec());
         if now < end.saturating_add(retention) || shared.store.is_pruned(m.id())? {
             continue;
         }

@@ -49,7 +49,7 @@ proptest! {
         prop_assert_eq!(&settle(1, m).unwrap(), &s, "deterministic");
         let t = s.totals;
         prop_assert_eq!(t.consumers_pay, t.producers_receive + t.imbalance_revenue + t.network_revenue, "conservation to the µ€");
-        prop_assert_eq!(t.imbalance_revenue, s.bills.iter().map(|b| b.imbalance).sum::<i64>());
+        prop_assert_eq!(t.imbalance_revenue, s.bills.iter().map(|b| b.imbalance as i128).sum::<i128>());
         prop_assert_eq!(s.bills.len(), schedules.len());
         for b in &s.bills {
             prop_assert!(b.imbalance >= 0);
@@ -110,9 +110,22 @@ fn an_amount_is_price_times_energy_times_duration_in_micro_euro() {
 }
 
 #[test]
-fn extreme_readings_are_an_overflow_not_a_panic() {
+fn extreme_readings_and_prices_saturate_instead_of_failing_or_panicking() {
     use protocol::settlement::slot_bill;
-    assert_eq!(slot_bill(-5, Some(i64::MIN), SCALE, 0, 900), None);
-    assert_eq!(slot_bill(5, Some(i64::MAX), i64::MAX, 0, 900), None);
-    assert!(slot_bill(i32::MIN, Some(i32::MAX as i64), 3000 * SCALE, 200 * SCALE, 3600).is_some());
+    // A production reading of i64::MIN: the delivery is capped by the schedule (5 W); the
+    // imbalance, |i64::MIN + 5| W·slot at 1 €/MWh over a quarter hour, is computed in i128.
+    let line = slot_bill(-5, Some(i64::MIN), SCALE, 0, 900);
+    assert_eq!((line.billed_w, line.imbalance), (-5, 2_305_843_009_213_693_951));
+    let line = slot_bill(-5, Some(i64::MIN), i64::MAX, i64::MAX, 3600);
+    assert_eq!(line.imbalance, i64::MAX, "beyond i64: saturated");
+    let line = slot_bill(5, Some(i64::MAX), i64::MAX, 0, 900);
+    assert_eq!((line.energy, line.imbalance), (amount(i64::MAX, 5, 900).unwrap(), i64::MAX));
+    let line = slot_bill(-5, Some(-5), i64::MIN, 0, u32::MAX);
+    assert_eq!(line.energy, i64::MAX, "a credit at the most negative price is a saturated charge");
+    // A market of such bills still settles, with exact i128 totals.
+    let rule = SettlementSpec { meter_window_ms: 1, imbalance_premium: 0 };
+    let schedules: BTreeMap<DeviceId, Vec<i32>> = (1..=3u8).map(|i| (DeviceId([i; 32]), vec![5])).collect();
+    let readings: BTreeMap<(DeviceId, u32), i64> = schedules.keys().map(|d| ((*d, 0), i64::MAX)).collect();
+    let s = settle(1, Market { slot_seconds: 900, rule: &rule, prices: &[i64::MAX], schedules: &schedules, readings: &readings }).unwrap();
+    assert_eq!(s.totals.imbalance_revenue, 3 * i64::MAX as i128);
 }

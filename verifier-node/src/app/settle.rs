@@ -12,7 +12,7 @@ use protocol::settlement::{Bill, MeterBatch, ReadingError, SettlementBody, Signe
 use super::{ChainApp, Market, Reject};
 
 /// Most bills an account keeps (its latest); the balance counts every one.
-pub const MAX_BILLS_PER_ACCOUNT: usize = 64;
+pub const MAX_BILLS_PER_ACCOUNT: usize = 8;
 
 /// A device's account on the ledger.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,6 +52,12 @@ impl ChainApp {
     /// within the device's attested nameplate (−export ≤ energy ≤ import).
     pub fn check_reading(&self, r: &SignedReading, at_ms: u64) -> Result<(), Reject> {
         r.verify(&self.chain).map_err(|e| Reject::BadSignature(e.to_string()))?;
+        self.check_reading_state(r, at_ms)
+    }
+
+    /// [`Self::check_reading`] without the signature: what a proposer checks of a pooled
+    /// reading, whose signature was verified at admission (validation checks it again).
+    fn check_reading_state(&self, r: &SignedReading, at_ms: u64) -> Result<(), Reject> {
         let (id, device, slot) = (r.body.market_id, r.body.device, r.body.slot);
         let m = self.settling_market(id)?;
         let spec = m.spec();
@@ -105,18 +111,27 @@ impl ChainApp {
         list.iter().try_for_each(|r| self.check_reading(r, now_ms))
     }
 
-    /// A meter entry from the pooled readings at `at_ms`: those of the lowest market id that
-    /// has any passing [`Self::check_reading`], up to [`MAX_READINGS_PER_ENTRY`], ascending by
-    /// (device, slot).
+    /// A meter entry from the pooled readings at `at_ms` (signatures verified at admission):
+    /// those of the lowest market id that has any passing the other checks, up to
+    /// [`MAX_READINGS_PER_ENTRY`], ascending by (device, slot). It stops at that many.
     pub(super) fn build_meter(&self, at_ms: u64, pool: &[SignedReading]) -> Option<Body> {
-        let mut by_market: BTreeMap<u64, BTreeMap<(DeviceId, u32), SignedReading>> = BTreeMap::new();
+        let mut chosen: Option<(u64, BTreeMap<(DeviceId, u32), SignedReading>)> = None;
         for r in pool {
-            if self.check_reading(r, at_ms).is_ok() {
-                by_market.entry(r.body.market_id).or_default().entry((r.body.device, r.body.slot)).or_insert(*r);
+            if chosen.as_ref().is_some_and(|(id, list)| r.body.market_id > *id || (r.body.market_id == *id && list.len() == MAX_READINGS_PER_ENTRY)) {
+                continue;
+            }
+            if self.check_reading_state(r, at_ms).is_err() {
+                continue;
+            }
+            match &mut chosen {
+                Some((id, list)) if *id == r.body.market_id => {
+                    list.entry((r.body.device, r.body.slot)).or_insert(*r);
+                }
+                _ => chosen = Some((r.body.market_id, BTreeMap::from([((r.body.device, r.body.slot), *r)]))),
             }
         }
-        let (market_id, readings) = by_market.into_iter().next()?;
-        Some(Body::Meter(MeterBatch { market_id, readings: readings.into_values().take(MAX_READINGS_PER_ENTRY).collect() }))
+        let (market_id, readings) = chosen?;
+        Some(Body::Meter(MeterBatch { market_id, readings: readings.into_values().collect() }))
     }
 
     /// A meter entry at `at_ms`: 1 to [`MAX_READINGS_PER_ENTRY`] readings of its market,

@@ -212,7 +212,7 @@ impl<L: Log> Node<L> {
             // earliest any honest validator prunes: bodies withheld earlier are refused.
             let market = c.entry.body.market_id().and_then(|id| self.app.market(id));
             if c.is_pruned() || market.is_some_and(|m| m.is_pruned()) {
-                if !market.is_some_and(|m| protocol::market::executed(m.spec(), self.now)) {
+                if !market.is_some_and(|m| protocol::market::over_by_clock(m.spec(), self.now)) {
                     warn!(validator = self.cfg.index, height = c.entry.height, "synced entry without its update bodies refused: its market has not executed yet");
                     *self.stats.rejects.entry("sync_pruned_early").or_default() += 1;
                     break;

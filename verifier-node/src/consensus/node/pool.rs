@@ -78,7 +78,9 @@ impl Pools {
             updates: self.updates.values().cloned().collect(),
             opens: self.opens.values().cloned().collect(),
             revocations: self.revocations.values().cloned().collect(),
-            readings: self.readings.values().copied().collect(),
+            // (Ascending by market: the lowest market's first entry's worth is all a meter
+            // entry can take.)
+            readings: self.readings.values().take(protocol::settlement::MAX_READINGS_PER_ENTRY).copied().collect(),
         }
     }
 
