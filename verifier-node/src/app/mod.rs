@@ -256,7 +256,8 @@ impl ChainApp {
         self.markets.values().filter(|m| !m.is_final()).map(|m| m.enrolled().len()).sum()
     }
 
-    /// Whether every market is final (nothing is due until an operator opens another).
+    /// Whether every market is over — final, and settled if it settles (nothing is due until
+    /// an operator opens another).
     pub fn is_idle(&self) -> bool {
         self.markets.values().all(Market::is_over)
     }
