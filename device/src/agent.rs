@@ -101,6 +101,15 @@ pub struct MarketState {
     /// raw €/MWh, Δ in seconds), for `device bill`'s per-slot lines.
     #[serde(default)]
     pub settlement_rule: Option<(i64, u32)>,
+    /// The market settles (its spec says so): the gateway meters and waits for the bills.
+    #[serde(default)]
+    pub settles: bool,
+    /// Each metered appliance's next slot to read.
+    #[serde(default)]
+    pub metered: BTreeMap<String, u32>,
+    /// Each appliance's readings as sent (slot → W·slot), for `device bill`.
+    #[serde(default)]
+    pub readings: BTreeMap<String, BTreeMap<u32, i64>>,
 }
 
 impl MarketState {
@@ -561,6 +570,7 @@ impl Agent {
                 m.final_prices = Some(f.prices.clone());
                 m.converged = f.converged;
                 m.final_height = c.entry.height;
+                m.settles = g.settlement.is_some();
                 None
             }
             Body::Settlement(s) => {
@@ -581,6 +591,66 @@ impl Agent {
         let open = |k: u32| now_ms < clock.deadline(k);
         let m = &self.state.markets[&id];
         Ok(next.filter(|&k| k > m.submitted_through && k <= g.max_iterations && !m.is_final() && !m.enrolled.is_empty() && open(k)).map(|k| (id, k)))
+    }
+
+    /// The readings due at `now_ms` (docs/protocol.md §9): for every market that settles,
+    /// has its final schedule and is not settled, before its meter deadline, each metered
+    /// appliance's slots that ended since it last read, read from its meter and signed with
+    /// its key — one `DeviceRequest::Meter` per appliance, with the appliance's index and the
+    /// meter deadline. What is returned counts as read (it is never read twice).
+    pub fn due_readings(&mut self, now_ms: u64) -> Vec<(usize, protocol::messages::DeviceRequest, u64)> {
+        let mut out = Vec::new();
+        let chain = self.client.chain();
+        for (id, m) in self.state.markets.iter_mut().filter(|(_, m)| m.settles && m.is_final() && m.bills.is_empty()) {
+            let Some(spec) = self.known.get(id).map(|k| &k.spec) else { continue };
+            let Some(deadline) = protocol::settlement::meter_deadline(spec) else { continue };
+            if now_ms >= deadline {
+                continue;
+            }
+            for (i, a) in self.gateway.appliances.iter().enumerate() {
+                let (Some(meter), Some(x)) = (&a.meter, m.schedules.get(&a.name)) else { continue };
+                let Some(att) = a.attestations.iter().find(|att| protocol::membership::check_covers(att, spec).is_ok()) else { continue };
+                let limits = att.body.nameplate.limits(spec.slot_seconds);
+                let next = m.metered.entry(a.name.clone()).or_insert(0);
+                let mut list = Vec::new();
+                while (*next as usize) < x.len() && protocol::settlement::slot_end_ms(spec, *next) <= now_ms {
+                    let slot = *next;
+                    *next += 1;
+                    let Some(energy) = meter.read(*id, &a.name, slot, x[slot as usize], limits.import_w, limits.export_w) else { continue };
+                    m.readings.entry(a.name.clone()).or_default().insert(slot, energy);
+                    let body = protocol::settlement::Reading { market_id: *id, device: a.id(), slot, energy };
+                    list.push(protocol::settlement::SignedReading::new(&a.key, &chain, body));
+                }
+                if !list.is_empty() {
+                    out.push((i, protocol::messages::DeviceRequest::Meter(list), deadline));
+                }
+            }
+        }
+        out
+    }
+
+    /// When the next metered slot ends (ms), among the settling markets still taking
+    /// readings; `None` if none.
+    pub fn next_reading_ms(&self) -> Option<u64> {
+        self.state
+            .markets
+            .iter()
+            .filter(|(_, m)| m.settles && m.is_final() && m.bills.is_empty())
+            .filter_map(|(id, m)| {
+                let spec = &self.known.get(id)?.spec;
+                let deadline = protocol::settlement::meter_deadline(spec)?;
+                self.gateway
+                    .appliances
+                    .iter()
+                    .filter(|a| a.meter.is_some())
+                    .filter_map(|a| {
+                        let next = m.metered.get(&a.name).copied().unwrap_or(0);
+                        let x = m.schedules.get(&a.name)?;
+                        ((next as usize) < x.len()).then(|| protocol::settlement::slot_end_ms(spec, next)).filter(|t| *t < deadline)
+                    })
+                    .min()
+            })
+            .min()
     }
 
     /// Solves and proves iteration `k` of market `market_id` for every enrolled appliance.

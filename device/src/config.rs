@@ -75,6 +75,10 @@ pub struct ApplianceFile {
     /// day (`"off"`: no bid that day). Days without an entry use `spec`.
     #[serde(default)]
     pub week: WeekFile,
+    /// Where its meter readings come from, for markets that settle (none: it sends none, and
+    /// validators settle it by the missing-reading default).
+    #[serde(default)]
+    pub meter: Option<crate::metering::MeterFile>,
 }
 
 /// One day's plan for an appliance, in `[appliances.week]` or the overrides file: `"off"`
@@ -341,6 +345,8 @@ pub struct Appliance {
     /// its everyday parameters within their nameplates); each market takes one whose validity
     /// covers it ([`Appliance::attestation_for`]).
     pub attestations: Vec<SignedAttestation>,
+    /// Its meter, if it has one.
+    pub meter: Option<crate::metering::MeterFile>,
 }
 
 impl Appliance {
@@ -644,7 +650,10 @@ fn appliances(path: &Path, file: &GatewayFile, g: &Genesis, secret: &SigningKey)
         let params: ModelParams = a.spec.to_params(slots, g.market.slot_seconds).map_err(|e| at(e.to_string()))?;
         let costs = costs_of(&a.costs, slots.get()).map_err(at)?;
         check_output(a, file).map_err(at)?;
-        let mut appliance = Appliance { output: a.output.clone(), ..Appliance::derive(secret, &a.name, params, costs, &g.market) };
+        if let Some(m) = &a.meter {
+            m.check().map_err(at)?;
+        }
+        let mut appliance = Appliance { output: a.output.clone(), meter: a.meter.clone(), ..Appliance::derive(secret, &a.name, params, costs, &g.market) };
         appliance.plan = Plan::Configured { spec: a.spec.clone(), week: a.week.clone(), costs: a.costs.clone() };
         // Each day of the week must be a spec of the same model that fits the market.
         let mut days = vec![("spec", appliance.opening.params.clone())];
@@ -765,6 +774,7 @@ impl Appliance {
             output: None,
             nameplate,
             attestations: vec![],
+            meter: None,
         };
         a.opening.salt = a.salt_for(genesis.market_id);
         a

@@ -447,6 +447,9 @@ async fn follow(agent: &mut Agent, gw: &Gateway, opts: RunOptions, mut execution
         let bids_at = agent
             .enrollment_interval_ms(now)
             .map_or(far, |i| tokio::time::Instant::now() + Duration::from_millis((bids_sent_at.unwrap_or(0) + i).saturating_sub(now).min(OVERRIDES_POLL_MS)));
+        // The next metered slot's end, for markets that settle.
+        let meter_next = agent.next_reading_ms();
+        let meter_at = meter_next.map_or(far, |t| tokio::time::Instant::now() + Duration::from_millis(t.saturating_sub(now)));
         let next_resend = resend.iter().min_by_key(|(_, r)| r.0).map(|(id, r)| (*id, r.0));
         let resend_at = next_resend.map_or(far, |r| r.1);
         let end = overall.unwrap_or(far);
@@ -467,6 +470,10 @@ async fn follow(agent: &mut Agent, gw: &Gateway, opts: RunOptions, mut execution
                     if run_is_over(agent, opts, execution.is_some(), &ended_at_start) {
                         return finish(&links, &summaries);
                     }
+                    continue;
+                }
+                _ = tokio::time::sleep_until(meter_at), if meter_next.is_some() => {
+                    submit_readings(agent, &mut links, &state_path).await?;
                     continue;
                 }
                 _ = tokio::time::sleep_until(resend_at), if next_resend.is_some() => {
@@ -631,9 +638,33 @@ fn current_grace(agent: &Agent) -> u64 {
 }
 
 /// Whether market `m` has ended for the gateway: sat out, or final and (when executing)
-/// executed.
+/// executed, and settled if it settles.
 fn ended(m: &crate::agent::MarketState, opts: RunOptions, executing: bool) -> bool {
-    m.sat_out() || (m.is_final() && (m.executed || !(executing && opts.execute)))
+    m.sat_out() || (m.is_final() && (m.executed || !(executing && opts.execute)) && (!m.settles || !m.bills.is_empty()))
+}
+
+/// Reads, signs and submits the meter readings due now ([`Agent::due_readings`]) to every
+/// validator, persisting first (a reading is read once; one accepted by no validator is
+/// logged, and validators settle that slot by the missing-reading default).
+async fn submit_readings(agent: &mut Agent, links: &mut Links, state_path: &std::path::Path) -> Result<(), RunError> {
+    let now = protocol::net::now_ms();
+    let due = agent.due_readings(now);
+    crate::state::save(state_path, &agent.state)?;
+    for (i, request, deadline_ms) in due {
+        let slots = match &request {
+            DeviceRequest::Meter(list) => list.len(),
+            _ => 0,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now));
+        let outcome = links.submit_all(vec![(i, request)], deadline).await.pop().unwrap_or_default();
+        let name = &agent.gateway().appliances[i].name;
+        if outcome.accepted > 0 {
+            info!(appliance = name, slots, accepted_by = outcome.accepted, "meter readings submitted");
+        } else {
+            warn!(appliance = name, slots, refused = ?outcome.refused, unreachable = outcome.failed, "meter readings accepted by no validator");
+        }
+    }
+    Ok(())
 }
 
 /// Whether `opts.markets` markets have ended during this run.

@@ -9,11 +9,13 @@
 //! - [`actuation`]: sans-IO — the committed schedule as a timeline of MQTT publications per
 //!   adapter (setpoint, duty cycle, Tasmota, Shelly Gen2, Home Assistant discovery and state),
 //!   and the executor that walks it and reconciles the current state.
+//! - [`metering`]: sans-IO — an appliance's meter reading of an executed slot (a simulated
+//!   meter for now), signed for a market that settles.
 //! - [`mqtt`]: the broker edge — rumqttc with reconnect/backoff, and the execution loop.
 //! - [`host`]: a gateway's runtime — QUIC to the validators, following the log, submitting,
 //!   then executing over MQTT ([`host::run_gateway`]).
 //!
-//! The binary (`device init | enroll | run | schedule | simulate`) wires these to QUIC
+//! The binary (`device init | enroll | run | schedule | bill | simulate`) wires these to QUIC
 //! (`protocol::net`) and MQTT.
 #![warn(missing_docs)]
 
@@ -22,5 +24,6 @@ pub mod agent;
 pub mod config;
 pub mod host;
 pub mod links;
+pub mod metering;
 pub mod mqtt;
 pub mod state;

@@ -260,8 +260,14 @@ fn bill(path: &Path, market: Option<u64>, appliance: Option<&str>, json: bool) -
     let mut out = Vec::new();
     for (name, b) in m.bills.iter().filter(|(n, _)| appliance.is_none_or(|a| a == n.as_str())) {
         let x = m.schedules.get(name).cloned().unwrap_or_else(|| vec![0; prices.len()]);
-        // (The gateway does not meter yet: the lines are the missing-reading default.)
-        let lines: Vec<protocol::settlement::SlotBill> = x.iter().zip(&prices).map(|(&x, &p)| protocol::settlement::slot_bill(x, None, p, premium, slot_seconds)).collect();
+        // On the readings this gateway sent (a slot without one: the missing-reading default).
+        let sent = m.readings.get(name);
+        let lines: Vec<protocol::settlement::SlotBill> = x
+            .iter()
+            .zip(&prices)
+            .enumerate()
+            .map(|(t, (&x, &p))| protocol::settlement::slot_bill(x, sent.and_then(|r| r.get(&(t as u32))).copied(), p, premium, slot_seconds))
+            .collect();
         out.push((name.clone(), *b, x, lines));
     }
     if out.is_empty() {
@@ -285,13 +291,15 @@ fn bill(path: &Path, market: Option<u64>, appliance: Option<&str>, json: bool) -
     }
     for (name, b, x, lines) in &out {
         println!("market {market_id}, appliance {name}: {} of {} slots metered", b.metered_slots, x.len());
-        println!("{:>5} {:>10} {:>10} {:>12} {:>12}", "slot", "W", "€/MWh", "energy €", "imbalance €");
+        println!("{:>5} {:>10} {:>10} {:>10} {:>12} {:>12}", "slot", "planned W", "metered W", "€/MWh", "energy €", "imbalance €");
         for (t, l) in lines.iter().enumerate() {
-            println!("{t:>5} {:>10} {:>10.2} {:>12.6} {:>12.6}", x[t], circuits::fixed::Fixed(prices[t]).to_f64(), eur(l.energy), eur(l.imbalance));
+            println!("{t:>5} {:>10} {:>10} {:>10.2} {:>12.6} {:>12.6}", x[t], l.metered_w, circuits::fixed::Fixed(prices[t]).to_f64(), eur(l.energy), eur(l.imbalance));
         }
         println!("total: energy {:.6} €, imbalance {:.6} €, owed {:.6} € (negative: credited)", eur(b.energy), eur(b.imbalance), eur(b.total()));
-        if b.metered_slots > 0 {
-            println!("note: {} slots were settled on meter readings; the lines above assume none (the total is the committed one)", b.metered_slots);
+        let energy: i64 = lines.iter().map(|l| l.energy).sum();
+        let imbalance: i64 = lines.iter().map(|l| l.imbalance).sum();
+        if (energy, imbalance) != (b.energy, b.imbalance) {
+            println!("note: the validators settled other readings than this gateway sent (some were not accepted); the total is the committed one");
         }
     }
     Ok(())

@@ -251,3 +251,58 @@ fn four_validators_settle_a_market_from_readings_submitted_over_quic() {
         assert!(ok, "audit of validator {i}: {out}");
     }
 }
+
+/// A real gateway meters its appliance: `device run` on a market that settles (1 s slots,
+/// `--meter-window-s`) reads a simulated meter (`[appliances.meter]`, ±10 %) after each
+/// executed slot, submits the signed readings to every validator, waits for the settlement
+/// and keeps its bill; every reading is in the committed bill, `device bill --json` prints the
+/// same total as the validators' `/accounts/{device}`, and the audit passes.
+#[test]
+fn a_gateway_meters_its_appliance_after_each_slot_and_keeps_its_bill() {
+    use crate::cluster::*;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let c = Cluster::init_with("meter", 4, 10, 6, 1500, 3, &["--slot-seconds", "1", "--execution-delay-s", "0", "--meter-window-s", "4"]);
+    let appliance = "[[appliances]]\nname = \"ev\"\n[appliances.spec]\nmodel = \"deferrable\"\nmax_power_kw = 3.0\nenergy_min_kwh = 0.001\nenergy_max_kwh = 0.002\n\
+                     [appliances.meter]\nsource = \"simulated\"\ndeviation_pct = 10.0\nseed = 3\n";
+    let (gateway, device) = c.gateway_with("home", appliance);
+    c.start_all();
+    let log = c.dir.join("gateway.log");
+    let mut gw = Command::new(device_bin())
+        .args(["run", "--markets", "1", "--timeout-s", "90", "--config"])
+        .arg(&gateway)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = gw.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(100), "the gateway did not finish:\n{}", std::fs::read_to_string(&log).unwrap());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "gateway failed ({status}):\n{text}");
+    assert!(text.contains("meter readings submitted") && text.contains("settled: bills committed"), "{text}");
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(c.dir.join("home.state.json")).unwrap()).unwrap();
+    let m = &state["markets"]["1"];
+    assert_eq!(m["readings"]["ev"].as_object().map(|r| r.len()), Some(T), "a reading per slot: {m}");
+    assert_eq!(m["bills"]["ev"]["metered_slots"].as_u64(), Some(T as u64), "every reading is in the bill: {m}");
+    let out = Command::new(device_bin()).args(["bill", "--json", "--config"]).arg(&gateway).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bill: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let total = bill[0]["bill_micro_eur"]["energy"].as_i64().unwrap() + bill[0]["bill_micro_eur"]["imbalance"].as_i64().unwrap();
+    let table = Command::new(device_bin()).args(["bill", "--config"]).arg(&gateway).output().unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("4 of 4 slots metered") && !table.contains("note:"), "{table}");
+    c.wait_final(Duration::from_secs(20));
+    let a: serde_json::Value = serde_json::from_str(&c.get(0, &format!("/accounts/{device}")).unwrap()).unwrap();
+    assert_eq!(a["balance_micro_eur"].as_i64(), Some(total), "{a}");
+    c.stop_all();
+    let (ok, out) = c.audit(0);
+    assert!(ok, "{out}");
+}

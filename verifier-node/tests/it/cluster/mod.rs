@@ -379,11 +379,16 @@ impl Cluster {
     /// verifying key, `gateway.toml` naming every validator, and `device init` run on it.
     /// Returns the configuration and the EV's device id (hex).
     pub fn gateway(&self, name: &str) -> (PathBuf, String) {
+        self.gateway_with(name, "[[appliances]]\nname = \"ev\"\n[appliances.spec]\nmodel = \"deferrable\"\nmax_power_kw = 3.0\nenergy_min_kwh = 1.0\nenergy_max_kwh = 2.0\n")
+    }
+
+    /// [`Cluster::gateway`] with its own `[[appliances]]` (one deferrable appliance: the
+    /// cluster has that proving key only).
+    pub fn gateway_with(&self, name: &str, appliances: &str) -> (PathBuf, String) {
         std::fs::write(self.dir.join(format!("keys/deferrable-{T}.pk")), self.pk.to_bytes()).unwrap();
         let validators: String = (0..self.n).map(|i| format!("[[validators]]\nindex = {i}\naddr = \"{}\"\n\n", self.quic(i))).collect();
         let text = format!(
-            "key_file = \"{name}.key\"\nstate_file = \"{name}.state.json\"\ngenesis_file = \"cluster/genesis.bin\"\nkeys_dir = \"keys\"\nattestations_file = \"{name}.attestations.json\"\nmeter_point = \"DE000{name}\"\n\n{validators}\
-             [[appliances]]\nname = \"ev\"\n[appliances.spec]\nmodel = \"deferrable\"\nmax_power_kw = 3.0\nenergy_min_kwh = 1.0\nenergy_max_kwh = 2.0\n"
+            "key_file = \"{name}.key\"\nstate_file = \"{name}.state.json\"\ngenesis_file = \"cluster/genesis.bin\"\nkeys_dir = \"keys\"\nattestations_file = \"{name}.attestations.json\"\nmeter_point = \"DE000{name}\"\n\n{validators}{appliances}"
         );
         let path = self.dir.join(format!("{name}.toml"));
         std::fs::write(&path, text).unwrap();
