@@ -67,3 +67,37 @@ impl MeterFile {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sim(deviation_pct: f64, dropout_pct: f64) -> MeterFile {
+        MeterFile::Simulated { deviation_pct, dropout_pct, seed: 7 }
+    }
+
+    #[test]
+    fn a_simulated_meter_is_deterministic_within_its_deviation_and_the_nameplate() {
+        let m = sim(10.0, 0.0);
+        let reads: Vec<i64> = (0..200).map(|t| m.read(1, "ev", t, 2000, 3000, 0).unwrap()).collect();
+        assert_eq!(reads, (0..200).map(|t| m.read(1, "ev", t, 2000, 3000, 0).unwrap()).collect::<Vec<_>>(), "the same reading after a restart");
+        assert!(reads.iter().all(|r| (1800..=2200).contains(r)), "within ±10 %");
+        assert!(reads.iter().any(|r| *r != 2000), "it deviates");
+        assert_ne!(m.read(2, "ev", 0, 2000, 3000, 0), None);
+        // Clamped to the nameplate: 2,900 W ± 10 % never above the 3,000 W import.
+        assert!((0..200).all(|t| m.read(1, "ev", t, 2900, 3000, 0).unwrap() <= 3000));
+        assert_eq!(sim(0.0, 0.0).read(1, "ev", 3, 1234, 3000, 0), Some(1234), "no deviation: the schedule");
+        assert_eq!(sim(0.0, 0.0).read(1, "pv", 3, -1234, 0, 1000), Some(-1000), "production clamped to the export");
+    }
+
+    #[test]
+    fn dropouts_leave_slots_unread_and_bad_shares_are_refused() {
+        let m = sim(0.0, 30.0);
+        let missing = (0..1000).filter(|&t| m.read(1, "ev", t, 100, 3000, 0).is_none()).count();
+        assert!((200..400).contains(&missing), "{missing} of 1000 missing at 30 %");
+        assert_eq!((0..100).filter(|&t| sim(0.0, 100.0).read(1, "ev", t, 100, 3000, 0).is_some()).count(), 0);
+        assert!(sim(150.0, 0.0).check().unwrap_err().contains("deviation_pct"));
+        assert!(sim(0.0, -1.0).check().unwrap_err().contains("dropout_pct"));
+        assert!(sim(5.0, 1.0).check().is_ok());
+    }
+}
