@@ -178,7 +178,14 @@ pub struct Agent {
     known: BTreeMap<u64, Known>,
     /// Persisted state.
     pub state: AgentState,
+    /// The samples of each appliance's MQTT meter, by appliance index (not persisted: a slot
+    /// whose samples a restart lost is not read).
+    meters: BTreeMap<usize, crate::metering::SlotMeter>,
 }
+
+/// How long after a slot's end an MQTT meter's slot is read: a sample taken at the end may
+/// arrive a little later.
+pub const MQTT_READ_GRACE_MS: u64 = 1000;
 
 impl Agent {
     /// An agent for `gateway` with its proving keys, resuming from `state`. The light client
@@ -190,7 +197,7 @@ impl Agent {
         let spec = gateway.market().market.clone();
         let next_due_ms = ClockConfig::from_spec(&spec).next_batch_ms(g.timestamp_ms, g.timestamp_ms, RegistrationTip::Genesis);
         let known = BTreeMap::from([(spec.market_id, Known { spec, opened_ms: g.timestamp_ms, next_due_ms })]);
-        Ok(Agent { gateway, keys, client, known, state })
+        Ok(Agent { gateway, keys, client, known, state, meters: BTreeMap::new() })
     }
 
     /// An agent that follows the log from a trusted checkpoint instead of the genesis
@@ -238,7 +245,7 @@ impl Agent {
             }
         }
         state.height = state.height.max(before.height);
-        let mut agent = Agent { gateway, keys, client, known, state };
+        let mut agent = Agent { gateway, keys, client, known, state, meters: BTreeMap::new() };
         if let Some((market, k)) = agent.on_entry(entry, now_ms)? {
             tracing::warn!(market, iteration = k, "started from a checkpoint while an iteration is open: this gateway does not build it");
         }
@@ -593,6 +600,24 @@ impl Agent {
         Ok(next.filter(|&k| k > m.submitted_through && k <= g.max_iterations && !m.is_final() && !m.enrolled.is_empty() && open(k)).map(|k| (id, k)))
     }
 
+    /// The MQTT topics the appliances' meters are read from, with the appliance indices.
+    pub fn meter_topics(&self) -> Vec<(usize, String)> {
+        self.gateway.appliances.iter().enumerate().filter_map(|(i, a)| Some((i, a.meter.as_ref()?.topic()?))).collect()
+    }
+
+    /// A message from the broker at `now_ms`: a sample for every appliance metered on `topic`.
+    pub fn on_meter_message(&mut self, topic: &str, payload: &[u8], now_ms: u64) {
+        for (i, a) in self.gateway.appliances.iter().enumerate() {
+            let Some(meter) = &a.meter else { continue };
+            if meter.topic().as_deref() != Some(topic) {
+                continue;
+            }
+            if let Some(sample) = meter.parse(payload) {
+                self.meters.entry(i).or_default().push(now_ms, sample);
+            }
+        }
+    }
+
     /// The readings due at `now_ms` (docs/protocol.md §9): for every market that settles,
     /// has its final schedule and is not settled, before its meter deadline, each metered
     /// appliance's slots that ended since it last read, read from its meter and signed with
@@ -611,12 +636,29 @@ impl Agent {
                 let (Some(meter), Some(x)) = (&a.meter, m.schedules.get(&a.name)) else { continue };
                 let Some(att) = a.attestations.iter().find(|att| protocol::membership::check_covers(att, spec).is_ok()) else { continue };
                 let limits = att.body.nameplate.limits(spec.slot_seconds);
+                let grace = if meter.topic().is_some() { MQTT_READ_GRACE_MS } else { 0 };
                 let next = m.metered.entry(a.name.clone()).or_insert(0);
                 let mut list = Vec::new();
-                while (*next as usize) < x.len() && protocol::settlement::slot_end_ms(spec, *next) <= now_ms {
+                while (*next as usize) < x.len() && protocol::settlement::slot_end_ms(spec, *next) + grace <= now_ms {
                     let slot = *next;
                     *next += 1;
-                    let Some(energy) = meter.read(*id, &a.name, slot, x[slot as usize], limits.import_w, limits.export_w) else { continue };
+                    let energy = match meter.topic() {
+                        None => meter.read(*id, &a.name, slot, x[slot as usize], limits.import_w, limits.export_w),
+                        Some(_) => {
+                            let end = protocol::settlement::slot_end_ms(spec, slot);
+                            let start = end.saturating_sub(spec.slot_seconds as u64 * 1000);
+                            let e = self.meters.get(&i).and_then(|s| s.energy(start, end, spec.slot_seconds));
+                            if e.is_none() {
+                                tracing::warn!(market = *id, appliance = a.name, slot, "no meter samples cover this slot: no reading");
+                            }
+                            e
+                        }
+                    };
+                    let Some(energy) = energy else { continue };
+                    if energy > limits.import_w as i64 || energy < -(limits.export_w as i64) {
+                        tracing::warn!(market = *id, appliance = a.name, slot, energy, "the meter reads beyond the attested nameplate: not sent");
+                        continue;
+                    }
                     m.readings.entry(a.name.clone()).or_default().insert(slot, energy);
                     let body = protocol::settlement::Reading { market_id: *id, device: a.id(), slot, energy };
                     list.push(protocol::settlement::SignedReading::new(&a.key, &chain, body));
@@ -646,7 +688,8 @@ impl Agent {
                     .filter_map(|a| {
                         let next = m.metered.get(&a.name).copied().unwrap_or(0);
                         let x = m.schedules.get(&a.name)?;
-                        ((next as usize) < x.len()).then(|| protocol::settlement::slot_end_ms(spec, next)).filter(|t| *t < deadline)
+                        let grace = if a.meter.as_ref()?.topic().is_some() { MQTT_READ_GRACE_MS } else { 0 };
+                        ((next as usize) < x.len()).then(|| protocol::settlement::slot_end_ms(spec, next) + grace).filter(|t| *t < deadline)
                     })
                     .min()
             })

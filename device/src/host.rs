@@ -164,8 +164,18 @@ pub async fn run_gateway_with_keys(gw: &Gateway, keys: BTreeMap<(u8, usize), Upd
         _ => None,
     };
     let mut execution = broker.map(|b| Execution::start(b, ha, offline, opts.compressed_slot_ms));
+    // Meters read over MQTT: their own subscription on the broker.
+    let topics: Vec<String> = agent.meter_topics().into_iter().map(|(_, t)| t).collect();
+    let mut meters = match (&gw.file.mqtt, topics.is_empty() || opts.enroll_only) {
+        (Some(m), false) => Some(crate::mqtt::subscribe(m, &format!("{}-meter", gw.client_id()), topics)?),
+        (None, false) => {
+            warn!("appliances have MQTT meters but gateway.toml has no [mqtt]: they send no readings");
+            None
+        }
+        _ => None,
+    };
     let result = tokio::select! {
-        r = follow(&mut agent, gw, opts, execution.as_mut()) => r,
+        r = follow(&mut agent, gw, opts, execution.as_mut(), meters.as_mut()) => r,
         signal = signal_if(opts.stop_on_signal) => {
             info!(height = agent.state.height, "{signal}: stopping; the state file is saved and `run` resumes");
             Err(RunError::Interrupted(signal))
@@ -376,7 +386,13 @@ impl Feed {
 /// decided again (the overrides file re-read) and sent each enrollment interval while a
 /// market registers. A market in which not one of the gateway's updates was accepted is
 /// logged as an error; the run then ends with [`RunError::NothingAccepted`].
-async fn follow(agent: &mut Agent, gw: &Gateway, opts: RunOptions, mut execution: Option<&mut Execution>) -> Result<(), RunError> {
+async fn follow(
+    agent: &mut Agent,
+    gw: &Gateway,
+    opts: RunOptions,
+    mut execution: Option<&mut Execution>,
+    mut meters: Option<&mut tokio::sync::mpsc::Receiver<(String, Vec<u8>)>>,
+) -> Result<(), RunError> {
     let state_path = gw.file.state_file.clone();
     protocol::net::install_crypto();
     let endpoint = protocol::net::client_endpoint("0.0.0.0:0".parse().expect("valid")).map_err(|e| RunError::Net(e.to_string()))?;
@@ -474,6 +490,18 @@ async fn follow(agent: &mut Agent, gw: &Gateway, opts: RunOptions, mut execution
                 }
                 _ = tokio::time::sleep_until(meter_at), if meter_next.is_some() => {
                     submit_readings(agent, &mut links, &state_path).await?;
+                    continue;
+                }
+                msg = async {
+                    match meters.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    match msg {
+                        Some((topic, payload)) => agent.on_meter_message(&topic, &payload, protocol::net::now_ms()),
+                        None => meters = None,
+                    }
                     continue;
                 }
                 _ = tokio::time::sleep_until(resend_at), if next_resend.is_some() => {

@@ -91,6 +91,62 @@ pub struct Broker {
     addr: String,
 }
 
+/// The connection options of `file` for `client_id` (keep-alive, credentials).
+fn options(file: &MqttFile, client_id: &str) -> Result<MqttOptions, MqttError> {
+    let mut opts = MqttOptions::new(client_id, &file.host, file.port);
+    opts.set_keep_alive(Duration::from_secs(file.keep_alive_s.max(5)));
+    if let Some(user) = &file.username {
+        let password = match &file.password_file {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| MqttError::Password { path: path.clone(), source })?.trim().to_string(),
+            None => String::new(),
+        };
+        opts.set_credentials(user, password);
+    }
+    Ok(opts)
+}
+
+/// Subscribes to `topics` on the broker with its own connection (client id `client_id`),
+/// again after every reconnection (the one backoff), and forwards each message (topic,
+/// payload) to the returned channel; messages beyond its 1,024 waiting are dropped (counted
+/// in a debug log). The task ends when the receiver is dropped.
+pub fn subscribe(file: &MqttFile, client_id: &str, topics: Vec<String>) -> Result<tokio::sync::mpsc::Receiver<(String, Vec<u8>)>, MqttError> {
+    let (client, mut events) = AsyncClient::new(options(file, client_id)?, 64);
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let addr = format!("{}:{}", file.host, file.port);
+    tokio::spawn(async move {
+        let mut backoff = protocol::backoff::Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        let mut dropped = 0u64;
+        loop {
+            if tx.is_closed() {
+                return;
+            }
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    backoff.reset();
+                    for t in &topics {
+                        if let Err(e) = client.subscribe(t.clone(), QoS::AtMostOnce).await {
+                            warn!(broker = addr, topic = t, "subscribing to a meter topic failed: {e}");
+                        }
+                    }
+                    info!(broker = addr, topics = topics.len(), "subscribed to the meter topics");
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if tx.try_send((p.topic.clone(), p.payload.to_vec())).is_err() {
+                        dropped += 1;
+                        debug!(broker = addr, dropped, "meter message dropped: the gateway is behind");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    debug!(broker = addr, "meter subscription: {e}; retrying with backoff");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
 /// Bounds of the retry backoff.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -99,15 +155,7 @@ impl Broker {
     /// Connects (waiting at most `within` for the first connection) and keeps the connection
     /// alive from then on. `will` is published by the broker if the gateway vanishes.
     pub async fn connect(file: &MqttFile, client_id: &str, will: Option<Publish>, within: Duration) -> Result<Broker, MqttError> {
-        let mut opts = MqttOptions::new(client_id, &file.host, file.port);
-        opts.set_keep_alive(Duration::from_secs(file.keep_alive_s.max(5)));
-        if let Some(user) = &file.username {
-            let password = match &file.password_file {
-                Some(path) => std::fs::read_to_string(path).map_err(|source| MqttError::Password { path: path.clone(), source })?.trim().to_string(),
-                None => String::new(),
-            };
-            opts.set_credentials(user, password);
-        }
+        let mut opts = options(file, client_id)?;
         if let Some(w) = will {
             opts.set_last_will(LastWill::new(w.topic, w.payload, QoS::AtLeastOnce, w.retain));
         }

@@ -165,7 +165,7 @@ fn duplicate_rejections(validators: &[verifier_node::host::Running]) -> u64 {
 
 #[test]
 fn tasmota_shelly_and_home_assistant_follow_the_committed_schedule_slot_by_slot() {
-    let m = market_with("mqtt", Timing { registration_ms: 4000, slots: 6, slot_seconds: 1, execution_gap_ms: 2000, all_models: false, port_block: 0 });
+    let m = market_with("mqtt", Timing { registration_ms: 4000, slots: 6, slot_seconds: 1, execution_gap_ms: 2000, all_models: false, port_block: 0, meter_window_ms: None });
     let port = m.base_port + 15;
     let _broker = Mosquitto::start(port);
     let seen = subscriber(port);
@@ -284,7 +284,7 @@ fn submissions(lines: &[String]) -> Vec<(String, u32)> {
 #[test]
 fn kill_9_while_proving_and_while_executing_and_a_broker_restart_lose_no_slot() {
     const SLOTS: usize = 10;
-    let m = market_with("kill", Timing { registration_ms: 4000, slots: SLOTS, slot_seconds: 1, execution_gap_ms: 2000, all_models: false, port_block: 1 });
+    let m = market_with("kill", Timing { registration_ms: 4000, slots: SLOTS, slot_seconds: 1, execution_gap_ms: 2000, all_models: false, port_block: 1, meter_window_ms: None });
     let port = m.base_port + 15;
     let mut broker = Mosquitto::start(port);
     let seen = subscriber(port);
@@ -378,4 +378,78 @@ fn kill_9_while_proving_and_while_executing_and_a_broker_restart_lose_no_slot() 
     assert!((5..=8).contains(&reconciled), "the first command after the outage is the state then (slot {reconciled})");
     let online = live(&seen, "gridproof/gw1/availability").iter().filter(|s| s.payload == "online" && s.at_ms >= back_at).count();
     assert!(online >= 1, "availability restored after the outage");
+}
+
+/// Meters over MQTT: in a market that settles (1 s slots), the gateway subscribes to its
+/// appliances' meters on the broker — the EV's power on a plain topic (W), the boiler's Shelly
+/// Gen2 `aenergy.total` counter (Wh) — reads each slot once it ended, submits the signed
+/// readings, and keeps the bill settled on them; `device bill` shows the metered watts, and the
+/// validators' accounts hold the same totals.
+#[test]
+fn meters_read_over_mqtt_settle_the_bills() {
+    let m = market_with("meter", Timing { registration_ms: 4000, slots: 6, slot_seconds: 1, execution_gap_ms: 2000, all_models: false, port_block: 4, meter_window_ms: Some(4000) });
+    let port = m.base_port + 15;
+    let _broker = Mosquitto::start(port);
+    let appliances = format!(
+        "{}{}",
+        spec("ev", 3.0, 0.002, 0.003, "[appliances.meter]\nsource = \"topic\"\ntopic = \"home/ev/power\"\nunit = \"w\"\n"),
+        spec("boiler", 2.0, 0.001, 0.002, "[appliances.meter]\nsource = \"shelly\"\ndevice_id = \"shellyplus1pm-b1\"\n"),
+    );
+    let cfg = gateway_with_broker(&m, "gw", port, &appliances);
+    init(&m, &cfg);
+    // The meters: the EV draws 1,500 W, the boiler 1,000 W, sampled every 100 ms.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut opts = rumqttc::MqttOptions::new(format!("meters-{}", std::process::id()), "127.0.0.1", port);
+            opts.set_keep_alive(Duration::from_secs(5));
+            let (client, mut conn) = rumqttc::Client::new(opts, 100);
+            std::thread::spawn(move || for _ in conn.iter() {});
+            let t0 = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let wh = 1000.0 * t0.elapsed().as_secs_f64() / 3600.0 + 17.0;
+                let _ = client.publish("home/ev/power", rumqttc::QoS::AtMostOnce, false, "1500");
+                let status = format!("{{\"id\":0,\"apower\":1000.0,\"aenergy\":{{\"total\":{wh:.6}}}}}");
+                let _ = client.publish("shellyplus1pm-b1/status/switch:0", rumqttc::QoS::AtMostOnce, false, status);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let validators = rt.block_on(start_validators(&m));
+    let out = Command::new(BIN).args(["run", "--markets", "1", "--timeout-s", "120", "--config"]).arg(&cfg).env("RUST_LOG", "info").output().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    publisher.join().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "device run failed: {log}");
+    assert!(log.contains("subscribed to the meter topics") && log.contains("settled: bills committed"), "{log}");
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(m.dir.join("gw.state.json")).unwrap()).unwrap();
+    let market = &state["markets"]["5"];
+    let read = |a: &str| -> Vec<i64> { market["readings"][a].as_object().unwrap().values().map(|v| v.as_i64().unwrap()).collect() };
+    assert_eq!(read("ev"), vec![1500; 6], "the power topic's mean over each slot: {market}");
+    let boiler = read("boiler");
+    assert_eq!(boiler.len(), 6, "{market}");
+    assert!(boiler.iter().all(|w| (950..=1050).contains(w)), "the counter's increase over each slot, in mean W: {boiler:?}");
+    for a in ["ev", "boiler"] {
+        assert_eq!(market["bills"][a]["metered_slots"].as_u64(), Some(6), "{a}: {market}");
+    }
+    let bill = device(&["bill", "--json"], &cfg);
+    assert!(bill.status.success(), "{}", String::from_utf8_lossy(&bill.stderr));
+    let bills: serde_json::Value = serde_json::from_slice(&bill.stdout).unwrap();
+    let table = String::from_utf8_lossy(&device(&["bill", "--appliance", "ev"], &cfg).stdout).to_string();
+    assert!(table.contains("6 of 6 slots metered") && table.contains("1500") && !table.contains("note:"), "{table}");
+    let accounts = validators[0].shared.accounts.read().unwrap().clone().unwrap();
+    for b in bills.as_array().unwrap() {
+        let name = b["appliance"].as_str().unwrap();
+        let committed = &market["bills"][name];
+        let device_id = committed["device"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u8).collect::<Vec<u8>>();
+        let account = &accounts[&protocol::ids::DeviceId(device_id.try_into().unwrap())];
+        assert_eq!(account.balance as f64 / 1e6, b["total_eur"].as_f64().unwrap(), "{name}");
+    }
+    rt.block_on(async {
+        for v in validators {
+            v.stop().await.unwrap();
+        }
+    });
 }

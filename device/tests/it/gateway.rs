@@ -273,7 +273,7 @@ fn the_agent_refuses_entries_a_light_client_must_refuse() {
 
 #[test]
 fn simulate_runs_many_virtual_appliances_of_every_model_to_the_final_schedule() {
-    let m = market_with("sim", Timing { registration_ms: 6000, slots: 8, slot_seconds: 900, execution_gap_ms: 60_000, all_models: true, port_block: 2 });
+    let m = market_with("sim", Timing { registration_ms: 6000, slots: 8, slot_seconds: 900, execution_gap_ms: 60_000, all_models: true, port_block: 2, meter_window_ms: None });
     // The file's own appliance is ignored by simulate; its key, validators and keys are used.
     let cfg = gateway_toml(&m, "sim", EV);
     init(&m, &cfg);
@@ -319,7 +319,7 @@ fn a_forged_update_body_is_refused_and_the_gateway_follows_another_validator() {
     use protocol::messages::{DeviceRequest, DeviceResponse, MAX_DEVICE_FRAME};
     use protocol::net::{self, ValidatorClient};
 
-    let m = market_with("forge", Timing { registration_ms: 5000, slots: T, slot_seconds: 900, execution_gap_ms: 60_000, all_models: false, port_block: 3 });
+    let m = market_with("forge", Timing { registration_ms: 5000, slots: T, slot_seconds: 900, execution_gap_ms: 60_000, all_models: false, port_block: 3, meter_window_ms: None });
     let cfg = gateway_toml(&m, "fg", EV);
     init(&m, &cfg);
     let appliance = device::config::Gateway::load(&cfg).unwrap().appliances[0].clone();

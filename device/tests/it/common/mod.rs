@@ -46,17 +46,19 @@ pub struct Timing {
     /// Port block (0..5, 20 ports each: validators, their HTTP, a broker): tests running at
     /// once in one process must use different ones.
     pub port_block: u16,
+    /// The market settles, with this meter window (ms) and a 50 €/MWh imbalance premium.
+    pub meter_window_ms: Option<u64>,
 }
 
 pub fn market(name: &str, registration_ms: u64) -> Market {
     let port_block = if name == "run" { 0 } else { 1 };
-    market_with(name, Timing { registration_ms, slots: T, slot_seconds: 900, execution_gap_ms: 60_000, all_models: false, port_block })
+    market_with(name, Timing { registration_ms, slots: T, slot_seconds: 900, execution_gap_ms: 60_000, all_models: false, port_block, meter_window_ms: None })
 }
 
 /// A market with 4 validators and proving keys for deferrable loads (or every model), written
 /// to a fresh directory.
 pub fn market_with(name: &str, timing: Timing) -> Market {
-    let Timing { registration_ms, slots, slot_seconds, execution_gap_ms, all_models, port_block } = timing;
+    let Timing { registration_ms, slots, slot_seconds, execution_gap_ms, all_models, port_block, meter_window_ms } = timing;
     let dir = std::env::temp_dir().join(format!("gridproof-device-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("keys")).unwrap();
@@ -89,7 +91,8 @@ pub fn market_with(name: &str, timing: Timing) -> Market {
             registration_close_ms: close,
             iteration_ms: 2500,
             execution_start_ms: close + 2500 * 3 + execution_gap_ms,
-            settlement: None,
+            settlement: meter_window_ms
+                .map(|w| protocol::settlement::SettlementSpec { meter_window_ms: w, imbalance_premium: 50 * circuits::fixed::SCALE }),
         },
         verifying_keys,
         enrollment_authorities: vec![protocol::membership::AuthorityId(authority().verifying_key().to_bytes())],
