@@ -588,7 +588,7 @@ impl Agent {
                 }
                 m.settlement_rule = g.settlement.as_ref().map(|r| (r.imbalance_premium, g.slot_seconds));
                 if !m.bills.is_empty() {
-                    let total: i64 = m.bills.values().map(protocol::settlement::Bill::total).sum();
+                    let total: i128 = m.bills.values().map(|b| b.total() as i128).sum();
                     tracing::info!(market = id, appliances = m.bills.len(), total_eur = total as f64 / 1e6, "settled: bills committed");
                 }
                 None

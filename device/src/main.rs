@@ -296,8 +296,9 @@ fn bill(path: &Path, market: Option<u64>, appliance: Option<&str>, json: bool) -
             println!("{t:>5} {:>10} {:>10} {:>10.2} {:>12.6} {:>12.6}", x[t], l.metered_w, circuits::fixed::Fixed(prices[t]).to_f64(), eur(l.energy), eur(l.imbalance));
         }
         println!("total: energy {:.6} €, imbalance {:.6} €, owed {:.6} € (negative: credited)", eur(b.energy), eur(b.imbalance), eur(b.total()));
-        let energy: i64 = lines.iter().map(|l| l.energy).sum();
-        let imbalance: i64 = lines.iter().map(|l| l.imbalance).sum();
+        // (Summed as the validators do: saturating.)
+        let energy = lines.iter().fold(0i64, |a, l| a.saturating_add(l.energy));
+        let imbalance = lines.iter().fold(0i64, |a, l| a.saturating_add(l.imbalance));
         if (energy, imbalance) != (b.energy, b.imbalance) {
             println!("note: the validators settled other readings than this gateway sent (some were not accepted); the total is the committed one");
         }
