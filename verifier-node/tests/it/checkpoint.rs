@@ -161,7 +161,6 @@ fn a_store_started_from_a_checkpoint_replays_and_audits_from_its_base_and_refuse
 #[test]
 fn a_validator_and_a_gateway_start_from_a_checkpoint() {
     use crate::cluster::*;
-    use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
     let c = Cluster::init_with("checkpoint", 4, 8, 6, 1500, 3, &["--slot-seconds", "900", "--execution-delay-s", "0"]);
@@ -199,31 +198,14 @@ fn a_validator_and_a_gateway_start_from_a_checkpoint() {
 
     // A gateway starts from the checkpoint too, then the operator opens market 2.
     let (gateway, device) = c.gateway("home");
-    let gw_log = c.dir.join("gateway.log");
-    let mut gw = Command::new(device_bin())
-        .args(["run", "--markets", "1", "--timeout-s", "90", "--checkpoint", &checkpoint, "--config"])
-        .arg(&gateway)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&gw_log).unwrap())
-        .spawn()
-        .unwrap();
+    let gw = c.spawn_device(&gateway, &["run", "--markets", "1", "--timeout-s", "90", "--checkpoint", &checkpoint], "gateway.log");
     // (Slots of 15 min, as the genesis market's, so that the gateway's EV can charge its energy.)
     let key = c.dir.join("cluster/operator.key");
     let args = ["open-market", "--operator-key", key.to_str().unwrap(), "--market-id", "2", "--slots", "4", "--slot-seconds", "900"];
     let more = ["--registration-s", "8", "--iteration-ms", "1500", "--max-iterations", "3", "--devices", "3", "--execution-delay-s", "0"];
     let out = crate::standing::cli(&c, &[&args[..], &more[..]].concat());
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = gw.try_wait().unwrap() {
-            break s;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(100), "the gateway did not finish:\n{}", std::fs::read_to_string(&gw_log).unwrap());
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let text = std::fs::read_to_string(&gw_log).unwrap();
-    assert!(status.success(), "gateway failed ({status}):\n{text}");
+    let text = c.wait_device(gw, "gateway.log", Duration::from_secs(100));
     assert!(text.contains("checkpoint snapshot verified and saved"), "{text}");
     assert!(c.dir.join("home.state.checkpoint").exists(), "the checkpoint is kept next to the state file");
     let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(c.dir.join("home.state.json")).unwrap()).unwrap();

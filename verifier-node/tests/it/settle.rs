@@ -260,33 +260,16 @@ fn four_validators_settle_a_market_from_readings_submitted_over_quic() {
 #[test]
 fn a_gateway_meters_its_appliance_after_each_slot_and_keeps_its_bill() {
     use crate::cluster::*;
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::process::Command;
+    use std::time::Duration;
 
     let c = Cluster::init_with("meter", 4, 10, 6, 1500, 3, &["--slot-seconds", "1", "--execution-delay-s", "0", "--meter-window-s", "4"]);
     let appliance = "[[appliances]]\nname = \"ev\"\n[appliances.spec]\nmodel = \"deferrable\"\nmax_power_kw = 3.0\nenergy_min_kwh = 0.001\nenergy_max_kwh = 0.002\n\
                      [appliances.meter]\nsource = \"simulated\"\ndeviation_pct = 10.0\nseed = 3\n";
     let (gateway, device) = c.gateway_with("home", appliance);
     c.start_all();
-    let log = c.dir.join("gateway.log");
-    let mut gw = Command::new(device_bin())
-        .args(["run", "--markets", "1", "--timeout-s", "90", "--config"])
-        .arg(&gateway)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = gw.try_wait().unwrap() {
-            break s;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(100), "the gateway did not finish:\n{}", std::fs::read_to_string(&log).unwrap());
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(status.success(), "gateway failed ({status}):\n{text}");
+    let gw = c.spawn_device(&gateway, &["run", "--markets", "1", "--timeout-s", "90"], "gateway.log");
+    let text = c.wait_device(gw, "gateway.log", Duration::from_secs(100));
     assert!(text.contains("meter readings submitted") && text.contains("settled: bills committed"), "{text}");
     let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(c.dir.join("home.state.json")).unwrap()).unwrap();
     let m = &state["markets"]["1"];

@@ -412,6 +412,35 @@ impl Cluster {
         (path, id)
     }
 
+    /// Starts `device <args> --config <config>` (RUST_LOG=info), its log in `<dir>/<log>`.
+    pub fn spawn_device(&self, config: &Path, args: &[&str], log: &str) -> Child {
+        Command::new(device_bin())
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join(log)).unwrap())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits at most `within` for a process [`Self::spawn_device`] started to exit, and asserts
+    /// it succeeded; returns its log.
+    pub fn wait_device(&self, mut child: Child, log: &str, within: Duration) -> String {
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(t0.elapsed() < within, "the gateway did not finish:\n{}", std::fs::read_to_string(self.dir.join(log)).unwrap());
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let text = std::fs::read_to_string(self.dir.join(log)).unwrap();
+        assert!(status.success(), "gateway failed ({status}):\n{text}");
+        text
+    }
+
     /// Every entry of validator `i`'s database (stopped).
     pub fn entries(&self, i: u16) -> Vec<Certified> {
         let store = verifier_node::store::Store::open(&self.db(i)).unwrap();
