@@ -629,15 +629,21 @@ impl Agent {
         for (id, m) in self.state.markets.iter_mut().filter(|(_, m)| m.settles && m.is_final() && m.bills.is_empty()) {
             let Some(spec) = self.known.get(id).map(|k| &k.spec) else { continue };
             let Some(deadline) = protocol::settlement::meter_deadline(spec) else { continue };
-            if now_ms >= deadline {
-                continue;
-            }
             for (i, a) in self.gateway.appliances.iter().enumerate() {
                 let (Some(meter), Some(x)) = (&a.meter, m.schedules.get(&a.name)) else { continue };
-                let Some(att) = a.attestations.iter().find(|att| protocol::membership::check_covers(att, spec).is_ok()) else { continue };
+                let next = m.metered.entry(a.name.clone()).or_insert(0);
+                let attested = a.attestations.iter().find(|att| protocol::membership::check_covers(att, spec).is_ok());
+                let (Some(att), true) = (attested, now_ms < deadline) else {
+                    // Past the meter deadline (or nothing to bound a reading by): the slots
+                    // left unread stay so; validators settle them by the default.
+                    if (*next as usize) < x.len() {
+                        tracing::warn!(market = *id, appliance = a.name, unread = x.len() - *next as usize, "slots left unread: the meter deadline passed or no attestation covers the market");
+                        *next = x.len() as u32;
+                    }
+                    continue;
+                };
                 let limits = att.body.nameplate.limits(spec.slot_seconds);
                 let grace = if meter.topic().is_some() { MQTT_READ_GRACE_MS } else { 0 };
-                let next = m.metered.entry(a.name.clone()).or_insert(0);
                 let mut list = Vec::new();
                 while (*next as usize) < x.len() && protocol::settlement::slot_end_ms(spec, *next) + grace <= now_ms {
                     let slot = *next;
@@ -671,8 +677,9 @@ impl Agent {
         out
     }
 
-    /// When the next metered slot ends (ms), among the settling markets still taking
-    /// readings; `None` if none.
+    /// When the next metered slot ends (ms, plus the read grace), among the settling markets
+    /// still taking readings; `None` if none. (A time already past means [`Self::due_readings`]
+    /// makes progress at once: it reads those slots, or gives them up after the deadline.)
     pub fn next_reading_ms(&self) -> Option<u64> {
         self.state
             .markets
@@ -689,7 +696,7 @@ impl Agent {
                         let next = m.metered.get(&a.name).copied().unwrap_or(0);
                         let x = m.schedules.get(&a.name)?;
                         let grace = if a.meter.as_ref()?.topic().is_some() { MQTT_READ_GRACE_MS } else { 0 };
-                        ((next as usize) < x.len()).then(|| protocol::settlement::slot_end_ms(spec, next) + grace).filter(|t| *t < deadline)
+                        ((next as usize) < x.len()).then(|| (protocol::settlement::slot_end_ms(spec, next) + grace).min(deadline))
                     })
                     .min()
             })
