@@ -170,9 +170,10 @@ impl SlotMeter {
         self.samples.push_back((at_ms, sample));
     }
 
-    /// The energy over `[start_ms, end_ms)` in W·slot (mean W): a counter's increase from its
-    /// last value at or before the start (or its first in the slot) to its last at or before
-    /// the end, times 3600 / `slot_seconds`; or the time-weighted mean of the power samples,
+    /// The energy over `[start_ms, end_ms)` in W·slot (mean W): a counter's increase between
+    /// its values at the slot's boundaries (each interpolated between the samples around it,
+    /// held from the last one if none came after; at the start, the first sample in the slot if
+    /// none came before), times 3600 / `slot_seconds`; or the time-weighted mean of the power samples,
     /// each held until the next (the one before the start held from the start). `None` if no
     /// sample arrived during the slot, a counter has no earlier value to compare with, or it
     /// went back (a reset).
@@ -186,10 +187,26 @@ impl SlotMeter {
         let last = *inside.last()?;
         let first = before.or_else(|| inside.first().copied())?;
         match (first.1, last.1) {
-            (Sample::Counter(a), Sample::Counter(b)) => {
-                // A counter needs a value before the slot's end other than its last: one at or
-                // before the start, or an earlier one within.
-                if b < a || last.0 <= first.0 {
+            (Sample::Counter(_), Sample::Counter(_)) => {
+                // The counter at each boundary, interpolated between the samples around it
+                // (held from the last one if none came after; the first one in the slot if
+                // none came before the start).
+                let at = |t: u64| -> Option<f64> {
+                    let a = self.samples.iter().rev().find(|(s, _)| *s <= t).copied();
+                    let b = self.samples.iter().find(|(s, _)| *s > t).copied();
+                    match (a, b) {
+                        (Some((ta, Sample::Counter(va))), Some((tb, Sample::Counter(vb)))) => Some(va + (vb - va) * (t - ta) as f64 / (tb - ta) as f64),
+                        (Some((_, Sample::Counter(va))), None) => Some(va),
+                        _ => None,
+                    }
+                };
+                let (a, b) = (at(start_ms).or(match first.1 {
+                    Sample::Counter(v) => Some(v),
+                    Sample::Power(_) => None,
+                })?, at(end_ms)?);
+                // A value before the slot's end other than its last is needed, and a counter
+                // never goes back.
+                if b < a || (before.is_none() && last.0 <= first.0) {
                     return None;
                 }
                 Some(((b - a) * 3600.0 / slot_seconds as f64).round() as i64)
