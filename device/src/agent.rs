@@ -183,9 +183,10 @@ pub struct Agent {
     meters: BTreeMap<usize, crate::metering::SlotMeter>,
 }
 
-/// How long after a slot's end an MQTT meter's slot is read: a sample taken at the end may
-/// arrive a little later.
-pub const MQTT_READ_GRACE_MS: u64 = 1000;
+/// How long after a slot's end it is read at the least: a sample taken at the end may arrive
+/// a little later, and a validator whose clock is behind must see the slot ended (the grace
+/// is the genesis's largest clock drift if that is longer).
+pub const READ_GRACE_MS: u64 = 1000;
 
 impl Agent {
     /// An agent for `gateway` with its proving keys, resuming from `state`. The light client
@@ -580,6 +581,17 @@ impl Agent {
                 m.settles = g.settlement.is_some();
                 None
             }
+            Body::Meter(b) => {
+                // Own readings in the log (after a lost state file too): never read again.
+                for r in &b.readings {
+                    if let Some(name) = ids.get(&r.body.device) {
+                        let next = m.metered.entry(name.clone()).or_insert(0);
+                        *next = (*next).max(r.body.slot + 1);
+                        m.readings.entry(name.clone()).or_default().insert(r.body.slot, r.body.energy);
+                    }
+                }
+                None
+            }
             Body::Settlement(s) => {
                 for b in &s.bills {
                     if let Some(name) = ids.get(&b.device) {
@@ -643,7 +655,7 @@ impl Agent {
                     continue;
                 };
                 let limits = att.body.nameplate.limits(spec.slot_seconds);
-                let grace = if meter.topic().is_some() { MQTT_READ_GRACE_MS } else { 0 };
+                let grace = READ_GRACE_MS.max(self.gateway.market().max_clock_drift_ms);
                 let mut list = Vec::new();
                 while (*next as usize) < x.len() && protocol::settlement::slot_end_ms(spec, *next) + grace <= now_ms {
                     let slot = *next;
@@ -695,7 +707,7 @@ impl Agent {
                     .filter_map(|a| {
                         let next = m.metered.get(&a.name).copied().unwrap_or(0);
                         let x = m.schedules.get(&a.name)?;
-                        let grace = if a.meter.as_ref()?.topic().is_some() { MQTT_READ_GRACE_MS } else { 0 };
+                        let grace = READ_GRACE_MS.max(self.gateway.market().max_clock_drift_ms);
                         ((next as usize) < x.len()).then(|| (protocol::settlement::slot_end_ms(spec, next) + grace).min(deadline))
                     })
                     .min()

@@ -391,7 +391,7 @@ async fn follow(
     gw: &Gateway,
     opts: RunOptions,
     mut execution: Option<&mut Execution>,
-    mut meters: Option<&mut tokio::sync::mpsc::Receiver<(String, Vec<u8>)>>,
+    mut meters: Option<&mut tokio::sync::mpsc::Receiver<(String, Vec<u8>, u64)>>,
 ) -> Result<(), RunError> {
     let state_path = gw.file.state_file.clone();
     protocol::net::install_crypto();
@@ -499,7 +499,7 @@ async fn follow(
                     }
                 } => {
                     match msg {
-                        Some((topic, payload)) => agent.on_meter_message(&topic, &payload, protocol::net::now_ms()),
+                        Some((topic, payload, at_ms)) => agent.on_meter_message(&topic, &payload, at_ms),
                         None => meters = None,
                     }
                     continue;
@@ -678,13 +678,13 @@ async fn submit_readings(agent: &mut Agent, links: &mut Links, state_path: &std:
     let now = protocol::net::now_ms();
     let due = agent.due_readings(now);
     crate::state::save(state_path, &agent.state)?;
-    for (i, request, deadline_ms) in due {
-        let slots = match &request {
-            DeviceRequest::Meter(list) => list.len(),
-            _ => 0,
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now));
-        let outcome = links.submit_all(vec![(i, request)], deadline).await.pop().unwrap_or_default();
+    // One round to every validator for every appliance at once (the deadline: the earliest).
+    let Some(deadline_ms) = due.iter().map(|d| d.2).min() else { return Ok(()) };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now));
+    let slots: Vec<usize> = due.iter().map(|(_, r, _)| if let DeviceRequest::Meter(list) = r { list.len() } else { 0 }).collect();
+    let appliances: Vec<usize> = due.iter().map(|d| d.0).collect();
+    let outcomes = links.submit_all(due.into_iter().map(|(i, r, _)| (i, r)).collect(), deadline).await;
+    for ((i, slots), outcome) in appliances.into_iter().zip(slots).zip(outcomes) {
         let name = &agent.gateway().appliances[i].name;
         if outcome.accepted > 0 {
             info!(appliance = name, slots, accepted_by = outcome.accepted, "meter readings submitted");

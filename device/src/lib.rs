@@ -9,8 +9,8 @@
 //! - [`actuation`]: sans-IO — the committed schedule as a timeline of MQTT publications per
 //!   adapter (setpoint, duty cycle, Tasmota, Shelly Gen2, Home Assistant discovery and state),
 //!   and the executor that walks it and reconciles the current state.
-//! - [`metering`]: sans-IO — an appliance's meter reading of an executed slot (a simulated
-//!   meter for now), signed for a market that settles.
+//! - [`metering`]: sans-IO — an appliance's meter reading of an executed slot (Shelly,
+//!   Tasmota, a plain MQTT topic, or simulated), signed for a market that settles.
 //! - [`mqtt`]: the broker edge — rumqttc with reconnect/backoff, and the execution loop.
 //! - [`host`]: a gateway's runtime — QUIC to the validators, following the log, submitting,
 //!   then executing over MQTT ([`host::run_gateway`]).

@@ -209,7 +209,8 @@ impl SlotMeter {
                 if b < a || (before.is_none() && last.0 <= first.0) {
                     return None;
                 }
-                Some(((b - a) * 3600.0 / slot_seconds as f64).round() as i64)
+                let w = (b - a) * 3600.0 / slot_seconds as f64;
+                w.is_finite().then(|| w.round() as i64)
             }
             (Sample::Power(_), Sample::Power(_)) => {
                 let mut points: Vec<(u64, f64)> = before.into_iter().chain(inside).filter_map(|(t, s)| if let Sample::Power(w) = s { Some((t.max(start_ms), w)) } else { None }).collect();
@@ -220,7 +221,8 @@ impl SlotMeter {
                     let next = points.get(i + 1).map_or(end_ms, |p| p.0);
                     area += w * next.saturating_sub(*t) as f64;
                 }
-                Some((area / (end_ms - from) as f64).round() as i64)
+                let w = area / (end_ms - from) as f64;
+                w.is_finite().then(|| w.round() as i64)
             }
             _ => None,
         }

@@ -107,9 +107,9 @@ fn options(file: &MqttFile, client_id: &str) -> Result<MqttOptions, MqttError> {
 
 /// Subscribes to `topics` on the broker with its own connection (client id `client_id`),
 /// again after every reconnection (the one backoff), and forwards each message (topic,
-/// payload) to the returned channel; messages beyond its 1,024 waiting are dropped (counted
+/// payload, arrival time in ms) to the returned channel; messages beyond its 1,024 waiting are dropped (counted
 /// in a debug log). The task ends when the receiver is dropped.
-pub fn subscribe(file: &MqttFile, client_id: &str, topics: Vec<String>) -> Result<tokio::sync::mpsc::Receiver<(String, Vec<u8>)>, MqttError> {
+pub fn subscribe(file: &MqttFile, client_id: &str, topics: Vec<String>) -> Result<tokio::sync::mpsc::Receiver<(String, Vec<u8>, u64)>, MqttError> {
     let (client, mut events) = AsyncClient::new(options(file, client_id)?, 64);
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
     let addr = format!("{}:{}", file.host, file.port);
@@ -131,7 +131,7 @@ pub fn subscribe(file: &MqttFile, client_id: &str, topics: Vec<String>) -> Resul
                     info!(broker = addr, topics = topics.len(), "subscribed to the meter topics");
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if tx.try_send((p.topic.clone(), p.payload.to_vec())).is_err() {
+                    if tx.try_send((p.topic.clone(), p.payload.to_vec(), now_ms())).is_err() {
                         dropped += 1;
                         debug!(broker = addr, dropped, "meter message dropped: the gateway is behind");
                     }
