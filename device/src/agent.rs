@@ -638,6 +638,7 @@ impl Agent {
     pub fn due_readings(&mut self, now_ms: u64) -> Vec<(usize, protocol::messages::DeviceRequest, u64)> {
         let mut out = Vec::new();
         let chain = self.client.chain();
+        let grace = self.read_grace_ms();
         for (id, m) in self.state.markets.iter_mut().filter(|(_, m)| m.settles && m.is_final() && m.bills.is_empty()) {
             let Some(spec) = self.known.get(id).map(|k| &k.spec) else { continue };
             let Some(deadline) = protocol::settlement::meter_deadline(spec) else { continue };
@@ -655,7 +656,6 @@ impl Agent {
                     continue;
                 };
                 let limits = att.body.nameplate.limits(spec.slot_seconds);
-                let grace = READ_GRACE_MS.max(self.gateway.market().max_clock_drift_ms);
                 let mut list = Vec::new();
                 while (*next as usize) < x.len() && protocol::settlement::slot_end_ms(spec, *next) + grace <= now_ms {
                     let slot = *next;
@@ -689,10 +689,17 @@ impl Agent {
         out
     }
 
+    /// How long after a slot's end it is read ([`READ_GRACE_MS`], or the genesis's clock drift
+    /// if longer).
+    fn read_grace_ms(&self) -> u64 {
+        READ_GRACE_MS.max(self.gateway.market().max_clock_drift_ms)
+    }
+
     /// When the next metered slot ends (ms, plus the read grace), among the settling markets
     /// still taking readings; `None` if none. (A time already past means [`Self::due_readings`]
     /// makes progress at once: it reads those slots, or gives them up after the deadline.)
     pub fn next_reading_ms(&self) -> Option<u64> {
+        let grace = self.read_grace_ms();
         self.state
             .markets
             .iter()
@@ -707,7 +714,6 @@ impl Agent {
                     .filter_map(|a| {
                         let next = m.metered.get(&a.name).copied().unwrap_or(0);
                         let x = m.schedules.get(&a.name)?;
-                        let grace = READ_GRACE_MS.max(self.gateway.market().max_clock_drift_ms);
                         ((next as usize) < x.len()).then(|| (protocol::settlement::slot_end_ms(spec, next) + grace).min(deadline))
                     })
                     .min()

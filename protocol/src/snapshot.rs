@@ -252,7 +252,7 @@ pub enum SnapshotError {
     #[error("checkpoint entry: {0}")]
     Entry(#[from] LogError),
     /// The bytes do not hash to the entry's state root.
-    #[error("the snapshot's bytes hash to {got}, the checkpoint entry's state root is {expected}")]
+    #[error("the snapshot (hash {got}) does not hash to the entry's state root {expected}")]
     Root {
         /// What the bytes hash to (hex).
         got: String,
@@ -322,15 +322,7 @@ pub fn verify_checkpoint(
     if !entry.is_pruned() {
         check_bodies(entry)?;
     }
-    let got = state_root(state);
-    if got != e.state_root {
-        return Err(SnapshotError::Root { got: hex(&got), expected: hex(&e.state_root) });
-    }
-    let snap: ChainSnapshot = decode("chain snapshot", state, MAX_SNAPSHOT_BYTES)?;
-    if snap.height + 1 != e.height || snap.tip_hash != e.prev_hash {
-        return Err(SnapshotError::Height { height: snap.height, expected: e.height - 1 });
-    }
-    snap.check()?;
+    let snap = open(e, state)?;
     if entry.is_pruned() {
         let id = e.body.market_id().unwrap_or_default();
         let executed = snap.markets.iter().find(|m| m.spec.market_id == id).is_some_and(|m| crate::market::over_by_clock(&m.spec, now_ms));
@@ -338,6 +330,23 @@ pub fn verify_checkpoint(
             return Err(SnapshotError::PrunedEarly { market_id: id });
         }
     }
+    Ok(snap)
+}
+
+/// The snapshot `entry` extends, from its encoded bytes: they hash to the entry's state root,
+/// decode canonically, are of the height before it with its predecessor's hash, and pass
+/// [`ChainSnapshot::check`]. (What [`verify_checkpoint`] checks of the state, and what a node
+/// or audit checks of the snapshot a store started from.)
+pub fn open(entry: &Entry, state: &[u8]) -> Result<ChainSnapshot, SnapshotError> {
+    let got = state_root(state);
+    if got != entry.state_root {
+        return Err(SnapshotError::Root { got: hex(&got), expected: hex(&entry.state_root) });
+    }
+    let snap: ChainSnapshot = decode("chain snapshot", state, MAX_SNAPSHOT_BYTES)?;
+    if snap.height + 1 != entry.height || snap.tip_hash != entry.prev_hash {
+        return Err(SnapshotError::Height { height: snap.height, expected: entry.height.saturating_sub(1) });
+    }
+    snap.check()?;
     Ok(snap)
 }
 

@@ -162,32 +162,37 @@ impl Store {
     /// and synced. Refuses an entry that does not extend the tip.
     pub fn decide(&self, entry: &Entry, cert: &CommitCertificate, updates: &[SignedUpdate]) -> Result<(), StoreError> {
         check_extends(self.tip()?, entry, cert)?;
-        let hash = entry.hash();
-        let key = entry.height.to_be_bytes();
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_ENTRIES), key, encode(entry));
-        batch.put_cf(self.cf(CF_CERTIFICATES), key, encode(cert));
-        for u in updates {
-            batch.put_cf(self.cf(CF_UPDATES), u.digest(), encode(u));
-        }
-        // A pruned entry (synced from a validator that pruned it) marks its market pruned here
-        // too, so that the store serves and replays it the same way.
-        if let (Body::Iteration(b), true) = (&entry.body, protocol::entry::bodies_pruned(&entry.body, updates)) {
-            batch.put_cf(self.cf(CF_CONSENSUS), pruned_key(b.market_id), []);
-        }
-        if let protocol::entry::Body::Enrollment(b) = &entry.body {
-            for e in &b.enrollments {
-                batch.put_cf(self.cf(CF_DEVICES), e.body.device.0, encode(e));
-            }
-        }
-        let mut tip_value = key.to_vec();
-        tip_value.extend_from_slice(&hash);
-        batch.put_cf(self.cf(CF_CONSENSUS), TIP, tip_value);
+        self.stage(&mut batch, entry, cert, updates);
         batch.delete_range_cf(self.cf(CF_CONSENSUS), wal_key(0, 0), wal_key(entry.height + 1, 0));
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         self.db.write_opt(batch, &opts)?;
         Ok(())
+    }
+
+    /// Adds a certified entry to `batch` as every stored entry is kept: entry, certificate,
+    /// update bodies, its market's `pruned/` marker if it comes without them (synced from a
+    /// validator that pruned it, so the store serves and replays it the same way), the
+    /// enrollments it admits, and the tip (the last staged entry's).
+    fn stage(&self, batch: &mut WriteBatch, entry: &Entry, cert: &CommitCertificate, updates: &[SignedUpdate]) {
+        let key = entry.height.to_be_bytes();
+        batch.put_cf(self.cf(CF_ENTRIES), key, encode(entry));
+        batch.put_cf(self.cf(CF_CERTIFICATES), key, encode(cert));
+        for u in updates {
+            batch.put_cf(self.cf(CF_UPDATES), u.digest(), encode(u));
+        }
+        if let (Body::Iteration(b), true) = (&entry.body, protocol::entry::bodies_pruned(&entry.body, updates)) {
+            batch.put_cf(self.cf(CF_CONSENSUS), pruned_key(b.market_id), []);
+        }
+        if let Body::Enrollment(b) = &entry.body {
+            for e in &b.enrollments {
+                batch.put_cf(self.cf(CF_DEVICES), e.body.device.0, encode(e));
+            }
+        }
+        let mut tip_value = key.to_vec();
+        tip_value.extend_from_slice(&entry.hash());
+        batch.put_cf(self.cf(CF_CONSENSUS), TIP, tip_value);
     }
 
     /// The entry at `height`.
@@ -227,22 +232,10 @@ impl Store {
         }
         check_extends(None, genesis, &CommitCertificate { height: 0, round: 0, hash: genesis.hash(), votes: vec![] })?;
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_ENTRIES), 0u64.to_be_bytes(), encode(genesis));
-        batch.put_cf(self.cf(CF_CERTIFICATES), 0u64.to_be_bytes(), encode(&CommitCertificate { height: 0, round: 0, hash: genesis.hash(), votes: vec![] }));
-        let key = height.to_be_bytes();
-        batch.put_cf(self.cf(CF_ENTRIES), key, encode(&checkpoint.entry));
-        batch.put_cf(self.cf(CF_CERTIFICATES), key, encode(&checkpoint.certificate));
-        for u in &checkpoint.updates {
-            batch.put_cf(self.cf(CF_UPDATES), u.digest(), encode(u));
-        }
-        if let (Body::Iteration(b), true) = (&checkpoint.entry.body, checkpoint.is_pruned()) {
-            batch.put_cf(self.cf(CF_CONSENSUS), pruned_key(b.market_id), []);
-        }
+        self.stage(&mut batch, genesis, &CommitCertificate { height: 0, round: 0, hash: genesis.hash(), votes: vec![] }, &[]);
+        self.stage(&mut batch, &checkpoint.entry, &checkpoint.certificate, &checkpoint.updates);
         batch.put_cf(self.cf(CF_CONSENSUS), snapshot_key(height), state);
-        batch.put_cf(self.cf(CF_CONSENSUS), BASE, key);
-        let mut tip_value = key.to_vec();
-        tip_value.extend_from_slice(&checkpoint.entry.hash());
-        batch.put_cf(self.cf(CF_CONSENSUS), TIP, tip_value);
+        batch.put_cf(self.cf(CF_CONSENSUS), BASE, height.to_be_bytes());
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         self.db.write_opt(batch, &opts)?;

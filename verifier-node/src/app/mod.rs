@@ -571,11 +571,11 @@ impl ChainApp {
         dropped: &mut Vec<Dropped>,
     ) -> Result<Body, Reject> {
         let id = due.market_id;
-        if due.step == Step::Settlement {
-            let market = self.markets.get(&id).ok_or(Reject::UnknownMarket(id))?;
-            return Ok(Body::Settlement(market.settlement_body()?));
-        }
-        let market = self.live_market(id)?;
+        // (A settling market is final: only its settlement is built from it.)
+        let market = match due.step {
+            Step::Settlement => self.markets.get(&id).ok_or(Reject::UnknownMarket(id))?,
+            _ => self.live_market(id)?,
+        };
         let drop = |device, why| Dropped { market_id: id, device, why };
         Ok(match due.step {
             Step::Enrollment => {
@@ -637,7 +637,7 @@ impl ChainApp {
                 Body::Iteration(market.iteration_body(k, included)?)
             }
             Step::Final => Body::Final(market.final_body()?),
-            Step::Settlement => unreachable!("built above"),
+            Step::Settlement => Body::Settlement(market.settlement_body()?),
         })
     }
 

@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use ed25519_dalek::SigningKey;
 use malachitebft_core_consensus::{Params, State};
 use malachitebft_core_types::ValuePayload;
-use protocol::codec::{decode, encode};
+use protocol::codec::encode;
 use protocol::entry::{Body, Certified, CommitCertificate, Entry};
-use protocol::snapshot::{state_root, ChainSnapshot, MAX_SNAPSHOT_BYTES};
+use protocol::snapshot::MAX_SNAPSHOT_BYTES;
 use prover::VerifierKeys;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -105,10 +105,7 @@ impl<L: Log> Node<L> {
         let corrupt = |what: String| NodeError::Corrupt(format!("checkpoint base {base}: {what}"));
         let c = self.log.certified(base)?.ok_or_else(|| corrupt("the base entry is missing".into()))?;
         let bytes = self.log.snapshot(base)?.ok_or_else(|| corrupt("its snapshot is missing".into()))?;
-        if state_root(&bytes) != c.entry.state_root {
-            return Err(corrupt("the stored snapshot does not hash to the entry's state root".into()));
-        }
-        let snap: ChainSnapshot = decode("chain snapshot", &bytes, MAX_SNAPSHOT_BYTES).map_err(|e| corrupt(e.to_string()))?;
+        let snap = protocol::snapshot::open(&c.entry, &bytes).map_err(|e| corrupt(format!("the stored snapshot: {e}")))?;
         let keys = self.app.keys().clone();
         self.app = ChainApp::from_snapshot(genesis, keys, &snap).map_err(|e| corrupt(e.to_string()))?;
         self.app.apply_certified(&c).map_err(|e| corrupt(format!("the base entry does not apply: {e}")))?;
