@@ -67,6 +67,7 @@ fn scheduling_snapshot(n: usize) -> protocol::snapshot::ChainSnapshot {
         iteration_ms: 2000,
         execution_start_ms: 1_000_000,
         settlement: None,
+        compressed_slot_ms: None,
     };
     let mut ids: Vec<_> = sc.devices.iter().map(|d| d.id).collect();
     ids.sort_unstable();

@@ -157,7 +157,7 @@ pub fn gateway_process(dir: &Path) -> Result<(), String> {
     gw.self_attest(&crate::authority()).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let opts =
-        device::host::RunOptions { within: Some(Duration::from_secs(1800)), enroll_only: false, execute: false, compressed_slot_ms: None, stop_on_signal: false, markets: Some(1), checkpoint: None };
+        device::host::RunOptions { within: Some(Duration::from_secs(1800)), enroll_only: false, execute: false, stop_on_signal: false, markets: Some(1), checkpoint: None };
     rt.block_on(device::host::run_gateway(&gw, opts)).map_err(|e| e.to_string())?;
     println!("{}", serde_json::to_string(&GatewayReport { peak_rss_kib: peak_rss_kib() }).map_err(|e| e.to_string())?);
     Ok(())
@@ -274,6 +274,7 @@ pub fn run(s: Scenario, exe: &Path) -> Result<ScaleResult, String> {
             iteration_ms,
             execution_start_ms: close + 2 * iteration_ms + 60_000,
             settlement: None,
+            compressed_slot_ms: None,
         },
         verifying_keys: vec![verifier_node::config::key_hash(&vk, &vk_bytes)],
         enrollment_authorities: vec![protocol::membership::AuthorityId(crate::authority().verifying_key().to_bytes())],

@@ -9,10 +9,15 @@
 //! its gateway withdraws the bid), then for each ADMM iteration solves its appliances' local
 //! steps, proves them (Groth16) and submits them; the validators verify, aggregate and
 //! commit; after each final entry each gateway checks it as a light client and executes the
-//! schedule over MQTT on a compressed clock while the next day schedules. A device nobody
-//! attested tries to bid and is refused. At the end: a summary per day (bids, iterations,
-//! residuals, peak-to-average ratio, gap to the centralised optimum, proofs, commit latency),
-//! `summary.json` and a chart per day in the output directory.
+//! schedule over MQTT on the market's compressed clock (a day's slots last `--slot-ms` of wall
+//! clock each, the market states it), while the next day schedules. After each slot the
+//! gateways read their appliances' simulated meters (deviating from the schedule, with
+//! dropouts and one household's meter outage) and submit the signed readings; at each day's
+//! meter deadline the validators commit its settlement. A device nobody attested tries to bid
+//! and is refused. At the end: a summary per day (bids, iterations, residuals,
+//! peak-to-average ratio, gap to the centralised optimum, proofs, commit latency, the
+//! settlement's totals, largest bills and credits), `summary.json` and a chart per day in the
+//! output directory.
 
 mod broker;
 mod report;
@@ -59,8 +64,10 @@ pub struct Args {
     /// Seed of the appliance mix and of every key.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Most ADMM iterations K_max.
-    #[arg(long, default_value_t = 40)]
+    /// Most ADMM iterations K_max. A market's execution cannot start before its last
+    /// possible iteration's deadline, so K_max also sets how long each day waits for its
+    /// execution: the default days converge in under 20.
+    #[arg(long, default_value_t = 30)]
     pub max_iterations: u32,
     /// ADMM penalty ρ (€/MWh per W of disagreement). Larger converges in fewer iterations
     /// but stops further from the optimum: for a day of 200 appliances, 0.02 takes 27
@@ -70,9 +77,21 @@ pub struct Args {
     /// Relative stopping tolerance ε_rel.
     #[arg(long, default_value_t = 1e-2)]
     pub eps_rel: f64,
-    /// Execution: wall-clock length of one slot, ms (the day is time-compressed).
+    /// Execution: wall-clock length of one slot, ms (the day is time-compressed; the markets
+    /// state it, and money is still counted per slot of 24 h / T).
     #[arg(long, default_value_t = 500)]
-    pub slot_ms: u64,
+    pub slot_ms: u32,
+    /// Simulated meters: the largest deviation of a reading from the schedule, %.
+    #[arg(long, default_value_t = 5.0)]
+    pub meter_deviation_pct: f64,
+    /// Simulated meters: the probability that a slot has no reading, % (it settles as
+    /// scheduled, docs/protocol.md §9). The second gateway's meter is also offline for three
+    /// slots from the middle of each day.
+    #[arg(long, default_value_t = 2.0)]
+    pub meter_dropout_pct: f64,
+    /// Imbalance charged on |metered − scheduled| at this premium over |λ_t|, €/MWh.
+    #[arg(long, default_value_t = 50.0)]
+    pub imbalance_premium_eur_mwh: f64,
     /// Market days on one chain: the genesis opens the first, the market operator opens each
     /// next one when the previous is final (its execution a day later, its preferences
     /// changed, one appliance withdrawn on day 2, an unattested device refused).
@@ -143,11 +162,28 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         return Err(format!("--days: 1 to 7, got {}", args.days));
     }
     let slots = Slots::new(args.slots).map_err(|e| format!("--slots: {e}"))?;
+    let slot_seconds = (24 * 3600 / args.slots) as u32;
+    if args.slot_ms == 0 || args.slot_ms as u64 > slot_seconds as u64 * 1000 {
+        return Err(format!("--slot-ms: 1 to {} (a slot of the day), got {}", slot_seconds as u64 * 1000, args.slot_ms));
+    }
+    let meter = |outage: Option<device::metering::Outage>, seed: u64| device::metering::MeterFile::Simulated {
+        deviation_pct: args.meter_deviation_pct,
+        dropout_pct: args.meter_dropout_pct,
+        seed,
+        outage,
+    };
+    meter(None, 0).check().map_err(|e| format!("--meter-deviation-pct/--meter-dropout-pct: {e}"))?;
+    let settlement = protocol::settlement::SettlementSpec {
+        // The gateways read a slot a grace after it ends (the genesis's clock drift, 2 s):
+        // the window leaves them the grace and a few seconds to submit and commit.
+        meter_window_ms: 6000 + 2 * args.slot_ms as u64,
+        imbalance_premium: circuits::fixed::Fixed::from_f64("imbalance premium", args.imbalance_premium_eur_mwh).map_err(|e| format!("--imbalance-premium-eur-mwh: {e}"))?.raw(),
+    };
+    settlement.check().map_err(|e| format!("--imbalance-premium-eur-mwh: {e}"))?;
     let started = Instant::now();
     let out = args.out.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("gridproof-demo-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(out.join("keys")).map_err(|e| format!("{}: {e}", out.display()))?;
-    let slot_seconds = (24 * 3600 / args.slots) as u32;
 
     // 1. Development keys for the four models, and one timed proof of each to size the
     //    iteration window (every gateway proves all its appliances inside it).
@@ -219,11 +255,11 @@ fn run(args: &Args) -> Result<report::Summary, String> {
     };
     let rho = circuits::fixed::Fixed::from_f64("rho", args.rho).map_err(|e| e.to_string())?.raw();
     let eps_rel = circuits::fixed::Fixed::from_f64("eps_rel", args.eps_rel).map_err(|e| e.to_string())?.raw();
-    // Day d executes one day after day d − 1 (executions never overlap).
+    // Each day executes on its compressed clock from its last possible iteration's deadline
+    // on (and never before the previous day's execution ends).
     let now = protocol::net::now_ms();
     let close = now + registration_ms;
-    let first_execution_ms = close + iteration_ms * (args.max_iterations as u64 + 2);
-    let spec_of = |d: u32, close: u64| MarketSpec {
+    let spec_of = |d: u32, close: u64, after_ms: u64| MarketSpec {
         market_id: d as u64 + 1,
         slots: args.slots as u16,
         slot_seconds,
@@ -234,13 +270,14 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         grid: grid_of(&scenarios[d as usize]),
         registration_close_ms: close,
         iteration_ms,
-        execution_start_ms: first_execution_ms + d as u64 * 86_400_000,
-        settlement: None,
+        execution_start_ms: (close + iteration_ms * (args.max_iterations as u64 + 2)).max(after_ms),
+        settlement: Some(settlement.clone()),
+        compressed_slot_ms: Some(args.slot_ms),
     };
     let genesis = Genesis {
         validators: validator_keys.iter().map(|k| ValidatorId(k.verifying_key().to_bytes())).collect(),
         max_clock_drift_ms: 2000,
-        market: spec_of(0, close),
+        market: spec_of(0, close, 0),
         verifying_keys: key_hashes,
         enrollment_authorities: vec![protocol::membership::AuthorityId(authority.verifying_key().to_bytes())],
         market_operators: vec![protocol::market::OperatorId(operator.verifying_key().to_bytes())],
@@ -279,6 +316,8 @@ fn run(args: &Args) -> Result<report::Summary, String> {
     let per: Vec<Vec<usize>> = (0..args.gateways).map(|g| (g..args.appliances).step_by(args.gateways).collect()).collect();
     let name_of = |i: usize| format!("{}-{i:04}", scenarios[0].devices[i].params.kind());
     let mut overrides: Vec<serde_json::Map<String, serde_json::Value>> = vec![];
+    // The second gateway's meter (its household's) is offline for three slots each day.
+    let outage = device::metering::Outage { from_slot: args.slots as u32 / 2, slots: 3 };
     for (g, members) in per.iter().enumerate() {
         let dir = out.join(format!("gw{g:02}"));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -294,7 +333,8 @@ fn run(args: &Args) -> Result<report::Summary, String> {
                 let d = &scenarios[0].devices[i];
                 let name = name_of(i);
                 let output = Some(OutputFile::Setpoint { topic: format!("home/gw{g:02}/{name}/setpoint_w"), retain: false });
-                Virtual { name, params: d.params.clone(), costs: d.costs.clone(), output }
+                let meter = Some(meter((g == 1).then_some(outage), args.seed.wrapping_mul(1000).wrapping_add(i as u64)));
+                Virtual { name, params: d.params.clone(), costs: d.costs.clone(), output, meter }
             })
             .collect();
         let mut gw = Gateway::with_appliances(&dir.join("gateway.toml"), devices).map_err(|e| e.to_string())?;
@@ -325,7 +365,6 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         within: Some(Duration::from_secs(3600)),
         enroll_only: false,
         execute: true,
-        compressed_slot_ms: Some(args.slot_ms),
         stop_on_signal: false,
         markets: Some(args.days),
         checkpoint: None,
@@ -356,12 +395,13 @@ fn run(args: &Args) -> Result<report::Summary, String> {
     let mut refused = None;
     for d in 0..args.days {
         let spec = if d == 0 {
-            spec_of(0, close)
+            spec_of(0, close, 0)
         } else {
             // One iteration window longer than day 1's: the gateways prove iteration 1 as soon
             // as all their bids are in, and a household's late change of mind (the withdrawal
             // below) must still reach the validators before the close.
-            let spec = spec_of(d, protocol::net::now_ms() + registration_ms + iteration_ms);
+            let previous_end = markets.last().map_or(0, |(s, _): &(MarketSpec, report::Market)| protocol::market::execution_span(s).1);
+            let spec = spec_of(d, protocol::net::now_ms() + registration_ms + iteration_ms, previous_end);
             let open = protocol::market::SignedMarketOpen::new(&operator, &genesis_entry.chain_id, spec.clone());
             let answers = rt.block_on(verifier_node::roles::submit_to_all(&validator_ids, &peers, &operator, &protocol::messages::DeviceRequest::Open(open), Duration::from_secs(5)));
             if answers.iter().filter(|a| a.accepted()).count() < answers.len() * 2 / 3 + 1 {
@@ -386,12 +426,23 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         }))?;
         markets.push((spec, market));
     }
+    let pb = step(&format!(
+        "executing the schedules over MQTT ({} slots × {} ms from {}), metering and settling",
+        args.slots,
+        args.slot_ms,
+        device::actuation::rfc3339(markets[0].0.execution_start_ms)
+    ));
+    let mut settlements = vec![];
+    for (spec, _) in &markets {
+        let deadline = protocol::settlement::meter_deadline(spec).expect("the demo's markets settle");
+        let within = Duration::from_millis(deadline.saturating_sub(protocol::net::now_ms()) + 60_000);
+        settlements.push(rt.block_on(watcher.settlement(spec.market_id, within))?);
+    }
     watcher.close();
-    let pb = step(&format!("executing the schedules over MQTT ({} slots × {} ms)", args.slots, args.slot_ms));
     for t in threads {
         let _ = t.join();
     }
-    pb.finish_with_message("schedules executed");
+    pb.finish_with_message("schedules executed, metered and settled");
     if let Some(e) = failures.lock().expect("lock").first() {
         return Err(e.clone());
     }
@@ -413,6 +464,7 @@ fn run(args: &Args) -> Result<report::Summary, String> {
         gateways: &gateways,
         states: &states,
         markets,
+        settlements,
         stats: &stats,
         setpoints_seen: seen.lock().expect("lock").values().sum(),
         wall: started.elapsed(),

@@ -10,7 +10,7 @@ use device::config::Gateway;
 use ed25519_dalek::SigningKey;
 use indicatif::{ProgressBar, ProgressStyle};
 use protocol::admm::GridCost;
-use protocol::entry::{Body, Entry, FinalBody, MarketSpec};
+use protocol::entry::{Body, Entry, FinalBody, MarketSpec, SettlementBody};
 use protocol::ids::DeviceId;
 use protocol::net::ValidatorClient;
 use protocol::scenario::{Device, Scenario};
@@ -43,6 +43,8 @@ pub struct Watcher {
     client: ValidatorClient,
     rx: tokio::sync::mpsc::Receiver<Result<protocol::entry::Certified, protocol::net::NetError>>,
     light: protocol::entry::LightClient,
+    /// Settlement entries seen so far, by market (a day settles while the next schedules).
+    settled: std::collections::BTreeMap<u64, SettlementBody>,
 }
 
 impl Watcher {
@@ -55,7 +57,39 @@ impl Watcher {
         let client = ValidatorClient::connect(&endpoint, addr, validator.verifying_key().to_bytes(), &watcher).await.map_err(|e| e.to_string())?;
         let rx = client.subscribe(0).await.map_err(|e| e.to_string())?;
         let light = protocol::entry::LightClient::new(genesis).map_err(|e| e.to_string())?;
-        Ok(Watcher { client, rx, light })
+        Ok(Watcher { client, rx, light, settled: Default::default() })
+    }
+
+    /// The next certified entry after the genesis, checked as a light client; `timeout` for
+    /// it to come. Settlement entries are kept for [`Self::settlement`].
+    async fn next(&mut self, timeout: Duration) -> Result<protocol::entry::Certified, String> {
+        loop {
+            let item = tokio::time::timeout(timeout, self.rx.recv())
+                .await
+                .map_err(|_| "no entry committed for too long".to_string())?
+                .ok_or("the validator closed the subscription")?
+                .map_err(|e| e.to_string())?;
+            if item.entry.height == 0 {
+                continue;
+            }
+            self.light.accept(&item.entry, &item.certificate).map_err(|e| format!("the watcher refused entry {}: {e}", item.entry.height))?;
+            if let Body::Settlement(s) = &item.entry.body {
+                self.settled.insert(s.market_id, s.clone());
+            }
+            return Ok(item);
+        }
+    }
+
+    /// Follows the log to market `market_id`'s settlement entry, for at most `within`.
+    pub async fn settlement(&mut self, market_id: u64, within: Duration) -> Result<SettlementBody, String> {
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(s) = self.settled.get(&market_id) {
+                return Ok(s.clone());
+            }
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            self.next(left).await.map_err(|e| format!("waiting for market {market_id}'s settlement: {e}"))?;
+        }
     }
 
     /// Follows the log to `spec`'s final entry, drawing progress (`appliances` bids expected),
@@ -70,15 +104,7 @@ impl Watcher {
         let (mut enrolled, mut withdrawn) = (0, 0);
         let mut iterations = vec![];
         loop {
-            let item = tokio::time::timeout(Duration::from_millis(iteration_ms * 3 + 60_000), self.rx.recv())
-                .await
-                .map_err(|_| "no entry committed for too long".to_string())?
-                .ok_or("the validator closed the subscription")?
-                .map_err(|e| e.to_string())?;
-            if item.entry.height == 0 {
-                continue;
-            }
-            self.light.accept(&item.entry, &item.certificate).map_err(|e| format!("the watcher refused entry {}: {e}", item.entry.height))?;
+            let item = self.next(Duration::from_millis(iteration_ms * 3 + 60_000)).await?;
             if item.entry.body.market_id() != Some(spec.market_id) || matches!(item.entry.body, Body::Open(_)) {
                 continue;
             }
@@ -136,6 +162,8 @@ pub struct Inputs<'a> {
     pub states: &'a [AgentState],
     /// Each day's market and its log.
     pub markets: Vec<(MarketSpec, Market)>,
+    /// Each day's settlement entry.
+    pub settlements: Vec<SettlementBody>,
     /// Each validator's counters.
     pub stats: &'a [Stats],
     /// Setpoint messages the observer saw.
@@ -250,6 +278,52 @@ fn summarize_day(i: &Inputs<'_>, spec: &MarketSpec, market: &Market) -> Result<(
     Ok((json, DaySummary { base, aggregate, prices }, schedules.len()))
 }
 
+/// How many bills and credits the summary lists.
+const LARGEST: usize = 5;
+
+/// µ€ as €.
+fn eur(micro: impl Into<i128>) -> f64 {
+    micro.into() as f64 / 1e6
+}
+
+/// One day's settlement: totals (µ€ and €), readings committed, the five largest bills and
+/// credits by appliance name.
+fn settlement_json(i: &Inputs<'_>, spec: &MarketSpec, s: &SettlementBody) -> serde_json::Value {
+    let names: std::collections::BTreeMap<DeviceId, &str> = i.gateways.iter().flat_map(|g| g.appliances.iter().map(|a| (a.id(), a.name.as_str()))).collect();
+    let line = |b: &protocol::settlement::Bill| {
+        serde_json::json!({
+            "appliance": names.get(&b.device).copied().unwrap_or("?"),
+            "total_eur": eur(b.total()),
+            "energy_eur": eur(b.energy),
+            "imbalance_eur": eur(b.imbalance),
+            "metered_slots": b.metered_slots,
+        })
+    };
+    let mut by_total: Vec<&protocol::settlement::Bill> = s.bills.iter().collect();
+    by_total.sort_by_key(|b| (std::cmp::Reverse(b.total()), b.device));
+    let bills: Vec<_> = by_total.iter().filter(|b| b.total() > 0).take(LARGEST).map(|b| line(b)).collect();
+    let credits: Vec<_> = by_total.iter().rev().filter(|b| b.total() < 0).take(LARGEST).map(|b| line(b)).collect();
+    let t = &s.totals;
+    serde_json::json!({
+        "bills": s.bills.len(),
+        "readings_committed": s.bills.iter().map(|b| b.metered_slots as u64).sum::<u64>(),
+        "slots_billed": s.bills.len() as u64 * spec.slots as u64,
+        "micro_eur": {
+            "consumers_pay": t.consumers_pay as i64,
+            "producers_receive": t.producers_receive as i64,
+            "imbalance": t.imbalance_revenue as i64,
+            "network_revenue": t.network_revenue as i64,
+        },
+        "consumers_pay_eur": eur(t.consumers_pay),
+        "producers_receive_eur": eur(t.producers_receive),
+        "imbalance_eur": eur(t.imbalance_revenue),
+        "network_revenue_eur": eur(t.network_revenue),
+        "conserved": t.consumers_pay == t.producers_receive + t.imbalance_revenue + t.network_revenue,
+        "largest_bills": bills,
+        "largest_credits": credits,
+    })
+}
+
 /// Computes the summary: each day's ADMM against the centralised optimum, peak-to-average,
 /// proofs, latency; execution, the refused device and the validators' counters.
 pub fn summarize(i: Inputs<'_>) -> Result<Summary, String> {
@@ -257,8 +331,11 @@ pub fn summarize(i: Inputs<'_>) -> Result<Summary, String> {
     let mut days_json = vec![];
     let mut days = vec![];
     let mut expected_setpoints = 0u64;
-    for (spec, market) in &i.markets {
-        let (json, day, committed) = summarize_day(&i, spec, market)?;
+    for (d, (spec, market)) in i.markets.iter().enumerate() {
+        let (mut json, day, committed) = summarize_day(&i, spec, market)?;
+        if let Some(s) = i.settlements.get(d) {
+            json["settlement"] = settlement_json(&i, spec, s);
+        }
         expected_setpoints += (committed * (t + 1)) as u64;
         days_json.push(json);
         days.push(day);
@@ -333,6 +410,29 @@ pub fn render(s: &Summary) -> String {
             day["commit_latency_ms"]["max"],
             j["iteration_window_ms"]
         );
+        let st = &day["settlement"];
+        if st.is_object() {
+            let e = |v: &serde_json::Value| v.as_f64().map_or("n/a".to_string(), |x| format!("{x:.2} €"));
+            out += &format!(
+                "  settlement          consumers pay {}, producers receive {}, imbalance {}, the grid keeps {}{}\n",
+                e(&st["consumers_pay_eur"]),
+                e(&st["producers_receive_eur"]),
+                e(&st["imbalance_eur"]),
+                e(&st["network_revenue_eur"]),
+                if st["conserved"] == true { " (conserved to the µ€)" } else { " (NOT CONSERVED)" }
+            );
+            out += &format!("  readings            {} of {} slots metered (the rest settled as scheduled)\n", st["readings_committed"], st["slots_billed"]);
+            let list = |v: &serde_json::Value| {
+                let items: Vec<String> = v.as_array().into_iter().flatten().map(|b| format!("{} {}", b["appliance"].as_str().unwrap_or("?"), e(&b["total_eur"]))).collect();
+                if items.is_empty() {
+                    "none".to_string()
+                } else {
+                    items.join(", ")
+                }
+            };
+            out += &format!("  largest bills       {}\n", list(&st["largest_bills"]));
+            out += &format!("  largest credits     {}\n", list(&st["largest_credits"]));
+        }
         out += &format!("  chart               {}\n", s.out.join(chart_name(d)).display());
     }
     if let Some(w) = j["withdrawn"].as_str() {

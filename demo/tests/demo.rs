@@ -2,7 +2,8 @@
 //! validators, the embedded broker, two market days on one chain. Its summary must say what a
 //! newcomer is promised: both days converged, day 1 within 1 % of the centralised optimum,
 //! day 2 with one bid withdrawn, the unattested device refused by every validator, every proof
-//! valid and verified by every validator, every schedule executed over MQTT.
+//! valid and verified by every validator, every schedule executed over MQTT on the markets'
+//! compressed clock, metered and settled.
 
 use std::process::Command;
 
@@ -47,6 +48,25 @@ fn two_small_market_days_on_one_chain_converge_withdraw_refuse_and_execute() {
     assert_eq!(s["execution"]["executed"], true, "{s}");
     assert_eq!(s["execution"]["setpoints_seen"], s["execution"]["setpoints_expected"]);
     assert_eq!(s["execution"]["setpoints_expected"], (10 + 9) * (8 + 1));
+    // Each day settled at its meter deadline on the simulated meters' readings: conserved to
+    // the µ€, every schedule billed, some slots unread (dropouts, one household's outage),
+    // readings off the schedule charged as imbalance, the largest bills and credits listed.
+    for d in [d1, d2] {
+        let st = &d["settlement"];
+        let m = &st["micro_eur"];
+        let v = |k: &str| m[k].as_i64().unwrap();
+        assert_eq!(v("consumers_pay"), v("producers_receive") + v("imbalance") + v("network_revenue"), "{st}");
+        assert_eq!(st["conserved"], true);
+        assert!(v("consumers_pay") > 0 && v("imbalance") > 0, "{st}");
+        assert_eq!(st["bills"], d["schedules_committed"], "every scheduled appliance billed: {st}");
+        let (read, slots) = (st["readings_committed"].as_u64().unwrap(), st["slots_billed"].as_u64().unwrap());
+        assert!(read < slots && read >= slots / 2, "{read} of {slots} slots metered");
+        let totals = |k: &str| st[k].as_array().unwrap().iter().map(|b| b["total_eur"].as_f64().unwrap()).collect::<Vec<f64>>();
+        let (bills, credits) = (totals("largest_bills"), totals("largest_credits"));
+        assert!(!bills.is_empty() && bills.len() <= 5 && bills.windows(2).all(|w| w[0] >= w[1]) && bills.iter().all(|&b| b > 0.0), "{st}");
+        assert!(credits.len() <= 5 && credits.windows(2).all(|w| w[0] <= w[1]) && credits.iter().all(|&c| c < 0.0), "{st}");
+    }
+    assert!(stdout.contains("largest bills") && stdout.contains("conserved to the µ€"), "{stdout}");
     // Consensus takes time: the validators' own due → commit latency is positive and below
     // the client's (which adds delivery).
     let node = s["validators_due_to_commit_mean_ms"].as_f64().unwrap();

@@ -664,7 +664,7 @@ impl Agent {
                         None => meter.read(*id, &a.name, slot, x[slot as usize], limits.import_w, limits.export_w),
                         Some(_) => {
                             let end = protocol::settlement::slot_end_ms(spec, slot);
-                            let start = end.saturating_sub(spec.slot_seconds as u64 * 1000);
+                            let start = end.saturating_sub(spec.slot_ms());
                             let e = self.meters.get(&i).and_then(|s| s.energy(start, end, spec.slot_seconds));
                             if e.is_none() {
                                 tracing::warn!(market = *id, appliance = a.name, slot, "no meter samples cover this slot: no reading");

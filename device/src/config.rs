@@ -468,6 +468,8 @@ pub struct Virtual {
     pub costs: Costs,
     /// How it is switched.
     pub output: Option<OutputFile>,
+    /// How it is metered (markets that settle).
+    pub meter: Option<crate::metering::MeterFile>,
 }
 
 /// A loaded gateway.
@@ -540,7 +542,7 @@ impl Gateway {
             .devices
             .into_iter()
             .enumerate()
-            .map(|(i, d)| Virtual { name: format!("sim-{i:04}"), params: d.params, costs: d.costs, output: None })
+            .map(|(i, d)| Virtual { name: format!("sim-{i:04}"), params: d.params, costs: d.costs, output: None, meter: None })
             .collect();
         let mut gw = Gateway::with_appliances(path, devices)?;
         gw.file.mqtt = None;
@@ -563,7 +565,10 @@ impl Gateway {
             if d.output.is_some() && file.mqtt.is_none() {
                 return Err(invalid(path, format!("virtual appliance {}: an output needs an [mqtt] broker", d.name)));
             }
-            appliances.push(Appliance { output: d.output, ..Appliance::derive(&secret, &d.name, d.params, d.costs, &market) });
+            if let Some(m) = &d.meter {
+                m.check().map_err(|e| invalid(path, format!("virtual appliance {}: {e}", d.name)))?;
+            }
+            appliances.push(Appliance { output: d.output, meter: d.meter, ..Appliance::derive(&secret, &d.name, d.params, d.costs, &market) });
         }
         attach_attestations(&file.attestations_file, &genesis, &mut appliances)?;
         file.appliances.clear();

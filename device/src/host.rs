@@ -76,9 +76,6 @@ pub struct RunOptions {
     pub enroll_only: bool,
     /// After each final schedule, execute it (if a broker is configured).
     pub execute: bool,
-    /// Execute with this slot length (ms) starting when a schedule is final (or the previous
-    /// one executed), instead of the market's own execution clock (time-compressed demos).
-    pub compressed_slot_ms: Option<u64>,
     /// Stop cleanly on SIGINT or SIGTERM ([`RunError::Interrupted`], MQTT closed): a gateway
     /// process sets it; gateways inside a larger process (the demo) leave signals to it.
     pub stop_on_signal: bool,
@@ -163,7 +160,7 @@ pub async fn run_gateway_with_keys(gw: &Gateway, keys: BTreeMap<(u8, usize), Upd
         (Some(m), true) => Some(Broker::connect(m, &gw.client_id(), offline.clone(), Duration::from_secs(10)).await?),
         _ => None,
     };
-    let mut execution = broker.map(|b| Execution::start(b, ha, offline, opts.compressed_slot_ms));
+    let mut execution = broker.map(|b| Execution::start(b, ha, offline));
     // Meters read over MQTT: their own subscription on the broker.
     let topics: Vec<String> = agent.meter_topics().into_iter().map(|(_, t)| t).collect();
     let mut meters = match (&gw.file.mqtt, topics.is_empty() || opts.enroll_only) {
@@ -218,16 +215,14 @@ enum Progress {
 }
 
 impl Execution {
-    fn start(mut broker: Broker, ha: Option<actuation::HomeAssistantFile>, offline: Option<Publish>, compressed_slot_ms: Option<u64>) -> Execution {
+    fn start(mut broker: Broker, ha: Option<actuation::HomeAssistantFile>, offline: Option<Publish>) -> Execution {
         let (jobs, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
         let (progress_tx, progress) = tokio::sync::mpsc::unbounded_channel();
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
-            // Final schedules waiting, earliest execution first (on the market's own clock;
-            // compressed, in the order they became final).
+            // Final schedules waiting, earliest execution first (on each market's own clock).
             let mut pending: BTreeMap<(u64, u64), Job> = BTreeMap::new();
-            let order = |j: &Job, seq: u64| if compressed_slot_ms.is_some() { (seq, j.market_id) } else { (j.timing.start_ms, j.market_id) };
-            let mut seq = 0u64;
+            let order = |j: &Job| (j.timing.start_ms, j.market_id);
             let mut open = true;
             'jobs: loop {
                 let Some((_, job)) = pending.pop_first() else {
@@ -237,8 +232,7 @@ impl Execution {
                     tokio::select! {
                         j = rx.recv() => match j {
                             Some(j) => {
-                                seq += 1;
-                                pending.insert(order(&j, seq), j);
+                                pending.insert(order(&j), j);
                             }
                             None => open = false,
                         },
@@ -246,10 +240,7 @@ impl Execution {
                     }
                     continue;
                 };
-                let timing = match compressed_slot_ms {
-                    Some(slot_ms) => Timing { start_ms: protocol::net::now_ms() + slot_ms, slot_ms },
-                    None => job.timing,
-                };
+                let timing = job.timing;
                 let mut on_connect = Vec::new();
                 if let Some(h) = &ha {
                     on_connect.push(Publish { topic: actuation::availability_topic(h), payload: "online".into(), retain: true });
@@ -278,15 +269,14 @@ impl Execution {
                         j = rx.recv(), if open => match j {
                             // A schedule that executes earlier, final later: it goes first
                             // while this one has not started.
-                            Some(j) if compressed_slot_ms.is_none() && j.timing.start_ms < timing.start_ms && protocol::net::now_ms() < timing.start_ms => {
+                            Some(j) if j.timing.start_ms < timing.start_ms && protocol::net::now_ms() < timing.start_ms => {
                                 info!(market = market_id, before = j.market_id, "execution waits for an earlier market's");
-                                pending.insert(order(&j, 0), j);
-                                pending.insert(order(&job, 0), job);
+                                pending.insert(order(&j), j);
+                                pending.insert(order(&job), job);
                                 continue 'jobs;
                             }
                             Some(j) => {
-                                seq += 1;
-                                pending.insert(order(&j, seq), j);
+                                pending.insert(order(&j), j);
                             }
                             None => open = false,
                         },
@@ -312,7 +302,7 @@ impl Execution {
             .filter(|a| m.schedules.contains_key(&a.name))
             .map(|a| AppliancePlan { name: a.name.clone(), output: a.output.clone(), schedule: m.schedules[&a.name].clone() })
             .collect();
-        let timing = Timing { start_ms: spec.execution_start_ms, slot_ms: spec.slot_seconds as u64 * 1000 };
+        let timing = Timing { start_ms: spec.execution_start_ms, slot_ms: spec.slot_ms() };
         let _ = self.jobs.send(Job { market_id: id, timing, plans, prices: m.prices_eur_mwh(), done_until_ms: m.executed_until_ms });
     }
 

@@ -177,7 +177,7 @@ fn init(path: &Path) -> Result<(), String> {
 fn follow(path: &Path, within: Option<Duration>, enroll_only: bool, markets: Option<u32>, checkpoint: Option<protocol::snapshot::Checkpoint>) -> Result<(), String> {
     let gw = Gateway::load(path).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    let opts = RunOptions { within, enroll_only, execute: !enroll_only, compressed_slot_ms: None, stop_on_signal: true, markets, checkpoint };
+    let opts = RunOptions { within, enroll_only, execute: !enroll_only, stop_on_signal: true, markets, checkpoint };
     match rt.block_on(device::host::run_gateway(&gw, opts)) {
         Err(device::host::RunError::Interrupted(signal)) => {
             eprintln!("stopped by {signal}; the state file is saved and `device run` resumes");
@@ -216,7 +216,7 @@ fn simulate(path: &Path, n: usize, seed: u64, within: Duration, summary: Option<
     gw.self_attest(&authority).map_err(|e| e.to_string())?;
     info!(appliances = n, seed, "simulating virtual appliances");
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    let opts = RunOptions { within: Some(within), enroll_only: false, execute: false, compressed_slot_ms: None, stop_on_signal: true, markets: Some(1), checkpoint: None };
+    let opts = RunOptions { within: Some(within), enroll_only: false, execute: false, stop_on_signal: true, markets: Some(1), checkpoint: None };
     rt.block_on(device::host::run_gateway(&gw, opts)).map_err(|e| e.to_string())?;
     let state = device::state::load(&gw.file.state_file).map_err(|e| e.to_string())?;
     let (market_id, state) = state.last_final().ok_or("no market reached a final schedule")?;

@@ -47,7 +47,8 @@ pub enum MeterFile {
         unit: Unit,
     },
     /// A simulated meter: the executed schedule, off by up to `deviation_pct` % (at least 1 W
-    /// when positive), with no reading for a slot with probability `dropout_pct` %.
+    /// when positive), with no reading for a slot with probability `dropout_pct` %, and none
+    /// for the slots of an outage.
     Simulated {
         /// Largest deviation from the schedule, % of its magnitude (0..=100).
         #[serde(default)]
@@ -58,7 +59,27 @@ pub enum MeterFile {
         /// Seeds the deviations and dropouts.
         #[serde(default)]
         seed: u64,
+        /// The meter is offline for these slots of every market: no reading of them.
+        #[serde(default)]
+        outage: Option<Outage>,
     },
+}
+
+/// Slots a simulated meter is offline: `slots` slots from `from_slot` on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outage {
+    /// The first slot without a reading.
+    pub from_slot: u32,
+    /// How many slots (≥ 1).
+    pub slots: u32,
+}
+
+impl Outage {
+    /// Whether the meter is offline during `slot`.
+    pub fn covers(&self, slot: u32) -> bool {
+        slot >= self.from_slot && slot - self.from_slot < self.slots
+    }
 }
 
 /// The unit of a `topic` meter's payload.
@@ -118,11 +139,14 @@ impl MeterFile {
                 }
                 Ok(())
             }
-            MeterFile::Simulated { deviation_pct, dropout_pct, .. } => {
+            MeterFile::Simulated { deviation_pct, dropout_pct, outage, .. } => {
                 for (what, v) in [("deviation_pct", deviation_pct), ("dropout_pct", dropout_pct)] {
                     if !(0.0..=100.0).contains(v) {
                         return Err(format!("meter: {what} = {v} is not within 0..=100"));
                     }
+                }
+                if outage.is_some_and(|o| o.slots == 0) {
+                    return Err("meter: an outage of 0 slots (outage.slots must be at least 1)".to_string());
                 }
                 Ok(())
             }
@@ -135,7 +159,10 @@ impl MeterFile {
     pub fn read(&self, market_id: u64, name: &str, slot: u32, x: i32, import_w: u32, export_w: u32) -> Option<i64> {
         match self {
             MeterFile::Shelly { .. } | MeterFile::Tasmota { .. } | MeterFile::Topic { .. } => None,
-            MeterFile::Simulated { deviation_pct, dropout_pct, seed } => {
+            MeterFile::Simulated { deviation_pct, dropout_pct, seed, outage } => {
+                if outage.is_some_and(|o| o.covers(slot)) {
+                    return None;
+                }
                 let digest = Sha256::new().chain_update(seed.to_le_bytes()).chain_update(market_id.to_le_bytes()).chain_update(name.as_bytes()).chain_update(slot.to_le_bytes()).finalize();
                 let mut rng = ChaCha20Rng::from_seed(digest.into());
                 if rng.gen_bool((dropout_pct / 100.0).clamp(0.0, 1.0)) {
@@ -234,7 +261,7 @@ mod tests {
     use super::*;
 
     fn sim(deviation_pct: f64, dropout_pct: f64) -> MeterFile {
-        MeterFile::Simulated { deviation_pct, dropout_pct, seed: 7 }
+        MeterFile::Simulated { deviation_pct, dropout_pct, seed: 7, outage: None }
     }
 
     #[test]
@@ -295,5 +322,17 @@ mod tests {
         assert!(sim(150.0, 0.0).check().unwrap_err().contains("deviation_pct"));
         assert!(sim(0.0, -1.0).check().unwrap_err().contains("dropout_pct"));
         assert!(sim(5.0, 1.0).check().is_ok());
+    }
+
+    #[test]
+    fn an_outage_leaves_its_slots_unread_in_every_market() {
+        let m: MeterFile = toml::from_str("source = \"simulated\"\noutage = { from_slot = 3, slots = 2 }\n").unwrap();
+        for market in [1, 2] {
+            let read: Vec<bool> = (0..8).map(|t| m.read(market, "ev", t, 100, 3000, 0).is_some()).collect();
+            assert_eq!(read, [true, true, true, false, false, true, true, true], "market {market}");
+        }
+        let none: MeterFile = toml::from_str("source = \"simulated\"\noutage = { from_slot = 3, slots = 0 }\n").unwrap();
+        assert!(none.check().unwrap_err().contains("outage"));
+        assert!(toml::from_str::<MeterFile>("source = \"simulated\"\noutage = { from = 3 }\n").is_err(), "unknown field");
     }
 }

@@ -163,7 +163,7 @@ impl ClockConfig {
             iteration_ms: m.iteration_ms,
             max_iterations: m.max_iterations,
             execution_start_ms: m.execution_start_ms,
-            slot_ms: m.slot_seconds as u64 * 1000,
+            slot_ms: m.slot_ms(),
             slots: m.slots as u32,
         }
     }

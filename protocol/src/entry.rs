@@ -69,9 +69,20 @@ pub struct MarketSpec {
     /// How the market settles (meter window, imbalance premium); `None`: it ends at its final
     /// entry, unsettled.
     pub settlement: Option<crate::settlement::SettlementSpec>,
+    /// A time-compressed market (a demonstration): each slot lasts this many ms of wall clock
+    /// (1 ≤ it ≤ Δ · 1000, [`crate::market::check_spec`]) while energy and money are still
+    /// counted per Δ. `None`: a slot lasts Δ. Every clock of the market (its execution span,
+    /// when a slot's reading is due, the meter deadline) runs on [`MarketSpec::slot_ms`].
+    pub compressed_slot_ms: Option<u32>,
 }
 
 impl MarketSpec {
+    /// How long one slot of execution lasts on the wall clock (ms): Δ · 1000, or the
+    /// compressed length.
+    pub fn slot_ms(&self) -> u64 {
+        self.compressed_slot_ms.map_or(self.slot_seconds as u64 * 1000, u64::from)
+    }
+
     /// The ADMM parameters (fails on an invalid T).
     pub fn admm(&self) -> Result<AdmmParams, circuits::limits::SlotsError> {
         Ok(AdmmParams {

@@ -106,9 +106,10 @@ impl SignedWithdrawal {
     }
 }
 
-/// When a market's devices execute: `[execution start, execution start + T · Δ)` in ms.
+/// When a market's devices execute: `[execution start, execution start + T · slot length)`
+/// in ms ([`MarketSpec::slot_ms`]: Δ, or a compressed market's slot).
 pub fn execution_span(m: &MarketSpec) -> (u64, u64) {
-    (m.execution_start_ms, m.execution_start_ms.saturating_add(m.slots as u64 * m.slot_seconds as u64 * 1000))
+    (m.execution_start_ms, m.execution_start_ms.saturating_add(m.slots as u64 * m.slot_ms()))
 }
 
 /// When market `m` is over by its own clock: its execution end, or, if it settles, its meter
@@ -198,13 +199,19 @@ impl OpenError {
 
 /// The checks of a market's own parameters, wherever it is opened (genesis or
 /// [`MarketOpen`]): scheduling ends before execution starts, the clock's lengths are positive,
-/// and the ADMM parameters lie within the fixed-point engine's range.
+/// the ADMM parameters lie within the fixed-point engine's range, the settlement rule within
+/// its bounds, and a compressed slot within 1 ms..=Δ.
 pub fn check_spec(m: &MarketSpec) -> Result<(), OpenError> {
     let params = |reason: String| OpenError::Params { market_id: m.market_id, reason };
     MarketClock::new(ClockConfig::from_spec(m)).map_err(|e| params(e.to_string()))?;
     m.admm().map_err(|e| params(e.to_string()))?.check().map_err(|e| params(e.to_string()))?;
     if let Some(rule) = &m.settlement {
         rule.check().map_err(params)?;
+    }
+    if let Some(ms) = m.compressed_slot_ms {
+        if ms == 0 || ms as u64 > m.slot_seconds as u64 * 1000 {
+            return Err(params(format!("a compressed slot of {ms} ms is not within 1 ms..=Δ ({} s)", m.slot_seconds)));
+        }
     }
     Ok(())
 }

@@ -257,10 +257,9 @@ impl AttestationError {
 }
 
 /// The span an attestation must cover for a market: from its registration close to the end
-/// of its execution (`execution_start + T · Δ`).
+/// of its execution ([`crate::market::execution_span`]).
 pub fn market_span(m: &MarketSpec) -> (u64, u64) {
-    let end = m.execution_start_ms.saturating_add(m.slots as u64 * m.slot_seconds as u64 * 1000);
-    (m.registration_close_ms, end)
+    (m.registration_close_ms, crate::market::execution_span(m).1)
 }
 
 /// Whether `a` admits `device` of model `kind` to market `m` on `chain`: signed (strictly) by

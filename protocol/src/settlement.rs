@@ -301,7 +301,7 @@ pub fn meter_deadline(spec: &crate::entry::MarketSpec) -> Option<u64> {
 
 /// When slot `slot` of `spec`'s execution ends (ms): a reading of it counts from then on.
 pub fn slot_end_ms(spec: &crate::entry::MarketSpec, slot: u32) -> u64 {
-    spec.execution_start_ms.saturating_add((slot as u64 + 1).saturating_mul(spec.slot_seconds as u64 * 1000))
+    spec.execution_start_ms.saturating_add((slot as u64 + 1).saturating_mul(spec.slot_ms()))
 }
 
 /// Why a reading is refused (validators' checks, docs/protocol.md §9). Each has a metrics

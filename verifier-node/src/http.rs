@@ -30,6 +30,7 @@ pub fn entry_json(c: &Certified) -> Value {
             "iteration_ms": m.iteration_ms,
             "max_iterations": m.max_iterations,
             "execution_start_ms": m.execution_start_ms,
+            "slot_ms": m.slot_ms(),
         })
     };
     let body = match &e.body {

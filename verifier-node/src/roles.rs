@@ -94,6 +94,7 @@ impl MarketPlan {
                     imbalance_premium: circuits::fixed::Fixed::from_f64("imbalance premium", self.imbalance_premium_eur_mwh).map_err(|e| format!("--imbalance-premium-eur-mwh: {e}"))?.raw(),
                 }),
             },
+            compressed_slot_ms: None,
         };
         protocol::market::check_spec(&spec).map_err(|e| e.to_string())?;
         Ok(spec)

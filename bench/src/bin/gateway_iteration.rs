@@ -66,6 +66,7 @@ fn main() {
             iteration_ms: args.iteration_ms,
             execution_start_ms: close + args.iteration_ms * (args.iterations as u64 + 2),
             settlement: None,
+            compressed_slot_ms: None,
         },
         verifying_keys: vec![verifier_node::config::key_hash(&vk, &vk_bytes)],
         enrollment_authorities: vec![protocol::membership::AuthorityId(bench::authority().verifying_key().to_bytes())],

@@ -12,49 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use crate::mosquitto::Mosquitto;
 use protocol::entry::Body;
-
-/// A mosquitto broker on a port of the test's own; killed on drop.
-struct Mosquitto {
-    child: Child,
-}
-
-fn mosquitto_bin() -> PathBuf {
-    for p in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"] {
-        if Path::new(p).exists() {
-            return p.into();
-        }
-    }
-    "mosquitto".into()
-}
-
-impl Mosquitto {
-    fn start(port: u16) -> Mosquitto {
-        let child = Command::new(mosquitto_bin())
-            .args(["-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto is installed (apt-get install mosquitto; .ci/run does)");
-        let until = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < until, "mosquitto did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Mosquitto { child }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// One message as the subscriber saw it.
 #[derive(Debug, Clone)]

@@ -2,6 +2,7 @@
 //! instead of one per file); each file is a module named after what it tests.
 
 mod common;
+mod mosquitto;
 mod actuation;
 mod days;
 mod gateway;

@@ -3,6 +3,8 @@
 
 mod common;
 mod cluster;
+#[path = "../../../device/tests/it/mosquitto.rs"]
+mod mosquitto;
 mod app;
 mod checkpoint;
 mod fuzz;

@@ -289,3 +289,97 @@ fn a_gateway_meters_its_appliance_after_each_slot_and_keeps_its_bill() {
     let (ok, out) = c.audit(0);
     assert!(ok, "{out}");
 }
+
+/// From registration to settlement over real processes and a real broker: 4 validators run a
+/// market that settles (2 s slots); two gateways read their EVs' meters over MQTT from
+/// mosquitto (one a plain power topic in W, one a Shelly Gen2 `aenergy` counter), and the
+/// second drops out mid-day (killed after its first readings went in). Every validator
+/// commits the same settlement: the first gateway's bill has every slot metered and the total
+/// `device bill` prints; the second's has the slots it read and the rest settled by the
+/// default; `/accounts` is the same on every node, and the audit passes on every database.
+#[test]
+fn readings_over_mqtt_settle_on_four_validators_while_a_gateway_drops_out_mid_day() {
+    use crate::cluster::*;
+    use crate::mosquitto::Mosquitto;
+    use std::process::Command;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let c = Cluster::init_with("mqtt-settle", 4, 11, 6, 1500, 3, &["--slot-seconds", "2", "--execution-delay-s", "0", "--meter-window-s", "5"]);
+    let broker_port = c.quic(0).port() + 9;
+    let _broker = Mosquitto::start(broker_port);
+    let ev = |meter: &str| {
+        format!(
+            "[[appliances]]\nname = \"ev\"\n[appliances.spec]\nmodel = \"deferrable\"\nmax_power_kw = 3.0\nenergy_min_kwh = 0.001\nenergy_max_kwh = 0.002\n\
+             [appliances.meter]\n{meter}\n[mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\n"
+        )
+    };
+    let (steady, steady_id) = c.gateway_with("steady", &ev("source = \"topic\"\ntopic = \"home/steady/ev/power\"\nunit = \"w\""));
+    let (leaving, leaving_id) = c.gateway_with("leaving", &ev("source = \"shelly\"\ndevice_id = \"shellyplus1pm-leaving\""));
+    // The meters: 1,200 W on the power topic, 800 W on the Shelly's counter, every 100 ms.
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut opts = rumqttc::MqttOptions::new(format!("meters-{}", std::process::id()), "127.0.0.1", broker_port);
+            opts.set_keep_alive(Duration::from_secs(5));
+            let (client, mut conn) = rumqttc::Client::new(opts, 100);
+            std::thread::spawn(move || for _ in conn.iter() {});
+            let t0 = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                let wh = 800.0 * t0.elapsed().as_secs_f64() / 3600.0 + 41.0;
+                let _ = client.publish("home/steady/ev/power", rumqttc::QoS::AtMostOnce, false, "1200");
+                let status = format!("{{\"id\":0,\"apower\":800.0,\"aenergy\":{{\"total\":{wh:.6}}}}}");
+                let _ = client.publish("shellyplus1pm-leaving/status/switch:0", rumqttc::QoS::AtMostOnce, false, status);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    c.start_all();
+    let args = ["run", "--markets", "1", "--timeout-s", "120"];
+    let first = c.spawn_device(&steady, &args, "steady.log");
+    let mut second = c.spawn_device(&leaving, &args, "leaving.log");
+    // The second gateway drops out once its first readings are in.
+    let t0 = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(c.dir.join("leaving.log")).unwrap_or_default();
+        if text.contains("meter readings submitted") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(90) && second.try_wait().unwrap().is_none(), "the second gateway read no meter:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let text = c.wait_device(first, "steady.log", Duration::from_secs(100));
+    stop.store(true, Ordering::Relaxed);
+    publisher.join().unwrap();
+    assert!(text.contains("subscribed to the meter topics") && text.contains("settled: bills committed"), "{text}");
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(c.dir.join("steady.state.json")).unwrap()).unwrap();
+    let m = &state["markets"]["1"];
+    let read: Vec<i64> = m["readings"]["ev"].as_object().unwrap().values().map(|v| v.as_i64().unwrap()).collect();
+    assert_eq!(read, vec![1200; T], "the power topic's mean over each slot: {m}");
+    let out = Command::new(device_bin()).args(["bill", "--json", "--config"]).arg(&steady).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bill: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let total = bill[0]["bill_micro_eur"]["energy"].as_i64().unwrap() + bill[0]["bill_micro_eur"]["imbalance"].as_i64().unwrap();
+    c.wait_final(Duration::from_secs(20));
+    let account = |v: u16, id: &str| -> serde_json::Value { serde_json::from_str(&c.get(v, &format!("/accounts/{id}")).unwrap()).unwrap() };
+    let (a, b) = (account(0, &steady_id), account(0, &leaving_id));
+    assert_eq!(a["balance_micro_eur"].as_i64(), Some(total), "{a}");
+    assert_eq!(a["bills"][0]["metered_slots"].as_u64(), Some(T as u64), "{a}");
+    let metered = b["bills"][0]["metered_slots"].as_u64().unwrap();
+    assert!((1..T as u64).contains(&metered), "the gateway that dropped out read some slots, not all: {b}");
+    assert!(b["bills"][0]["imbalance_micro_eur"].as_i64().unwrap() > 0, "its readings are off its schedule: {b}");
+    for v in 1..c.n {
+        assert_eq!(account(v, &steady_id), a, "validator {v}");
+        assert_eq!(account(v, &leaving_id), b, "validator {v}");
+    }
+    c.stop_all();
+    c.assert_identical_logs();
+    for i in 0..c.n {
+        let (ok, out) = c.audit(i);
+        assert!(ok, "audit of validator {i}: {out}");
+    }
+}

@@ -93,6 +93,7 @@ pub fn market_with(name: &str, timing: Timing) -> Market {
             execution_start_ms: close + 2500 * 3 + execution_gap_ms,
             settlement: meter_window_ms
                 .map(|w| protocol::settlement::SettlementSpec { meter_window_ms: w, imbalance_premium: 50 * circuits::fixed::SCALE }),
+            compressed_slot_ms: None,
         },
         verifying_keys,
         enrollment_authorities: vec![protocol::membership::AuthorityId(authority().verifying_key().to_bytes())],

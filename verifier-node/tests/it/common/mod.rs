@@ -80,6 +80,7 @@ pub fn world() -> World {
             iteration_ms: 100,
             execution_start_ms: 10_000,
             settlement: None,
+            compressed_slot_ms: None,
         },
         verifying_keys: vec![KeyHash { kind: 1, slots: T as u16, sha256: [0; 32] }],
         enrollment_authorities: vec![protocol::membership::AuthorityId(authority().verifying_key().to_bytes())],
