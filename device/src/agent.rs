@@ -107,6 +107,10 @@ pub struct MarketState {
     /// Each metered appliance's next slot to read.
     #[serde(default)]
     pub metered: BTreeMap<String, u32>,
+    /// Each appliance's slots whose reading is in a committed `Meter` entry (the others it
+    /// read are sent again until they are, or the meter deadline passes).
+    #[serde(default)]
+    pub committed: BTreeMap<String, BTreeSet<u32>>,
     /// Each appliance's readings as sent (slot → W·slot), for `device bill`.
     #[serde(default)]
     pub readings: BTreeMap<String, BTreeMap<u32, i64>>,
@@ -181,12 +185,23 @@ pub struct Agent {
     /// The samples of each appliance's MQTT meter, by appliance index (not persisted: a slot
     /// whose samples a restart lost is not read).
     meters: BTreeMap<usize, crate::metering::SlotMeter>,
+    /// When each reading read but not yet committed was last sent (ms), by (market,
+    /// appliance, slot). Not persisted: after a restart every uncommitted reading is sent
+    /// again at once.
+    sent_ms: BTreeMap<(u64, String, u32), u64>,
 }
 
 /// How long after a slot's end it is read at the least: a sample taken at the end may arrive
 /// a little later, and a validator whose clock is behind must see the slot ended (the grace
 /// is the genesis's largest clock drift if that is longer).
 pub const READ_GRACE_MS: u64 = 1000;
+
+/// How long a reading sent but not seen in a committed `Meter` entry waits before it is sent
+/// again (the validators were unreachable, or restarted with it only in their pools): one
+/// slot length, at least 2 s and at most 60 s.
+pub fn resend_readings_ms(spec: &MarketSpec) -> u64 {
+    spec.slot_ms().clamp(2_000, 60_000)
+}
 
 impl Agent {
     /// An agent for `gateway` with its proving keys, resuming from `state`. The light client
@@ -198,7 +213,7 @@ impl Agent {
         let spec = gateway.market().market.clone();
         let next_due_ms = ClockConfig::from_spec(&spec).next_batch_ms(g.timestamp_ms, g.timestamp_ms, RegistrationTip::Genesis);
         let known = BTreeMap::from([(spec.market_id, Known { spec, opened_ms: g.timestamp_ms, next_due_ms })]);
-        Ok(Agent { gateway, keys, client, known, state, meters: BTreeMap::new() })
+        Ok(Agent { gateway, keys, client, known, state, meters: BTreeMap::new(), sent_ms: BTreeMap::new() })
     }
 
     /// An agent that follows the log from a trusted checkpoint instead of the genesis
@@ -246,7 +261,7 @@ impl Agent {
             }
         }
         state.height = state.height.max(before.height);
-        let mut agent = Agent { gateway, keys, client, known, state, meters: BTreeMap::new() };
+        let mut agent = Agent { gateway, keys, client, known, state, meters: BTreeMap::new(), sent_ms: BTreeMap::new() };
         if let Some((market, k)) = agent.on_entry(entry, now_ms)? {
             tracing::warn!(market, iteration = k, "started from a checkpoint while an iteration is open: this gateway does not build it");
         }
@@ -582,12 +597,15 @@ impl Agent {
                 None
             }
             Body::Meter(b) => {
-                // Own readings in the log (after a lost state file too): never read again.
+                // Own readings in the log (after a lost state file too): never read or sent
+                // again.
                 for r in &b.readings {
                     if let Some(name) = ids.get(&r.body.device) {
                         let next = m.metered.entry(name.clone()).or_insert(0);
                         *next = (*next).max(r.body.slot + 1);
                         m.readings.entry(name.clone()).or_default().insert(r.body.slot, r.body.energy);
+                        m.committed.entry(name.clone()).or_default().insert(r.body.slot);
+                        self.sent_ms.remove(&(id, name.clone(), r.body.slot));
                     }
                 }
                 None
@@ -599,6 +617,7 @@ impl Agent {
                     }
                 }
                 m.settlement_rule = g.settlement.as_ref().map(|r| (r.imbalance_premium, g.slot_seconds));
+                self.sent_ms.retain(|(market, _, _), _| *market != id);
                 if !m.bills.is_empty() {
                     let total: i128 = m.bills.values().map(|b| b.total() as i128).sum();
                     tracing::info!(market = id, appliances = m.bills.len(), total_eur = total as f64 / 1e6, "settled: bills committed");
@@ -632,9 +651,12 @@ impl Agent {
 
     /// The readings due at `now_ms` (docs/protocol.md §9): for every market that settles,
     /// has its final schedule and is not settled, before its meter deadline, each metered
-    /// appliance's slots that ended since it last read, read from its meter and signed with
-    /// its key — one `DeviceRequest::Meter` per appliance, with the appliance's index and the
-    /// meter deadline. What is returned counts as read (it is never read twice).
+    /// appliance's readings not yet committed whose last sending is [`resend_readings_ms`]
+    /// old (or that were never sent since this start), then its slots that ended since it
+    /// last read, read from its meter and signed with its key — one `DeviceRequest::Meter`
+    /// per appliance (ascending slots, at most `MAX_READINGS_PER_REQUEST`), with the
+    /// appliance's index and the meter deadline. What is returned counts as read (it is
+    /// never read twice) and as sent now.
     pub fn due_readings(&mut self, now_ms: u64) -> Vec<(usize, protocol::messages::DeviceRequest, u64)> {
         let mut out = Vec::new();
         let chain = self.client.chain();
@@ -648,15 +670,28 @@ impl Agent {
                 let attested = a.attestations.iter().find(|att| protocol::membership::check_covers(att, spec).is_ok());
                 let (Some(att), true) = (attested, now_ms < deadline) else {
                     // Past the meter deadline (or nothing to bound a reading by): the slots
-                    // left unread stay so; validators settle them by the default.
+                    // left unread stay so, and those sent but not committed are given up;
+                    // validators settle them by the default.
                     if (*next as usize) < x.len() {
                         tracing::warn!(market = *id, appliance = a.name, unread = x.len() - *next as usize, "slots left unread: the meter deadline passed or no attestation covers the market");
                         *next = x.len() as u32;
                     }
+                    self.sent_ms.retain(|(market, name, _), _| (market, name) != (id, &a.name));
                     continue;
                 };
                 let limits = att.body.nameplate.limits(spec.slot_seconds);
-                let mut list = Vec::new();
+                let committed = m.committed.get(&a.name);
+                let resend = resend_readings_ms(spec);
+                let mut list: Vec<protocol::settlement::SignedReading> = m
+                    .readings
+                    .get(&a.name)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(slot, _)| !committed.is_some_and(|c| c.contains(slot)))
+                    .filter(|(slot, _)| self.sent_ms.get(&(*id, a.name.clone(), **slot)).is_none_or(|t| t + resend <= now_ms))
+                    .map(|(&slot, &energy)| protocol::settlement::SignedReading::new(&a.key, &chain, protocol::settlement::Reading { market_id: *id, device: a.id(), slot, energy }))
+                    .collect();
+                let resent = list.len();
                 while (*next as usize) < x.len() && protocol::settlement::slot_end_ms(spec, *next) + grace <= now_ms {
                     let slot = *next;
                     *next += 1;
@@ -681,6 +716,14 @@ impl Agent {
                     let body = protocol::settlement::Reading { market_id: *id, device: a.id(), slot, energy };
                     list.push(protocol::settlement::SignedReading::new(&a.key, &chain, body));
                 }
+                // (A longer list goes out in later rounds: its tail was never sent.)
+                list.truncate(protocol::settlement::MAX_READINGS_PER_REQUEST);
+                if resent > 0 {
+                    tracing::info!(market = *id, appliance = a.name, readings = resent.min(list.len()), "sending readings again that no Meter entry holds yet");
+                }
+                for r in &list {
+                    self.sent_ms.insert((*id, a.name.clone(), r.body.slot), now_ms);
+                }
                 if !list.is_empty() {
                     out.push((i, protocol::messages::DeviceRequest::Meter(list), deadline));
                 }
@@ -695,10 +738,12 @@ impl Agent {
         READ_GRACE_MS.max(self.gateway.market().max_clock_drift_ms)
     }
 
-    /// When the next metered slot ends (ms, plus the read grace), among the settling markets
-    /// still taking readings; `None` if none. (A time already past means [`Self::due_readings`]
-    /// makes progress at once: it reads those slots, or gives them up after the deadline.)
-    pub fn next_reading_ms(&self) -> Option<u64> {
+    /// When readings are next due (ms), among the settling markets still taking readings: the
+    /// next metered slot's end plus the read grace, or an uncommitted reading's time to be
+    /// sent again (before the deadline at `now_ms`); `None` if none. (A time already past
+    /// means [`Self::due_readings`] makes progress at once: it reads or sends those slots, or
+    /// gives them up after the deadline.)
+    pub fn next_reading_ms(&self, now_ms: u64) -> Option<u64> {
         let grace = self.read_grace_ms();
         self.state
             .markets
@@ -710,11 +755,20 @@ impl Agent {
                 self.gateway
                     .appliances
                     .iter()
-                    .filter(|a| a.meter.is_some())
+                    // (What `due_readings` reads: metered, and attested for the market.)
+                    .filter(|a| a.meter.is_some() && a.attestations.iter().any(|att| protocol::membership::check_covers(att, spec).is_ok()))
                     .filter_map(|a| {
                         let next = m.metered.get(&a.name).copied().unwrap_or(0);
                         let x = m.schedules.get(&a.name)?;
-                        ((next as usize) < x.len()).then(|| (protocol::settlement::slot_end_ms(spec, next) + grace).min(deadline))
+                        let read = ((next as usize) < x.len()).then(|| protocol::settlement::slot_end_ms(spec, next) + grace);
+                        let committed = m.committed.get(&a.name);
+                        let resend = (now_ms < deadline)
+                            .then(|| {
+                                let uncommitted = m.readings.get(&a.name).into_iter().flat_map(|r| r.keys()).filter(|slot| !committed.is_some_and(|c| c.contains(slot)));
+                                uncommitted.map(|&slot| self.sent_ms.get(&(*id, a.name.clone(), slot)).map_or(0, |t| t + resend_readings_ms(spec))).min()
+                            })
+                            .flatten();
+                        read.into_iter().chain(resend).min().map(|t| t.min(deadline))
                     })
                     .min()
             })

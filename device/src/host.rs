@@ -414,6 +414,8 @@ async fn follow(
     // iteration would otherwise leave them out.
     // One per market: iterations of two markets may interleave.
     let mut resend: BTreeMap<u64, (tokio::time::Instant, Vec<(usize, DeviceRequest)>, tokio::time::Instant)> = BTreeMap::new();
+    // Meter readings on their way (one round at a time).
+    let mut meter_round: Option<MeterRound> = None;
     loop {
         // Bids not yet in the log, and withdrawals, to every validator, again each interval
         // while registration is open: validators do not share their pools, and only the
@@ -453,8 +455,8 @@ async fn follow(
         let bids_at = agent
             .enrollment_interval_ms(now)
             .map_or(far, |i| tokio::time::Instant::now() + Duration::from_millis((bids_sent_at.unwrap_or(0) + i).saturating_sub(now).min(OVERRIDES_POLL_MS)));
-        // The next metered slot's end, for markets that settle.
-        let meter_next = agent.next_reading_ms();
+        // The next metered slot's end, for markets that settle (once the last round is in).
+        let meter_next = if meter_round.is_none() { agent.next_reading_ms(now) } else { None };
         let meter_at = meter_next.map_or(far, |t| tokio::time::Instant::now() + Duration::from_millis(t.saturating_sub(now)));
         let next_resend = resend.iter().min_by_key(|(_, r)| r.0).map(|(id, r)| (*id, r.0));
         let resend_at = next_resend.map_or(far, |r| r.1);
@@ -479,7 +481,23 @@ async fn follow(
                     continue;
                 }
                 _ = tokio::time::sleep_until(meter_at), if meter_next.is_some() => {
-                    submit_readings(agent, &mut links, &state_path).await?;
+                    meter_round = start_readings(agent, &mut links, &state_path)?;
+                    continue;
+                }
+                answer = async {
+                    match meter_round.as_mut() {
+                        Some(m) => m.round.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    match (answer, meter_round.take()) {
+                        (Some(a), Some(mut m)) => {
+                            links.file_answer(&mut m.round, a);
+                            meter_round = Some(m);
+                        }
+                        (_, Some(m)) => readings_sent(agent, m),
+                        (_, None) => {}
+                    }
                     continue;
                 }
                 msg = async {
@@ -661,20 +679,33 @@ fn ended(m: &crate::agent::MarketState, opts: RunOptions, executing: bool) -> bo
     m.sat_out() || (m.is_final() && (m.executed || !(executing && opts.execute)) && (!m.settles || !m.bills.is_empty()))
 }
 
-/// Reads, signs and submits the meter readings due now ([`Agent::due_readings`]) to every
-/// validator, persisting first (a reading is read once; one accepted by no validator is
-/// logged, and validators settle that slot by the missing-reading default).
-async fn submit_readings(agent: &mut Agent, links: &mut Links, state_path: &std::path::Path) -> Result<(), RunError> {
+/// A round of meter readings on its way to the validators, in the background of the run
+/// loop (a slow validator delays no proof of another market).
+struct MeterRound {
+    round: crate::links::Round,
+    /// Per request: the appliance and how many readings it carries.
+    sent: Vec<(usize, usize)>,
+}
+
+/// Reads and signs the meter readings due now ([`Agent::due_readings`]), persisting first,
+/// and starts sending them to every validator (a reading is read once; one that no
+/// committed `Meter` entry holds yet is sent again a while later, until the meter deadline,
+/// after which validators settle its slot by the missing-reading default).
+fn start_readings(agent: &mut Agent, links: &mut Links, state_path: &std::path::Path) -> Result<Option<MeterRound>, RunError> {
     let now = protocol::net::now_ms();
     let due = agent.due_readings(now);
     crate::state::save(state_path, &agent.state)?;
     // One round to every validator for every appliance at once (the deadline: the earliest).
-    let Some(deadline_ms) = due.iter().map(|d| d.2).min() else { return Ok(()) };
+    let Some(deadline_ms) = due.iter().map(|d| d.2).min() else { return Ok(None) };
     let deadline = tokio::time::Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now));
-    let slots: Vec<usize> = due.iter().map(|(_, r, _)| if let DeviceRequest::Meter(list) = r { list.len() } else { 0 }).collect();
-    let appliances: Vec<usize> = due.iter().map(|d| d.0).collect();
-    let outcomes = links.submit_all(due.into_iter().map(|(i, r, _)| (i, r)).collect(), deadline).await;
-    for ((i, slots), outcome) in appliances.into_iter().zip(slots).zip(outcomes) {
+    let sent = due.iter().map(|(i, r, _)| (*i, if let DeviceRequest::Meter(list) = r { list.len() } else { 0 })).collect();
+    let round = links.start(due.into_iter().map(|(i, r, _)| (i, r)).collect(), deadline);
+    Ok(Some(MeterRound { round, sent }))
+}
+
+/// Logs how a finished round of readings went, per appliance.
+fn readings_sent(agent: &Agent, m: MeterRound) {
+    for ((i, slots), outcome) in m.sent.into_iter().zip(m.round.outcomes) {
         let name = &agent.gateway().appliances[i].name;
         if outcome.accepted > 0 {
             info!(appliance = name, slots, accepted_by = outcome.accepted, "meter readings submitted");
@@ -682,7 +713,6 @@ async fn submit_readings(agent: &mut Agent, links: &mut Links, state_path: &std:
             warn!(appliance = name, slots, refused = ?outcome.refused, unreachable = outcome.failed, "meter readings accepted by no validator");
         }
     }
-    Ok(())
 }
 
 /// Whether `opts.markets` markets have ended during this run.

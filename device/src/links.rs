@@ -63,6 +63,39 @@ pub struct Outcome {
 /// A finished dial: slot and result.
 type Dialled = (usize, usize, Result<ValidatorClient, String>);
 
+/// One validator's answer to one request of a [`Round`].
+pub struct Answer {
+    /// The request's position in the round.
+    request: usize,
+    /// The validator's position.
+    validator: usize,
+    /// The appliance that sent it.
+    appliance: usize,
+    /// What the validator answered, or why there is no answer.
+    answer: Result<DeviceResponse, String>,
+    /// A connection dialled on the way.
+    fresh: Option<ValidatorClient>,
+}
+
+/// Requests on their way to every validator ([`Links::start`]).
+pub struct Round {
+    sends: JoinSet<Answer>,
+    /// One per request, in order, counting the answers filed so far.
+    pub outcomes: Vec<Outcome>,
+}
+
+impl Round {
+    /// The next answer to come in; `None` once every answer is in.
+    pub async fn next(&mut self) -> Option<Answer> {
+        loop {
+            match self.sends.join_next().await? {
+                Ok(a) => return Some(a),
+                Err(_) => continue, // A send task that panicked or was cancelled: no answer.
+            }
+        }
+    }
+}
+
 /// Every connection of a gateway.
 pub struct Links {
     endpoint: quinn::Endpoint,
@@ -189,22 +222,33 @@ impl Links {
     }
 
     /// Sends each `(appliance, request)` to every validator, all at once, each request
-    /// waiting at most until `deadline` (and [`REQUEST_TIMEOUT`]). A connection that is gone,
-    /// or that fails on the way (a restarted validator resets it), is dialled again inside the
-    /// request and the request sent once more if time remains; the new connection is kept.
-    /// One outcome per request, in order.
+    /// waiting at most until `deadline` (and [`REQUEST_TIMEOUT`]), and waits for every
+    /// answer ([`Links::start`], then [`Links::file_answer`] for each). One outcome per
+    /// request, in order.
     pub async fn submit_all(&mut self, requests: Vec<(usize, DeviceRequest)>, deadline: Instant) -> Vec<Outcome> {
+        let mut round = self.start(requests, deadline);
+        while let Some(answer) = round.next().await {
+            self.file_answer(&mut round, answer);
+        }
+        round.outcomes
+    }
+
+    /// Starts sending each `(appliance, request)` to every validator, all at once, each
+    /// request waiting at most until `deadline` (and [`REQUEST_TIMEOUT`]), in the background:
+    /// nothing waits until the caller polls [`Round::next`]. A connection that is gone, or
+    /// that fails on the way (a restarted validator resets it), is dialled again inside the
+    /// request and the request sent once more if time remains; [`Links::file_answer`] keeps
+    /// the new connection.
+    pub fn start(&mut self, requests: Vec<(usize, DeviceRequest)>, deadline: Instant) -> Round {
         self.redial();
         let limit = deadline.min(Instant::now() + REQUEST_TIMEOUT);
-        let mut outcomes = vec![Outcome::default(); requests.len()];
-        let mut sends = JoinSet::new();
+        let mut round = Round { sends: JoinSet::new(), outcomes: vec![Outcome::default(); requests.len()] };
         for (r, (a, request)) in requests.into_iter().enumerate() {
             let request = std::sync::Arc::new(request);
             for v in 0..self.validators.len() {
                 let (request, live, target) = (request.clone(), self.live(v, a), self.validators[v]);
                 let (endpoint, key) = (self.endpoint.clone(), self.keys[a].clone());
-                sends.spawn(async move {
-
+                round.sends.spawn(async move {
                     let send = |c: ValidatorClient| {
                         let request = request.clone();
                         async move {
@@ -229,31 +273,34 @@ impl Links {
                         },
                         other => other,
                     };
-                    (r, v, a, answer, fresh)
+                    Answer { request: r, validator: v, appliance: a, answer, fresh }
                 });
             }
         }
-        while let Some(done) = sends.join_next().await {
-            let Ok((r, v, a, answer, fresh)) = done else { continue };
-            if let Some(c) = fresh {
-                let slot = &mut self.slots[v][a];
-                slot.client = Some(c);
-                slot.backoff.reset();
+        round
+    }
+
+    /// Files one answer of `round`: counts it in its request's outcome and keeps a
+    /// connection dialled on the way.
+    pub fn file_answer(&mut self, round: &mut Round, a: Answer) {
+        if let Some(c) = a.fresh {
+            let slot = &mut self.slots[a.validator][a.appliance];
+            slot.client = Some(c);
+            slot.backoff.reset();
+        }
+        let validator = self.validators[a.validator].index;
+        let outcome = &mut round.outcomes[a.request];
+        match a.answer {
+            Ok(DeviceResponse::Accepted) => outcome.accepted += 1,
+            Ok(DeviceResponse::Rejected { label, message }) => {
+                debug!(validator, label, "refused: {message}");
+                outcome.refused.push(label);
             }
-            let validator = self.validators[v].index;
-            match answer {
-                Ok(DeviceResponse::Accepted) => outcomes[r].accepted += 1,
-                Ok(DeviceResponse::Rejected { label, message }) => {
-                    debug!(validator, label, "refused: {message}");
-                    outcomes[r].refused.push(label);
-                }
-                Err(e) => {
-                    warn!(validator, "submit failed: {e}");
-                    outcomes[r].failed += 1;
-                }
+            Err(e) => {
+                warn!(validator, "submit failed: {e}");
+                outcome.failed += 1;
             }
         }
-        outcomes
     }
 
     /// Closes every connection.

@@ -293,10 +293,12 @@ fn a_gateway_meters_its_appliance_after_each_slot_and_keeps_its_bill() {
 /// From registration to settlement over real processes and a real broker: 4 validators run a
 /// market that settles (2 s slots); two gateways read their EVs' meters over MQTT from
 /// mosquitto (one a plain power topic in W, one a Shelly Gen2 `aenergy` counter), and the
-/// second drops out mid-day (killed after its first readings went in). Every validator
-/// commits the same settlement: the first gateway's bill has every slot metered and the total
-/// `device bill` prints; the second's has the slots it read and the rest settled by the
-/// default; `/accounts` is the same on every node, and the audit passes on every database.
+/// second drops out mid-day (killed after its first readings went in). Then every validator
+/// is down for a while: the first gateway's readings meanwhile reach no validator, and it
+/// sends them again once they are back. Every validator commits the same settlement: the
+/// first gateway's bill has every slot metered and the total `device bill` prints; the
+/// second's has the slots it read and the rest settled by the default; `/accounts` is the
+/// same on every node, and the audit passes on every database.
 #[test]
 fn readings_over_mqtt_settle_on_four_validators_while_a_gateway_drops_out_mid_day() {
     use crate::cluster::*;
@@ -306,7 +308,7 @@ fn readings_over_mqtt_settle_on_four_validators_while_a_gateway_drops_out_mid_da
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    let c = Cluster::init_with("mqtt-settle", 4, 11, 6, 1500, 3, &["--slot-seconds", "2", "--execution-delay-s", "0", "--meter-window-s", "5"]);
+    let c = Cluster::init_with("mqtt-settle", 4, 11, 6, 1500, 3, &["--slot-seconds", "2", "--execution-delay-s", "0", "--meter-window-s", "40"]);
     let broker_port = c.quic(0).port() + 9;
     let _broker = Mosquitto::start(broker_port);
     let ev = |meter: &str| {
@@ -352,7 +354,28 @@ fn readings_over_mqtt_settle_on_four_validators_while_a_gateway_drops_out_mid_da
     }
     second.kill().unwrap();
     second.wait().unwrap();
-    let text = c.wait_device(first, "steady.log", Duration::from_secs(100));
+    // Both gateways' first readings (slot 0, read at the same time) are committed; then
+    // every validator goes down until the first gateway found its readings reach none.
+    let t0 = Instant::now();
+    while c.get(0, "/markets").and_then(|m| serde_json::from_str::<serde_json::Value>(&m).ok()).and_then(|m| m["markets"][0]["readings"].as_u64()).unwrap_or(0) < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the first readings were not committed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for v in 0..c.n {
+        c.kill(v);
+    }
+    let t0 = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(c.dir.join("steady.log")).unwrap_or_default();
+        if text.contains("meter readings accepted by no validator") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(40), "the first gateway never missed the validators:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    c.start_all();
+    let text = c.wait_device(first, "steady.log", Duration::from_secs(120));
+    assert!(text.contains("sending readings again that no Meter entry holds yet"), "{text}");
     stop.store(true, Ordering::Relaxed);
     publisher.join().unwrap();
     assert!(text.contains("subscribed to the meter topics") && text.contains("settled: bills committed"), "{text}");
