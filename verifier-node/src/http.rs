@@ -118,6 +118,26 @@ async fn account(State(s): State<Arc<Shared>>, Path(device): Path<String>) -> Re
     Json(json!({ "device": device, "balance_micro_eur": a.balance, "bills": bills })).into_response()
 }
 
+/// Most accounts `GET /accounts` lists.
+pub const LISTED_ACCOUNTS: usize = 50;
+
+/// The ledger at a glance: how many devices hold an account, the sum of every balance (µ€:
+/// what the grid kept over every settled market, its energy and imbalance revenue), and the
+/// [`LISTED_ACCOUNTS`] largest balances by magnitude (ties by device id).
+async fn accounts(State(s): State<Arc<Shared>>) -> Json<Value> {
+    let accounts = s.accounts.read().expect("accounts lock");
+    let all: Vec<(&protocol::ids::DeviceId, &crate::app::Account)> = accounts.iter().flat_map(|m| m.iter()).collect();
+    let sum: i128 = all.iter().map(|(_, a)| a.balance as i128).sum();
+    let mut largest = all.clone();
+    largest.sort_by_key(|(d, a)| (std::cmp::Reverse(a.balance.unsigned_abs()), **d));
+    let largest: Vec<Value> = largest
+        .into_iter()
+        .take(LISTED_ACCOUNTS)
+        .map(|(d, a)| json!({ "device": hex(&d.0), "balance_micro_eur": a.balance, "markets": a.bills.len() }))
+        .collect();
+    Json(json!({ "count": all.len(), "sum_micro_eur": sum as i64, "largest": largest }))
+}
+
 async fn status(State(s): State<Arc<Shared>>) -> Json<Value> {
     let snap = s.snapshot.read().expect("snapshot lock").clone();
     let shown = shown_market(&snap).and_then(|id| snap.markets.get(&id));
@@ -263,6 +283,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/markets/{id}", get(market))
         .route("/metrics", get(metrics))
         .route("/checkpoint", get(checkpoint))
+        .route("/accounts", get(accounts))
         .route("/accounts/{device}", get(account))
         .with_state(shared)
 }

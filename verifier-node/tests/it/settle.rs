@@ -395,9 +395,18 @@ fn readings_over_mqtt_settle_on_four_validators_while_a_gateway_drops_out_mid_da
     let metered = b["bills"][0]["metered_slots"].as_u64().unwrap();
     assert!((1..T as u64).contains(&metered), "the gateway that dropped out read some slots, not all: {b}");
     assert!(b["bills"][0]["imbalance_micro_eur"].as_i64().unwrap() > 0, "its readings are off its schedule: {b}");
+    // The whole ledger: two accounts whose balances sum to what the grid kept.
+    let ledger = |v: u16| -> serde_json::Value { serde_json::from_str(&c.get(v, "/accounts").unwrap()).unwrap() };
+    let markets: serde_json::Value = serde_json::from_str(&c.get(0, "/markets").unwrap()).unwrap();
+    let t = &markets["markets"][0]["settlement"];
+    let kept = t["network_revenue"].as_i64().unwrap() + t["imbalance_revenue"].as_i64().unwrap();
+    let l = ledger(0);
+    assert_eq!((l["count"].as_u64(), l["sum_micro_eur"].as_i64()), (Some(2), Some(kept)), "{l} against {t}");
+    assert_eq!(l["sum_micro_eur"].as_i64(), Some(a["balance_micro_eur"].as_i64().unwrap() + b["balance_micro_eur"].as_i64().unwrap()));
     for v in 1..c.n {
         assert_eq!(account(v, &steady_id), a, "validator {v}");
         assert_eq!(account(v, &leaving_id), b, "validator {v}");
+        assert_eq!(ledger(v), l, "validator {v}");
     }
     c.stop_all();
     c.assert_identical_logs();

@@ -63,6 +63,7 @@ fn the_status_page_renders_the_market_in_headless_chromium() {
     let cells = format!("<td>{}</td><td>{T}</td>", m["market_id"]);
     let tail = format!("<td>3</td><td>{}</td><td>final</td>", m["iteration"]);
     assert!(markets.contains(&cells) && markets.contains(&tail), "{cells} … {tail} in {markets}");
+    assert!(dom.contains("id=\"ledger\">no settled bill yet<"), "the accounts panel read /accounts: {dom}");
     let residuals = &dom[dom.find("id=\"residuals\"").unwrap()..];
     assert!(residuals[..residuals.find("</svg>").unwrap()].contains("<polyline"), "a residual curve is drawn");
     let load = &dom[dom.find("id=\"load\"").unwrap()..];
