@@ -45,8 +45,8 @@ use rand_chacha::ChaCha20Rng;
 #[command(name = "gridproof", version, about, long_about)]
 pub struct Args {
     /// Appliances (split over the gateways). Each proves once per ADMM iteration (≈ 100 ms of
-    /// a 2-core machine at T = 24), which sets the iteration window: 40 finish two days in
-    /// under five minutes there.
+    /// a 2-core machine at T = 24), which sets the iteration window: 40 finish two settled
+    /// days in four to six minutes there.
     #[arg(long, default_value_t = 40)]
     pub appliances: usize,
     /// Gateways (homes); each runs in its own thread with its own QUIC and MQTT connections.

@@ -529,8 +529,9 @@ impl Gateway {
 
     /// A gateway of `n` virtual appliances (`sim-0000`, ...) drawn from the seeded household
     /// mix of [`protocol::scenario`] for this market, with the file's key, validators and
-    /// proving keys; the file's own appliances, broker and outputs are ignored.
-    pub fn simulated(path: &Path, n: usize, seed: u64) -> Result<Gateway, ConfigError> {
+    /// proving keys, each metered by `meter` (a simulated meter; only markets that settle
+    /// read it); the file's own appliances, broker and outputs are ignored.
+    pub fn simulated(path: &Path, n: usize, seed: u64, meter: Option<crate::metering::MeterFile>) -> Result<Gateway, ConfigError> {
         if n == 0 {
             return Err(invalid(path, "simulate: --appliances must be at least 1"));
         }
@@ -542,7 +543,7 @@ impl Gateway {
             .devices
             .into_iter()
             .enumerate()
-            .map(|(i, d)| Virtual { name: format!("sim-{i:04}"), params: d.params, costs: d.costs, output: None, meter: None })
+            .map(|(i, d)| Virtual { name: format!("sim-{i:04}"), params: d.params, costs: d.costs, output: None, meter: meter.clone() })
             .collect();
         let mut gw = Gateway::with_appliances(path, devices)?;
         gw.file.mqtt = None;

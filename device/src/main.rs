@@ -70,8 +70,11 @@ enum Command {
     },
     /// Runs many virtual appliances (a seeded household mix: EVs, water heaters, batteries, PV,
     /// heat pumps) in one process against the configured cluster, with no MQTT broker: each
-    /// enrolls, solves, proves and submits like a real gateway. Prints the aggregate schedule
-    /// and prices at the end; `--summary` also writes them as JSON.
+    /// enrolls, solves, proves and submits like a real gateway. In a market that settles, each
+    /// has a simulated meter: it submits a reading after every slot (the schedule, off by up
+    /// to `--meter-deviation-pct`) and the simulation waits for the settlement. Prints the
+    /// aggregate schedule and prices (and the bills) at the end; `--summary` also writes them
+    /// as JSON.
     Simulate {
         /// A gateway configuration (its key, validators, genesis, proving keys and state
         /// file are used; its appliances are not).
@@ -94,6 +97,12 @@ enum Command {
         /// attests them itself.
         #[arg(long)]
         authority_key: PathBuf,
+        /// Simulated meters: the largest deviation of a reading from the schedule, %.
+        #[arg(long, default_value_t = 5.0)]
+        meter_deviation_pct: f64,
+        /// Simulated meters: the probability that a slot has no reading, %.
+        #[arg(long, default_value_t = 0.0)]
+        meter_dropout_pct: f64,
     },
     /// Prints a committed schedule and its prices: the latest market's, or `--market`'s.
     Schedule {
@@ -136,8 +145,9 @@ fn main() -> ExitCode {
         Command::Init { config } => init(&config),
         Command::Enroll { config, timeout_s } => follow(&config, Some(Duration::from_secs(timeout_s)), true, None, None),
         Command::Run { config, markets, timeout_s, checkpoint } => follow(&config, timeout_s.map(Duration::from_secs), false, markets, checkpoint),
-        Command::Simulate { config, appliances, seed, timeout_s, summary, authority_key } => {
-            simulate(&config, appliances, seed, Duration::from_secs(timeout_s), summary.as_deref(), &authority_key)
+        Command::Simulate { config, appliances, seed, timeout_s, summary, authority_key, meter_deviation_pct, meter_dropout_pct } => {
+            let meter = device::metering::MeterFile::Simulated { deviation_pct: meter_deviation_pct, dropout_pct: meter_dropout_pct, seed, outage: None };
+            simulate(&config, appliances, seed, Duration::from_secs(timeout_s), summary.as_deref(), &authority_key, meter)
         }
         Command::Schedule { config, market, json } => schedule(&config, market, json),
         Command::Bill { config, market, appliance, json } => bill(&config, market, appliance.as_deref(), json),
@@ -210,8 +220,9 @@ fn follow(path: &Path, within: Option<Duration>, enroll_only: bool, markets: Opt
     Ok(())
 }
 
-fn simulate(path: &Path, n: usize, seed: u64, within: Duration, summary: Option<&Path>, authority_key: &Path) -> Result<(), String> {
-    let mut gw = Gateway::simulated(path, n, seed).map_err(|e| e.to_string())?;
+fn simulate(path: &Path, n: usize, seed: u64, within: Duration, summary: Option<&Path>, authority_key: &Path, meter: device::metering::MeterFile) -> Result<(), String> {
+    meter.check().map_err(|e| format!("--meter-deviation-pct/--meter-dropout-pct: {e}"))?;
+    let mut gw = Gateway::simulated(path, n, seed, Some(meter)).map_err(|e| e.to_string())?;
     let authority = device::config::read_key(authority_key).map_err(|e| e.to_string())?;
     gw.self_attest(&authority).map_err(|e| e.to_string())?;
     info!(appliances = n, seed, "simulating virtual appliances");
@@ -227,6 +238,11 @@ fn simulate(path: &Path, n: usize, seed: u64, within: Duration, summary: Option<
     for (t, (w, p)) in total.iter().zip(&prices).enumerate() {
         println!("{t:>5} {w:>12} {p:>10.2}");
     }
+    let billed: i128 = state.bills.values().map(|b| b.total() as i128).sum();
+    let metered: u64 = state.bills.values().map(|b| b.metered_slots as u64).sum();
+    if !state.bills.is_empty() {
+        println!("settled: {} bills, {metered} slots metered, {:.2} € in total (positive = owed)", state.bills.len(), billed as f64 / 1e6);
+    }
     if let Some(out) = summary {
         let v = serde_json::json!({
             "market_id": market_id,
@@ -237,6 +253,11 @@ fn simulate(path: &Path, n: usize, seed: u64, within: Duration, summary: Option<
             "height": state.final_height,
             "aggregate_w": total,
             "prices_eur_mwh": prices,
+            "settlement": (!state.bills.is_empty()).then(|| serde_json::json!({
+                "bills": state.bills.len(),
+                "metered_slots": metered,
+                "total_micro_eur": billed as i64,
+            })),
         });
         std::fs::write(out, serde_json::to_string_pretty(&v).expect("json")).map_err(|e| format!("{}: {e}", out.display()))?;
     }

@@ -124,7 +124,7 @@ fn duplicate_rejections(validators: &[verifier_node::host::Running]) -> u64 {
 
 #[test]
 fn tasmota_shelly_and_home_assistant_follow_the_committed_schedule_slot_by_slot() {
-    let m = market_with("mqtt", Timing { registration_ms: 4000, slots: 6, slot_seconds: 1, execution_gap_ms: 2000, all_models: false, port_block: 0, meter_window_ms: None });
+    let m = market_with("mqtt", Timing { registration_ms: 4000, slots: 6, slot_seconds: 1, execution_gap_ms: 2000, all_models: false, port_block: 0, meter_window_ms: None, compressed_slot_ms: None });
     let port = m.base_port + 15;
     let _broker = Mosquitto::start(port);
     let seen = subscriber(port);
@@ -243,7 +243,7 @@ fn submissions(lines: &[String]) -> Vec<(String, u32)> {
 #[test]
 fn kill_9_while_proving_and_while_executing_and_a_broker_restart_lose_no_slot() {
     const SLOTS: usize = 10;
-    let m = market_with("kill", Timing { registration_ms: 4000, slots: SLOTS, slot_seconds: 1, execution_gap_ms: 2000, all_models: false, port_block: 1, meter_window_ms: None });
+    let m = market_with("kill", Timing { registration_ms: 4000, slots: SLOTS, slot_seconds: 1, execution_gap_ms: 2000, all_models: false, port_block: 1, meter_window_ms: None, compressed_slot_ms: None });
     let port = m.base_port + 15;
     let mut broker = Mosquitto::start(port);
     let seen = subscriber(port);
@@ -346,7 +346,7 @@ fn kill_9_while_proving_and_while_executing_and_a_broker_restart_lose_no_slot() 
 /// validators' accounts hold the same totals.
 #[test]
 fn meters_read_over_mqtt_settle_the_bills() {
-    let m = market_with("meter", Timing { registration_ms: 4000, slots: 6, slot_seconds: 1, execution_gap_ms: 2000, all_models: false, port_block: 4, meter_window_ms: Some(4000) });
+    let m = market_with("meter", Timing { registration_ms: 4000, slots: 6, slot_seconds: 1, execution_gap_ms: 2000, all_models: false, port_block: 4, meter_window_ms: Some(4000), compressed_slot_ms: None });
     let port = m.base_port + 15;
     let _broker = Mosquitto::start(port);
     let appliances = format!(

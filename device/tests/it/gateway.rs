@@ -271,9 +271,13 @@ fn the_agent_refuses_entries_a_light_client_must_refuse() {
     assert_eq!(agent.state.height, 2);
 }
 
+/// `device simulate` on a market that settles, its day compressed to 1 s slots: ten virtual
+/// appliances of every model run to the final schedule, meter every slot, and the simulation
+/// ends with their bills, the same the validators booked.
 #[test]
-fn simulate_runs_many_virtual_appliances_of_every_model_to_the_final_schedule() {
-    let m = market_with("sim", Timing { registration_ms: 6000, slots: 8, slot_seconds: 900, execution_gap_ms: 60_000, all_models: true, port_block: 2, meter_window_ms: None });
+fn simulate_runs_many_virtual_appliances_of_every_model_to_the_final_schedule_and_the_bills() {
+    let timing = Timing { registration_ms: 6000, slots: 8, slot_seconds: 900, execution_gap_ms: 1000, all_models: true, port_block: 2, meter_window_ms: Some(4000), compressed_slot_ms: Some(1000) };
+    let m = market_with("sim", timing);
     // The file's own appliance is ignored by simulate; its key, validators and keys are used.
     let cfg = gateway_toml(&m, "sim", EV);
     init(&m, &cfg);
@@ -301,6 +305,12 @@ fn simulate_runs_many_virtual_appliances_of_every_model_to_the_final_schedule() 
     assert!(proofs >= 10, "{proofs} proofs committed");
     let state: serde_json::Value = serde_json::from_slice(&std::fs::read(m.dir.join("sim.state.json")).unwrap()).unwrap();
     assert_eq!(state["markets"]["5"]["enrolled"].as_array().unwrap().len(), 10);
+    // Settled on a reading of every slot; the validators' ledger holds the same total.
+    let s = &v["settlement"];
+    assert_eq!((s["bills"].as_u64(), s["metered_slots"].as_u64()), (Some(10), Some(80)), "{v}");
+    assert!(stdout.contains("settled: 10 bills, 80 slots metered"), "{stdout}");
+    let ledger: i64 = validators[0].shared.accounts.read().unwrap().as_ref().unwrap().values().map(|a| a.balance).sum();
+    assert_eq!(s["total_micro_eur"].as_i64(), Some(ledger));
     rt.block_on(async {
         for v in validators {
             v.stop().await.unwrap();
@@ -319,7 +329,7 @@ fn a_forged_update_body_is_refused_and_the_gateway_follows_another_validator() {
     use protocol::messages::{DeviceRequest, DeviceResponse, MAX_DEVICE_FRAME};
     use protocol::net::{self, ValidatorClient};
 
-    let m = market_with("forge", Timing { registration_ms: 5000, slots: T, slot_seconds: 900, execution_gap_ms: 60_000, all_models: false, port_block: 3, meter_window_ms: None });
+    let m = market_with("forge", Timing { registration_ms: 5000, slots: T, slot_seconds: 900, execution_gap_ms: 60_000, all_models: false, port_block: 3, meter_window_ms: None, compressed_slot_ms: None });
     let cfg = gateway_toml(&m, "fg", EV);
     init(&m, &cfg);
     let appliance = device::config::Gateway::load(&cfg).unwrap().appliances[0].clone();

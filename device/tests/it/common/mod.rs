@@ -48,17 +48,19 @@ pub struct Timing {
     pub port_block: u16,
     /// The market settles, with this meter window (ms) and a 50 €/MWh imbalance premium.
     pub meter_window_ms: Option<u64>,
+    /// A time-compressed market: each slot lasts this long on the wall clock, ms.
+    pub compressed_slot_ms: Option<u32>,
 }
 
 pub fn market(name: &str, registration_ms: u64) -> Market {
     let port_block = if name == "run" { 0 } else { 1 };
-    market_with(name, Timing { registration_ms, slots: T, slot_seconds: 900, execution_gap_ms: 60_000, all_models: false, port_block, meter_window_ms: None })
+    market_with(name, Timing { registration_ms, slots: T, slot_seconds: 900, execution_gap_ms: 60_000, all_models: false, port_block, meter_window_ms: None, compressed_slot_ms: None })
 }
 
 /// A market with 4 validators and proving keys for deferrable loads (or every model), written
 /// to a fresh directory.
 pub fn market_with(name: &str, timing: Timing) -> Market {
-    let Timing { registration_ms, slots, slot_seconds, execution_gap_ms, all_models, port_block, meter_window_ms } = timing;
+    let Timing { registration_ms, slots, slot_seconds, execution_gap_ms, all_models, port_block, meter_window_ms, compressed_slot_ms } = timing;
     let dir = std::env::temp_dir().join(format!("gridproof-device-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("keys")).unwrap();
@@ -93,7 +95,7 @@ pub fn market_with(name: &str, timing: Timing) -> Market {
             execution_start_ms: close + 2500 * 3 + execution_gap_ms,
             settlement: meter_window_ms
                 .map(|w| protocol::settlement::SettlementSpec { meter_window_ms: w, imbalance_premium: 50 * circuits::fixed::SCALE }),
-            compressed_slot_ms: None,
+            compressed_slot_ms,
         },
         verifying_keys,
         enrollment_authorities: vec![protocol::membership::AuthorityId(authority().verifying_key().to_bytes())],
