@@ -286,6 +286,11 @@ fn eur(micro: impl Into<i128>) -> f64 {
     micro.into() as f64 / 1e6
 }
 
+/// µ€ as a JSON number (a decimal string beyond i64, which no demo day reaches).
+fn micro(v: i128) -> serde_json::Value {
+    i64::try_from(v).map_or_else(|_| serde_json::json!(v.to_string()), |v| serde_json::json!(v))
+}
+
 /// One day's settlement: totals (µ€ and €), readings committed, the five largest bills and
 /// credits by appliance name.
 fn settlement_json(i: &Inputs<'_>, spec: &MarketSpec, s: &SettlementBody) -> serde_json::Value {
@@ -309,10 +314,10 @@ fn settlement_json(i: &Inputs<'_>, spec: &MarketSpec, s: &SettlementBody) -> ser
         "readings_committed": s.bills.iter().map(|b| b.metered_slots as u64).sum::<u64>(),
         "slots_billed": s.bills.len() as u64 * spec.slots as u64,
         "micro_eur": {
-            "consumers_pay": t.consumers_pay as i64,
-            "producers_receive": t.producers_receive as i64,
-            "imbalance": t.imbalance_revenue as i64,
-            "network_revenue": t.network_revenue as i64,
+            "consumers_pay": micro(t.consumers_pay),
+            "producers_receive": micro(t.producers_receive),
+            "imbalance": micro(t.imbalance_revenue),
+            "network_revenue": micro(t.network_revenue),
         },
         "consumers_pay_eur": eur(t.consumers_pay),
         "producers_receive_eur": eur(t.producers_receive),

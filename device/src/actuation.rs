@@ -75,6 +75,15 @@ impl OutputFile {
         }
     }
 
+    /// What one of its commands sets, unique per output: the topic, and for a Shelly the
+    /// switch channel too (two appliances on one Pro 2PM share the topic, not the state).
+    pub fn target(&self) -> String {
+        match self {
+            OutputFile::Shelly { switch, .. } => format!("{} switch:{switch}", self.topic()),
+            _ => self.topic(),
+        }
+    }
+
     /// The topic its commands go to.
     pub fn topic(&self) -> String {
         match self {
@@ -84,17 +93,58 @@ impl OutputFile {
         }
     }
 
-    /// The publication that sets the output to `power` (setpoint) or on/off (relays).
-    fn command(&self, power: Watts, on: bool, request_id: u64) -> Publish {
+    /// The publication that sets the output to `power` (setpoint) or on/off (relays); a
+    /// Shelly's ON carries its dead-man timer (`toggle_after`: `on_ms` + [`DEADMAN_MARGIN_MS`],
+    /// in whole seconds), its JSON-RPC id (`request` made unique per channel,
+    /// [`shelly_request_id`]) and `src`, the gateway's MQTT client id.
+    fn command(&self, power: Watts, on: bool, request: u64, on_ms: u64, src: &str) -> Publish {
         let (payload, retain) = match self {
             OutputFile::Setpoint { retain, .. } => (power.to_string(), *retain),
             OutputFile::DutyCycle { on_payload, off_payload, .. } => (if on { on_payload.clone() } else { off_payload.clone() }, false),
             OutputFile::Tasmota { .. } => ((if on { "ON" } else { "OFF" }).to_string(), false),
             OutputFile::Shelly { switch, .. } => {
-                (serde_json::json!({"id": request_id, "src": "gridproof", "method": "Switch.Set", "params": {"id": switch, "on": on}}).to_string(), false)
+                let mut params = serde_json::json!({"id": switch, "on": on});
+                if on {
+                    params["toggle_after"] = (on_ms + DEADMAN_MARGIN_MS).div_ceil(1000).into();
+                }
+                let id = shelly_request_id(*switch, request);
+                (serde_json::json!({"id": id, "src": src, "method": "Switch.Set", "params": params}).to_string(), false)
             }
         };
         Publish { topic: self.topic(), payload, retain }
+    }
+
+    /// The publication that leaves the output in its safe state: off (0 W for a setpoint).
+    pub fn safe_state(&self, src: &str) -> Publish {
+        self.command(0, false, SHELLY_SAFE_REQUEST, 0, src)
+    }
+}
+
+/// How much longer than planned a relay may stay on if the gateway, its host or the broker
+/// dies: every ON carries a dead-man timer of its on-time plus this (Shelly `toggle_after`;
+/// Tasmota `PulseTime` = the slot length plus this, restarted by every ON), after which the
+/// device switches itself off.
+pub const DEADMAN_MARGIN_MS: u64 = 30_000;
+
+/// Request ids of one Shelly channel: `switch · SHELLY_ID_STRIDE + request` (the request is 2t
+/// at slot t's start, 2t + 1 for its duty cycle's switch-off, 2T at the end; T ≤ 288).
+pub const SHELLY_ID_STRIDE: u64 = 1000;
+
+/// The request number of a switch-off when the gateway stops (beyond any slot's).
+const SHELLY_SAFE_REQUEST: u64 = SHELLY_ID_STRIDE - 1;
+
+/// The JSON-RPC id of request `request` to Shelly channel `switch` (unique per channel).
+pub fn shelly_request_id(switch: u8, request: u64) -> u64 {
+    switch as u64 * SHELLY_ID_STRIDE + request
+}
+
+/// Tasmota's `PulseTime` value for a pulse of `ms`: tenths of a second up to 11.1 s, else
+/// 100 + seconds (rounded up), at most 64,900 (18 h).
+pub fn tasmota_pulse_time(ms: u64) -> u64 {
+    if ms <= 11_100 {
+        ms.div_ceil(100).max(1)
+    } else {
+        (100 + ms.div_ceil(1000)).min(64_900)
     }
 }
 
@@ -159,8 +209,21 @@ pub struct Timed {
     pub at_ms: u64,
     /// The slot it belongs to (T for the end-of-schedule commands).
     pub slot: usize,
+    /// The state it sets ([`OutputFile::target`], or the topic): the executor keeps the
+    /// latest per target.
+    pub target: String,
     /// What.
     pub publish: Publish,
+}
+
+impl Timed {
+    fn new(at_ms: u64, slot: usize, publish: Publish) -> Timed {
+        Timed { at_ms, slot, target: publish.topic.clone(), publish }
+    }
+
+    fn on(output: &OutputFile, at_ms: u64, slot: usize, publish: Publish) -> Timed {
+        Timed { at_ms, slot, target: output.target(), publish }
+    }
 }
 
 /// Availability topic of a Home Assistant node.
@@ -210,61 +273,63 @@ pub fn discovery(ha: &HomeAssistantFile, appliances: &[AppliancePlan]) -> Vec<Pu
 }
 
 /// The whole timeline of a committed schedule, sorted by time (stable: within one instant,
-/// in appliance order). `prices` are €/MWh per slot (for Home Assistant only).
-pub fn timeline(timing: Timing, appliances: &[AppliancePlan], prices: &[f64], ha: Option<&HomeAssistantFile>) -> Vec<Timed> {
+/// in appliance order). `prices` are €/MWh per slot (for Home Assistant only); `src` is the
+/// gateway's MQTT client id (a Shelly's replies go to `<src>/rpc`). Relays carry dead-man
+/// timers ([`DEADMAN_MARGIN_MS`]): a Tasmota's `PulseTime` is set before its first command
+/// and cleared (0) after its last.
+pub fn timeline(timing: Timing, appliances: &[AppliancePlan], prices: &[f64], ha: Option<&HomeAssistantFile>, src: &str) -> Vec<Timed> {
     assert!(timing.slot_ms > 0, "Δ must be positive");
     let mut out = Vec::new();
-    // Shelly's JSON-RPC request id names the command: 2t at the start of slot t, 2t + 1 for
-    // the duty cycle's switch-off inside it, 2T at the end.
     for a in appliances {
         let slots = a.schedule.len();
+        if let Some(OutputFile::Tasmota { topic, .. }) = &a.output {
+            let pulse = tasmota_pulse_time(timing.slot_ms + DEADMAN_MARGIN_MS);
+            out.push(Timed::new(timing.slot_start(0), 0, Publish { topic: format!("cmnd/{topic}/PulseTime"), payload: pulse.to_string(), retain: false }));
+        }
         for (t, &power) in a.schedule.iter().enumerate() {
             let start = timing.slot_start(t);
             if let Some(output) = &a.output {
-                let request_id = 2 * t as u64;
+                let request = 2 * t as u64;
                 match output.rated_w() {
-                    None => out.push(Timed { at_ms: start, slot: t, publish: output.command(power, true, request_id) }),
+                    None => out.push(Timed::on(output, start, t, output.command(power, true, request, timing.slot_ms, src))),
                     Some(rated) => {
                         let duty = (power.max(0) as u64).min(rated as u64);
                         let on_ms = (timing.slot_ms * duty + rated as u64 / 2) / (rated as u64).max(1);
-                        out.push(Timed { at_ms: start, slot: t, publish: output.command(power, on_ms > 0, request_id) });
+                        out.push(Timed::on(output, start, t, output.command(power, on_ms > 0, request, on_ms, src)));
                         if on_ms > 0 && on_ms < timing.slot_ms {
-                            out.push(Timed { at_ms: start + on_ms, slot: t, publish: output.command(0, false, request_id + 1) });
+                            out.push(Timed::on(output, start + on_ms, t, output.command(0, false, request + 1, 0, src)));
                         }
                     }
                 }
             }
             if let Some(ha) = ha {
                 let next = (t + 1..slots).find(|&s| a.schedule[s] != power).unwrap_or(slots);
-                out.push(Timed {
-                    at_ms: start,
-                    slot: t,
-                    publish: Publish { topic: state_topic(ha, &a.name, "power"), payload: power.to_string(), retain: true },
-                });
+                out.push(Timed::new(start, t, Publish { topic: state_topic(ha, &a.name, "power"), payload: power.to_string(), retain: true }));
                 let price = prices.get(t).copied().unwrap_or(0.0);
-                out.push(Timed {
-                    at_ms: start,
-                    slot: t,
-                    publish: Publish { topic: state_topic(ha, &a.name, "price"), payload: format!("{price:.2}"), retain: true },
-                });
-                out.push(Timed {
-                    at_ms: start,
-                    slot: t,
-                    publish: Publish { topic: state_topic(ha, &a.name, "next_change"), payload: rfc3339(timing.slot_start(next)), retain: true },
-                });
+                out.push(Timed::new(start, t, Publish { topic: state_topic(ha, &a.name, "price"), payload: format!("{price:.2}"), retain: true }));
+                out.push(Timed::new(start, t, Publish { topic: state_topic(ha, &a.name, "next_change"), payload: rfc3339(timing.slot_start(next)), retain: true }));
             }
         }
         // The schedule ends: switch off and say so.
         let end = timing.slot_start(slots);
         if let Some(output) = &a.output {
-            out.push(Timed { at_ms: end, slot: slots, publish: output.command(0, false, 2 * slots as u64) });
+            out.push(Timed::on(output, end, slots, output.command(0, false, 2 * slots as u64, 0, src)));
+            if let OutputFile::Tasmota { topic, .. } = output {
+                out.push(Timed::new(end, slots, Publish { topic: format!("cmnd/{topic}/PulseTime"), payload: "0".into(), retain: false }));
+            }
         }
         if let Some(ha) = ha {
-            out.push(Timed { at_ms: end, slot: slots, publish: Publish { topic: state_topic(ha, &a.name, "power"), payload: "0".into(), retain: true } });
+            out.push(Timed::new(end, slots, Publish { topic: state_topic(ha, &a.name, "power"), payload: "0".into(), retain: true }));
         }
     }
     out.sort_by_key(|t| t.at_ms);
     out
+}
+
+/// What leaves every output of `appliances` in its safe state (off), for a gateway that
+/// stops while it executes their schedule.
+pub fn safe_state(appliances: &[AppliancePlan], src: &str) -> Vec<Publish> {
+    appliances.iter().filter_map(|a| a.output.as_ref()).map(|o| o.safe_state(src)).collect()
 }
 
 /// Walks a timeline. The only state is how far it got (`done_until_ms`: every publication due
@@ -293,29 +358,29 @@ impl Executor {
         self.cursor == self.timeline.len()
     }
 
-    /// Hands out what became due by `now_ms`, keeping only the latest per topic (a late poll
+    /// Hands out what became due by `now_ms`, keeping only the latest per target (a late poll
     /// publishes the current state, not the history), in time order.
     pub fn due(&mut self, now_ms: u64) -> Vec<Timed> {
         let end = self.cursor + self.timeline[self.cursor..].partition_point(|t| t.at_ms <= now_ms);
-        let due = latest_per_topic(&self.timeline[self.cursor..end]);
+        let due = latest_per_target(&self.timeline[self.cursor..end]);
         self.cursor = end;
         due
     }
 
-    /// The current state at `now_ms`: the latest publication due so far on every topic,
+    /// The current state at `now_ms`: the latest publication due so far for every target,
     /// whether or not it was handed out before. Used after (re)connecting to the broker.
     /// Advances like [`Executor::due`].
     pub fn reconcile(&mut self, now_ms: u64) -> Vec<Timed> {
         let end = self.cursor + self.timeline[self.cursor..].partition_point(|t| t.at_ms <= now_ms);
         self.cursor = end;
-        latest_per_topic(&self.timeline[..end])
+        latest_per_target(&self.timeline[..end])
     }
 }
 
-fn latest_per_topic(items: &[Timed]) -> Vec<Timed> {
+fn latest_per_target(items: &[Timed]) -> Vec<Timed> {
     let mut last: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, t) in items.iter().enumerate() {
-        last.insert(&t.publish.topic, i);
+        last.insert(&t.target, i);
     }
     let mut keep: Vec<usize> = last.into_values().collect();
     keep.sort_unstable();
@@ -334,26 +399,57 @@ mod tests {
 
     #[test]
     fn tasmota_relay_runs_a_duty_cycle_per_slot_and_ends_off() {
-        let tl = timeline(TIMING, &plan(OutputFile::Tasmota { topic: "ev".into(), rated_w: 2000 }, vec![2000, 500, 0]), &[], None);
-        let got: Vec<(u64, &str)> = tl.iter().map(|t| (t.at_ms, t.publish.payload.as_str())).collect();
-        assert_eq!(got, vec![(10_000, "ON"), (11_000, "ON"), (11_250, "OFF"), (12_000, "OFF"), (13_000, "OFF")]);
-        assert!(tl.iter().all(|t| t.publish.topic == "cmnd/ev/POWER" && !t.publish.retain));
+        let tl = timeline(TIMING, &plan(OutputFile::Tasmota { topic: "ev".into(), rated_w: 2000 }, vec![2000, 500, 0]), &[], None, "gw");
+        let power: Vec<(u64, &str)> = tl.iter().filter(|t| t.publish.topic == "cmnd/ev/POWER").map(|t| (t.at_ms, t.publish.payload.as_str())).collect();
+        assert_eq!(power, vec![(10_000, "ON"), (11_000, "ON"), (11_250, "OFF"), (12_000, "OFF"), (13_000, "OFF")]);
+        assert!(tl.iter().all(|t| !t.publish.retain));
+        // The dead-man timer: PulseTime (a slot + 30 s = 31 s → 131) before the first command,
+        // restarted by every ON; cleared after the last.
+        let pulse: Vec<(u64, &str)> = tl.iter().filter(|t| t.publish.topic == "cmnd/ev/PulseTime").map(|t| (t.at_ms, t.publish.payload.as_str())).collect();
+        assert_eq!(pulse, vec![(10_000, "131"), (13_000, "0")]);
+        assert_eq!(tl[0].publish.topic, "cmnd/ev/PulseTime", "set before the first ON");
+        assert_eq!((tasmota_pulse_time(500), tasmota_pulse_time(11_100), tasmota_pulse_time(11_101), tasmota_pulse_time(u64::MAX / 2)), (5, 111, 112, 64_900));
     }
 
     #[test]
-    fn shelly_sends_switch_set_rpc() {
-        let tl = timeline(TIMING, &plan(OutputFile::Shelly { device_id: "shellyplus1-abc".into(), switch: 1, rated_w: 1000 }, vec![1000]), &[], None);
-        let v: serde_json::Value = serde_json::from_str(&tl[0].publish.payload).unwrap();
-        assert_eq!(tl[0].publish.topic, "shellyplus1-abc/rpc");
-        assert_eq!(v["method"], "Switch.Set");
-        assert_eq!(v["params"], serde_json::json!({"id": 1, "on": true}));
-        assert_eq!(v["id"], 0, "request id 2t names slot t's start");
+    fn shelly_sends_switch_set_rpc_with_a_dead_man_timer() {
+        let tl = timeline(TIMING, &plan(OutputFile::Shelly { device_id: "shellyplus1-abc".into(), switch: 1, rated_w: 1000 }, vec![1000, 250]), &[], None, "gw-7");
+        let v: Vec<serde_json::Value> = tl.iter().map(|t| serde_json::from_str(&t.publish.payload).unwrap()).collect();
+        assert!(tl.iter().all(|t| t.publish.topic == "shellyplus1-abc/rpc"));
+        assert!(v.iter().all(|v| v["method"] == "Switch.Set" && v["src"] == "gw-7"), "{v:?}");
+        // Slot 0 fully on (1 s + 30 s), slot 1 on for 250 ms (31 s, rounded up), then off.
+        assert_eq!(v[0]["params"], serde_json::json!({"id": 1, "on": true, "toggle_after": 31}));
+        assert_eq!(v[1]["params"], serde_json::json!({"id": 1, "on": true, "toggle_after": 31}));
+        assert_eq!(v[2]["params"], serde_json::json!({"id": 1, "on": false}));
+        let ids: Vec<u64> = v.iter().map(|v| v["id"].as_u64().unwrap()).collect();
+        assert_eq!(ids, vec![1000, 1002, 1003, 1004], "switch 1's ids: 1000 + 2t, 2t + 1 for the switch-off, 2T at the end");
+    }
+
+    #[test]
+    fn two_channels_of_one_shelly_each_keep_their_own_state() {
+        let shelly = |switch| OutputFile::Shelly { device_id: "shellypro2pm-1".into(), switch, rated_w: 1000 };
+        let plans = vec![
+            AppliancePlan { name: "boiler".into(), output: Some(shelly(0)), schedule: vec![1000, 0] },
+            AppliancePlan { name: "heater".into(), output: Some(shelly(1)), schedule: vec![0, 1000] },
+        ];
+        let tl = timeline(TIMING, &plans, &[], None, "gw");
+        // A poll late through slot 1 still sends both channels their state.
+        let mut ex = Executor::new(tl, 0);
+        let due = ex.due(11_500);
+        let state: Vec<(u64, bool)> = due
+            .iter()
+            .map(|t| serde_json::from_str::<serde_json::Value>(&t.publish.payload).unwrap())
+            .map(|v| (v["params"]["id"].as_u64().unwrap(), v["params"]["on"].as_bool().unwrap()))
+            .collect();
+        assert_eq!(state, vec![(0, false), (1, true)], "{due:?}");
+        let safe: Vec<serde_json::Value> = safe_state(&plans, "gw").iter().map(|p| serde_json::from_str(&p.payload).unwrap()).collect();
+        assert_eq!(safe.iter().map(|v| (v["params"]["id"].as_u64(), v["params"]["on"].as_bool())).collect::<Vec<_>>(), vec![(Some(0), Some(false)), (Some(1), Some(false))]);
     }
 
     #[test]
     fn home_assistant_state_names_the_next_change() {
         let ha = HomeAssistantFile { prefix: "ha".into(), node_id: "gw".into() };
-        let tl = timeline(TIMING, &plan(OutputFile::Setpoint { topic: "b/set".into(), retain: true }, vec![-300, -300, 700]), &[50.0, 51.0, 52.5], Some(&ha));
+        let tl = timeline(TIMING, &plan(OutputFile::Setpoint { topic: "b/set".into(), retain: true }, vec![-300, -300, 700]), &[50.0, 51.0, 52.5], Some(&ha), "gw");
         let next: Vec<&str> = tl.iter().filter(|t| t.publish.topic == "gridproof/gw/ev/next_change").map(|t| t.publish.payload.as_str()).collect();
         assert_eq!(next, vec![rfc3339(12_000), rfc3339(12_000), rfc3339(13_000)]);
         assert_eq!(rfc3339(12_000), "1970-01-01T00:00:12Z");
@@ -367,11 +463,11 @@ mod tests {
 
     #[test]
     fn late_polls_and_reconnects_publish_the_current_state_only() {
-        let tl = timeline(TIMING, &plan(OutputFile::Tasmota { topic: "ev".into(), rated_w: 2000 }, vec![2000, 500, 0]), &[], None);
+        let tl = timeline(TIMING, &plan(OutputFile::Tasmota { topic: "ev".into(), rated_w: 2000 }, vec![2000, 500, 0]), &[], None, "gw");
         let mut ex = Executor::new(tl.clone(), 0);
         assert_eq!(ex.next_at(), Some(10_000));
         assert!(ex.due(9_999).is_empty());
-        assert_eq!(ex.due(10_000).len(), 1);
+        assert_eq!(ex.due(10_000).len(), 2, "PulseTime, then ON");
         // Asleep through 11_000 and 11_250: only the OFF that holds now goes out.
         let late = ex.due(11_500);
         assert_eq!(late.len(), 1);
@@ -379,8 +475,7 @@ mod tests {
         // A restart that had handed out everything through 11_000 reconciles to the same state.
         let mut again = Executor::new(tl, 11_000);
         let now = again.reconcile(11_500);
-        assert_eq!(now.len(), 1);
-        assert_eq!(now[0].publish.payload, "OFF");
+        assert_eq!(now.iter().map(|t| t.publish.payload.as_str()).collect::<Vec<_>>(), vec!["131", "OFF"], "the dead-man timer and the state");
         assert_eq!(again.next_at(), Some(12_000));
         again.due(20_000);
         assert!(again.is_done());

@@ -692,7 +692,7 @@ impl Agent {
                     .map(|(&slot, &energy)| protocol::settlement::SignedReading::new(&a.key, &chain, protocol::settlement::Reading { market_id: *id, device: a.id(), slot, energy }))
                     .collect();
                 let resent = list.len();
-                while (*next as usize) < x.len() && protocol::settlement::slot_end_ms(spec, *next) + grace <= now_ms {
+                while (*next as usize) < x.len() && protocol::settlement::slot_end_ms(spec, *next).saturating_add(grace) <= now_ms {
                     let slot = *next;
                     *next += 1;
                     let energy = match meter.topic() {
@@ -700,7 +700,7 @@ impl Agent {
                         Some(_) => {
                             let end = protocol::settlement::slot_end_ms(spec, slot);
                             let start = end.saturating_sub(spec.slot_ms());
-                            let e = self.meters.get(&i).and_then(|s| s.energy(start, end, spec.slot_seconds));
+                            let e = self.meters.get(&i).and_then(|s| s.energy(start, end));
                             if e.is_none() {
                                 tracing::warn!(market = *id, appliance = a.name, slot, "no meter samples cover this slot: no reading");
                             }
@@ -760,7 +760,7 @@ impl Agent {
                     .filter_map(|a| {
                         let next = m.metered.get(&a.name).copied().unwrap_or(0);
                         let x = m.schedules.get(&a.name)?;
-                        let read = ((next as usize) < x.len()).then(|| protocol::settlement::slot_end_ms(spec, next) + grace);
+                        let read = ((next as usize) < x.len()).then(|| protocol::settlement::slot_end_ms(spec, next).saturating_add(grace));
                         let committed = m.committed.get(&a.name);
                         let resend = (now_ms < deadline)
                             .then(|| {

@@ -647,11 +647,18 @@ fn load_market(path: &Path) -> Result<Loaded, ConfigError> {
 fn appliances(path: &Path, file: &GatewayFile, g: &Genesis, secret: &SigningKey) -> Result<Vec<Appliance>, ConfigError> {
     let slots = Slots::new(g.market.slots as usize).map_err(|e| invalid(path, format!("market T: {e}")))?;
     let mut names = std::collections::BTreeSet::new();
+    // Which appliance drives each output target (a topic, or a Shelly's channel).
+    let mut targets: BTreeMap<String, &str> = BTreeMap::new();
     let mut out = Vec::new();
     for (i, a) in file.appliances.iter().enumerate() {
         let at = |what: String| invalid(path, format!("appliances[{i}] ({}): {what}", a.name));
         if !names.insert(a.name.clone()) {
             return Err(at("duplicate name".into()));
+        }
+        if let Some(o) = &a.output {
+            if let Some(other) = targets.insert(o.target(), &a.name) {
+                return Err(at(format!("output {} is {other}'s already: two appliances cannot drive one output", o.target())));
+            }
         }
         let params: ModelParams = a.spec.to_params(slots, g.market.slot_seconds).map_err(|e| at(e.to_string()))?;
         let costs = costs_of(&a.costs, slots.get()).map_err(at)?;

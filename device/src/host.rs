@@ -97,7 +97,8 @@ async fn start_checkpoint(gw: &Gateway, given: Option<Checkpoint>) -> Result<Opt
     let saved = crate::state::load_checkpoint(&path)?;
     let Body::Genesis(g) = &gw.genesis.body else { unreachable!("the config checked the genesis") };
     let check = |cp: &Checkpoint, entry: &Certified, state: &[u8]| {
-        protocol::snapshot::verify_checkpoint(&gw.genesis.chain_id, &g.validators, cp, entry, state, protocol::net::now_ms()).map_err(|e| ConfigError::invalid(&path, format!("checkpoint {cp}: {e}")))
+        protocol::snapshot::verify_checkpoint(&gw.genesis.chain_id, &g.validators, cp, entry, state, protocol::net::now_ms())
+            .map_err(|e| ConfigError::invalid(&path, format!("checkpoint {cp}: {e}")))
     };
     let checkpoint = match (given, &saved) {
         (Some(cp), _) => cp,
@@ -113,7 +114,10 @@ async fn start_checkpoint(gw: &Gateway, given: Option<Checkpoint>) -> Result<Opt
     let endpoint = protocol::net::client_endpoint("0.0.0.0:0".parse().expect("valid")).map_err(|e| RunError::Net(e.to_string()))?;
     let validators: Vec<(std::net::SocketAddr, [u8; 32])> = gw.file.validators.iter().map(|v| (v.addr, gw.validator_keys[v.index as usize])).collect();
     info!(%checkpoint, validators = validators.len(), "starting from a checkpoint: fetching its snapshot");
-    let fetched = protocol::net::fetch_checkpoint(&endpoint, &validators, &ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng), &gw.genesis, &checkpoint, 4).await.map_err(|e| RunError::Net(e.to_string()))?;
+    let fetched =
+        protocol::net::fetch_checkpoint(&endpoint, &validators, &ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng), &gw.genesis, &checkpoint, 4)
+            .await
+            .map_err(|e| RunError::Net(e.to_string()))?;
     endpoint.close(0u32.into(), b"done");
     crate::state::save_checkpoint(&path, &fetched.entry, &fetched.state)?;
     info!(%checkpoint, from = %fetched.from, markets = fetched.snapshot.live_markets().count(), "checkpoint snapshot verified and saved");
@@ -160,7 +164,7 @@ pub async fn run_gateway_with_keys(gw: &Gateway, keys: BTreeMap<(u8, usize), Upd
         (Some(m), true) => Some(Broker::connect(m, &gw.client_id(), offline.clone(), Duration::from_secs(10)).await?),
         _ => None,
     };
-    let mut execution = broker.map(|b| Execution::start(b, ha, offline));
+    let mut execution = broker.map(|b| Execution::start(b, ha, offline, gw.client_id()));
     // Meters read over MQTT: their own subscription on the broker.
     let topics: Vec<String> = agent.meter_topics().into_iter().map(|(_, t)| t).collect();
     let mut meters = match (&gw.file.mqtt, topics.is_empty() || opts.enroll_only) {
@@ -215,7 +219,10 @@ enum Progress {
 }
 
 impl Execution {
-    fn start(mut broker: Broker, ha: Option<actuation::HomeAssistantFile>, offline: Option<Publish>) -> Execution {
+    /// Runs the queued schedules one after the other (`src`: the MQTT client id, which Shelly
+    /// commands name); a stop while one executes switches its outputs to their safe state
+    /// before the connection closes.
+    fn start(mut broker: Broker, ha: Option<actuation::HomeAssistantFile>, offline: Option<Publish>, src: String) -> Execution {
         let (jobs, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
         let (progress_tx, progress) = tokio::sync::mpsc::unbounded_channel();
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
@@ -247,7 +254,7 @@ impl Execution {
                     on_connect.extend(actuation::discovery(h, &job.plans));
                 }
                 let slots = job.plans.iter().map(|p| p.schedule.len()).max().unwrap_or(0);
-                let mut executor = Executor::new(actuation::timeline(timing, &job.plans, &job.prices, ha.as_ref()), job.done_until_ms);
+                let mut executor = Executor::new(actuation::timeline(timing, &job.plans, &job.prices, ha.as_ref(), &src), job.done_until_ms);
                 let now = protocol::net::now_ms();
                 if job.done_until_ms > 0 && !executor.is_done() {
                     info!(market = job.market_id, "resuming execution");
@@ -258,14 +265,15 @@ impl Execution {
                 // One run of the executor per job: a job arriving meanwhile is queued without
                 // interrupting it.
                 let progress_tx = &progress_tx;
-                let run = crate::mqtt::execute(&mut broker, &mut executor, &on_connect, move |done_ms| {
-                    let _ = progress_tx.send(Progress::At { market_id, done_ms });
-                });
-                tokio::pin!(run);
-                loop {
-                    tokio::select! {
-                        _ = &mut run => break,
-                        _ = stopped.changed() => break 'jobs,
+                let stopping = {
+                    let run = crate::mqtt::execute(&mut broker, &mut executor, &on_connect, move |done_ms| {
+                        let _ = progress_tx.send(Progress::At { market_id, done_ms });
+                    });
+                    tokio::pin!(run);
+                    loop {
+                        tokio::select! {
+                        _ = &mut run => break false,
+                        _ = stopped.changed() => break true,
                         j = rx.recv(), if open => match j {
                             // A schedule that executes earlier, final later: it goes first
                             // while this one has not started.
@@ -280,7 +288,19 @@ impl Execution {
                             }
                             None => open = false,
                         },
+                        }
                     }
+                };
+                if stopping {
+                    // Stopped mid-schedule: no output stays on without the gateway.
+                    let safe = actuation::safe_state(&job.plans, &src);
+                    if !safe.is_empty() {
+                        info!(market = market_id, outputs = safe.len(), "stopping mid-schedule: outputs switched to their safe state");
+                    }
+                    for p in &safe {
+                        broker.publish(p);
+                    }
+                    break 'jobs;
                 }
                 let _ = progress_tx.send(Progress::Done { market_id, slots });
             }
@@ -395,7 +415,8 @@ async fn follow(
     let mut overrides = load_overrides()?;
     let mut overrides_stamp = modified(&gw.file.overrides_file);
     agent.plan(&overrides, protocol::net::now_ms());
-    let ended_at_start: std::collections::BTreeSet<u64> = agent.state.markets.iter().filter(|(_, m)| ended(m, opts, execution.is_some())).map(|(id, _)| *id).collect();
+    let ended_at_start: std::collections::BTreeSet<u64> =
+        agent.state.markets.iter().filter(|(_, m)| ended(m, opts, execution.is_some())).map(|(id, _)| *id).collect();
     let overall = opts.within.map(|w| tokio::time::Instant::now() + w);
     let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
     let mut summaries: BTreeMap<u64, MarketSummary> = BTreeMap::new();
@@ -447,7 +468,8 @@ async fn follow(
         let overdue = agent.next_entry_due_ms().map(|t| t + patience);
         let now = protocol::net::now_ms();
         let stall_at = match overdue {
-            Some(overdue) => (tokio::time::Instant::now() + Duration::from_millis(overdue.saturating_sub(now).min(3_600_000))).max(feed.since + Duration::from_millis(patience)),
+            Some(overdue) => (tokio::time::Instant::now() + Duration::from_millis(overdue.saturating_sub(now).min(3_600_000)))
+                .max(feed.since + Duration::from_millis(patience)),
             None => far,
         };
         // While a market registers, wake up for the next bid interval and to look at the

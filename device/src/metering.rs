@@ -200,11 +200,13 @@ impl SlotMeter {
     /// The energy over `[start_ms, end_ms)` in W·slot (mean W): a counter's increase between
     /// its values at the slot's boundaries (each interpolated between the samples around it,
     /// held from the last one if none came after; at the start, the first sample in the slot if
-    /// none came before), times 3600 / `slot_seconds`; or the time-weighted mean of the power samples,
+    /// none came before), in Wh, as the mean W over the window (× 3,600,000 / window ms: the
+    /// window is the slot on the wall clock, so a compressed market's slot reads what its
+    /// meter saw in it); or the time-weighted mean of the power samples,
     /// each held until the next (the one before the start held from the start). `None` if no
     /// sample arrived during the slot, a counter has no earlier value to compare with, or it
     /// went back (a reset).
-    pub fn energy(&self, start_ms: u64, end_ms: u64, slot_seconds: u32) -> Option<i64> {
+    pub fn energy(&self, start_ms: u64, end_ms: u64) -> Option<i64> {
         if end_ms <= start_ms {
             return None;
         }
@@ -236,7 +238,9 @@ impl SlotMeter {
                 if b < a || (before.is_none() && last.0 <= first.0) {
                     return None;
                 }
-                let w = (b - a) * 3600.0 / slot_seconds as f64;
+                // Wh over the window as its mean W (the window is the slot on the wall clock,
+                // Δ or a compressed market's slot).
+                let w = (b - a) * 3_600_000.0 / (end_ms - start_ms) as f64;
                 w.is_finite().then(|| w.round() as i64)
             }
             (Sample::Power(_), Sample::Power(_)) => {
@@ -298,19 +302,20 @@ mod tests {
         for (t, wh) in [(0, 100.0), (30_000, 105.0), (60_000, 110.0)] {
             counter.push(t, Sample::Counter(wh));
         }
-        assert_eq!(counter.energy(0, 60_000, 60), Some(600));
-        assert_eq!(counter.energy(60_000, 120_000, 60), None, "no sample during the slot");
+        assert_eq!(counter.energy(0, 60_000), Some(600));
+        assert_eq!(counter.energy(0, 30_000), Some(600), "5 Wh over a 30 s window is 600 W too (a compressed slot)");
+        assert_eq!(counter.energy(60_000, 120_000), None, "no sample during the slot");
         counter.push(90_000, Sample::Counter(1.0));
-        assert_eq!(counter.energy(60_000, 120_000, 60), None, "the counter went back");
+        assert_eq!(counter.energy(60_000, 120_000), None, "the counter went back");
         // Power held between samples: 1000 W for 15 s, then 0 W for 45 s: 250 W mean.
         let mut p = SlotMeter::default();
         for (t, w) in [(-5_000i64, 1000.0), (15_000, 0.0), (59_000, 0.0)] {
             p.push((t + 10_000) as u64, Sample::Power(w));
         }
-        assert_eq!(p.energy(10_000, 70_000, 60), Some(250));
+        assert_eq!(p.energy(10_000, 70_000), Some(250));
         // A sample arriving out of order is dropped.
         p.push(1, Sample::Power(9999.0));
-        assert_eq!(p.energy(10_000, 70_000, 60), Some(250));
+        assert_eq!(p.energy(10_000, 70_000), Some(250));
     }
 
     #[test]

@@ -135,7 +135,9 @@ async fn accounts(State(s): State<Arc<Shared>>) -> Json<Value> {
         .take(LISTED_ACCOUNTS)
         .map(|(d, a)| json!({ "device": hex(&d.0), "balance_micro_eur": a.balance, "markets": a.bills.len() }))
         .collect();
-    Json(json!({ "count": all.len(), "sum_micro_eur": sum as i64, "largest": largest }))
+    // (A sum beyond i64 — never in practice — is given as a decimal string.)
+    let sum = i64::try_from(sum).map_or_else(|_| json!(sum.to_string()), |s| json!(s));
+    Json(json!({ "count": all.len(), "sum_micro_eur": sum, "largest": largest }))
 }
 
 async fn status(State(s): State<Arc<Shared>>) -> Json<Value> {

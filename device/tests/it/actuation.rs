@@ -129,10 +129,12 @@ fn tasmota_shelly_and_home_assistant_follow_the_committed_schedule_slot_by_slot(
     let _broker = Mosquitto::start(port);
     let seen = subscriber(port);
     // Δ = 1 s: 0.002 kWh is 7.2 kJ, 2.4 slots at 3 kW.
+    // The boiler and the heater share one two-channel Shelly (channels 0 and 1).
     let appliances = format!(
-        "{}{}",
+        "{}{}{}",
         spec("ev", 3.0, 0.002, 0.003, "[appliances.output]\nadapter = \"tasmota\"\ntopic = \"ev\"\nrated_w = 3000\n"),
         spec("boiler", 2.0, 0.001, 0.002, "[appliances.output]\nadapter = \"shelly\"\ndevice_id = \"shellyplus1pm-a8032ab1\"\nrated_w = 2000\n"),
+        spec("heater", 1.0, 0.0005, 0.001, "[appliances.output]\nadapter = \"shelly\"\ndevice_id = \"shellyplus1pm-a8032ab1\"\nswitch = 1\nrated_w = 1000\n"),
     );
     let cfg = gateway_with_broker(&m, "gw", port, &appliances);
     init(&m, &cfg);
@@ -151,11 +153,11 @@ fn tasmota_shelly_and_home_assistant_follow_the_committed_schedule_slot_by_slot(
     let seen = seen.lock().unwrap().clone();
     let (start, slot) = execution(&m);
     let v = schedules(&cfg);
-    let (ev, boiler) = (watts(&v, "ev"), watts(&v, "boiler"));
+    let (ev, boiler, heater) = (watts(&v, "ev"), watts(&v, "boiler"), watts(&v, "heater"));
     assert!(ev.iter().sum::<i64>() >= 7200 - 10, "the EV's schedule delivers its energy: {ev:?}");
 
     // Home Assistant: retained discovery for three sensors per appliance, availability.
-    for a in ["ev", "boiler"] {
+    for a in ["ev", "boiler", "heater"] {
         for object in ["power", "price", "next_change"] {
             let topic = format!("ha/sensor/gw1/{a}_{object}/config");
             let config = seen.iter().find(|s| s.topic == topic).unwrap_or_else(|| panic!("no discovery on {topic}"));
@@ -192,16 +194,36 @@ fn tasmota_shelly_and_home_assistant_follow_the_committed_schedule_slot_by_slot(
     for (s, (t, _)) in tasmota.iter().zip(&expected) {
         assert!(s.at_ms >= start + *t as u64 * slot, "a command of slot {t} came early");
     }
+    // Its dead-man timer: PulseTime = the slot + 30 s (31 s → 131) before the first command
+    // (every ON restarts it), cleared at the end.
+    let pulse: Vec<String> = live(&seen, "cmnd/ev/PulseTime").into_iter().map(|s| s.payload).collect();
+    assert_eq!(pulse, vec!["131", "0"]);
+    assert!(live(&seen, "cmnd/ev/PulseTime")[0].at_ms <= tasmota[0].at_ms);
 
-    // Shelly: Switch.Set with request id 2t at slot t's start (2t + 1 for the switch-off).
-    let shelly: Vec<(u64, bool, u64)> = live(&seen, "shellyplus1pm-a8032ab1/rpc").iter().map(|s| (shelly_id(s).0, shelly_id(s).1, s.at_ms)).collect();
-    for (t, &w) in boiler.iter().enumerate() {
-        let cmds: Vec<&(u64, bool, u64)> = shelly.iter().filter(|c| c.0 / 2 == t as u64).collect();
-        let on: Vec<bool> = cmds.iter().map(|c| c.1).collect();
-        assert_eq!(on, relay_commands(w, 2000), "slot {t} ({w} W): {shelly:?}");
-        assert!(cmds.iter().all(|c| c.2 >= start + t as u64 * slot), "slot {t} commanded early");
+    // Shelly: Switch.Set per channel, request id 1000·channel + 2t at slot t's start (+ 1 for
+    // the switch-off), `src` the gateway's client id, every ON with its flip-back timer.
+    let rpc = live(&seen, "shellyplus1pm-a8032ab1/rpc");
+    for (channel, schedule, rated) in [(0u64, &boiler, 2000), (1, &heater, 1000)] {
+        let cmds: Vec<serde_json::Value> = rpc.iter().map(|s| serde_json::from_str::<serde_json::Value>(&s.payload).unwrap()).collect();
+        let mine: Vec<(u64, bool, u64)> = cmds
+            .iter()
+            .zip(&rpc)
+            .filter(|(v, _)| v["params"]["id"] == channel)
+            .map(|(v, s)| {
+                assert!(v["src"].as_str().is_some_and(|s| s.starts_with("gridproof-")), "src: the gateway's client id: {v}");
+                let on = v["params"]["on"].as_bool().unwrap();
+                assert_eq!(v["params"].get("toggle_after").is_some(), on, "every ON carries its dead-man timer: {v}");
+                (v["id"].as_u64().unwrap() - 1000 * channel, on, s.at_ms)
+            })
+            .collect();
+        for (t, &w) in schedule.iter().enumerate() {
+            let slot_cmds: Vec<&(u64, bool, u64)> = mine.iter().filter(|c| c.0 / 2 == t as u64).collect();
+            let on: Vec<bool> = slot_cmds.iter().map(|c| c.1).collect();
+            assert_eq!(on, relay_commands(w, rated), "channel {channel}, slot {t} ({w} W): {mine:?}");
+            assert!(slot_cmds.iter().all(|c| c.2 >= start + t as u64 * slot), "slot {t} commanded early");
+        }
+        assert_eq!(mine.last().map(|c| (c.0, c.1)), Some((12, false)), "channel {channel} switched off at the end");
     }
-    assert_eq!(shelly.last().map(|c| (c.0, c.1)), Some((12, false)), "switched off at the end");
 }
 
 /// Reads a child's stderr in a thread, keeping every line and signalling when `needle` shows.
@@ -412,3 +434,55 @@ fn meters_read_over_mqtt_settle_the_bills() {
         }
     });
 }
+
+/// Dead-man safety on a clean stop: a gateway that gets SIGTERM while its schedule executes
+/// switches every output to its safe state — the Tasmota relay OFF, both channels of the
+/// Shelly off — before it says offline and exits.
+#[test]
+fn a_gateway_stopped_mid_schedule_switches_its_outputs_off() {
+    let m = market_with("sigterm", Timing { registration_ms: 4000, slots: 8, slot_seconds: 1, execution_gap_ms: 2000, all_models: false, port_block: 5, meter_window_ms: None, compressed_slot_ms: None });
+    let port = m.base_port + 15;
+    let _broker = Mosquitto::start(port);
+    let seen = subscriber(port);
+    let appliances = format!(
+        "{}{}",
+        spec("ev", 3.0, 0.004, 0.006, "[appliances.output]\nadapter = \"tasmota\"\ntopic = \"ev\"\nrated_w = 3000\n"),
+        spec("boiler", 2.0, 0.001, 0.002, "[appliances.output]\nadapter = \"shelly\"\ndevice_id = \"shellypro2pm-s\"\nswitch = 1\nrated_w = 2000\n"),
+    );
+    let cfg = gateway_with_broker(&m, "gw", port, &appliances);
+    init(&m, &cfg);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let validators = rt.block_on(start_validators(&m));
+    let mut child = Command::new(BIN).args(["run", "--config"]).arg(&cfg).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let (lines, rx) = watch_stderr(&mut child, "slot commands published");
+    rx.recv_timeout(Duration::from_secs(90)).expect("the schedule started executing");
+    let (start, slot) = execution(&m);
+    // Stop it during slot 2 (of 8).
+    while protocol::net::now_ms() < start + 2 * slot + 200 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stopped_at = protocol::net::now_ms();
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let log = lines.lock().unwrap().join("\n");
+    assert!(log.contains("outputs switched to their safe state"), "{log}");
+    assert!(!exit.success() || log.contains("stopped"), "exit {exit}: {log}");
+    rt.block_on(async {
+        for v in validators {
+            v.stop().await.unwrap();
+        }
+    });
+    let seen = seen.lock().unwrap().clone();
+    let after = |topic: &str| -> Vec<String> { live(&seen, topic).into_iter().filter(|s| s.at_ms >= stopped_at).map(|s| s.payload).collect() };
+    assert_eq!(after("cmnd/ev/POWER"), vec!["OFF"], "the relay off at the stop");
+    let shelly: Vec<serde_json::Value> = after("shellypro2pm-s/rpc").iter().map(|p| serde_json::from_str(p).unwrap()).collect();
+    assert_eq!(shelly.len(), 1, "{shelly:?}");
+    assert_eq!(shelly[0]["params"], serde_json::json!({"id": 1, "on": false}));
+    assert_eq!(shelly[0]["id"], 1999, "the stop's request id on channel 1");
+    assert_eq!(after("gridproof/gw1/availability").last().map(String::as_str), Some("offline"));
+    // Nothing of slots 3.. went out.
+    assert!(live(&seen, "cmnd/ev/POWER").iter().all(|s| s.at_ms < start + 3 * slot || s.payload == "OFF"));
+}
+

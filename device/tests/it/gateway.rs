@@ -141,6 +141,12 @@ fn bad_configurations_fail_naming_the_field_or_host() {
         ("unknown_model", EV.replace("deferrable", "toaster"), "toaster"),
         ("inconsistent", EV.replace("energy_min_kwh = 1.0", "energy_min_kwh = 5.0"), "appliances[0] (ev)"),
         ("costs", BOILER.replace("[40.0, 10.0, 5.0, 30.0]", "[1.0]"), "linear_eur_mwh"),
+        // Two appliances on one channel of one Shelly (the other channel would be fine).
+        (
+            "shared_output",
+            format!("{EV}[appliances.output]\nadapter = \"shelly\"\ndevice_id = \"shellypro2pm-1\"\nrated_w = 3000\n\n{BOILER}[appliances.output]\nadapter = \"shelly\"\ndevice_id = \"shellypro2pm-1\"\nrated_w = 2000\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = 1883\n"),
+            "output shellypro2pm-1/rpc switch:0 is ev's already",
+        ),
     ];
     for (name, appliances, needle) in cases {
         let cfg = gateway_toml(&m, name, &appliances);

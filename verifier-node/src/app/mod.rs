@@ -157,6 +157,9 @@ impl ChainApp {
         // Every market parameter within the range the fixed-point engine computes without
         // overflow (ρ, γ, base load, tariff, feeder limit, ε).
         genesis.market.admm().map_err(|e| AdmmError::Params(e.to_string()))?.check()?;
+        // The rest of what every opened market is checked for (settlement rule, compressed
+        // slot).
+        protocol::market::check_spec(&genesis.market).map_err(|e| Reject::Genesis(format!("its market: {e}")))?;
         if genesis.enrollment_authorities.is_empty() {
             return Err(Reject::Genesis("it names no enrollment authority, so no device could enroll".into()));
         }

@@ -96,8 +96,10 @@ impl ChainApp {
 
     /// Admission of one device's readings arriving at `now_ms`: 1 to
     /// [`MAX_READINGS_PER_REQUEST`] of one market and one device, strictly ascending by slot,
-    /// each passing [`Self::check_reading`].
-    pub fn admit_readings(&self, now_ms: u64, list: &[SignedReading]) -> Result<(), Reject> {
+    /// each passing [`Self::check_reading`] — except that a reading the market already
+    /// committed, with the same energy, is skipped (a gateway sending again what it has not
+    /// seen committed yet). Returns the readings to pool.
+    pub fn admit_readings(&self, now_ms: u64, list: &[SignedReading]) -> Result<Vec<SignedReading>, Reject> {
         let Some(first) = list.first() else { return Err(ReadingError::Batch("no readings").into()) };
         if list.len() > MAX_READINGS_PER_REQUEST {
             return Err(ReadingError::Batch("more readings than one request may carry").into());
@@ -108,7 +110,14 @@ impl ChainApp {
         if !list.windows(2).all(|w| w[0].body.slot < w[1].body.slot) {
             return Err(ReadingError::Batch("slots not strictly ascending").into());
         }
-        list.iter().try_for_each(|r| self.check_reading(r, now_ms))
+        let committed = |r: &SignedReading| self.settling_market(r.body.market_id).ok().and_then(Market::settling).and_then(|s| s.readings.get(&(r.body.device, r.body.slot)).copied());
+        list.iter()
+            .filter_map(|r| match self.check_reading(r, now_ms) {
+                Ok(()) => Some(Ok(*r)),
+                Err(Reject::Reading(ReadingError::Duplicate { .. })) if committed(r) == Some(r.body.energy) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect()
     }
 
     /// A meter entry from the pooled readings at `at_ms` (signatures verified at admission):

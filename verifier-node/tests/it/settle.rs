@@ -78,8 +78,12 @@ fn readings_settle_at_the_meter_deadline_and_the_ledger_books_every_bill() {
     let Body::Meter(batch) = &e.body else { panic!("a meter entry: {:?}", e.body) };
     assert_eq!(batch.readings.len(), 2 * T);
     assert_eq!(app.market(7).unwrap().settling().unwrap().readings.len(), 2 * T);
-    // The same readings again are duplicates; nothing more to build before the deadline.
-    assert_eq!(app.admit_readings(exec_end + 1, &readings[..1]).unwrap_err().label(), "duplicate");
+    // The same readings again (a gateway that has not seen them committed) are accepted
+    // without effect; another energy for a committed slot is a duplicate. Nothing more to
+    // build before the deadline.
+    assert_eq!(app.admit_readings(exec_end + 1, &readings[..T]).unwrap(), vec![], "nothing to pool");
+    assert_eq!(reading(&w, 0, 0, x(0)[0] as i64), readings[0], "the same body signs the same (ed25519 is deterministic)");
+    assert_eq!(app.admit_readings(exec_end + 1, &[reading(&w, 0, 0, x(0)[0] as i64 + 1)]).unwrap_err().label(), "duplicate");
     let mut rng = ChaCha20Rng::seed_from_u64(5);
     assert_eq!(app.build(exec_end + 1, Pool { readings: &readings, ..Default::default() }, &Default::default(), &mut rng).unwrap_err().label(), "not_due");
 
@@ -414,4 +418,24 @@ fn readings_over_mqtt_settle_on_four_validators_while_a_gateway_drops_out_mid_da
         let (ok, out) = c.audit(i);
         assert!(ok, "audit of validator {i}: {out}");
     }
+}
+
+/// A genesis whose market breaks a rule every opened market is checked for — a meter window
+/// of 0, a compressed slot longer than Δ or of 0 ms — starts no validator.
+#[test]
+fn a_genesis_market_outside_the_rules_starts_no_validator() {
+    for (what, tweak) in [
+        ("meter window", (|m: &mut protocol::entry::MarketSpec| m.settlement = Some(SettlementSpec { meter_window_ms: 0, imbalance_premium: 0 })) as fn(&mut protocol::entry::MarketSpec)),
+        ("compressed slot", |m| m.compressed_slot_ms = Some(900_001)),
+        ("slot length", |m| m.compressed_slot_ms = Some(0)),
+    ] {
+        let mut w = world();
+        tweak(&mut w.genesis.market);
+        let entry = Entry::genesis(w.genesis.clone(), 0);
+        let err = ChainApp::new(&entry, w.keys.clone()).err().unwrap_or_else(|| panic!("{what}: accepted")).to_string();
+        assert!(err.contains(what), "{what}: {err}");
+    }
+    let mut w = world();
+    w.genesis.market.compressed_slot_ms = Some(900_000);
+    assert!(ChainApp::new(&Entry::genesis(w.genesis.clone(), 0), w.keys.clone()).is_ok(), "a slot of Δ exactly is fine");
 }

@@ -43,7 +43,7 @@ pub struct Timing {
     pub execution_gap_ms: u64,
     /// Models with proving keys (deferrable only unless set).
     pub all_models: bool,
-    /// Port block (0..5, 20 ports each: validators, their HTTP, a broker): tests running at
+    /// Port block (0..=5, 20 ports each: validators, their HTTP, a broker): tests running at
     /// once in one process must use different ones.
     pub port_block: u16,
     /// The market settles, with this meter window (ms) and a 50 €/MWh imbalance premium.
@@ -104,7 +104,8 @@ pub fn market_with(name: &str, timing: Timing) -> Market {
     let entry = Entry::genesis(genesis, now);
     std::fs::write(dir.join("genesis.bin"), protocol::codec::encode(&entry)).unwrap();
     protocol::files::write_key(&dir.join("authority.key"), &authority(), true).unwrap();
-    let base_port = 30_000 + (std::process::id() as u16 % 300) * 100 + port_block * 20;
+    assert!(port_block <= 5, "port blocks 0..=5");
+    let base_port = 30_000 + (std::process::id() as u16 % 250) * 120 + port_block * 20;
     Market { dir, genesis: entry, validators, base_port }
 }
 

@@ -92,12 +92,12 @@ impl Pools {
     /// Admits one device's readings (all checked first: one bad reading refuses the request);
     /// the same reading again is already held.
     pub(super) fn admit_readings(&mut self, app: &ChainApp, now: u64, list: &[SignedReading]) -> Result<(), Reject> {
-        app.admit_readings(now, list)?;
+        let list = app.admit_readings(now, list)?;
         let new = list.iter().filter(|r| !self.readings.contains_key(&(r.body.market_id, r.body.device, r.body.slot))).count();
         if self.readings.len() + new > MAX_POOLED_READINGS {
             return Err(Reject::Overloaded("meter reading pool full"));
         }
-        for r in list {
+        for r in &list {
             self.readings.entry((r.body.market_id, r.body.device, r.body.slot)).or_insert(*r);
         }
         Ok(())
