@@ -285,7 +285,8 @@ pub struct GatewayFile {
     /// is for.
     #[serde(default)]
     pub utc_offset_minutes: i32,
-    /// The appliances.
+    /// The appliances (`run` needs at least one; `simulate` brings its own).
+    #[serde(default)]
     pub appliances: Vec<ApplianceFile>,
 }
 

@@ -222,6 +222,12 @@ fn follow(path: &Path, within: Option<Duration>, enroll_only: bool, markets: Opt
 
 fn simulate(path: &Path, n: usize, seed: u64, within: Duration, summary: Option<&Path>, authority_key: &Path, meter: device::metering::MeterFile) -> Result<(), String> {
     meter.check().map_err(|e| format!("--meter-deviation-pct/--meter-dropout-pct: {e}"))?;
+    // The file needs no appliances and no `device init`: the key is made here if missing.
+    let file = config::read_file(path).map_err(|e| e.to_string())?;
+    if !file.key_file.exists() {
+        config::create_key(&file.key_file).map_err(|e| e.to_string())?;
+        println!("created gateway key {} (mode 0600)", file.key_file.display());
+    }
     let mut gw = Gateway::simulated(path, n, seed, Some(meter)).map_err(|e| e.to_string())?;
     let authority = device::config::read_key(authority_key).map_err(|e| e.to_string())?;
     gw.self_attest(&authority).map_err(|e| e.to_string())?;

@@ -49,9 +49,10 @@ impl From<Model> for ModelKind {
 enum Command {
     /// Single-party keys for development. Whoever runs this can forge proofs: NOT FOR PRODUCTION.
     DevSetup {
-        /// Device model.
+        /// Device model; repeat for several (none: all four, as `device simulate`'s
+        /// household mix needs).
         #[arg(long, value_enum)]
-        model: Model,
+        model: Vec<Model>,
         /// Slot count T (1..=288).
         #[arg(long)]
         slots: usize,
@@ -233,11 +234,15 @@ fn run(cli: Cli) -> Result<()> {
     let mut rng = rand::rngs::OsRng;
     match cli.command {
         Command::DevSetup { model, slots, out } => {
-            let shape = shape(model, slots)?;
-            eprintln!("WARNING: single-party development setup for {} with T = {}. Whoever ran it knows the trapdoor", shape.kind, shape.slots);
-            eprintln!("WARNING: and can forge any proof. The key header says so. NOT FOR PRODUCTION.");
-            let (pk, vk) = step("generating keys", || prover::setup(shape, &mut rng)).map_err(|e| e.to_string())?;
-            key_files(&out, shape, &pk, &vk)
+            let models = if model.is_empty() { vec![Model::Deferrable, Model::Battery, Model::Producer, Model::Thermal] } else { model };
+            for model in models {
+                let shape = shape(model, slots)?;
+                eprintln!("WARNING: single-party development setup for {} with T = {}. Whoever ran it knows the trapdoor", shape.kind, shape.slots);
+                eprintln!("WARNING: and can forge any proof. The key header says so. NOT FOR PRODUCTION.");
+                let (pk, vk) = step("generating keys", || prover::setup(shape, &mut rng)).map_err(|e| e.to_string())?;
+                key_files(&out, shape, &pk, &vk)?;
+            }
+            Ok(())
         }
         Command::Ptau(PtauCommand::New { power, out }) => {
             let p = Phase1::new(power).map_err(|e| e.to_string())?;

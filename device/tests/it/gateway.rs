@@ -34,14 +34,27 @@ fn two_gateways_follow_a_market_to_the_final_schedule() {
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let validators = rt.block_on(start_validators(&m));
-    let runs: Vec<_> = [&a, &b]
+    // Beta logs everything (`RUST_LOG=trace`): no log level may change what it does in time.
+    let runs: Vec<_> = [(&a, "info"), (&b, "trace")]
         .iter()
-        .map(|cfg| Command::new(BIN).args(["run", "--markets", "1", "--timeout-s", "90", "--config"]).arg(cfg).stderr(std::process::Stdio::piped()).spawn().unwrap())
+        .map(|(cfg, level)| {
+            Command::new(BIN).args(["run", "--markets", "1", "--timeout-s", "90", "--config"]).arg(cfg).env("RUST_LOG", level).stderr(std::process::Stdio::piped()).spawn().unwrap()
+        })
         .collect();
-    for r in runs {
-        let out = r.wait_with_output().unwrap();
+    // Both logs are read at once (a pipe nobody reads would stall the gateway writing to it).
+    let readers: Vec<_> = runs.into_iter().map(|r| std::thread::spawn(move || r.wait_with_output().unwrap())).collect();
+    let mut logs = vec![];
+    for r in readers {
+        let out = r.join().unwrap();
         assert!(out.status.success(), "device run failed: {}", String::from_utf8_lossy(&out.stderr));
+        logs.push(String::from_utf8_lossy(&out.stderr).to_string());
     }
+    let traced = &logs[1];
+    assert!(traced.contains("TRACE"), "beta logged at trace level");
+    let submitted = |name: &str| traced.lines().filter(|l| l.contains("update submitted") && (l.contains(&format!("appliance=\"{name}\"")) || l.contains(&format!("appliance={name} ")))).count();
+    assert!(!traced.contains("accepted by no validator"), "every update of the traced gateway went in");
+    assert_eq!(submitted("ev"), submitted("boiler"), "both appliances submitted every iteration");
+    assert!(submitted("ev") >= 1);
     // Every validator holds the gateways' updates in its log.
     let proofs: u64 = validators.iter().map(|v| v.shared.snapshot.read().unwrap().stats.proofs_verified).max().unwrap();
     assert!(proofs >= 3, "the validators committed the gateways' proven updates ({proofs})");
@@ -284,9 +297,9 @@ fn the_agent_refuses_entries_a_light_client_must_refuse() {
 fn simulate_runs_many_virtual_appliances_of_every_model_to_the_final_schedule_and_the_bills() {
     let timing = Timing { registration_ms: 6000, slots: 8, slot_seconds: 900, execution_gap_ms: 1000, all_models: true, port_block: 2, meter_window_ms: Some(4000), compressed_slot_ms: Some(1000) };
     let m = market_with("sim", timing);
-    // The file's own appliance is ignored by simulate; its key, validators and keys are used.
-    let cfg = gateway_toml(&m, "sim", EV);
-    init(&m, &cfg);
+    // Simulate brings its own appliances and makes its key: the file needs no appliances and
+    // no `device init` (its validators and keys are used).
+    let cfg = gateway_toml(&m, "sim", "");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let validators = rt.block_on(start_validators(&m));
     let summary = m.dir.join("summary.json");

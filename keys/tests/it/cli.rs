@@ -80,6 +80,14 @@ fn dev_setup_warns_and_writes_working_keys() {
     let vk = UpdateVerifyingKey::from_bytes(&std::fs::read(d.join("dev/battery-4.vk")).unwrap(), None).unwrap();
     assert_eq!(vk.setup(), prover::SetupKind::Development);
     assert!(keys_fails(&d, &["dev-setup", "--model", "battery", "--slots", "0", "--out", "dev"]).contains("T = 0"));
+    // Without --model: every model's keys (what `device simulate`'s household mix needs).
+    keys(&d, &["dev-setup", "--slots", "2", "--out", "all"]);
+    for kind in [ModelKind::Deferrable, ModelKind::Battery, ModelKind::Producer, ModelKind::Thermal] {
+        for ext in ["pk", "vk", "vk.json"] {
+            assert!(d.join(format!("all/{kind}-2.{ext}")).exists(), "{kind}-2.{ext}");
+        }
+    }
+    prove_with(&d.join("all"), Shape { kind: ModelKind::Thermal, slots: Slots::new(2).unwrap() });
     std::fs::remove_dir_all(&d).ok();
 }
 
