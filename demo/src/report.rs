@@ -457,14 +457,20 @@ pub fn render(s: &Summary) -> String {
 }
 
 /// Draws day `day`'s base load, the load with the committed flexible schedules, and the
-/// prices.
+/// prices: load in kW on the left axis, price in €/MWh on the right, the hours of the day
+/// (each slot at its start) along the bottom, and a legend.
 pub fn chart(path: &Path, s: &DaySummary, day: usize) -> Result<(), String> {
     use plotters::prelude::*;
     let t = s.aggregate.len();
-    let total: Vec<f64> = if s.base.is_empty() { s.aggregate.clone() } else { s.base.iter().zip(&s.aggregate).map(|(b, x)| b + x).collect() };
-    let all = s.base.iter().chain(&total).chain(&s.aggregate);
-    let (lo, hi) = all.fold((0.0f64, 1.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let hours_per_slot = 24.0 / t.max(1) as f64;
+    let kw = |v: &[f64]| v.iter().map(|w| w / 1000.0).collect::<Vec<f64>>();
+    let (base, aggregate) = (kw(&s.base), kw(&s.aggregate));
+    let total: Vec<f64> = if base.is_empty() { aggregate.clone() } else { base.iter().zip(&aggregate).map(|(b, x)| b + x).collect() };
+    let all = base.iter().chain(&total).chain(&aggregate);
+    let (lo, hi) = all.fold((0.0f64, 0.001f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
     let (plo, phi) = s.prices.iter().fold((0.0f64, 1.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let pad = |lo: f64, hi: f64| (lo - 0.1 * (hi - lo).abs(), hi + 0.1 * (hi - lo).abs());
+    let ((lo, hi), (plo, phi)) = (pad(lo, hi), pad(plo, phi));
     let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let mut chart = ChartBuilder::on(&root)
@@ -473,33 +479,42 @@ pub fn chart(path: &Path, s: &DaySummary, day: usize) -> Result<(), String> {
         .x_label_area_size(40)
         .y_label_area_size(70)
         .right_y_label_area_size(70)
-        .build_cartesian_2d(0..t, (lo * 1.1 - 1.0)..(hi * 1.1 + 1.0))
+        .build_cartesian_2d(0.0..24.0, lo..hi)
         .map_err(|e| e.to_string())?
-        .set_secondary_coord(0..t, (plo * 1.1 - 1.0)..(phi * 1.1 + 1.0));
-    chart.configure_mesh().x_desc("slot").y_desc("load, W").draw().map_err(|e| e.to_string())?;
-    chart.configure_secondary_axes().y_desc("price, €/MWh").draw().map_err(|e| e.to_string())?;
-    let series = |v: &[f64]| v.iter().enumerate().map(|(i, &y)| (i, y)).collect::<Vec<_>>();
-    if !s.base.is_empty() {
+        .set_secondary_coord(0.0..24.0, plo..phi);
+    chart
+        .configure_mesh()
+        .x_desc("hour of the day")
+        .x_labels(13)
+        .x_label_formatter(&|h: &f64| format!("{:02}:00", h.round() as u32))
+        .y_desc("load, kW")
+        .y_label_formatter(&|v: &f64| format!("{v:.1}"))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    chart.configure_secondary_axes().y_desc("price, €/MWh").label_style(("sans-serif", 12)).draw().map_err(|e| e.to_string())?;
+    // Each slot's value held over the slot (a step line: slots are averages).
+    let series = |v: &[f64]| v.iter().enumerate().flat_map(|(i, &y)| [(i as f64 * hours_per_slot, y), ((i + 1) as f64 * hours_per_slot, y)]).collect::<Vec<_>>();
+    if !base.is_empty() {
         chart
-            .draw_series(LineSeries::new(series(&s.base), &BLUE))
+            .draw_series(LineSeries::new(series(&base), &BLUE))
             .map_err(|e| e.to_string())?
-            .label("base load")
+            .label("base load, kW")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
     }
     chart
         .draw_series(LineSeries::new(series(&total), RED.stroke_width(2)))
         .map_err(|e| e.to_string())?
-        .label("load with schedules")
+        .label("load with the schedules, kW")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
     chart
-        .draw_series(LineSeries::new(series(&s.aggregate), &GREEN))
+        .draw_series(LineSeries::new(series(&aggregate), &GREEN))
         .map_err(|e| e.to_string())?
-        .label("flexible appliances")
+        .label("flexible appliances, kW")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN));
     chart
         .draw_secondary_series(LineSeries::new(series(&s.prices), &BLACK))
         .map_err(|e| e.to_string())?
-        .label("price")
+        .label("price, €/MWh")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
     chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw().map_err(|e| e.to_string())?;
     root.present().map_err(|e| e.to_string())?;

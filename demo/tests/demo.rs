@@ -75,6 +75,10 @@ fn two_small_market_days_on_one_chain_converge_withdraw_refuse_and_execute() {
     for chart in ["chart.svg", "chart-day2.svg"] {
         let svg = std::fs::read_to_string(out.join(chart)).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("price") && svg.contains("day"), "{chart}: an SVG chart with a price series");
+        // Readable axes: kW and €/MWh, the hours of the day, a legend.
+        for label in ["load, kW", "price, €/MWh", "hour of the day", "12:00", "flexible appliances, kW"] {
+            assert!(svg.contains(label), "{chart} has no {label:?}");
+        }
     }
     let _ = std::fs::remove_dir_all(&out);
 }

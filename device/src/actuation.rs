@@ -4,8 +4,9 @@
 //! as time passes. It never reads a clock and never touches a socket: the host passes `now`
 //! and publishes what it is given.
 //!
-//! Every publication carries a topic that names one piece of state (a relay, a setpoint, a
-//! sensor), so the latest publication per topic *is* the state. That gives reconciliation for
+//! Every publication carries a target that names one piece of state (a relay, a Shelly
+//! channel, a setpoint, an evcc loadpoint's mode or current, a sensor), so the latest
+//! publication per target *is* the state. That gives reconciliation for
 //! free: after a restart or a broker outage, [`Executor::reconcile`] republishes only the
 //! latest due value of each topic, never a backlog of stale commands.
 
@@ -57,6 +58,42 @@ pub enum OutputFile {
         /// The appliance's power when on, W.
         rated_w: u32,
     },
+    /// An EV charger under evcc, through evcc's MQTT API (docs.evcc.io/en/integrations/mqtt-api,
+    /// "Writable Topics": append `/set` to a loadpoint topic): per slot the loadpoint's
+    /// `mode` (`now` to charge, `off`) and `maxCurrent` (A per phase, from the slot's power,
+    /// the voltage and the phases, within `min_current_a..=max_current_a`; below the minimum
+    /// the slot is `off`).
+    Evcc {
+        /// The loadpoint id (from 1).
+        loadpoint: u32,
+        /// evcc's MQTT topic prefix.
+        #[serde(default = "evcc_prefix")]
+        prefix: String,
+        /// Phase voltage, V.
+        #[serde(default = "evcc_voltage")]
+        voltage_v: u32,
+        /// Phases the car charges on (1 or 3).
+        #[serde(default = "evcc_phases")]
+        phases: u32,
+        /// The least current a charge runs at, A (IEC 61851: 6).
+        #[serde(default = "evcc_min_current")]
+        min_current_a: u32,
+        /// The most current the loadpoint takes, A.
+        max_current_a: u32,
+    },
+}
+
+fn evcc_prefix() -> String {
+    "evcc".into()
+}
+fn evcc_voltage() -> u32 {
+    230
+}
+fn evcc_phases() -> u32 {
+    3
+}
+fn evcc_min_current() -> u32 {
+    6
 }
 
 fn on() -> String {
@@ -70,7 +107,7 @@ impl OutputFile {
     /// The power of the switched appliance when on, for relay adapters.
     pub fn rated_w(&self) -> Option<u32> {
         match self {
-            OutputFile::Setpoint { .. } => None,
+            OutputFile::Setpoint { .. } | OutputFile::Evcc { .. } => None,
             OutputFile::DutyCycle { rated_w, .. } | OutputFile::Tasmota { rated_w, .. } | OutputFile::Shelly { rated_w, .. } => Some(*rated_w),
         }
     }
@@ -84,12 +121,39 @@ impl OutputFile {
         }
     }
 
+    /// The state a publication of this output sets: a Shelly's channel, else its topic (an
+    /// evcc loadpoint's mode and current are two).
+    fn target_of(&self, p: &Publish) -> String {
+        match self {
+            OutputFile::Shelly { .. } => self.target(),
+            _ => p.topic.clone(),
+        }
+    }
+
+    /// Whether the settings are usable: an evcc loadpoint from 1, 1 or 3 phases, a voltage,
+    /// and 0 < min current ≤ max current.
+    pub fn check(&self) -> Result<(), String> {
+        if let OutputFile::Evcc { loadpoint, phases, voltage_v, min_current_a, max_current_a, .. } = self {
+            if *loadpoint == 0 {
+                return Err("evcc: loadpoint ids start at 1".into());
+            }
+            if ![1, 3].contains(phases) || *voltage_v == 0 {
+                return Err(format!("evcc: {phases} phases at {voltage_v} V (1 or 3 phases, a voltage above 0)"));
+            }
+            if *min_current_a == 0 || min_current_a > max_current_a {
+                return Err(format!("evcc: currents {min_current_a}..={max_current_a} A (0 < min ≤ max)"));
+            }
+        }
+        Ok(())
+    }
+
     /// The topic its commands go to.
     pub fn topic(&self) -> String {
         match self {
             OutputFile::Setpoint { topic, .. } | OutputFile::DutyCycle { topic, .. } => topic.clone(),
             OutputFile::Tasmota { topic, .. } => format!("cmnd/{topic}/POWER"),
             OutputFile::Shelly { device_id, .. } => format!("{device_id}/rpc"),
+            OutputFile::Evcc { prefix, loadpoint, .. } => format!("{prefix}/loadpoints/{loadpoint}"),
         }
     }
 
@@ -97,8 +161,19 @@ impl OutputFile {
     /// Shelly's ON carries its dead-man timer (`toggle_after`: `on_ms` + [`DEADMAN_MARGIN_MS`],
     /// in whole seconds), its JSON-RPC id (`request` made unique per channel,
     /// [`shelly_request_id`]) and `src`, the gateway's MQTT client id.
-    fn command(&self, power: Watts, on: bool, request: u64, on_ms: u64, src: &str) -> Publish {
+    fn command(&self, power: Watts, on: bool, request: u64, on_ms: u64, src: &str) -> Vec<Publish> {
         let (payload, retain) = match self {
+            OutputFile::Evcc { phases, voltage_v, min_current_a, max_current_a, .. } => {
+                // The current per phase that draws at most the slot's power.
+                let amps = (power.max(0) as u64 / (*voltage_v as u64 * *phases as u64).max(1)).min(*max_current_a as u64);
+                let topic = self.topic();
+                let set = |what: &str, payload: String| Publish { topic: format!("{topic}/{what}/set"), payload, retain: false };
+                return if on && amps >= *min_current_a as u64 {
+                    vec![set("maxCurrent", amps.to_string()), set("mode", "now".into())]
+                } else {
+                    vec![set("mode", "off".into())]
+                };
+            }
             OutputFile::Setpoint { retain, .. } => (power.to_string(), *retain),
             OutputFile::DutyCycle { on_payload, off_payload, .. } => (if on { on_payload.clone() } else { off_payload.clone() }, false),
             OutputFile::Tasmota { .. } => ((if on { "ON" } else { "OFF" }).to_string(), false),
@@ -111,11 +186,12 @@ impl OutputFile {
                 (serde_json::json!({"id": id, "src": src, "method": "Switch.Set", "params": params}).to_string(), false)
             }
         };
-        Publish { topic: self.topic(), payload, retain }
+        vec![Publish { topic: self.topic(), payload, retain }]
     }
 
-    /// The publication that leaves the output in its safe state: off (0 W for a setpoint).
-    pub fn safe_state(&self, src: &str) -> Publish {
+    /// The publications that leave the output in its safe state: off (0 W for a setpoint,
+    /// mode `off` for an evcc loadpoint).
+    pub fn safe_state(&self, src: &str) -> Vec<Publish> {
         self.command(0, false, SHELLY_SAFE_REQUEST, 0, src)
     }
 }
@@ -221,8 +297,8 @@ impl Timed {
         Timed { at_ms, slot, target: publish.topic.clone(), publish }
     }
 
-    fn on(output: &OutputFile, at_ms: u64, slot: usize, publish: Publish) -> Timed {
-        Timed { at_ms, slot, target: output.target(), publish }
+    fn on(output: &OutputFile, at_ms: u64, slot: usize, publish: Vec<Publish>) -> impl Iterator<Item = Timed> + '_ {
+        publish.into_iter().map(move |p| Timed { at_ms, slot, target: output.target_of(&p), publish: p })
     }
 }
 
@@ -291,13 +367,13 @@ pub fn timeline(timing: Timing, appliances: &[AppliancePlan], prices: &[f64], ha
             if let Some(output) = &a.output {
                 let request = 2 * t as u64;
                 match output.rated_w() {
-                    None => out.push(Timed::on(output, start, t, output.command(power, true, request, timing.slot_ms, src))),
+                    None => out.extend(Timed::on(output, start, t, output.command(power, true, request, timing.slot_ms, src))),
                     Some(rated) => {
                         let duty = (power.max(0) as u64).min(rated as u64);
                         let on_ms = (timing.slot_ms * duty + rated as u64 / 2) / (rated as u64).max(1);
-                        out.push(Timed::on(output, start, t, output.command(power, on_ms > 0, request, on_ms, src)));
+                        out.extend(Timed::on(output, start, t, output.command(power, on_ms > 0, request, on_ms, src)));
                         if on_ms > 0 && on_ms < timing.slot_ms {
-                            out.push(Timed::on(output, start + on_ms, t, output.command(0, false, request + 1, 0, src)));
+                            out.extend(Timed::on(output, start + on_ms, t, output.command(0, false, request + 1, 0, src)));
                         }
                     }
                 }
@@ -313,7 +389,7 @@ pub fn timeline(timing: Timing, appliances: &[AppliancePlan], prices: &[f64], ha
         // The schedule ends: switch off and say so.
         let end = timing.slot_start(slots);
         if let Some(output) = &a.output {
-            out.push(Timed::on(output, end, slots, output.command(0, false, 2 * slots as u64, 0, src)));
+            out.extend(Timed::on(output, end, slots, output.command(0, false, 2 * slots as u64, 0, src)));
             if let OutputFile::Tasmota { topic, .. } = output {
                 out.push(Timed::new(end, slots, Publish { topic: format!("cmnd/{topic}/PulseTime"), payload: "0".into(), retain: false }));
             }
@@ -329,7 +405,7 @@ pub fn timeline(timing: Timing, appliances: &[AppliancePlan], prices: &[f64], ha
 /// What leaves every output of `appliances` in its safe state (off), for a gateway that
 /// stops while it executes their schedule.
 pub fn safe_state(appliances: &[AppliancePlan], src: &str) -> Vec<Publish> {
-    appliances.iter().filter_map(|a| a.output.as_ref()).map(|o| o.safe_state(src)).collect()
+    appliances.iter().filter_map(|a| a.output.as_ref()).flat_map(|o| o.safe_state(src)).collect()
 }
 
 /// Walks a timeline. The only state is how far it got (`done_until_ms`: every publication due
@@ -423,6 +499,40 @@ mod tests {
         assert_eq!(v[2]["params"], serde_json::json!({"id": 1, "on": false}));
         let ids: Vec<u64> = v.iter().map(|v| v["id"].as_u64().unwrap()).collect();
         assert_eq!(ids, vec![1000, 1002, 1003, 1004], "switch 1's ids: 1000 + 2t, 2t + 1 for the switch-off, 2T at the end");
+    }
+
+    /// evcc's MQTT API as documented at https://docs.evcc.io/en/integrations/mqtt-api
+    /// ("Writable Topics": append `/set` to the topic and send the new value;
+    /// `evcc/loadpoints/<id>/mode`, `evcc/loadpoints/<id>/maxCurrent`).
+    #[test]
+    fn evcc_gets_the_loadpoints_mode_and_current_per_slot() {
+        let evcc = OutputFile::Evcc { loadpoint: 1, prefix: "evcc".into(), voltage_v: 230, phases: 3, min_current_a: 6, max_current_a: 16 };
+        // 11 kW → 15 A (3 × 230 V × 15 A = 10.35 kW ≤ 11 kW); 20 kW → 16 A (the loadpoint's
+        // most); 3 kW → 4 A, below the 6 A a charge needs: off; 0 → off.
+        let tl = timeline(TIMING, &plan(evcc.clone(), vec![11_000, 20_000, 3_000, 0]), &[], None, "gw");
+        let got: Vec<(u64, &str, &str)> = tl.iter().map(|t| (t.at_ms, t.publish.topic.as_str(), t.publish.payload.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (10_000, "evcc/loadpoints/1/maxCurrent/set", "15"),
+                (10_000, "evcc/loadpoints/1/mode/set", "now"),
+                (11_000, "evcc/loadpoints/1/maxCurrent/set", "16"),
+                (11_000, "evcc/loadpoints/1/mode/set", "now"),
+                (12_000, "evcc/loadpoints/1/mode/set", "off"),
+                (13_000, "evcc/loadpoints/1/mode/set", "off"),
+                (14_000, "evcc/loadpoints/1/mode/set", "off"),
+            ]
+        );
+        assert!(tl.iter().all(|t| !t.publish.retain));
+        // A late poll in slot 2 sends the mode that holds (off) and the last current set.
+        let late = Executor::new(tl, 0).due(12_500);
+        assert_eq!(late.iter().map(|t| t.publish.payload.as_str()).collect::<Vec<_>>(), vec!["16", "off"]);
+        assert_eq!(evcc.safe_state("gw").iter().map(|p| (p.topic.as_str(), p.payload.as_str())).collect::<Vec<_>>(), vec![("evcc/loadpoints/1/mode/set", "off")]);
+        assert!(OutputFile::Evcc { loadpoint: 0, prefix: "evcc".into(), voltage_v: 230, phases: 3, min_current_a: 6, max_current_a: 16 }.check().is_err());
+        assert!(OutputFile::Evcc { loadpoint: 1, prefix: "evcc".into(), voltage_v: 230, phases: 2, min_current_a: 6, max_current_a: 16 }.check().is_err());
+        assert!(OutputFile::Evcc { loadpoint: 1, prefix: "evcc".into(), voltage_v: 230, phases: 1, min_current_a: 16, max_current_a: 6 }.check().is_err());
+        let parsed: OutputFile = toml::from_str("adapter = \"evcc\"\nloadpoint = 2\nmax_current_a = 32\n").unwrap();
+        assert_eq!(parsed, OutputFile::Evcc { loadpoint: 2, prefix: "evcc".into(), voltage_v: 230, phases: 3, min_current_a: 6, max_current_a: 32 });
     }
 
     #[test]

@@ -748,6 +748,10 @@ fn check_output(a: &ApplianceFile, file: &GatewayFile) -> Result<(), String> {
     if !is_topic(&topic) {
         return Err(format!("output: {topic:?} is not a topic one can publish to"));
     }
+    output.check().map_err(|e| format!("output: {e}"))?;
+    if matches!(output, crate::actuation::OutputFile::Evcc { .. }) && !matches!(a.spec, ApplianceSpec::Deferrable { .. }) {
+        return Err("output: evcc charges an EV (a deferrable load)".into());
+    }
     let Some(rated) = output.rated_w() else { return Ok(()) };
     if rated == 0 {
         return Err("output.rated_w: must be > 0".into());
@@ -849,7 +853,7 @@ mod tests {
         for a in &file.appliances {
             check_output(a, &file).unwrap_or_else(|e| panic!("{}: {e}", a.name));
         }
-        assert_eq!(file.appliances[0].output.as_ref().map(|o| o.topic()), Some("cmnd/ev_charger/POWER".to_string()));
+        assert_eq!(file.appliances[0].output.as_ref().map(|o| o.topic()), Some("evcc/loadpoints/1".to_string()), "the EV charges under evcc");
     }
 
     #[test]

@@ -444,10 +444,12 @@ fn a_gateway_stopped_mid_schedule_switches_its_outputs_off() {
     let port = m.base_port + 15;
     let _broker = Mosquitto::start(port);
     let seen = subscriber(port);
+    // The car charges under evcc (loadpoint 2, 1 phase: 6 A = 1,380 W is its least charge).
     let appliances = format!(
-        "{}{}",
+        "{}{}{}",
         spec("ev", 3.0, 0.004, 0.006, "[appliances.output]\nadapter = \"tasmota\"\ntopic = \"ev\"\nrated_w = 3000\n"),
         spec("boiler", 2.0, 0.001, 0.002, "[appliances.output]\nadapter = \"shelly\"\ndevice_id = \"shellypro2pm-s\"\nswitch = 1\nrated_w = 2000\n"),
+        spec("car", 7.0, 0.004, 0.008, "[appliances.output]\nadapter = \"evcc\"\nloadpoint = 2\nphases = 1\nmax_current_a = 30\n"),
     );
     let cfg = gateway_with_broker(&m, "gw", port, &appliances);
     init(&m, &cfg);
@@ -482,6 +484,17 @@ fn a_gateway_stopped_mid_schedule_switches_its_outputs_off() {
     assert_eq!(shelly[0]["params"], serde_json::json!({"id": 1, "on": false}));
     assert_eq!(shelly[0]["id"], 1999, "the stop's request id on channel 1");
     assert_eq!(after("gridproof/gw1/availability").last().map(String::as_str), Some("offline"));
+    // evcc (https://docs.evcc.io/en/integrations/mqtt-api, "Writable Topics": `<topic>/set`):
+    // before the stop each slot set the loadpoint's mode, and `maxCurrent` with `now`; at the
+    // stop, mode off.
+    let modes = live(&seen, "evcc/loadpoints/2/mode/set");
+    assert!(modes.iter().any(|s| s.at_ms < stopped_at), "slots 0–2 set the mode");
+    assert!(modes.iter().all(|s| s.payload == "now" || s.payload == "off"), "{modes:?}");
+    for s in live(&seen, "evcc/loadpoints/2/maxCurrent/set") {
+        let amps: u32 = s.payload.parse().unwrap();
+        assert!((6..=30).contains(&amps), "{amps} A");
+    }
+    assert_eq!(after("evcc/loadpoints/2/mode/set"), vec!["off"], "the loadpoint off at the stop");
     // Nothing of slots 3.. went out.
     assert!(live(&seen, "cmnd/ev/POWER").iter().all(|s| s.at_ms < start + 3 * slot || s.payload == "OFF"));
 }
