@@ -66,7 +66,12 @@ fn the_status_page_renders_the_market_in_headless_chromium() {
     assert!(dom.contains("id=\"ledger\">no settled bill yet<"), "the accounts panel read /accounts: {dom}");
     let residuals = &dom[dom.find("id=\"residuals\"").unwrap()..];
     assert!(residuals[..residuals.find("</svg>").unwrap()].contains("<polyline"), "a residual curve is drawn");
+    // Readable axes: W on the residuals, kW and the hours of the day on the load.
+    let residual_svg = &residuals[..residuals.find("</svg>").unwrap()];
+    assert!(residual_svg.contains(" W</text>") && residual_svg.contains("iteration "), "{residual_svg}");
     let load = &dom[dom.find("id=\"load\"").unwrap()..];
+    let load_svg = &load[..load.find("</svg>").unwrap()];
+    assert!(load_svg.contains(" kW</text>") && load_svg.contains("12:00</text>"), "{load_svg}");
     assert_eq!(load[..load.find("</svg>").unwrap()].matches("<rect").count(), T, "one load bar per slot");
 
     let png = c.dir.join("status.png");
