@@ -117,6 +117,13 @@ pub struct MarketState {
 }
 
 impl MarketState {
+    /// Appliance `name`'s readings read but not in a committed `Meter` entry yet: (slot,
+    /// W·slot), ascending.
+    fn uncommitted<'a>(&'a self, name: &str) -> impl Iterator<Item = (u32, i64)> + 'a {
+        let committed = self.committed.get(name);
+        self.readings.get(name).into_iter().flatten().filter(move |(slot, _)| !committed.is_some_and(|c| c.contains(slot))).map(|(&s, &e)| (s, e))
+    }
+
     /// The final prices in €/MWh, for reports (empty until the final entry is in).
     pub fn prices_eur_mwh(&self) -> Vec<f64> {
         self.final_prices.iter().flatten().map(|&p| Fixed(p).to_f64()).collect()
@@ -195,6 +202,14 @@ pub struct Agent {
 /// a little later, and a validator whose clock is behind must see the slot ended (the grace
 /// is the genesis's largest clock drift if that is longer).
 pub const READ_GRACE_MS: u64 = 1000;
+
+/// When an uncommitted reading of (`market`, `name`, `slot`) is due to be sent, by the
+/// sending times `sent_ms`: at once (0) if not sent since this start, else
+/// [`resend_readings_ms`] after its last sending. The one rule `Agent::due_readings` and
+/// `Agent::next_reading_ms` share.
+fn resend_at(sent_ms: &BTreeMap<(u64, String, u32), u64>, market: u64, name: &str, slot: u32, spec: &MarketSpec) -> u64 {
+    sent_ms.get(&(market, name.to_string(), slot)).map_or(0, |t| t.saturating_add(resend_readings_ms(spec)))
+}
 
 /// How long a reading sent but not seen in a committed `Meter` entry waits before it is sent
 /// again (the validators were unreachable, or restarted with it only in their pools): one
@@ -666,12 +681,11 @@ impl Agent {
             let Some(deadline) = protocol::settlement::meter_deadline(spec) else { continue };
             for (i, a) in self.gateway.appliances.iter().enumerate() {
                 let (Some(meter), Some(x)) = (&a.meter, m.schedules.get(&a.name)) else { continue };
-                let next = m.metered.entry(a.name.clone()).or_insert(0);
-                let attested = a.attestations.iter().find(|att| protocol::membership::check_covers(att, spec).is_ok());
-                let (Some(att), true) = (attested, now_ms < deadline) else {
+                let (Some(att), true) = (a.attestation_for(spec), now_ms < deadline) else {
                     // Past the meter deadline (or nothing to bound a reading by): the slots
                     // left unread stay so, and those sent but not committed are given up;
                     // validators settle them by the default.
+                    let next = m.metered.entry(a.name.clone()).or_insert(0);
                     if (*next as usize) < x.len() {
                         tracing::warn!(market = *id, appliance = a.name, unread = x.len() - *next as usize, "slots left unread: the meter deadline passed or no attestation covers the market");
                         *next = x.len() as u32;
@@ -680,18 +694,13 @@ impl Agent {
                     continue;
                 };
                 let limits = att.body.nameplate.limits(spec.slot_seconds);
-                let committed = m.committed.get(&a.name);
-                let resend = resend_readings_ms(spec);
                 let mut list: Vec<protocol::settlement::SignedReading> = m
-                    .readings
-                    .get(&a.name)
-                    .into_iter()
-                    .flatten()
-                    .filter(|(slot, _)| !committed.is_some_and(|c| c.contains(slot)))
-                    .filter(|(slot, _)| self.sent_ms.get(&(*id, a.name.clone(), **slot)).is_none_or(|t| t + resend <= now_ms))
-                    .map(|(&slot, &energy)| protocol::settlement::SignedReading::new(&a.key, &chain, protocol::settlement::Reading { market_id: *id, device: a.id(), slot, energy }))
+                    .uncommitted(&a.name)
+                    .filter(|&(slot, _)| resend_at(&self.sent_ms, *id, &a.name, slot, spec) <= now_ms)
+                    .map(|(slot, energy)| protocol::settlement::SignedReading::new(&a.key, &chain, protocol::settlement::Reading { market_id: *id, device: a.id(), slot, energy }))
                     .collect();
                 let resent = list.len();
+                let next = m.metered.entry(a.name.clone()).or_insert(0);
                 while (*next as usize) < x.len() && protocol::settlement::slot_end_ms(spec, *next).saturating_add(grace) <= now_ms {
                     let slot = *next;
                     *next += 1;
@@ -756,18 +765,12 @@ impl Agent {
                     .appliances
                     .iter()
                     // (What `due_readings` reads: metered, and attested for the market.)
-                    .filter(|a| a.meter.is_some() && a.attestations.iter().any(|att| protocol::membership::check_covers(att, spec).is_ok()))
+                    .filter(|a| a.meter.is_some() && a.attestation_for(spec).is_some())
                     .filter_map(|a| {
                         let next = m.metered.get(&a.name).copied().unwrap_or(0);
                         let x = m.schedules.get(&a.name)?;
                         let read = ((next as usize) < x.len()).then(|| protocol::settlement::slot_end_ms(spec, next).saturating_add(grace));
-                        let committed = m.committed.get(&a.name);
-                        let resend = (now_ms < deadline)
-                            .then(|| {
-                                let uncommitted = m.readings.get(&a.name).into_iter().flat_map(|r| r.keys()).filter(|slot| !committed.is_some_and(|c| c.contains(slot)));
-                                uncommitted.map(|&slot| self.sent_ms.get(&(*id, a.name.clone(), slot)).map_or(0, |t| t + resend_readings_ms(spec))).min()
-                            })
-                            .flatten();
+                        let resend = (now_ms < deadline).then(|| m.uncommitted(&a.name).map(|(slot, _)| resend_at(&self.sent_ms, *id, &a.name, slot, spec)).min()).flatten();
                         read.into_iter().chain(resend).min().map(|t| t.min(deadline))
                     })
                     .min()

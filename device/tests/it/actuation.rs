@@ -379,29 +379,11 @@ fn meters_read_over_mqtt_settle_the_bills() {
     let cfg = gateway_with_broker(&m, "gw", port, &appliances);
     init(&m, &cfg);
     // The meters: the EV draws 1,500 W, the boiler 1,000 W, sampled every 100 ms.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let publisher = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut opts = rumqttc::MqttOptions::new(format!("meters-{}", std::process::id()), "127.0.0.1", port);
-            opts.set_keep_alive(Duration::from_secs(5));
-            let (client, mut conn) = rumqttc::Client::new(opts, 100);
-            std::thread::spawn(move || for _ in conn.iter() {});
-            let t0 = Instant::now();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let wh = 1000.0 * t0.elapsed().as_secs_f64() / 3600.0 + 17.0;
-                let _ = client.publish("home/ev/power", rumqttc::QoS::AtMostOnce, false, "1500");
-                let status = format!("{{\"id\":0,\"apower\":1000.0,\"aenergy\":{{\"total\":{wh:.6}}}}}");
-                let _ = client.publish("shellyplus1pm-b1/status/switch:0", rumqttc::QoS::AtMostOnce, false, status);
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-    };
+    let mut meters = crate::mosquitto::Meters::start(port, "home/ev/power", 1500, "shellyplus1pm-b1", 1000.0, 17.0);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let validators = rt.block_on(start_validators(&m));
     let out = Command::new(BIN).args(["run", "--markets", "1", "--timeout-s", "120", "--config"]).arg(&cfg).env("RUST_LOG", "info").output().unwrap();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    publisher.join().unwrap();
+    meters.stop();
     let log = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "device run failed: {log}");
     assert!(log.contains("subscribed to the meter topics") && log.contains("settled: bills committed"), "{log}");

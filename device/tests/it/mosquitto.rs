@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A mosquitto broker on a port of the test's own; killed on drop.
@@ -48,3 +50,50 @@ impl Drop for Mosquitto {
         self.kill();
     }
 }
+
+/// Two meters publishing on the broker every 100 ms until stopped: `power_topic` carries a
+/// constant power in W, and the Shelly Gen2 `shelly_id`'s switch 0 status an `aenergy.total`
+/// counter (Wh, from `counter_from_wh`) climbing at `counter_w`.
+pub struct Meters {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Meters {
+    /// Starts publishing to the broker on `port`.
+    pub fn start(port: u16, power_topic: &str, power_w: u32, shelly_id: &str, counter_w: f64, counter_from_wh: f64) -> Meters {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (power_topic, shelly_topic) = (power_topic.to_string(), format!("{shelly_id}/status/switch:0"));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut opts = rumqttc::MqttOptions::new(format!("meters-{}", std::process::id()), "127.0.0.1", port);
+            opts.set_keep_alive(Duration::from_secs(5));
+            let (client, mut conn) = rumqttc::Client::new(opts, 100);
+            std::thread::spawn(move || for _ in conn.iter() {});
+            let t0 = Instant::now();
+            while !flag.load(Ordering::Relaxed) {
+                let wh = counter_w * t0.elapsed().as_secs_f64() / 3600.0 + counter_from_wh;
+                let _ = client.publish(power_topic.as_str(), rumqttc::QoS::AtMostOnce, false, power_w.to_string());
+                let status = format!("{{\"id\":0,\"apower\":{counter_w:.1},\"aenergy\":{{\"total\":{wh:.6}}}}}");
+                let _ = client.publish(shelly_topic.as_str(), rumqttc::QoS::AtMostOnce, false, status);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Meters { stop, thread: Some(thread) }
+    }
+
+    /// Stops publishing.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("the meter publisher");
+        }
+    }
+}
+
+impl Drop for Meters {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+

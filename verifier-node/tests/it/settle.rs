@@ -250,10 +250,7 @@ fn four_validators_settle_a_market_from_readings_submitted_over_quic() {
     }
     c.stop_all();
     c.assert_identical_logs();
-    for i in 0..c.n {
-        let (ok, out) = c.audit(i);
-        assert!(ok, "audit of validator {i}: {out}");
-    }
+    c.audit_all();
 }
 
 /// A real gateway meters its appliance: `device run` on a market that settles (1 s slots,
@@ -308,8 +305,6 @@ fn readings_over_mqtt_settle_on_four_validators_while_a_gateway_drops_out_mid_da
     use crate::cluster::*;
     use crate::mosquitto::Mosquitto;
     use std::process::Command;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     let c = Cluster::init_with("mqtt-settle", 4, 11, 6, 1500, 3, &["--slot-seconds", "2", "--execution-delay-s", "0", "--meter-window-s", "40"]);
@@ -324,24 +319,7 @@ fn readings_over_mqtt_settle_on_four_validators_while_a_gateway_drops_out_mid_da
     let (steady, steady_id) = c.gateway_with("steady", &ev("source = \"topic\"\ntopic = \"home/steady/ev/power\"\nunit = \"w\""));
     let (leaving, leaving_id) = c.gateway_with("leaving", &ev("source = \"shelly\"\ndevice_id = \"shellyplus1pm-leaving\""));
     // The meters: 1,200 W on the power topic, 800 W on the Shelly's counter, every 100 ms.
-    let stop = Arc::new(AtomicBool::new(false));
-    let publisher = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut opts = rumqttc::MqttOptions::new(format!("meters-{}", std::process::id()), "127.0.0.1", broker_port);
-            opts.set_keep_alive(Duration::from_secs(5));
-            let (client, mut conn) = rumqttc::Client::new(opts, 100);
-            std::thread::spawn(move || for _ in conn.iter() {});
-            let t0 = Instant::now();
-            while !stop.load(Ordering::Relaxed) {
-                let wh = 800.0 * t0.elapsed().as_secs_f64() / 3600.0 + 41.0;
-                let _ = client.publish("home/steady/ev/power", rumqttc::QoS::AtMostOnce, false, "1200");
-                let status = format!("{{\"id\":0,\"apower\":800.0,\"aenergy\":{{\"total\":{wh:.6}}}}}");
-                let _ = client.publish("shellyplus1pm-leaving/status/switch:0", rumqttc::QoS::AtMostOnce, false, status);
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-    };
+    let mut meters = crate::mosquitto::Meters::start(broker_port, "home/steady/ev/power", 1200, "shellyplus1pm-leaving", 800.0, 41.0);
     c.start_all();
     let args = ["run", "--markets", "1", "--timeout-s", "120"];
     let first = c.spawn_device(&steady, &args, "steady.log");
@@ -380,8 +358,7 @@ fn readings_over_mqtt_settle_on_four_validators_while_a_gateway_drops_out_mid_da
     c.start_all();
     let text = c.wait_device(first, "steady.log", Duration::from_secs(120));
     assert!(text.contains("sending readings again that no Meter entry holds yet"), "{text}");
-    stop.store(true, Ordering::Relaxed);
-    publisher.join().unwrap();
+    meters.stop();
     assert!(text.contains("subscribed to the meter topics") && text.contains("settled: bills committed"), "{text}");
     let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(c.dir.join("steady.state.json")).unwrap()).unwrap();
     let m = &state["markets"]["1"];
@@ -414,10 +391,7 @@ fn readings_over_mqtt_settle_on_four_validators_while_a_gateway_drops_out_mid_da
     }
     c.stop_all();
     c.assert_identical_logs();
-    for i in 0..c.n {
-        let (ok, out) = c.audit(i);
-        assert!(ok, "audit of validator {i}: {out}");
-    }
+    c.audit_all();
 }
 
 /// A genesis whose market breaks a rule every opened market is checked for — a meter window

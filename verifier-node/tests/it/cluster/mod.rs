@@ -199,6 +199,17 @@ impl Cluster {
     }
 
     /// `verifier-node audit --db` on validator `i`'s database.
+    /// Audits every validator's database (stopped), asserting each passes; their outputs.
+    pub fn audit_all(&self) -> Vec<String> {
+        (0..self.n)
+            .map(|i| {
+                let (ok, out) = self.audit(i);
+                assert!(ok, "audit of validator {i}: {out}");
+                out
+            })
+            .collect()
+    }
+
     pub fn audit(&self, i: u16) -> (bool, String) {
         self.audit_args(i, &[])
     }
