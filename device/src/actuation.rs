@@ -16,6 +16,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use circuits::fixed::Watts;
 use serde::{Deserialize, Serialize};
 
+use crate::home_assistant::{self, HomeAssistantFile};
+
 /// How one appliance is switched (the `[appliances.output]` table of `gateway.toml`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "adapter", rename_all = "snake_case", deny_unknown_fields)]
@@ -224,22 +226,6 @@ pub fn tasmota_pulse_time(ms: u64) -> u64 {
     }
 }
 
-/// The gateway's Home Assistant discovery settings (`[home_assistant]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HomeAssistantFile {
-    /// Discovery prefix Home Assistant listens on.
-    #[serde(default = "ha_prefix")]
-    pub prefix: String,
-    /// Node id: groups this gateway's entities; also the root of its state topics
-    /// (`gridproof/<node_id>/...`).
-    pub node_id: String,
-}
-
-fn ha_prefix() -> String {
-    "homeassistant".into()
-}
-
 /// One MQTT publication (QoS 1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
@@ -293,22 +279,14 @@ pub struct Timed {
 }
 
 impl Timed {
-    fn new(at_ms: u64, slot: usize, publish: Publish) -> Timed {
+    /// A publication whose target is its topic.
+    pub(crate) fn new(at_ms: u64, slot: usize, publish: Publish) -> Timed {
         Timed { at_ms, slot, target: publish.topic.clone(), publish }
     }
 
     fn on(output: &OutputFile, at_ms: u64, slot: usize, publish: Vec<Publish>) -> impl Iterator<Item = Timed> + '_ {
         publish.into_iter().map(move |p| Timed { at_ms, slot, target: output.target_of(&p), publish: p })
     }
-}
-
-/// Availability topic of a Home Assistant node.
-pub fn availability_topic(ha: &HomeAssistantFile) -> String {
-    format!("gridproof/{}/availability", ha.node_id)
-}
-
-fn state_topic(ha: &HomeAssistantFile, appliance: &str, what: &str) -> String {
-    format!("gridproof/{}/{}/{}", ha.node_id, appliance, what)
 }
 
 /// Home Assistant's RFC 3339 timestamp for ms since the epoch.
@@ -318,34 +296,11 @@ pub fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms.min(LAST_MS))).to_string()
 }
 
-/// The retained discovery configs: three sensors per appliance (planned power, price, next
-/// change), all tied to the node's availability topic.
-pub fn discovery(ha: &HomeAssistantFile, appliances: &[AppliancePlan]) -> Vec<Publish> {
-    let mut out = Vec::new();
-    for a in appliances {
-        for (object, name, unit, class) in [
-            ("power", "planned power", Some("W"), Some("power")),
-            ("price", "price", Some("EUR/MWh"), None),
-            ("next_change", "next change", None, Some("timestamp")),
-        ] {
-            let object_id = format!("{}_{}", a.name, object);
-            let mut config = serde_json::json!({
-                "name": format!("{} {}", a.name, name),
-                "unique_id": format!("{}_{}", ha.node_id, object_id),
-                "state_topic": state_topic(ha, &a.name, object),
-                "availability_topic": availability_topic(ha),
-                "device": {"identifiers": [format!("gridproof_{}", ha.node_id)], "name": format!("gridproof {}", ha.node_id), "manufacturer": "gridproof"},
-            });
-            if let Some(unit) = unit {
-                config["unit_of_measurement"] = unit.into();
-            }
-            if let Some(class) = class {
-                config["device_class"] = class.into();
-            }
-            out.push(Publish { topic: format!("{}/sensor/{}/{}/config", ha.prefix, ha.node_id, object_id), payload: config.to_string(), retain: true });
-        }
-    }
-    out
+/// How long a relay rated `rated_w` is on in a slot of `slot_ms` to deliver `power` (its duty
+/// cycle, rounded to the nearest ms; 0 for power ≤ 0, the whole slot at or above the rating).
+pub(crate) fn duty_on_ms(slot_ms: u64, power: Watts, rated_w: u32) -> u64 {
+    let duty = (power.max(0) as u64).min(rated_w as u64);
+    (slot_ms * duty + rated_w as u64 / 2) / (rated_w as u64).max(1)
 }
 
 /// The whole timeline of a committed schedule, sorted by time (stable: within one instant,
@@ -369,21 +324,13 @@ pub fn timeline(timing: Timing, appliances: &[AppliancePlan], prices: &[f64], ha
                 match output.rated_w() {
                     None => out.extend(Timed::on(output, start, t, output.command(power, true, request, timing.slot_ms, src))),
                     Some(rated) => {
-                        let duty = (power.max(0) as u64).min(rated as u64);
-                        let on_ms = (timing.slot_ms * duty + rated as u64 / 2) / (rated as u64).max(1);
+                        let on_ms = duty_on_ms(timing.slot_ms, power, rated);
                         out.extend(Timed::on(output, start, t, output.command(power, on_ms > 0, request, on_ms, src)));
                         if on_ms > 0 && on_ms < timing.slot_ms {
                             out.extend(Timed::on(output, start + on_ms, t, output.command(0, false, request + 1, 0, src)));
                         }
                     }
                 }
-            }
-            if let Some(ha) = ha {
-                let next = (t + 1..slots).find(|&s| a.schedule[s] != power).unwrap_or(slots);
-                out.push(Timed::new(start, t, Publish { topic: state_topic(ha, &a.name, "power"), payload: power.to_string(), retain: true }));
-                let price = prices.get(t).copied().unwrap_or(0.0);
-                out.push(Timed::new(start, t, Publish { topic: state_topic(ha, &a.name, "price"), payload: format!("{price:.2}"), retain: true }));
-                out.push(Timed::new(start, t, Publish { topic: state_topic(ha, &a.name, "next_change"), payload: rfc3339(timing.slot_start(next)), retain: true }));
             }
         }
         // The schedule ends: switch off and say so.
@@ -395,8 +342,11 @@ pub fn timeline(timing: Timing, appliances: &[AppliancePlan], prices: &[f64], ha
             }
         }
         if let Some(ha) = ha {
-            out.push(Timed::new(end, slots, Publish { topic: state_topic(ha, &a.name, "power"), payload: "0".into(), retain: true }));
+            out.extend(home_assistant::appliance_states(ha, timing, a));
         }
+    }
+    if let Some(ha) = ha {
+        out.extend(home_assistant::price_states(ha, timing, prices));
     }
     out.sort_by_key(|t| t.at_ms);
     out
@@ -441,6 +391,14 @@ impl Executor {
         let due = latest_per_target(&self.timeline[self.cursor..end]);
         self.cursor = end;
         due
+    }
+
+    /// The latest publication handed out so far for each target whose publications `pick`
+    /// selects, in time order (what a device that lost its state needs again). Does not
+    /// advance.
+    pub fn handed_out_latest(&self, pick: impl Fn(&Timed) -> bool) -> Vec<Timed> {
+        let picked: Vec<Timed> = self.timeline[..self.cursor].iter().filter(|t| pick(t)).cloned().collect();
+        latest_per_target(&picked)
     }
 
     /// The current state at `now_ms`: the latest publication due so far for every target,
@@ -557,18 +515,11 @@ mod tests {
     }
 
     #[test]
-    fn home_assistant_state_names_the_next_change() {
-        let ha = HomeAssistantFile { prefix: "ha".into(), node_id: "gw".into() };
-        let tl = timeline(TIMING, &plan(OutputFile::Setpoint { topic: "b/set".into(), retain: true }, vec![-300, -300, 700]), &[50.0, 51.0, 52.5], Some(&ha), "gw");
-        let next: Vec<&str> = tl.iter().filter(|t| t.publish.topic == "gridproof/gw/ev/next_change").map(|t| t.publish.payload.as_str()).collect();
-        assert_eq!(next, vec![rfc3339(12_000), rfc3339(12_000), rfc3339(13_000)]);
+    fn setpoints_carry_signed_power_and_end_at_zero() {
+        let tl = timeline(TIMING, &plan(OutputFile::Setpoint { topic: "b/set".into(), retain: true }, vec![-300, -300, 700]), &[], None, "gw");
+        let setpoints: Vec<(&str, bool)> = tl.iter().map(|t| (t.publish.payload.as_str(), t.publish.retain)).collect();
+        assert_eq!(setpoints, vec![("-300", true), ("-300", true), ("700", true), ("0", true)]);
         assert_eq!(rfc3339(12_000), "1970-01-01T00:00:12Z");
-        let setpoints: Vec<&str> = tl.iter().filter(|t| t.publish.topic == "b/set").map(|t| t.publish.payload.as_str()).collect();
-        assert_eq!(setpoints, vec!["-300", "-300", "700", "0"]);
-        let d = discovery(&ha, &plan(OutputFile::Setpoint { topic: "b/set".into(), retain: false }, vec![0]));
-        assert_eq!(d.len(), 3);
-        assert_eq!(d[0].topic, "ha/sensor/gw/ev_power/config");
-        assert!(d.iter().all(|p| p.retain && p.payload.contains("gridproof/gw/availability")));
     }
 
     #[test]

@@ -22,7 +22,8 @@ use prover::UpdateProvingKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::actuation::{HomeAssistantFile, OutputFile};
+use crate::actuation::OutputFile;
+use crate::home_assistant::HomeAssistantFile;
 use crate::mqtt::MqttFile;
 
 pub use protocol::files::{read_key, ConfigError};

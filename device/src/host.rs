@@ -17,6 +17,7 @@ use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
 use crate::actuation::{self, AppliancePlan, Executor, Publish, Timing};
+use crate::home_assistant;
 use crate::agent::{Agent, AgentError};
 use crate::config::{ConfigError, Gateway, Overrides};
 use crate::links::Links;
@@ -159,7 +160,7 @@ pub async fn run_gateway_with_keys(gw: &Gateway, keys: BTreeMap<(u8, usize), Upd
     };
     // The broker first: an unreachable one is a configuration error, found before the market.
     let ha = gw.file.home_assistant.clone();
-    let offline = ha.as_ref().map(|h| Publish { topic: actuation::availability_topic(h), payload: "offline".into(), retain: true });
+    let offline = ha.as_ref().map(|h| Publish { topic: home_assistant::availability_topic(h), payload: "offline".into(), retain: true });
     let broker = match (&gw.file.mqtt, opts.execute && !opts.enroll_only) {
         (Some(m), true) => Some(Broker::connect(m, &gw.client_id(), offline.clone(), Duration::from_secs(10)).await?),
         _ => None,
@@ -222,7 +223,7 @@ impl Execution {
     /// Runs the queued schedules one after the other (`src`: the MQTT client id, which Shelly
     /// commands name); a stop while one executes switches its outputs to their safe state
     /// before the connection closes.
-    fn start(mut broker: Broker, ha: Option<actuation::HomeAssistantFile>, offline: Option<Publish>, src: String) -> Execution {
+    fn start(mut broker: Broker, ha: Option<home_assistant::HomeAssistantFile>, offline: Option<Publish>, src: String) -> Execution {
         let (jobs, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
         let (progress_tx, progress) = tokio::sync::mpsc::unbounded_channel();
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
@@ -250,8 +251,8 @@ impl Execution {
                 let timing = job.timing;
                 let mut on_connect = Vec::new();
                 if let Some(h) = &ha {
-                    on_connect.push(Publish { topic: actuation::availability_topic(h), payload: "online".into(), retain: true });
-                    on_connect.extend(actuation::discovery(h, &job.plans));
+                    let plan = home_assistant::PlanInfo { market_id: job.market_id, timing, prices: &job.prices };
+                    on_connect.extend(home_assistant::announce(h, plan, &job.plans));
                 }
                 let slots = job.plans.iter().map(|p| p.schedule.len()).max().unwrap_or(0);
                 let mut executor = Executor::new(actuation::timeline(timing, &job.plans, &job.prices, ha.as_ref(), &src), job.done_until_ms);
@@ -266,7 +267,8 @@ impl Execution {
                 // interrupting it.
                 let progress_tx = &progress_tx;
                 let stopping = {
-                    let run = crate::mqtt::execute(&mut broker, &mut executor, &on_connect, move |done_ms| {
+                    let mut feedback = crate::feedback::Feedback::new(&job.plans, &src);
+                    let run = crate::mqtt::execute(&mut broker, &mut executor, &on_connect, &mut feedback, move |done_ms| {
                         let _ = progress_tx.send(Progress::At { market_id, done_ms });
                     });
                     tokio::pin!(run);

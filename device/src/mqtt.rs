@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 use protocol::net::now_ms;
 
 use crate::actuation::{Executor, Publish};
+use crate::feedback::{Event as FeedbackEvent, Feedback};
 
 /// The broker (`[mqtt]` in `gateway.toml`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +90,8 @@ pub struct Broker {
     /// Publications queued so far.
     queued: AtomicU64,
     addr: String,
+    /// Messages on the topics subscribed to ([`Broker::subscribe`]), newest dropped when full.
+    incoming: tokio::sync::mpsc::Receiver<(String, Vec<u8>)>,
 }
 
 /// The connection options of `file` for `client_id` (keep-alive, credentials).
@@ -162,6 +165,7 @@ impl Broker {
         let (client, mut events) = AsyncClient::new(opts, 1024);
         let (link_tx, mut link) = watch::channel(Link::Connecting);
         let (acked_tx, acked) = watch::channel(0u64);
+        let (incoming_tx, incoming) = tokio::sync::mpsc::channel(256);
         let addr = format!("{}:{}", file.host, file.port);
         let task_addr = addr.clone();
         tokio::spawn(async move {
@@ -181,6 +185,11 @@ impl Broker {
                     Ok(Event::Incoming(Packet::PubAck(_))) => {
                         acks += 1;
                         let _ = acked_tx.send(acks);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if incoming_tx.try_send((p.topic.clone(), p.payload.to_vec())).is_err() {
+                            debug!(broker = task_addr, topic = p.topic, "device message dropped: the gateway is behind");
+                        }
                     }
                     Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                         let _ = link_tx.send(Link::Down("disconnected".into()));
@@ -219,7 +228,7 @@ impl Broker {
         match first {
             Ok(Ok(())) => {
                 info!(broker = addr, "connected to the MQTT broker");
-                Ok(Broker { client, link, acked, queued: AtomicU64::new(0), addr })
+                Ok(Broker { client, link, acked, queued: AtomicU64::new(0), addr, incoming })
             }
             Ok(Err(reason)) => Err(unreachable(reason)),
             Err(_) => Err(unreachable(format!("no answer within {within:?}"))),
@@ -246,6 +255,16 @@ impl Broker {
             Err(e) => {
                 warn!(broker = self.addr, topic = p.topic, "publication dropped: {e}");
                 false
+            }
+        }
+    }
+
+    /// Subscribes to `topics` (QoS 1) on the current connection; their messages arrive in
+    /// [`execute`]. Call again after a reconnect (the session is not persistent).
+    pub fn subscribe(&self, topics: &[String]) {
+        for t in topics {
+            if let Err(e) = self.client.try_subscribe(t.clone(), QoS::AtLeastOnce) {
+                warn!(broker = self.addr, topic = t, "subscribing failed: {e}");
             }
         }
     }
@@ -283,9 +302,12 @@ impl Broker {
 /// `on_connect` (availability, discovery) and the current state; otherwise each publication
 /// at its time. Commands that fall due while the broker is away are not queued: the state
 /// they lead to is reconciled when it returns. `progress(done_until_ms)` is called after each
-/// step so the host can persist how far execution got.
-pub async fn execute(broker: &mut Broker, executor: &mut Executor, on_connect: &[Publish], mut progress: impl FnMut(u64)) {
+/// step so the host can persist how far execution got. It follows `feedback`'s topics: a relay
+/// back online gets its current state again, a Shelly's refusal is logged.
+pub async fn execute(broker: &mut Broker, executor: &mut Executor, on_connect: &[Publish], feedback: &mut Feedback, mut progress: impl FnMut(u64)) {
     let mut seen = 0u64;
+    // Messages left from an earlier schedule's devices are not this one's.
+    while broker.incoming.try_recv().is_ok() {}
     while !executor.is_done() {
         let link = broker.link();
         let now = now_ms();
@@ -295,6 +317,8 @@ pub async fn execute(broker: &mut Broker, executor: &mut Executor, on_connect: &
                 for p in on_connect {
                     broker.publish(p);
                 }
+                broker.subscribe(&feedback.topics());
+                feedback.resubscribed();
                 let state = executor.reconcile(now);
                 if !state.is_empty() {
                     info!(broker = broker.addr(), publications = state.len(), "reconciled the current state");
@@ -319,6 +343,9 @@ pub async fn execute(broker: &mut Broker, executor: &mut Executor, on_connect: &
                         sleep.await;
                     }
                 }
+                Some((topic, payload)) = broker.incoming.recv() => {
+                    device_message(broker, executor, feedback, &topic, &payload);
+                }
             }
             continue;
         }
@@ -335,5 +362,22 @@ pub async fn execute(broker: &mut Broker, executor: &mut Executor, on_connect: &
             warn!(broker = broker.addr(), held = due.len(), "broker away: commands held for reconciliation");
         }
         progress(now);
+    }
+}
+
+/// Acts on one message from a device while a schedule executes.
+fn device_message(broker: &Broker, executor: &Executor, feedback: &mut Feedback, topic: &str, payload: &[u8]) {
+    match feedback.handle(topic, payload, executor) {
+        FeedbackEvent::Resend { topic, state } => {
+            info!(device = topic, publications = state.len(), "device back online: its current state sent again");
+            for t in &state {
+                broker.publish(&t.publish);
+            }
+        }
+        FeedbackEvent::ShellyError { device, id, code, message } => {
+            feedback.shelly_errors += 1;
+            warn!(device, request = id, code, errors = feedback.shelly_errors, "Shelly refused a command: {message}");
+        }
+        FeedbackEvent::Nothing => {}
     }
 }

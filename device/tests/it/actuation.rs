@@ -156,17 +156,24 @@ fn tasmota_shelly_and_home_assistant_follow_the_committed_schedule_slot_by_slot(
     let (ev, boiler, heater) = (watts(&v, "ev"), watts(&v, "boiler"), watts(&v, "heater"));
     assert!(ev.iter().sum::<i64>() >= 7200 - 10, "the EV's schedule delivers its energy: {ev:?}");
 
-    // Home Assistant: retained discovery for three sensors per appliance, availability.
+    // Home Assistant: retained discovery for the gateway's price sensor and three entities
+    // per appliance, all on the gateway's availability; the plan as attributes.
+    let discovered = |topic: String| -> serde_json::Value {
+        let config = seen.iter().find(|s| s.topic == topic).unwrap_or_else(|| panic!("no discovery on {topic}"));
+        serde_json::from_str(&config.payload).unwrap()
+    };
     for a in ["ev", "boiler", "heater"] {
-        for object in ["power", "price", "next_change"] {
-            let topic = format!("ha/sensor/gw1/{a}_{object}/config");
-            let config = seen.iter().find(|s| s.topic == topic).unwrap_or_else(|| panic!("no discovery on {topic}"));
-            let c: serde_json::Value = serde_json::from_str(&config.payload).unwrap();
+        for (component, object) in [("sensor", "power"), ("sensor", "next_change"), ("binary_sensor", "running")] {
+            let c = discovered(format!("ha/{component}/gw1/{a}_{object}/config"));
             assert_eq!(c["state_topic"], format!("gridproof/gw1/{a}/{object}"));
             assert_eq!(c["availability_topic"], "gridproof/gw1/availability");
-            assert_eq!(c["unique_id"], format!("gw1_{a}_{object}"));
+            assert_eq!(c["unique_id"], format!("gridproof_gw1_{a}_{object}"));
+            assert_eq!(c["device"]["identifiers"][0], "gridproof_gw1");
         }
+        let plan: serde_json::Value = serde_json::from_str(&live(&seen, &format!("gridproof/gw1/{a}/plan"))[0].payload).unwrap();
+        assert_eq!(plan["power_w"], serde_json::json!(watts(&v, a)), "{a}'s plan attributes");
     }
+    assert_eq!(discovered("ha/sensor/gw1/price/config")["json_attributes_topic"], "gridproof/gw1/plan");
     let availability: Vec<String> = live(&seen, "gridproof/gw1/availability").into_iter().map(|s| s.payload).collect();
     assert_eq!(availability.first().map(String::as_str), Some("online"));
     assert_eq!(availability.last().map(String::as_str), Some("offline"), "a clean stop says offline");
@@ -178,7 +185,7 @@ fn tasmota_shelly_and_home_assistant_follow_the_committed_schedule_slot_by_slot(
     for (t, s) in power.iter().enumerate() {
         assert!(s.at_ms >= start + t as u64 * slot, "slot {t}'s state came {} ms early", start + t as u64 * slot - s.at_ms);
     }
-    let prices = live(&seen, "gridproof/gw1/ev/price");
+    let prices = live(&seen, "gridproof/gw1/price");
     let expected: Vec<String> = v["prices_eur_mwh"].as_array().unwrap().iter().map(|p| format!("{:.2}", p.as_f64().unwrap())).collect();
     assert_eq!(prices.iter().map(|s| s.payload.clone()).collect::<Vec<_>>(), expected);
     let next = live(&seen, "gridproof/gw1/ev/next_change");
@@ -196,6 +203,9 @@ fn tasmota_shelly_and_home_assistant_follow_the_committed_schedule_slot_by_slot(
     }
     // Its dead-man timer: PulseTime = the slot + 30 s (31 s → 131) before the first command
     // (every ON restarts it), cleared at the end.
+    // Home Assistant's running state follows the relay.
+    let running: Vec<String> = live(&seen, "gridproof/gw1/ev/running").into_iter().map(|s| s.payload).collect();
+    assert_eq!(running, tasmota.iter().map(|s| s.payload.clone()).collect::<Vec<_>>());
     let pulse: Vec<String> = live(&seen, "cmnd/ev/PulseTime").into_iter().map(|s| s.payload).collect();
     assert_eq!(pulse, vec!["131", "0"]);
     assert!(live(&seen, "cmnd/ev/PulseTime")[0].at_ms <= tasmota[0].at_ms);
@@ -481,3 +491,56 @@ fn a_gateway_stopped_mid_schedule_switches_its_outputs_off() {
     assert!(live(&seen, "cmnd/ev/POWER").iter().all(|s| s.at_ms < start + 3 * slot || s.payload == "OFF"));
 }
 
+
+/// A Tasmota that drops off the broker and comes back (its `tele/<topic>/LWT` goes `Offline`,
+/// then `Online`) mid-schedule gets its dead-man timer and its current state again at once,
+/// not only at the next slot; its retained `Online` at subscription time sends nothing extra.
+#[test]
+fn a_relay_back_online_gets_its_current_state_again() {
+    use device::actuation::{timeline, AppliancePlan, Executor, OutputFile, Timing};
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let _broker = Mosquitto::start(port);
+    let seen = subscriber(port);
+    // The relay, as far as the broker can tell: its retained presence, then a drop-out.
+    let mut opts = rumqttc::MqttOptions::new(format!("tasmota-{}", std::process::id()), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (relay, mut conn) = rumqttc::Client::new(opts, 10);
+    std::thread::spawn(move || for _ in conn.iter() {});
+    relay.publish("tele/ev/LWT", rumqttc::QoS::AtLeastOnce, true, "Online").unwrap();
+
+    let src = "gw-presence";
+    // Always on (2 kW of a 2 kW relay): one ON per slot and PulseTime only at the start and
+    // the end, unless the gateway sends the state again.
+    let plans = vec![AppliancePlan { name: "ev".into(), output: Some(OutputFile::Tasmota { topic: "ev".into(), rated_w: 2000 }), schedule: vec![2000; 5] }];
+    let timing = Timing { start_ms: protocol::net::now_ms() + 500, slot_ms: 1000 };
+    let file: device::mqtt::MqttFile = toml::from_str(&format!("host = \"127.0.0.1\"\nport = {port}\n")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let relay_thread = std::thread::spawn(move || {
+        // Mid-slot 1 (slots start 0.5 s, 1.5 s, 2.5 s… from now): offline, back at 2 s.
+        std::thread::sleep(Duration::from_millis(1300));
+        relay.publish("tele/ev/LWT", rumqttc::QoS::AtLeastOnce, true, "Offline").unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        relay.publish("tele/ev/LWT", rumqttc::QoS::AtLeastOnce, true, "Online").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    });
+    rt.block_on(async {
+        let mut broker = device::mqtt::Broker::connect(&file, src, None, Duration::from_secs(10)).await.unwrap();
+        let mut executor = Executor::new(timeline(timing, &plans, &[], None, src), 0);
+        let mut feedback = device::feedback::Feedback::new(&plans, src);
+        device::mqtt::execute(&mut broker, &mut executor, &[], &mut feedback, |_| {}).await;
+        broker.close(None).await;
+    });
+    relay_thread.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = seen.lock().unwrap().clone();
+    let relevant: Vec<(String, String)> =
+        seen.iter().filter(|s| s.topic.starts_with("cmnd/ev/") || s.topic == "tele/ev/LWT").map(|s| (s.topic.clone(), s.payload.clone())).collect();
+    let pulse: Vec<&str> = relevant.iter().filter(|(t, _)| t == "cmnd/ev/PulseTime").map(|(_, p)| p.as_str()).collect();
+    assert_eq!(pulse, vec!["131", "131", "0"], "PulseTime at the start, again when the relay came back, cleared at the end: {relevant:?}");
+    let back = relevant.iter().rposition(|(t, p)| t == "tele/ev/LWT" && p == "Online").unwrap();
+    let again = relevant.iter().enumerate().filter(|(_, (t, p))| t == "cmnd/ev/PulseTime" && p == "131").nth(1).unwrap().0;
+    assert!(again > back, "sent again after the relay came back, not before: {relevant:?}");
+    assert_eq!(relevant[again + 1], ("cmnd/ev/POWER".to_string(), "ON".to_string()), "then its state: {relevant:?}");
+    let ons = relevant.iter().filter(|(t, p)| t == "cmnd/ev/POWER" && p == "ON").count();
+    assert_eq!(ons, 5 + 1, "one ON per slot and the one sent again");
+}

@@ -1,0 +1,181 @@
+//! What the devices say back while a schedule executes, sans-IO: a relay that comes back
+//! online gets its current state again, and a Shelly's refusal of a command is reported.
+//!
+//! - A Tasmota publishes `tele/<topic>/LWT` = `Online` when it connects (its broker last will
+//!   says `Offline`); a Shelly Gen2 publishes `<device_id>/online` = `true` (last will
+//!   `false`). A device that was offline missed the commands meanwhile, and one that rebooted
+//!   forgot its state and its dead-man timer: when one comes back, [`Feedback::handle`]
+//!   returns the latest publication handed out so far for each of its topics (a Tasmota's
+//!   `PulseTime` and `POWER`; every channel of a Shelly).
+//! - A Shelly answers each JSON-RPC request on `<src>/rpc` (`src`: the gateway's client id)
+//!   with `result` or `error {code, message}`; errors come back as [`Event::ShellyError`].
+//!
+//! The first presence message after a (re)subscription is the broker's retained one: the
+//! executor's reconciliation at connect time already covered it, so it is only recorded.
+
+use std::collections::BTreeMap;
+
+use crate::actuation::{AppliancePlan, Executor, OutputFile, Timed};
+
+/// A device whose presence the gateway follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Presence {
+    /// Where it says whether it is online.
+    topic: String,
+    /// The payload that means online.
+    online: &'static str,
+    /// The topics its commands go to start with this.
+    commands: String,
+}
+
+impl Presence {
+    fn of(output: &OutputFile) -> Option<Presence> {
+        match output {
+            OutputFile::Tasmota { topic, .. } => Some(Presence { topic: format!("tele/{topic}/LWT"), online: "Online", commands: format!("cmnd/{topic}/") }),
+            OutputFile::Shelly { device_id, .. } => Some(Presence { topic: format!("{device_id}/online"), online: "true", commands: format!("{device_id}/rpc") }),
+            OutputFile::Setpoint { .. } | OutputFile::DutyCycle { .. } | OutputFile::Evcc { .. } => None,
+        }
+    }
+}
+
+/// What a message from a device means for the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The device on `topic` is back online: publish these again.
+    Resend {
+        /// Its presence topic.
+        topic: String,
+        /// The latest publication handed out so far per target of the device.
+        state: Vec<Timed>,
+    },
+    /// A Shelly refused request `id`.
+    ShellyError {
+        /// The device (the reply's `src`).
+        device: String,
+        /// The request id (names channel and slot, `actuation::shelly_request_id`).
+        id: u64,
+        /// Shelly's error code.
+        code: i64,
+        /// Shelly's message.
+        message: String,
+    },
+    /// Nothing to do (a presence state recorded, a successful reply, or noise).
+    Nothing,
+}
+
+/// The presence and reply topics of one executing schedule, and the last presence seen.
+#[derive(Debug, Clone)]
+pub struct Feedback {
+    devices: Vec<Presence>,
+    replies: Option<String>,
+    online: BTreeMap<String, bool>,
+    /// Shelly refusals seen so far (the edge counts them).
+    pub shelly_errors: u64,
+}
+
+impl Feedback {
+    /// The topics to follow for `appliances` (`src`: the gateway's MQTT client id, where
+    /// Shellies reply).
+    pub fn new(appliances: &[AppliancePlan], src: &str) -> Feedback {
+        let mut devices: Vec<Presence> = appliances.iter().filter_map(|a| a.output.as_ref().and_then(Presence::of)).collect();
+        devices.sort_by(|a, b| a.topic.cmp(&b.topic));
+        devices.dedup();
+        let shelly = appliances.iter().any(|a| matches!(a.output, Some(OutputFile::Shelly { .. })));
+        Feedback { devices, replies: shelly.then(|| format!("{src}/rpc")), online: BTreeMap::new(), shelly_errors: 0 }
+    }
+
+    /// The topics to subscribe to (again after every reconnect).
+    pub fn topics(&self) -> Vec<String> {
+        self.devices.iter().map(|d| d.topic.clone()).chain(self.replies.clone()).collect()
+    }
+
+    /// Forgets the presence seen: called on every (re)subscription, whose first message per
+    /// device is the retained one.
+    pub fn resubscribed(&mut self) {
+        self.online.clear();
+    }
+
+    /// What a message on `topic` means, given what `executor` has handed out so far.
+    pub fn handle(&mut self, topic: &str, payload: &[u8], executor: &Executor) -> Event {
+        if self.replies.as_deref() == Some(topic) {
+            return shelly_reply(payload);
+        }
+        let Some(device) = self.devices.iter().find(|d| d.topic == topic) else { return Event::Nothing };
+        let online = std::str::from_utf8(payload).is_ok_and(|p| p.trim() == device.online);
+        let before = self.online.insert(topic.to_string(), online);
+        if online && before == Some(false) {
+            let state = executor.handed_out_latest(|t| t.publish.topic.starts_with(&device.commands));
+            return Event::Resend { topic: topic.to_string(), state };
+        }
+        Event::Nothing
+    }
+}
+
+/// A Shelly Gen2 JSON-RPC reply: `{"id", "src", "dst", "result"}` or `{..., "error": {"code",
+/// "message"}}`.
+fn shelly_reply(payload: &[u8]) -> Event {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else { return Event::Nothing };
+    let Some(error) = v.get("error") else { return Event::Nothing };
+    Event::ShellyError {
+        device: v["src"].as_str().unwrap_or("?").to_string(),
+        id: v["id"].as_u64().unwrap_or(0),
+        code: error["code"].as_i64().unwrap_or(0),
+        message: error["message"].as_str().unwrap_or("").to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actuation::{timeline, Timing};
+
+    const TIMING: Timing = Timing { start_ms: 10_000, slot_ms: 1000 };
+
+    fn plans() -> Vec<AppliancePlan> {
+        vec![
+            AppliancePlan { name: "ev".into(), output: Some(OutputFile::Tasmota { topic: "ev".into(), rated_w: 2000 }), schedule: vec![2000, 500, 0] },
+            AppliancePlan { name: "boiler".into(), output: Some(OutputFile::Shelly { device_id: "shelly-1".into(), switch: 0, rated_w: 1000 }), schedule: vec![0, 1000, 0] },
+        ]
+    }
+
+    #[test]
+    fn a_relay_that_comes_back_gets_its_current_state_again() {
+        let plans = plans();
+        let mut ex = Executor::new(timeline(TIMING, &plans, &[], None, "gw"), 0);
+        let mut fb = Feedback::new(&plans, "gw");
+        assert_eq!(fb.topics(), vec!["shelly-1/online", "tele/ev/LWT", "gw/rpc"]);
+        ex.due(11_500);
+        // The retained presence at subscription: recorded only (reconciliation covered it).
+        assert_eq!(fb.handle("tele/ev/LWT", b"Online", &ex), Event::Nothing);
+        assert_eq!(fb.handle("tele/ev/LWT", b"Offline", &ex), Event::Nothing);
+        let Event::Resend { state, .. } = fb.handle("tele/ev/LWT", b"Online", &ex) else { panic!("no resend") };
+        let sent: Vec<(&str, &str)> = state.iter().map(|t| (t.publish.topic.as_str(), t.publish.payload.as_str())).collect();
+        assert_eq!(sent, vec![("cmnd/ev/PulseTime", "131"), ("cmnd/ev/POWER", "OFF")], "its dead-man timer, then the state of slot 1 after its duty cycle");
+        // A Shelly that was never seen offline: nothing; after false → true, its channel.
+        assert_eq!(fb.handle("shelly-1/online", b"true", &ex), Event::Nothing);
+        fb.handle("shelly-1/online", b"false", &ex);
+        let Event::Resend { state, .. } = fb.handle("shelly-1/online", b"true", &ex) else { panic!("no resend") };
+        assert_eq!(state.len(), 1);
+        assert!(state[0].publish.payload.contains("\"on\":true"), "{:?}", state[0]);
+        // After a resubscription the retained message is only recorded again.
+        fb.resubscribed();
+        assert_eq!(fb.handle("tele/ev/LWT", b"Online", &ex), Event::Nothing);
+        assert_eq!(fb.handle("other/topic", b"Online", &ex), Event::Nothing);
+    }
+
+    #[test]
+    fn shelly_errors_are_reported_and_results_ignored() {
+        let plans = plans();
+        let ex = Executor::new(timeline(TIMING, &plans, &[], None, "gw"), 0);
+        let mut fb = Feedback::new(&plans, "gw");
+        let err = br#"{"id":1002,"src":"shelly-1","dst":"gw","error":{"code":-103,"message":"Invalid argument 'id': no such component"}}"#;
+        assert_eq!(
+            fb.handle("gw/rpc", err, &ex),
+            Event::ShellyError { device: "shelly-1".into(), id: 1002, code: -103, message: "Invalid argument 'id': no such component".into() }
+        );
+        assert_eq!(fb.handle("gw/rpc", br#"{"id":1002,"src":"shelly-1","dst":"gw","result":{"was_on":false}}"#, &ex), Event::Nothing);
+        assert_eq!(fb.handle("gw/rpc", b"\xff not json", &ex), Event::Nothing);
+        let no_shelly = Feedback::new(&plans[..1], "gw");
+        assert_eq!(no_shelly.topics(), vec!["tele/ev/LWT"]);
+    }
+}
