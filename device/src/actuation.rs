@@ -165,12 +165,11 @@ impl OutputFile {
     /// [`shelly_request_id`]) and `src`, the gateway's MQTT client id.
     fn command(&self, power: Watts, on: bool, request: u64, on_ms: u64, src: &str) -> Vec<Publish> {
         let (payload, retain) = match self {
-            OutputFile::Evcc { phases, voltage_v, min_current_a, max_current_a, .. } => {
-                // The current per phase that draws at most the slot's power.
-                let amps = (power.max(0) as u64 / (*voltage_v as u64 * *phases as u64).max(1)).min(*max_current_a as u64);
+            OutputFile::Evcc { max_current_a, .. } => {
                 let topic = self.topic();
                 let set = |what: &str, payload: String| Publish { topic: format!("{topic}/{what}/set"), payload, retain: false };
-                return if on && amps >= *min_current_a as u64 {
+                return if on && self.is_on(power) {
+                    let amps = self.evcc_amps(power).min(*max_current_a as u64);
                     vec![set("maxCurrent", amps.to_string()), set("mode", "now".into())]
                 } else {
                     vec![set("mode", "off".into())]
@@ -189,6 +188,25 @@ impl OutputFile {
             }
         };
         vec![Publish { topic: self.topic(), payload, retain }]
+    }
+
+    /// Whether a slot of `power` has the output on, for outputs without a duty cycle: an evcc
+    /// loadpoint charges (the current reaches its minimum), a setpoint is not 0 W. Relays are
+    /// on by their duty cycle ([`duty_on_ms`]).
+    pub fn is_on(&self, power: Watts) -> bool {
+        match self {
+            OutputFile::Evcc { min_current_a, .. } => self.evcc_amps(power) >= *min_current_a as u64,
+            _ => power != 0,
+        }
+    }
+
+    /// For an evcc loadpoint, the current per phase that draws at most `power`, A (not yet
+    /// capped at its maximum); 0 for other outputs.
+    fn evcc_amps(&self, power: Watts) -> u64 {
+        match self {
+            OutputFile::Evcc { phases, voltage_v, .. } => power.max(0) as u64 / (*voltage_v as u64 * *phases as u64).max(1),
+            _ => 0,
+        }
     }
 
     /// The publications that leave the output in its safe state: off (0 W for a setpoint,

@@ -10,10 +10,10 @@
 //! - A Shelly answers each JSON-RPC request on `<src>/rpc` (`src`: the gateway's client id)
 //!   with `result` or `error {code, message}`; errors come back as [`Event::ShellyError`].
 //!
-//! The first presence message after a (re)subscription is the broker's retained one: the
-//! executor's reconciliation at connect time already covered it, so it is only recorded.
-
-use std::collections::BTreeMap;
+//! Only live messages count: a retained one is what the broker held at subscription time,
+//! which the executor's reconciliation at connect time already covered. A live `Online`
+//! without an `Offline` before it (a device that rebooted faster than the broker noticed)
+//! is a return too: sending the same state again is harmless.
 
 use crate::actuation::{AppliancePlan, Executor, OutputFile, Timed};
 
@@ -68,7 +68,6 @@ pub enum Event {
 pub struct Feedback {
     devices: Vec<Presence>,
     replies: Option<String>,
-    online: BTreeMap<String, bool>,
     /// Shelly refusals seen so far (the edge counts them).
     pub shelly_errors: u64,
 }
@@ -81,7 +80,7 @@ impl Feedback {
         devices.sort_by(|a, b| a.topic.cmp(&b.topic));
         devices.dedup();
         let shelly = appliances.iter().any(|a| matches!(a.output, Some(OutputFile::Shelly { .. })));
-        Feedback { devices, replies: shelly.then(|| format!("{src}/rpc")), online: BTreeMap::new(), shelly_errors: 0 }
+        Feedback { devices, replies: shelly.then(|| format!("{src}/rpc")), shelly_errors: 0 }
     }
 
     /// The topics to subscribe to (again after every reconnect).
@@ -89,21 +88,15 @@ impl Feedback {
         self.devices.iter().map(|d| d.topic.clone()).chain(self.replies.clone()).collect()
     }
 
-    /// Forgets the presence seen: called on every (re)subscription, whose first message per
-    /// device is the retained one.
-    pub fn resubscribed(&mut self) {
-        self.online.clear();
-    }
-
-    /// What a message on `topic` means, given what `executor` has handed out so far.
-    pub fn handle(&mut self, topic: &str, payload: &[u8], executor: &Executor) -> Event {
+    /// What a message on `topic` means (`retained`: delivered from the broker's store at
+    /// subscription time), given what `executor` has handed out so far.
+    pub fn handle(&self, topic: &str, payload: &[u8], retained: bool, executor: &Executor) -> Event {
         if self.replies.as_deref() == Some(topic) {
             return shelly_reply(payload);
         }
         let Some(device) = self.devices.iter().find(|d| d.topic == topic) else { return Event::Nothing };
         let online = std::str::from_utf8(payload).is_ok_and(|p| p.trim() == device.online);
-        let before = self.online.insert(topic.to_string(), online);
-        if online && before == Some(false) {
+        if online && !retained {
             let state = executor.handed_out_latest(|t| t.publish.topic.starts_with(&device.commands));
             return Event::Resend { topic: topic.to_string(), state };
         }
@@ -142,39 +135,37 @@ mod tests {
     fn a_relay_that_comes_back_gets_its_current_state_again() {
         let plans = plans();
         let mut ex = Executor::new(timeline(TIMING, &plans, &[], None, "gw"), 0);
-        let mut fb = Feedback::new(&plans, "gw");
+        let fb = Feedback::new(&plans, "gw");
         assert_eq!(fb.topics(), vec!["shelly-1/online", "tele/ev/LWT", "gw/rpc"]);
         ex.due(11_500);
-        // The retained presence at subscription: recorded only (reconciliation covered it).
-        assert_eq!(fb.handle("tele/ev/LWT", b"Online", &ex), Event::Nothing);
-        assert_eq!(fb.handle("tele/ev/LWT", b"Offline", &ex), Event::Nothing);
-        let Event::Resend { state, .. } = fb.handle("tele/ev/LWT", b"Online", &ex) else { panic!("no resend") };
+        // The retained presence at subscription: nothing (reconciliation covered it).
+        assert_eq!(fb.handle("tele/ev/LWT", b"Online", true, &ex), Event::Nothing);
+        assert_eq!(fb.handle("tele/ev/LWT", b"Offline", false, &ex), Event::Nothing);
+        let Event::Resend { state, .. } = fb.handle("tele/ev/LWT", b"Online", false, &ex) else { panic!("no resend") };
         let sent: Vec<(&str, &str)> = state.iter().map(|t| (t.publish.topic.as_str(), t.publish.payload.as_str())).collect();
         assert_eq!(sent, vec![("cmnd/ev/PulseTime", "131"), ("cmnd/ev/POWER", "OFF")], "its dead-man timer, then the state of slot 1 after its duty cycle");
-        // A Shelly that was never seen offline: nothing; after false → true, its channel.
-        assert_eq!(fb.handle("shelly-1/online", b"true", &ex), Event::Nothing);
-        fb.handle("shelly-1/online", b"false", &ex);
-        let Event::Resend { state, .. } = fb.handle("shelly-1/online", b"true", &ex) else { panic!("no resend") };
-        assert_eq!(state.len(), 1);
-        assert!(state[0].publish.payload.contains("\"on\":true"), "{:?}", state[0]);
-        // After a resubscription the retained message is only recorded again.
-        fb.resubscribed();
-        assert_eq!(fb.handle("tele/ev/LWT", b"Online", &ex), Event::Nothing);
-        assert_eq!(fb.handle("other/topic", b"Online", &ex), Event::Nothing);
+        // A Shelly that rebooted before the broker saw it go: `true` twice, no `false`.
+        for _ in 0..2 {
+            let Event::Resend { state, .. } = fb.handle("shelly-1/online", b"true", false, &ex) else { panic!("no resend") };
+            assert_eq!(state.len(), 1);
+            assert!(state[0].publish.payload.contains("\"on\":true"), "{:?}", state[0]);
+        }
+        assert_eq!(fb.handle("shelly-1/online", b"false", false, &ex), Event::Nothing);
+        assert_eq!(fb.handle("other/topic", b"Online", false, &ex), Event::Nothing);
     }
 
     #[test]
     fn shelly_errors_are_reported_and_results_ignored() {
         let plans = plans();
         let ex = Executor::new(timeline(TIMING, &plans, &[], None, "gw"), 0);
-        let mut fb = Feedback::new(&plans, "gw");
+        let fb = Feedback::new(&plans, "gw");
         let err = br#"{"id":1002,"src":"shelly-1","dst":"gw","error":{"code":-103,"message":"Invalid argument 'id': no such component"}}"#;
         assert_eq!(
-            fb.handle("gw/rpc", err, &ex),
+            fb.handle("gw/rpc", err, false, &ex),
             Event::ShellyError { device: "shelly-1".into(), id: 1002, code: -103, message: "Invalid argument 'id': no such component".into() }
         );
-        assert_eq!(fb.handle("gw/rpc", br#"{"id":1002,"src":"shelly-1","dst":"gw","result":{"was_on":false}}"#, &ex), Event::Nothing);
-        assert_eq!(fb.handle("gw/rpc", b"\xff not json", &ex), Event::Nothing);
+        assert_eq!(fb.handle("gw/rpc", br#"{"id":1002,"src":"shelly-1","dst":"gw","result":{"was_on":false}}"#, false, &ex), Event::Nothing);
+        assert_eq!(fb.handle("gw/rpc", b"\xff not json", false, &ex), Event::Nothing);
         let no_shelly = Feedback::new(&plans[..1], "gw");
         assert_eq!(no_shelly.topics(), vec!["tele/ev/LWT"]);
     }

@@ -7,9 +7,10 @@
 //!   its attributes hold the whole plan),
 //! - `<name>_next_change`: when the planned power next changes (a timestamp),
 //! - `<name>_running`: a binary sensor, on while the gateway has the appliance on (for a relay,
-//!   through its duty cycle; otherwise while the plan is not 0 W) — what an automation
-//!   follows for an appliance Home Assistant switches itself
-//!   (`examples/home-assistant/follow-gridproof.yaml`).
+//!   through its duty cycle; for evcc, while the loadpoint charges; otherwise while the plan
+//!   is not 0 W) — what an automation follows for an appliance Home Assistant switches itself
+//!   (`examples/home-assistant/follow-gridproof.yaml`; without a duty cycle, so only for
+//!   appliances whose plan is 0 or their full power).
 //!
 //! Every entity shares the gateway's availability topic (`online` while it runs, `offline`
 //! by a clean stop or the broker's last will). Configs and attributes are retained and
@@ -60,13 +61,13 @@ pub struct PlanInfo<'a> {
     pub prices: &'a [f64],
 }
 
-/// Everything published on each (re)connect while a schedule executes, retained: `online`,
-/// the discovery config of every entity, and the plan as JSON attributes (gateway: the
-/// market, its start, slot length and prices; appliance: its power per slot).
+/// What is published on each (re)connect while a schedule executes before the current state,
+/// retained: the discovery config of every entity, and the plan as JSON attributes (gateway:
+/// the market, its start, slot length and prices; appliance: its power per slot). `online`
+/// on [`availability_topic`] follows the state.
 pub fn announce(ha: &HomeAssistantFile, plan: PlanInfo<'_>, appliances: &[AppliancePlan]) -> Vec<Publish> {
     let retained = |topic: String, payload: String| Publish { topic, payload, retain: true };
-    let mut out = vec![retained(availability_topic(ha), "online".into())];
-    out.extend(discovery(ha, appliances));
+    let mut out = discovery(ha, appliances);
     let start = rfc3339(plan.timing.start_ms);
     out.push(retained(
         topic(ha, "plan"),
@@ -189,7 +190,7 @@ pub fn appliance_states(ha: &HomeAssistantFile, timing: Timing, a: &AppliancePla
                     out.push(state(start + on_ms, t, "running", on_off(false)));
                 }
             }
-            None => out.push(state(start, t, "running", on_off(power != 0))),
+            None => out.push(state(start, t, "running", on_off(a.output.as_ref().map_or(power != 0, |o| o.is_on(power))))),
         }
     }
     let end = timing.slot_start(slots);
@@ -304,7 +305,7 @@ mod tests {
     fn the_plan_goes_out_as_json_attributes_on_every_connect() {
         let plans = vec![AppliancePlan { name: "ev".into(), output: None, schedule: vec![700, -300] }];
         let a = announce(&ha(), PlanInfo { market_id: 7, timing: TIMING, prices: &[50.0, 51.5] }, &plans);
-        assert_eq!((a[0].topic.as_str(), a[0].payload.as_str()), ("gridproof/gw/availability", "online"));
+        assert!(a.iter().all(|p| p.topic != availability_topic(&ha())), "online follows the state, not the configs");
         let attrs = |topic: &str| -> Value { serde_json::from_str(&a.iter().find(|p| p.topic == topic).unwrap().payload).unwrap() };
         // Home Assistant takes attributes only from a JSON object.
         let gw = attrs("gridproof/gw/plan");
@@ -320,12 +321,19 @@ mod tests {
             // A 2 kW relay at 500 W: on for a quarter of slot 1.
             AppliancePlan { name: "boiler".into(), output: Some(OutputFile::Tasmota { topic: "b".into(), rated_w: 2000 }), schedule: vec![2000, 500, 0] },
             AppliancePlan { name: "pv".into(), output: None, schedule: vec![-300, -300, 0] },
+            // evcc at 3 × 230 V: 11 kW charges (15 A); 3 kW is 4 A, below its 6 A: off.
+            AppliancePlan {
+                name: "car".into(),
+                output: Some(OutputFile::Evcc { loadpoint: 1, prefix: "evcc".into(), voltage_v: 230, phases: 3, min_current_a: 6, max_current_a: 16 }),
+                schedule: vec![11_000, 3_000, 0],
+            },
         ];
         let tl = timeline(TIMING, &plans, &[50.0, 51.0, 52.5], Some(&ha), "gw");
         let on = |topic: &str| -> Vec<(u64, String)> { tl.iter().filter(|t| t.publish.topic == topic).map(|t| (t.at_ms, t.publish.payload.clone())).collect() };
         let s = |v: &[(u64, &str)]| v.iter().map(|(t, p)| (*t, p.to_string())).collect::<Vec<_>>();
         assert_eq!(on("gridproof/gw/boiler/running"), s(&[(10_000, "ON"), (11_000, "ON"), (11_250, "OFF"), (12_000, "OFF"), (13_000, "OFF")]));
         assert_eq!(on("gridproof/gw/pv/running"), s(&[(10_000, "ON"), (11_000, "ON"), (12_000, "OFF"), (13_000, "OFF")]), "feeding in counts as running");
+        assert_eq!(on("gridproof/gw/car/running"), s(&[(10_000, "ON"), (11_000, "OFF"), (12_000, "OFF"), (13_000, "OFF")]), "as the loadpoint's mode says");
         assert_eq!(on("gridproof/gw/pv/next_change"), s(&[(10_000, "1970-01-01T00:00:12Z"), (11_000, "1970-01-01T00:00:12Z"), (12_000, "1970-01-01T00:00:13Z")]));
         assert_eq!(on("gridproof/gw/pv/power"), s(&[(10_000, "-300"), (11_000, "-300"), (12_000, "0"), (13_000, "0")]));
         assert_eq!(on("gridproof/gw/price"), s(&[(10_000, "50.00"), (11_000, "51.00"), (12_000, "52.50")]));

@@ -249,10 +249,11 @@ impl Execution {
                     continue;
                 };
                 let timing = job.timing;
-                let mut on_connect = Vec::new();
+                let mut on_connect = crate::mqtt::OnConnect::default();
                 if let Some(h) = &ha {
                     let plan = home_assistant::PlanInfo { market_id: job.market_id, timing, prices: &job.prices };
-                    on_connect.extend(home_assistant::announce(h, plan, &job.plans));
+                    on_connect.before = home_assistant::announce(h, plan, &job.plans);
+                    on_connect.after.push(Publish { topic: home_assistant::availability_topic(h), payload: "online".into(), retain: true });
                 }
                 let slots = job.plans.iter().map(|p| p.schedule.len()).max().unwrap_or(0);
                 let mut executor = Executor::new(actuation::timeline(timing, &job.plans, &job.prices, ha.as_ref(), &src), job.done_until_ms);

@@ -81,6 +81,23 @@ pub enum Link {
     Down(String),
 }
 
+/// What [`execute`] publishes on every (re)connection, around the reconciled state.
+#[derive(Debug, Clone, Default)]
+pub struct OnConnect {
+    /// Before the state (discovery configs, retained attributes).
+    pub before: Vec<Publish>,
+    /// After it (availability).
+    pub after: Vec<Publish>,
+}
+
+/// A message on a subscribed topic.
+struct Incoming {
+    topic: String,
+    payload: Vec<u8>,
+    /// Delivered from the broker's retained store at subscription time.
+    retained: bool,
+}
+
 /// A live broker connection.
 pub struct Broker {
     client: AsyncClient,
@@ -91,7 +108,7 @@ pub struct Broker {
     queued: AtomicU64,
     addr: String,
     /// Messages on the topics subscribed to ([`Broker::subscribe`]), newest dropped when full.
-    incoming: tokio::sync::mpsc::Receiver<(String, Vec<u8>)>,
+    incoming: tokio::sync::mpsc::Receiver<Incoming>,
 }
 
 /// The connection options of `file` for `client_id` (keep-alive, credentials).
@@ -187,7 +204,7 @@ impl Broker {
                         let _ = acked_tx.send(acks);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if incoming_tx.try_send((p.topic.clone(), p.payload.to_vec())).is_err() {
+                        if incoming_tx.try_send(Incoming { topic: p.topic.clone(), payload: p.payload.to_vec(), retained: p.retain }).is_err() {
                             debug!(broker = task_addr, topic = p.topic, "device message dropped: the gateway is behind");
                         }
                     }
@@ -299,12 +316,13 @@ impl Broker {
 }
 
 /// Carries out `executor` until its timeline is done. On every (re)connection it publishes
-/// `on_connect` (availability, discovery) and the current state; otherwise each publication
+/// `on_connect.before` (discovery), the current state, then `on_connect.after` (availability:
+/// Home Assistant sees the entities online only once they hold the current state); otherwise each publication
 /// at its time. Commands that fall due while the broker is away are not queued: the state
 /// they lead to is reconciled when it returns. `progress(done_until_ms)` is called after each
 /// step so the host can persist how far execution got. It follows `feedback`'s topics: a relay
 /// back online gets its current state again, a Shelly's refusal is logged.
-pub async fn execute(broker: &mut Broker, executor: &mut Executor, on_connect: &[Publish], feedback: &mut Feedback, mut progress: impl FnMut(u64)) {
+pub async fn execute(broker: &mut Broker, executor: &mut Executor, on_connect: &OnConnect, feedback: &mut Feedback, mut progress: impl FnMut(u64)) {
     let mut seen = 0u64;
     // Messages left from an earlier schedule's devices are not this one's.
     while broker.incoming.try_recv().is_ok() {}
@@ -314,17 +332,19 @@ pub async fn execute(broker: &mut Broker, executor: &mut Executor, on_connect: &
         match link {
             Link::Up(n) if n != seen => {
                 seen = n;
-                for p in on_connect {
+                for p in &on_connect.before {
                     broker.publish(p);
                 }
                 broker.subscribe(&feedback.topics());
-                feedback.resubscribed();
                 let state = executor.reconcile(now);
                 if !state.is_empty() {
                     info!(broker = broker.addr(), publications = state.len(), "reconciled the current state");
                 }
                 for t in &state {
                     broker.publish(&t.publish);
+                }
+                for p in &on_connect.after {
+                    broker.publish(p);
                 }
                 progress(now);
                 continue;
@@ -343,8 +363,8 @@ pub async fn execute(broker: &mut Broker, executor: &mut Executor, on_connect: &
                         sleep.await;
                     }
                 }
-                Some((topic, payload)) = broker.incoming.recv() => {
-                    device_message(broker, executor, feedback, &topic, &payload);
+                Some(message) = broker.incoming.recv() => {
+                    device_message(broker, executor, feedback, &message);
                 }
             }
             continue;
@@ -366,8 +386,8 @@ pub async fn execute(broker: &mut Broker, executor: &mut Executor, on_connect: &
 }
 
 /// Acts on one message from a device while a schedule executes.
-fn device_message(broker: &Broker, executor: &Executor, feedback: &mut Feedback, topic: &str, payload: &[u8]) {
-    match feedback.handle(topic, payload, executor) {
+fn device_message(broker: &Broker, executor: &Executor, feedback: &mut Feedback, m: &Incoming) {
+    match feedback.handle(&m.topic, &m.payload, m.retained, executor) {
         FeedbackEvent::Resend { topic, state } => {
             info!(device = topic, publications = state.len(), "device back online: its current state sent again");
             for t in &state {

@@ -84,7 +84,7 @@ struct Requirement {
 const REQUIREMENTS: &[Requirement] = &[
     Requirement {
         name: "libclang",
-        why: "the rocksdb crate generates its bindings with bindgen",
+        why: "the rocksdb crate generates its bindings with bindgen (libclang and clang's headers)",
         needed_for: Purpose::Demo,
         present: libclang_present,
         source: Source::Apt(&["clang", "libclang-dev"]),
@@ -93,8 +93,9 @@ const REQUIREMENTS: &[Requirement] = &[
         name: "a C++ compiler",
         why: "RocksDB is C++, built by the librocksdb-sys crate",
         needed_for: Purpose::Demo,
-        present: || ["c++", "clang++", "g++"].iter().any(|c| on_path(c).is_some()),
-        source: Source::Apt(&["clang"]),
+        // What the cc crate runs: $CXX, else `c++`.
+        present: || env::var_os("CXX").is_some() || on_path("c++").is_some(),
+        source: Source::Apt(&["g++"]),
     },
     Requirement {
         name: "mosquitto",
@@ -257,18 +258,23 @@ fn setup(purpose: Purpose, check_only: bool) -> Result<(), SetupError> {
     }
     apt.sort_unstable();
     apt.dedup();
+    if !apt.is_empty() && on_path("apt-get").is_none() {
+        // Not Debian-like: the build may still find what it needs (Xcode's libclang, say).
+        eprintln!("xtask: warning: {}; going on without them", SetupError::NoApt(apt.clone()));
+        return Ok(());
+    }
     if !apt.is_empty() {
         apt_install(&apt)?;
         if apt.contains(&"mosquitto") {
             // Debian starts the broker as a service on install; the tests run their own.
             if on_path("service").is_some() {
-                let _ = Command::new("service").args(["mosquitto", "stop"]).output();
+                let _ = as_root("service").args(["mosquitto", "stop"]).output();
             }
         }
     }
     for r in &missing {
         match r.source {
-            Source::Npm(pkg) => run(Command::new("npm").args(["install", "-g", "--no-audit", "--no-fund", pkg]))?,
+            Source::Npm(pkg) => run(as_root("npm").args(["install", "-g", "--no-audit", "--no-fund", pkg]))?,
             Source::Cargo(krate) => run(Command::new(cargo_bin()).args(["install", "--locked", krate]))?,
             Source::Apt(_) => {}
         }
@@ -287,22 +293,34 @@ fn apt_install(pkgs: &[&'static str]) -> Result<(), SetupError> {
     if on_path("apt-get").is_none() {
         return Err(SetupError::NoApt(pkgs.to_vec()));
     }
-    let apt_get = || {
-        let mut cmd = if is_root() {
-            Command::new("apt-get")
-        } else {
-            let mut sudo = Command::new("sudo");
-            sudo.args(["DEBIAN_FRONTEND=noninteractive", "apt-get"]);
-            sudo
-        };
-        cmd.env("DEBIAN_FRONTEND", "noninteractive");
-        cmd
-    };
     if !is_root() && on_path("sudo").is_none() {
         return Err(SetupError::NotRoot(pkgs.to_vec()));
     }
+    // No questions from debconf: as root through the environment, through sudo as an
+    // assignment it passes on (sudo resets the environment).
+    let apt_get = || {
+        let mut cmd = if is_root() { Command::new("apt-get") } else { as_root("DEBIAN_FRONTEND=noninteractive") };
+        if is_root() {
+            cmd.env("DEBIAN_FRONTEND", "noninteractive");
+        } else {
+            cmd.arg("apt-get");
+        }
+        cmd
+    };
     run(apt_get().args(["update", "-qq"]))?;
     run(apt_get().args(["install", "-y", "-qq", "--no-install-recommends"]).args(pkgs))
+}
+
+/// `program` run as root: directly when this process is root, else through sudo (`program`
+/// may then also be an environment assignment sudo passes on, `VAR=value`).
+fn as_root(program: &str) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        let mut sudo = Command::new("sudo");
+        sudo.arg(program);
+        sudo
+    }
 }
 
 /// Runs `cmd`, printing it first; a failure is an [`SetupError::InstallFailed`].
@@ -370,7 +388,13 @@ fn libclang_present() -> bool {
     for d in ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib"] {
         dirs.push(PathBuf::from(d));
     }
-    libclang_in(&dirs)
+    // bindgen also needs clang's own headers (stddef.h): the clang binary knows where they
+    // are; else they sit in an LLVM directory.
+    let headers = on_path("clang").is_some()
+        || dirs.iter().filter(|d| d.starts_with("/usr/lib/llvm-")).any(|d| {
+            std::fs::read_dir(d.join("clang")).is_ok_and(|versions| versions.flatten().any(|v| v.path().join("include/stddef.h").is_file()))
+        });
+    libclang_in(&dirs) && headers
 }
 
 /// Whether one of `dirs` holds libclang's shared library (`libclang.so`, `libclang-14.so.1`…;
