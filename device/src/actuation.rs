@@ -190,6 +190,18 @@ impl OutputFile {
         vec![Publish { topic: self.topic(), payload, retain }]
     }
 
+    /// Whether `t` is one of this output's commands (its state, its dead-man timer): for a
+    /// Shelly its channel's, for a Tasmota anything under `cmnd/<topic>/`, for evcc the
+    /// loadpoint's topics.
+    pub fn owns(&self, t: &Timed) -> bool {
+        match self {
+            OutputFile::Shelly { .. } => t.target == self.target(),
+            OutputFile::Tasmota { topic, .. } => t.publish.topic.starts_with(&format!("cmnd/{topic}/")),
+            OutputFile::Evcc { .. } => t.publish.topic.starts_with(&format!("{}/", self.topic())),
+            OutputFile::Setpoint { topic, .. } | OutputFile::DutyCycle { topic, .. } => t.publish.topic == *topic,
+        }
+    }
+
     /// Whether a slot of `power` has the output on, for outputs without a duty cycle: an evcc
     /// loadpoint charges (the current reaches its minimum), a setpoint is not 0 W. Relays are
     /// on by their duty cycle ([`duty_on_ms`]).

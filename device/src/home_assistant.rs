@@ -10,7 +10,10 @@
 //!   through its duty cycle; for evcc, while the loadpoint charges; otherwise while the plan
 //!   is not 0 W) — what an automation follows for an appliance Home Assistant switches itself
 //!   (`examples/home-assistant/follow-gridproof.yaml`; without a duty cycle, so only for
-//!   appliances whose plan is 0 or their full power).
+//!   appliances whose plan is 0 or their full power),
+//! - `<name>_control` (appliances with an output): a switch, on while gridproof drives the
+//!   output; off pauses it — the gateway sends it no commands, and the household drives it —
+//!   until switched on again, when it gets its current state (`crate::feedback`).
 //!
 //! Every entity shares the gateway's availability topic (`online` while it runs, `offline`
 //! by a clean stop or the broker's last will). Configs and attributes are retained and
@@ -35,6 +38,10 @@ pub struct HomeAssistantFile {
     /// Node id: groups this gateway's entities; also the root of its state topics
     /// (`gridproof/<node_id>/...`).
     pub node_id: String,
+    /// A link Home Assistant shows on the gateway's device page (a validator's status page,
+    /// say).
+    #[serde(default)]
+    pub configuration_url: Option<String>,
 }
 
 fn ha_prefix() -> String {
@@ -48,6 +55,17 @@ pub fn availability_topic(ha: &HomeAssistantFile) -> String {
 
 fn topic(ha: &HomeAssistantFile, what: &str) -> String {
     format!("gridproof/{}/{}", ha.node_id, what)
+}
+
+/// Where Home Assistant's control switch of appliance `name` commands `ON` (the gateway
+/// drives it) or `OFF` (paused: the household drives it).
+pub fn control_topic(ha: &HomeAssistantFile, name: &str) -> String {
+    topic(ha, &format!("{name}/control/set"))
+}
+
+/// The control switch's state, as the gateway acknowledges it.
+pub fn control_state(ha: &HomeAssistantFile, name: &str, paused: bool) -> Publish {
+    Publish { topic: topic(ha, &format!("{name}/control")), payload: (if paused { "OFF" } else { "ON" }).into(), retain: true }
 }
 
 /// What a market's execution plan is, for the retained attributes.
@@ -98,13 +116,16 @@ pub fn announce(ha: &HomeAssistantFile, plan: PlanInfo<'_>, appliances: &[Applia
 /// The retained discovery configs: the gateway's price sensor, and per appliance its planned
 /// power, next change and running state.
 pub fn discovery(ha: &HomeAssistantFile, appliances: &[AppliancePlan]) -> Vec<Publish> {
-    let device = json!({
+    let mut device = json!({
         "identifiers": [format!("gridproof_{}", ha.node_id)],
         "name": format!("gridproof {}", ha.node_id),
         "manufacturer": "gridproof",
         "model": "home gateway",
         "sw_version": env!("CARGO_PKG_VERSION"),
     });
+    if let Some(url) = &ha.configuration_url {
+        device["configuration_url"] = url.as_str().into();
+    }
     let origin = json!({"name": "gridproof", "sw_version": env!("CARGO_PKG_VERSION")});
     let config = |component: &str, object_id: &str, name: &str, extra: Value| {
         let mut c = json!({
@@ -151,6 +172,21 @@ pub fn discovery(ha: &HomeAssistantFile, appliances: &[AppliancePlan]) -> Vec<Pu
             &format!("{n} next change"),
             json!({"state_topic": topic(ha, &format!("{n}/next_change")), "device_class": "timestamp"}),
         ));
+        if a.output.is_some() {
+            // Retained commands: a pause outlives a gateway restart.
+            out.push(config(
+                "switch",
+                &format!("{n}_control"),
+                &format!("{n} gridproof control"),
+                json!({
+                    "command_topic": control_topic(ha, n),
+                    "state_topic": topic(ha, &format!("{n}/control")),
+                    "payload_on": "ON",
+                    "payload_off": "OFF",
+                    "retain": true,
+                }),
+            ));
+        }
         out.push(config(
             "binary_sensor",
             &format!("{n}_running"),
@@ -166,9 +202,13 @@ pub fn discovery(ha: &HomeAssistantFile, appliances: &[AppliancePlan]) -> Vec<Pu
     out
 }
 
-/// The timed states of one appliance's schedule: per slot its planned power, next change and
-/// running state (for a relay, off again where its duty cycle ends inside the slot); at the
-/// end 0 W and off.
+/// When the states before slot 0 are due: at once (any time after the epoch), and superseded
+/// by every slot's.
+const BEFORE_START_MS: u64 = 1;
+
+/// The timed states of one appliance's schedule: before it 0 W, off and the first change; per
+/// slot its planned power, next change and running state (for a relay, off again where its
+/// duty cycle ends inside the slot); at the end 0 W and off.
 pub fn appliance_states(ha: &HomeAssistantFile, timing: Timing, a: &AppliancePlan) -> Vec<Timed> {
     let state = |at_ms: u64, slot: usize, what: &str, payload: String| {
         Timed::new(at_ms, slot, Publish { topic: topic(ha, &format!("{}/{what}", a.name)), payload, retain: true })
@@ -176,7 +216,14 @@ pub fn appliance_states(ha: &HomeAssistantFile, timing: Timing, a: &AppliancePla
     let on_off = |on: bool| (if on { "ON" } else { "OFF" }).to_string();
     let slots = a.schedule.len();
     let rated = a.output.as_ref().and_then(|o| o.rated_w());
-    let mut out = Vec::new();
+    // Before slot 0 (due at once, so the sensors are not `unknown` from the final entry to
+    // the start): nothing runs yet, and the first change is the first slot with power.
+    let first = a.schedule.iter().position(|&p| p != 0).unwrap_or(slots);
+    let mut out = vec![
+        state(BEFORE_START_MS, 0, "power", "0".into()),
+        state(BEFORE_START_MS, 0, "next_change", rfc3339(timing.slot_start(first))),
+        state(BEFORE_START_MS, 0, "running", on_off(false)),
+    ];
     for (t, &power) in a.schedule.iter().enumerate() {
         let start = timing.slot_start(t);
         let next = (t + 1..slots).find(|&s| a.schedule[s] != power).unwrap_or(slots);
@@ -216,7 +263,7 @@ mod tests {
     const TIMING: Timing = Timing { start_ms: 10_000, slot_ms: 1000 };
 
     fn ha() -> HomeAssistantFile {
-        HomeAssistantFile { prefix: "ha".into(), node_id: "gw".into() }
+        HomeAssistantFile { prefix: "ha".into(), node_id: "gw".into(), configuration_url: None }
     }
 
     /// The configuration variables Home Assistant documents for MQTT sensors and binary
@@ -253,6 +300,8 @@ mod tests {
     ];
     const SENSOR: &[&str] = &["last_reset_value_template", "options", "state_class", "suggested_display_precision", "unit_of_measurement"];
     const BINARY_SENSOR: &[&str] = &["off_delay", "payload_off", "payload_on"];
+    /// https://www.home-assistant.io/integrations/switch.mqtt/
+    const SWITCH: &[&str] = &["command_template", "command_topic", "optimistic", "payload_off", "payload_on", "retain", "state_off", "state_on"];
     const DEVICE: &[&str] = &["configuration_url", "connections", "hw_version", "identifiers", "manufacturer", "model", "model_id", "name", "serial_number", "suggested_area", "sw_version", "via_device"];
     const ORIGIN: &[&str] = &["name", "sw_version", "support_url"];
     /// Sensor device classes that take `state_class: measurement` and the units they allow
@@ -270,13 +319,19 @@ mod tests {
             AppliancePlan { name: "pv".into(), output: None, schedule: vec![-1000] },
         ];
         let d = discovery(&ha(), &plans);
-        assert_eq!(d.len(), 1 + 3 * plans.len(), "the price sensor, and three entities per appliance");
+        assert_eq!(d.len(), 1 + 3 * plans.len() + 1, "the price sensor, three entities per appliance, a control switch for the one with an output");
         let mut ids = std::collections::BTreeSet::new();
         for p in &d {
             assert!(p.retain, "{} is retained", p.topic);
             let c: Value = serde_json::from_str(&p.payload).unwrap();
             let component = p.topic.split('/').nth(1).unwrap();
-            let allowed: Vec<&str> = COMMON.iter().chain(if component == "sensor" { SENSOR } else { BINARY_SENSOR }).copied().collect();
+            let specific = match component {
+                "sensor" => SENSOR,
+                "binary_sensor" => BINARY_SENSOR,
+                "switch" => SWITCH,
+                other => panic!("unexpected component {other}"),
+            };
+            let allowed: Vec<&str> = COMMON.iter().chain(specific).copied().collect();
             for k in keys(&c) {
                 assert!(allowed.contains(&k), "{}: `{k}` is not a documented {component} key", p.topic);
             }
@@ -293,12 +348,19 @@ mod tests {
                 assert!(POWER_UNITS.contains(&c["unit_of_measurement"].as_str().unwrap()));
                 assert_eq!(c["state_class"], "measurement");
             }
+            if component == "switch" {
+                assert_eq!(c["command_topic"], "gridproof/gw/ev/control/set");
+                assert_eq!(c["retain"], true, "a pause outlives a restart");
+            }
             if component == "binary_sensor" {
                 assert_eq!((c["payload_on"].as_str(), c["payload_off"].as_str()), (Some("ON"), Some("OFF")));
             }
         }
         assert!(d.iter().any(|p| p.topic == "ha/binary_sensor/gw/pv_running/config"));
         assert!(d.iter().any(|p| p.topic == "ha/sensor/gw/price/config"));
+        let with_url = HomeAssistantFile { configuration_url: Some("http://10.0.0.2:8100/".into()), ..ha() };
+        let c: Value = serde_json::from_str(&discovery(&with_url, &plans)[0].payload).unwrap();
+        assert_eq!(c["device"]["configuration_url"], "http://10.0.0.2:8100/");
     }
 
     #[test]
@@ -331,12 +393,15 @@ mod tests {
         let tl = timeline(TIMING, &plans, &[50.0, 51.0, 52.5], Some(&ha), "gw");
         let on = |topic: &str| -> Vec<(u64, String)> { tl.iter().filter(|t| t.publish.topic == topic).map(|t| (t.at_ms, t.publish.payload.clone())).collect() };
         let s = |v: &[(u64, &str)]| v.iter().map(|(t, p)| (*t, p.to_string())).collect::<Vec<_>>();
-        assert_eq!(on("gridproof/gw/boiler/running"), s(&[(10_000, "ON"), (11_000, "ON"), (11_250, "OFF"), (12_000, "OFF"), (13_000, "OFF")]));
-        assert_eq!(on("gridproof/gw/pv/running"), s(&[(10_000, "ON"), (11_000, "ON"), (12_000, "OFF"), (13_000, "OFF")]), "feeding in counts as running");
-        assert_eq!(on("gridproof/gw/car/running"), s(&[(10_000, "ON"), (11_000, "OFF"), (12_000, "OFF"), (13_000, "OFF")]), "as the loadpoint's mode says");
-        assert_eq!(on("gridproof/gw/pv/next_change"), s(&[(10_000, "1970-01-01T00:00:12Z"), (11_000, "1970-01-01T00:00:12Z"), (12_000, "1970-01-01T00:00:13Z")]));
-        assert_eq!(on("gridproof/gw/pv/power"), s(&[(10_000, "-300"), (11_000, "-300"), (12_000, "0"), (13_000, "0")]));
+        assert_eq!(on("gridproof/gw/boiler/running"), s(&[(1, "OFF"), (10_000, "ON"), (11_000, "ON"), (11_250, "OFF"), (12_000, "OFF"), (13_000, "OFF")]));
+        assert_eq!(on("gridproof/gw/pv/running"), s(&[(1, "OFF"), (10_000, "ON"), (11_000, "ON"), (12_000, "OFF"), (13_000, "OFF")]), "feeding in counts as running");
+        assert_eq!(on("gridproof/gw/car/running"), s(&[(1, "OFF"), (10_000, "ON"), (11_000, "OFF"), (12_000, "OFF"), (13_000, "OFF")]), "as the loadpoint's mode says");
+        assert_eq!(on("gridproof/gw/pv/next_change"), s(&[(1, "1970-01-01T00:00:10Z"), (10_000, "1970-01-01T00:00:12Z"), (11_000, "1970-01-01T00:00:12Z"), (12_000, "1970-01-01T00:00:13Z")]));
+        assert_eq!(on("gridproof/gw/pv/power"), s(&[(1, "0"), (10_000, "-300"), (11_000, "-300"), (12_000, "0"), (13_000, "0")]));
         assert_eq!(on("gridproof/gw/price"), s(&[(10_000, "50.00"), (11_000, "51.00"), (12_000, "52.50")]));
         assert!(tl.iter().filter(|t| t.publish.topic.starts_with("gridproof/")).all(|t| t.publish.retain));
+        // Known from the final entry on: a connect long before slot 0 publishes these.
+        let early = crate::actuation::Executor::new(tl, 0).reconcile(5_000);
+        assert_eq!(early.len(), 3 * plans.len(), "power, next change and running per appliance: {early:?}");
     }
 }

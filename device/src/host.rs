@@ -268,7 +268,7 @@ impl Execution {
                 // interrupting it.
                 let progress_tx = &progress_tx;
                 let stopping = {
-                    let mut feedback = crate::feedback::Feedback::new(&job.plans, &src);
+                    let mut feedback = crate::feedback::Feedback::new(&job.plans, &src, ha.as_ref());
                     let run = crate::mqtt::execute(&mut broker, &mut executor, &on_connect, &mut feedback, move |done_ms| {
                         let _ = progress_tx.send(Progress::At { market_id, done_ms });
                     });

@@ -340,10 +340,10 @@ pub async fn execute(broker: &mut Broker, executor: &mut Executor, on_connect: &
                 if !state.is_empty() {
                     info!(broker = broker.addr(), publications = state.len(), "reconciled the current state");
                 }
-                for t in &state {
+                for t in state.iter().filter(|t| feedback.allows(t)) {
                     broker.publish(&t.publish);
                 }
-                for p in &on_connect.after {
+                for p in on_connect.after.iter().chain(&feedback.control_states()) {
                     broker.publish(p);
                 }
                 progress(now);
@@ -371,7 +371,7 @@ pub async fn execute(broker: &mut Broker, executor: &mut Executor, on_connect: &
         }
         let due = executor.due(now);
         if matches!(link, Link::Up(_)) {
-            for t in &due {
+            for t in due.iter().filter(|t| feedback.allows(t)) {
                 debug!(slot = t.slot, topic = t.publish.topic, payload = t.publish.payload, "publish");
                 broker.publish(&t.publish);
             }
@@ -389,9 +389,20 @@ pub async fn execute(broker: &mut Broker, executor: &mut Executor, on_connect: &
 fn device_message(broker: &Broker, executor: &Executor, feedback: &mut Feedback, m: &Incoming) {
     match feedback.handle(&m.topic, &m.payload, m.retained, executor) {
         FeedbackEvent::Resend { topic, state } => {
+            let state: Vec<_> = state.into_iter().filter(|t| feedback.allows(t)).collect();
             info!(device = topic, publications = state.len(), "device back online: its current state sent again");
             for t in &state {
                 broker.publish(&t.publish);
+            }
+        }
+        FeedbackEvent::Control { appliance, paused, publish } => {
+            if paused {
+                warn!(appliance, "gridproof control paused from Home Assistant: its output gets no commands until the control switch is on again (the schedule still counts for settlement)");
+            } else {
+                info!(appliance, publications = publish.len(), "gridproof control resumed from Home Assistant: the current state sent");
+            }
+            for p in &publish {
+                broker.publish(p);
             }
         }
         FeedbackEvent::ShellyError { device, id, code, message } => {

@@ -158,13 +158,13 @@ fn tasmota_shelly_and_home_assistant_follow_the_committed_schedule_slot_by_slot(
 
     // Home Assistant: retained discovery for the gateway's price sensor and three entities
     // per appliance, all on the gateway's availability; the plan as attributes.
-    let discovered = |topic: String| -> serde_json::Value {
+    let discovered = |topic: &str| -> serde_json::Value {
         let config = seen.iter().find(|s| s.topic == topic).unwrap_or_else(|| panic!("no discovery on {topic}"));
         serde_json::from_str(&config.payload).unwrap()
     };
     for a in ["ev", "boiler", "heater"] {
         for (component, object) in [("sensor", "power"), ("sensor", "next_change"), ("binary_sensor", "running")] {
-            let c = discovered(format!("ha/{component}/gw1/{a}_{object}/config"));
+            let c = discovered(&format!("ha/{component}/gw1/{a}_{object}/config"));
             assert_eq!(c["state_topic"], format!("gridproof/gw1/{a}/{object}"));
             assert_eq!(c["availability_topic"], "gridproof/gw1/availability");
             assert_eq!(c["unique_id"], format!("gridproof_gw1_{a}_{object}"));
@@ -179,7 +179,9 @@ fn tasmota_shelly_and_home_assistant_follow_the_committed_schedule_slot_by_slot(
     assert_eq!(availability.last().map(String::as_str), Some("offline"), "a clean stop says offline");
 
     // Planned power, one state per slot, never before the slot starts; then 0 at the end.
-    let power = live(&seen, "gridproof/gw1/ev/power");
+    // Before slot 0 (from the final entry on, if it came before the start): 0 W, off.
+    let (early, power): (Vec<Seen>, Vec<Seen>) = live(&seen, "gridproof/gw1/ev/power").into_iter().partition(|s| s.at_ms < start);
+    assert!(early.len() <= 1 && early.iter().all(|s| s.payload == "0"), "{early:?}");
     let values: Vec<i64> = power.iter().map(|s| s.payload.parse().unwrap()).collect();
     assert_eq!(values, ev.iter().copied().chain([0]).collect::<Vec<_>>());
     for (t, s) in power.iter().enumerate() {
@@ -188,7 +190,7 @@ fn tasmota_shelly_and_home_assistant_follow_the_committed_schedule_slot_by_slot(
     let prices = live(&seen, "gridproof/gw1/price");
     let expected: Vec<String> = v["prices_eur_mwh"].as_array().unwrap().iter().map(|p| format!("{:.2}", p.as_f64().unwrap())).collect();
     assert_eq!(prices.iter().map(|s| s.payload.clone()).collect::<Vec<_>>(), expected);
-    let next = live(&seen, "gridproof/gw1/ev/next_change");
+    let next: Vec<Seen> = live(&seen, "gridproof/gw1/ev/next_change").into_iter().filter(|s| s.at_ms >= start).collect();
     assert_eq!(next.len(), 6);
     assert!(next.iter().all(|s| s.payload.ends_with('Z') && s.payload.contains('T')), "RFC 3339 timestamps");
 
@@ -204,7 +206,7 @@ fn tasmota_shelly_and_home_assistant_follow_the_committed_schedule_slot_by_slot(
     // Its dead-man timer: PulseTime = the slot + 30 s (31 s → 131) before the first command
     // (every ON restarts it), cleared at the end.
     // Home Assistant's running state follows the relay.
-    let running: Vec<String> = live(&seen, "gridproof/gw1/ev/running").into_iter().map(|s| s.payload).collect();
+    let running: Vec<String> = live(&seen, "gridproof/gw1/ev/running").into_iter().filter(|s| s.at_ms >= start).map(|s| s.payload).collect();
     assert_eq!(running, tasmota.iter().map(|s| s.payload.clone()).collect::<Vec<_>>());
     let pulse: Vec<String> = live(&seen, "cmnd/ev/PulseTime").into_iter().map(|s| s.payload).collect();
     assert_eq!(pulse, vec!["131", "0"]);
@@ -526,8 +528,8 @@ fn a_relay_back_online_gets_its_current_state_again() {
     rt.block_on(async {
         let mut broker = device::mqtt::Broker::connect(&file, src, None, Duration::from_secs(10)).await.unwrap();
         let mut executor = Executor::new(timeline(timing, &plans, &[], None, src), 0);
-        let mut feedback = device::feedback::Feedback::new(&plans, src);
-        device::mqtt::execute(&mut broker, &mut executor, &[], &mut feedback, |_| {}).await;
+        let mut feedback = device::feedback::Feedback::new(&plans, src, None);
+        device::mqtt::execute(&mut broker, &mut executor, &Default::default(), &mut feedback, |_| {}).await;
         broker.close(None).await;
     });
     relay_thread.join().unwrap();
