@@ -546,3 +546,61 @@ fn a_relay_back_online_gets_its_current_state_again() {
     let ons = relevant.iter().filter(|(t, p)| t == "cmnd/ev/POWER" && p == "ON").count();
     assert_eq!(ons, 5 + 1, "one ON per slot and the one sent again");
 }
+
+/// Home Assistant's control switch pauses one appliance mid-schedule: no command reaches its
+/// relay while paused (the switch's state says OFF), and switching it on again sends the
+/// current state at once.
+#[test]
+fn home_assistant_pauses_and_resumes_gridproof_control_of_a_relay() {
+    use device::actuation::{timeline, AppliancePlan, Executor, OutputFile, Timing};
+    use device::home_assistant::HomeAssistantFile;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let _broker = Mosquitto::start(port);
+    let seen = subscriber(port);
+    let mut opts = rumqttc::MqttOptions::new(format!("homeassistant-{}", std::process::id()), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (hass, mut conn) = rumqttc::Client::new(opts, 10);
+    std::thread::spawn(move || for _ in conn.iter() {});
+
+    let src = "gw-control";
+    let ha = HomeAssistantFile { prefix: "homeassistant".into(), node_id: "home".into(), configuration_url: None };
+    let plans = vec![AppliancePlan { name: "ev".into(), output: Some(OutputFile::Tasmota { topic: "ev".into(), rated_w: 2000 }), schedule: vec![2000; 6] }];
+    let timing = Timing { start_ms: protocol::net::now_ms() + 500, slot_ms: 1000 };
+    let file: device::mqtt::MqttFile = toml::from_str(&format!("host = \"127.0.0.1\"\nport = {port}\n")).unwrap();
+    let hass_thread = std::thread::spawn(move || {
+        // Paused mid-slot 0 through slots 1 and 2, resumed mid-slot 3 (as Home Assistant's
+        // switch publishes: retained).
+        std::thread::sleep(Duration::from_millis(1000));
+        hass.publish("gridproof/home/ev/control/set", rumqttc::QoS::AtLeastOnce, true, "OFF").unwrap();
+        std::thread::sleep(Duration::from_millis(3000));
+        hass.publish("gridproof/home/ev/control/set", rumqttc::QoS::AtLeastOnce, true, "ON").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut broker = device::mqtt::Broker::connect(&file, src, None, Duration::from_secs(10)).await.unwrap();
+        let mut executor = Executor::new(timeline(timing, &plans, &[], Some(&ha), src), 0);
+        let mut feedback = device::feedback::Feedback::new(&plans, src, Some(&ha));
+        device::mqtt::execute(&mut broker, &mut executor, &Default::default(), &mut feedback, |_| {}).await;
+        broker.close(None).await;
+    });
+    hass_thread.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = seen.lock().unwrap().clone();
+    let relevant: Vec<(String, String)> = seen
+        .iter()
+        .filter(|s| !s.retained && (s.topic.starts_with("cmnd/ev/") || s.topic.starts_with("gridproof/home/ev/control")))
+        .map(|s| (s.topic.clone(), s.payload.clone()))
+        .collect();
+    let at = |topic: &str, payload: &str| relevant.iter().position(|(t, p)| t == topic && p == payload).unwrap_or_else(|| panic!("no {topic} {payload}: {relevant:?}"));
+    let paused = at("gridproof/home/ev/control", "OFF");
+    // The switch's state: ON at connect, OFF when paused, ON again when resumed.
+    assert!(at("gridproof/home/ev/control", "ON") < paused);
+    let resumed = relevant.iter().rposition(|(t, p)| t == "gridproof/home/ev/control" && p == "ON").unwrap();
+    assert!(paused < resumed);
+    assert!(relevant[paused..resumed - 2].iter().all(|(t, _)| !t.starts_with("cmnd/")), "a command reached the paused relay: {relevant:?}");
+    assert_eq!(relevant[resumed - 2..resumed], [("cmnd/ev/PulseTime".to_string(), "131".to_string()), ("cmnd/ev/POWER".to_string(), "ON".to_string())], "resumed with its current state: {relevant:?}");
+    let ons = relevant.iter().filter(|(t, p)| t == "cmnd/ev/POWER" && p == "ON").count();
+    assert!(ons < 6, "slots passed while paused got no command: {relevant:?}");
+    assert_eq!(relevant.last(), Some(&("cmnd/ev/PulseTime".to_string(), "0".to_string())), "driven again to the end: {relevant:?}");
+}
