@@ -343,6 +343,18 @@ fn cargo(base: &[&str], extra: &[OsString]) -> ! {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace");
     let mut cmd = Command::new(cargo_bin());
     cmd.current_dir(root).args(base).args(extra);
+    // `cargo run` gave this process xtask's package variables; build scripts that watch them
+    // (ring's watch CARGO_MANIFEST_DIR and CARGO_PKG_NAME) would otherwise rebuild whenever
+    // one switches between `cargo xtask …` and plain cargo.
+    for (key, _) in env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || ["CARGO_CRATE_NAME", "CARGO_BIN_NAME", "CARGO_PRIMARY_PACKAGE"].contains(&k.as_ref())
+        {
+            cmd.env_remove(&key);
+        }
+    }
     eprintln!("xtask: running {}", shown(&cmd));
     match cmd.status() {
         Ok(s) => exit(s.code().unwrap_or(1)),
@@ -391,9 +403,10 @@ fn libclang_present() -> bool {
     // bindgen also needs clang's own headers (stddef.h): the clang binary knows where they
     // are; else they sit in an LLVM directory.
     let headers = on_path("clang").is_some()
-        || dirs.iter().filter(|d| d.starts_with("/usr/lib/llvm-")).any(|d| {
-            std::fs::read_dir(d.join("clang")).is_ok_and(|versions| versions.flatten().any(|v| v.path().join("include/stddef.h").is_file()))
-        });
+        || dirs
+            .iter()
+            .filter(|d| d.starts_with("/usr/lib/llvm-"))
+            .any(|d| std::fs::read_dir(d.join("clang")).is_ok_and(|versions| versions.flatten().any(|v| v.path().join("include/stddef.h").is_file())));
     libclang_in(&dirs) && headers
 }
 
