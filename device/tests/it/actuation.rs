@@ -494,30 +494,48 @@ fn a_gateway_stopped_mid_schedule_switches_its_outputs_off() {
 }
 
 
+/// A plain MQTT client on the broker at `port`: a device or Home Assistant, as a test plays it.
+fn mqtt_client(port: u16, name: &str) -> rumqttc::Client {
+    let mut opts = rumqttc::MqttOptions::new(format!("{name}-{}", std::process::id()), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = rumqttc::Client::new(opts, 10);
+    std::thread::spawn(move || for _ in conn.iter() {});
+    client
+}
+
+/// Executes an always-on Tasmota relay `ev` (2 kW of 2 kW: one ON per slot, `PulseTime` only
+/// at the start and the end) over `slots` slots of 1 s starting 0.5 s from now, through
+/// `mqtt::execute` against the broker on `port`, while `meanwhile` runs in a thread.
+fn execute_relay(port: u16, src: &str, slots: usize, ha: Option<&device::home_assistant::HomeAssistantFile>, meanwhile: impl FnOnce() + Send + 'static) {
+    use device::actuation::{timeline, AppliancePlan, Executor, OutputFile, Timing};
+    let plans = vec![AppliancePlan { name: "ev".into(), output: Some(OutputFile::Tasmota { topic: "ev".into(), rated_w: 2000 }), schedule: vec![2000; slots] }];
+    let timing = Timing { start_ms: protocol::net::now_ms() + 500, slot_ms: 1000 };
+    let file: device::mqtt::MqttFile = toml::from_str(&format!("host = \"127.0.0.1\"\nport = {port}\n")).unwrap();
+    let other = std::thread::spawn(meanwhile);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut broker = device::mqtt::Broker::connect(&file, src, None, Duration::from_secs(10)).await.unwrap();
+        let mut executor = Executor::new(timeline(timing, &plans, &[], ha, src), 0);
+        let mut feedback = device::feedback::Feedback::new(&plans, src, ha);
+        device::mqtt::execute(&mut broker, &mut executor, &Default::default(), &mut feedback, |_| {}).await;
+        broker.close(None).await;
+    });
+    other.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+}
+
 /// A Tasmota that drops off the broker and comes back (its `tele/<topic>/LWT` goes `Offline`,
 /// then `Online`) mid-schedule gets its dead-man timer and its current state again at once,
 /// not only at the next slot; its retained `Online` at subscription time sends nothing extra.
 #[test]
 fn a_relay_back_online_gets_its_current_state_again() {
-    use device::actuation::{timeline, AppliancePlan, Executor, OutputFile, Timing};
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let _broker = Mosquitto::start(port);
     let seen = subscriber(port);
     // The relay, as far as the broker can tell: its retained presence, then a drop-out.
-    let mut opts = rumqttc::MqttOptions::new(format!("tasmota-{}", std::process::id()), "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(5));
-    let (relay, mut conn) = rumqttc::Client::new(opts, 10);
-    std::thread::spawn(move || for _ in conn.iter() {});
+    let relay = mqtt_client(port, "tasmota");
     relay.publish("tele/ev/LWT", rumqttc::QoS::AtLeastOnce, true, "Online").unwrap();
-
-    let src = "gw-presence";
-    // Always on (2 kW of a 2 kW relay): one ON per slot and PulseTime only at the start and
-    // the end, unless the gateway sends the state again.
-    let plans = vec![AppliancePlan { name: "ev".into(), output: Some(OutputFile::Tasmota { topic: "ev".into(), rated_w: 2000 }), schedule: vec![2000; 5] }];
-    let timing = Timing { start_ms: protocol::net::now_ms() + 500, slot_ms: 1000 };
-    let file: device::mqtt::MqttFile = toml::from_str(&format!("host = \"127.0.0.1\"\nport = {port}\n")).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let relay_thread = std::thread::spawn(move || {
+    execute_relay(port, "gw-presence", 5, None, move || {
         // Mid-slot 1 (slots start 0.5 s, 1.5 s, 2.5 s… from now): offline, back at 2 s.
         std::thread::sleep(Duration::from_millis(1300));
         relay.publish("tele/ev/LWT", rumqttc::QoS::AtLeastOnce, true, "Offline").unwrap();
@@ -525,15 +543,6 @@ fn a_relay_back_online_gets_its_current_state_again() {
         relay.publish("tele/ev/LWT", rumqttc::QoS::AtLeastOnce, true, "Online").unwrap();
         std::thread::sleep(Duration::from_millis(300));
     });
-    rt.block_on(async {
-        let mut broker = device::mqtt::Broker::connect(&file, src, None, Duration::from_secs(10)).await.unwrap();
-        let mut executor = Executor::new(timeline(timing, &plans, &[], None, src), 0);
-        let mut feedback = device::feedback::Feedback::new(&plans, src, None);
-        device::mqtt::execute(&mut broker, &mut executor, &Default::default(), &mut feedback, |_| {}).await;
-        broker.close(None).await;
-    });
-    relay_thread.join().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
     let seen = seen.lock().unwrap().clone();
     let relevant: Vec<(String, String)> =
         seen.iter().filter(|s| s.topic.starts_with("cmnd/ev/") || s.topic == "tele/ev/LWT").map(|s| (s.topic.clone(), s.payload.clone())).collect();
@@ -552,22 +561,12 @@ fn a_relay_back_online_gets_its_current_state_again() {
 /// current state at once.
 #[test]
 fn home_assistant_pauses_and_resumes_gridproof_control_of_a_relay() {
-    use device::actuation::{timeline, AppliancePlan, Executor, OutputFile, Timing};
-    use device::home_assistant::HomeAssistantFile;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let _broker = Mosquitto::start(port);
     let seen = subscriber(port);
-    let mut opts = rumqttc::MqttOptions::new(format!("homeassistant-{}", std::process::id()), "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(5));
-    let (hass, mut conn) = rumqttc::Client::new(opts, 10);
-    std::thread::spawn(move || for _ in conn.iter() {});
-
-    let src = "gw-control";
-    let ha = HomeAssistantFile { prefix: "homeassistant".into(), node_id: "home".into(), configuration_url: None };
-    let plans = vec![AppliancePlan { name: "ev".into(), output: Some(OutputFile::Tasmota { topic: "ev".into(), rated_w: 2000 }), schedule: vec![2000; 6] }];
-    let timing = Timing { start_ms: protocol::net::now_ms() + 500, slot_ms: 1000 };
-    let file: device::mqtt::MqttFile = toml::from_str(&format!("host = \"127.0.0.1\"\nport = {port}\n")).unwrap();
-    let hass_thread = std::thread::spawn(move || {
+    let hass = mqtt_client(port, "homeassistant");
+    let ha = device::home_assistant::HomeAssistantFile { prefix: "homeassistant".into(), node_id: "home".into(), configuration_url: None };
+    execute_relay(port, "gw-control", 6, Some(&ha), move || {
         // Paused mid-slot 0 through slots 1 and 2, resumed mid-slot 3 (as Home Assistant's
         // switch publishes: retained).
         std::thread::sleep(Duration::from_millis(1000));
@@ -576,16 +575,6 @@ fn home_assistant_pauses_and_resumes_gridproof_control_of_a_relay() {
         hass.publish("gridproof/home/ev/control/set", rumqttc::QoS::AtLeastOnce, true, "ON").unwrap();
         std::thread::sleep(Duration::from_millis(300));
     });
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let mut broker = device::mqtt::Broker::connect(&file, src, None, Duration::from_secs(10)).await.unwrap();
-        let mut executor = Executor::new(timeline(timing, &plans, &[], Some(&ha), src), 0);
-        let mut feedback = device::feedback::Feedback::new(&plans, src, Some(&ha));
-        device::mqtt::execute(&mut broker, &mut executor, &Default::default(), &mut feedback, |_| {}).await;
-        broker.close(None).await;
-    });
-    hass_thread.join().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
     let seen = seen.lock().unwrap().clone();
     let relevant: Vec<(String, String)> = seen
         .iter()
