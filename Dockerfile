@@ -15,5 +15,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 COPY --from=build /usr/local/bin/verifier-node /usr/local/bin/device /usr/local/bin/keys /usr/local/bin/
 USER gridproof
 WORKDIR /var/lib/gridproof
+# Healthy while a validator's HTTP API answers on the default address (node.toml `http`);
+# compose.yaml names each validator's own, and a gateway or setup container disables it.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s CMD ["verifier-node", "status", "--http", "127.0.0.1:8100"]
 ENTRYPOINT ["verifier-node"]
 CMD ["--help"]

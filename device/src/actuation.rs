@@ -42,6 +42,12 @@ pub enum OutputFile {
         /// Payload that switches off.
         #[serde(default = "off")]
         off_payload: String,
+        /// Shortest time on once switched on, s ([`Relay`]; 0: none).
+        #[serde(default)]
+        min_on_s: u32,
+        /// Shortest time off once switched off, s ([`Relay`]; 0: none).
+        #[serde(default)]
+        min_off_s: u32,
     },
     /// A Tasmota relay: `cmnd/<topic>/POWER` with `ON` / `OFF`, duty-cycled.
     Tasmota {
@@ -49,6 +55,12 @@ pub enum OutputFile {
         topic: String,
         /// The appliance's power when on, W.
         rated_w: u32,
+        /// Shortest time on once switched on, s ([`Relay`]; 0: none).
+        #[serde(default)]
+        min_on_s: u32,
+        /// Shortest time off once switched off, s ([`Relay`]; 0: none).
+        #[serde(default)]
+        min_off_s: u32,
     },
     /// A Shelly Gen2 switch: JSON-RPC `Switch.Set` on `<device_id>/rpc`, duty-cycled.
     Shelly {
@@ -59,6 +71,12 @@ pub enum OutputFile {
         switch: u8,
         /// The appliance's power when on, W.
         rated_w: u32,
+        /// Shortest time on once switched on, s ([`Relay`]; 0: none).
+        #[serde(default)]
+        min_on_s: u32,
+        /// Shortest time off once switched off, s ([`Relay`]; 0: none).
+        #[serde(default)]
+        min_off_s: u32,
     },
     /// An EV charger under evcc, through evcc's MQTT API (docs.evcc.io/en/integrations/mqtt-api,
     /// "Writable Topics": append `/set` to a loadpoint topic): per slot the loadpoint's
@@ -106,11 +124,14 @@ fn off() -> String {
 }
 
 impl OutputFile {
-    /// The power of the switched appliance when on, for relay adapters.
-    pub fn rated_w(&self) -> Option<u32> {
+    /// The relay settings of the on/off adapters (duty cycle, Tasmota, Shelly); `None` for
+    /// the others.
+    pub fn relay(&self) -> Option<Relay> {
         match self {
             OutputFile::Setpoint { .. } | OutputFile::Evcc { .. } => None,
-            OutputFile::DutyCycle { rated_w, .. } | OutputFile::Tasmota { rated_w, .. } | OutputFile::Shelly { rated_w, .. } => Some(*rated_w),
+            OutputFile::DutyCycle { rated_w, min_on_s, min_off_s, .. }
+            | OutputFile::Tasmota { rated_w, min_on_s, min_off_s, .. }
+            | OutputFile::Shelly { rated_w, min_on_s, min_off_s, .. } => Some(Relay { rated_w: *rated_w, min_on_s: *min_on_s, min_off_s: *min_off_s }),
         }
     }
 
@@ -204,7 +225,7 @@ impl OutputFile {
 
     /// Whether a slot of `power` has the output on, for outputs without a duty cycle: an evcc
     /// loadpoint charges (the current reaches its minimum), a setpoint is not 0 W. Relays are
-    /// on by their duty cycle ([`duty_on_ms`]).
+    /// on by their duty cycle ([`Relay::on_ms`]).
     pub fn is_on(&self, power: Watts) -> bool {
         match self {
             OutputFile::Evcc { min_current_a, .. } => self.evcc_amps(power) >= *min_current_a as u64,
@@ -326,11 +347,57 @@ pub fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms.min(LAST_MS))).to_string()
 }
 
-/// How long a relay rated `rated_w` is on in a slot of `slot_ms` to deliver `power` (its duty
-/// cycle, rounded to the nearest ms; 0 for power ≤ 0, the whole slot at or above the rating).
-pub(crate) fn duty_on_ms(slot_ms: u64, power: Watts, rated_w: u32) -> u64 {
-    let duty = (power.max(0) as u64).min(rated_w as u64);
-    (slot_ms * duty + rated_w as u64 / 2) / (rated_w as u64).max(1)
+/// The most a relay's minimum on or off time may be (s): longer ones are refused by the
+/// configuration.
+pub const MAX_MIN_SWITCH_S: u32 = 3600;
+
+/// An on/off output: its rating and the shortest on and off times it allows (a compressor
+/// that must run, or rest, some minutes once switched).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Relay {
+    /// The appliance's power when on, W.
+    pub rated_w: u32,
+    /// Shortest time on once switched on, s.
+    pub min_on_s: u32,
+    /// Shortest time off once switched off, s.
+    pub min_off_s: u32,
+}
+
+impl Relay {
+    /// The minimum (on, off) times in effect in slots of `slot_ms`, ms: as configured, but
+    /// at most half a slot each (so both hold in every slot; a longer one is clamped).
+    pub fn min_times_ms(&self, slot_ms: u64) -> (u64, u64) {
+        let clamp = |s: u32| (s as u64 * 1000).min(slot_ms / 2);
+        (clamp(self.min_on_s), clamp(self.min_off_s))
+    }
+
+    /// Whether a minimum time is longer than half a slot of `slot_ms` (and so clamped).
+    pub fn clamped(&self, slot_ms: u64) -> bool {
+        self.min_times_ms(slot_ms) != (self.min_on_s as u64 * 1000, self.min_off_s as u64 * 1000)
+    }
+
+    /// How long the relay is on at the start of a slot of `slot_ms` to deliver `power`: its
+    /// duty cycle (power / rated, rounded to the nearest ms; 0 for power ≤ 0, the whole slot
+    /// at or above the rating), then held to the minimum times `m_on`, `m_off` of
+    /// [`Relay::min_times_ms`]: an on-time below `m_on` becomes `m_on` from half of it and 0
+    /// below; an off-time below `m_off` becomes `m_off` from half of it and 0 below (the
+    /// whole slot on). Every on run of the timeline then lasts at least `m_on` and every off
+    /// run between two on runs at least `m_off`; a slot's energy moves by at most half a
+    /// minimum time at the rated power.
+    pub fn on_ms(&self, slot_ms: u64, power: Watts) -> u64 {
+        let rated = self.rated_w as u64;
+        let duty = (power.max(0) as u64).min(rated);
+        let mut on = (slot_ms * duty + rated / 2) / rated.max(1);
+        let (m_on, m_off) = self.min_times_ms(slot_ms);
+        if on > 0 && on < m_on {
+            on = if 2 * on >= m_on { m_on } else { 0 };
+        }
+        let off = slot_ms - on;
+        if off > 0 && off < m_off {
+            on = if 2 * off >= m_off { slot_ms - m_off } else { slot_ms };
+        }
+        on
+    }
 }
 
 /// The whole timeline of a committed schedule, sorted by time (stable: within one instant,
@@ -351,10 +418,10 @@ pub fn timeline(timing: Timing, appliances: &[AppliancePlan], prices: &[f64], ha
             let start = timing.slot_start(t);
             if let Some(output) = &a.output {
                 let request = 2 * t as u64;
-                match output.rated_w() {
+                match output.relay() {
                     None => out.extend(Timed::on(output, start, t, output.command(power, true, request, timing.slot_ms, src))),
-                    Some(rated) => {
-                        let on_ms = duty_on_ms(timing.slot_ms, power, rated);
+                    Some(relay) => {
+                        let on_ms = relay.on_ms(timing.slot_ms, power);
                         out.extend(Timed::on(output, start, t, output.command(power, on_ms > 0, request, on_ms, src)));
                         if on_ms > 0 && on_ms < timing.slot_ms {
                             out.extend(Timed::on(output, start + on_ms, t, output.command(0, false, request + 1, 0, src)));
@@ -461,9 +528,75 @@ mod tests {
 
     const TIMING: Timing = Timing { start_ms: 10_000, slot_ms: 1000 };
 
+    /// The (time, on) switchings of a timeline's relay commands (Tasmota `POWER`).
+    fn switchings(tl: &[Timed]) -> Vec<(u64, bool)> {
+        let mut out: Vec<(u64, bool)> = Vec::new();
+        for t in tl.iter().filter(|t| t.publish.topic.ends_with("/POWER")) {
+            let on = t.publish.payload == "ON";
+            if out.last().map(|l| l.1) != Some(on) {
+                out.push((t.at_ms, on));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn relay_minimum_times_round_short_runs_to_the_minimum_or_away() {
+        // 15-minute slots, a 1 kW heater that runs and rests at least 5 minutes.
+        let slot_ms = 900_000;
+        let relay = Relay { rated_w: 1000, min_on_s: 300, min_off_s: 300 };
+        assert_eq!(relay.on_ms(slot_ms, 100), 0, "90 s on: below half the minimum, not switched on");
+        assert_eq!(relay.on_ms(slot_ms, 200), 300_000, "180 s on: held on for the minimum");
+        assert_eq!(relay.on_ms(slot_ms, 500), 450_000, "450 s on and off: untouched");
+        assert_eq!(relay.on_ms(slot_ms, 750), 600_000, "225 s off: held off for the minimum");
+        assert_eq!(relay.on_ms(slot_ms, 900), slot_ms, "90 s off: not switched off");
+        assert!(!relay.clamped(slot_ms));
+        // In 5-minute slots a 5-minute minimum is clamped to half the slot.
+        assert_eq!(relay.min_times_ms(300_000), (150_000, 150_000));
+        assert!(relay.clamped(300_000));
+        // Without minimum times the duty cycle is exact.
+        let plain = Relay { rated_w: 1000, min_on_s: 0, min_off_s: 0 };
+        assert_eq!(plain.on_ms(slot_ms, 1), 900);
+        assert_eq!(plain.on_ms(slot_ms, 999), 899_100);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+        /// Whatever the schedule, every on run of a relay's commands lasts its minimum on time
+        /// and every off run between two on runs its minimum off time, and no slot's energy
+        /// moves by more than half a minimum time at the rated power.
+        #[test]
+        fn relay_runs_respect_the_minimum_times(
+            schedule in proptest::collection::vec(0i32..=1200, 1..24),
+            min_on_s in 0u32..=1000,
+            min_off_s in 0u32..=1000,
+        ) {
+            let timing = Timing { start_ms: 1_000_000, slot_ms: 900_000 };
+            let output = OutputFile::Tasmota { topic: "hp".into(), rated_w: 1000, min_on_s, min_off_s };
+            let relay = output.relay().unwrap();
+            let (m_on, m_off) = relay.min_times_ms(timing.slot_ms);
+            let runs = switchings(&timeline(timing, &plan(output, schedule.clone()), &[], None, "gw"));
+            for w in runs.windows(2) {
+                let (at, on) = w[0];
+                let length = w[1].0 - at;
+                if on {
+                    proptest::prop_assert!(length >= m_on, "on for {length} ms < {m_on}: {runs:?}");
+                } else if at > timing.start_ms {
+                    proptest::prop_assert!(length >= m_off, "off for {length} ms < {m_off}: {runs:?}");
+                }
+            }
+            for &p in &schedule {
+                let exact = (timing.slot_ms * p.min(1000) as u64) as f64 / 1000.0;
+                let moved = (relay.on_ms(timing.slot_ms, p) as f64 - exact).abs();
+                proptest::prop_assert!(moved <= m_on.max(m_off) as f64 / 2.0 + 1.0, "power {p}: {moved} ms moved");
+            }
+        }
+    }
+
     #[test]
     fn tasmota_relay_runs_a_duty_cycle_per_slot_and_ends_off() {
-        let tl = timeline(TIMING, &plan(OutputFile::Tasmota { topic: "ev".into(), rated_w: 2000 }, vec![2000, 500, 0]), &[], None, "gw");
+        let tl =
+            timeline(TIMING, &plan(OutputFile::Tasmota { topic: "ev".into(), rated_w: 2000, min_on_s: 0, min_off_s: 0 }, vec![2000, 500, 0]), &[], None, "gw");
         let power: Vec<(u64, &str)> = tl.iter().filter(|t| t.publish.topic == "cmnd/ev/POWER").map(|t| (t.at_ms, t.publish.payload.as_str())).collect();
         assert_eq!(power, vec![(10_000, "ON"), (11_000, "ON"), (11_250, "OFF"), (12_000, "OFF"), (13_000, "OFF")]);
         assert!(tl.iter().all(|t| !t.publish.retain));
@@ -477,7 +610,13 @@ mod tests {
 
     #[test]
     fn shelly_sends_switch_set_rpc_with_a_dead_man_timer() {
-        let tl = timeline(TIMING, &plan(OutputFile::Shelly { device_id: "shellyplus1-abc".into(), switch: 1, rated_w: 1000 }, vec![1000, 250]), &[], None, "gw-7");
+        let tl = timeline(
+            TIMING,
+            &plan(OutputFile::Shelly { device_id: "shellyplus1-abc".into(), switch: 1, rated_w: 1000, min_on_s: 0, min_off_s: 0 }, vec![1000, 250]),
+            &[],
+            None,
+            "gw-7",
+        );
         let v: Vec<serde_json::Value> = tl.iter().map(|t| serde_json::from_str(&t.publish.payload).unwrap()).collect();
         assert!(tl.iter().all(|t| t.publish.topic == "shellyplus1-abc/rpc"));
         assert!(v.iter().all(|v| v["method"] == "Switch.Set" && v["src"] == "gw-7"), "{v:?}");
@@ -515,7 +654,10 @@ mod tests {
         // A late poll in slot 2 sends the mode that holds (off) and the last current set.
         let late = Executor::new(tl, 0).due(12_500);
         assert_eq!(late.iter().map(|t| t.publish.payload.as_str()).collect::<Vec<_>>(), vec!["16", "off"]);
-        assert_eq!(evcc.safe_state("gw").iter().map(|p| (p.topic.as_str(), p.payload.as_str())).collect::<Vec<_>>(), vec![("evcc/loadpoints/1/mode/set", "off")]);
+        assert_eq!(
+            evcc.safe_state("gw").iter().map(|p| (p.topic.as_str(), p.payload.as_str())).collect::<Vec<_>>(),
+            vec![("evcc/loadpoints/1/mode/set", "off")]
+        );
         assert!(OutputFile::Evcc { loadpoint: 0, prefix: "evcc".into(), voltage_v: 230, phases: 3, min_current_a: 6, max_current_a: 16 }.check().is_err());
         assert!(OutputFile::Evcc { loadpoint: 1, prefix: "evcc".into(), voltage_v: 230, phases: 2, min_current_a: 6, max_current_a: 16 }.check().is_err());
         assert!(OutputFile::Evcc { loadpoint: 1, prefix: "evcc".into(), voltage_v: 230, phases: 1, min_current_a: 16, max_current_a: 6 }.check().is_err());
@@ -525,7 +667,7 @@ mod tests {
 
     #[test]
     fn two_channels_of_one_shelly_each_keep_their_own_state() {
-        let shelly = |switch| OutputFile::Shelly { device_id: "shellypro2pm-1".into(), switch, rated_w: 1000 };
+        let shelly = |switch| OutputFile::Shelly { device_id: "shellypro2pm-1".into(), switch, rated_w: 1000, min_on_s: 0, min_off_s: 0 };
         let plans = vec![
             AppliancePlan { name: "boiler".into(), output: Some(shelly(0)), schedule: vec![1000, 0] },
             AppliancePlan { name: "heater".into(), output: Some(shelly(1)), schedule: vec![0, 1000] },
@@ -541,7 +683,10 @@ mod tests {
             .collect();
         assert_eq!(state, vec![(0, false), (1, true)], "{due:?}");
         let safe: Vec<serde_json::Value> = safe_state(&plans, "gw").iter().map(|p| serde_json::from_str(&p.payload).unwrap()).collect();
-        assert_eq!(safe.iter().map(|v| (v["params"]["id"].as_u64(), v["params"]["on"].as_bool())).collect::<Vec<_>>(), vec![(Some(0), Some(false)), (Some(1), Some(false))]);
+        assert_eq!(
+            safe.iter().map(|v| (v["params"]["id"].as_u64(), v["params"]["on"].as_bool())).collect::<Vec<_>>(),
+            vec![(Some(0), Some(false)), (Some(1), Some(false))]
+        );
     }
 
     #[test]
@@ -554,7 +699,8 @@ mod tests {
 
     #[test]
     fn late_polls_and_reconnects_publish_the_current_state_only() {
-        let tl = timeline(TIMING, &plan(OutputFile::Tasmota { topic: "ev".into(), rated_w: 2000 }, vec![2000, 500, 0]), &[], None, "gw");
+        let tl =
+            timeline(TIMING, &plan(OutputFile::Tasmota { topic: "ev".into(), rated_w: 2000, min_on_s: 0, min_off_s: 0 }, vec![2000, 500, 0]), &[], None, "gw");
         let mut ex = Executor::new(tl.clone(), 0);
         assert_eq!(ex.next_at(), Some(10_000));
         assert!(ex.due(9_999).is_empty());

@@ -82,6 +82,9 @@ pub struct MarketState {
     pub schedules: BTreeMap<String, Vec<Watts>>,
     /// The last decided variables (raw fixed point): x̄, z̄, u.
     pub variables: Option<(Vec<i64>, Vec<i64>, Vec<i64>)>,
+    /// The last decided iteration (0 before the first iteration entry).
+    #[serde(default)]
+    pub iteration: u32,
     /// Final prices (raw €/MWh fixed point) once the final entry is in.
     pub final_prices: Option<Vec<i64>>,
     /// Whether ADMM converged (else K_max).
@@ -117,6 +120,25 @@ pub struct MarketState {
 }
 
 impl MarketState {
+    /// Where the market stands.
+    pub fn phase(&self) -> MarketPhase {
+        if !self.bills.is_empty() {
+            MarketPhase::Settled
+        } else if self.executed {
+            if self.settles {
+                MarketPhase::Settling
+            } else {
+                MarketPhase::Executed
+            }
+        } else if self.is_final() {
+            MarketPhase::Scheduled
+        } else if self.closed_at > 0 || self.iteration > 0 {
+            MarketPhase::Scheduling
+        } else {
+            MarketPhase::Registration
+        }
+    }
+
     /// Appliance `name`'s readings read but not in a committed `Meter` entry yet: (slot,
     /// W·slot), ascending.
     fn uncommitted<'a>(&'a self, name: &str) -> impl Iterator<Item = (u32, i64)> + 'a {
@@ -160,6 +182,61 @@ pub struct AgentState {
     /// Digests (hex) of this gateway's attestations that an authority revoked.
     #[serde(default)]
     pub revoked: BTreeSet<String>,
+}
+
+/// Where a market stands for this gateway, from the log it followed and its execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MarketPhase {
+    /// Bids are taken (no closing enrollment batch yet).
+    Registration,
+    /// ADMM iterations run.
+    Scheduling,
+    /// The final schedule is committed; it executes at the market's execution start.
+    Scheduled,
+    /// The schedule was carried out (a market without settlement ends here).
+    Executed,
+    /// Executed; meter readings go in and the bills are awaited.
+    Settling,
+    /// The settlement entry gave this gateway's bills.
+    Settled,
+}
+
+impl MarketPhase {
+    /// Every phase, in order.
+    pub const ALL: [MarketPhase; 6] =
+        [MarketPhase::Registration, MarketPhase::Scheduling, MarketPhase::Scheduled, MarketPhase::Executed, MarketPhase::Settling, MarketPhase::Settled];
+
+    /// The phase's name (its serialized form).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MarketPhase::Registration => "registration",
+            MarketPhase::Scheduling => "scheduling",
+            MarketPhase::Scheduled => "scheduled",
+            MarketPhase::Executed => "executed",
+            MarketPhase::Settling => "settling",
+            MarketPhase::Settled => "settled",
+        }
+    }
+}
+
+/// A market's status as this gateway knows it (Home Assistant's market sensor).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MarketStatus {
+    /// The market.
+    pub market: u64,
+    /// Where it stands.
+    pub phase: MarketPhase,
+    /// The last decided ADMM iteration (0 before the first).
+    pub iteration: u32,
+    /// K_max.
+    pub max_iterations: u32,
+    /// Whether the final schedule met the stopping rule (false before it, or at K_max).
+    pub converged: bool,
+    /// This gateway's appliances enrolled in it.
+    pub appliances: usize,
+    /// When its first slot starts (ms since the Unix epoch).
+    pub execution_start_ms: u64,
 }
 
 impl AgentState {
@@ -293,6 +370,21 @@ impl Agent {
         self.client.next_height()
     }
 
+    /// The status of the newest market (highest id) this gateway takes part in (has state
+    /// for) whose spec it knows.
+    pub fn market_status(&self) -> Option<MarketStatus> {
+        let (id, m, spec) = self.state.markets.iter().rev().find_map(|(id, m)| Some((*id, m, self.spec(*id)?)))?;
+        Some(MarketStatus {
+            market: id,
+            phase: m.phase(),
+            iteration: m.iteration,
+            max_iterations: spec.max_iterations,
+            converged: m.converged,
+            appliances: m.enrolled.len(),
+            execution_start_ms: spec.execution_start_ms,
+        })
+    }
+
     /// The spec of market `id`, once the log (or the genesis) opened it.
     pub fn spec(&self, id: u64) -> Option<&MarketSpec> {
         self.known.get(&id).map(|k| &k.spec)
@@ -303,11 +395,7 @@ impl Agent {
     /// no entry (between markets). An entry that has not arrived well after this time is late
     /// at the validator serving it.
     pub fn next_entry_due_ms(&self) -> Option<u64> {
-        self.known
-            .iter()
-            .filter(|(id, _)| self.state.markets.get(id).is_some_and(|m| !m.is_final() && !m.sat_out()))
-            .filter_map(|(_, k)| k.next_due_ms)
-            .min()
+        self.known.iter().filter(|(id, _)| self.state.markets.get(id).is_some_and(|m| !m.is_final() && !m.sat_out())).filter_map(|(_, k)| k.next_due_ms).min()
     }
 
     /// Markets whose registration is open at `now_ms` and that this gateway bids in.
@@ -552,11 +640,9 @@ impl Agent {
         let clock = ClockConfig::from_spec(&g);
         // After an enrollment batch: when the next batch is due, `None` once registration is over.
         let next_batch = match &c.entry.body {
-            Body::Enrollment(b) => clock.next_batch_ms(
-                known.opened_ms,
-                c.entry.timestamp_ms,
-                RegistrationTip::Batch { enrollments: b.enrollments.len() + b.withdrawals.len() },
-            ),
+            Body::Enrollment(b) => {
+                clock.next_batch_ms(known.opened_ms, c.entry.timestamp_ms, RegistrationTip::Batch { enrollments: b.enrollments.len() + b.withdrawals.len() })
+            }
             _ => None,
         };
         known.next_due_ms = match &c.entry.body {
@@ -586,11 +672,20 @@ impl Agent {
                 }
                 let missing: Vec<&str> = m.bids.keys().filter(|n| !m.enrolled.contains(*n) && !m.off.contains(*n)).map(|n| n.as_str()).collect();
                 if over && m.enrolled.is_empty() {
-                    tracing::warn!(market = id, height = c.entry.height, "registration closed without any of this gateway's appliances: sitting this market out");
+                    tracing::warn!(
+                        market = id,
+                        height = c.entry.height,
+                        "registration closed without any of this gateway's appliances: sitting this market out"
+                    );
                     return Ok(None);
                 }
                 if over && !missing.is_empty() {
-                    tracing::warn!(market = id, height = c.entry.height, missing = missing.join(", "), "registration closed without these appliances: they sit this market out");
+                    tracing::warn!(
+                        market = id,
+                        height = c.entry.height,
+                        missing = missing.join(", "),
+                        "registration closed without these appliances: they sit this market out"
+                    );
                 }
                 (missing.is_empty() || over).then_some(1)
             }
@@ -601,6 +696,7 @@ impl Agent {
                     }
                 }
                 m.variables = Some((b.x_bar.clone(), b.z_bar.clone(), b.u.clone()));
+                m.iteration = b.iteration;
                 // After a converged iteration the final entry comes next: nothing to build.
                 (!iteration_converged(b)).then_some(b.iteration + 1)
             }
@@ -687,7 +783,12 @@ impl Agent {
                     // validators settle them by the default.
                     let next = m.metered.entry(a.name.clone()).or_insert(0);
                     if (*next as usize) < x.len() {
-                        tracing::warn!(market = *id, appliance = a.name, unread = x.len() - *next as usize, "slots left unread: the meter deadline passed or no attestation covers the market");
+                        tracing::warn!(
+                            market = *id,
+                            appliance = a.name,
+                            unread = x.len() - *next as usize,
+                            "slots left unread: the meter deadline passed or no attestation covers the market"
+                        );
                         *next = x.len() as u32;
                     }
                     self.sent_ms.retain(|(market, name, _), _| (market, name) != (id, &a.name));
@@ -697,7 +798,9 @@ impl Agent {
                 let mut list: Vec<protocol::settlement::SignedReading> = m
                     .uncommitted(&a.name)
                     .filter(|&(slot, _)| resend_at(&self.sent_ms, *id, &a.name, slot, spec) <= now_ms)
-                    .map(|(slot, energy)| protocol::settlement::SignedReading::new(&a.key, &chain, protocol::settlement::Reading { market_id: *id, device: a.id(), slot, energy }))
+                    .map(|(slot, energy)| {
+                        protocol::settlement::SignedReading::new(&a.key, &chain, protocol::settlement::Reading { market_id: *id, device: a.id(), slot, energy })
+                    })
                     .collect();
                 let resent = list.len();
                 let next = m.metered.entry(a.name.clone()).or_insert(0);
@@ -770,7 +873,9 @@ impl Agent {
                         let next = m.metered.get(&a.name).copied().unwrap_or(0);
                         let x = m.schedules.get(&a.name)?;
                         let read = ((next as usize) < x.len()).then(|| protocol::settlement::slot_end_ms(spec, next).saturating_add(grace));
-                        let resend = (now_ms < deadline).then(|| m.uncommitted(&a.name).map(|(slot, _)| resend_at(&self.sent_ms, *id, &a.name, slot, spec)).min()).flatten();
+                        let resend = (now_ms < deadline)
+                            .then(|| m.uncommitted(&a.name).map(|(slot, _)| resend_at(&self.sent_ms, *id, &a.name, slot, spec)).min())
+                            .flatten();
                         read.into_iter().chain(resend).min().map(|t| t.min(deadline))
                     })
                     .min()
@@ -805,8 +910,11 @@ impl Agent {
             // An appliance whose withdrawal is under way proves nothing.
             let Some(bid) = m.bids.get(&a.name).filter(|_| m.enrolled.contains(&a.name) && !m.off.contains(&a.name)) else { continue };
             let previous = m.schedules.get(&a.name).cloned().unwrap_or_else(|| vec![0; t]);
-            let x = local_step(&bid.params, &bid.costs, Fixed(g.rho), &vars, &previous)
-                .map_err(|e| AgentError::Prove { market_id, name: a.name.clone(), reason: format!("local step: {e}") })?;
+            let x = local_step(&bid.params, &bid.costs, Fixed(g.rho), &vars, &previous).map_err(|e| AgentError::Prove {
+                market_id,
+                name: a.name.clone(),
+                reason: format!("local step: {e}"),
+            })?;
             out.push((i, x));
         }
         Ok(out)
@@ -815,7 +923,13 @@ impl Agent {
     /// Proves (Groth16) and signs each solved schedule as an update for iteration `k` of
     /// market `market_id`, against the bid's opening and the attested nameplate (the public
     /// input validators compute from the same attestation).
-    pub fn sign_proven<R: RngCore + CryptoRng>(&self, market_id: u64, k: u32, solved: Vec<(usize, Vec<Watts>)>, rng: &mut R) -> Result<Vec<SignedUpdate>, AgentError> {
+    pub fn sign_proven<R: RngCore + CryptoRng>(
+        &self,
+        market_id: u64,
+        k: u32,
+        solved: Vec<(usize, Vec<Watts>)>,
+        rng: &mut R,
+    ) -> Result<Vec<SignedUpdate>, AgentError> {
         let (Some(g), Some(m)) = (self.spec(market_id), self.state.markets.get(&market_id)) else { return Ok(vec![]) };
         let mut out = Vec::new();
         for (i, x) in solved {
@@ -824,7 +938,8 @@ impl Agent {
             let bid = m.bids.get(&a.name).ok_or_else(|| fail("no bid".into()))?;
             let slots = Slots::new(g.slots as usize).map_err(|e| fail(e.to_string()))?;
             let shape = Shape { kind: a.kind(), slots };
-            let pk = self.keys.get(&(shape.kind.id(), slots.get())).ok_or_else(|| fail(format!("no proving key for {} with T = {}", shape.kind, slots.get())))?;
+            let pk =
+                self.keys.get(&(shape.kind.id(), slots.get())).ok_or_else(|| fail(format!("no proving key for {} with T = {}", shape.kind, slots.get())))?;
             let attested = self.attestation(a, g).ok_or_else(|| fail("no attestation covering the market".into()))?;
             let limits = attested.body.nameplate.limits(g.slot_seconds);
             let witness = Witness { opening: a.opening_for(market_id, bid), context: Context { market_id, iteration: k, shape }, limits, schedule: x.clone() };
@@ -833,5 +948,33 @@ impl Agent {
             out.push(SignedUpdate::new(&a.key, &self.gateway.genesis.chain_id, body));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_market_moves_through_its_phases_in_order() {
+        let mut m = MarketState::default();
+        let mut seen = vec![m.phase()];
+        m.closed_at = 12;
+        seen.push(m.phase());
+        m.iteration = 3;
+        m.final_prices = Some(vec![0; 4]);
+        seen.push(m.phase());
+        m.settles = true;
+        m.executed = true;
+        seen.push(m.phase());
+        m.bills.insert("ev".into(), protocol::settlement::Bill { device: DeviceId([1; 32]), energy: 5, imbalance: 0, metered_slots: 4 });
+        seen.push(m.phase());
+        use MarketPhase::*;
+        assert_eq!(seen, vec![Registration, Scheduling, Scheduled, Settling, Settled]);
+        m.settles = false;
+        m.bills.clear();
+        assert_eq!(m.phase(), Executed, "without settlement an executed market is done");
+        let names: Vec<String> = MarketPhase::ALL.iter().map(|p| serde_json::to_value(p).unwrap().as_str().unwrap().to_string()).collect();
+        assert_eq!(names, MarketPhase::ALL.map(|p| p.as_str().to_string()), "as_str is the serialized name");
     }
 }

@@ -246,7 +246,11 @@ impl NameplateFile {
                 Err(format!("nameplate.{field} = {v}: must be a finite number ≥ 0"))
             }
         };
-        Ok(Nameplate { max_import_w: w("max_import_kw", self.max_import_kw)?, max_export_w: w("max_export_kw", self.max_export_kw)?, capacity_wh: w("capacity_kwh", self.capacity_kwh)? })
+        Ok(Nameplate {
+            max_import_w: w("max_import_kw", self.max_import_kw)?,
+            max_export_w: w("max_export_kw", self.max_export_kw)?,
+            capacity_wh: w("capacity_kwh", self.capacity_kwh)?,
+        })
     }
 }
 
@@ -425,7 +429,13 @@ impl Appliance {
             },
             (None, Plan::Fixed { params, costs, slot_seconds }) => {
                 if params.slots().get() != slots.get() || *slot_seconds != m.slot_seconds {
-                    return Err(format!("its parameters are for T = {}, Δ = {slot_seconds} s; market {} has T = {}, Δ = {} s", params.slots(), m.market_id, m.slots, m.slot_seconds));
+                    return Err(format!(
+                        "its parameters are for T = {}, Δ = {slot_seconds} s; market {} has T = {}, Δ = {} s",
+                        params.slots(),
+                        m.market_id,
+                        m.slots,
+                        m.slot_seconds
+                    ));
                 }
                 Bid { params: params.clone(), costs: costs.clone() }
             }
@@ -441,10 +451,8 @@ fn costs_of(c: &CostFile, t: usize) -> Result<Costs, String> {
         return Err(format!("costs.linear_eur_mwh has {} entries, the market has T = {t}", c.linear_eur_mwh.len()));
     }
     let fixed = |field: &str, v: f64| Fixed::from_f64("cost", v).map_err(|e| format!("costs.{field}: {e}"));
-    let costs = Costs {
-        linear: c.linear_eur_mwh.iter().map(|&v| fixed("linear_eur_mwh", v)).collect::<Result<_, _>>()?,
-        quadratic: fixed("quadratic", c.quadratic)?,
-    };
+    let costs =
+        Costs { linear: c.linear_eur_mwh.iter().map(|&v| fixed("linear_eur_mwh", v)).collect::<Result<_, _>>()?, quadratic: fixed("quadratic", c.quadratic)? };
     if costs.quadratic.raw() < 0 {
         return Err("costs.quadratic must be ≥ 0".into());
     }
@@ -504,7 +512,10 @@ pub fn read_file(path: &Path) -> Result<GatewayFile, ConfigError> {
     let mut file: GatewayFile = toml::from_str(&text).map_err(|e| invalid(path, e.to_string()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let password = file.mqtt.as_mut().and_then(|m| m.password_file.as_mut());
-    for p in [&mut file.key_file, &mut file.state_file, &mut file.genesis_file, &mut file.keys_dir, &mut file.attestations_file, &mut file.overrides_file].into_iter().chain(password) {
+    for p in [&mut file.key_file, &mut file.state_file, &mut file.genesis_file, &mut file.keys_dir, &mut file.attestations_file, &mut file.overrides_file]
+        .into_iter()
+        .chain(password)
+    {
         if p.is_relative() {
             *p = base.join(&*p);
         }
@@ -753,9 +764,14 @@ fn check_output(a: &ApplianceFile, file: &GatewayFile) -> Result<(), String> {
     if matches!(output, crate::actuation::OutputFile::Evcc { .. }) && !matches!(a.spec, ApplianceSpec::Deferrable { .. }) {
         return Err("output: evcc charges an EV (a deferrable load)".into());
     }
-    let Some(rated) = output.rated_w() else { return Ok(()) };
+    let Some(crate::actuation::Relay { rated_w: rated, min_on_s, min_off_s }) = output.relay() else { return Ok(()) };
     if rated == 0 {
         return Err("output.rated_w: must be > 0".into());
+    }
+    for (field, s) in [("min_on_s", min_on_s), ("min_off_s", min_off_s)] {
+        if s > crate::actuation::MAX_MIN_SWITCH_S {
+            return Err(format!("output.{field} = {s} s: at most {} s", crate::actuation::MAX_MIN_SWITCH_S));
+        }
     }
     let max_kw = match &a.spec {
         ApplianceSpec::Deferrable { max_power_kw, .. } | ApplianceSpec::Thermal { max_power_kw, .. } => *max_power_kw,
@@ -801,7 +817,13 @@ impl Appliance {
 
     /// What the gateway asks the authority to attest for it.
     pub fn attestation_request(&self, meter_point: &str) -> AttestationRequest {
-        AttestationRequest { name: self.name.clone(), device: self.id(), kind: self.opening.params.kind().id(), meter_point: meter_point.to_string(), nameplate: self.nameplate }
+        AttestationRequest {
+            name: self.name.clone(),
+            device: self.id(),
+            kind: self.opening.params.kind().id(),
+            meter_point: meter_point.to_string(),
+            nameplate: self.nameplate,
+        }
     }
 }
 
@@ -862,14 +884,21 @@ mod tests {
         let mut file: GatewayFile = toml::from_str(include_str!("../../examples/gateway.toml")).unwrap();
         let battery = file.appliances[2].clone();
         let mut relay_battery = battery.clone();
-        relay_battery.output = Some(OutputFile::Tasmota { topic: "b".into(), rated_w: 3000 });
+        relay_battery.output = Some(OutputFile::Tasmota { topic: "b".into(), rated_w: 3000, min_on_s: 0, min_off_s: 0 });
         assert!(check_output(&relay_battery, &file).unwrap_err().contains("setpoint"));
         let mut weak = file.appliances[0].clone();
-        weak.output = Some(OutputFile::Tasmota { topic: "ev".into(), rated_w: 3000 });
+        weak.output = Some(OutputFile::Tasmota { topic: "ev".into(), rated_w: 3000, min_on_s: 0, min_off_s: 0 });
         assert!(check_output(&weak, &file).unwrap_err().contains("rated_w = 3000"));
         let mut wild = file.appliances[0].clone();
         wild.output = Some(OutputFile::Setpoint { topic: "home/+/set".into(), retain: false });
         assert!(check_output(&wild, &file).is_err());
+        // Minimum on/off times parse from gateway.toml and are bounded.
+        let mut compressor = file.appliances[1].clone();
+        compressor.output = Some(toml::from_str("adapter = \"shelly\"\ndevice_id = \"s\"\nrated_w = 2000\nmin_on_s = 300\nmin_off_s = 600\n").unwrap());
+        assert_eq!(compressor.output.as_ref().and_then(|o| o.relay()).map(|r| (r.min_on_s, r.min_off_s)), Some((300, 600)));
+        check_output(&compressor, &file).unwrap();
+        compressor.output = Some(toml::from_str("adapter = \"tasmota\"\ntopic = \"hp\"\nrated_w = 2000\nmin_off_s = 4000\n").unwrap());
+        assert!(check_output(&compressor, &file).unwrap_err().contains("min_off_s = 4000 s"));
         file.mqtt = None;
         assert!(check_output(&file.appliances[0], &file).unwrap_err().contains("[mqtt]"));
     }

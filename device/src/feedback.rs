@@ -35,7 +35,9 @@ impl Presence {
     fn of(output: &OutputFile) -> Option<Presence> {
         match output {
             OutputFile::Tasmota { topic, .. } => Some(Presence { topic: format!("tele/{topic}/LWT"), online: "Online", commands: format!("cmnd/{topic}/") }),
-            OutputFile::Shelly { device_id, .. } => Some(Presence { topic: format!("{device_id}/online"), online: "true", commands: format!("{device_id}/rpc") }),
+            OutputFile::Shelly { device_id, .. } => {
+                Some(Presence { topic: format!("{device_id}/online"), online: "true", commands: format!("{device_id}/rpc") })
+            }
             OutputFile::Setpoint { .. } | OutputFile::DutyCycle { .. } | OutputFile::Evcc { .. } => None,
         }
     }
@@ -194,8 +196,16 @@ mod tests {
 
     fn plans() -> Vec<AppliancePlan> {
         vec![
-            AppliancePlan { name: "ev".into(), output: Some(OutputFile::Tasmota { topic: "ev".into(), rated_w: 2000 }), schedule: vec![2000, 500, 0] },
-            AppliancePlan { name: "boiler".into(), output: Some(OutputFile::Shelly { device_id: "shelly-1".into(), switch: 0, rated_w: 1000 }), schedule: vec![0, 1000, 0] },
+            AppliancePlan {
+                name: "ev".into(),
+                output: Some(OutputFile::Tasmota { topic: "ev".into(), rated_w: 2000, min_on_s: 0, min_off_s: 0 }),
+                schedule: vec![2000, 500, 0],
+            },
+            AppliancePlan {
+                name: "boiler".into(),
+                output: Some(OutputFile::Shelly { device_id: "shelly-1".into(), switch: 0, rated_w: 1000, min_on_s: 0, min_off_s: 0 }),
+                schedule: vec![0, 1000, 0],
+            },
         ]
     }
 

@@ -2,7 +2,11 @@
 //!
 //! One Home Assistant device per gateway (`gridproof <node_id>`), with
 //! - a `price` sensor (the slot's price, €/MWh; its attributes hold the market's whole price
-//!   curve), and per appliance
+//!   curve),
+//! - a `market` sensor (an enum: registration, scheduling, scheduled, executed, settling,
+//!   settled — of the newest market the gateway takes part in; its attributes hold the market id,
+//!   the iteration, K_max, whether it converged, the enrolled appliances, the execution
+//!   start), published as entries arrive, and per appliance
 //! - `<name>_power`: the planned power, W (positive draws from the grid, negative feeds in;
 //!   its attributes hold the whole plan),
 //! - `<name>_next_change`: when the planned power next changes (a timestamp),
@@ -26,7 +30,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::actuation::{duty_on_ms, rfc3339, AppliancePlan, Publish, Timed, Timing};
+use crate::actuation::{rfc3339, AppliancePlan, Publish, Timed, Timing};
+use crate::agent::{MarketPhase, MarketStatus};
 
 /// The gateway's Home Assistant discovery settings (`[home_assistant]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,8 +118,9 @@ pub fn announce(ha: &HomeAssistantFile, plan: PlanInfo<'_>, appliances: &[Applia
     out
 }
 
-/// The retained discovery configs: the gateway's price sensor, and per appliance its planned
-/// power, next change and running state.
+/// The retained discovery configs: the gateway's price and market sensors, and per appliance
+/// its planned power, next change, running state and (with an output) control switch. With
+/// no appliances: the gateway's sensors only (what a gateway announces as it connects).
 pub fn discovery(ha: &HomeAssistantFile, appliances: &[AppliancePlan]) -> Vec<Publish> {
     let mut device = json!({
         "identifiers": [format!("gridproof_{}", ha.node_id)],
@@ -152,6 +158,17 @@ pub fn discovery(ha: &HomeAssistantFile, appliances: &[AppliancePlan]) -> Vec<Pu
             "json_attributes_topic": topic(ha, "plan"),
         }),
     )];
+    out.push(config(
+        "sensor",
+        "market",
+        "market",
+        json!({
+            "state_topic": topic(ha, "market"),
+            "device_class": "enum",
+            "options": MarketPhase::ALL.map(MarketPhase::as_str),
+            "json_attributes_topic": topic(ha, "market_info"),
+        }),
+    ));
     for a in appliances {
         let n = &a.name;
         out.push(config(
@@ -206,6 +223,25 @@ pub fn discovery(ha: &HomeAssistantFile, appliances: &[AppliancePlan]) -> Vec<Pu
 /// by every slot's.
 const BEFORE_START_MS: u64 = 1;
 
+/// The retained state of the market sensor: the phase, and as attributes the market, its
+/// iteration, K_max, whether it converged, the gateway's enrolled appliances and the
+/// execution start.
+pub fn market_states(ha: &HomeAssistantFile, status: &MarketStatus) -> Vec<Publish> {
+    let info = json!({
+        "market": status.market,
+        "phase": status.phase,
+        "iteration": status.iteration,
+        "max_iterations": status.max_iterations,
+        "converged": status.converged,
+        "appliances": status.appliances,
+        "execution_start": rfc3339(status.execution_start_ms),
+    });
+    vec![
+        Publish { topic: topic(ha, "market_info"), payload: info.to_string(), retain: true },
+        Publish { topic: topic(ha, "market"), payload: status.phase.as_str().into(), retain: true },
+    ]
+}
+
 /// The timed states of one appliance's schedule: before it 0 W, off and the first change; per
 /// slot its planned power, next change and running state (for a relay, off again where its
 /// duty cycle ends inside the slot); at the end 0 W and off.
@@ -215,7 +251,7 @@ pub fn appliance_states(ha: &HomeAssistantFile, timing: Timing, a: &AppliancePla
     };
     let on_off = |on: bool| (if on { "ON" } else { "OFF" }).to_string();
     let slots = a.schedule.len();
-    let rated = a.output.as_ref().and_then(|o| o.rated_w());
+    let relay = a.output.as_ref().and_then(|o| o.relay());
     // Before slot 0 (due at once, so the sensors are not `unknown` from the final entry to
     // the start): nothing runs yet, and the first change is the first slot with power.
     let first = a.schedule.iter().position(|&p| p != 0).unwrap_or(slots);
@@ -229,9 +265,9 @@ pub fn appliance_states(ha: &HomeAssistantFile, timing: Timing, a: &AppliancePla
         let next = (t + 1..slots).find(|&s| a.schedule[s] != power).unwrap_or(slots);
         out.push(state(start, t, "power", power.to_string()));
         out.push(state(start, t, "next_change", rfc3339(timing.slot_start(next))));
-        match rated {
-            Some(rated) => {
-                let on_ms = duty_on_ms(timing.slot_ms, power, rated);
+        match relay {
+            Some(relay) => {
+                let on_ms = relay.on_ms(timing.slot_ms, power);
                 out.push(state(start, t, "running", on_off(on_ms > 0)));
                 if on_ms > 0 && on_ms < timing.slot_ms {
                     out.push(state(start + on_ms, t, "running", on_off(false)));
@@ -302,7 +338,20 @@ mod tests {
     const BINARY_SENSOR: &[&str] = &["off_delay", "payload_off", "payload_on"];
     /// https://www.home-assistant.io/integrations/switch.mqtt/
     const SWITCH: &[&str] = &["command_template", "command_topic", "optimistic", "payload_off", "payload_on", "retain", "state_off", "state_on"];
-    const DEVICE: &[&str] = &["configuration_url", "connections", "hw_version", "identifiers", "manufacturer", "model", "model_id", "name", "serial_number", "suggested_area", "sw_version", "via_device"];
+    const DEVICE: &[&str] = &[
+        "configuration_url",
+        "connections",
+        "hw_version",
+        "identifiers",
+        "manufacturer",
+        "model",
+        "model_id",
+        "name",
+        "serial_number",
+        "suggested_area",
+        "sw_version",
+        "via_device",
+    ];
     const ORIGIN: &[&str] = &["name", "sw_version", "support_url"];
     /// Sensor device classes that take `state_class: measurement` and the units they allow
     /// (https://www.home-assistant.io/integrations/sensor/#device-class).
@@ -315,11 +364,15 @@ mod tests {
     #[test]
     fn discovery_uses_only_documented_keys_and_unique_ids() {
         let plans = vec![
-            AppliancePlan { name: "ev".into(), output: Some(OutputFile::Tasmota { topic: "ev".into(), rated_w: 3000 }), schedule: vec![3000] },
+            AppliancePlan {
+                name: "ev".into(),
+                output: Some(OutputFile::Tasmota { topic: "ev".into(), rated_w: 3000, min_on_s: 0, min_off_s: 0 }),
+                schedule: vec![3000],
+            },
             AppliancePlan { name: "pv".into(), output: None, schedule: vec![-1000] },
         ];
         let d = discovery(&ha(), &plans);
-        assert_eq!(d.len(), 1 + 3 * plans.len() + 1, "the price sensor, three entities per appliance, a control switch for the one with an output");
+        assert_eq!(d.len(), 2 + 3 * plans.len() + 1, "price and market sensors, three entities per appliance, a control switch for the one with an output");
         let mut ids = std::collections::BTreeSet::new();
         for p in &d {
             assert!(p.retain, "{} is retained", p.topic);
@@ -358,6 +411,13 @@ mod tests {
         }
         assert!(d.iter().any(|p| p.topic == "ha/binary_sensor/gw/pv_running/config"));
         assert!(d.iter().any(|p| p.topic == "ha/sensor/gw/price/config"));
+        // The market sensor is an enum of the phases (HA: `options` needs `device_class: enum`
+        // and excludes `state_class` and units).
+        let market: Value = serde_json::from_str(&d.iter().find(|p| p.topic == "ha/sensor/gw/market/config").unwrap().payload).unwrap();
+        assert_eq!(market["device_class"], "enum");
+        assert_eq!(market["options"], json!(["registration", "scheduling", "scheduled", "executed", "settling", "settled"]));
+        assert!(market.get("state_class").is_none() && market.get("unit_of_measurement").is_none());
+        assert_eq!(discovery(&ha(), &[]).len(), 2, "without appliances: the gateway's sensors");
         let with_url = HomeAssistantFile { configuration_url: Some("http://10.0.0.2:8100/".into()), ..ha() };
         let c: Value = serde_json::from_str(&discovery(&with_url, &plans)[0].payload).unwrap();
         assert_eq!(c["device"]["configuration_url"], "http://10.0.0.2:8100/");
@@ -381,7 +441,11 @@ mod tests {
         let ha = ha();
         let plans = vec![
             // A 2 kW relay at 500 W: on for a quarter of slot 1.
-            AppliancePlan { name: "boiler".into(), output: Some(OutputFile::Tasmota { topic: "b".into(), rated_w: 2000 }), schedule: vec![2000, 500, 0] },
+            AppliancePlan {
+                name: "boiler".into(),
+                output: Some(OutputFile::Tasmota { topic: "b".into(), rated_w: 2000, min_on_s: 0, min_off_s: 0 }),
+                schedule: vec![2000, 500, 0],
+            },
             AppliancePlan { name: "pv".into(), output: None, schedule: vec![-300, -300, 0] },
             // evcc at 3 × 230 V: 11 kW charges (15 A); 3 kW is 4 A, below its 6 A: off.
             AppliancePlan {
@@ -394,9 +458,20 @@ mod tests {
         let on = |topic: &str| -> Vec<(u64, String)> { tl.iter().filter(|t| t.publish.topic == topic).map(|t| (t.at_ms, t.publish.payload.clone())).collect() };
         let s = |v: &[(u64, &str)]| v.iter().map(|(t, p)| (*t, p.to_string())).collect::<Vec<_>>();
         assert_eq!(on("gridproof/gw/boiler/running"), s(&[(1, "OFF"), (10_000, "ON"), (11_000, "ON"), (11_250, "OFF"), (12_000, "OFF"), (13_000, "OFF")]));
-        assert_eq!(on("gridproof/gw/pv/running"), s(&[(1, "OFF"), (10_000, "ON"), (11_000, "ON"), (12_000, "OFF"), (13_000, "OFF")]), "feeding in counts as running");
-        assert_eq!(on("gridproof/gw/car/running"), s(&[(1, "OFF"), (10_000, "ON"), (11_000, "OFF"), (12_000, "OFF"), (13_000, "OFF")]), "as the loadpoint's mode says");
-        assert_eq!(on("gridproof/gw/pv/next_change"), s(&[(1, "1970-01-01T00:00:10Z"), (10_000, "1970-01-01T00:00:12Z"), (11_000, "1970-01-01T00:00:12Z"), (12_000, "1970-01-01T00:00:13Z")]));
+        assert_eq!(
+            on("gridproof/gw/pv/running"),
+            s(&[(1, "OFF"), (10_000, "ON"), (11_000, "ON"), (12_000, "OFF"), (13_000, "OFF")]),
+            "feeding in counts as running"
+        );
+        assert_eq!(
+            on("gridproof/gw/car/running"),
+            s(&[(1, "OFF"), (10_000, "ON"), (11_000, "OFF"), (12_000, "OFF"), (13_000, "OFF")]),
+            "as the loadpoint's mode says"
+        );
+        assert_eq!(
+            on("gridproof/gw/pv/next_change"),
+            s(&[(1, "1970-01-01T00:00:10Z"), (10_000, "1970-01-01T00:00:12Z"), (11_000, "1970-01-01T00:00:12Z"), (12_000, "1970-01-01T00:00:13Z")])
+        );
         assert_eq!(on("gridproof/gw/pv/power"), s(&[(1, "0"), (10_000, "-300"), (11_000, "-300"), (12_000, "0"), (13_000, "0")]));
         assert_eq!(on("gridproof/gw/price"), s(&[(10_000, "50.00"), (11_000, "51.00"), (12_000, "52.50")]));
         assert!(tl.iter().filter(|t| t.publish.topic.starts_with("gridproof/")).all(|t| t.publish.retain));

@@ -17,9 +17,9 @@ use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
 use crate::actuation::{self, AppliancePlan, Executor, Publish, Timing};
-use crate::home_assistant;
 use crate::agent::{Agent, AgentError};
 use crate::config::{ConfigError, Gateway, Overrides};
+use crate::home_assistant;
 use crate::links::Links;
 use crate::mqtt::{Broker, MqttError};
 
@@ -191,8 +191,15 @@ pub async fn run_gateway_with_keys(gw: &Gateway, keys: BTreeMap<(u8, usize), Upd
 }
 
 /// The execution edge: a task that owns the MQTT connection and carries out final schedules
-/// one after the other, reporting how far it got.
+/// one after the other, reporting how far it got; with Home Assistant, the market sensor is
+/// published on the same connection as the log advances.
 struct Execution {
+    /// Where the market sensor goes: the connection and the node.
+    status: Option<(crate::mqtt::Publisher, home_assistant::HomeAssistantFile)>,
+    /// The market sensor's last published state and when (published again when it changes:
+    /// at once for another market or phase, else at most once a second, so that replaying a
+    /// long log does not flood the connection's queue).
+    last_status: Option<(crate::agent::MarketStatus, tokio::time::Instant)>,
     jobs: tokio::sync::mpsc::UnboundedSender<Job>,
     progress: tokio::sync::mpsc::UnboundedReceiver<Progress>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -224,6 +231,14 @@ impl Execution {
     /// commands name); a stop while one executes switches its outputs to their safe state
     /// before the connection closes.
     fn start(mut broker: Broker, ha: Option<home_assistant::HomeAssistantFile>, offline: Option<Publish>, src: String) -> Execution {
+        // The gateway's own sensors exist from the start, not from the first schedule.
+        if let Some(h) = &ha {
+            for p in home_assistant::discovery(h, &[]) {
+                broker.publish(&p);
+            }
+            broker.publish(&Publish { topic: home_assistant::availability_topic(h), payload: "online".into(), retain: true });
+        }
+        let status = ha.clone().map(|h| (broker.publisher(), h));
         let (jobs, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
         let (progress_tx, progress) = tokio::sync::mpsc::unbounded_channel();
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
@@ -249,6 +264,21 @@ impl Execution {
                     continue;
                 };
                 let timing = job.timing;
+                for p in &job.plans {
+                    if let Some(relay) = p.output.as_ref().and_then(|o| o.relay()).filter(|r| r.clamped(timing.slot_ms)) {
+                        let (on_ms, off_ms) = relay.min_times_ms(timing.slot_ms);
+                        warn!(
+                            market = job.market_id,
+                            appliance = p.name,
+                            min_on_s = relay.min_on_s,
+                            min_off_s = relay.min_off_s,
+                            slot_s = timing.slot_ms / 1000,
+                            "a minimum on/off time is longer than half a slot: using {} s on, {} s off",
+                            on_ms / 1000,
+                            off_ms / 1000
+                        );
+                    }
+                }
                 let mut on_connect = crate::mqtt::OnConnect::default();
                 if let Some(h) = &ha {
                     let plan = home_assistant::PlanInfo { market_id: job.market_id, timing, prices: &job.prices };
@@ -309,7 +339,28 @@ impl Execution {
             }
             broker.close(offline).await;
         });
-        Execution { jobs, progress, stop, task, queued: Default::default() }
+        Execution { status, last_status: None, jobs, progress, stop, task, queued: Default::default() }
+    }
+
+    /// Publishes the market sensor's state if it changed.
+    fn status(&mut self, agent: &Agent) {
+        let Some((publisher, ha)) = &self.status else { return };
+        let Some(status) = agent.market_status() else { return };
+        let now = tokio::time::Instant::now();
+        let due = match &self.last_status {
+            None => true,
+            Some((last, at)) => {
+                (last.market, last.phase) != (status.market, status.phase) || (*last != status && now.duration_since(*at) >= Duration::from_secs(1))
+            }
+        };
+        if !due {
+            return;
+        }
+        debug!(market = status.market, phase = status.phase.as_str(), iteration = status.iteration, "market status");
+        for p in home_assistant::market_states(ha, &status) {
+            publisher.publish(&p);
+        }
+        self.last_status = Some((status, now));
     }
 
     /// Hands market `id`'s final schedule to the task (once).
@@ -499,6 +550,9 @@ async fn follow(
                 } => {
                     let Some(p) = p else { return Err(RunError::Net("the MQTT execution task stopped".into())) };
                     on_progress(agent, p)?;
+                    if let Some(e) = execution.as_mut() {
+                        e.status(agent);
+                    }
                     crate::state::save(&state_path, &agent.state)?;
                     if run_is_over(agent, opts, execution.is_some(), &ended_at_start) {
                         return finish(&links, &summaries);
@@ -594,6 +648,9 @@ async fn follow(
         };
         feed.since = tokio::time::Instant::now();
         stalls = 0;
+        if let Some(e) = execution.as_mut() {
+            e.status(agent);
+        }
         if matches!(c.entry.body, protocol::entry::Body::Open(_)) {
             // A new market: decide and send its bids at once.
             bids_sent_at = None;

@@ -98,14 +98,39 @@ struct Incoming {
     retained: bool,
 }
 
+/// A handle that queues publications on a [`Broker`]'s connection from another task
+/// (cheap to clone; counted in the broker's [`Broker::flush`]).
+#[derive(Clone)]
+pub struct Publisher {
+    client: AsyncClient,
+    /// Publications queued so far (shared with the broker).
+    queued: std::sync::Arc<AtomicU64>,
+    addr: String,
+}
+
+impl Publisher {
+    /// Queues one publication (QoS 1) without waiting; false if the queue is full.
+    pub fn publish(&self, p: &Publish) -> bool {
+        match self.client.try_publish(p.topic.clone(), QoS::AtLeastOnce, p.retain, p.payload.clone().into_bytes()) {
+            Ok(()) => {
+                self.queued.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                warn!(broker = self.addr, topic = p.topic, "publication dropped: {e}");
+                false
+            }
+        }
+    }
+}
+
 /// A live broker connection.
 pub struct Broker {
     client: AsyncClient,
+    publisher: Publisher,
     link: watch::Receiver<Link>,
     /// PubAcks received so far.
     acked: watch::Receiver<u64>,
-    /// Publications queued so far.
-    queued: AtomicU64,
     addr: String,
     /// Messages on the topics subscribed to ([`Broker::subscribe`]), newest dropped when full.
     incoming: tokio::sync::mpsc::Receiver<Incoming>,
@@ -245,7 +270,8 @@ impl Broker {
         match first {
             Ok(Ok(())) => {
                 info!(broker = addr, "connected to the MQTT broker");
-                Ok(Broker { client, link, acked, queued: AtomicU64::new(0), addr, incoming })
+                let publisher = Publisher { client: client.clone(), queued: Default::default(), addr: addr.clone() };
+                Ok(Broker { client, publisher, link, acked, addr, incoming })
             }
             Ok(Err(reason)) => Err(unreachable(reason)),
             Err(_) => Err(unreachable(format!("no answer within {within:?}"))),
@@ -264,16 +290,12 @@ impl Broker {
 
     /// Queues one publication (QoS 1) without waiting; false if the queue is full.
     pub fn publish(&self, p: &Publish) -> bool {
-        match self.client.try_publish(p.topic.clone(), QoS::AtLeastOnce, p.retain, p.payload.clone().into_bytes()) {
-            Ok(()) => {
-                self.queued.fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            Err(e) => {
-                warn!(broker = self.addr, topic = p.topic, "publication dropped: {e}");
-                false
-            }
-        }
+        self.publisher.publish(p)
+    }
+
+    /// A handle that publishes on this connection from elsewhere.
+    pub fn publisher(&self) -> Publisher {
+        self.publisher.clone()
     }
 
     /// Subscribes to `topics` (QoS 1) on the current connection; their messages arrive in
@@ -289,7 +311,7 @@ impl Broker {
     /// Waits (at most `within`) until the broker acknowledged as many publications as were
     /// queued.
     pub async fn flush(&mut self, within: Duration) -> bool {
-        let queued = self.queued.load(Ordering::Relaxed);
+        let queued = self.publisher.queued.load(Ordering::Relaxed);
         tokio::time::timeout(within, async {
             loop {
                 if *self.acked.borrow_and_update() >= queued {

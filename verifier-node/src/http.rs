@@ -1,6 +1,6 @@
 //! The validator's HTTP API (axum): `/` (a status page: one self-contained HTML file, no
 //! external assets, drawing from the JSON below), `/status`, `/entries/{height}`, `/markets`
-//! (every market held), `/markets/{id}` (JSON) and `/metrics` (Prometheus text). Read-only; it never blocks the node task (it reads a
+//! (every market held), `/markets/{id}` (JSON) and `/metrics` (OpenMetrics text, `crate::metrics`). Read-only; it never blocks the node task (it reads a
 //! snapshot and the store).
 
 use std::sync::atomic::Ordering;
@@ -207,67 +207,7 @@ async fn market(State(s): State<Arc<Shared>>, Path(id): Path<u64>) -> Response {
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     let snap = s.snapshot.read().expect("snapshot lock").clone();
-    let mut out = String::new();
-    let mut metric = |name: &str, help: &str, kind: &str, lines: Vec<(String, f64)>| {
-        out.push_str(&format!("# HELP gridproof_{name} {help}\n# TYPE gridproof_{name} {kind}\n"));
-        for (labels, v) in lines {
-            out.push_str(&format!("gridproof_{name}{labels} {v}\n"));
-        }
-    };
-    metric("height", "Decided log height.", "gauge", vec![(String::new(), snap.height as f64)]);
-    let per_market = |f: &dyn Fn(&MarketView) -> f64| snap.markets.values().map(|m| (format!("{{market=\"{}\"}}", m.market_id), f(m))).collect::<Vec<_>>();
-    metric("iteration", "ADMM iterations decided, per market.", "gauge", per_market(&|m| m.iteration as f64));
-    metric("enrolled_devices", "Enrolled devices, per market.", "gauge", per_market(&|m| m.enrolled as f64));
-    metric("pooled_updates", "Updates pooled for the open iteration.", "gauge", vec![(String::new(), snap.pooled_updates as f64)]);
-    metric(
-        "unverified_updates",
-        "Pooled updates waiting for a batch verification (a backlog here delays the commit).",
-        "gauge",
-        vec![(String::new(), snap.unverified_updates as f64)],
-    );
-    metric("commits_total", "Entries committed by consensus on this node.", "counter", vec![(String::new(), snap.stats.commits as f64)]);
-    metric("synced_total", "Entries taken from peers by catch-up.", "counter", vec![(String::new(), snap.stats.synced as f64)]);
-    metric("proofs_verified_total", "Update proofs in committed entries.", "counter", vec![(String::new(), snap.stats.proofs_verified as f64)]);
-    metric(
-        "commit_latency_ms",
-        "Due time to commit of the last entry (ms).",
-        "gauge",
-        vec![(String::new(), snap.stats.last_commit_latency_ms.unwrap_or(0) as f64)],
-    );
-    metric("extra_rounds_total", "Consensus rounds beyond round 0.", "counter", vec![(String::new(), snap.stats.extra_rounds as f64)]);
-    metric("invalid_proposals_total", "Proposals found invalid.", "counter", vec![(String::new(), snap.stats.invalid_payloads as f64)]);
-    metric(
-        "rejects_total",
-        "Rejected messages by reason.",
-        "counter",
-        snap.stats.rejects.iter().map(|(k, v)| (format!("{{reason=\"{k}\"}}"), *v as f64)).collect(),
-    );
-    metric("peers_connected", "Outgoing peer links up.", "gauge", vec![(String::new(), s.net.peers_connected.load(Ordering::Relaxed) as f64)]);
-    metric("dropped_full_total", "Messages dropped on a full queue.", "counter", vec![(String::new(), s.net.dropped_full.load(Ordering::Relaxed) as f64)]);
-    metric("pruned_markets_total", "Markets whose update bodies were pruned after their retention.", "counter", vec![(String::new(), s.net.pruned_markets.load(Ordering::Relaxed) as f64)]);
-    metric("pruned_bodies_total", "Update bodies pruned.", "counter", vec![(String::new(), s.net.pruned_bodies.load(Ordering::Relaxed) as f64)]);
-    metric("snapshots_written_total", "Chain-state snapshots stored (for checkpoints).", "counter", vec![(String::new(), snap.stats.snapshots_written as f64)]);
-    metric("snapshots_served_total", "Snapshots served to nodes and gateways starting from a checkpoint.", "counter", vec![(String::new(), s.net.snapshots_served.load(Ordering::Relaxed) as f64)]);
-    metric(
-        "bad_frames_total",
-        "Frames refused (oversize, malformed, unknown peer).",
-        "counter",
-        vec![(String::new(), s.net.bad_frames.load(Ordering::Relaxed) as f64)],
-    );
-    metric("device_requests_total", "Device requests answered.", "counter", vec![(String::new(), s.net.device_requests.load(Ordering::Relaxed) as f64)]);
-    metric(
-        "rate_limited_total",
-        "Device requests refused by the rate limit.",
-        "counter",
-        vec![(String::new(), s.net.rate_limited.load(Ordering::Relaxed) as f64)],
-    );
-    metric(
-        "wrong_sender_total",
-        "Device requests naming another device than their connection's key.",
-        "counter",
-        vec![(String::new(), s.net.wrong_sender.load(Ordering::Relaxed) as f64)],
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::render(&snap, &s.net, &s.histograms)).into_response()
 }
 
 /// The status page (`status.html`, compiled in).

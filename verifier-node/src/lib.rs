@@ -16,6 +16,7 @@ pub mod config;
 pub mod consensus;
 pub mod host;
 pub mod http;
+pub mod metrics;
 pub mod roles;
 pub mod sim;
 pub mod store;

@@ -1,9 +1,9 @@
 //! Actuation against a real MQTT broker (Debian's mosquitto, started by the test): a gateway
 //! follows a short market (Δ = 1 s) to its final schedule against four in-process validators,
 //! then switches a Tasmota relay and a Shelly Gen2 switch slot by slot and keeps Home
-//! Assistant informed (discovery, availability, planned power, price, next change). A
-//! subscriber on `#` records what a home would see. Kill -9 while proving and while
-//! executing, and a broker restart, neither duplicate a submission nor miss a slot.
+//! Assistant informed (discovery, availability, planned power, price, next change, the market
+//! sensor's phases). A subscriber on `#` records what a home would see. Kill -9 while proving
+//! and while executing, and a broker restart, neither duplicate a submission nor miss a slot.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -124,7 +124,19 @@ fn duplicate_rejections(validators: &[verifier_node::host::Running]) -> u64 {
 
 #[test]
 fn tasmota_shelly_and_home_assistant_follow_the_committed_schedule_slot_by_slot() {
-    let m = market_with("mqtt", Timing { registration_ms: 4000, slots: 6, slot_seconds: 1, execution_gap_ms: 2000, all_models: false, port_block: 0, meter_window_ms: None, compressed_slot_ms: None });
+    let m = market_with(
+        "mqtt",
+        Timing {
+            registration_ms: 4000,
+            slots: 6,
+            slot_seconds: 1,
+            execution_gap_ms: 2000,
+            all_models: false,
+            port_block: 0,
+            meter_window_ms: None,
+            compressed_slot_ms: None,
+        },
+    );
     let port = m.base_port + 15;
     let _broker = Mosquitto::start(port);
     let seen = subscriber(port);
@@ -174,6 +186,19 @@ fn tasmota_shelly_and_home_assistant_follow_the_committed_schedule_slot_by_slot(
         assert_eq!(plan["power_w"], serde_json::json!(watts(&v, a)), "{a}'s plan attributes");
     }
     assert_eq!(discovered("ha/sensor/gw1/price/config")["json_attributes_topic"], "gridproof/gw1/plan");
+    // The market sensor: its phases in order as the log advanced and the schedule ran.
+    let market = discovered("ha/sensor/gw1/market/config");
+    assert_eq!((market["device_class"].as_str(), market["state_topic"].as_str()), (Some("enum"), Some("gridproof/gw1/market")));
+    let options: Vec<String> = market["options"].as_array().unwrap().iter().map(|o| o.as_str().unwrap().to_string()).collect();
+    let phases: Vec<usize> =
+        live(&seen, "gridproof/gw1/market").iter().map(|s| options.iter().position(|o| *o == s.payload).expect("a listed phase")).collect();
+    assert!(phases.windows(2).all(|w| w[0] <= w[1]), "phases never go back: {phases:?}");
+    let named = |i: &usize| options[*i].as_str();
+    assert!(phases.iter().map(named).any(|p| p == "scheduling") && phases.iter().map(named).any(|p| p == "scheduled"), "{phases:?}");
+    assert_eq!(phases.last().map(named), Some("executed"), "a market without settlement ends executed");
+    let info: serde_json::Value = serde_json::from_str(&live(&seen, "gridproof/gw1/market_info").last().unwrap().payload).unwrap();
+    assert_eq!((info["market"].as_u64(), info["phase"].as_str(), info["appliances"].as_u64()), (Some(5), Some("executed"), Some(3)), "{info}");
+    assert!(info["iteration"].as_u64().unwrap() >= 1 && info["iteration"].as_u64() <= info["max_iterations"].as_u64(), "{info}");
     let availability: Vec<String> = live(&seen, "gridproof/gw1/availability").into_iter().map(|s| s.payload).collect();
     assert_eq!(availability.first().map(String::as_str), Some("online"));
     assert_eq!(availability.last().map(String::as_str), Some("offline"), "a clean stop says offline");
@@ -277,7 +302,19 @@ fn submissions(lines: &[String]) -> Vec<(String, u32)> {
 #[test]
 fn kill_9_while_proving_and_while_executing_and_a_broker_restart_lose_no_slot() {
     const SLOTS: usize = 10;
-    let m = market_with("kill", Timing { registration_ms: 4000, slots: SLOTS, slot_seconds: 1, execution_gap_ms: 2000, all_models: false, port_block: 1, meter_window_ms: None, compressed_slot_ms: None });
+    let m = market_with(
+        "kill",
+        Timing {
+            registration_ms: 4000,
+            slots: SLOTS,
+            slot_seconds: 1,
+            execution_gap_ms: 2000,
+            all_models: false,
+            port_block: 1,
+            meter_window_ms: None,
+            compressed_slot_ms: None,
+        },
+    );
     let port = m.base_port + 15;
     let mut broker = Mosquitto::start(port);
     let seen = subscriber(port);
@@ -380,7 +417,19 @@ fn kill_9_while_proving_and_while_executing_and_a_broker_restart_lose_no_slot() 
 /// validators' accounts hold the same totals.
 #[test]
 fn meters_read_over_mqtt_settle_the_bills() {
-    let m = market_with("meter", Timing { registration_ms: 4000, slots: 6, slot_seconds: 1, execution_gap_ms: 2000, all_models: false, port_block: 4, meter_window_ms: Some(4000), compressed_slot_ms: None });
+    let m = market_with(
+        "meter",
+        Timing {
+            registration_ms: 4000,
+            slots: 6,
+            slot_seconds: 1,
+            execution_gap_ms: 2000,
+            all_models: false,
+            port_block: 4,
+            meter_window_ms: Some(4000),
+            compressed_slot_ms: None,
+        },
+    );
     let port = m.base_port + 15;
     let _broker = Mosquitto::start(port);
     let appliances = format!(
@@ -434,7 +483,19 @@ fn meters_read_over_mqtt_settle_the_bills() {
 /// Shelly off — before it says offline and exits.
 #[test]
 fn a_gateway_stopped_mid_schedule_switches_its_outputs_off() {
-    let m = market_with("sigterm", Timing { registration_ms: 4000, slots: 8, slot_seconds: 1, execution_gap_ms: 2000, all_models: false, port_block: 5, meter_window_ms: None, compressed_slot_ms: None });
+    let m = market_with(
+        "sigterm",
+        Timing {
+            registration_ms: 4000,
+            slots: 8,
+            slot_seconds: 1,
+            execution_gap_ms: 2000,
+            all_models: false,
+            port_block: 5,
+            meter_window_ms: None,
+            compressed_slot_ms: None,
+        },
+    );
     let port = m.base_port + 15;
     let _broker = Mosquitto::start(port);
     let seen = subscriber(port);
@@ -493,7 +554,6 @@ fn a_gateway_stopped_mid_schedule_switches_its_outputs_off() {
     assert!(live(&seen, "cmnd/ev/POWER").iter().all(|s| s.at_ms < start + 3 * slot || s.payload == "OFF"));
 }
 
-
 /// A plain MQTT client on the broker at `port`: a device or Home Assistant, as a test plays it.
 fn mqtt_client(port: u16, name: &str) -> rumqttc::Client {
     let mut opts = rumqttc::MqttOptions::new(format!("{name}-{}", std::process::id()), "127.0.0.1", port);
@@ -508,7 +568,11 @@ fn mqtt_client(port: u16, name: &str) -> rumqttc::Client {
 /// `mqtt::execute` against the broker on `port`, while `meanwhile` runs in a thread.
 fn execute_relay(port: u16, src: &str, slots: usize, ha: Option<&device::home_assistant::HomeAssistantFile>, meanwhile: impl FnOnce() + Send + 'static) {
     use device::actuation::{timeline, AppliancePlan, Executor, OutputFile, Timing};
-    let plans = vec![AppliancePlan { name: "ev".into(), output: Some(OutputFile::Tasmota { topic: "ev".into(), rated_w: 2000 }), schedule: vec![2000; slots] }];
+    let plans = vec![AppliancePlan {
+        name: "ev".into(),
+        output: Some(OutputFile::Tasmota { topic: "ev".into(), rated_w: 2000, min_on_s: 0, min_off_s: 0 }),
+        schedule: vec![2000; slots],
+    }];
     let timing = Timing { start_ms: protocol::net::now_ms() + 500, slot_ms: 1000 };
     let file: device::mqtt::MqttFile = toml::from_str(&format!("host = \"127.0.0.1\"\nport = {port}\n")).unwrap();
     let other = std::thread::spawn(meanwhile);
@@ -581,14 +645,20 @@ fn home_assistant_pauses_and_resumes_gridproof_control_of_a_relay() {
         .filter(|s| !s.retained && (s.topic.starts_with("cmnd/ev/") || s.topic.starts_with("gridproof/home/ev/control")))
         .map(|s| (s.topic.clone(), s.payload.clone()))
         .collect();
-    let at = |topic: &str, payload: &str| relevant.iter().position(|(t, p)| t == topic && p == payload).unwrap_or_else(|| panic!("no {topic} {payload}: {relevant:?}"));
+    let at = |topic: &str, payload: &str| {
+        relevant.iter().position(|(t, p)| t == topic && p == payload).unwrap_or_else(|| panic!("no {topic} {payload}: {relevant:?}"))
+    };
     let paused = at("gridproof/home/ev/control", "OFF");
     // The switch's state: ON at connect, OFF when paused, ON again when resumed.
     assert!(at("gridproof/home/ev/control", "ON") < paused);
     let resumed = relevant.iter().rposition(|(t, p)| t == "gridproof/home/ev/control" && p == "ON").unwrap();
     assert!(paused < resumed);
     assert!(relevant[paused..resumed - 2].iter().all(|(t, _)| !t.starts_with("cmnd/")), "a command reached the paused relay: {relevant:?}");
-    assert_eq!(relevant[resumed - 2..resumed], [("cmnd/ev/PulseTime".to_string(), "131".to_string()), ("cmnd/ev/POWER".to_string(), "ON".to_string())], "resumed with its current state: {relevant:?}");
+    assert_eq!(
+        relevant[resumed - 2..resumed],
+        [("cmnd/ev/PulseTime".to_string(), "131".to_string()), ("cmnd/ev/POWER".to_string(), "ON".to_string())],
+        "resumed with its current state: {relevant:?}"
+    );
     let ons = relevant.iter().filter(|(t, p)| t == "cmnd/ev/POWER" && p == "ON").count();
     assert!(ons < 6, "slots passed while paused got no command: {relevant:?}");
     assert_eq!(relevant.last(), Some(&("cmnd/ev/PulseTime".to_string(), "0".to_string())), "driven again to the end: {relevant:?}");

@@ -2,7 +2,7 @@
 //! that audit clean; a validator killed with SIGKILL mid-market that catches up; a validator
 //! frozen (SIGSTOP, a partition) and released; a validator of another genesis refused; and a
 //! flood of 100,000 bad updates that is counted and leaves memory bounded; and the annotated
-//! `examples/node.toml` against what `init` writes.
+//! `examples/node.toml` against what `init` writes. `/metrics` is read by a Prometheus parser.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -33,6 +33,21 @@ fn four_validators_run_a_market_to_final_and_every_database_audits_clean() {
     assert!(metrics.contains("gridproof_height "), "{metrics}");
     // The market is over: nothing is pooled or waiting for verification.
     assert!(metrics.contains("gridproof_pooled_updates 0\n") && metrics.contains("gridproof_unverified_updates 0\n"), "{metrics}");
+    // A Prometheus text-format parser reads the page; the histograms saw every commit here
+    // and the batch verifications of the devices' proofs.
+    let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let observations = |name: &str| {
+        let buckets = scrape.samples.iter().find(|s| s.metric == name).map(|s| s.value.clone());
+        match buckets {
+            Some(prometheus_parse::Value::Histogram(b)) => b.iter().find(|b| b.less_than.is_infinite()).map(|b| b.count).unwrap(),
+            other => panic!("{name} is not a histogram: {other:?}\n{metrics}"),
+        }
+    };
+    let commits: f64 = metrics.lines().find_map(|l| l.strip_prefix("gridproof_commits_total ")).unwrap().parse().unwrap();
+    assert!(commits >= 1.0, "{metrics}");
+    assert_eq!(observations("gridproof_commit_latency_seconds"), commits, "one latency per commit\n{metrics}");
+    assert!(observations("gridproof_verify_batch_seconds") >= 1.0, "{metrics}");
+    assert!(scrape.samples.iter().any(|s| s.metric == "gridproof_build_info" && s.labels.get("version") == Some(env!("CARGO_PKG_VERSION"))), "{metrics}");
     // An auditor fetches the log from a running validator over QUIC and replays it.
     let key = protocol::ids::hex(&c.validator_key(3));
     let out = std::process::Command::new(BIN)
@@ -73,7 +88,10 @@ fn a_market_past_its_retention_is_pruned_and_a_wiped_validator_syncs_it_by_certi
     let Body::Genesis(g) = &c.genesis.body else { unreachable!() };
     let executed = protocol::market::execution_span(&g.market).1;
     let t0 = Instant::now();
-    let pruned = |i| c.get(i, "/metrics").is_some_and(|m| m.contains("gridproof_pruned_markets_total 1\n") && m.contains(&format!("gridproof_pruned_bodies_total {proofs}\n")));
+    let pruned = |i| {
+        c.get(i, "/metrics")
+            .is_some_and(|m| m.contains("gridproof_pruned_markets_total 1\n") && m.contains(&format!("gridproof_pruned_bodies_total {proofs}\n")))
+    };
     while !(0..4).all(pruned) {
         assert!(t0.elapsed() < Duration::from_secs(30), "not pruned (execution ends at {executed}); metrics: {:?}", c.get(0, "/metrics"));
         std::thread::sleep(Duration::from_millis(200));
@@ -334,7 +352,8 @@ fn sigterm_stops_a_validator_and_a_gateway_cleanly() {
     let c = Cluster::init("sigterm", 4, 1, 60, 1500, 3);
     let (gateway, _) = c.gateway("term");
     c.start_all();
-    let mut gw = Command::new(device_bin()).args(["run", "--markets", "1", "--timeout-s", "120", "--config"]).arg(&gateway).stderr(Stdio::piped()).spawn().unwrap();
+    let mut gw =
+        Command::new(device_bin()).args(["run", "--markets", "1", "--timeout-s", "120", "--config"]).arg(&gateway).stderr(Stdio::piped()).spawn().unwrap();
     // Both are up: the validator answers HTTP, the gateway has enrolled (or is trying to).
     let t0 = Instant::now();
     while c.status(0).is_none() {

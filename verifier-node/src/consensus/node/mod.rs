@@ -368,6 +368,17 @@ impl<L: Log> Node<L> {
         }
     }
 
+    /// Batch-verifies what [`Node::tick`] would (up to [`MAX_VERIFY_BATCH`] pooled updates
+    /// not yet verified), so that the host can time it; returns how many it verified.
+    pub fn verify_pending(&mut self) -> usize {
+        if self.fatal.is_some() || self.pools.unverified.is_empty() {
+            return 0;
+        }
+        let before = self.pools.unverified.len();
+        self.verify_pool();
+        before - self.pools.unverified.len()
+    }
+
     /// Batch-verifies up to [`MAX_VERIFY_BATCH`] of the pooled updates that arrived since the
     /// last call; bad ones leave the pool (counted).
     fn verify_pool(&mut self) {
