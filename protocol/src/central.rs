@@ -1,11 +1,12 @@
 //! The centralised reference (DESIGN §4): the whole sharing problem, every device's private
-//! data known, solved once by clarabel. Tests and benchmarks compare ADMM against it; it is
-//! never part of the protocol.
+//! data known, solved once by clarabel over the specified constraints exactly (without the
+//! rounding margins of a device's local step, `local::Margins`). Tests and benchmarks compare
+//! ADMM against it; it is never part of the protocol.
 
 use circuits::fixed::Watts;
 
 use crate::admm::GridCost;
-use crate::local::{add_costs, add_model};
+use crate::local::{add_costs, add_model, Margins};
 use crate::qp::{Qp, QpError};
 use crate::scenario::Device;
 
@@ -18,6 +19,8 @@ pub struct CentralSolution {
     pub schedules: Vec<Vec<f64>>,
     /// Σ f_i(x_i) + g(Σ x_i).
     pub objective: f64,
+    /// The part of every objective no schedule changes (valley filling: γ/2 ‖b‖²; else 0).
+    pub constant: f64,
     /// For the exchange market: the clearing price per slot in €/MWh (the multipliers of
     /// Σ_i x_it = 0); `None` otherwise.
     pub prices: Option<Vec<f64>>,
@@ -31,7 +34,7 @@ pub fn solve_central(devices: &[Device], grid: &GridCost) -> Result<CentralSolut
         .iter()
         .map(|d| {
             let x = qp.vars(t);
-            add_model(&mut qp, &d.params, x);
+            add_model(&mut qp, &d.params, x, Margins::Exact);
             add_costs(&mut qp, &d.costs, x, t);
             x
         })
@@ -71,7 +74,24 @@ pub fn solve_central(devices: &[Device], grid: &GridCost) -> Result<CentralSolut
     // fixed point) is −z_t / 1000.
     let prices = price_rows.map(|rows| rows.iter().map(|&r| -sol.eq_duals[r] / KW).collect());
     let objective = sol.objective + constant;
-    Ok(CentralSolution { schedules, objective, prices })
+    Ok(CentralSolution { schedules, objective, constant, prices })
+}
+
+/// How far an objective is above the central optimum, as fractions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gap {
+    /// Of the whole objective: (f − f*) / |f*|.
+    pub whole: f64,
+    /// Of the part schedules can change: (f − f*) / |f* − constant|.
+    pub controllable: f64,
+}
+
+impl CentralSolution {
+    /// The gap of `objective` (of [`objective`]) to this optimum.
+    pub fn gap(&self, objective: f64) -> Gap {
+        let d = objective - self.objective;
+        Gap { whole: d / self.objective.abs().max(1e-9), controllable: d / (self.objective - self.constant).abs().max(1e-9) }
+    }
 }
 
 /// Σ f_i(x_i) + g(Σ x_i) for integer schedules (the ADMM result), in device order. For the
@@ -92,4 +112,39 @@ pub fn objective(devices: &[Device], grid: &GridCost, schedules: &[Vec<Watts>]) 
 pub fn total_load(schedules: &[Vec<Watts>]) -> Vec<i64> {
     let t = schedules.first().map_or(0, Vec::len);
     (0..t).map(|s| schedules.iter().map(|x| x[s] as i64).sum()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use circuits::fixed::Fixed;
+    use circuits::model::battery::Battery;
+    use circuits::model::{BatteryParams, ModelParams};
+
+    use super::*;
+    use crate::ids::DeviceId;
+    use crate::local::Costs;
+
+    /// A battery that must end as charged as it began trades between cheap and dear slots at
+    /// its full power: the reference reaches the specified limit (no rounding margin), so it
+    /// is a lower bound on every whole-watt schedule the native checker accepts.
+    #[test]
+    fn the_reference_reaches_the_specified_limits() {
+        let battery = Battery { slots: 4, p_charge: 3000, p_discharge: 3000, capacity: 100_000, soc_initial: 50_000, soc_final_min: 50_000 };
+        let params = ModelParams::Battery(BatteryParams::new(battery).unwrap());
+        let device = Device { id: DeviceId([7; 32]), params, costs: Costs { linear: vec![], quadratic: Fixed::ZERO } };
+        let price: Vec<Fixed> = [10.0, 100.0, 10.0, 100.0].iter().map(|&p| Fixed::from_f64("p", p).unwrap()).collect();
+        let grid = GridCost::Tariff { price, feeder_cap: 1_000_000 };
+        let central = solve_central(std::slice::from_ref(&device), &grid).unwrap();
+        let x = &central.schedules[0];
+        for (t, want) in [3000.0, -3000.0, 3000.0, -3000.0].into_iter().enumerate() {
+            assert!((x[t] - want).abs() < 0.5, "slot {t}: {} W, the limit is {want} W", x[t]);
+        }
+        let whole = vec![vec![3000, -3000, 3000, -3000]];
+        device.params.check(&whole[0]).unwrap();
+        assert!(central.objective <= objective(std::slice::from_ref(&device), &grid, &whole) + 1e-3, "the reference is a lower bound");
+        assert_eq!(central.constant, 0.0, "a tariff has no constant part");
+        let gap = central.gap(central.objective + 1.0);
+        assert_eq!(gap.whole, gap.controllable);
+        assert!((gap.whole - 1.0 / central.objective.abs()).abs() < 1e-12);
+    }
 }

@@ -75,9 +75,21 @@ pub enum LocalError {
     },
 }
 
+/// How tightly [`add_model`] states X(θ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Margins {
+    /// With the safety margins that let a float solution survive rounding to whole watts
+    /// and the fixed-point dynamics (ramps and battery powers 1 W inside, the thermal band
+    /// by the accumulated rounding): what a device solves.
+    ForRounding,
+    /// The specified constraints exactly (DESIGN §3): what the central reference solves.
+    Exact,
+}
+
 /// Adds x ∈ X(θ) for one device; its T power variables (kW) start at `x`. Returns nothing: the
 /// auxiliary variables (state of charge, temperature) are private to the model block.
-pub(crate) fn add_model(qp: &mut Qp, params: &ModelParams, x: usize) {
+pub(crate) fn add_model(qp: &mut Qp, params: &ModelParams, x: usize, margins: Margins) {
+    let inside = if margins == Margins::ForRounding { 1.0 } else { 0.0 };
     let t = params.slots().get();
     match params {
         ModelParams::Deferrable(p) => {
@@ -90,7 +102,7 @@ pub(crate) fn add_model(qp: &mut Qp, params: &ModelParams, x: usize) {
             qp.le(all.clone(), d.e_max as f64 / KW);
             qp.le(all.iter().map(|&(i, a)| (i, -a)).collect(), -(d.e_min as f64) / KW);
             if let Some(r) = d.ramp {
-                let r = (r as f64 - 1.0).max(0.0) / KW;
+                let r = (r as f64 - inside).max(0.0) / KW;
                 for s in 1..t {
                     qp.le(vec![(x + s, 1.0), (x + s - 1, -1.0)], r);
                     qp.le(vec![(x + s, -1.0), (x + s - 1, 1.0)], r);
@@ -99,7 +111,7 @@ pub(crate) fn add_model(qp: &mut Qp, params: &ModelParams, x: usize) {
         }
         ModelParams::Battery(p) => {
             let b = p.get();
-            let margin = |v: Watts| (v as f64 - 1.0).max(0.0) / KW;
+            let margin = |v: Watts| (v as f64 - inside).max(0.0) / KW;
             let soc = qp.vars(t);
             for s in 0..t {
                 qp.bounds(x + s, -margin(b.p_discharge), margin(b.p_charge));
@@ -125,7 +137,7 @@ pub(crate) fn add_model(qp: &mut Qp, params: &ModelParams, x: usize) {
             let h = p.get();
             let (a, b) = (h.decay.to_f64(), h.gain.to_f64() * KW);
             let (lo, hi) = (h.temp_min.to_f64(), h.temp_max.to_f64());
-            let margin = (t as f64 * (1.0 / SCALE as f64 + 0.5 * h.gain.to_f64().abs()) + 1e-6).min((hi - lo) / 4.0);
+            let margin = inside * (t as f64 * (1.0 / SCALE as f64 + 0.5 * h.gain.to_f64().abs()) + 1e-6).min((hi - lo) / 4.0);
             let temp = qp.vars(t);
             for s in 0..t {
                 qp.bounds(x + s, 0.0, h.p_max as f64 / KW);
@@ -230,7 +242,7 @@ pub fn local_step(params: &ModelParams, costs: &Costs, rho: Fixed, vars: &Variab
     let rho = rho.to_f64();
     let mut qp = Qp::default();
     let x = qp.vars(t);
-    add_model(&mut qp, params, x);
+    add_model(&mut qp, params, x, Margins::ForRounding);
     add_costs(&mut qp, costs, x, t);
     for (i, &prev) in previous.iter().enumerate() {
         let v = prev as f64 - vars.x_bar[i] as f64 / s + vars.z_bar[i] as f64 / s - vars.u[i] as f64 / s;
