@@ -533,11 +533,14 @@ fn a_gateway_stopped_mid_schedule_switches_its_outputs_off() {
     });
     let seen = seen.lock().unwrap().clone();
     let after = |topic: &str| -> Vec<String> { live(&seen, topic).into_iter().filter(|s| s.at_ms >= stopped_at).map(|s| s.payload).collect() };
-    assert_eq!(after("cmnd/ev/POWER"), vec!["OFF"], "the relay off at the stop");
+    // Between the signal and the executor's stop a switch-off of the schedule itself may still
+    // fall due (a duty cycle ending just after the signal); nothing switches on.
+    let tasmota = after("cmnd/ev/POWER");
+    assert!(!tasmota.is_empty() && tasmota.iter().all(|p| p == "OFF"), "the relay off at the stop: {tasmota:?}");
     let shelly: Vec<serde_json::Value> = after("shellypro2pm-s/rpc").iter().map(|p| serde_json::from_str(p).unwrap()).collect();
-    assert_eq!(shelly.len(), 1, "{shelly:?}");
-    assert_eq!(shelly[0]["params"], serde_json::json!({"id": 1, "on": false}));
-    assert_eq!(shelly[0]["id"], 1999, "the stop's request id on channel 1");
+    assert!(!shelly.is_empty() && shelly.len() <= 2, "{shelly:?}");
+    assert!(shelly.iter().all(|c| c["params"] == serde_json::json!({"id": 1, "on": false})), "{shelly:?}");
+    assert_eq!(shelly.last().unwrap()["id"], 1999, "the stop's request id on channel 1, last: {shelly:?}");
     assert_eq!(after("gridproof/gw1/availability").last().map(String::as_str), Some("offline"));
     // evcc (https://docs.evcc.io/en/integrations/mqtt-api, "Writable Topics": `<topic>/set`):
     // before the stop each slot set the loadpoint's mode, and `maxCurrent` with `now`; at the
