@@ -92,6 +92,10 @@ pub struct ScaleResult {
     pub batch_verify_proofs_per_s: f64,
     /// Size of the committed iteration entry (canonical encoding), bytes.
     pub entry_bytes: usize,
+    /// Bytes each validator sent its peers between iteration 1's deadline and the commit
+    /// (`gridproof_peer_sent_bytes_total`, all kinds, scraped from its `/metrics`).
+    #[serde(default)]
+    pub peer_bytes: Vec<u64>,
     /// One report per validator.
     pub validators: Vec<ValidatorReport>,
     /// The gateway.
@@ -101,6 +105,12 @@ pub struct ScaleResult {
 }
 
 impl ScaleResult {
+    /// The most and the mean bytes a validator sent for iteration 1 (0 when not measured).
+    pub fn peer_bytes_max_mean(&self) -> (u64, f64) {
+        let max = self.peer_bytes.iter().copied().max().unwrap_or(0);
+        (max, self.peer_bytes.iter().sum::<u64>() as f64 / self.peer_bytes.len().max(1) as f64)
+    }
+
     /// The largest peak RSS among the validators, KiB.
     pub fn max_validator_rss_kib(&self) -> u64 {
         self.validators.iter().map(|v| v.peak_rss_kib).max().unwrap_or(0)
@@ -442,8 +452,15 @@ pub fn run(s: Scenario, exe: &Path) -> Result<ScaleResult, String> {
         let mut admit_s = None;
         let deadline = close + iteration_ms;
         let submit_at = tokio::time::Instant::now() + Duration::from_millis(close + 1000 - protocol::net::now_ms().min(close));
+        let deadline_at = tokio::time::Instant::now() + Duration::from_millis(deadline.saturating_sub(protocol::net::now_ms()));
+        let sent_so_far = || (0..s.validators).map(|i| peer_sent_bytes(port, i)).collect::<Result<Vec<u64>, String>>();
+        let mut at_deadline: Option<Vec<u64>> = None;
         loop {
             let item = tokio::select! {
+                _ = tokio::time::sleep_until(deadline_at), if at_deadline.is_none() => {
+                    at_deadline = Some(sent_so_far()?);
+                    continue;
+                }
                 item = tokio::time::timeout(Duration::from_secs(600), rx.recv()) => item,
                 _ = tokio::time::sleep_until(submit_at), if admit_s.is_none() => {
                     admit_s = Some(0.0);
@@ -463,7 +480,11 @@ pub fn run(s: Scenario, exe: &Path) -> Result<ScaleResult, String> {
                 }
                 Body::Iteration(b) => {
                     let latency = protocol::net::now_ms().saturating_sub(deadline);
-                    return Ok((latency, b.updates.len(), protocol::codec::encode(&c.entry).len(), admit_s.unwrap_or(0.0)));
+                    // The commit reaches every validator within milliseconds of this one.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let before = at_deadline.clone().ok_or("the entry committed before its deadline")?;
+                    let peer_bytes = sent_so_far()?.iter().zip(&before).map(|(a, b)| a.saturating_sub(*b)).collect();
+                    return Ok((latency, b.updates.len(), protocol::codec::encode(&c.entry).len(), admit_s.unwrap_or(0.0), peer_bytes));
                 }
                 _ => {}
             }
@@ -471,7 +492,7 @@ pub fn run(s: Scenario, exe: &Path) -> Result<ScaleResult, String> {
         Err("no iteration entry committed".to_string())
     });
     drop(rt);
-    let (deadline_to_commit_ms, included, entry_bytes, admit_s) = measured?;
+    let (deadline_to_commit_ms, included, entry_bytes, admit_s, peer_bytes) = measured?;
     let gateway = gateway.ok_or("no gateway")?.finish::<GatewayReport>("the gateway")?;
     let validators = children.into_iter().enumerate().map(|(i, c)| c.finish::<ValidatorReport>(&format!("validator {i}"))).collect::<Result<Vec<_>, _>>()?;
     drop(cleanup);
@@ -484,10 +505,30 @@ pub fn run(s: Scenario, exe: &Path) -> Result<ScaleResult, String> {
         admitted_per_s_per_validator: s.devices as f64 / admit_s.max(1e-9),
         batch_verify_proofs_per_s: s.devices as f64 / (baseline_ms / 1000.0),
         entry_bytes,
+        peer_bytes,
         validators,
         gateway,
         wall_s: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Bytes validator `index` has sent its peers, over all message kinds, read from its
+/// `/metrics` (HTTP at `port + 100 + index`).
+fn peer_sent_bytes(port: u16, index: u16) -> Result<u64, String> {
+    use std::io::Write;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port + 100 + index));
+    let err = |e: std::io::Error| format!("validator {index} metrics at {addr}: {e}");
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(err)?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).map_err(err)?;
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").map_err(err)?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(err)?;
+    let mut total = 0u64;
+    for line in text.lines().filter(|l| l.starts_with("gridproof_peer_sent_bytes_total{")) {
+        let value = line.rsplit(' ').next().unwrap_or_default();
+        total += value.parse::<u64>().map_err(|e| format!("validator {index} metrics: {line:?}: {e}"))?;
+    }
+    Ok(total)
 }
 
 /// Submits every update (timed into `admit_s`); an error if that ran past the deadline.

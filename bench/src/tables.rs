@@ -102,11 +102,13 @@ fn growth_row(v: u16, a: &ScaleResult, b: &ScaleResult, label: &str) -> String {
 /// The generated markdown: one row per run, then the growth per validator count.
 pub fn markdown(results: &[ScaleResult], chart: &str) -> String {
     let mut md = String::new();
-    md.push_str("| N devices | validators | deadline → committed | baseline: batch verify of N in-process | admitted + pre-verified per s per validator | validator peak RSS (max of V) | gateway peak RSS | iteration entry | wall time |\n");
-    md.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("| N devices | validators | deadline → committed | bytes sent per validator for the iteration (max / mean) | baseline: batch verify of N in-process | admitted + pre-verified per s per validator | validator peak RSS (max of V) | gateway peak RSS | iteration entry | wall time |\n");
+    md.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in results {
+        let (max, mean) = r.peer_bytes_max_mean();
+        let sent = if r.peer_bytes.is_empty() { "–".to_string() } else { format!("{:.2} / {:.2} MB", max as f64 / 1e6, mean / 1e6) };
         md.push_str(&format!(
-            "| {} | {} | {} ms | {:.0} ms ({:.0} proofs/s) | {:.0} | {:.0} MiB | {:.0} MiB | {:.2} MB | {:.0} s |\n",
+            "| {} | {} | {} ms | {sent} | {:.0} ms ({:.0} proofs/s) | {:.0} | {:.0} MiB | {:.0} MiB | {:.2} MB | {:.0} s |\n",
             thousands(r.scenario.devices),
             r.scenario.validators,
             thousands(r.deadline_to_commit_ms as usize),
@@ -212,6 +214,7 @@ mod tests {
             admitted_per_s_per_validator: 500.0,
             batch_verify_proofs_per_s: 6000.0,
             entry_bytes: devices * 600,
+            peer_bytes: vec![devices as u64 * 100; validators as usize],
             validators: vec![ValidatorReport { peak_rss_kib: rss, ..Default::default() }; validators as usize],
             gateway: GatewayReport { peak_rss_kib: 50_000 },
             wall_s: 3.0,
@@ -235,7 +238,7 @@ mod tests {
         let text = std::fs::read_to_string(&md).unwrap();
         assert!(text.starts_with("# Before\n") && text.ends_with(&format!("{END}\nAfter\n")), "{text}");
         assert!(!text.contains("old table"));
-        assert!(text.contains("| 10,000 | 4 | 1,000 ms |"), "{text}");
+        assert!(text.contains("| 10,000 | 4 | 1,000 ms | 1.00 / 1.00 MB |"), "{text}");
         assert!(text.contains("| 4 | 100 → 1,000 | 0.00 | 1.00 |"), "{text}");
         assert!(text.contains("| 4 | 1,000 → 10,000 | 1.00 | 1.00 |"), "{text}");
         assert!(text.contains("| 4 | 100 → 10,000 (overall) | 0.50 | 1.00 |"), "{text}");

@@ -150,6 +150,16 @@ pub struct NetCounters {
     pub pruned_bodies: AtomicU64,
     /// Snapshots served to nodes and gateways starting from a checkpoint.
     pub snapshots_served: AtomicU64,
+    /// Bytes queued to peers, by message kind ([`PeerMsg::kind`]; a broadcast counts once per link).
+    pub peer_sent_bytes: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl NetCounters {
+    /// Counts `bytes` queued to `links` peers for a message of `kind`.
+    pub fn sent(&self, kind: &'static str, bytes: usize, links: usize) {
+        let mut sent = self.peer_sent_bytes.lock().unwrap_or_else(|p| p.into_inner());
+        *sent.entry(kind).or_default() += (bytes * links) as u64;
+    }
 }
 
 /// State shared between the node task, QUIC tasks and HTTP.
@@ -472,6 +482,7 @@ async fn node_loop(
             match o {
                 Output::Broadcast(m) => {
                     let bytes = Arc::new(encode(&m));
+                    shared.net.sent(m.kind(), bytes.len(), links.len());
                     for tx in links.values() {
                         if tx.try_send(bytes.clone()).is_err() {
                             shared.net.dropped_full.fetch_add(1, Ordering::Relaxed);
@@ -480,7 +491,9 @@ async fn node_loop(
                 }
                 Output::Send { to, msg } => {
                     if let Some(tx) = links.get(&to) {
-                        if tx.try_send(Arc::new(encode(&msg))).is_err() {
+                        let bytes = Arc::new(encode(&msg));
+                        shared.net.sent(msg.kind(), bytes.len(), 1);
+                        if tx.try_send(bytes).is_err() {
                             shared.net.dropped_full.fetch_add(1, Ordering::Relaxed);
                         }
                     }

@@ -95,6 +95,13 @@ pub fn render(snap: &Snapshot, net: &NetCounters, histograms: &Histograms) -> St
     r.register("pruned_bodies", "Update bodies pruned.", counter(atomic(&net.pruned_bodies)));
     r.register("snapshots_written", "Chain-state snapshots stored (for checkpoints).", counter(snap.stats.snapshots_written));
     r.register("snapshots_served", "Snapshots served to nodes and gateways starting from a checkpoint.", counter(atomic(&net.snapshots_served)));
+    let sent = Family::<Vec<(&'static str, String)>, prometheus_client::metrics::counter::Counter>::default();
+    for (kind, n) in net.peer_sent_bytes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        sent.get_or_create(&vec![("kind", kind.to_string())]).inc_by(*n);
+    }
+    r.register_with_unit("peer_sent", "Bytes queued to peers, by message kind (a broadcast counts once per link).", Unit::Bytes, sent);
+    r.register("bodies_fetched", "Update bodies of compact proposals fetched from peers (not in the pool here).", counter(snap.stats.bodies_fetched));
+    r.register("bodies_served", "Update bodies sent to peers that asked for them.", counter(snap.stats.bodies_served));
     r.register("bad_frames", "Frames refused (oversize, malformed, unknown peer).", counter(atomic(&net.bad_frames)));
     r.register("device_requests", "Device requests answered.", counter(atomic(&net.device_requests)));
     r.register("rate_limited", "Device requests refused by the rate limit.", counter(atomic(&net.rate_limited)));
@@ -117,7 +124,11 @@ mod tests {
         h.commit(250);
         h.commit(1_500);
         h.verified(Duration::from_millis(12));
-        let text = render(&snap, &NetCounters::default(), &h);
+        let net = NetCounters::default();
+        net.sent("payload", 100, 3);
+        net.sent("payload", 10, 1);
+        let text = render(&snap, &net, &h);
+        assert!(text.contains("gridproof_peer_sent_bytes_total{kind=\"payload\"} 310\n"), "{text}");
         assert!(text.contains("gridproof_height 7\n"), "{text}");
         assert!(text.contains("gridproof_rejects_total{reason=\"unattested\"} 3\n"), "{text}");
         assert!(text.contains("gridproof_build_info{version=\""), "{text}");

@@ -95,6 +95,9 @@ pub struct Devices {
     /// Meter readings (one device's each) and when its gateway sends them to every
     /// validator (ms).
     pub readings: Vec<(u64, Vec<protocol::settlement::SignedReading>)>,
+    /// A validator that no device sends its updates to (it must fetch their bodies from its
+    /// peers when it sees them proposed).
+    pub updates_never_reach: Option<u16>,
 }
 
 impl Devices {
@@ -138,6 +141,8 @@ pub struct Sim {
     markets: Vec<u64>,
     /// Messages delivered.
     pub delivered: u64,
+    /// Bytes sent between validators by message kind ([`PeerMsg::kind`]), one count per copy.
+    pub sent_bytes: BTreeMap<&'static str, u64>,
 }
 
 impl Sim {
@@ -175,6 +180,7 @@ impl Sim {
             submitted_for: BTreeMap::new(),
             markets: vec![],
             delivered: 0,
+            sent_bytes: BTreeMap::new(),
         };
         sim.markets = sim.devices.market_ids(&sim.genesis);
         for (who, at, back) in sim.net.crashes.clone() {
@@ -211,6 +217,7 @@ impl Sim {
         }
         let copies = if self.rng.gen_bool(self.net.duplicate) { 2 } else { 1 };
         let bytes = protocol::codec::encode(msg);
+        *self.sent_bytes.entry(msg.kind()).or_default() += (bytes.len() * copies) as u64;
         for _ in 0..copies {
             let delay = self.rng.gen_range(self.net.delay_ms.0..=self.net.delay_ms.1);
             self.push(self.now + delay, Event::Deliver { to, from, msg: bytes.clone() });
@@ -255,7 +262,7 @@ impl Sim {
         }
         let Some(k) = n.app().open_iteration(market) else { return };
         let sent = self.submitted_for.entry((node, market)).or_default();
-        if !matches!(entry.body, Body::Iteration(_) | Body::Enrollment(_)) || *sent >= k {
+        if !matches!(entry.body, Body::Iteration(_) | Body::Enrollment(_)) || *sent >= k || self.devices.updates_never_reach == Some(node) {
             return;
         }
         *sent = k;

@@ -3,6 +3,7 @@
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use protocol::entry::{Certified, Entry};
+use protocol::merkle::Hash;
 use protocol::messages::SignedUpdate;
 
 use super::context::{round_from, WireError, WireMsg, MAX_ROUND};
@@ -13,6 +14,10 @@ pub const MAX_PEER_FRAME: usize = 16 << 20;
 
 /// Most certified entries in one sync response.
 pub const MAX_SYNC_BATCH: usize = 64;
+
+/// Most digests one [`PeerMsg::BodiesWanted`] names and most bodies one [`PeerMsg::Bodies`]
+/// carries: an iteration entry's updates (one per enrolled device) at most.
+pub const MAX_BODIES_PER_MESSAGE: usize = protocol::admm::MAX_DEVICES;
 
 /// A message between validators.
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
@@ -30,8 +35,10 @@ pub enum PeerMsg {
         /// (vote, signature) pairs.
         votes: Vec<(WireMsg, [u8; 64])>,
     },
-    /// The entry behind a proposal's hash, with the update bodies it names. Its validity is
-    /// checked on content alone; the signed proposal binds the hash to the proposer.
+    /// The entry behind a proposal's hash. Its validity is checked on content alone; the
+    /// signed proposal binds the hash to the proposer. The entry names its update bodies by
+    /// digest; an honest proposer sends none of them along (receivers hold nearly all in their
+    /// pools and ask for the rest with [`PeerMsg::BodiesWanted`]).
     Payload {
         /// The round it is proposed in.
         round: i64,
@@ -41,7 +48,7 @@ pub enum PeerMsg {
         proposer: u16,
         /// The entry.
         entry: Entry,
-        /// The update bodies, ascending by digest.
+        /// Update bodies sent along: each one the entry names (none from an honest proposer).
         updates: Vec<SignedUpdate>,
     },
     /// The sender's tip height (sent periodically; a lagging node asks for the rest).
@@ -59,6 +66,20 @@ pub enum PeerMsg {
         /// At most [`MAX_SYNC_BATCH`].
         entries: Vec<Certified>,
     },
+    /// Asks for the update bodies a proposed entry names and the sender lacks.
+    BodiesWanted {
+        /// The proposed entry's hash.
+        entry: [u8; 32],
+        /// The bodies' digests (1 to [`MAX_BODIES_PER_MESSAGE`]).
+        digests: Vec<Hash>,
+    },
+    /// Update bodies for a [`PeerMsg::BodiesWanted`] (an answer may come in several messages).
+    Bodies {
+        /// The proposed entry's hash.
+        entry: [u8; 32],
+        /// Bodies the entry names (at most [`MAX_BODIES_PER_MESSAGE`]).
+        updates: Vec<SignedUpdate>,
+    },
 }
 
 impl PeerMsg {
@@ -72,6 +93,8 @@ impl PeerMsg {
             PeerMsg::Status { .. } => "status",
             PeerMsg::SyncRequest { .. } => "sync_request",
             PeerMsg::SyncResponse { .. } => "sync_response",
+            PeerMsg::BodiesWanted { .. } => "bodies_wanted",
+            PeerMsg::Bodies { .. } => "bodies",
         }
     }
 }
@@ -160,6 +183,25 @@ pub enum PeerReject {
     /// A WAL timeout record of an unknown kind.
     #[error("timeout kind {0} unknown")]
     TimeoutKind(u8),
+    /// A body request naming no digest or more than [`MAX_BODIES_PER_MESSAGE`], or an answer
+    /// with more bodies than that.
+    #[error("{what} with {count} items (1 to {MAX_BODIES_PER_MESSAGE})")]
+    BodyCount {
+        /// "body request" or "bodies".
+        what: &'static str,
+        /// Items sent.
+        count: usize,
+    },
+    /// An update body that the entry it came with (or for) does not name.
+    #[error("body of device {device} (digest {digest}) is not named by entry {entry}")]
+    UnnamedBody {
+        /// The entry hash, short hex.
+        entry: String,
+        /// The body's digest, short hex.
+        digest: String,
+        /// The body's device.
+        device: protocol::ids::DeviceId,
+    },
 }
 
 impl PeerReject {
@@ -177,6 +219,8 @@ impl PeerReject {
             PeerReject::Quota { .. } => "payload_overflow",
             PeerReject::SyncFromGenesis | PeerReject::SyncBatch { .. } => "sync_malformed",
             PeerReject::TimeoutKind(_) => "wal_timeout_kind",
+            PeerReject::BodyCount { .. } => "bodies_malformed",
+            PeerReject::UnnamedBody { .. } => "body_unnamed",
         }
     }
 }
@@ -240,6 +284,11 @@ impl PeerMsg {
                 }
                 Ok(())
             }
+            PeerMsg::BodiesWanted { digests, .. } if digests.is_empty() || digests.len() > MAX_BODIES_PER_MESSAGE => {
+                Err(PeerReject::BodyCount { what: "body request", count: digests.len() })
+            }
+            PeerMsg::Bodies { updates, .. } if updates.len() > MAX_BODIES_PER_MESSAGE => Err(PeerReject::BodyCount { what: "bodies", count: updates.len() }),
+            PeerMsg::BodiesWanted { .. } | PeerMsg::Bodies { .. } => Ok(()),
         }
     }
 }

@@ -1,11 +1,12 @@
 //! A hostile peer and a failing disk: out-of-range rounds in a payload leave the cluster
 //! deciding (and are counted), a log whose WAL append fails makes the node send no vote or
-//! proposal, and a corrupt WAL record stops the node with an error naming where it is.
+//! proposal, a corrupt WAL record stops the node with an error naming where it is, and
+//! bodies of compact proposals are taken only when their entry names them.
 
 use crate::common::*;
-use protocol::entry::Entry;
+use protocol::entry::{Body, Entry, IterationBody};
 use protocol::ids::hex;
-use verifier_node::consensus::node::{Node, NodeConfig, Output};
+use verifier_node::consensus::node::{Node, NodeConfig, Output, MAX_BODY_REQUESTS_PER_PEER};
 use verifier_node::consensus::wire::PeerMsg;
 use verifier_node::sim::{NetConfig, Sim};
 use verifier_node::store::{Log, MemLog, StoreError, WalItem};
@@ -178,4 +179,47 @@ fn a_peer_withholding_bodies_of_a_market_not_yet_executed_is_refused_at_sync() {
     late.on_peer(end, 1, PeerMsg::SyncResponse { entries: withheld });
     assert_eq!(late.app().tip().height, first_iteration as u64);
     assert!(late.app().market(7).unwrap().is_pruned() && late.stats().rejects.get("sync_pruned_early").is_none());
+}
+
+/// Compact proposals under a hostile peer: a payload or an answer carrying a body its entry
+/// does not name is refused (`body_unnamed`) and the body is not taken; a payload naming a
+/// body the node lacks makes it ask the proposer, and only the named body completes it; a
+/// request naming nothing is refused (`bodies_malformed`), a request is answered with the
+/// bodies held, and a peer asking more than its quota per height is refused.
+#[test]
+fn bodies_not_named_by_their_entry_and_malformed_or_excess_requests_are_refused() {
+    let mut w = world();
+    let genesis = genesis_entry(&w);
+    let cfg = NodeConfig { rng_seed: 1, ..NodeConfig::new(0) };
+    let mut node = Node::open(cfg, w.validators[0].clone(), &genesis, w.keys.clone(), MemLog::default()).unwrap();
+    let (named, stranger) = (update(&mut w, 0, 1, 1), update(&mut w, 1, 1, 1));
+    let body = IterationBody { market_id: 7, iteration: 1, updates: vec![named.digest()], x_bar: vec![0; T], z_bar: vec![0; T], u: vec![0; T], residuals: [0; 4] };
+    let entry = Entry { chain_id: w.chain, height: 1, prev_hash: genesis.hash(), state_root: [0; 32], timestamp_ms: 1, body: Body::Iteration(body) };
+    let hash = entry.hash();
+    let payload = |updates| PeerMsg::Payload { round: 0, valid_round: -1, proposer: 1, entry: entry.clone(), updates };
+    let rejects = |n: &Node<MemLog>, label| n.stats().rejects.get(label).copied().unwrap_or(0);
+
+    node.on_peer(1, 1, payload(vec![stranger.clone()]));
+    assert_eq!(rejects(&node, "body_unnamed"), 1, "{:?}", node.stats().rejects);
+    let out = node.on_peer(2, 1, payload(vec![]));
+    let asked = out.iter().any(|o| matches!(o, Output::Send { to: 1, msg: PeerMsg::BodiesWanted { entry, digests } } if *entry == hash && digests == &vec![named.digest()]));
+    assert!(asked, "the node does not ask the proposer for the body it lacks: {out:?}");
+    node.on_peer(3, 1, PeerMsg::Bodies { entry: hash, updates: vec![stranger.clone()] });
+    assert_eq!(rejects(&node, "body_unnamed"), 2);
+    assert_eq!(node.stats().bodies_fetched, 0, "an unnamed body was taken");
+    node.on_peer(4, 1, PeerMsg::Bodies { entry: hash, updates: vec![named.clone()] });
+    assert_eq!(node.stats().bodies_fetched, 1);
+
+    node.on_peer(5, 2, PeerMsg::BodiesWanted { entry: hash, digests: vec![] });
+    assert_eq!(rejects(&node, "bodies_malformed"), 1);
+    let out = node.on_peer(6, 2, PeerMsg::BodiesWanted { entry: hash, digests: vec![named.digest(), stranger.digest()] });
+    let answered: Vec<_> = out.iter().filter_map(|o| if let Output::Send { to: 2, msg: PeerMsg::Bodies { updates, .. } } = o { Some(updates.clone()) } else { None }).collect();
+    assert_eq!(answered, vec![vec![named.clone()]], "answers with the body it holds, and only that one");
+    for i in 1..MAX_BODY_REQUESTS_PER_PEER {
+        node.on_peer(6 + i as u64, 2, PeerMsg::BodiesWanted { entry: hash, digests: vec![named.digest()] });
+    }
+    assert_eq!(rejects(&node, "payload_overflow"), 0);
+    let out = node.on_peer(100, 2, PeerMsg::BodiesWanted { entry: hash, digests: vec![named.digest()] });
+    assert_eq!(rejects(&node, "payload_overflow"), 1, "request {} beyond the quota was answered", MAX_BODY_REQUESTS_PER_PEER + 1);
+    assert!(!out.iter().any(|o| matches!(o, Output::Send { msg: PeerMsg::Bodies { .. }, .. })));
 }

@@ -180,3 +180,29 @@ fn a_settling_market_settles_alike_on_every_node_and_an_altered_bill_is_never_co
         }
     }
 }
+
+/// Compact proposals: payloads carry no update bodies. Validator 3 receives no update from any
+/// device, so it fetches every body it sees proposed from its peers; validator 0 withholds
+/// bodies, so a request to it is retried with the next peer. Everyone still finalizes with
+/// the same log, only validator 3 fetches, and the bodies sent are those it lacked (not one
+/// copy per peer and proposal).
+#[test]
+fn a_validator_without_the_updates_fetches_their_bodies_even_past_a_withholding_peer() {
+    let (w, genesis, mut devices) = sim_world(3);
+    devices.updates_never_reach = Some(3);
+    let net = NetConfig { drop: 0.0, gst_ms: 0, duplicate: 0.0, delay_ms: (1, 5), partitions: vec![], crashes: vec![] };
+    let sim = run_net(&w, &genesis, &devices, 3, vec![Some(Byzantine::WithholdBodies)], net).unwrap();
+    let node = |i: u16| sim.nodes().find(|n| n.index() == i).unwrap();
+    let in_log: Vec<_> = node(3).log().entries().iter().flat_map(|c| &c.updates).collect();
+    assert!(!in_log.is_empty(), "validator 3 committed no update");
+    // What it did not fetch came in entries it caught up on (one update per device each).
+    let (fetched, synced) = (node(3).stats().bodies_fetched, node(3).stats().synced);
+    assert!(fetched > 0 && fetched + 3 * synced >= in_log.len() as u64, "validator 3 fetched {fetched} bodies, synced {synced} entries, committed {} updates", in_log.len());
+    for i in [1, 2] {
+        assert_eq!(node(i).stats().bodies_fetched, 0, "validator {i} held every update and fetched some");
+    }
+    assert_eq!(node(0).stats().bodies_served, 0, "the withholding validator answered");
+    let body_bytes: u64 = in_log.iter().map(|u| protocol::codec::encode(*u).len() as u64).sum();
+    let sent = sim.sent_bytes.get("bodies").copied().unwrap_or(0);
+    assert!(sent > 0 && sent <= 2 * body_bytes, "{sent} bytes of bodies sent for {body_bytes} bytes committed");
+}

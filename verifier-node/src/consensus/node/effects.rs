@@ -86,14 +86,9 @@ impl<L: Log> Node<L> {
             }
             Effect::RestreamProposal(_h, round, valid_round, _addr, value, r) => {
                 debug!(validator = self.cfg.index, %round, %valid_round, held = self.payloads.contains_key(&value), "restreaming {value}");
-                if let Some(HeldPayload { entry, updates, .. }) = self.payloads.get(&value) {
-                    self.out.push(Output::Broadcast(PeerMsg::Payload {
-                        round: round.as_i64(),
-                        valid_round: valid_round.as_i64(),
-                        proposer: self.cfg.index,
-                        entry: entry.clone(),
-                        updates: updates.clone(),
-                    }));
+                if let Some(p) = self.payloads.get(&value) {
+                    let msg = self.payload_msg(round.as_i64(), valid_round.as_i64(), &p.entry);
+                    self.out.push(Output::Broadcast(msg));
                 }
                 r.resume_with(())
             }
@@ -160,7 +155,7 @@ impl<L: Log> Node<L> {
 
     pub(super) fn publish(&mut self, msg: &SignedConsensusMsg<GridContext>) {
         let (wire, signature) = signed_to_wire(msg);
-        if let (Some(Byzantine::Equivocate), SignedConsensusMsg::Proposal(p), Some((round, twin, twin_updates))) = (self.cfg.byzantine, msg, self.twin.clone())
+        if let (Some(Byzantine::Equivocate), SignedConsensusMsg::Proposal(p), Some((round, twin))) = (self.cfg.byzantine, msg, self.twin.clone())
         {
             if p.message.round.as_i64() == round {
                 // Half the peers get the twin entry and a signed proposal for it.
@@ -172,10 +167,8 @@ impl<L: Log> Node<L> {
                         continue;
                     }
                     if to % 2 == 0 {
-                        self.out.push(Output::Send {
-                            to,
-                            msg: PeerMsg::Payload { round, valid_round: -1, proposer: self.cfg.index, entry: twin.clone(), updates: twin_updates.clone() },
-                        });
+                        let payload = self.payload_msg(round, -1, &twin);
+                        self.out.push(Output::Send { to, msg: payload });
                         self.out.push(Output::Send { to, msg: PeerMsg::Consensus { msg: alt.to_wire(), signature: alt_sig.0 } });
                     } else {
                         self.out.push(Output::Send { to, msg: PeerMsg::Consensus { msg: wire.clone(), signature } });

@@ -6,10 +6,11 @@
 //! Per height: when the chain app says a market entry is due (`ChainApp::next_due`) and the
 //! host's clock has reached it, or an opening or revocation waits in the pools, the node starts
 //! the height. The round's proposer builds the due entry
-//! from its pool, sends the full entry as a [`PeerMsg::Payload`] and lets the core sign and
-//! send the proposal of its hash. Every validator validates a payload it receives (link,
-//! timing, every signature and proof, recomputed aggregates) before the core may prevote for
-//! it. On decision the entry, the certificate built from the precommits, and the update bodies
+//! from its pool, sends the entry as a [`PeerMsg::Payload`] (the update bodies named by digest
+//! only: peers fill them from their pools and fetch what they lack, `bodies`) and lets the core
+//! sign and send the proposal of its hash. Every validator validates a payload once it holds
+//! every body (link, timing, every signature and proof, recomputed aggregates) before the core
+//! may prevote for it. On decision the entry, the certificate built from the precommits, and the update bodies
 //! go to the log in one synced write; then the app applies the entry and the node waits for
 //! the next due time.
 //!
@@ -42,12 +43,16 @@ use super::wire::{PeerMsg, PeerReject, WalRecord, MAX_SYNC_BATCH};
 use crate::app::{body_kind, ChainApp, Reject};
 use crate::store::{Log, StoreError, MAX_WAL_RECORD};
 
+mod bodies;
+mod decide;
 mod effects;
 mod peer;
 mod pool;
+mod propose;
 mod restore;
 mod wal;
 
+pub use bodies::{BODIES_RETRY_MS, MAX_BODY_REQUESTS_PER_PEER};
 pub use pool::{MAX_POOLED_ENROLLMENTS, MAX_POOLED_OPENS, MAX_POOLED_REVOCATIONS};
 
 /// Most payloads held (current and next heights, all rounds).
@@ -85,6 +90,8 @@ pub enum Byzantine {
     IncludeInvalidProofs,
     /// Proposes aggregates that differ from the recomputed ones.
     WrongAggregates,
+    /// Proposes honest entries but answers no request for update bodies.
+    WithholdBodies,
 }
 
 /// A node's configuration.
@@ -183,6 +190,10 @@ pub struct Stats {
     pub invalid_payloads: u64,
     /// Chain-state snapshots written (every `NodeConfig::snapshot_interval` heights).
     pub snapshots_written: u64,
+    /// Update bodies of proposals this node lacked and got from a peer.
+    pub bodies_fetched: u64,
+    /// Update bodies sent to peers that asked for them.
+    pub bodies_served: u64,
 }
 
 /// What a node holds from outside, by kind: each is bounded ([`MAX_PAYLOADS`], the validator
@@ -236,14 +247,19 @@ pub struct Node<L: Log> {
     sync_sent: Option<u64>,
     fatal: Option<String>,
     /// The alternative entry of an equivocating proposer, by round.
-    twin: Option<(i64, Entry, Vec<SignedUpdate>)>,
+    twin: Option<(i64, Entry)>,
+    /// Body requests answered per peer while the running height lasts.
+    served: BTreeMap<u16, usize>,
 }
 
 /// An entry proposed (by a peer's payload, or by this node) and what is known of it.
 #[derive(Debug, Clone)]
 struct HeldPayload {
     entry: Entry,
+    /// The bodies held, ascending by digest once none is missing.
     updates: Vec<SignedUpdate>,
+    /// The bodies the entry names that are not held yet (`None`: complete).
+    missing: Option<bodies::Missing>,
     /// Whether it validated, once checked.
     validity: Option<bool>,
     /// Who proposed it (the sender of its payload; this node for its own, and for payloads
@@ -355,7 +371,8 @@ impl<L: Log> Node<L> {
             _ => u64::MAX,
         };
         let verify = if self.pools.unverified.is_empty() { u64::MAX } else { self.now + VERIFY_DELAY_MS };
-        timer.min(due).min(verify).min(self.last_status + STATUS_INTERVAL_MS)
+        let bodies = self.next_body_retry().unwrap_or(u64::MAX);
+        timer.min(due).min(verify).min(bodies).min(self.last_status + STATUS_INTERVAL_MS)
     }
 
     /// When the next height may start: when a market entry is due, or now if an opening or
@@ -429,6 +446,9 @@ impl<L: Log> Node<L> {
         if self.get_value.is_some() {
             self.propose();
         }
+        if self.next_body_retry().is_some_and(|at| at <= self.now) {
+            self.retry_bodies();
+        }
         if self.now >= self.last_status + STATUS_INTERVAL_MS {
             self.last_status = self.now;
             self.out.push(Output::Broadcast(PeerMsg::Status { tip: self.app.tip().height }));
@@ -441,6 +461,7 @@ impl<L: Log> Node<L> {
         self.running = Some((h, due));
         self.get_value = None;
         self.twin = None;
+        self.served.clear();
         self.payloads.retain(|_, p| p.entry.height >= h);
         self.announced.retain(|a| a.height >= h);
         let records = match self.read_wal(h) {
@@ -453,7 +474,8 @@ impl<L: Log> Node<L> {
         for r in &records {
             match r {
                 WalRecord::Payload { entry, updates } => {
-                    let held = HeldPayload { entry: entry.clone(), updates: updates.clone(), validity: None, proposer: self.cfg.index, round: -1 };
+                    let held =
+                        HeldPayload { entry: entry.clone(), updates: updates.clone(), missing: None, validity: None, proposer: self.cfg.index, round: -1 };
                     self.payloads.insert(EntryHash(entry.hash()), held);
                 }
                 WalRecord::Proposed { round, value } => {
@@ -515,157 +537,6 @@ impl<L: Log> Node<L> {
         if self.get_value.is_some() && !self.replaying {
             self.propose();
         }
-    }
-
-    /// As the round's proposer: builds the due entry and proposes its hash.
-    fn propose(&mut self) {
-        let Some(round) = self.get_value else { return };
-        let Some((h, _)) = self.running else { return };
-        if let Some(hash) = self.own_proposals.get(&(h, round.as_i64())).copied() {
-            // Proposed before a restart: the same entry again, never a second one.
-            if let Some(HeldPayload { entry, updates, .. }) = self.payloads.get(&hash).cloned() {
-                info!(validator = self.cfg.index, height = h, %round, "re-proposing {hash} after a restart");
-                self.out.push(Output::Broadcast(PeerMsg::Payload { round: round.as_i64(), valid_round: -1, proposer: self.cfg.index, entry, updates }));
-                self.get_value = None;
-                self.process(Input::Propose(LocallyProposedValue::new(Height(h), round, hash)));
-            }
-            return;
-        }
-        let snapshot = self.pools.snapshot();
-        let built = self.app.build(self.now, snapshot.view(), &self.pools.verified, &mut self.rng);
-        let crate::app::Built { mut entry, updates: mut included, dropped } = match built {
-            Ok(b) => b,
-            Err(e) => {
-                // Retried at every tick while this round lasts (e.g. between the closing
-                // batch and the first deadline nothing is due).
-                debug!(validator = self.cfg.index, height = h, "cannot build an entry yet: {e}");
-                return;
-            }
-        };
-        for d in &dropped {
-            self.count(&d.why);
-            debug!(validator = self.cfg.index, market = d.market_id, device = %d.device, "dropped from the proposal: {}", d.why);
-            if matches!(d.why, Reject::BadProof(_)) {
-                let key = (d.market_id, d.device);
-                if self.cfg.byzantine == Some(Byzantine::IncludeInvalidProofs) {
-                    if let Some(u) = self.pools.updates.get(&key) {
-                        included.push(u.clone());
-                    }
-                } else {
-                    self.pools.updates.remove(&key);
-                }
-            }
-        }
-        match (self.cfg.byzantine, &mut entry.body) {
-            (Some(Byzantine::IncludeInvalidProofs), Body::Iteration(b)) => {
-                included.sort_by_key(SignedUpdate::digest);
-                if let Ok(body) = self.app.iteration_body(b.market_id, b.iteration, &included) {
-                    *b = body;
-                }
-            }
-            (Some(Byzantine::WrongAggregates), Body::Iteration(b)) => b.u[0] = b.u[0].wrapping_add(1000),
-            (Some(Byzantine::WrongAggregates), Body::Final(f)) => f.prices[0] = f.prices[0].wrapping_add(1000),
-            (Some(Byzantine::WrongAggregates), Body::Settlement(s)) => {
-                if let Some(b) = s.bills.first_mut() {
-                    b.energy = b.energy.wrapping_add(1000);
-                }
-            }
-            (Some(Byzantine::Equivocate), _) => {
-                let mut twin = entry.clone();
-                twin.timestamp_ms += 1;
-                let held =
-                    HeldPayload { entry: twin.clone(), updates: included.clone(), validity: Some(true), proposer: self.cfg.index, round: round.as_i64() };
-                self.payloads.insert(EntryHash(twin.hash()), held);
-                self.twin = Some((round.as_i64(), twin, included.clone()));
-            }
-            _ => {}
-        }
-        let hash = EntryHash(entry.hash());
-        info!(validator = self.cfg.index, height = h, %round, kind = body_kind(&entry.body), updates = included.len(), "proposing {hash}");
-        let record = WalRecord::Payload { entry: entry.clone(), updates: included.clone() };
-        let len = protocol::codec::encode(&record).len();
-        if len > MAX_WAL_RECORD {
-            // More updates than one frame carries: proposing it would be refused by every
-            // peer and cannot be written ahead. Not fatal: this round passes without it.
-            warn!(validator = self.cfg.index, height = h, %round, bytes = len, "the due entry is too large to propose");
-            *self.stats.rejects.entry("proposal_oversize").or_default() += 1;
-            self.get_value = None;
-            return;
-        }
-        self.wal_append(h, &record);
-        self.wal_append(h, &WalRecord::Proposed { round: round.as_i64(), value: hash.0 });
-        self.own_proposals.insert((h, round.as_i64()), hash);
-        self.payloads.insert(
-            hash,
-            HeldPayload { entry: entry.clone(), updates: included.clone(), validity: Some(true), proposer: self.cfg.index, round: round.as_i64() },
-        );
-        if self.twin.is_none() {
-            self.out.push(Output::Broadcast(PeerMsg::Payload { round: round.as_i64(), valid_round: -1, proposer: self.cfg.index, entry, updates: included }));
-        } else {
-            // The equivocating proposer sends each half its own payload.
-            for to in (0..self.validators.0.len() as u16).filter(|t| *t != self.cfg.index && t % 2 == 1) {
-                self.out.push(Output::Send {
-                    to,
-                    msg: PeerMsg::Payload { round: round.as_i64(), valid_round: -1, proposer: self.cfg.index, entry: entry.clone(), updates: included.clone() },
-                });
-            }
-        }
-        self.get_value = None;
-        self.process(Input::Propose(LocallyProposedValue::new(Height(h), round, hash)));
-    }
-
-    fn on_decide(&mut self, cert: &McCert<GridContext>) {
-        let h = cert.height.0;
-        let Some(HeldPayload { entry, updates, .. }) = self.payloads.get(&cert.value_id).cloned() else {
-            warn!(validator = self.cfg.index, height = h, "decided {} without its payload; syncing", cert.value_id);
-            self.request_sync(None);
-            return;
-        };
-        let mut votes: Vec<LogVote> =
-            cert.commit_signatures.iter().map(|s| LogVote { validator: s.address.0, signature: SignatureBytes(s.signature.0) }).collect();
-        votes.sort_by_key(|v| v.validator);
-        votes.dedup_by_key(|v| v.validator);
-        let round = cert.round.as_u32().unwrap_or(0);
-        let certificate = CommitCertificate { height: h, round, hash: cert.value_id.0, votes };
-        let certified = Certified { entry, certificate, updates };
-        // The payload held is the first copy that arrived under this hash, and the hash covers
-        // the bodies' digests only: a Byzantine proposer may have sent this node other bodies
-        // (or none) than the quorum validated. Commit only the bodies the entry names.
-        if let Err(e) = protocol::entry::check_bodies(&certified) {
-            warn!(validator = self.cfg.index, height = h, "decided {} but the payload held here does not carry its bodies ({e}); syncing", cert.value_id);
-            *self.stats.rejects.entry("decided_without_bodies").or_default() += 1;
-            self.payloads.remove(&cert.value_id);
-            self.request_sync(None);
-            return;
-        }
-        // When this height was due, read before `commit` clears the running height.
-        let due = self.running.filter(|r| r.0 == h).map(|r| r.1).unwrap_or(self.now);
-        if let Err(e) = self.commit(&certified) {
-            return self.fail(format!("committing height {h}: {e}"));
-        }
-        let latency = self.now.saturating_sub(due);
-        self.stats.commits += 1;
-        self.stats.last_commit_latency_ms = Some(latency);
-        self.stats.commit_latency_sum_ms += latency;
-        info!(validator = self.cfg.index, height = h, round, kind = body_kind(&certified.entry.body), latency_ms = latency, "committed {}", cert.value_id);
-    }
-
-    /// Stores a certified entry, applies it, prunes the pools, and announces it.
-    fn commit(&mut self, c: &Certified) -> Result<(), String> {
-        self.log.decide(c).map_err(|e| e.to_string())?;
-        self.maybe_snapshot(&c.entry).map_err(|e| e.to_string())?;
-        // (A pruned entry comes only from sync, after its checks there.)
-        self.app.apply_certified(c).map_err(|e| format!("a certified entry does not apply: {e}"))?;
-        if let Body::Iteration(_) = &c.entry.body {
-            self.stats.proofs_verified += c.updates.len() as u64;
-        }
-        self.pools.after_commit(&self.app, &c.entry.body, self.now);
-        self.running = None;
-        self.timers.clear();
-        self.get_value = None;
-        self.payloads.retain(|_, p| p.entry.height > c.entry.height);
-        self.out.push(Output::Committed(Arc::new(c.clone())));
-        Ok(())
     }
 
     /// A device's enrollment, arriving at `now`.

@@ -38,6 +38,16 @@ impl<L: Log> Node<L> {
             }
             PeerMsg::SyncRequest { from: first } => self.on_sync_request(from, first),
             PeerMsg::SyncResponse { entries } => self.on_sync_response(entries),
+            PeerMsg::BodiesWanted { entry, digests } => {
+                if let Err(why) = self.on_bodies_wanted(from, EntryHash(entry), digests) {
+                    self.refuse_peer(from, &why);
+                }
+            }
+            PeerMsg::Bodies { entry, updates } => {
+                if let Err(why) = self.on_bodies(from, EntryHash(entry), updates) {
+                    self.refuse_peer(from, &why);
+                }
+            }
         }
         self.drain()
     }
@@ -101,7 +111,9 @@ impl<L: Log> Node<L> {
             if self.payloads.len() >= MAX_PAYLOADS {
                 return Err(PeerReject::Quota { proposer: a.proposer, what: "payloads in all", held: self.payloads.len(), max: MAX_PAYLOADS });
             }
-            self.payloads.insert(a.hash, HeldPayload { entry, updates, validity: None, proposer: a.proposer, round: a.round });
+            let (updates, missing) = self.assemble(a.hash, &entry, updates)?;
+            let missing = (!missing.is_empty()).then(|| self.ask_bodies(a.hash, a.proposer, missing));
+            self.payloads.insert(a.hash, HeldPayload { entry, updates, missing, validity: None, proposer: a.proposer, round: a.round });
         }
         self.announced.insert(a);
         debug!(validator = self.cfg.index, height = a.height, round = a.round, proposer = a.proposer, "payload {} received", a.hash);
@@ -114,7 +126,8 @@ impl<L: Log> Node<L> {
     /// Validates a held payload (once) and hands the core its verdict for the announced round.
     pub(super) fn feed_payload(&mut self, a: Announcement) {
         let Announcement { round, hash, valid_round, proposer, .. } = a;
-        let Some(HeldPayload { entry, updates, validity, .. }) = self.payloads.get(&hash).cloned() else { return };
+        // Fed once every body is held (`on_bodies`).
+        let Some(HeldPayload { entry, updates, validity, .. }) = self.payloads.get(&hash).filter(|p| p.missing.is_none()).cloned() else { return };
         let valid = match validity {
             Some(v) => v,
             None => {

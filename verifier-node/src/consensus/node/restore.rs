@@ -68,6 +68,7 @@ impl<L: Log> Node<L> {
             sync_sent: None,
             fatal: None,
             twin: None,
+            served: BTreeMap::new(),
             cfg,
         };
         let tip = node.log.tip()?.map(|t| t.0).unwrap_or(0);
