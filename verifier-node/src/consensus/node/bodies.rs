@@ -35,8 +35,13 @@ impl Missing {
     }
 }
 
-fn short(h: &[u8]) -> String {
-    hex(&h[..4])
+/// The digest of `u` if `named` (an iteration entry's digests, ascending) holds it; else why not.
+fn named_digest(hash: EntryHash, named: &[Hash], u: &SignedUpdate) -> Result<Hash, PeerReject> {
+    let d = u.digest();
+    match named.binary_search(&d) {
+        Ok(_) => Ok(d),
+        Err(_) => Err(PeerReject::UnnamedBody { entry: hash.to_string(), digest: hex(&d[..4]), device: u.body.device }),
+    }
 }
 
 impl<L: Log> Node<L> {
@@ -48,11 +53,7 @@ impl<L: Log> Node<L> {
         let named = |d: &Hash| b.updates.binary_search(d).is_ok();
         let mut have: BTreeMap<Hash, SignedUpdate> = BTreeMap::new();
         for u in sent {
-            let d = u.digest();
-            if !named(&d) {
-                return Err(PeerReject::UnnamedBody { entry: hash.to_string(), digest: short(&d), device: u.body.device });
-            }
-            have.insert(d, u);
+            have.insert(named_digest(hash, &b.updates, &u)?, u);
         }
         if have.len() < b.updates.len() {
             let pooled = self.pools.updates.values().filter(|u| u.body.market_id == b.market_id && u.body.iteration == b.iteration);
@@ -111,11 +112,13 @@ impl<L: Log> Node<L> {
         let mut taken = 0u64;
         let mut unnamed = None;
         for u in bodies {
-            let d = u.digest();
-            if b.updates.binary_search(&d).is_err() {
-                unnamed = Some(PeerReject::UnnamedBody { entry: hash.to_string(), digest: short(&d), device: u.body.device });
-                break;
-            }
+            let d = match named_digest(hash, &b.updates, &u) {
+                Ok(d) => d,
+                Err(why) => {
+                    unnamed = Some(why);
+                    break;
+                }
+            };
             if m.digests.remove(&d) {
                 p.updates.push(u);
                 taken += 1;
