@@ -374,10 +374,6 @@ pub enum LogError {
     },
 }
 
-fn hex8(h: &Hash) -> String {
-    h[..8].iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A decided entry as stored and served: the entry, its certificate, and the update bodies
 /// (with proofs) that an iteration entry names by digest, ascending by digest.
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
@@ -537,7 +533,7 @@ impl LightClient {
         }
         let hash = entry.hash();
         if cert.height != entry.height || cert.hash != hash {
-            return Err(LogError::Mismatch { cert_height: cert.height, cert_hash: hex8(&cert.hash), height: entry.height, hash: hex8(&hash) });
+            return Err(LogError::Mismatch { cert_height: cert.height, cert_hash: crate::ids::short_hex(&cert.hash), height: entry.height, hash: crate::ids::short_hex(&hash) });
         }
         cert.verify(&self.chain, &self.validators)
     }
@@ -562,7 +558,7 @@ pub fn check_bodies(c: &Certified) -> Result<(), LogError> {
     }
     for (i, (u, digest)) in c.updates.iter().zip(&b.updates).enumerate() {
         if u.digest() != *digest {
-            return Err(bad(format!("body {i} (device {}) does not hash to digest {}", u.body.device, hex8(digest))));
+            return Err(bad(format!("body {i} (device {}) does not hash to digest {}", u.body.device, crate::ids::short_hex(digest))));
         }
         if u.body.market_id != b.market_id || u.body.iteration != b.iteration {
             return Err(bad(format!("body {i} is for market {} iteration {}", u.body.market_id, u.body.iteration)));

@@ -9,12 +9,9 @@ use serde::{Deserialize, Serialize};
 pub struct DeviceId(pub [u8; 32]);
 
 impl std::fmt::Display for DeviceId {
-    /// The first 8 bytes in hex, enough to tell devices apart in logs.
+    /// The key's [`short_hex`], enough to tell devices apart in logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for b in &self.0[..8] {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&short_hex(&self.0))
     }
 }
 
@@ -24,17 +21,24 @@ impl std::fmt::Display for DeviceId {
 pub struct ValidatorId(pub [u8; 32]);
 
 impl std::fmt::Display for ValidatorId {
+    /// The key's [`short_hex`], enough to tell validators apart in logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for b in &self.0[..8] {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&short_hex(&self.0))
     }
 }
 
 /// Lower-case hex of `bytes` (keys, hashes, commitments in files, logs and JSON).
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// How many leading bytes [`short_hex`] shows.
+pub const SHORT_HEX_BYTES: usize = 8;
+
+/// Lower-case hex of the first [`SHORT_HEX_BYTES`] of `bytes` (all of them if fewer): how keys,
+/// hashes and digests are named in logs and error messages, enough to tell them apart.
+pub fn short_hex(bytes: &[u8]) -> String {
+    hex(&bytes[..bytes.len().min(SHORT_HEX_BYTES)])
 }
 
 /// Parses exactly 64 hex characters (surrounding whitespace ignored) into 32 bytes: the form

@@ -71,10 +71,6 @@ fn message(chain: &ChainId, domain: Domain, payload: &[u8]) -> Vec<u8> {
     m
 }
 
-fn short(key: &[u8; 32]) -> String {
-    key[..8].iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Signs `payload` for `domain` on `chain`.
 pub fn sign(key: &SigningKey, chain: &ChainId, domain: Domain, payload: &[u8]) -> SignatureBytes {
     SignatureBytes(key.sign(&message(chain, domain, payload)).to_bytes())
@@ -83,9 +79,9 @@ pub fn sign(key: &SigningKey, chain: &ChainId, domain: Domain, payload: &[u8]) -
 /// Verifies a signature by the ed25519 public key `signer` (strict: rejects small-order keys
 /// and non-canonical signatures).
 pub fn verify(signer: &[u8; 32], chain: &ChainId, domain: Domain, payload: &[u8], sig: &SignatureBytes) -> Result<(), SignatureError> {
-    let key = VerifyingKey::from_bytes(signer).map_err(|_| SignatureError::BadKey(short(signer)))?;
+    let key = VerifyingKey::from_bytes(signer).map_err(|_| SignatureError::BadKey(crate::ids::short_hex(signer)))?;
     let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
-    key.verify_strict(&message(chain, domain, payload), &sig).map_err(|_| SignatureError::Invalid { key: short(signer), domain })
+    key.verify_strict(&message(chain, domain, payload), &sig).map_err(|_| SignatureError::Invalid { key: crate::ids::short_hex(signer), domain })
 }
 
 /// A signing key from 32 secret bytes (from the OS RNG or a key file).

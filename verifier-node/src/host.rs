@@ -451,7 +451,7 @@ async fn node_loop(
     let result = loop {
         let wake = node.next_wakeup();
         let wait = Duration::from_millis(wake.saturating_sub(now_ms()).min(1000));
-        let mut outputs = tokio::select! {
+        let outputs = tokio::select! {
             ev = events.recv() => match ev {
                 None => break Ok(()),
                 Some(Event::Peer(from, msg)) => node.on_peer(now_ms(), from, msg),
@@ -473,38 +473,13 @@ async fn node_loop(
             _ = tokio::time::sleep(wait) => tick(&mut node, &shared),
             _ = shutdown.changed() => break Ok(()),
         };
+        // What this step decided goes out before a due tick runs: the tick may start the next
+        // height and build its entry, which must not hold back a commit's delivery.
+        let mut committed = deliver(&node, &shared, &links, outputs);
         // A steady stream of events must not starve timers and deadlines.
         if now_ms() >= node.next_wakeup() {
-            outputs.extend(tick(&mut node, &shared));
-        }
-        let mut committed = None;
-        for o in outputs {
-            match o {
-                Output::Broadcast(m) => {
-                    let bytes = Arc::new(encode(&m));
-                    shared.net.sent(m.kind(), bytes.len(), links.len());
-                    for tx in links.values() {
-                        if tx.try_send(bytes.clone()).is_err() {
-                            shared.net.dropped_full.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-                Output::Send { to, msg } => {
-                    if let Some(tx) = links.get(&to) {
-                        let bytes = Arc::new(encode(&msg));
-                        shared.net.sent(msg.kind(), bytes.len(), 1);
-                        if tx.try_send(bytes).is_err() {
-                            shared.net.dropped_full.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-                Output::Committed(c) => {
-                    info!(validator = node.index(), height = c.entry.height, kind = body_kind(&c.entry.body), "committed");
-                    refresh(&node, &shared, Some(&c));
-                    let _ = shared.commits.send(c.clone());
-                    committed = Some(c);
-                }
-            }
+            let outputs = tick(&mut node, &shared);
+            committed = deliver(&node, &shared, &links, outputs).or(committed);
         }
         if committed.is_none() {
             refresh(&node, &shared, None);
@@ -530,6 +505,42 @@ async fn node_loop(
     };
     endpoint.close(0u32.into(), b"shutdown");
     result
+}
+
+/// Sends a step's outputs: messages to the peer links (a full link drops, counted), and each
+/// committed entry to the subscribers after refreshing the shared views. Returns the last entry
+/// committed, if any.
+fn deliver(node: &Node<Arc<Store>>, shared: &Shared, links: &BTreeMap<u16, mpsc::Sender<Arc<Vec<u8>>>>, outputs: Vec<Output>) -> Option<Arc<Certified>> {
+    let mut committed = None;
+    for o in outputs {
+        match o {
+            Output::Broadcast(m) => {
+                let bytes = Arc::new(encode(&m));
+                shared.net.sent(m.kind(), bytes.len(), links.len());
+                for tx in links.values() {
+                    if tx.try_send(bytes.clone()).is_err() {
+                        shared.net.dropped_full.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Output::Send { to, msg } => {
+                if let Some(tx) = links.get(&to) {
+                    let bytes = Arc::new(encode(&msg));
+                    shared.net.sent(msg.kind(), bytes.len(), 1);
+                    if tx.try_send(bytes).is_err() {
+                        shared.net.dropped_full.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Output::Committed(c) => {
+                info!(validator = node.index(), height = c.entry.height, kind = body_kind(&c.entry.body), "committed");
+                refresh(node, shared, Some(&c));
+                let _ = shared.commits.send(c.clone());
+                committed = Some(c);
+            }
+        }
+    }
+    committed
 }
 
 /// How often a validator with a retention looks for markets to prune.

@@ -636,7 +636,7 @@ impl ChainApp {
                         included.push(u);
                     }
                 }
-                included.sort_by_key(SignedUpdate::digest);
+                included.sort_by_cached_key(SignedUpdate::digest);
                 Body::Iteration(market.iteration_body(k, included)?)
             }
             Step::Final => Body::Final(market.final_body()?),
@@ -662,7 +662,7 @@ impl ChainApp {
         }
         // (Unchecked only where this validator cannot compute it: see `state_root`.)
         if let Some(root) = self.state_root().filter(|r| *r != entry.state_root) {
-            return Err(Reject::StateRoot { got: protocol::ids::hex(&entry.state_root[..8]), expected: protocol::ids::hex(&root[..8]) });
+            return Err(Reject::StateRoot { got: protocol::ids::short_hex(&entry.state_root), expected: protocol::ids::short_hex(&root) });
         }
         if !matches!(entry.body, Body::Iteration(_)) && !updates.is_empty() {
             return Err(Reject::MissingUpdates);

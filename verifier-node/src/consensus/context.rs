@@ -67,10 +67,7 @@ pub struct EntryHash(pub Hash);
 
 impl fmt::Display for EntryHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in &self.0[..6] {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&protocol::ids::short_hex(&self.0))
     }
 }
 

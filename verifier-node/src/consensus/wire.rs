@@ -344,6 +344,18 @@ pub enum WalRecord {
 }
 
 impl WalRecord {
+    /// The encoding of `WalRecord::Payload { entry, updates }`, written from borrowed parts (a
+    /// payload's bodies are megabytes: they are not cloned to be written ahead).
+    pub fn encode_payload(entry: &Entry, updates: &[SignedUpdate]) -> Vec<u8> {
+        // Borsh writes an enum as its variant index, then the fields in order; a slice as a
+        // `Vec` (u32 length, then the items).
+        const PAYLOAD_VARIANT: u8 = 4;
+        let mut out = vec![PAYLOAD_VARIANT];
+        entry.serialize(&mut out).expect("writing to a Vec cannot fail");
+        updates.serialize(&mut out).expect("writing to a Vec cannot fail");
+        out
+    }
+
     /// Checks every round, index and kind against a set of `validators`, as for a peer's
     /// message: a record that fails is a corrupt WAL, never fed to the core.
     pub fn check(&self, validators: usize) -> Result<(), PeerReject> {

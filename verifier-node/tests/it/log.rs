@@ -366,3 +366,18 @@ fn pruned_markets_keep_entries_and_certificates_replay_by_certificate_and_audit(
     std::fs::remove_dir_all(&cut_dir).ok();
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A payload is written ahead from borrowed parts (its bodies are megabytes); the bytes are
+/// exactly those of the owned record, so a restarted node reads the payload back whole.
+#[test]
+fn a_payload_written_ahead_from_borrowed_parts_reads_back_as_the_record() {
+    use verifier_node::consensus::wire::WalRecord;
+    let mut w = world();
+    let log = chain(&mut w);
+    let (entry, _, updates) = log.iter().find(|(e, _, u)| matches!(e.body, Body::Iteration(_)) && !u.is_empty()).expect("an iteration entry with bodies");
+    let bytes = WalRecord::encode_payload(entry, updates);
+    let owned = WalRecord::Payload { entry: entry.clone(), updates: updates.clone() };
+    assert_eq!(bytes, protocol::codec::encode(&owned));
+    let read: WalRecord = protocol::codec::decode("wal record", &bytes, verifier_node::store::MAX_WAL_RECORD).unwrap();
+    assert_eq!(read, owned);
+}

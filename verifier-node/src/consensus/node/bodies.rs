@@ -9,7 +9,7 @@
 //! are checked by validation like any other. A proposer that withholds bodies delays only the
 //! validators that lack them (another peer answers), and at worst costs its round.
 
-use protocol::ids::hex;
+use protocol::ids::short_hex;
 use protocol::merkle::Hash;
 
 use super::*;
@@ -40,7 +40,7 @@ fn named_digest(hash: EntryHash, named: &[Hash], u: &SignedUpdate) -> Result<Has
     let d = u.digest();
     match named.binary_search(&d) {
         Ok(_) => Ok(d),
-        Err(_) => Err(PeerReject::UnnamedBody { entry: hash.to_string(), digest: hex(&d[..4]), device: u.body.device }),
+        Err(_) => Err(PeerReject::UnnamedBody { entry: hash.to_string(), digest: short_hex(&d), device: u.body.device }),
     }
 }
 
@@ -50,23 +50,54 @@ impl<L: Log> Node<L> {
     /// kind names no bodies and keeps what came with it (validation refuses any).
     pub(super) fn assemble(&self, hash: EntryHash, entry: &Entry, sent: Vec<SignedUpdate>) -> Result<(Vec<SignedUpdate>, BTreeSet<Hash>), PeerReject> {
         let Body::Iteration(b) = &entry.body else { return Ok((sent, BTreeSet::new())) };
-        let named = |d: &Hash| b.updates.binary_search(d).is_ok();
         let mut have: BTreeMap<Hash, SignedUpdate> = BTreeMap::new();
         for u in sent {
             have.insert(named_digest(hash, &b.updates, &u)?, u);
         }
-        if have.len() < b.updates.len() {
-            let pooled = self.pools.updates.values().filter(|u| u.body.market_id == b.market_id && u.body.iteration == b.iteration);
-            let proposed = self.payloads.values().filter(|p| p.entry.height == entry.height).flat_map(|p| &p.updates);
-            for u in pooled.chain(proposed) {
-                let d = u.digest();
-                if named(&d) && !have.contains_key(&d) {
-                    have.insert(d, u.clone());
+        let mut missing = BTreeSet::new();
+        for d in &b.updates {
+            if have.contains_key(d) {
+                continue;
+            }
+            match self.held_body(d, Some(entry.height)) {
+                Some(u) => {
+                    have.insert(*d, u.clone());
+                }
+                None => {
+                    missing.insert(*d);
                 }
             }
         }
-        let missing = b.updates.iter().filter(|d| !have.contains_key(*d)).copied().collect();
+        for (d, u) in self.fetched_bodies(&missing, Some(entry.height)) {
+            missing.remove(&d);
+            have.insert(d, u);
+        }
         Ok((have.into_values().collect(), missing))
+    }
+
+    /// The body named `digest` if this node holds it where it can be found without hashing: in
+    /// its pool (by the digest index) or in a complete payload (of `height`, if given).
+    fn held_body(&self, digest: &Hash, height: Option<u64>) -> Option<&SignedUpdate> {
+        self.pools.update_by_digest(digest).or_else(|| {
+            self.payloads.values().filter(|p| height.is_none_or(|h| p.entry.height == h)).find_map(|p| p.complete_body(digest))
+        })
+    }
+
+    /// Bodies in `wanted` among those fetched for payloads still incomplete (of `height`, if
+    /// given), which are hashed to be found: only when something is still wanted.
+    fn fetched_bodies(&self, wanted: &BTreeSet<Hash>, height: Option<u64>) -> Vec<(Hash, SignedUpdate)> {
+        if wanted.is_empty() {
+            return Vec::new();
+        }
+        let mut found = BTreeMap::new();
+        let incomplete = self.payloads.values().filter(|p| p.missing.is_some() && height.is_none_or(|h| p.entry.height == h));
+        for u in incomplete.flat_map(|p| &p.updates) {
+            let d = u.digest();
+            if wanted.contains(&d) {
+                found.entry(d).or_insert_with(|| u.clone());
+            }
+        }
+        found.into_iter().collect()
     }
 
     /// Asks validator `to` for the bodies of `hash` in `digests`.
@@ -142,7 +173,7 @@ impl<L: Log> Node<L> {
     }
 
     /// A request from validator `from` for bodies of the proposed entry `hash`: answers with
-    /// every one it holds (in the payload of that hash, others of its height, or the pool), in
+    /// every one it holds (in its pool or any payload it holds), in
     /// messages of at most half a peer frame. At most [`MAX_BODY_REQUESTS_PER_PEER`] requests
     /// per peer are answered while a height runs.
     pub(super) fn on_bodies_wanted(&mut self, from: u16, hash: EntryHash, digests: Vec<Hash>) -> Result<(), PeerReject> {
@@ -154,28 +185,19 @@ impl<L: Log> Node<L> {
         if self.cfg.byzantine == Some(Byzantine::WithholdBodies) {
             return Ok(());
         }
-        let mut want: BTreeSet<Hash> = digests.into_iter().collect();
+        let mut want = BTreeSet::new();
         let mut found: Vec<SignedUpdate> = Vec::new();
-        // The payload of that hash, complete: its bodies are in the entry's digest order.
-        if let Some(p) = self.payloads.get(&hash).filter(|p| p.missing.is_none()) {
-            if let Body::Iteration(b) = &p.entry.body {
-                for (d, u) in b.updates.iter().zip(&p.updates) {
-                    if want.remove(d) {
-                        found.push(u.clone());
-                    }
+        for d in BTreeSet::from_iter(digests) {
+            match self.held_body(&d, None) {
+                Some(u) => found.push(u.clone()),
+                None => {
+                    want.insert(d);
                 }
             }
         }
-        if !want.is_empty() {
-            let proposed = self.payloads.values().flat_map(|p| &p.updates);
-            for u in proposed.chain(self.pools.updates.values()) {
-                if want.remove(&u.digest()) {
-                    found.push(u.clone());
-                }
-                if want.is_empty() {
-                    break;
-                }
-            }
+        for (d, u) in self.fetched_bodies(&want, None) {
+            want.remove(&d);
+            found.push(u);
         }
         debug!(validator = self.cfg.index, to = from, bodies = found.len(), lacking = want.len(), "answering a request for the bodies of {hash}");
         self.stats.bodies_served += found.len() as u64;

@@ -269,6 +269,18 @@ struct HeldPayload {
     round: i64,
 }
 
+impl HeldPayload {
+    /// The body named `digest`, if this payload is complete and its entry names it.
+    fn complete_body(&self, digest: &protocol::merkle::Hash) -> Option<&SignedUpdate> {
+        let Body::Iteration(b) = &self.entry.body else { return None };
+        if self.missing.is_some() {
+            return None;
+        }
+        debug_assert_eq!(b.updates.len(), self.updates.len(), "a complete payload holds every body its entry names");
+        self.updates.get(b.updates.binary_search(digest).ok()?)
+    }
+}
+
 /// A payload's claim: `hash` is proposed at `height` in `round` by `proposer`, with proof-of-lock
 /// round `valid_round` (−1 if none). Rounds are within `0..=MAX_ROUND` (checked at the door).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

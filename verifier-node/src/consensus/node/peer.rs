@@ -127,33 +127,37 @@ impl<L: Log> Node<L> {
     pub(super) fn feed_payload(&mut self, a: Announcement) {
         let Announcement { round, hash, valid_round, proposer, .. } = a;
         // Fed once every body is held (`on_bodies`).
-        let Some(HeldPayload { entry, updates, validity, .. }) = self.payloads.get(&hash).filter(|p| p.missing.is_none()).cloned() else { return };
-        let valid = match validity {
+        // (Borrowed, not cloned: the bodies are megabytes.)
+        let Some(p) = self.payloads.get(&hash).filter(|p| p.missing.is_none()) else { return };
+        let height = p.entry.height;
+        let valid = match p.validity {
             Some(v) => v,
             None => {
                 let drift = self.app.genesis().max_clock_drift_ms;
-                let verdict = if entry.timestamp_ms > self.now.saturating_add(drift) {
-                    Err(Reject::NotDue(format!("timestamp {} is ahead of this node's clock {}", entry.timestamp_ms, self.now)))
+                let verdict = if p.entry.timestamp_ms > self.now.saturating_add(drift) {
+                    Err(Reject::NotDue(format!("timestamp {} is ahead of this node's clock {}", p.entry.timestamp_ms, self.now)))
                 } else {
-                    self.app.validate(&entry, &updates, &self.pools.verified, &mut self.rng)
+                    self.app.validate(&p.entry, &p.updates, &self.pools.verified, &mut self.rng)
                 };
+                let bodies = p.updates.len();
+                let record = WalRecord::encode_payload(&p.entry, &p.updates);
                 if let Err(why) = &verdict {
-                    warn!(validator = self.cfg.index, height = entry.height, proposer, "invalid proposal {hash}: {why}");
+                    warn!(validator = self.cfg.index, height, proposer, "invalid proposal {hash}: {why}");
                     self.stats.invalid_payloads += 1;
                     self.count(why);
                 }
                 let ok = verdict.is_ok();
-                debug!(validator = self.cfg.index, height = entry.height, round, proposer, updates = updates.len(), valid = ok, "validated payload {hash}");
+                debug!(validator = self.cfg.index, height, round, proposer, updates = bodies, valid = ok, "validated payload {hash}");
                 if let Some(p) = self.payloads.get_mut(&hash) {
                     p.validity = Some(ok);
                 }
-                self.wal_append(entry.height, &WalRecord::Payload { entry: entry.clone(), updates: updates.clone() });
+                self.wal_append_bytes(height, &record);
                 ok
             }
         };
         // Rounds were checked at the door (0..=MAX_ROUND, −1..round): `Round::from` holds.
         let pv = ProposedValue {
-            height: Height(entry.height),
+            height: Height(height),
             round: Round::from(round),
             valid_round: Round::from(valid_round),
             proposer: Address(proposer),
@@ -237,12 +241,13 @@ impl<L: Log> Node<L> {
                 self.count(&e);
                 break;
             }
-            if let Err(e) = self.commit(&c) {
-                return self.fail(format!("storing synced height {}: {e}", c.entry.height));
+            let height = c.entry.height;
+            if let Err(e) = self.commit(Arc::new(c)) {
+                return self.fail(format!("storing synced height {height}: {e}"));
             }
             self.stats.synced += 1;
             advanced = true;
-            info!(validator = self.cfg.index, height = c.entry.height, "synced");
+            info!(validator = self.cfg.index, height, "synced");
         }
         if advanced {
             // Rejoin at the new height: a fresh core state (the old height is over).

@@ -29,13 +29,25 @@ pub const MAX_POOLED_READINGS: usize = 1 << 18;
 /// A market and a device: how device messages are keyed.
 type Key = (u64, DeviceId);
 
+/// A pooled update with its digest, computed once at admission: proposals name updates by
+/// digest, and filling or serving their bodies looks them up without hashing the pool again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct PooledUpdate {
+    /// The signed update as the device sent it.
+    pub(super) update: SignedUpdate,
+    /// `update.digest()`.
+    pub(super) digest: Hash,
+}
+
 /// The pools of one validator.
 #[derive(Debug, Default)]
 pub(super) struct Pools {
     pub(super) enrollments: BTreeMap<Key, SignedEnrollment>,
     pub(super) withdrawals: BTreeMap<Key, SignedWithdrawal>,
     /// One update per (market, device): its open iteration's.
-    pub(super) updates: BTreeMap<Key, SignedUpdate>,
+    pub(super) updates: BTreeMap<Key, PooledUpdate>,
+    /// Which key holds the pooled update of each digest (the same updates as `updates`).
+    pub(super) by_digest: BTreeMap<Hash, Key>,
     pub(super) opens: BTreeMap<u64, SignedMarketOpen>,
     pub(super) revocations: BTreeMap<Hash, SignedRevocation>,
     /// Meter readings by (market, device, slot).
@@ -75,7 +87,7 @@ impl Pools {
         PoolSnapshot {
             enrollments: self.enrollments.values().cloned().collect(),
             withdrawals: self.withdrawals.values().cloned().collect(),
-            updates: self.updates.values().cloned().collect(),
+            updates: self.updates.values().map(|p| p.update.clone()).collect(),
             opens: self.opens.values().cloned().collect(),
             revocations: self.revocations.values().cloned().collect(),
             // (Ascending by market: the lowest market's first entry's worth is all a meter
@@ -169,7 +181,7 @@ impl Pools {
     /// is bounded by the enrolled sets, and so is the queue awaiting verification.
     pub(super) fn admit_update(&mut self, app: &ChainApp, now: u64, u: SignedUpdate) -> Result<(), Reject> {
         let key = (u.body.market_id, u.body.device);
-        if let Some(held) = self.updates.get(&key) {
+        if let Some(PooledUpdate { update: held, .. }) = self.updates.get(&key) {
             if *held == u {
                 // The same signed update again (a gateway re-sends before the deadline in case
                 // a validator lost its pool): already held, nothing changes.
@@ -180,9 +192,45 @@ impl Pools {
             }
         }
         let proof = app.admit_update(now, &u)?;
+        let digest = u.digest();
         self.unverified.push((u.clone(), proof));
-        self.updates.insert(key, u);
+        self.insert_update(key, PooledUpdate { update: u, digest });
         Ok(())
+    }
+
+    /// The pooled update named by `digest`, if one is held.
+    pub(super) fn update_by_digest(&self, digest: &Hash) -> Option<&SignedUpdate> {
+        let p = self.updates.get(self.by_digest.get(digest)?)?;
+        debug_assert_eq!(&p.digest, digest, "the digest index names another update");
+        Some(&p.update)
+    }
+
+    /// Holds `p` under `key`, in place of the one held there (if any), in both maps.
+    fn insert_update(&mut self, key: Key, p: PooledUpdate) {
+        self.by_digest.insert(p.digest, key);
+        if let Some(old) = self.updates.insert(key, p) {
+            self.by_digest.remove(&old.digest);
+        }
+    }
+
+    /// Drops the update held under `key` (if any) from both maps.
+    pub(super) fn remove_update(&mut self, key: &Key) {
+        if let Some(old) = self.updates.remove(key) {
+            self.by_digest.remove(&old.digest);
+        }
+    }
+
+    /// Keeps the pooled updates for which `keep` holds, in both maps.
+    fn retain_updates(&mut self, mut keep: impl FnMut(&Key, &SignedUpdate) -> bool) {
+        let by_digest = &mut self.by_digest;
+        self.updates.retain(|key, p| {
+            let kept = keep(key, &p.update);
+            if !kept {
+                by_digest.remove(&p.digest);
+            }
+            kept
+        });
+        debug_assert_eq!(self.updates.len(), self.by_digest.len());
     }
 
     /// Batch-verifies up to `max` of the pooled updates that arrived since the last call
@@ -201,8 +249,8 @@ impl Pools {
                 Err(why) => {
                     refused.push(why);
                     let key = (u.body.market_id, u.body.device);
-                    if !keep_bad && self.updates.get(&key) == Some(&u) {
-                        self.updates.remove(&key);
+                    if !keep_bad && self.updates.get(&key).is_some_and(|p| p.update == u) {
+                        self.remove_update(&key);
                     }
                 }
             }
@@ -222,18 +270,18 @@ impl Pools {
                 for d in &changed {
                     self.enrollments.remove(&(b.market_id, *d));
                     self.withdrawals.remove(&(b.market_id, *d));
-                    self.updates.remove(&(b.market_id, *d));
+                    self.remove_update(&(b.market_id, *d));
                 }
                 self.unverified.retain(|(u, _)| u.body.market_id != b.market_id || !changed.contains(&u.body.device));
             }
             Body::Iteration(b) => {
                 let (id, k) = (b.market_id, b.iteration);
-                self.updates.retain(|key, u| key.0 != id || u.body.iteration > k);
+                self.retain_updates(|key, u| key.0 != id || u.body.iteration > k);
                 self.unverified.retain(|(u, _)| u.body.market_id != id || u.body.iteration > k);
             }
             Body::Final(f) => {
                 // The market is over: updates sent for an iteration that will not come go.
-                self.updates.retain(|key, _| key.0 != f.market_id);
+                self.retain_updates(|key, _| key.0 != f.market_id);
                 self.unverified.retain(|(u, _)| u.body.market_id != f.market_id);
             }
             Body::Open(o) => {
@@ -252,8 +300,8 @@ impl Pools {
         self.opens.retain(|_, o| app.check_open(o, now).is_ok());
         self.revocations.retain(|_, r| app.check_revocation(r).is_ok());
         self.readings.retain(|_, r| app.reading_pending(r));
-        let pooled: BTreeSet<Hash> = self.updates.values().map(SignedUpdate::digest).collect();
-        self.verified.retain(|d, _| pooled.contains(d));
+        let by_digest = &self.by_digest;
+        self.verified.retain(|d, _| by_digest.contains_key(d));
     }
 }
 

@@ -36,17 +36,17 @@ impl<L: Log> Node<L> {
             if matches!(d.why, Reject::BadProof(_)) {
                 let key = (d.market_id, d.device);
                 if self.cfg.byzantine == Some(Byzantine::IncludeInvalidProofs) {
-                    if let Some(u) = self.pools.updates.get(&key) {
-                        included.push(u.clone());
+                    if let Some(p) = self.pools.updates.get(&key) {
+                        included.push(p.update.clone());
                     }
                 } else {
-                    self.pools.updates.remove(&key);
+                    self.pools.remove_update(&key);
                 }
             }
         }
         match (self.cfg.byzantine, &mut entry.body) {
             (Some(Byzantine::IncludeInvalidProofs), Body::Iteration(b)) => {
-                included.sort_by_key(SignedUpdate::digest);
+                included.sort_by_cached_key(SignedUpdate::digest);
                 if let Ok(body) = self.app.iteration_body(b.market_id, b.iteration, &included) {
                     *b = body;
                 }
@@ -76,8 +76,8 @@ impl<L: Log> Node<L> {
         }
         let hash = EntryHash(entry.hash());
         info!(validator = self.cfg.index, height = h, %round, kind = body_kind(&entry.body), updates = included.len(), "proposing {hash}");
-        let record = WalRecord::Payload { entry: entry.clone(), updates: included.clone() };
-        let len = protocol::codec::encode(&record).len();
+        let record = WalRecord::encode_payload(&entry, &included);
+        let len = record.len();
         if len > MAX_WAL_RECORD {
             // More updates than one frame carries: proposing it would be refused by every
             // peer and cannot be written ahead. Not fatal: this round passes without it.
@@ -86,7 +86,8 @@ impl<L: Log> Node<L> {
             self.get_value = None;
             return;
         }
-        self.wal_append(h, &record);
+        self.wal_append_bytes(h, &record);
+        drop(record);
         self.wal_append(h, &WalRecord::Proposed { round: round.as_i64(), value: hash.0 });
         self.own_proposals.insert((h, round.as_i64()), hash);
         self.payloads.insert(

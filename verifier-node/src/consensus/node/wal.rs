@@ -62,10 +62,18 @@ impl<L: Log> Node<L> {
     }
 
     pub(super) fn wal_append(&mut self, height: u64, record: &WalRecord) {
+        if !self.replaying {
+            self.wal_append_bytes(height, &protocol::codec::encode(record));
+        }
+    }
+
+    /// Appends an encoded [`WalRecord`] (e.g. [`WalRecord::encode_payload`]) to the WAL of
+    /// `height`, unless replaying; a failed write is fatal.
+    pub(super) fn wal_append_bytes(&mut self, height: u64, record: &[u8]) {
         if self.replaying {
             return;
         }
-        if let Err(e) = self.log.wal_append(height, &protocol::codec::encode(record)) {
+        if let Err(e) = self.log.wal_append(height, record) {
             self.fail(format!("writing the WAL: {e}"));
         }
     }
