@@ -361,11 +361,14 @@ pub fn run(s: Scenario, exe: &Path) -> Result<ScaleResult, String> {
         let endpoint = protocol::net::client_endpoint("127.0.0.1:0".parse().expect("addr")).map_err(|e| e.to_string())?;
         let port = s.port;
         let addr = move |v: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port + v));
-        // The validators are up once the watcher connects.
+        // The validators are up once the watcher connects. The watcher has an endpoint of its
+        // own, as a subscribing gateway would: the devices' endpoint drives 4N connections, and
+        // a commit read through it waits behind their traffic.
         let watcher = SigningKey::from_bytes(&[250; 32]);
+        let watch_endpoint = protocol::net::client_endpoint("127.0.0.1:0".parse().expect("addr")).map_err(|e| e.to_string())?;
         let mut sub = None;
         for _ in 0..200 {
-            if let Ok(c) = ValidatorClient::connect(&endpoint, addr(0), validator_keys[0].verifying_key().to_bytes(), &watcher).await {
+            if let Ok(c) = ValidatorClient::connect(&watch_endpoint, addr(0), validator_keys[0].verifying_key().to_bytes(), &watcher).await {
                 sub = Some(c);
                 break;
             }

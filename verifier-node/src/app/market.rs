@@ -245,6 +245,13 @@ impl Market {
 
     /// The body the engine computes for `updates` at iteration k (state unchanged).
     pub fn iteration_body(&self, k: u32, updates: &[SignedUpdate]) -> Result<IterationBody, Reject> {
+        let digests: Vec<Hash> = updates.iter().map(SignedUpdate::digest).collect();
+        self.next_iteration(k, updates, digests).map(|(body, _)| body)
+    }
+
+    /// The body the engine computes for `updates` (whose digests are `digests`) at iteration
+    /// k, with the engine state after it (this market's state unchanged).
+    pub fn next_iteration(&self, k: u32, updates: &[SignedUpdate], digests: Vec<Hash>) -> Result<(IterationBody, AdmmState), Reject> {
         if self.is_pruned() {
             return Err(Reject::Pruned(self.id()));
         }
@@ -254,8 +261,15 @@ impl Market {
         };
         let xs: Vec<(DeviceId, Vec<i32>)> = updates.iter().map(|u| (u.body.device, u.body.schedule.clone())).collect();
         let r = engine.apply_iteration(&xs)?;
-        let digests: Vec<Hash> = updates.iter().map(SignedUpdate::digest).collect();
-        Ok(IterationBody::new(self.id(), k, digests, engine.variables(), &r))
+        Ok((IterationBody::new(self.id(), k, digests, engine.variables(), &r), engine))
+    }
+
+    /// Applies an iteration entry whose engine state [`Self::next_iteration`] computed from
+    /// this state and its updates (so [`Self::apply_iteration`] would reach the same).
+    pub fn install_iteration(&mut self, timestamp_ms: u64, body: &IterationBody, engine: AdmmState) {
+        self.converged = protocol::entry::iteration_converged(body);
+        self.admm = Some(engine);
+        self.last_ms = timestamp_ms;
     }
 
     fn start_engine(&self) -> Result<AdmmState, Reject> {

@@ -32,9 +32,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 
 use circuits::{Context, Fr, ModelKind, Shape, Slots};
-use protocol::admm::AdmmError;
+use protocol::admm::{AdmmError, AdmmState};
 use protocol::clock::ClockError;
-use protocol::entry::{Body, EnrollmentBatch, Entry, Genesis};
+use protocol::entry::{Body, EnrollmentBatch, Entry, Genesis, IterationBody};
 use protocol::ids::DeviceId;
 use protocol::market::{OpenContext, SignedMarketOpen, SignedWithdrawal};
 use protocol::membership::{AttestationError, RevocationError, SignedRevocation};
@@ -142,6 +142,35 @@ pub struct ChainApp {
     /// The state root at the tip, computed when first asked (building or checking the next
     /// entry), cleared by every apply.
     root: OnceLock<Hash>,
+    /// The engine state of the last iteration entry validated, for its apply.
+    validated: ValidatedIteration,
+}
+
+/// The engine state an iteration entry was validated to, from the tip it extends, so that
+/// applying it once it is decided does not compute the iteration again. A cache: a copy of
+/// the app starts without it.
+#[derive(Debug, Default)]
+struct ValidatedIteration(std::sync::Mutex<Option<(Hash, IterationBody, AdmmState)>>);
+
+impl Clone for ValidatedIteration {
+    fn clone(&self) -> Self {
+        ValidatedIteration::default()
+    }
+}
+
+impl ValidatedIteration {
+    fn keep(&self, prev_hash: Hash, body: IterationBody, engine: AdmmState) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((prev_hash, body, engine));
+    }
+
+    /// The engine state `body` was validated to from the tip `prev_hash`, if it is the one kept.
+    fn take(&self, prev_hash: Hash, body: &IterationBody) -> Option<AdmmState> {
+        let mut held = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match held.take() {
+            Some((h, b, engine)) if h == prev_hash && b == *body => Some(engine),
+            _ => None,
+        }
+    }
 }
 
 impl ChainApp {
@@ -175,6 +204,7 @@ impl ChainApp {
             accounts: BTreeMap::new(),
             tip,
             root: OnceLock::new(),
+            validated: ValidatedIteration::default(),
         })
     }
 
@@ -739,9 +769,11 @@ impl ChainApp {
                 if let Some(&i) = self.invalid_proofs(updates.iter().zip(checked), rng)?.first() {
                     return Err(Reject::BadProof(updates[i].body.device));
                 }
-                if &market.iteration_body(k, updates)? != body {
+                let (computed, engine) = market.next_iteration(k, updates, digests)?;
+                if &computed != body {
                     return Err(Reject::WrongAggregates);
                 }
+                self.validated.keep(entry.prev_hash, computed, engine);
                 Ok(())
             }
             (Body::Final(body), Step::Final) => {
@@ -782,11 +814,14 @@ impl ChainApp {
                 self.market_mut(batch.market_id)?.apply_batch(ts, joined, &left);
             }
             Body::Iteration(b) => {
+                let validated = self.validated.take(entry.prev_hash, b);
                 let market = self.market_mut(b.market_id)?;
                 if market.is_pruned() {
                     market.apply_pruned_iteration(ts, b);
                 } else if updates.len() != b.updates.len() {
                     return Err(Reject::MissingUpdates);
+                } else if let Some(engine) = validated {
+                    market.install_iteration(ts, b, engine);
                 } else {
                     market.apply_iteration(ts, updates)?;
                 }
