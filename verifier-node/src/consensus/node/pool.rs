@@ -207,10 +207,9 @@ impl Pools {
 
     /// Holds `p` under `key`, in place of the one held there (if any), in both maps.
     fn insert_update(&mut self, key: Key, p: PooledUpdate) {
+        self.remove_update(&key);
         self.by_digest.insert(p.digest, key);
-        if let Some(old) = self.updates.insert(key, p) {
-            self.by_digest.remove(&old.digest);
-        }
+        self.updates.insert(key, p);
     }
 
     /// Drops the update held under `key` (if any) from both maps.
