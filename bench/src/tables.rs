@@ -99,19 +99,21 @@ fn growth_row(v: u16, a: &ScaleResult, b: &ScaleResult, label: &str) -> String {
     format!("| {v} | {} → {}{label} | {lat} | {rss} | {gw} | {per_device} |\n", thousands(na), thousands(nb))
 }
 
-/// The generated markdown: one row per run, then the growth per validator count.
+/// The generated markdown: one row per run (with the latency's ratio to the same run's
+/// baseline, the figure to compare across days on a shared machine), then the growth per validator count.
 pub fn markdown(results: &[ScaleResult], chart: &str) -> String {
     let mut md = String::new();
-    md.push_str("| N devices | validators | deadline → committed | bytes sent per validator for the iteration (max / mean) | baseline: batch verify of N in-process | admitted + pre-verified per s per validator | validator peak RSS (max of V) | gateway peak RSS | iteration entry | wall time |\n");
-    md.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("| N devices | validators | deadline → committed | latency / baseline | bytes sent per validator for the iteration (max / mean) | baseline: batch verify of N in-process | admitted + pre-verified per s per validator | validator peak RSS (max of V) | gateway peak RSS | iteration entry | wall time |\n");
+    md.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in results {
         let (max, mean) = r.peer_bytes_max_mean();
-        let sent = if r.peer_bytes.is_empty() { "–".to_string() } else { format!("{:.2} / {:.2} MB", max as f64 / 1e6, mean / 1e6) };
+        let sent = if r.peer_bytes.is_empty() { "–".to_string() } else { format!("{:.1} / {:.1} KB", max as f64 / 1e3, mean / 1e3) };
         md.push_str(&format!(
-            "| {} | {} | {} ms | {sent} | {:.0} ms ({:.0} proofs/s) | {:.0} | {:.0} MiB | {:.0} MiB | {:.2} MB | {:.0} s |\n",
+            "| {} | {} | {} ms | {:.2} | {sent} | {:.0} ms ({:.0} proofs/s) | {:.0} | {:.0} MiB | {:.0} MiB | {:.2} MB | {:.0} s |\n",
             thousands(r.scenario.devices),
             r.scenario.validators,
             thousands(r.deadline_to_commit_ms as usize),
+            r.deadline_to_commit_ms as f64 / r.baseline_batch_verify_ms,
             r.baseline_batch_verify_ms,
             r.batch_verify_proofs_per_s,
             r.admitted_per_s_per_validator,
@@ -238,7 +240,8 @@ mod tests {
         let text = std::fs::read_to_string(&md).unwrap();
         assert!(text.starts_with("# Before\n") && text.ends_with(&format!("{END}\nAfter\n")), "{text}");
         assert!(!text.contains("old table"));
-        assert!(text.contains("| 10,000 | 4 | 1,000 ms | 1.00 / 1.00 MB |"), "{text}");
+        // 1,000 ms against a 10 ms baseline; 10,000 devices × 100 bytes sent by each validator.
+        assert!(text.contains("| 10,000 | 4 | 1,000 ms | 100.00 | 1000.0 / 1000.0 KB |"), "{text}");
         assert!(text.contains("| 4 | 100 → 1,000 | 0.00 | 1.00 |"), "{text}");
         assert!(text.contains("| 4 | 1,000 → 10,000 | 1.00 | 1.00 |"), "{text}");
         assert!(text.contains("| 4 | 100 → 10,000 (overall) | 0.50 | 1.00 |"), "{text}");

@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use circuits::{ModelKind, Shape, Slots};
+use keys::lagrange::Prepared;
 use keys::phase1::Phase1;
 use keys::phase2::Phase2;
 
@@ -21,13 +22,17 @@ fn main() {
     p1.verify().unwrap();
     println!("phase 1 verify: {:?}", s.elapsed());
     let shape = Shape { kind: ModelKind::Deferrable, slots: Slots::new(t).unwrap() };
+    let d = keys::phase2::domain_power(shape).unwrap();
     let s = Instant::now();
-    let mut p2 = Phase2::new(&p1.accumulator, shape).unwrap();
-    println!("phase 2 new (deferrable T = {t}): {:?}", s.elapsed());
+    let prepared = Prepared::prepare(p1.clone(), &[d]).unwrap();
+    println!("prepare the Lagrange bases of 2^{d}: {:?}", s.elapsed());
+    let s = Instant::now();
+    let mut p2 = Phase2::new(&prepared, shape).unwrap();
+    println!("phase 2 new (deferrable T = {t}), prepared: {:?}", s.elapsed());
     let s = Instant::now();
     p2.contribute("b", b"", &mut rng);
     println!("phase 2 contribution: {:?}", s.elapsed());
     let s = Instant::now();
-    p2.verify(&p1.accumulator).unwrap();
-    println!("phase 2 verify: {:?}", s.elapsed());
+    p2.verify(&prepared).unwrap();
+    println!("phase 2 verify, prepared: {:?}", s.elapsed());
 }

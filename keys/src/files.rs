@@ -1,4 +1,5 @@
-//! Transcript files: `GRIDPTAU` (phase 1) and `GRIDPH2\0` (phase 2), each a magic, a u16
+//! Transcript files: `GRIDPTAU` (phase 1), `GRIDPREP` (a final phase-1 transcript followed by
+//! the Lagrange bases of some domains, [`crate::lagrange`]) and `GRIDPH2\0` (phase 2), each a magic, a u16
 //! format version and the transcript compressed (arkworks canonical encoding, validated on
 //! read: points on the curve and in the subgroup, canonical field elements). Written to a
 //! temporary file, synced, then renamed, so a crash never leaves half a file.
@@ -9,11 +10,14 @@ use std::path::{Path, PathBuf};
 use ark_serialize::{CanonicalDeserialize, CanonicalSerialize, Compress, Validate};
 use thiserror::Error;
 
+use crate::lagrange::{LagrangeBases, LagrangeError, Prepared};
 use crate::phase1::Phase1;
 use crate::phase2::Phase2;
 
 /// Phase-1 file magic.
 pub const PTAU_MAGIC: [u8; 8] = *b"GRIDPTAU";
+/// Prepared phase-1 file magic.
+pub const PREPARED_MAGIC: [u8; 8] = *b"GRIDPREP";
 /// Phase-2 file magic.
 pub const PHASE2_MAGIC: [u8; 8] = *b"GRIDPH2\0";
 /// File format version.
@@ -46,6 +50,15 @@ pub enum FileError {
         path: PathBuf,
         /// Its version.
         found: u16,
+    },
+    /// Prepared Lagrange bases that are not the transcript's powers in the Lagrange basis.
+    #[error("{path}: {source}")]
+    Lagrange {
+        /// The file.
+        path: PathBuf,
+        /// What the check found.
+        #[source]
+        source: LagrangeError,
     },
     /// Truncated, invalid points, trailing bytes...
     #[error("{path}: {reason}")]
@@ -116,6 +129,39 @@ pub fn save_phase1(path: &Path, p: &Phase1) -> Result<(), FileError> {
 /// Loads a phase-1 transcript.
 pub fn load_phase1(path: &Path) -> Result<Phase1, FileError> {
     phase1_from_bytes(path, &read(path)?)
+}
+
+/// A prepared file's content as written: the transcript, then the bases.
+#[derive(CanonicalSerialize, CanonicalDeserialize)]
+struct PreparedFile {
+    phase1: Phase1,
+    lagrange: Vec<LagrangeBases>,
+}
+
+/// The bytes of a prepared phase-1 file.
+pub fn prepared_bytes(p: &Prepared) -> Vec<u8> {
+    // Cloning the points costs less than a second format definition over borrowed parts.
+    encode(&PREPARED_MAGIC, &PreparedFile { phase1: p.phase1().clone(), lagrange: p.sets().cloned().collect() })
+}
+
+/// Saves a prepared phase-1 transcript.
+pub fn save_prepared(path: &Path, p: &Prepared) -> Result<(), FileError> {
+    write_atomic(path, &prepared_bytes(p))
+}
+
+/// Parses either phase-1 file (a `GRIDPREP` file's bases are checked against its powers; a
+/// `GRIDPTAU` file gives a transcript without prepared bases).
+pub fn any_phase1_from_bytes(path: &Path, bytes: &[u8]) -> Result<Prepared, FileError> {
+    if bytes.starts_with(&PTAU_MAGIC) {
+        return phase1_from_bytes(path, bytes).map(Prepared::unprepared);
+    }
+    let f: PreparedFile = decode(path, bytes, &PREPARED_MAGIC, "gridproof powers-of-tau (GRIDPTAU or GRIDPREP)")?;
+    Prepared::from_parts(f.phase1, f.lagrange).map_err(|source| FileError::Lagrange { path: path.to_path_buf(), source })
+}
+
+/// Loads either phase-1 file ([`any_phase1_from_bytes`]).
+pub fn load_any_phase1(path: &Path) -> Result<Prepared, FileError> {
+    any_phase1_from_bytes(path, &read(path)?)
 }
 
 /// The bytes of a phase-2 file.

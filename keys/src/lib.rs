@@ -1,6 +1,8 @@
 //! `keys`: the trusted setup of gridproof's Groth16 circuits.
 //!
 //! - [`phase1`]: powers of tau over BN254 — new, contribute, beacon, verify.
+//! - [`lagrange`]: the accumulator's Lagrange bases per domain, prepared once for phase 2 and
+//!   checked against the powers whenever they are read.
 //! - [`phase2`]: per circuit shape (model, T) — keys from a phase-1 accumulator, δ
 //!   contributions, beacon finalisation, verification of the whole chain, export as `prover`
 //!   key files.
@@ -13,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod files;
+pub mod lagrange;
 pub mod phase1;
 pub mod phase2;
 pub mod pok;

@@ -8,6 +8,7 @@ use circuits::{ModelKind, Shape, Slots};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use keys::files::{self, write_atomic};
+use keys::lagrange::Prepared;
 use keys::phase1::Phase1;
 use keys::phase2::Phase2;
 use keys::pok::hex;
@@ -117,13 +118,36 @@ enum PtauCommand {
     Contribute(ContributeArgs),
     /// Adds a final contribution from a public beacon value.
     Beacon(BeaconArgs),
-    /// Verifies the whole transcript and lists its contributions.
+    /// Verifies the whole transcript and lists its contributions (a prepared file: also its
+    /// Lagrange bases).
     Verify {
-        /// The transcript.
+        /// The transcript (`ptau new`/`contribute`/`beacon`/`import` or `prepare` output).
         #[arg(long = "in")]
         input: PathBuf,
     },
-    /// Imports a snarkjs `.ptau` file (verify it with `snarkjs powersoftau verify` first).
+    /// Computes the Lagrange bases phase 2 needs, once, into a final prepared file (as snarkjs's
+    /// `powersoftau prepare phase2`): `phase2 new`, `verify` and `export` then skip the inverse
+    /// FFTs in the exponent that dominate them. Whoever reads a prepared file checks the bases
+    /// against the powers (one random linear combination each), so a wrong file is refused,
+    /// never used. Prepare after the last contribution (and beacon): a contribution to a
+    /// prepared file writes an unprepared one. The transcript itself is not verified here
+    /// (`ptau verify` does).
+    Prepare {
+        /// The phase-1 transcript.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// The prepared file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// log2 of the domain sizes to prepare, comma-separated (default: every size from 2^1
+        /// to the transcript's 2^power; a circuit's domain is the power of two at or above its
+        /// constraints plus public inputs, 2^13 or 2^14 at T = 96).
+        #[arg(long, value_delimiter = ',')]
+        domains: Vec<u32>,
+    },
+    /// Imports a snarkjs `.ptau` file (verify it with `snarkjs powersoftau verify` first). A
+    /// file from `snarkjs powersoftau prepare phase2` becomes a prepared file (its Lagrange
+    /// bases checked against its powers), like the output of `ptau prepare`.
     Import {
         /// The snarkjs file.
         #[arg(long)]
@@ -138,7 +162,7 @@ enum PtauCommand {
 enum Phase2Command {
     /// Starts phase 2 for one circuit from a phase-1 transcript.
     New {
-        /// The phase-1 transcript.
+        /// The phase-1 transcript (prepared or not).
         #[arg(long)]
         ptau: PathBuf,
         /// Device model.
@@ -158,7 +182,7 @@ enum Phase2Command {
         /// The phase-2 transcript.
         #[arg(long = "in")]
         input: PathBuf,
-        /// The phase-1 transcript it started from.
+        /// The phase-1 transcript it started from (prepared or not).
         #[arg(long)]
         ptau: PathBuf,
     },
@@ -169,7 +193,7 @@ enum Phase2Command {
         /// The phase-2 transcript.
         #[arg(long = "in")]
         input: PathBuf,
-        /// The phase-1 transcript.
+        /// The phase-1 transcript (prepared or not).
         #[arg(long)]
         ptau: PathBuf,
         /// Output directory.
@@ -222,8 +246,20 @@ fn key_files(out: &Path, shape: Shape, pk: &UpdateProvingKey, vk: &UpdateVerifyi
     Ok(())
 }
 
+/// A transcript to contribute to or prepare. A prepared file's bases are dropped: they would
+/// not match the powers after a contribution.
 fn load1(path: &Path) -> Result<Phase1> {
-    step(&format!("reading {}", path.display()), || files::load_phase1(path)).map_err(|e| e.to_string())
+    let p = load_powers(path)?;
+    if !p.powers().is_empty() {
+        eprintln!("note: {} is prepared; the Lagrange bases are dropped (run `keys ptau prepare` on the result)", path.display());
+    }
+    Ok(p.phase1().clone())
+}
+
+/// A phase-1 transcript to start or check phase 2 from, prepared or not (prepared bases are
+/// checked against the powers while reading).
+fn load_powers(path: &Path) -> Result<Prepared> {
+    step(&format!("reading {}", path.display()), || files::load_any_phase1(path)).map_err(|e| e.to_string())
 }
 
 fn load2(path: &Path) -> Result<Phase2> {
@@ -266,26 +302,46 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Ptau(PtauCommand::Verify { input }) => {
-            let p = load1(&input)?;
+            let prepared = load_powers(&input)?;
+            let p = prepared.phase1();
             step("verifying", || p.verify()).map_err(|e| format!("REJECTED: {e}"))?;
             for (i, c) in p.contributions.iter().enumerate() {
                 println!("contribution {i} {:?}{}: {}", c.name, if c.beacon.is_some() { " (beacon)" } else { "" }, hex(&c.hash));
             }
             println!("OK: powers-of-tau transcript with 2^{} powers and {} contributions verifies", p.accumulator.power, p.contributions.len());
+            let powers = prepared.powers();
+            if !powers.is_empty() {
+                let list: Vec<String> = powers.iter().map(|p| format!("2^{p}")).collect();
+                println!("OK: prepared Lagrange bases for the domains {} match the powers", list.join(", "));
+            }
+            Ok(())
+        }
+        Command::Ptau(PtauCommand::Prepare { input, out, domains }) => {
+            let p = load1(&input)?;
+            let prepared = step("computing the Lagrange bases", || Prepared::prepare(p, &domains)).map_err(|e| e.to_string())?;
+            step("writing", || files::save_prepared(&out, &prepared)).map_err(|e| e.to_string())?;
+            let list: Vec<String> = prepared.powers().iter().map(|p| format!("2^{p}")).collect();
+            println!("prepared the Lagrange bases of the domains {}: {}", list.join(", "), out.display());
             Ok(())
         }
         Command::Ptau(PtauCommand::Import { snarkjs, out }) => {
             let bytes = std::fs::read(&snarkjs).map_err(|e| format!("{}: {e}", snarkjs.display()))?;
-            let p = step("importing", || keys::snarkjs::import_ptau(&bytes)).map_err(|e| format!("{}: {e}", snarkjs.display()))?;
-            step("checking the powers", || p.verify()).map_err(|e| format!("REJECTED: {e}"))?;
-            step("writing", || files::save_phase1(&out, &p)).map_err(|e| e.to_string())?;
-            println!("imported 2^{} powers from {} into {}", p.accumulator.power, snarkjs.display(), out.display());
+            let p = step("importing", || keys::snarkjs::import_prepared(&bytes)).map_err(|e| format!("{}: {e}", snarkjs.display()))?;
+            step("checking the powers", || p.phase1().verify()).map_err(|e| format!("REJECTED: {e}"))?;
+            let power = p.accumulator().power;
+            if p.powers().is_empty() {
+                step("writing", || files::save_phase1(&out, p.phase1())).map_err(|e| e.to_string())?;
+                println!("imported 2^{power} powers from {} into {}", snarkjs.display(), out.display());
+            } else {
+                step("writing", || files::save_prepared(&out, &p)).map_err(|e| e.to_string())?;
+                println!("imported 2^{power} powers and the prepared Lagrange bases of 2^1 to 2^{power} from {} into {}", snarkjs.display(), out.display());
+            }
             Ok(())
         }
         Command::Phase2(Phase2Command::New { ptau, model, slots, out }) => {
             let shape = shape(model, slots)?;
-            let p1 = load1(&ptau)?;
-            let p = step("computing the circuit's initial key", || Phase2::new(&p1.accumulator, shape)).map_err(|e| e.to_string())?;
+            let p1 = load_powers(&ptau)?;
+            let p = step("computing the circuit's initial key", || Phase2::new(&p1, shape)).map_err(|e| e.to_string())?;
             step("writing", || files::save_phase2(&out, &p)).map_err(|e| e.to_string())?;
             println!("phase 2 for {} with T = {}: {}", shape.kind, shape.slots, out.display());
             Ok(())
@@ -298,9 +354,9 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Phase2(Phase2Command::Verify { input, ptau }) => {
-            let (p1, p2) = (load1(&ptau)?, load2(&input)?);
-            step("verifying phase 1", || p1.verify()).map_err(|e| format!("REJECTED: phase 1: {e}"))?;
-            step("verifying phase 2", || p2.verify(&p1.accumulator)).map_err(|e| format!("REJECTED: {e}"))?;
+            let (p1, p2) = (load_powers(&ptau)?, load2(&input)?);
+            step("verifying phase 1", || p1.phase1().verify()).map_err(|e| format!("REJECTED: phase 1: {e}"))?;
+            step("verifying phase 2", || p2.verify(&p1)).map_err(|e| format!("REJECTED: {e}"))?;
             for (i, c) in p2.contributions.iter().enumerate() {
                 println!("contribution {i} {:?}{}: {}", c.name, if c.beacon.is_some() { " (beacon)" } else { "" }, hex(&c.hash));
             }
@@ -316,9 +372,9 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Phase2(Phase2Command::Export { input, ptau, out }) => {
-            let (p1, p2) = (load1(&ptau)?, load2(&input)?);
-            step("verifying phase 1", || p1.verify()).map_err(|e| format!("REJECTED: phase 1: {e}"))?;
-            let (pk, vk) = step("verifying phase 2", || p2.export(&p1.accumulator)).map_err(|e| format!("REJECTED: {e}"))?;
+            let (p1, p2) = (load_powers(&ptau)?, load2(&input)?);
+            step("verifying phase 1", || p1.phase1().verify()).map_err(|e| format!("REJECTED: phase 1: {e}"))?;
+            let (pk, vk) = step("verifying phase 2", || p2.export(&p1)).map_err(|e| format!("REJECTED: {e}"))?;
             let shape = p2.shape().map_err(|e| e.to_string())?;
             if p2.contributions.is_empty() {
                 eprintln!("WARNING: no contributions: these keys are as weak as a development setup");

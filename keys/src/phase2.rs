@@ -1,8 +1,9 @@
 //! Phase 2: the Groth16 keys of one circuit shape, from a phase-1 accumulator, randomised by δ
 //! contributions.
 //!
-//! The initial key is computed deterministically from the accumulator's Lagrange bases (an
-//! inverse FFT over group elements on the circuit's evaluation domain) and the circuit's R1CS
+//! The initial key is computed deterministically from the accumulator's Lagrange bases (read
+//! from a prepared phase-1 file, [`crate::lagrange`], or computed by an inverse FFT over group
+//! elements on the circuit's evaluation domain) and the circuit's R1CS
 //! matrices, following ark-groth16's `LibsnarkReduction` exactly, with γ = δ = 1. A contribution
 //! multiplies δ by a secret δ' and divides the L and H queries by it. [`Phase2::verify`]
 //! recomputes the initial key, checks that only δ, L and H changed, follows the chain of δ
@@ -24,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use crate::lagrange::{LagrangeBases, Prepared};
 use crate::phase1::{Accumulator, Beacon};
 use crate::pok::{beacon_secret, hex, same_ratio, secret, Hash, Pok};
 
@@ -106,6 +108,9 @@ pub enum Phase2Error {
         /// What failed.
         what: &'static str,
     },
+    /// The Lagrange bases of the circuit's domain could not be computed.
+    #[error("{0}")]
+    Lagrange(crate::lagrange::LagrangeError),
     /// The circuit could not be synthesised.
     #[error("synthesis: {0}")]
     Synthesis(String),
@@ -150,9 +155,9 @@ const INITIAL_KEY_CACHE: usize = 2;
 /// the shape alone, so the last [`INITIAL_KEY_CACHE`] are kept, keyed by the accumulator's
 /// hash and the shape: starting a transcript, verifying it and exporting its keys compute it
 /// once per process.
-pub fn initial_key(acc: &Accumulator, shape: Shape) -> Result<ProvingKey<Bn254>, Phase2Error> {
+pub fn initial_key(p1: &Prepared, shape: Shape) -> Result<ProvingKey<Bn254>, Phase2Error> {
     static CACHE: Memo<(Hash, u8, usize), ProvingKey<Bn254>> = Mutex::new(Vec::new());
-    memo(&CACHE, INITIAL_KEY_CACHE, (accumulator_hash(acc), shape.kind.id(), shape.slots.get()), || compute_initial_key(acc, shape))
+    memo(&CACHE, INITIAL_KEY_CACHE, (accumulator_hash(p1.accumulator()), shape.kind.id(), shape.slots.get()), || compute_initial_key(p1, shape))
 }
 
 /// A process-wide cache of the last few values of a pure function, oldest first.
@@ -173,7 +178,18 @@ fn memo<K: PartialEq, V: Clone, E>(cache: &Memo<K, V>, cap: usize, key: K, compu
     Ok(value)
 }
 
-fn compute_initial_key(acc: &Accumulator, shape: Shape) -> Result<ProvingKey<Bn254>, Phase2Error> {
+/// log2 of the evaluation domain of `shape`'s circuit (constraints plus public inputs,
+/// rounded up to a power of two): the Lagrange bases its phase 2 needs.
+pub fn domain_power(shape: Shape) -> Result<u32, Phase2Error> {
+    let cs = ConstraintSystem::<Fr>::new_ref();
+    cs.set_optimization_goal(OptimizationGoal::Constraints);
+    cs.set_mode(SynthesisMode::Setup);
+    UpdateCircuit::blank(shape).generate_constraints(cs.clone()).map_err(|e| Phase2Error::Synthesis(e.to_string()))?;
+    cs.finalize();
+    Ok((cs.num_constraints() + cs.num_instance_variables()).next_power_of_two().trailing_zeros())
+}
+
+fn compute_initial_key(p1: &Prepared, shape: Shape) -> Result<ProvingKey<Bn254>, Phase2Error> {
     let cs = ConstraintSystem::<Fr>::new_ref();
     cs.set_optimization_goal(OptimizationGoal::Constraints);
     cs.set_mode(SynthesisMode::Setup);
@@ -185,10 +201,11 @@ fn compute_initial_key(acc: &Accumulator, shape: Shape) -> Result<ProvingKey<Bn2
     let domain = Radix2EvaluationDomain::<Fr>::new(num_constraints + num_inputs).ok_or(Phase2Error::Synthesis("domain too large".into()))?;
     let m = domain.size();
     let needed = m.trailing_zeros();
+    let acc = p1.accumulator();
     if m > acc.tau_g2.len() {
         return Err(Phase2Error::TooFewPowers { needed, have: acc.power });
     }
-    let bases = lagrange_bases(acc, &domain);
+    let bases = lagrange_bases(p1, &domain)?;
     let (lag, lag_alpha, lag_beta, lag2) = (&bases.tau_g1, &bases.alpha_tau_g1, &bases.beta_tau_g1, &bases.tau_g2);
 
     // Per variable: its entries (row, coefficient) in A, B, C; inputs also get row
@@ -241,45 +258,25 @@ fn compute_initial_key(acc: &Accumulator, shape: Shape) -> Result<ProvingKey<Bn2
     })
 }
 
-/// An accumulator's Lagrange bases on one evaluation domain: [L_j(τ)]₁, [αL_j(τ)]₁,
-/// [βL_j(τ)]₁ and [L_j(τ)]₂ for j < m.
-#[derive(Debug)]
-struct LagrangeBases {
-    tau_g1: Vec<G1Affine>,
-    alpha_tau_g1: Vec<G1Affine>,
-    beta_tau_g1: Vec<G1Affine>,
-    tau_g2: Vec<G2Affine>,
-}
-
-/// Most Lagrange bases a process keeps (at T = 96 one set is about 40 MB).
+/// Most computed Lagrange bases a process keeps (at T = 96 one set is about 40 MB).
 const LAGRANGE_CACHE: usize = 2;
 
-/// The Lagrange bases of `acc` on `domain`, by inverse FFT in the exponent — the costly part of
-/// an initial key (m·log m scalar multiplications, most of them in G2). They depend only on
-/// the accumulator and the domain size, so the last [`LAGRANGE_CACHE`] sets are kept, keyed
-/// by the accumulator's hash and m: verifying a transcript, exporting its keys and setting up
-/// several circuits of one size compute them once per process.
-fn lagrange_bases(acc: &Accumulator, domain: &Radix2EvaluationDomain<Fr>) -> Arc<LagrangeBases> {
+/// The Lagrange bases of `p1` on `domain`: the prepared set when the file has one, else by
+/// inverse FFT in the exponent — the costly part of an initial key (m·log m scalar
+/// multiplications, most of them in G2). Computed sets depend only on the accumulator and the
+/// domain size, so the last [`LAGRANGE_CACHE`] are kept, keyed by the accumulator's hash and m:
+/// verifying a transcript, exporting its keys and setting up several circuits of one size
+/// compute them once per process.
+fn lagrange_bases(p1: &Prepared, domain: &Radix2EvaluationDomain<Fr>) -> Result<Arc<LagrangeBases>, Phase2Error> {
     static CACHE: Memo<(Hash, usize), Arc<LagrangeBases>> = Mutex::new(Vec::new());
     let m = domain.size();
-    let computed: Result<_, std::convert::Infallible> = memo(&CACHE, LAGRANGE_CACHE, (accumulator_hash(acc), m), || Ok(Arc::new(ifft_bases(acc, domain))));
-    computed.unwrap_or_else(|never| match never {})
-}
-
-/// [`LagrangeBases`] by inverse FFT in the exponent.
-fn ifft_bases(acc: &Accumulator, domain: &Radix2EvaluationDomain<Fr>) -> LagrangeBases {
-    let m = domain.size();
-    let ifft1 = |v: &[G1Affine]| {
-        let p: Vec<G1Projective> = v[..m].iter().map(|a| a.into_group()).collect();
-        G1Projective::normalize_batch(&domain.ifft(&p))
-    };
-    let p2: Vec<G2Projective> = acc.tau_g2[..m].iter().map(|a| a.into_group()).collect();
-    LagrangeBases {
-        tau_g1: ifft1(&acc.tau_g1),
-        alpha_tau_g1: ifft1(&acc.alpha_tau_g1),
-        beta_tau_g1: ifft1(&acc.beta_tau_g1),
-        tau_g2: G2Projective::normalize_batch(&domain.ifft(&p2)),
+    if let Some(l) = p1.lagrange(m) {
+        return Ok(l);
     }
+    let acc = p1.accumulator();
+    memo(&CACHE, LAGRANGE_CACHE, (accumulator_hash(acc), m), || {
+        LagrangeBases::compute(acc, domain.log_size_of_group).map(Arc::new).map_err(Phase2Error::Lagrange)
+    })
 }
 
 fn key_hash(key: &ProvingKey<Bn254>) -> Hash {
@@ -316,9 +313,9 @@ fn scale_all(points: &mut [G1Affine], s: Fr) {
 
 impl Phase2 {
     /// Starts phase 2 for `shape` from a (verified) accumulator.
-    pub fn new(acc: &Accumulator, shape: Shape) -> Result<Phase2, Phase2Error> {
-        let (kind, slots, ptau_hash) = (shape.kind.id(), shape.slots.get() as u16, accumulator_hash(acc));
-        let key = initial_key(acc, shape)?;
+    pub fn new(p1: &Prepared, shape: Shape) -> Result<Phase2, Phase2Error> {
+        let (kind, slots, ptau_hash) = (shape.kind.id(), shape.slots.get() as u16, accumulator_hash(p1.accumulator()));
+        let key = initial_key(p1, shape)?;
         let start_hash = start_hash(kind, slots, &ptau_hash, &key);
         Ok(Phase2 { kind, slots, circuit_id: prover::format::CIRCUIT_ID, ptau_hash, start_hash, key, contributions: vec![] })
     }
@@ -360,7 +357,8 @@ impl Phase2 {
     }
 
     /// Verifies the transcript against the phase-1 accumulator (see the module doc).
-    pub fn verify(&self, acc: &Accumulator) -> Result<(), Phase2Error> {
+    pub fn verify(&self, p1: &Prepared) -> Result<(), Phase2Error> {
+        let acc = p1.accumulator();
         if self.circuit_id != prover::format::CIRCUIT_ID {
             return Err(Phase2Error::CircuitId { found: self.circuit_id, expected: prover::format::CIRCUIT_ID });
         }
@@ -391,7 +389,7 @@ impl Phase2 {
         if k.delta_g1 != prev_delta {
             return Err(Phase2Error::Key("[delta]1 is not the result of the last contribution"));
         }
-        let initial = initial_key(acc, self.shape()?)?;
+        let initial = initial_key(p1, self.shape()?)?;
         if start_hash(self.kind, self.slots, &self.ptau_hash, &initial) != self.start_hash {
             return Err(Phase2Error::Key("the chain does not start from this circuit's initial key"));
         }
@@ -436,8 +434,8 @@ impl Phase2 {
     }
 
     /// The keys, after verification, as `prover` key types marked as coming from a ceremony.
-    pub fn export(&self, acc: &Accumulator) -> Result<(UpdateProvingKey, UpdateVerifyingKey), Phase2Error> {
-        self.verify(acc)?;
+    pub fn export(&self, p1: &Prepared) -> Result<(UpdateProvingKey, UpdateVerifyingKey), Phase2Error> {
+        self.verify(p1)?;
         let shape = self.shape()?;
         let pk = UpdateProvingKey::new(self.key.clone(), shape, SetupKind::Ceremony).map_err(|_| Phase2Error::Key("size does not match the shape"))?;
         let vk = pk.verifying_key();

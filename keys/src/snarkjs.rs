@@ -9,6 +9,12 @@
 //! snarkjs contribution records are not imported: verify the `.ptau` with
 //! `snarkjs powersoftau verify`; the import is then checked for well-formedness by
 //! [`crate::phase1::Phase1::verify`] like any accumulator (with no contributions of ours).
+//!
+//! A file from `snarkjs powersoftau prepare phase2` also holds the Lagrange bases of every
+//! domain 2^0 … 2^power (sections 12–15: [L_j(τ)]₁, [L_j(τ)]₂, [αL_j(τ)]₁, [βL_j(τ)]₁, each
+//! domain's points after the smaller ones'). [`import_prepared`] takes those of the domains
+//! 2^1 and up and checks them against the powers like any prepared set
+//! ([`crate::lagrange::Prepared::from_parts`]).
 
 use ark_bn254::{Fq, Fq2, G1Affine, G2Affine};
 use ark_ff::{BigInt, PrimeField};
@@ -16,6 +22,7 @@ use thiserror::Error;
 
 use sha2::{Digest, Sha256};
 
+use crate::lagrange::{LagrangeBases, LagrangeError, Prepared};
 use crate::phase1::{Accumulator, Phase1, MAX_POWER};
 
 /// Why a `.ptau` file was refused.
@@ -33,6 +40,9 @@ pub enum PtauError {
     /// Not BN254, or a power we do not support.
     #[error("unsupported parameters: {0}")]
     Unsupported(String),
+    /// The prepared Lagrange bases are not the file's powers in the Lagrange basis.
+    #[error("prepared sections: {0}")]
+    Lagrange(#[from] LagrangeError),
     /// A coordinate not below the modulus, or a point off the curve or subgroup.
     #[error("invalid point {index} in section {section}")]
     InvalidPoint {
@@ -78,6 +88,32 @@ fn points<T>(section: &[u8], id: u32, size: usize, count: usize, parse: fn(&[u8]
 /// Parses a `.ptau` file into a phase-1 transcript whose chain starts at the imported
 /// accumulator (contributions of ours can follow).
 pub fn import_ptau(bytes: &[u8]) -> Result<Phase1, PtauError> {
+    import(bytes).map(|(p, _)| p)
+}
+
+/// Parses a `.ptau` file with its prepared Lagrange bases, when it has them (sections 12–15,
+/// checked against the powers); without them the result is unprepared.
+pub fn import_prepared(bytes: &[u8]) -> Result<Prepared, PtauError> {
+    let (phase1, sections) = import(bytes)?;
+    let Some([l1, l2, la, lb]) = sections else { return Ok(Prepared::unprepared(phase1)) };
+    let power = phase1.accumulator.power;
+    let mut sets = Vec::new();
+    for p in 1..=power {
+        let (start, count) = ((1usize << p) - 1, 1usize << p);
+        let g1s = |section: &[u8], id: u32| points(section.get(start * 64..).unwrap_or_default(), id, 64, count, g1);
+        sets.push(LagrangeBases {
+            power: p,
+            tau_g1: g1s(l1, 12)?,
+            tau_g2: points(l2.get(start * 128..).unwrap_or_default(), 13, 128, count, g2)?,
+            alpha_tau_g1: g1s(la, 14)?,
+            beta_tau_g1: g1s(lb, 15)?,
+        });
+    }
+    Ok(Prepared::from_parts(phase1, sets)?)
+}
+
+/// The transcript, and sections 12–15 when the file has all four.
+fn import(bytes: &[u8]) -> Result<(Phase1, Option<[&[u8]; 4]>), PtauError> {
     if bytes.len() < 12 || &bytes[..4] != b"ptau" || u32_at(bytes, 4)? != 1 {
         return Err(PtauError::Magic);
     }
@@ -116,5 +152,10 @@ pub fn import_ptau(bytes: &[u8]) -> Result<Phase1, PtauError> {
         beta_tau_g1: points(section(5)?, 5, 64, n, g1)?,
         beta_g2: points(section(6)?, 6, 128, 1, g2)?.remove(0),
     };
-    Ok(Phase1::from_imported(accumulator, Sha256::digest(bytes).into()))
+    let prepared = [12, 13, 14, 15].map(|id| section(id).ok());
+    let prepared = match prepared {
+        [Some(a), Some(b), Some(c), Some(d)] => Some([a, b, c, d]),
+        _ => None,
+    };
+    Ok((Phase1::from_imported(accumulator, Sha256::digest(bytes).into()), prepared))
 }

@@ -61,6 +61,29 @@ fn three_party_ceremony_through_the_cli() {
     keys(&d, &["phase2", "export", "--in", "final.ph2", "--ptau", "final.ptau", "--out", "out"]);
     prove_with(&d.join("out"), shape);
 
+    // Prepared: phase 2 from the prepared file starts from the same initial key as from the
+    // plain one (its start hash binds the key, and this is another process, so nothing cached
+    // is shared), and verifies against either file.
+    let prepared = keys(&d, &["ptau", "prepare", "--in", "final.ptau", "--out", "final.prep"]);
+    assert!(prepared.contains("domains 2^1, 2^2, 2^3, 2^4, 2^5, 2^6, 2^7, 2^8, 2^9, 2^10:"), "every size by default:\n{prepared}");
+    let some = keys(&d, &["ptau", "prepare", "--in", "final.ptau", "--out", "some.prep", "--domains", "10,3"]);
+    assert!(some.contains("domains 2^3, 2^10:"), "{some}");
+    assert!(keys(&d, &["ptau", "verify", "--in", "some.prep"]).contains("prepared Lagrange bases for the domains 2^3, 2^10 match"));
+    assert!(keys_fails(&d, &["ptau", "prepare", "--in", "final.ptau", "--out", "x.prep", "--domains", "11"]).contains("2^11"));
+    keys(&d, &["phase2", "new", "--ptau", "final.prep", "--model", "producer", "--slots", "4", "--out", "q0.ph2"]);
+    keys(&d, &["phase2", "contribute", "--in", "q0.ph2", "--out", "q1.ph2", "--name", "gus"]);
+    assert!(keys(&d, &["phase2", "verify", "--in", "q1.ph2", "--ptau", "final.ptau"]).contains("OK"));
+    assert!(keys(&d, &["phase2", "verify", "--in", "final.ph2", "--ptau", "final.prep"]).contains("OK"));
+    // A prepared file whose last point (a [L_j(tau)]2 of 2^10) is replaced by the one before
+    // it is refused when read.
+    let mut bytes = std::fs::read(d.join("final.prep")).unwrap();
+    let n = bytes.len();
+    let before = bytes[n - 128..n - 64].to_vec();
+    bytes[n - 64..].copy_from_slice(&before);
+    std::fs::write(d.join("bad.prep"), bytes).unwrap();
+    let e = keys_fails(&d, &["phase2", "new", "--ptau", "bad.prep", "--model", "producer", "--slots", "4", "--out", "x.ph2"]);
+    assert!(e.contains("bad.prep") && e.contains("2^10") && e.contains("[L_j(tau)]2"), "{e}");
+
     // A phase-2 transcript checked against another phase 1 is refused.
     assert!(keys_fails(&d, &["phase2", "verify", "--in", "final.ph2", "--ptau", "p2.ptau"]).contains("REJECTED"));
     // A truncated transcript names the file.
@@ -106,7 +129,13 @@ fn snarkjs_ptau_imports_and_yields_working_keys() {
     sj(&["powersoftau", "new", "bn128", "10", "pot0.ptau"]);
     sj(&["powersoftau", "contribute", "pot0.ptau", "pot1.ptau", "--name=first", "-e=some entropy"]);
     sj(&["powersoftau", "prepare", "phase2", "pot1.ptau", "pot.ptau"]);
-    keys(&d, &["ptau", "import", "--snarkjs", "pot.ptau", "--out", "imported.ptau"]);
+    let imported = keys(&d, &["ptau", "import", "--snarkjs", "pot.ptau", "--out", "imported.ptau"]);
+    assert!(imported.contains("prepared Lagrange bases of 2^1 to 2^10"), "{imported}");
+    // snarkjs's prepared bases, checked against its powers on reading, give working keys.
+    keys(&d, &["phase2", "new", "--ptau", "imported.ptau", "--model", "producer", "--slots", "4", "--out", "s0.ph2"]);
+    keys(&d, &["phase2", "export", "--in", "s0.ph2", "--ptau", "imported.ptau", "--out", "out-snarkjs"]);
+    prove_with(&d.join("out-snarkjs"), Shape { kind: ModelKind::Producer, slots: Slots::new(4).unwrap() });
+    // Contributing to the imported (prepared) file writes an unprepared transcript.
     keys(&d, &["ptau", "contribute", "--in", "imported.ptau", "--out", "ours.ptau", "--name", "local"]);
     keys(&d, &["phase2", "new", "--ptau", "ours.ptau", "--model", "producer", "--slots", "4", "--out", "k0.ph2"]);
     keys(&d, &["phase2", "contribute", "--in", "k0.ph2", "--out", "k1.ph2"]);
