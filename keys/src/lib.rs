@@ -8,6 +8,7 @@
 //!   key files.
 //! - [`pok`]: proofs of knowledge of contribution secrets, hash to G2, ratio checks.
 //! - [`files`]: the transcript file formats, written atomically.
+//! - [`r1cs`]: export of a circuit as an iden3 `.r1cs` file for the snarkjs / p0tion tooling.
 //! - [`snarkjs`]: import of a snarkjs `.ptau` file as a phase-1 accumulator.
 //!
 //! One honest contributor suffices: every key is the product of all contributors' secrets,
@@ -19,4 +20,5 @@ pub mod lagrange;
 pub mod phase1;
 pub mod phase2;
 pub mod pok;
+pub mod r1cs;
 pub mod snarkjs;

@@ -67,6 +67,20 @@ enum Command {
     /// Phase 2: per-circuit keys.
     #[command(subcommand)]
     Phase2(Phase2Command),
+    /// Writes one circuit as an iden3 `.r1cs` file, for a phase 2 run with snarkjs or p0tion
+    /// (`snarkjs zkey new <file>.r1cs <prepared>.ptau out.zkey`). Wire 0 is the constant one,
+    /// then the public inputs in gridproof's order, then the witness.
+    R1cs {
+        /// Device model.
+        #[arg(long, value_enum)]
+        model: Model,
+        /// Slot count T (1..=288).
+        #[arg(long)]
+        slots: usize,
+        /// The `.r1cs` file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// Arguments of a contribution, in either phase.
@@ -188,6 +202,25 @@ enum Phase2Command {
     },
     /// Adds the final beacon contribution.
     Finalize(BeaconArgs),
+    /// Writes gridproof key files from a snarkjs Groth16 `.zkey` made on `keys r1cs`'s file
+    /// for the same model and T (a phase 2 run with snarkjs or p0tion). Check it first with
+    /// `snarkjs zkey verify <file>.r1cs <prepared>.ptau <file>.zkey`: this import checks the
+    /// key's points and that it is for this circuit (wires, public inputs, domain), not its
+    /// contribution chain. Proofs with it use snarkjs's QAP reduction.
+    ImportZkey {
+        /// The `.zkey` file.
+        #[arg(long)]
+        zkey: PathBuf,
+        /// Device model.
+        #[arg(long, value_enum)]
+        model: Model,
+        /// Slot count T.
+        #[arg(long)]
+        slots: usize,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Verifies, then writes the proving and verifying key files and the snarkjs verifying key.
     Export {
         /// The phase-2 transcript.
@@ -280,6 +313,13 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::R1cs { model, slots, out } => {
+            let shape = shape(model, slots)?;
+            let bytes = step("synthesizing the circuit", || keys::r1cs::export(shape)).map_err(|e| e.to_string())?;
+            write_atomic(&out, &bytes).map_err(|e| e.to_string())?;
+            println!("{} with T = {}: {} ({} bytes)", shape.kind, shape.slots, out.display(), bytes.len());
+            Ok(())
+        }
         Command::Ptau(PtauCommand::New { power, out }) => {
             let p = Phase1::new(power).map_err(|e| e.to_string())?;
             step("writing", || files::save_phase1(&out, &p)).map_err(|e| e.to_string())?;
@@ -370,6 +410,15 @@ fn run(cli: Cli) -> Result<()> {
             step("writing", || files::save_phase2(&out, &p)).map_err(|e| e.to_string())?;
             println!("beacon contribution {}: {}", p.contributions.len(), hex(&h));
             Ok(())
+        }
+        Command::Phase2(Phase2Command::ImportZkey { zkey, model, slots, out }) => {
+            let shape = shape(model, slots)?;
+            let bytes = std::fs::read(&zkey).map_err(|e| format!("{}: {e}", zkey.display()))?;
+            let pk = step("importing", || keys::snarkjs::import_zkey(&bytes, shape)).map_err(|e| format!("{}: {e}", zkey.display()))?;
+            let pk = UpdateProvingKey::new(pk, shape, SetupKind::Ceremony).map_err(|e| format!("{}: {e}", zkey.display()))?;
+            let vk = pk.verifying_key();
+            eprintln!("note: the contribution chain of {} is not checked here; `snarkjs zkey verify` checks it", zkey.display());
+            key_files(&out, shape, &pk, &vk)
         }
         Command::Phase2(Phase2Command::Export { input, ptau, out }) => {
             let (p1, p2) = (load_powers(&ptau)?, load2(&input)?);

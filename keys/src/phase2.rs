@@ -10,12 +10,13 @@
 //! proofs, and checks L and H against the final δ by pairings.
 
 use ark_bn254::{Bn254, Fr, G1Affine, G1Projective, G2Affine, G2Projective};
+use ark_ec::scalar_mul::glv::GLVConfig;
 use ark_ec::{AffineRepr, CurveGroup, VariableBaseMSM};
 use ark_ff::{Field, One};
 use ark_ff::{PrimeField, Zero};
 use ark_groth16::{ProvingKey, VerifyingKey};
 use ark_poly::{EvaluationDomain, Radix2EvaluationDomain};
-use ark_relations::r1cs::{ConstraintSynthesizer, ConstraintSystem, OptimizationGoal, SynthesisMode};
+use ark_relations::r1cs::{ConstraintMatrices, ConstraintSynthesizer, ConstraintSystem, OptimizationGoal, SynthesisMode};
 use ark_serialize::{CanonicalDeserialize, CanonicalSerialize};
 use circuits::{ModelKind, Shape, Slots, UpdateCircuit};
 use prover::{SetupKind, UpdateProvingKey, UpdateVerifyingKey};
@@ -131,8 +132,8 @@ fn shape_of(kind: u8, slots: u16) -> Result<Shape, Phase2Error> {
 
 /// Σ_j coeff·base_j over sparse entries. R1CS coefficients are mostly ±2^k: a coefficient
 /// whose value or negation fits 64 bits costs a short double-and-add, not a full scalar
-/// multiplication.
-fn combine<A: AffineRepr<ScalarField = Fr>>(bases: &[A], entries: &[(usize, Fr)]) -> A::Group {
+/// multiplication; the others go through `full_mul` ([`g1_mul`] or [`g2_mul`]).
+fn combine<A: AffineRepr<ScalarField = Fr>>(bases: &[A], entries: &[(usize, Fr)], full_mul: fn(&A, Fr) -> A::Group) -> A::Group {
     let mut acc = A::Group::zero();
     for &(j, c) in entries {
         let (pos, neg) = (c.into_bigint(), (-c).into_bigint());
@@ -141,12 +142,24 @@ fn combine<A: AffineRepr<ScalarField = Fr>>(bases: &[A], entries: &[(usize, Fr)]
         } else if neg.0[1..].iter().all(|&l| l == 0) {
             acc -= bases[j].mul_bigint([neg.0[0]]);
         } else {
-            acc += bases[j] * c;
+            acc += full_mul(&bases[j], c);
         }
     }
     acc
 }
 
+/// A full-size scalar multiplication in G1 (ark-bn254 multiplies G1 points by GLV, two
+/// half-size scalars).
+fn g1_mul(p: &G1Affine, c: Fr) -> G1Projective {
+    *p * c
+}
+
+/// A full-size scalar multiplication in G2 by GLV. ark-bn254 multiplies G2 points by plain
+/// double-and-add although G2 has the endomorphism too; GLV halves the doublings of the G2
+/// products, most of an initial key's time.
+fn g2_mul(p: &G2Affine, c: Fr) -> G2Projective {
+    <ark_bn254::g2::Config as GLVConfig>::glv_mul_projective(p.into_group(), c)
+}
 /// Most initial keys a process keeps (at T = 96 one is about 30 MB).
 const INITIAL_KEY_CACHE: usize = 2;
 
@@ -181,23 +194,25 @@ fn memo<K: PartialEq, V: Clone, E>(cache: &Memo<K, V>, cap: usize, key: K, compu
 /// log2 of the evaluation domain of `shape`'s circuit (constraints plus public inputs,
 /// rounded up to a power of two): the Lagrange bases its phase 2 needs.
 pub fn domain_power(shape: Shape) -> Result<u32, Phase2Error> {
+    let m = matrices(shape)?;
+    Ok((m.num_constraints + m.num_instance_variables).next_power_of_two().trailing_zeros())
+}
+
+/// The R1CS matrices of `shape`'s circuit, synthesized without a witness (the same ones the
+/// prover caches in its key).
+pub fn matrices(shape: Shape) -> Result<ConstraintMatrices<Fr>, Phase2Error> {
     let cs = ConstraintSystem::<Fr>::new_ref();
     cs.set_optimization_goal(OptimizationGoal::Constraints);
     cs.set_mode(SynthesisMode::Setup);
     UpdateCircuit::blank(shape).generate_constraints(cs.clone()).map_err(|e| Phase2Error::Synthesis(e.to_string()))?;
     cs.finalize();
-    Ok((cs.num_constraints() + cs.num_instance_variables()).next_power_of_two().trailing_zeros())
+    cs.to_matrices().ok_or(Phase2Error::Synthesis("no matrices".into()))
 }
 
 fn compute_initial_key(p1: &Prepared, shape: Shape) -> Result<ProvingKey<Bn254>, Phase2Error> {
-    let cs = ConstraintSystem::<Fr>::new_ref();
-    cs.set_optimization_goal(OptimizationGoal::Constraints);
-    cs.set_mode(SynthesisMode::Setup);
-    UpdateCircuit::blank(shape).generate_constraints(cs.clone()).map_err(|e| Phase2Error::Synthesis(e.to_string()))?;
-    cs.finalize();
-    let matrices = cs.to_matrices().ok_or(Phase2Error::Synthesis("no matrices".into()))?;
-    let (num_constraints, num_inputs) = (cs.num_constraints(), cs.num_instance_variables());
-    let num_vars = num_inputs + cs.num_witness_variables();
+    let matrices = matrices(shape)?;
+    let (num_constraints, num_inputs) = (matrices.num_constraints, matrices.num_instance_variables);
+    let num_vars = num_inputs + matrices.num_witness_variables;
     let domain = Radix2EvaluationDomain::<Fr>::new(num_constraints + num_inputs).ok_or(Phase2Error::Synthesis("domain too large".into()))?;
     let m = domain.size();
     let needed = m.trailing_zeros();
@@ -229,8 +244,8 @@ fn compute_initial_key(p1: &Prepared, shape: Shape) -> Result<ProvingKey<Bn254>,
     let per_var: Vec<(G1Projective, G1Projective, G2Projective, G1Projective)> = cols
         .par_iter()
         .map(|(a, b, c): &Col| {
-            let abc = combine(lag_beta, a) + combine(lag_alpha, b) + combine(lag, c);
-            (combine(lag, a), combine(lag, b), combine(lag2, b), abc)
+            let abc = combine(lag_beta, a, g1_mul) + combine(lag_alpha, b, g1_mul) + combine(lag, c, g1_mul);
+            (combine(lag, a, g1_mul), combine(lag, b, g1_mul), combine(lag2, b, g2_mul), abc)
         })
         .collect();
     let a_query = G1Projective::normalize_batch(&per_var.iter().map(|v| v.0).collect::<Vec<_>>());

@@ -1,5 +1,7 @@
 //! Import of a snarkjs `.ptau` file (powers of tau) as a phase-1 accumulator, so that a
-//! deployment can reuse a large public transcript.
+//! deployment can reuse a large public transcript, and of a snarkjs Groth16 `.zkey` as a
+//! proving key ([`import_zkey`]), so that it can run phase 2 with the snarkjs tooling on the
+//! `.r1cs` of [`crate::r1cs`].
 //!
 //! The file is a snarkjs "binfile": magic `ptau`, u32 version, u32 section count, then sections
 //! `(u32 type, u64 size, data)`. Section 1 holds the field size (32), the prime and the power;
@@ -28,9 +30,9 @@ use crate::phase1::{Accumulator, Phase1, MAX_POWER};
 /// Why a `.ptau` file was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum PtauError {
-    /// Not a ptau binfile.
-    #[error("not a snarkjs .ptau file (bad magic or version)")]
-    Magic,
+    /// Not a binfile of the expected kind.
+    #[error("not a snarkjs {0} file (bad magic or version)")]
+    Magic(&'static str),
     /// A section is missing.
     #[error("section {0} is missing")]
     MissingSection(u32),
@@ -67,11 +69,17 @@ fn fq(bytes: &[u8]) -> Option<Fq> {
 }
 
 fn g1(b: &[u8]) -> Option<G1Affine> {
+    if b[..64].iter().all(|&x| x == 0) {
+        return Some(G1Affine::identity()); // snarkjs writes the point at infinity as zeros
+    }
     let p = G1Affine::new_unchecked(fq(&b[..32])?, fq(&b[32..64])?);
     (p.is_on_curve() && p.is_in_correct_subgroup_assuming_on_curve()).then_some(p)
 }
 
 fn g2(b: &[u8]) -> Option<G2Affine> {
+    if b[..128].iter().all(|&x| x == 0) {
+        return Some(G2Affine::identity());
+    }
     let x = Fq2::new(fq(&b[..32])?, fq(&b[32..64])?);
     let y = Fq2::new(fq(&b[64..96])?, fq(&b[96..128])?);
     let p = G2Affine::new_unchecked(x, y);
@@ -114,21 +122,7 @@ pub fn import_prepared(bytes: &[u8]) -> Result<Prepared, PtauError> {
 
 /// The transcript, and sections 12–15 when the file has all four.
 fn import(bytes: &[u8]) -> Result<(Phase1, Option<[&[u8]; 4]>), PtauError> {
-    if bytes.len() < 12 || &bytes[..4] != b"ptau" || u32_at(bytes, 4)? != 1 {
-        return Err(PtauError::Magic);
-    }
-    let count = u32_at(bytes, 8)?;
-    let mut sections: Vec<(u32, &[u8])> = Vec::new();
-    let mut o = 12usize;
-    for _ in 0..count.min(64) {
-        let id = u32_at(bytes, o)?;
-        let size = bytes.get(o + 4..o + 12).map(|s| u64::from_le_bytes(s.try_into().expect("8"))).ok_or(PtauError::Truncated("section header".into()))?;
-        let start = o + 12;
-        let end = usize::try_from(size).ok().and_then(|s| start.checked_add(s)).filter(|&e| e <= bytes.len());
-        let end = end.ok_or(PtauError::Truncated(format!("section {id} declares {size} bytes")))?;
-        sections.push((id, &bytes[start..end]));
-        o = end;
-    }
+    let sections = binfile(bytes, b"ptau", ".ptau")?;
     let section = |id: u32| sections.iter().find(|(i, _)| *i == id).map(|(_, s)| *s).ok_or(PtauError::MissingSection(id));
     let header = section(1)?;
     let n8 = u32_at(header, 0)? as usize;
@@ -158,4 +152,76 @@ fn import(bytes: &[u8]) -> Result<(Phase1, Option<[&[u8]; 4]>), PtauError> {
         _ => None,
     };
     Ok((Phase1::from_imported(accumulator, Sha256::digest(bytes).into()), prepared))
+}
+
+/// The sections `(type, data)` of a snarkjs binfile with this 4-byte magic and version 1.
+fn binfile<'a>(bytes: &'a [u8], magic: &[u8; 4], kind: &'static str) -> Result<Vec<(u32, &'a [u8])>, PtauError> {
+    if bytes.len() < 12 || &bytes[..4] != magic || u32_at(bytes, 4)? != 1 {
+        return Err(PtauError::Magic(kind));
+    }
+    let count = u32_at(bytes, 8)?;
+    let mut sections: Vec<(u32, &[u8])> = Vec::new();
+    let mut o = 12usize;
+    for _ in 0..count.min(64) {
+        let id = u32_at(bytes, o)?;
+        let size = bytes.get(o + 4..o + 12).map(|s| u64::from_le_bytes(s.try_into().expect("8"))).ok_or(PtauError::Truncated("section header".into()))?;
+        let start = o + 12;
+        let end = usize::try_from(size).ok().and_then(|s| start.checked_add(s)).filter(|&e| e <= bytes.len());
+        let end = end.ok_or(PtauError::Truncated(format!("section {id} declares {size} bytes")))?;
+        sections.push((id, &bytes[start..end]));
+        o = end;
+    }
+    Ok(sections)
+}
+
+/// A proving key from a snarkjs Groth16 `.zkey` (after `zkey new` and any `zkey contribute`;
+/// verify it with `snarkjs zkey verify` against the exported `.r1cs` and the ptau first).
+///
+/// Sections: 1 protocol (1 = Groth16); 2 the Groth16 header (field sizes and primes, wires,
+/// public inputs, domain size, [α]₁, [β]₁, [β]₂, [γ]₂, [δ]₁, [δ]₂); 3 IC; 5 A, 6 B₁, 7 B₂
+/// (one point per wire); 8 C (one per private wire); 9 H (one per domain point). Points are
+/// affine little-endian Montgomery coordinates, zeros for the point at infinity, each
+/// checked to be on the curve and in the subgroup. Its wires, public inputs and domain must
+/// be those of `shape`'s circuit; its H query makes the prover use snarkjs's QAP reduction
+/// (`prover::QapReduction`).
+pub fn import_zkey(bytes: &[u8], shape: circuits::Shape) -> Result<ark_groth16::ProvingKey<ark_bn254::Bn254>, PtauError> {
+    use ark_bn254::Fr;
+    let sections = binfile(bytes, b"zkey", ".zkey")?;
+    let section = |id: u32| sections.iter().find(|(i, _)| *i == id).map(|(_, s)| *s).ok_or(PtauError::MissingSection(id));
+    if u32_at(section(1)?, 0)? != 1 {
+        return Err(PtauError::Unsupported("not a Groth16 key".into()));
+    }
+    let h = section(2)?;
+    let prime_at = |o: usize| -> Result<BigInt<4>, PtauError> {
+        let b = h.get(o..o + 32).ok_or(PtauError::Truncated("Groth16 header".into()))?;
+        Ok(BigInt::new(std::array::from_fn(|i| u64::from_le_bytes(b[8 * i..8 * i + 8].try_into().expect("8")))))
+    };
+    if u32_at(h, 0)? != 32 || prime_at(4)? != Fq::MODULUS || u32_at(h, 36)? != 32 || prime_at(40)? != Fr::MODULUS {
+        return Err(PtauError::Unsupported("the curve is not BN254".into()));
+    }
+    let (wires, public, domain) = (u32_at(h, 72)? as usize, u32_at(h, 76)? as usize, u32_at(h, 80)? as usize);
+    let m = crate::phase2::matrices(shape).map_err(|e| PtauError::Unsupported(e.to_string()))?;
+    let want = (m.num_instance_variables + m.num_witness_variables, m.num_instance_variables - 1, (m.num_constraints + m.num_instance_variables).next_power_of_two());
+    if (wires, public, domain) != want {
+        return Err(PtauError::Unsupported(format!(
+            "the key has {wires} wires, {public} public inputs and a domain of {domain}; {} with T = {} has {}, {} and {}",
+            shape.kind, shape.slots, want.0, want.1, want.2
+        )));
+    }
+    let one = |o: usize, size: usize, what: &'static str| h.get(o..o + size).ok_or(PtauError::Truncated(format!("Groth16 header: {what}")));
+    let pt1 = |o: usize, what| one(o, 64, what).and_then(|b| g1(b).ok_or(PtauError::InvalidPoint { section: 2, index: o }));
+    let pt2 = |o: usize, what| one(o, 128, what).and_then(|b| g2(b).ok_or(PtauError::InvalidPoint { section: 2, index: o }));
+    let (alpha_g1, beta_g1, beta_g2) = (pt1(84, "alpha")?, pt1(148, "beta1")?, pt2(212, "beta2")?);
+    let (gamma_g2, delta_g1, delta_g2) = (pt2(340, "gamma2")?, pt1(468, "delta1")?, pt2(532, "delta2")?);
+    let vk = ark_groth16::VerifyingKey { alpha_g1, beta_g2, gamma_g2, delta_g2, gamma_abc_g1: points(section(3)?, 3, 64, public + 1, g1)? };
+    Ok(ark_groth16::ProvingKey {
+        vk,
+        beta_g1,
+        delta_g1,
+        a_query: points(section(5)?, 5, 64, wires, g1)?,
+        b_g1_query: points(section(6)?, 6, 64, wires, g1)?,
+        b_g2_query: points(section(7)?, 7, 128, wires, g2)?,
+        l_query: points(section(8)?, 8, 64, wires - public - 1, g1)?,
+        h_query: points(section(9)?, 9, 64, domain, g1)?,
+    })
 }

@@ -124,6 +124,14 @@ pub enum ProveError {
         /// Instance + witness variables the witness produced.
         assignment: usize,
     },
+    /// The key's H query fits neither QAP reduction of the circuit's domain.
+    #[error("the proving key's H query has {len} points; the circuit's domain of {domain} takes {} (arkworks) or {domain} (snarkjs)", domain - 1)]
+    HQuery {
+        /// Points in the key.
+        len: usize,
+        /// The evaluation domain's size.
+        domain: usize,
+    },
     /// arkworks failed to synthesise or prove.
     #[error("proving failed: {0}")]
     Synthesis(#[from] ark_relations::r1cs::SynthesisError),

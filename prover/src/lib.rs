@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 mod assemble;
+mod qap;
 pub mod batch;
 pub mod error;
 pub mod format;
@@ -200,9 +201,35 @@ fn prove_with_blinding(pk: &UpdateProvingKey, witness: Witness, r: Fr, s: Fr) ->
     let matrices = pk.matrices()?;
     let full = assignment(matrices, circuit)?;
     let num_inputs = matrices.num_instance_variables;
-    let h = LibsnarkReduction::witness_map_from_matrices::<Fr, GeneralEvaluationDomain<Fr>>(matrices, num_inputs, matrices.num_constraints, &full)?;
+    let h = match QapReduction::of(pk, matrices)? {
+        QapReduction::Libsnark => LibsnarkReduction::witness_map_from_matrices::<Fr, GeneralEvaluationDomain<Fr>>(matrices, num_inputs, matrices.num_constraints, &full)?,
+        QapReduction::Snarkjs => qap::snarkjs_witness_map(matrices, &full)?,
+    };
     let proof = assemble::create_proof(&pk.pk, r, s, &h, &full[1..num_inputs], &full[num_inputs..]);
     Ok((proof, inputs))
+}
+
+/// How a key's H query encodes the quotient polynomial, read from its length (m is the
+/// circuit's evaluation domain): m − 1 points [τ^i·Z(τ)/δ] from arkworks (and gridproof's
+/// ceremony), or m points from snarkjs (`zkey new`: the Lagrange bases of the odd points of
+/// the 2m-domain, for h evaluated on the coset ω_2m·H). Any other length is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QapReduction {
+    /// ark-groth16's `LibsnarkReduction`.
+    Libsnark,
+    /// snarkjs's (ark-circom's `CircomReduction`).
+    Snarkjs,
+}
+
+impl QapReduction {
+    fn of(pk: &UpdateProvingKey, matrices: &ConstraintMatrices<Fr>) -> Result<QapReduction, ProveError> {
+        let domain = (matrices.num_constraints + matrices.num_instance_variables).next_power_of_two();
+        match pk.pk.h_query.len() {
+            len if len + 1 == domain => Ok(QapReduction::Libsnark),
+            len if len == domain => Ok(QapReduction::Snarkjs),
+            len => Err(ProveError::HQuery { len, domain }),
+        }
+    }
 }
 
 /// The full assignment (one, instance, witness) of a checked circuit, synthesized without

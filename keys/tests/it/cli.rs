@@ -135,6 +135,56 @@ fn snarkjs_ptau_imports_and_yields_working_keys() {
     keys(&d, &["phase2", "new", "--ptau", "imported.ptau", "--model", "producer", "--slots", "4", "--out", "s0.ph2"]);
     keys(&d, &["phase2", "export", "--in", "s0.ph2", "--ptau", "imported.ptau", "--out", "out-snarkjs"]);
     prove_with(&d.join("out-snarkjs"), Shape { kind: ModelKind::Producer, slots: Slots::new(4).unwrap() });
+    // Our circuit as a .r1cs through snarkjs's own phase 2: snarkjs reads the same
+    // constraints (its JSON export matches our matrices term by term), its key verifies
+    // against the file and the ptau, and its verifying key is ours from the same powers (α,
+    // β, γ and every IC point: (β·A_i + α·B_i + C_i)(τ) of each public wire, which only
+    // agrees if wires, rows and the evaluation domain are the same).
+    let producer = Shape { kind: ModelKind::Producer, slots: Slots::new(4).unwrap() };
+    let written = keys(&d, &["r1cs", "--model", "producer", "--slots", "4", "--out", "producer-4.r1cs"]);
+    assert!(written.contains("producer-4.r1cs"), "{written}");
+    sj(&["r1cs", "export", "json", "producer-4.r1cs", "producer-4.r1cs.json"]);
+    let theirs: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("producer-4.r1cs.json")).unwrap()).unwrap();
+    let m = keys::phase2::matrices(producer).unwrap();
+    assert_eq!(theirs["nConstraints"], m.num_constraints);
+    assert_eq!(theirs["nVars"], m.num_instance_variables + m.num_witness_variables);
+    assert_eq!(theirs["nPubInputs"], m.num_instance_variables - 1);
+    assert_eq!(theirs["nOutputs"], 0);
+    let rows = theirs["constraints"].as_array().unwrap();
+    assert_eq!(rows.len(), m.num_constraints);
+    for (i, row) in rows.iter().enumerate() {
+        for (k, matrix) in [&m.a, &m.b, &m.c].into_iter().enumerate() {
+            let ours: std::collections::BTreeMap<String, String> = matrix[i].iter().map(|(c, w)| (w.to_string(), c.to_string())).collect();
+            let got: std::collections::BTreeMap<String, String> =
+                row[k].as_object().unwrap().iter().map(|(w, c)| (w.clone(), c.as_str().unwrap().to_string())).collect();
+            assert_eq!(got, ours, "constraint {i}, matrix {k}");
+        }
+    }
+    sj(&["zkey", "new", "producer-4.r1cs", "pot.ptau", "p0.zkey"]);
+    sj(&["zkey", "contribute", "p0.zkey", "p1.zkey", "--name=second", "-e=more entropy"]);
+    sj(&["zkey", "verify", "producer-4.r1cs", "pot.ptau", "p1.zkey"]);
+    sj(&["zkey", "export", "verificationkey", "p1.zkey", "p1.vk.json"]);
+    let snarkjs_vk: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("p1.vk.json")).unwrap()).unwrap();
+    let our_vk: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("out-snarkjs/producer-4.vk.json")).unwrap()).unwrap();
+    for field in ["nPublic", "vk_alpha_1", "vk_beta_2", "vk_gamma_2", "IC"] {
+        assert_eq!(snarkjs_vk[field], our_vk[field], "{field}");
+    }
+    assert_ne!(snarkjs_vk["vk_delta_2"], our_vk["vk_delta_2"], "snarkjs's contribution changed delta");
+    // The snarkjs key imported: gridproof proves with it (snarkjs's QAP reduction), and the
+    // proof verifies with our verifier and with snarkjs's.
+    keys(&d, &["phase2", "import-zkey", "--zkey", "p1.zkey", "--model", "producer", "--slots", "4", "--out", "out-zkey"]);
+    let imported_vk: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("out-zkey/producer-4.vk.json")).unwrap()).unwrap();
+    assert_eq!(imported_vk, snarkjs_vk, "the imported verifying key is snarkjs's");
+    prove_with(&d.join("out-zkey"), producer);
+    let pk = UpdateProvingKey::from_bytes(&std::fs::read(d.join("out-zkey/producer-4.pk")).unwrap(), Some(producer)).unwrap();
+    let (proof, inputs) = prover::prove(&pk, sample::witness(producer.kind, producer.slots, 5, 6, 0), &mut rand::rngs::OsRng).unwrap();
+    std::fs::write(d.join("proof.json"), serde_json::to_vec(&prover::snarkjs::export_proof(&proof)).unwrap()).unwrap();
+    std::fs::write(d.join("public.json"), serde_json::to_vec(&prover::snarkjs::export_public_inputs(&inputs)).unwrap()).unwrap();
+    sj(&["groth16", "verify", "p1.vk.json", "public.json", "proof.json"]);
+    // A key for another circuit is refused, naming what differs.
+    let e = keys_fails(&d, &["phase2", "import-zkey", "--zkey", "p1.zkey", "--model", "deferrable", "--slots", "4", "--out", "x"]);
+    assert!(e.contains("wires") && e.contains("deferrable"), "{e}");
+
     // Contributing to the imported (prepared) file writes an unprepared transcript.
     keys(&d, &["ptau", "contribute", "--in", "imported.ptau", "--out", "ours.ptau", "--name", "local"]);
     keys(&d, &["phase2", "new", "--ptau", "ours.ptau", "--model", "producer", "--slots", "4", "--out", "k0.ph2"]);
